@@ -1,0 +1,1 @@
+"""The v1-shaped SDK: Workspace, Model, Environment, InferenceConfig, Webservice and friends."""

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv (idempotent), then lint and run the tests.
+#   ./scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# The v1 reference server (azmlinfsrv), for the parity tests, in a venv of its own so its
+# dependencies never mix with ours.
+if [ ! -x .venv-reference/bin/azmlinfsrv ]; then
+    "$PY" -m venv .venv-reference
+    .venv-reference/bin/python -m pip install -q --disable-pip-version-check azureml-inference-server-http numpy
+fi
+export MODELFLEET_REFERENCE_SERVER="$PWD/.venv-reference/bin/azmlinfsrv"
+
+.venv/bin/ruff check src tests bench examples
+.venv/bin/python -m pytest "$@"

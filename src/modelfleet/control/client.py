@@ -1,0 +1,156 @@
+"""The SDK's and CLI's side of the admin API, and starting the daemon on demand.
+
+``ensure_running`` finds the workspace's daemon from ``runtime/cluster.json`` (checking
+that its pid is alive and its admin API answers) and otherwise starts one, detached, with
+its output in ``runtime/daemon.log``. Two callers racing to start it are safe: the daemon
+holds an exclusive lock, so the second one exits at once and both callers find the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from modelfleet.control.paths import RuntimePaths
+from modelfleet.errors import ClusterUnavailable, ModelfleetError, NotFound
+
+_START_TIMEOUT_S = 30.0
+
+
+class ClusterClient:
+    def __init__(self, workspace_root: Path, runtime_dir: Path) -> None:
+        self.workspace_root = workspace_root
+        self.paths = RuntimePaths(runtime_dir)
+
+    # -- finding and starting the daemon --------------------------------------------------
+
+    def info(self) -> dict[str, Any] | None:
+        """The running daemon's cluster.json, or None when no live daemon answers."""
+        try:
+            info = json.loads(self.paths.cluster_json.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if not _pid_alive(int(info.get("pid", 0))):
+            return None
+        try:
+            self._call("GET", "/v1/status", info=info, timeout=5.0)
+        except (ClusterUnavailable, OSError):
+            return None
+        return info
+
+    def ensure_running(self, port: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
+        info = self.info()
+        if info is not None:
+            return info
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "modelfleet.control.daemon",
+            "--workspace",
+            str(self.workspace_root),
+            "--host",
+            host,
+        ]
+        if port is not None:
+            argv += ["--port", str(port)]
+        with open(self.paths.daemon_log, "ab") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            info = self.info()
+            if info is not None:
+                return info
+            code = proc.poll()
+            if code not in (None, 0):
+                break
+            time.sleep(0.05)
+        raise ClusterUnavailable(
+            f"the local cluster did not start within {_START_TIMEOUT_S:.0f} s; see {self.paths.daemon_log}"
+        )
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Ask the daemon to stop and wait until it has; False when none was running."""
+        info = self.info()
+        if info is None:
+            return False
+        self._call("POST", "/v1/shutdown", info=info)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(int(info["pid"])):
+                return True
+            time.sleep(0.05)
+        raise ClusterUnavailable(f"the local cluster (pid {info['pid']}) did not stop within {timeout:.0f} s")
+
+    # -- admin calls ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def sync(self, service: str) -> None:
+        self._call("POST", f"/v1/services/{service}/sync")
+
+    def delete(self, service: str) -> None:
+        self._call("DELETE", f"/v1/services/{service}")
+
+    def _call(
+        self, method: str, path: str, *, info: dict[str, Any] | None = None, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        if info is None:
+            info = self.info()
+            if info is None:
+                raise ClusterUnavailable("the local cluster is not running; start it with `modelfleet cluster start`")
+        token = self.paths.admin_token.read_text().strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{info['admin_port']}{path}",
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Length": "0"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            message = _message(exc.read()) or str(exc)
+            if exc.code == 404:
+                raise NotFound(message) from None
+            raise ModelfleetError(message) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None
+
+
+def _message(body: bytes) -> str | None:
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) is not alive for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -1,0 +1,152 @@
+"""The local cluster daemon: the composition root of the control plane.
+
+One per workspace (an exclusive lock on ``runtime/daemon.lock`` makes a second one exit at
+once). It builds the store, the router, the local target and the reconciler; serves the
+admin API; restores every stored service; and on SIGTERM/SIGINT or an admin shutdown
+stops in order: admin API, services (drain, then stop replicas), router.
+
+The router's port is kept in the workspace so that scoring URIs survive a restart.
+
+    python -m modelfleet.control.daemon --workspace PATH [--port N] [--host 127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelfleet.control.admin import AdminHandlers, AdminServer
+from modelfleet.control.paths import RuntimePaths
+from modelfleet.control.reconcile import Reconciler
+from modelfleet.router.proxy import Router
+from modelfleet.store.registry import Store
+
+log = logging.getLogger("modelfleet.daemon")
+
+ROUTER_PORT_SETTING = "router_port"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    workspace: Path
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: the stored port, else a free one (then stored)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.store = Store.open(config.workspace)
+        self.paths = RuntimePaths(self.store.runtime_dir)
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.router = Router(on_replica_failed=self._on_replica_failed)
+        port = self._choose_port()
+        router_port = await self.router.start(host=self.config.host, port=port)
+        self.store.set_setting(ROUTER_PORT_SETTING, str(router_port))
+        self.reconciler = Reconciler(self.store, self.store.runtime_dir, self.router)
+
+        token = secrets.token_urlsafe(32)
+        _write_private(self.paths.admin_token, token)
+        admin = AdminServer(
+            loop,
+            token,
+            AdminHandlers(self.status, self.reconciler.sync, self.reconciler.delete, self._stopping.set),
+        )
+        admin.start()
+        info = {
+            "pid": os.getpid(),
+            "admin_port": admin.port,
+            "router_port": router_port,
+            "router_host": self.config.host,
+            "scheme": "http",
+        }
+        _write_private(self.paths.cluster_json, json.dumps(info))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        log.info("cluster up: router on %s:%d, admin on 127.0.0.1:%d", self.config.host, router_port, admin.port)
+
+        await self.reconciler.restore()
+        await self._stopping.wait()
+
+        log.info("cluster stopping")
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.cluster_json.unlink()
+        admin.stop()
+        await self.reconciler.shutdown()
+        await self.router.stop()
+        self.store.close()
+        log.info("cluster stopped")
+
+    def _choose_port(self) -> int:
+        if self.config.port is not None:
+            return self.config.port
+        stored = self.store.get_setting(ROUTER_PORT_SETTING)
+        return int(stored) if stored else 0
+
+    def _on_replica_failed(self, service: str, replica_id: str) -> None:
+        self.reconciler.on_replica_failed(service, replica_id)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "workspace": str(self.config.workspace),
+            "services": self.reconciler.status(),
+            "router": self.router.stats(),
+        }
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only the owner can read, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _install_fast_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelfleet-daemon", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = DaemonConfig(workspace=args.workspace.resolve(), host=args.host, port=args.port)
+    paths = RuntimePaths(Store.open(config.workspace).runtime_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another daemon already runs for %s", config.workspace)
+        return 0
+    _install_fast_loop()
+    asyncio.run(Daemon(config).run())
+    os.close(lock_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

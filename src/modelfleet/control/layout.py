@@ -1,0 +1,80 @@
+"""The app folder of one service generation, laid out as v1 lays out its containers.
+
+```
+<app root>/                       cwd of every replica, AML_APP_ROOT
+  azureml-models/<name>/<version>/<the model's files>
+  <source directory name>/        the unpacked source snapshot, on sys.path
+      score.py                    AZUREML_ENTRY_SCRIPT (relative to the folder above)
+```
+
+``AZUREML_MODEL_DIR`` is the version folder when the service has one model, and
+``azureml-models`` when it has several, so ``os.getenv("AZUREML_MODEL_DIR")`` and
+``Model.get_model_path(name)`` resolve in real v1 scripts as they did in v1.
+
+The service config (written by the SDK, stored in the workspace) is a plain dict:
+``{"deploy": DeploySpec.to_dict(), "inference": {"entry_script", "source_name",
+"snapshot"}, "environment": EnvironmentSpec.to_dict(), "models": [{"name", "version"}]}``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelfleet.spec import DeploySpec
+from modelfleet.store.registry import Store
+
+MODELS_FOLDER = "azureml-models"
+
+
+@dataclass(frozen=True)
+class AppLayout:
+    app_root: Path
+    entry_script: Path
+    environment: dict[str, str]
+
+
+def generation_dir(runtime_dir: Path, service: str, generation: int) -> Path:
+    return runtime_dir / "services" / service / f"g{generation}"
+
+
+def prepare_app(store: Store, service: str, generation: int, config: dict[str, Any]) -> AppLayout:
+    """Write the app folder for one generation (idempotent: rebuilt from the store each time)."""
+    app_root = generation_dir(store.runtime_dir, service, generation) / "app"
+    if app_root.exists():
+        shutil.rmtree(app_root)
+    models_root = app_root / MODELS_FOLDER
+    models_root.mkdir(parents=True)
+    refs = config.get("models", [])
+    for ref in refs:
+        record = store.get_model(ref["name"], int(ref["version"]))
+        dest = models_root / record.name / str(record.version)
+        dest.mkdir(parents=True)
+        store.materialize_model(record, dest)
+
+    inference = config["inference"]
+    source_name = inference.get("source_name") or "source"
+    source_dir = app_root / source_name
+    source_dir.mkdir()
+    if inference.get("snapshot"):
+        store.extract_snapshot(inference["snapshot"], source_dir)
+    entry_script = source_dir / inference["entry_script"]
+
+    model_dir = models_root / refs[0]["name"] / str(refs[0]["version"]) if len(refs) == 1 else models_root
+    deploy = DeploySpec.from_dict(config["deploy"])
+    environment = {
+        "AML_APP_ROOT": str(app_root),
+        "AZUREML_MODEL_DIR": str(model_dir),
+        "AZUREML_SOURCE_DIRECTORY": str(source_dir),
+        "AZUREML_ENTRY_SCRIPT": inference["entry_script"],
+        "SCORING_TIMEOUT_MS": str(deploy.scoring_timeout_ms),
+        "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
+    }
+    environment.update(config.get("environment", {}).get("environment_variables") or {})
+    return AppLayout(app_root=app_root, entry_script=entry_script, environment=environment)
+
+
+def remove_generation(runtime_dir: Path, service: str, generation: int) -> None:
+    shutil.rmtree(generation_dir(runtime_dir, service, generation), ignore_errors=True)

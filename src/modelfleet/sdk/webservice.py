@@ -1,0 +1,317 @@
+"""``Webservice`` and its v1 flavours: a deployed service, as the SDK sees it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelfleet.errors import ConfigError, DeploymentFailed, ModelfleetError, NotFound
+from modelfleet.sdk.deploy import build_config, new_key
+from modelfleet.sdk.workspace import Workspace
+from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
+
+ROUTER_PORT_SETTING = "router_port"
+ROUTER_SCHEME_SETTING = "router_scheme"
+_POLL_S = 0.2
+
+
+class Webservice:
+    """A service in a workspace (v1: ``azureml.core.Webservice``).
+
+    ``Webservice(ws, name)`` looks it up; every property reads the workspace afresh, so
+    ``state`` follows the control plane.
+    """
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+        self._record()  # NotFound now rather than on first use
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(workspace={self.workspace.name!r}, name={self.name!r}, state={self.state!r})"
+
+    def _record(self) -> Any:
+        return self.workspace.store.get_service(self.name)
+
+    def _spec(self) -> DeploySpec:
+        return DeploySpec.from_dict(self._record().config["deploy"])
+
+    # -- v1 properties ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self._record().state)
+
+    @property
+    def error(self) -> str | None:
+        return self._record().detail
+
+    @property
+    def compute_type(self) -> str:
+        return "Local" if self._spec().compute_type == "local" else "AKS"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self._spec().auth_enabled
+
+    @property
+    def token_auth_enabled(self) -> bool:
+        return self._spec().token_auth_enabled
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self._spec().tags or {})
+
+    @property
+    def description(self) -> str | None:
+        return self._spec().description
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._record().config["models"])
+
+    def _base_uri(self) -> str | None:
+        store = self.workspace.store
+        port = store.get_setting(ROUTER_PORT_SETTING)
+        if port is None:
+            return None
+        scheme = store.get_setting(ROUTER_SCHEME_SETTING) or "http"
+        return f"{scheme}://127.0.0.1:{port}/api/v1/service/{self.name}"
+
+    @property
+    def scoring_uri(self) -> str | None:
+        base = self._base_uri()
+        return f"{base}/score" if base else None
+
+    @property
+    def swagger_uri(self) -> str | None:
+        base = self._base_uri()
+        return f"{base}/swagger.json" if base else None
+
+    # -- v1 methods --------------------------------------------------------------------------
+
+    def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
+        """Wait until the latest deployment or update is serving, or raise DeploymentFailed."""
+        deadline = time.monotonic() + timeout_sec if timeout_sec else None
+        last = None
+        while True:
+            record = self._record()
+            outcome = self._outcome(record.generation)
+            line = f"{record.state}" + (f": {record.detail}" if record.detail else "")
+            if show_output and line != last:
+                print(f"{self.name}: {line}", flush=True)
+                last = line
+            if outcome is not None:
+                if outcome["outcome"] == "succeeded":
+                    if show_output:
+                        print(f'{self.name}: deployment operation finished, operation "Succeeded"', flush=True)
+                    return
+                raise DeploymentFailed(
+                    f"service {self.name} deployment failed: {outcome.get('message')}; current state {record.state}"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeploymentFailed(
+                    f"service {self.name} still {record.state} after {timeout_sec} s; "
+                    f"see `modelfleet service logs -n {self.name}`"
+                )
+            time.sleep(_POLL_S)
+
+    def _outcome(self, generation: int) -> dict[str, Any] | None:
+        for event in reversed(self.workspace.store.list_events(self.name, kind="deployment")):
+            if event.get("generation") == generation and event.get("outcome") in ("succeeded", "failed"):
+                return event
+        return None
+
+    def get_keys(self) -> tuple[str, str]:
+        record = self._record()
+        if not DeploySpec.from_dict(record.config["deploy"]).auth_enabled:
+            raise ConfigError(f"key auth is off for service {self.name} (auth_enabled=False)")
+        return record.primary_key, record.secondary_key
+
+    def regen_key(self, key: str, set_key: str | None = None) -> None:
+        """Replace the primary or secondary key; the router refuses the old one at once."""
+        if key not in ("Primary", "Secondary"):
+            raise ConfigError(f"key must be 'Primary' or 'Secondary' (got {key!r})")
+        self.get_keys()
+        value = set_key or new_key()
+        if key == "Primary":
+            self.workspace.store.set_service_keys(self.name, primary_key=value)
+        else:
+            self.workspace.store.set_service_keys(self.name, secondary_key=value)
+        self._notify_cluster()
+
+    def get_token(self) -> tuple[str, float]:
+        raise ConfigError(
+            f"token auth is not enabled for service {self.name}; use get_keys() (token auth is not supported yet)"
+        )
+
+    def get_scale_events(self) -> list[dict[str, Any]]:
+        events = self.workspace.store.list_events(self.name, kind="scale")
+        return [{k: e[k] for k in ("time", "from", "to", "reason", "utilization") if k in e} for e in events]
+
+    def run(self, input_data: Any, timeout: float = 90.0) -> Any:
+        """POST ``input_data`` to the scoring URI with this service's key; the decoded answer."""
+        uri = self.scoring_uri
+        if uri is None:
+            raise ModelfleetError(f"service {self.name} has no scoring URI yet; is the cluster running?")
+        body = input_data if isinstance(input_data, str | bytes) else json.dumps(input_data)
+        headers = {"Content-Type": "application/json"}
+        if self.auth_enabled:
+            headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
+        parts = urlsplit(uri)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            conn.request("POST", parts.path, body=body, headers=headers)
+            response = conn.getresponse()
+            content = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise ModelfleetError(
+                "Received bad response from service. More information can be found by calling "
+                f"`.get_logs()` on the webservice object.\nResponse Code: {response.status}\n"
+                f"Content: {content[:2000]!r}"
+            )
+        try:
+            return json.loads(content)
+        except ValueError:
+            return content.decode(errors="replace")
+
+    def get_logs(self, num_lines: int = 5000, init: bool = False) -> str:
+        """The replicas' output (stdout, stderr and the server's lines), last ``num_lines``."""
+        logs_dir = self.workspace.store.runtime_dir / "services" / self.name / "logs"
+        lines: list[str] = []
+        for path in sorted(logs_dir.glob("replica-*.log")):
+            lines.append(f"=== {path.name} ===\n")
+            lines.extend(path.read_text(errors="replace").splitlines(keepends=True))
+        return "".join(lines[-num_lines:])
+
+    def update(self, models: list[Any] | None = None, inference_config: Any = None, **settings: Any) -> None:
+        """New models, inference config or settings; replicas are replaced with no failed request.
+
+        Like v1, this returns at once; ``wait_for_deployment()`` waits for the outcome. A
+        failed update leaves the old replicas serving and the reason in ``error``.
+        """
+        spec = DeploySpec.from_dict(self._record().config["deploy"])
+        self._update(models, inference_config, spec.replace(**settings) if settings else spec)
+
+    def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
+        from modelfleet.sdk.model import Model
+
+        record = self._record()
+        new_models = (
+            models
+            if models is not None
+            else [Model(self.workspace, m["name"], version=m["version"]) for m in record.config["models"]]
+        )
+        if inference_config is not None:
+            inference = inference_config.to_spec()
+            config = build_config(self.workspace, new_models, inference, spec)
+        else:
+            config = dict(record.config)
+            config["deploy"] = spec.to_dict()
+            config["models"] = build_config_models(new_models)
+        store = self.workspace.store
+        if spec.auth_enabled and not record.primary_key:
+            store.set_service_keys(
+                self.name,
+                primary_key=spec.primary_key or new_key(),
+                secondary_key=spec.secondary_key or new_key(),
+            )
+        store.update_service_config(self.name, config)
+        self._notify_cluster(start=True)
+
+    def delete(self) -> None:
+        cluster = self.workspace.cluster()
+        if cluster.info() is not None:
+            cluster.delete(self.name)
+        else:
+            self.workspace.store.delete_service(self.name)
+
+    def serialize(self) -> dict[str, Any]:
+        record = self._record()
+        spec = DeploySpec.from_dict(record.config["deploy"])
+        return {
+            "name": self.name,
+            "state": record.state,
+            "error": record.detail,
+            "computeType": self.compute_type,
+            "scoringUri": self.scoring_uri,
+            "swaggerUri": self.swagger_uri,
+            "generation": record.generation,
+            "servingGeneration": record.serving_generation,
+            "models": record.config["models"],
+            "createdTime": record.created_time,
+            "updatedTime": record.updated_time,
+            "deploymentConfig": spec.to_v1_json(),
+        }
+
+    def _notify_cluster(self, start: bool = False) -> None:
+        cluster = self.workspace.cluster()
+        if start:
+            cluster.ensure_running()
+        elif cluster.info() is None:
+            return  # the daemon reads the new state from the workspace when it starts
+        cluster.sync(self.name)
+
+    @staticmethod
+    def list(workspace: Workspace, compute_type: str | None = None, **_v1_only: Any) -> list[Webservice]:
+        services = []
+        for record in workspace.store.list_services():
+            try:
+                service = _flavour(record.config["deploy"])(workspace, record.name)
+            except NotFound:
+                continue  # deleted while listing
+            if compute_type is None or service.compute_type.lower() == compute_type.lower():
+                services.append(service)
+        return services
+
+    def __new__(cls, workspace: Workspace, name: str) -> Webservice:
+        if cls is Webservice:
+            record = workspace.store.get_service(name)
+            cls = _flavour(record.config["deploy"])
+        return super().__new__(cls)
+
+
+def build_config_models(models: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": m.name, "version": m.version} for m in models]
+
+
+class AksWebservice(Webservice):
+    """A service with v1's AKS settings, deployed to the local cluster (or, later, Kubernetes)."""
+
+    @staticmethod
+    def deploy_configuration(**kwargs: Any) -> DeploySpec:
+        return aks_deploy_configuration(**kwargs)
+
+
+class LocalWebservice(Webservice):
+    """v1's local deployment: one replica, auth off, on the local cluster."""
+
+    @staticmethod
+    def deploy_configuration(port: int | None = None) -> DeploySpec:
+        return local_deploy_configuration(port=port)
+
+
+def _flavour(deploy: dict[str, Any]) -> type[Webservice]:
+    return LocalWebservice if deploy.get("compute_type") == "local" else AksWebservice
+
+
+class KubernetesCompute:
+    """A Kubernetes cluster as a deployment target (v1: ``AksCompute``). Not available yet:
+    ``Model.deploy(..., deployment_target=KubernetesCompute(ws, name))`` says so."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"KubernetesCompute(name={self.name!r})"
+
+
+AksCompute = KubernetesCompute
+
+__all__ = ["AksCompute", "AksWebservice", "KubernetesCompute", "LocalWebservice", "Webservice"]

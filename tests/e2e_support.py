@@ -1,0 +1,81 @@
+"""Shared helpers for the end-to-end tests: a workspace with a running local cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
+
+SCRIPTS = Path(__file__).parent / "e2e_scripts"
+SUM_BODY = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
+
+
+def deploy(
+    ws: Workspace,
+    name: str,
+    script: str,
+    models: list[Model] | None = None,
+    wait: bool = True,
+    **settings: Any,
+) -> Webservice:
+    settings.setdefault("num_replicas", 1)
+    ic = InferenceConfig(entry_script="score.py", source_directory=SCRIPTS / script, environment=Environment("e2e"))
+    dc = AksWebservice.deploy_configuration(**settings)
+    service = Model.deploy(ws, name, models or [], ic, dc, overwrite=True)
+    if wait:
+        service.wait_for_deployment(timeout_sec=60)
+    return service
+
+
+def register_json_model(ws: Workspace, tmp: Path, name: str, weight: float) -> Model:
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps({"weight": weight}))
+    return Model.register(ws, model_path=path, model_name=name)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cluster_pids(ws: Workspace) -> list[int]:
+    """The daemon's pid and every replica's, while the cluster runs."""
+    cluster = ws.cluster()
+    info = cluster.info()
+    if info is None:
+        return []
+    pids = [int(info["pid"])]
+    for service in cluster.status()["services"].values():
+        pids += [r["pid"] for r in service["replicas"] if r["pid"]]
+    return pids
+
+
+def stop_cluster(ws: Workspace) -> None:
+    """Stop the cluster and check that it left no process behind."""
+    pids = cluster_pids(ws)
+    ws.cluster().stop()
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=30)
