@@ -1,0 +1,342 @@
+"""Which replica gets a request, and who waits: decisions only, no I/O, no clock.
+
+Theory of operation
+-------------------
+A ``Dispatch`` belongs to one service. It keeps a ``Slot`` per replica (requests in flight,
+whether the replica may take new ones) and a FIFO of waiting requests, each with a deadline
+(arrival + ``max_wait_s``). Every method takes ``now`` (monotonic seconds, read by the caller)
+and returns action values; ``proxy.py`` performs them:
+
+- ``Send(req, replica)``: the request holds one slot of ``replica`` until ``finish`` (or
+  ``busy``/``refused``) gives it back.
+- ``Reject(req)``: no replica had room before the deadline; answer 503 with Retry-After.
+
+Rules (the invariants the tests check):
+
+1. A replica takes a new request only while it is *open*: listed by ``set_replicas``, not
+   marked failed, not in busy back-off, and ``in_flight < limit``. ``in_flight`` never
+   exceeds ``limit`` through this class.
+2. Waiters are served strictly first come, first served; an arrival never overtakes a waiter.
+   A request put back by ``busy``/``refused`` goes to the head with its original deadline.
+3. A waiter is rejected once ``deadline <= now``, by ``expire`` or by whichever call next
+   looks at the queue. ``next_wakeup`` tells the caller when to call ``expire``.
+4. A replica left out of ``set_replicas`` (or named by ``retire``) takes nothing new and keeps
+   its slots until they finish; then it is forgotten. Listing it again re-opens it and clears
+   a failure mark.
+5. A replica that answered "busy" (another router filled it) is skipped for
+   ``busy_backoff_s``; one that failed is skipped until ``mark_healthy`` or ``set_replicas``.
+
+Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
+``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
+``<Dispatch svc=x in_flight=[1,1,1] queued=2>``. Had ``finish("r1", 0.2)`` come, it would
+have returned ``[Send(d, r1)]``. With nothing finished, ``expire(0.5)`` returns
+``[Reject(d), Reject(e)]``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+
+__all__ = [
+    "Action",
+    "Dispatch",
+    "Reject",
+    "Send",
+    "Slot",
+    "pick_least_loaded",
+]
+
+
+class Slot:
+    """One replica as the dispatcher sees it."""
+
+    __slots__ = ("id", "in_flight", "listed", "failed", "busy_until")
+
+    def __init__(self, replica_id: str) -> None:
+        self.id = replica_id
+        self.in_flight = 0
+        self.listed = True  # named by the last set_replicas and not retired
+        self.failed = False  # failed mid-request; skipped until mark_healthy / set_replicas
+        self.busy_until = 0.0  # answered "busy"; skipped until then
+
+    def open(self, now: float) -> bool:
+        return self.listed and not self.failed and self.busy_until <= now
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.id} in_flight={self.in_flight} open={self.open(float('inf'))}>"
+
+
+class Send:
+    """Send ``req`` to ``replica``; the request now holds one of its slots."""
+
+    __slots__ = ("req", "replica")
+
+    def __init__(self, req: Hashable, replica: str) -> None:
+        self.req = req
+        self.replica = replica
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Send) and other.req == self.req and other.replica == self.replica
+
+    def __repr__(self) -> str:
+        return f"Send({self.req!r}, {self.replica!r})"
+
+
+class Reject:
+    """Answer ``req`` with 503 + Retry-After: no capacity before its deadline."""
+
+    __slots__ = ("req",)
+
+    def __init__(self, req: Hashable) -> None:
+        self.req = req
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reject) and other.req == self.req
+
+    def __repr__(self) -> str:
+        return f"Reject({self.req!r})"
+
+
+Action = Send | Reject
+Policy = Callable[[Sequence[Slot], int, float, int], int]
+_NOTHING: tuple[Action, ...] = ()
+
+
+def pick_least_loaded(slots: Sequence[Slot], limit: int, now: float, turn: int) -> int:
+    """Return the index of the replica to use, or -1 when none has room.
+
+    Algorithm: only open slots (listed, not failed, past any busy back-off) with
+    ``in_flight < limit`` qualify. Among them the lowest ``in_flight`` wins. The scan starts
+    at index ``turn % len(slots)`` and wraps around; the first slot seen with the lowest count
+    wins, so replicas with equal load take turns as the caller advances ``turn`` by one per
+    pick. A slot with nothing in flight ends the scan early. Cost: one pass, O(replicas).
+    """
+    n = len(slots)
+    if n == 0:
+        return -1
+    best = -1
+    best_load = limit
+    i = turn % n
+    for _ in range(n):
+        s = slots[i]
+        if s.in_flight < best_load and s.listed and not s.failed and s.busy_until <= now:
+            best = i
+            best_load = s.in_flight
+            if best_load == 0:
+                break
+        i += 1
+        if i == n:
+            i = 0
+    return best
+
+
+class Dispatch:
+    """Slots and the wait queue of one service (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        max_wait_s: float,
+        *,
+        policy: Policy = pick_least_loaded,
+        busy_backoff_s: float = 0.02,
+    ) -> None:
+        # Settings: change only through configure().
+        self.name = name
+        self.limit = limit
+        self.max_wait_s = max_wait_s
+        self.busy_backoff_s = busy_backoff_s
+        self._policy = policy
+        # Replicas: the list is the pick order; the dict finds a slot by id.
+        self._slots: list[Slot] = []
+        self._by_id: dict[str, Slot] = {}
+        # Waiting requests, oldest first: request -> deadline. OrderedDict gives O(1) pop at
+        # the head, O(1) removal of a cancelled waiter and O(1) put-back at the head.
+        self._queue: OrderedDict[Hashable, float] = OrderedDict()
+        self._turn = 0  # advances once per pick, rotating ties
+        self.in_flight = 0  # sum of slot.in_flight, kept for the gauges
+
+    # -- read-only views ---------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots)
+
+    def slot(self, replica_id: str) -> Slot | None:
+        return self._by_id.get(replica_id)
+
+    def idle(self, replica_ids: Iterable[str]) -> bool:
+        """True when none of ``replica_ids`` has a request in flight."""
+        by_id = self._by_id
+        return all((s := by_id.get(r)) is None or s.in_flight == 0 for r in replica_ids)
+
+    def next_wakeup(self) -> float | None:
+        """When ``expire`` should next run: the head's deadline or the end of a busy back-off
+        that would let a waiter in; ``None`` when nobody waits."""
+        if not self._queue:
+            return None
+        when = next(iter(self._queue.values()))
+        for s in self._slots:
+            if s.listed and not s.failed and s.in_flight < self.limit and s.busy_until < when:
+                when = s.busy_until
+        return when
+
+    def __repr__(self) -> str:
+        loads = ",".join(str(s.in_flight) for s in self._slots)
+        return f"<Dispatch svc={self.name} in_flight=[{loads}] queued={len(self._queue)}>"
+
+    # -- requests ----------------------------------------------------------------------
+
+    def arrive(self, req: Hashable, now: float) -> Action | None:
+        """A new request: ``Send`` at once, ``None`` (queued), or ``Reject`` when it may not wait."""
+        if not self._queue:
+            i = self._policy(self._slots, self.limit, now, self._turn)
+            if i >= 0:
+                return self._assign(i, req)
+        if self.max_wait_s <= 0:
+            return Reject(req)
+        self._queue[req] = now + self.max_wait_s
+        return None
+
+    def finish(self, replica_id: str, now: float) -> Sequence[Action]:
+        """A request on ``replica_id`` ended (answered, or its connection closed)."""
+        self._release(replica_id)
+        return self._serve(now) if self._queue else _NOTHING
+
+    def busy(self, replica_id: str, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
+        """The replica answered "busy": free the slot, back the replica off, put ``req`` back
+        at the head of the queue with its original deadline (``arrived + max_wait_s``)."""
+        slot = self._release(replica_id)
+        if slot is not None:
+            slot.busy_until = now + self.busy_backoff_s
+        return self._requeue(req, now, arrived)
+
+    def refused(self, replica_id: str, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
+        """The replica refused the connection before the request was sent: free the slot,
+        mark the replica failed, and put ``req`` back at the head for another replica."""
+        slot = self._release(replica_id)
+        if slot is not None:
+            slot.failed = True
+        return self._requeue(req, now, arrived)
+
+    def cancel(self, req: Hashable) -> bool:
+        """A queued request's client went away: forget it. False when it was not queued."""
+        return self._queue.pop(req, None) is not None
+
+    def expire(self, now: float) -> Sequence[Action]:
+        """Reject waiters past their deadline and hand others to replicas that opened up."""
+        return self._serve(now) if self._queue else _NOTHING
+
+    # -- replicas ----------------------------------------------------------------------
+
+    def set_replicas(self, replica_ids: Iterable[str], now: float) -> Sequence[Action]:
+        """The replicas that may take new requests; others finish what they have."""
+        wanted = list(dict.fromkeys(replica_ids))
+        keep = set(wanted)
+        for s in self._slots:
+            if s.id not in keep:
+                s.listed = False
+        for rid in wanted:
+            s = self._by_id.get(rid)
+            if s is None:
+                s = Slot(rid)
+                self._by_id[rid] = s
+                self._slots.append(s)
+            else:
+                s.listed = True
+                s.failed = False
+        self._forget_idle_unlisted()
+        return self._serve(now) if self._queue else _NOTHING
+
+    def retire(self, replica_ids: Iterable[str]) -> None:
+        """Stop assigning to these replicas (drain); they go once their slots are free."""
+        for rid in replica_ids:
+            s = self._by_id.get(rid)
+            if s is not None:
+                s.listed = False
+        self._forget_idle_unlisted()
+
+    def fail(self, replica_id: str) -> None:
+        """The replica failed mid-request: no new requests until ``mark_healthy``."""
+        s = self._by_id.get(replica_id)
+        if s is not None:
+            s.failed = True
+
+    def mark_healthy(self, replica_id: str, now: float) -> Sequence[Action]:
+        s = self._by_id.get(replica_id)
+        if s is None:
+            return _NOTHING
+        s.failed = False
+        s.busy_until = 0.0
+        return self._serve(now) if self._queue else _NOTHING
+
+    def configure(self, limit: int, max_wait_s: float, now: float) -> Sequence[Action]:
+        """New per-replica limit and wait. Waiters keep their place; their deadlines move by
+        the change in wait, so the queue stays ordered by deadline."""
+        shift = max_wait_s - self.max_wait_s
+        self.limit = limit
+        self.max_wait_s = max_wait_s
+        if shift and self._queue:
+            for req in self._queue:
+                self._queue[req] += shift
+        return self._serve(now) if self._queue else _NOTHING
+
+    def clear(self) -> list[Reject]:
+        """The service is going away: reject every waiter."""
+        out = [Reject(req) for req in self._queue]
+        self._queue.clear()
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _assign(self, i: int, req: Hashable) -> Send:
+        s = self._slots[i]
+        s.in_flight += 1
+        self.in_flight += 1
+        self._turn += 1
+        return Send(req, s.id)
+
+    def _release(self, replica_id: str) -> Slot | None:
+        s = self._by_id.get(replica_id)
+        if s is None or s.in_flight <= 0:
+            # Releasing what was never held would corrupt the counts; callers pair every
+            # Send with exactly one release, so this is a bug upstream, made loud.
+            raise ValueError(f"{self!r}: release of replica {replica_id!r} that holds no request")
+        s.in_flight -= 1
+        self.in_flight -= 1
+        if s.in_flight == 0 and not s.listed:
+            self._slots.remove(s)
+            del self._by_id[s.id]
+        return s
+
+    def _requeue(self, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
+        self._queue[req] = arrived + self.max_wait_s
+        self._queue.move_to_end(req, last=False)
+        return self._serve(now)
+
+    def _serve(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        q = self._queue
+        while q:
+            req, deadline = next(iter(q.items()))
+            if deadline <= now:
+                del q[req]
+                out.append(Reject(req))
+                continue
+            i = self._policy(self._slots, self.limit, now, self._turn)
+            if i < 0:
+                break
+            del q[req]
+            out.append(self._assign(i, req))
+        return out
+
+    def _forget_idle_unlisted(self) -> None:
+        gone = [s for s in self._slots if not s.listed and s.in_flight == 0]
+        for s in gone:
+            self._slots.remove(s)
+            del self._by_id[s.id]

@@ -1,0 +1,315 @@
+"""Tier 2: the router over real sockets with stand-in upstream processes — routes, auth,
+limits on size, request ids, framing. Every test's teardown checks the gauges are back at 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from modelfleet.errors import ConfigError
+from modelfleet.router.auth import AuthResult, KeyAuth
+from modelfleet.router.proxy import ServiceRoute, Upstream
+from router_upstream import RouterThread, UpstreamProcess, wait_for
+
+PRIMARY, SECONDARY = "primary-key-123", "secondary-key-456"
+BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Callable[..., UpstreamProcess]]:
+    procs: list[UpstreamProcess] = []
+
+    def start(*args: str) -> UpstreamProcess:
+        p = UpstreamProcess(*args)
+        procs.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.fixture
+def router(upstreams: Callable[..., UpstreamProcess]) -> Iterator[RouterThread]:
+    rt = RouterThread()
+    try:
+        yield rt
+        st = rt.wait_idle()
+        for name, s in st.items():
+            assert s["in_flight"] == 0 and s["queued"] == 0, (name, s)
+            assert all(r["in_flight"] == 0 for r in s["replicas"].values()), (name, s)
+    finally:
+        rt.close()
+
+
+def serve(rt: RouterThread, name: str, ups: list[UpstreamProcess], **kw: object) -> ServiceRoute:
+    route = ServiceRoute(name, **kw)  # type: ignore[arg-type]
+    rt.call(lambda: rt.router.set_service(route))
+    replicas = [Upstream(f"{name}-{i}", "127.0.0.1", u.port) for i, u in enumerate(ups)]
+    rt.call(lambda: rt.router.set_replicas(name, replicas))
+    return route
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def raw_exchange(port: int, data: bytes, *, until: bytes = b"\r\n\r\n", timeout: float = 10) -> bytes:
+    """Send raw bytes, read until ``until`` has been seen and the stated body arrived."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+            if got.count(until) and _complete(got):
+                return got
+
+
+def _complete(got: bytes) -> bool:
+    head, _, body = got.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return True
+
+
+def test_score_is_proxied_with_either_key(router: RouterThread, upstreams: Callable[..., UpstreamProcess]) -> None:
+    up = upstreams()
+    serve(router, "svc", [up], auth=KeyAuth(PRIMARY, SECONDARY))
+    with httpx.Client() as c:
+        for key in (PRIMARY, SECONDARY):
+            r = c.post(router.url("svc"), content=BODY, headers=bearer(key))
+            assert r.status_code == 200
+            assert r.json() == [55]
+            assert r.headers["content-type"] == "application/json"
+            assert r.headers["x-ms-request-id"] == r.headers["x-request-id"]
+        # The key goes no further than the router.
+        r = c.post(router.url("svc"), content=BODY, headers={**bearer(PRIMARY), "x-test-echo": "1"})
+        assert "authorization" not in r.json()["headers"]
+        assert r.json()["body"] == len(BODY)
+    # Keep-alive pool: the router used one connection for all three (the other is this call's).
+    assert up.stats()["connections"] == 2
+
+
+def test_auth_failures_say_only_missing_or_invalid(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    auth = KeyAuth(PRIMARY, SECONDARY)
+    serve(router, "svc", [up], auth=auth)
+    cases = [
+        ({}, "missing"),
+        ({"authorization": ""}, "missing"),
+        ({"authorization": f"Basic {PRIMARY}"}, "invalid"),
+        ({"authorization": "Bearer"}, "invalid"),
+        (bearer("wrong"), "invalid"),
+        (bearer(PRIMARY + "x"), "invalid"),
+    ]
+    with httpx.Client() as c:
+        for headers, word in cases:
+            r = c.post(router.url("svc"), content=BODY, headers=headers)
+            assert r.status_code == 401, headers
+            assert r.json() == {"message": word}
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.headers["x-request-id"]
+        r = c.get(router.url("svc") + "?a=1")
+        assert r.status_code == 401
+        # Key regeneration takes effect at once, without restarting anything.
+        router.call(lambda: auth.set_keys("new-primary", SECONDARY))
+        assert c.post(router.url("svc"), content=BODY, headers=bearer(PRIMARY)).status_code == 401
+        assert c.post(router.url("svc"), content=BODY, headers=bearer("new-primary")).status_code == 200
+        assert c.post(router.url("svc"), content=BODY, headers=bearer(SECONDARY)).status_code == 200
+    assert up.stats()["requests"] == 2  # no 401 reached the replica
+
+
+def test_key_auth_unit() -> None:
+    a = KeyAuth(PRIMARY)
+    assert a.check(None) is AuthResult.MISSING
+    assert a.check(b"bearer " + PRIMARY.encode()) is AuthResult.OK
+    assert a.check(b"Bearer " + SECONDARY.encode()) is AuthResult.INVALID
+    assert PRIMARY not in repr(a)
+    with pytest.raises(ConfigError, match="primary key"):
+        KeyAuth("")
+
+
+def test_swagger_needs_no_key_and_query_strings_pass(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    serve(router, "svc", [up], auth=KeyAuth(PRIMARY))
+    with httpx.Client() as c:
+        r = c.get(router.url("svc", "swagger.json") + "?version=3", headers={"x-test-echo": "1"})
+        assert r.status_code == 200
+        assert r.json()["path"] == "/swagger.json?version=3"
+        r = c.get(router.url("svc") + "?x=1&y=two", headers={**bearer(PRIMARY), "x-test-echo": "1"})
+        assert r.status_code == 200
+        assert (r.json()["method"], r.json()["path"]) == ("GET", "/score?x=1&y=two")
+        r = c.get(f"http://127.0.0.1:{router.port}/")
+        assert r.status_code == 200 and r.json() == {"status": "Healthy"}
+
+
+def test_404_and_405(router: RouterThread, upstreams: Callable[..., UpstreamProcess]) -> None:
+    up = upstreams()
+    serve(router, "svc", [up])
+    base = f"http://127.0.0.1:{router.port}"
+    with httpx.Client() as c:
+        for path in ("/api/v1/service/nope/score", "/api/v1/service/svc/other", "/api/v1/service//score",
+                     "/api/v1/service/svc", "/elsewhere", "/api/v1/service/svc/score/"):  # fmt: skip
+            r = c.post(base + path, content=BODY)
+            assert r.status_code == 404, path
+            assert "modelfleet service list" in r.json()["message"]
+        r = c.put(router.url("svc"), content=BODY)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+        assert "svc" in r.json()["message"]
+        r = c.post(router.url("svc", "swagger.json"), content=BODY)
+        assert r.status_code == 405 and r.headers["allow"] == "GET"
+        r = c.delete(base + "/")
+        assert r.status_code == 405 and r.headers["allow"] == "GET"
+        assert c.post(router.url("svc"), content=BODY).status_code == 200  # connection still good
+    assert up.stats()["requests"] == 1
+
+
+def test_413_by_content_length_before_the_body_is_sent(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    serve(router, "svc", [up], max_body_bytes=1000)
+    head = (
+        b"POST /api/v1/service/svc/score HTTP/1.1\r\nhost: x\r\ncontent-length: 1001\r\nx-ms-request-id: big-1\r\n\r\n"
+    )
+    got = raw_exchange(router.port, head)  # the body is never sent: the answer comes anyway
+    assert got.startswith(b"HTTP/1.1 413 ")
+    assert b"x-ms-request-id: big-1\r\n" in got
+    assert json.loads(got.partition(b"\r\n\r\n")[2])["message"].startswith("request body is larger than the 1000")
+    with httpx.Client() as c:
+        assert c.post(router.url("svc"), content=b"x" * 1000).status_code == 200
+        assert c.post(router.url("svc"), content=b"x" * 1001).status_code == 413
+    assert up.stats()["requests"] == 1
+
+
+def test_413_by_counting_a_chunked_body(router: RouterThread, upstreams: Callable[..., UpstreamProcess]) -> None:
+    up = upstreams()
+    serve(router, "svc", [up], max_body_bytes=100_000)
+
+    def chunks(n: int) -> Iterator[bytes]:
+        for _ in range(n):
+            yield b"y" * 10_000
+
+    with httpx.Client() as c:
+        r = c.post(router.url("svc"), content=chunks(30))
+        assert r.status_code == 413
+        r = c.post(router.url("svc"), content=chunks(10), headers={"x-test-echo": "1"})
+        assert r.status_code == 200 and r.json()["body"] == 100_000
+    assert up.stats()["requests"] == 1  # the replica never scored the oversized one
+
+
+def test_10mb_bodies_pass_both_framings(router: RouterThread, upstreams: Callable[..., UpstreamProcess]) -> None:
+    up = upstreams()
+    serve(router, "svc", [up])
+    big = b"z" * (10 * 1024 * 1024)
+    with httpx.Client(timeout=30) as c:
+        r = c.post(router.url("svc"), content=big, headers={"x-test-echo": "1"})
+        assert r.status_code == 200 and r.json()["body"] == len(big)
+
+        def gen() -> Iterator[bytes]:
+            view = memoryview(big)
+            for i in range(0, len(big), 256 * 1024):
+                yield bytes(view[i : i + 256 * 1024])
+
+        r = c.post(router.url("svc"), content=gen(), headers={"x-test-echo": "1"})
+        assert r.status_code == 200 and r.json()["body"] == len(big)
+
+
+def test_request_ids_honoured_passed_and_generated(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    serve(router, "svc", [up])
+    echo = {"x-test-echo": "1"}
+    with httpx.Client() as c:
+        r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-ms-request-id": "abc-1"})
+        assert r.headers["x-ms-request-id"] == r.headers["x-request-id"] == "abc-1"
+        assert r.json()["headers"]["x-ms-request-id"] == "abc-1"
+        r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-request-id": "def-2"})
+        assert r.headers["x-ms-request-id"] == r.headers["x-request-id"] == "def-2"
+        r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-request-id": "b", "x-ms-request-id": "a"})
+        assert (r.headers["x-ms-request-id"], r.headers["x-request-id"]) == ("a", "b")
+        assert r.headers.get_list("x-request-id") == ["b"]  # the replica's copy is not doubled
+        ids = {c.post(router.url("svc"), content=BODY).headers["x-ms-request-id"] for _ in range(20)}
+        assert len(ids) == 20 and all(len(i) == 36 for i in ids)
+        r = c.put(router.url("svc"), headers={"x-ms-request-id": "on-errors-too"})
+        assert r.status_code == 405 and r.headers["x-ms-request-id"] == "on-errors-too"
+
+
+def test_chunked_answer_is_reframed_and_pipelined_requests_answer_in_order(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    serve(router, "svc", [up])
+    with httpx.Client() as c:
+        r = c.post(router.url("svc"), content=BODY, headers={"x-test-chunked": "1"})
+        assert r.status_code == 200 and r.json() == [55]
+        assert r.headers["transfer-encoding"] == "chunked"
+    one = b"POST /api/v1/service/svc/score HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+    data = (
+        one % (len(BODY), b"p1") + b"x-test-sleep-ms: 100\r\n\r\n" + BODY
+        + b"GET /nope HTTP/1.1\r\nhost: x\r\nx-request-id: p2\r\n\r\n"
+        + one % (len(BODY), b"p3") + b"connection: close\r\n\r\n" + BODY
+    )  # fmt: skip
+    got = raw_exchange(router.port, data, until=b"x-request-id: p3")
+    order = re.findall(rb"HTTP/1\.1 (\d+)|\nx-request-id: (\w+)", got)
+    assert [a or b for a, b in order] == [b"200", b"p1", b"404", b"p2", b"200", b"p3"]
+
+
+def test_malformed_request_gets_400(router: RouterThread) -> None:
+    got = raw_exchange(router.port, b"THIS IS NOT HTTP\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400 ")
+
+
+def test_service_route_is_validated() -> None:
+    with pytest.raises(ConfigError, match="service name"):
+        ServiceRoute("a/b")
+    with pytest.raises(ConfigError, match="replica_max_concurrent_requests"):
+        ServiceRoute("a", max_concurrent=0)
+    with pytest.raises(ConfigError, match="max_request_wait_time"):
+        ServiceRoute("a", max_wait_s=-1)
+    with pytest.raises(ConfigError, match="scoring_timeout_ms"):
+        ServiceRoute("a", timeout_s=0)
+    with pytest.raises(ConfigError, match="auth"):
+        ServiceRoute("a", auth="secret")  # type: ignore[arg-type]
+
+
+def test_no_key_or_authorization_in_logs(
+    upstreams: Callable[..., UpstreamProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    up = upstreams()
+    dead = upstreams()
+    rt = RouterThread(access_log=True)
+    try:
+        serve(rt, "svc", [up, dead], auth=KeyAuth(PRIMARY, SECONDARY))
+        with httpx.Client() as c:
+            for key in (PRIMARY, SECONDARY, "wrong-key-789"):
+                c.post(rt.url("svc"), content=BODY, headers=bearer(key))
+            dead.stop()
+            for _ in range(3):  # one of these meets the dead replica: a warning is logged
+                assert c.post(rt.url("svc"), content=BODY, headers=bearer(PRIMARY)).status_code in (200, 502)
+        wait_for(lambda: rt.failed, what="the dead replica to be reported")
+        rt.wait_idle()
+    finally:
+        rt.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "svc-1" in text and "POST /score 200" in text  # the logs are there...
+    for secret in (PRIMARY, SECONDARY, "wrong-key-789", "uthorization"):
+        assert secret not in text  # ...but never a key or the header
