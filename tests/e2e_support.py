@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
 
@@ -79,3 +81,30 @@ def stop_cluster(ws: Workspace) -> None:
     pids = cluster_pids(ws)
     ws.cluster().stop()
     wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=30)
+
+
+def raw_exchange(uri: str, head: bytes, body: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send hand-made request bytes (e.g. a Content-Length no client library would send) and
+    return the status code and the body of the answer."""
+    parts = urlsplit(uri)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        header_block, _, rest = data.partition(b"\r\n\r\n")
+        status = int(header_block.split(b" ", 2)[1])
+        length = 0
+        for line in header_block.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return status, rest

@@ -11,11 +11,21 @@ import json
 import os
 import signal
 import threading
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from e2e_support import SCRIPTS, SUM_BODY, deploy, pid_alive, register_json_model, stop_cluster, wait_until
+from e2e_support import (
+    SCRIPTS,
+    SUM_BODY,
+    deploy,
+    pid_alive,
+    raw_exchange,
+    register_json_model,
+    stop_cluster,
+    wait_until,
+)
 from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
 from modelfleet.errors import ConfigError, DeploymentFailed, NotFound
 
@@ -84,14 +94,11 @@ def test_body_over_the_limit_is_413_and_10mb_passes(ws: Workspace) -> None:
     assert response.status_code == 200
     assert response.json() == {"length": len(big)}
     # over the 100 MB default: refused from the declared length, before any replica sees it
-    over = 100 * 1024 * 1024 + 1
-    with httpx.Client() as client:
-        request = client.build_request(
-            "POST", service.scoring_uri, content=b"{}", headers={"Content-Length": str(over)}
-        )
-        response = client.send(request)
-    assert response.status_code == 413
-    assert "message" in response.json()
+    path = urlsplit(service.scoring_uri).path
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {100 * 1024 * 1024 + 1}\r\n\r\n".encode()
+    status, body = raw_exchange(service.scoring_uri, head, b"{}")
+    assert status == 413
+    assert "message" in json.loads(body)
 
 
 def test_run_raising_is_500_and_service_stays_healthy(ws: Workspace) -> None:

@@ -153,7 +153,7 @@ def test_cli_errors_are_one_line_and_nonzero(ws: Workspace, tmp_path: Path) -> N
         str(tmp_path / "dc.json"),
         check=False,
     )
-    assert bad.returncode == 1 and bad.stderr.startswith("error:")
+    assert bad.returncode == 1 and "targetUtilization" in bad.stderr and "150" in bad.stderr
     bad_name = cli(ws, "model", "deploy", "-n", "Bad_Name", "-m", "x:1", "--ic", str(tmp_path / "ic.json"), check=False)
     assert bad_name.returncode == 1 and "name" in bad_name.stderr
 
@@ -194,7 +194,7 @@ def test_serve_runs_one_replica_in_the_foreground(tmp_path: Path) -> None:
         assert response.status_code == 200 and response.json() == [55]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     assert proc.returncode in (0, -signal.SIGINT, 130)
 
 

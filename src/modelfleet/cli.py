@@ -199,16 +199,15 @@ def model_download(args: argparse.Namespace) -> int:
 
 def model_deploy(args: argparse.Namespace) -> int:
     from modelfleet.sdk.model import Model
+    from modelfleet.spec import validate_service_name
 
+    # everything the user typed is checked before anything is looked up or created
+    validate_service_name(args.name)
+    deploy_config = _deploy_config(args.dc) if args.dc else None
+    inference_config = _inference_config(args.ic)
     ws = _workspace(args)
-    service = Model.deploy(
-        ws,
-        args.name,
-        _models(ws, args.model),
-        _inference_config(args.ic),
-        _deploy_config(args.dc) if args.dc else None,
-        overwrite=args.overwrite,
-    )
+    models = _models(ws, args.model)
+    service = Model.deploy(ws, args.name, models, inference_config, deploy_config, overwrite=args.overwrite)
     if not args.no_wait:
         service.wait_for_deployment(show_output=True)
     print(f"scoring uri: {service.scoring_uri}")

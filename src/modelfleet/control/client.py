@@ -50,34 +50,26 @@ class ClusterClient:
         if info is not None:
             return info
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "modelfleet.control.daemon",
-            "--workspace",
-            str(self.workspace_root),
-            "--host",
-            host,
-        ]
+        argv = [sys.executable, "-m", "modelfleet.control.daemon", "--detach"]
+        argv += ["--workspace", str(self.workspace_root), "--host", host]
         if port is not None:
             argv += ["--port", str(port)]
         with open(self.paths.daemon_log, "ab") as log_file:
-            proc = subprocess.Popen(
+            # the daemon forks itself into the background once it holds its lock, so this returns at once
+            subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
                 close_fds=True,
+                timeout=_START_TIMEOUT_S,
+                check=False,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             info = self.info()
             if info is not None:
                 return info
-            code = proc.poll()
-            if code not in (None, 0):
-                break
             time.sleep(0.05)
         raise ClusterUnavailable(
             f"the local cluster did not start within {_START_TIMEOUT_S:.0f} s; see {self.paths.daemon_log}"

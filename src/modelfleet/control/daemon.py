@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--detach", action="store_true", help="fork into the background once the lock is held")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DaemonConfig(workspace=args.workspace.resolve(), host=args.host, port=args.port)
-    paths = RuntimePaths(Store.open(config.workspace).runtime_dir)
+    paths = RuntimePaths(config.workspace / ".modelfleet" / "runtime")
     paths.root.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         log.info("another daemon already runs for %s", config.workspace)
         return 0
+    if args.detach and os.fork() > 0:
+        os._exit(0)  # the starter reaps this parent at once; the child keeps the lock
+    if args.detach:
+        os.setsid()
     _install_fast_loop()
     asyncio.run(Daemon(config).run())
     os.close(lock_fd)
