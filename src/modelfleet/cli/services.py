@@ -1,0 +1,118 @@
+"""``modelfleet service ...``: deployed services."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelfleet.cli.common import (
+    add_output,
+    deploy_config_from_file,
+    inference_config_from_file,
+    models_from_refs,
+    print_output,
+    workspace,
+)
+from modelfleet.errors import ConfigError
+
+
+def register(groups: Any) -> None:
+    service = groups.add_parser("service", help="deployed services").add_subparsers()
+    svc_list = service.add_parser("list")
+    add_output(svc_list)
+    svc_list.set_defaults(handler=service_list)
+    for verb, handler, help_text in [
+        ("show", service_show, "one service"),
+        ("logs", service_logs, "its replicas' logs"),
+        ("get-keys", service_get_keys, "its primary and secondary keys"),
+        ("regen-key", service_regen_key, "replace a key"),
+        ("run", service_run, "score through the router"),
+        ("update", service_update, "new models, config or settings; no failed request"),
+        ("delete", service_delete, "drain and remove"),
+    ]:
+        sub = service.add_parser(verb, help=help_text)
+        sub.add_argument("-n", "--name", required=True)
+        sub.set_defaults(handler=handler)
+        if verb in ("show", "get-keys"):
+            add_output(sub)
+        if verb == "logs":
+            sub.add_argument("-l", "--num-lines", type=int, default=5000)
+        if verb == "regen-key":
+            sub.add_argument("-k", "--key", required=True, choices=["Primary", "Secondary"])
+            sub.add_argument("--set-key", help="use this value instead of a generated one")
+        if verb == "run":
+            sub.add_argument("-d", "--input-data")
+            sub.add_argument("-f", "--input-file")
+        if verb == "update":
+            sub.add_argument("-m", "--model", action="append")
+            sub.add_argument("--ic", "--inference-config-file", dest="ic")
+            sub.add_argument("--dc", "--deploy-config-file", dest="dc")
+            sub.add_argument("--no-wait", action="store_true")
+
+
+def _service(args: argparse.Namespace) -> Any:
+    from modelfleet.sdk.webservice import Webservice
+
+    return Webservice(workspace(args), args.name)
+
+
+def service_list(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.webservice import Webservice
+
+    services = Webservice.list(workspace(args))
+    rows = [f"{s.name}  {s.state}  {s.scoring_uri}" for s in services]
+    print_output(args, [s.serialize() for s in services], "\n".join(rows) or "no services")
+    return 0
+
+
+def service_show(args: argparse.Namespace) -> int:
+    data = _service(args).serialize()
+    print_output(args, data, json.dumps(data, indent=2, default=str))
+    return 0
+
+
+def service_logs(args: argparse.Namespace) -> int:
+    sys.stdout.write(_service(args).get_logs(num_lines=args.num_lines))
+    return 0
+
+
+def service_get_keys(args: argparse.Namespace) -> int:
+    primary, secondary = _service(args).get_keys()
+    print_output(args, {"primaryKey": primary, "secondaryKey": secondary}, f"{primary}\n{secondary}")
+    return 0
+
+
+def service_regen_key(args: argparse.Namespace) -> int:
+    _service(args).regen_key(args.key, set_key=args.set_key)
+    print(f"{args.key} key regenerated")
+    return 0
+
+
+def service_run(args: argparse.Namespace) -> int:
+    data = Path(args.input_file).read_text() if args.input_file else args.input_data
+    if data is None:
+        raise ConfigError("service run needs -d/--input-data JSON or -f/--input-file FILE")
+    result = _service(args).run(data)
+    print(json.dumps(result) if not isinstance(result, str) else result)
+    return 0
+
+
+def service_update(args: argparse.Namespace) -> int:
+    service = _service(args)
+    ws = service.workspace
+    models = models_from_refs(ws, args.model) if args.model else None
+    inference = inference_config_from_file(args.ic) if args.ic else None
+    spec = deploy_config_from_file(args.dc) if args.dc else service._spec()
+    service._update(models, inference, spec)
+    if not args.no_wait:
+        service.wait_for_deployment(show_output=True)
+    return 0
+
+
+def service_delete(args: argparse.Namespace) -> int:
+    _service(args).delete()
+    print(f"service {args.name} deleted")
+    return 0
