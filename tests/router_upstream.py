@@ -11,6 +11,8 @@ that the router forwards the instruction like any other header:
 - ``x-test-exit: 1``: the process exits at once
 - ``x-test-echo: 1``: answer JSON with the method, path, body length and request headers
 - ``x-test-chunked: 1``: send the answer with chunked transfer encoding
+- ``x-test-size: N``: answer N bytes (``0123456789`` repeated) instead of ``[55]``
+- ``x-test-stall-ms: N``: stop reading the socket for N ms once the headers are in
 
 ``GET /stats`` (straight to the upstream) answers ``{"requests", "concurrent", "max_concurrent",
 "connections", "busy"}``; ``POST /reset`` zeroes the counters. ``--limit N`` makes it answer
@@ -92,6 +94,11 @@ class Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.headers.get("x-test-exit") == "1":
             os._exit(0)
+        stall = int(self.headers.get("x-test-stall-ms", 0))
+        if stall and self.transport is not None:
+            # Let the sender's buffers fill: exercises the router's upload backpressure.
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(stall / 1000, self.transport.resume_reading)
 
     def on_body(self, body: bytes) -> None:
         self.body += len(body)
@@ -131,7 +138,10 @@ class Conn(asyncio.Protocol):
             sleep_ms = int(headers.get("x-test-sleep-ms", s.sleep_ms))
             if sleep_ms:
                 await asyncio.sleep(sleep_ms / 1000)
-            if headers.get("x-test-echo") == "1":
+            if "x-test-size" in headers:
+                n = int(headers["x-test-size"])
+                answer = (b"0123456789" * (n // 10 + 1))[:n]
+            elif headers.get("x-test-echo") == "1":
                 out = {"method": method.decode(), "path": path, "body": body, "headers": headers}
                 answer = json.dumps(out).encode()
             else:

@@ -40,16 +40,19 @@ def bearer_token(authorization: bytes | None) -> bytes | None:
 
 
 class KeyAuth:
-    """Primary/secondary key check. ``set_keys`` takes effect for the next request."""
+    """Primary/secondary key check. ``set_keys`` takes effect for the next request.
+
+    An empty or ``None`` key matches nothing (a service whose keys are not set yet refuses
+    everyone rather than letting everyone in)."""
 
     __slots__ = ("_keys",)
 
-    def __init__(self, primary: str | bytes, secondary: str | bytes | None = None) -> None:
-        self._keys: tuple[bytes, bytes | None] = _keys(primary, secondary)
+    def __init__(self, primary: str | bytes | None, secondary: str | bytes | None = None) -> None:
+        self._keys: tuple[bytes | None, bytes | None] = (_key(primary), _key(secondary))
 
-    def set_keys(self, primary: str | bytes, secondary: str | bytes | None = None) -> None:
+    def set_keys(self, primary: str | bytes | None, secondary: str | bytes | None = None) -> None:
         # One tuple assignment: a request sees either the old pair or the new one, never half.
-        self._keys = _keys(primary, secondary)
+        self._keys = (_key(primary), _key(secondary))
 
     def check(self, authorization: bytes | None) -> AuthResult:
         if not authorization:
@@ -58,29 +61,22 @@ class KeyAuth:
         if token is None:
             return AuthResult.INVALID
         primary, secondary = self._keys
-        ok = hmac.compare_digest(token, primary)
         # Always compare both (no short circuit) so timing does not tell which key matched.
+        ok = hmac.compare_digest(token, primary) if primary is not None else False
         ok_2 = hmac.compare_digest(token, secondary) if secondary is not None else False
         return AuthResult.OK if ok | ok_2 else AuthResult.INVALID
 
     def __repr__(self) -> str:  # never show the keys
-        return "<KeyAuth primary=*** secondary=%s>" % ("***" if self._keys[1] is not None else "none")
+        p, s = ("***" if k is not None else "none" for k in self._keys)
+        return f"<KeyAuth primary={p} secondary={s}>"
 
 
-def _keys(primary: str | bytes, secondary: str | bytes | None) -> tuple[bytes, bytes | None]:
-    p = primary.encode() if isinstance(primary, str) else bytes(primary)
-    s = secondary.encode() if isinstance(secondary, str) else secondary
-    if not p:
+def _key(key: str | bytes | None) -> bytes | None:
+    if not key:
+        return None
+    k = key.encode() if isinstance(key, str) else bytes(key)
+    if any(c in k for c in (b" ", b"\t", b"\r", b"\n")):
         raise ConfigError(
-            "primary key must be a non-empty string (got an empty one); regenerate it "
-            "with `modelfleet service regen-key`"
+            "service keys may not contain spaces or line breaks; regenerate the key with `modelfleet service regen-key`"
         )
-    if s is not None and not s:
-        s = None
-    for k in (p, s):
-        if k is not None and (b" " in k or b"\r" in k or b"\n" in k):
-            raise ConfigError(
-                "service keys may not contain spaces or line breaks; regenerate the key "
-                "with `modelfleet service regen-key`"
-            )
-    return p, s
+    return k

@@ -28,6 +28,7 @@ class Exchange(Protocol):
     def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> None: ...
 
     def up_body(self, data: bytes) -> None: ...
+    def up_flush(self) -> None: ...
     def up_end(self, keep_alive: bool) -> None: ...
     def up_lost(self, exc: BaseException | None) -> None: ...
     def up_pause_writing(self) -> None: ...
@@ -66,11 +67,15 @@ class UpstreamConn(asyncio.Protocol):
             # Nothing was asked: a replica talking out of turn is not trusted with the next one.
             self.close()
             return
+        ex = self.exchange
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.close()
             self._lost(BadAnswer(str(exc)))
+            return
+        if ex is self.exchange:
+            ex.up_flush()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
