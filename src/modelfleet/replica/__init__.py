@@ -1,0 +1,43 @@
+"""The replica: one process serving one v1 entry script (``score.py``) over HTTP.
+
+``python -m modelfleet.replica [flags]`` and ``modelfleet serve [flags]`` both land in
+``main(argv)``: the only place that reads ``sys.argv`` and ``os.environ``. It builds a
+``ReplicaConfig`` (``config.py``), exports the variables v1 scripts read, and hands over to
+``server.serve``. Exit status: 0 after a clean stop, 2 for bad flags or settings, 3 when the
+script cannot be loaded or its init() raised (the traceback is on stderr).
+
+Modules: ``entry`` (the script core, no HTTP), ``server`` (the v1 HTTP adapter), ``responses``
+(reply bytes), ``workers`` (threads running run()), ``swagger``, ``compat`` (the ``azureml.*``
+names v1 scripts import). Importing this package loads none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a replica in the foreground; returns the process exit status."""
+    from modelfleet.errors import ConfigError
+    from modelfleet.replica.config import parse_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_config(args, os.environ, os.getcwd())
+    except SystemExit as ex:  # argparse: --help (0) or a usage error (2)
+        return int(ex.code or 0) if isinstance(ex.code, int) else 2
+    except ConfigError as ex:
+        print(f"modelfleet serve: {ex.message}", file=sys.stderr)
+        return 2
+    # What v1 scripts read from the environment, set as azmlinfsrv sets it.
+    os.environ["AML_APP_ROOT"] = config.app_root
+    os.environ["AZUREML_ENTRY_SCRIPT"] = config.entry_script
+    if config.model_dir:
+        os.environ["AZUREML_MODEL_DIR"] = config.model_dir
+    from modelfleet.replica.server import serve
+
+    return serve(config)

@@ -1,0 +1,1 @@
+"""modelfleet's stand-in for ``azureml.contrib``."""

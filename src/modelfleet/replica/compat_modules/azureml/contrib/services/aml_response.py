@@ -1,0 +1,5 @@
+"""``azureml.contrib.services.aml_response`` as the replica provides it: ``AMLResponse``."""
+
+from modelfleet.replica.compat import AMLResponse
+
+__all__ = ["AMLResponse"]

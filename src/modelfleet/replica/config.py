@@ -1,0 +1,155 @@
+"""The replica's settings: one frozen value, built from argv and an environment mapping.
+
+``parse_config(argv, environ, cwd)`` is pure (it reads only its arguments), so tests build
+configurations without touching ``os.environ``; ``modelfleet.replica.main`` is the only caller
+that passes the real ones. Flag names, defaults and precedence follow ``azmlinfsrv`` 1.5:
+
+- ``--entry_script`` wins over ``AZUREML_ENTRY_SCRIPT``; a flag path is taken relative to the
+  current folder, an environment path relative to ``AML_APP_ROOT`` (then to the source folder,
+  since v1 writes it as ``<source dir>/<script>`` but the local supervisor writes it relative to
+  the source folder).
+- ``--model_dir`` wins over ``AZUREML_MODEL_DIR``; ``--worker_count`` over ``WORKER_COUNT``;
+  ``--access_control_allow_origins`` over ``AML_CORS_ORIGINS``.
+- ``--port`` defaults to 5001 whatever ``SERVER_PORT`` says (the reference overwrites it too).
+- ``AML_APP_ROOT`` defaults to the current folder; ``AZUREML_SOURCE_DIRECTORY`` is joined to it.
+- ``SCORING_TIMEOUT_MS`` (default one hour), ``SERVICE_NAME``, ``SERVICE_VERSION`` and
+  ``SERVICE_PATH_PREFIX`` (swagger), ``SERVER_VERSION_LOG_RESPONSE_ENABLED`` (x-ms-server-version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from modelfleet import __version__
+from modelfleet.errors import ConfigError
+
+DEFAULT_PORT = 5001
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_SCORING_TIMEOUT_MS = 3600 * 1000
+MAX_BODY_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Everything a replica needs, resolved to absolute paths and checked ranges."""
+
+    entry_script: str
+    app_root: str
+    model_dir: str | None = None
+    source_dir: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    port_file: str | None = None
+    worker_count: int = 1
+    max_concurrent: int = 0
+    scoring_timeout_ms: int = DEFAULT_SCORING_TIMEOUT_MS
+    cors_origins: tuple[str, ...] = ()
+    service_name: str = "ML service"
+    service_version: str = "1.0"
+    service_path_prefix: str = ""
+    server_version: str | None = f"modelfleet/{__version__}"
+    max_body_bytes: int = MAX_BODY_BYTES
+    access_log: bool = False
+    keep_alive_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check_range("port", self.port, 0, 65535)
+        _check_range("worker_count", self.worker_count, 1, 1024)
+        _check_range("max_concurrent", self.max_concurrent, 0, 1_000_000)
+        _check_range("scoring_timeout_ms", self.scoring_timeout_ms, 1, 10**12)
+        _check_range("max_body_bytes", self.max_body_bytes, 1, 2**62)
+        if not os.path.isfile(self.entry_script):
+            raise ConfigError(
+                f"entry_script {self.entry_script!r} is not a file; pass --entry_script with the path "
+                "of your score.py (relative to the current folder) or set AZUREML_ENTRY_SCRIPT"
+            )
+
+
+def _check_range(field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{field} must be between {low} and {high} (got {value})")
+
+
+def _int_setting(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelfleet serve",
+        description="Run one v1 entry script (init() once, run() per request) behind the v1 scoring routes.",
+    )
+    p.add_argument("--entry_script", help="path of the scoring script (default: AZUREML_ENTRY_SCRIPT)")
+    p.add_argument("--model_dir", help="model folder, exported as AZUREML_MODEL_DIR")
+    p.add_argument("--port", help=f"port to listen on; 0 picks a free one (default {DEFAULT_PORT})")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--worker_count", help="threads running run() (default: WORKER_COUNT or 1)")
+    p.add_argument("--access_control_allow_origins", help="CORS origins, comma separated (AML_CORS_ORIGINS)")
+    p.add_argument("--port-file", dest="port_file", help="write the bound port here once listening")
+    p.add_argument(
+        "--max-concurrent",
+        dest="max_concurrent",
+        default="0",
+        help="answer 503 at once when this many requests are running (default 0: no limit, wait)",
+    )
+    p.add_argument("--access-log", dest="access_log", action="store_true", help="log one line per request")
+    return p
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> ReplicaConfig:
+    """Build the configuration from flags and environment (flags win, as in azmlinfsrv).
+
+    Raises ``SystemExit`` for unknown flags (argparse) and ``ConfigError`` for bad values.
+    """
+    args = _parser().parse_args(list(argv))
+    app_root = os.path.abspath(os.path.join(cwd, environ.get("AML_APP_ROOT") or cwd))
+    source_env = environ.get("AZUREML_SOURCE_DIRECTORY")
+    source_dir = os.path.join(app_root, source_env) if source_env else None
+
+    if args.entry_script:
+        entry_script = os.path.realpath(os.path.join(cwd, args.entry_script))
+    elif environ.get("AZUREML_ENTRY_SCRIPT"):
+        relative = environ["AZUREML_ENTRY_SCRIPT"].replace("/", os.sep)
+        entry_script = os.path.join(app_root, relative)
+        if not os.path.isfile(entry_script) and source_dir:
+            entry_script = os.path.join(source_dir, relative)
+    else:
+        raise ConfigError("entry_script is required: pass --entry_script PATH or set AZUREML_ENTRY_SCRIPT")
+
+    model_dir = args.model_dir or environ.get("AZUREML_MODEL_DIR") or None
+    if args.model_dir:
+        model_dir = os.path.abspath(os.path.join(cwd, args.model_dir))
+
+    worker_raw = args.worker_count or environ.get("WORKER_COUNT") or "1"
+    cors_raw = args.access_control_allow_origins
+    if cors_raw is None:
+        cors_raw = environ.get("AML_CORS_ORIGINS", "")
+    origins = tuple(o.strip() for o in cors_raw.split(",") if o.strip())
+
+    version_enabled = environ.get("SERVER_VERSION_LOG_RESPONSE_ENABLED", "true").lower() == "true"
+    return ReplicaConfig(
+        entry_script=entry_script,
+        app_root=app_root,
+        model_dir=model_dir,
+        source_dir=source_dir,
+        host=args.host,
+        port=_int_setting("port", args.port) if args.port is not None else DEFAULT_PORT,
+        port_file=os.path.join(cwd, args.port_file) if args.port_file else None,
+        worker_count=_int_setting("worker_count", worker_raw),
+        max_concurrent=_int_setting("max_concurrent", args.max_concurrent),
+        scoring_timeout_ms=_int_setting(
+            "SCORING_TIMEOUT_MS", environ.get("SCORING_TIMEOUT_MS") or str(DEFAULT_SCORING_TIMEOUT_MS)
+        ),
+        cors_origins=origins,
+        service_name=environ.get("SERVICE_NAME", "ML service"),
+        service_version=environ.get("SERVICE_VERSION", "1.0"),
+        service_path_prefix=environ.get("SERVICE_PATH_PREFIX", ""),
+        server_version=f"modelfleet/{__version__}" if version_enabled else None,
+        access_log=args.access_log,
+    )

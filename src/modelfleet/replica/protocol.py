@@ -1,0 +1,324 @@
+"""One HTTP/1.1 connection: httptools parsing, pipelining, flow control, response writing.
+
+Written the way uvicorn's httptools protocol is. State is grouped by lifetime: the connection
+(transport, parser, the queue of pipelined requests, flow-control flags, the write lock and
+duplicated socket) and the request being parsed (url, headers, body so far); a finished request
+becomes a ``Request``, which lives until it is answered.
+
+Ordering. Requests on a connection are answered strictly in arrival order: while one is being
+answered (``busy``) later ones wait in ``pending``, and reading pauses when that queue is long,
+so pipelining is safe. Refusals decided while parsing (400 malformed, 413 too large) are queued
+as plain replies and close the connection when their turn comes.
+
+Writing from a worker. When run() finishes, the worker thread writes the response itself
+(``send_from_worker``) instead of waking the event loop to do it, which takes a thread switch
+off every /score response (about a quarter of the request's time for a trivial model). It is
+safe because, while a request is busy, nothing else writes to its connection: the worker
+claims the request under ``wlock`` (the timeout answer claims it the same way, so exactly one of
+them answers), writes only when the transport's own buffer is empty (so bytes never interleave),
+and writes to a ``dup`` of the socket that is closed under the same lock (so the fd number is
+never reused under it). Whatever the socket does not take at once is handed to the transport.
+The loop then does the bookkeeping (next request, keep-alive, in-flight count) as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import httptools
+
+from modelfleet.replica.entry import Call
+from modelfleet.replica.responses import Reply, get_status_line
+
+if TYPE_CHECKING:
+    from modelfleet.replica.server import App
+    from modelfleet.replica.workers import Job
+
+PIPELINE_HIGH_WATER = 32  # pause reading when this many requests wait on one connection
+LINGER_S = 5.0  # after a 413/400, keep reading (and dropping) this long so the client sees the answer
+
+
+class Request(Call):
+    """One parsed request (the ``Call`` the entry core sees) and what answering it needs."""
+
+    __slots__ = ("conn", "keep_alive", "head", "ids", "cors", "job", "timer", "claimed", "sent", "released")
+
+    def __init__(
+        self,
+        conn: HttpProtocol,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+    ) -> None:
+        path, _, query = target.partition(b"?")
+        self.conn = conn
+        self.method = method
+        self.path = unquote(path.decode("latin-1")) if b"%" in path else path.decode("latin-1")
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.head = method == "HEAD"
+        self.ids = b""  # request-id response headers, set by App
+        self.cors = b""  # CORS response headers, set by App
+        self.job: Job | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.claimed = False  # someone (worker or timeout) is answering; guarded by conn.wlock
+        self.sent: bytes | None = None  # set when a worker wrote the answer: what the socket left over
+        self.released = False  # its concurrency slot was given back; guarded by App.slots
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, app: App) -> None:
+        # -- connection lifetime
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[Request | Reply] = deque()
+        self.busy = False  # the head request is being answered
+        self.closed = False
+        self.writable = True  # transport flow control
+        self.reading_paused = False
+        self.discarding = False  # after a refusal: drop input, then close
+        self.eof = False
+        self.idle_since = time.monotonic()
+        self.wlock = threading.Lock()  # guards wfd and Request.claimed (see module docstring)
+        self.wfd = -1
+        # -- the request being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.declared = 0
+
+    def __repr__(self) -> str:
+        return f"<HttpProtocol busy={self.busy} pending={len(self.pending)} closed={self.closed}>"
+
+    # ---- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.app.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.app.direct_write:
+            try:
+                self.wfd = os.dup(sock.fileno())
+            except OSError:
+                self.wfd = -1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pending.clear()
+        self._drop_wfd()
+        self.app.connections.discard(self)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.discarding:
+            self.close()
+            return None
+        # Keep the socket open to answer what was already received.
+        return True if (self.busy or self.pending) else None
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self.next()
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no protocol upgrades here; the request itself is answered normally
+        except httptools.HttpParserError:
+            self._refuse(self.app.bad_request)
+        self.next()
+
+    # ---- httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.size = 0
+        self.declared = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                self.declared = int(value)
+            except ValueError:
+                self.declared = 0
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # A declared body over the limit is refused before any of it is read.
+        if not self.discarding and self.declared > self.app.config.max_body_bytes:
+            self._refuse(self.app.too_large)
+
+    def on_body(self, body: bytes) -> None:
+        if self.discarding:
+            return
+        self.size += len(body)
+        if self.size > self.app.config.max_body_bytes:  # chunked bodies are counted as they come
+            self._refuse(self.app.too_large)
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.discarding:
+            return
+        parser = self.parser
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body = []
+        method = parser.get_method().decode("latin-1")
+        self.pending.append(Request(self, method, self.url, self.headers, body, parser.should_keep_alive()))
+        if len(self.pending) > PIPELINE_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _refuse(self, reply: Reply) -> None:
+        self.body = []
+        self.discarding = True
+        self.pending.append(reply)
+
+    # ---- answering, on the loop
+    def next(self) -> None:
+        """Answer queued requests in order until one has to wait for a worker."""
+        while not self.busy and self.pending and self.writable and not self.closed:
+            item = self.pending.popleft()
+            if isinstance(item, Reply):
+                self._write_final(item)
+                return
+            self.busy = True
+            self.app.handle(self, item)
+        if self.reading_paused and len(self.pending) <= PIPELINE_HIGH_WATER // 2 and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if not self.busy and not self.pending:
+            self.idle_since = time.monotonic()
+            if self.eof or (self.app.stopping and not self.closed):
+                self.close()
+
+    def render(self, req: Request, reply: Reply, ids: bool = True) -> bytes:
+        """The response bytes for ``req`` (safe on any thread: reads only immutable state)."""
+        app = self.app
+        parts = [get_status_line(reply.status), reply.headers]
+        if ids:
+            parts += (app.server_header, req.ids, req.cors)
+        parts += (b"Content-Length: %d\r\n" % len(reply.body), app.date)
+        if not req.keep_alive or app.stopping:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if not req.head:
+            parts.append(reply.body)
+        return b"".join(parts)
+
+    def respond(self, req: Request, reply: Reply, ids: bool = True) -> None:
+        """Write the reply for ``req`` (the head of the queue) from the loop."""
+        self.busy = False
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(self.render(req, reply, ids))
+        self._after_response(req, reply)
+
+    def finish_sent(self, req: Request, reply: Reply) -> None:
+        """Bookkeeping for a response a worker already wrote (``req.sent`` is what was left)."""
+        self.busy = False
+        if self.closed or self.transport is None:
+            return
+        if req.sent:
+            self.transport.write(req.sent)
+        self._after_response(req, reply)
+
+    def _after_response(self, req: Request, reply: Reply) -> None:
+        if self.app.access_log:
+            self.app.log_access(req, reply)
+        if not req.keep_alive or self.app.stopping:
+            self.close()
+
+    def claim(self, req: Request) -> bool:
+        """Take the right to answer ``req``; False when a worker already took it."""
+        with self.wlock:
+            if req.claimed:
+                return False
+            req.claimed = True
+            return True
+
+    # ---- answering, on a worker thread
+    def send_from_worker(self, req: Request, reply: Reply) -> None:
+        """Write the answer directly if we may (see module docstring); sets ``req.sent``."""
+        with self.wlock:
+            if req.claimed or self.wfd < 0 or self.closed or self.transport is None:
+                return
+            # The buffer only shrinks while the request is busy, so a 0 read here stays true.
+            if self.transport.get_write_buffer_size():
+                return
+            req.claimed = True
+            data = self.render(req, reply)
+            try:
+                written = os.write(self.wfd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = len(data)  # the peer is gone; connection_lost will follow
+            req.sent = data[written:]
+
+    # ---- closing
+    def _write_final(self, reply: Reply) -> None:
+        """Answer a request refused while parsing (400, 413), then stop reading and close.
+
+        The client may still be sending its body; closing at once could reset the connection
+        before it reads our answer, so we half-close and drop input for a while first.
+        """
+        assert self.transport is not None
+        self.pending.clear()
+        app = self.app
+        head = get_status_line(reply.status) + reply.headers + app.server_header
+        head += b"Content-Length: %d\r\n" % len(reply.body) + app.date + b"Connection: close\r\n\r\n"
+        self.transport.write(head + reply.body)
+        self.discarding = True
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if app.loop is not None:
+            app.loop.call_later(LINGER_S, self.close)
+
+    def _drop_wfd(self) -> None:
+        with self.wlock:
+            if self.wfd >= 0:
+                os.close(self.wfd)
+                self.wfd = -1
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            # Close our duplicate first: while it is open the peer would not see the close.
+            self._drop_wfd()
+            self.transport.close()
+
+    def close_if_idle(self, now: float, idle_limit: float) -> None:
+        if not self.busy and not self.pending and (self.app.stopping or now - self.idle_since > idle_limit):
+            self.close()
