@@ -241,7 +241,7 @@ class UpstreamProcess:
 class RouterThread:
     """A Router running in its own event loop on a background thread, driven from tests."""
 
-    def __init__(self, **router_kwargs: Any) -> None:
+    def __init__(self, ssl: Any = None, **router_kwargs: Any) -> None:
         try:
             import uvloop
 
@@ -255,7 +255,7 @@ class RouterThread:
 
         router_kwargs.setdefault("on_replica_failed", lambda s, r: self.failed.append((s, r)))
         self.router: Router = self.call(lambda: Router(**router_kwargs))
-        self.port: int = self.run(self.router.start())
+        self.port: int = self.run(self.router.start(ssl=ssl))
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -3,13 +3,16 @@ limits on size, request ids, framing. Every test's teardown checks the gauges ar
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -260,6 +263,27 @@ def test_big_answer_streams_to_a_slow_reader(router: RouterThread, upstreams: Ca
     assert len(body) == size and body[:20] == b"01234567890123456789" and body[-4:] == b"6789"[:4]
 
 
+def test_client_leaving_mid_answer_frees_the_slot(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    up = upstreams()
+    serve(router, "svc", [up])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        s.connect(("127.0.0.1", router.port))
+        s.sendall(b"GET /api/v1/service/svc/score HTTP/1.1\r\nhost: x\r\nx-test-size: 50000000\r\n\r\n")
+        assert s.recv(16 * 1024).startswith(b"HTTP/1.1 200 OK")
+        # This client reads nothing more: the router stops reading the replica's answer.
+        wait_for(
+            lambda: router.call(lambda: any(c.write_paused for c in router.router.connections)),
+            what="the router to pause writing to this client",
+        )
+    # The rest of the answer is drained from the replica and the slot given back.
+    wait_for(lambda: router.stats()["svc"]["in_flight"] == 0, what="the slot to be freed")
+    with httpx.Client() as c:
+        assert c.post(router.url("svc"), content=BODY).status_code == 200
+
+
 def test_router_imports_nothing_from_the_control_side() -> None:
     code = (
         "import sys, modelfleet.router.proxy, modelfleet.router.dispatch, modelfleet.router.auth\n"
@@ -311,6 +335,45 @@ def test_chunked_answer_is_reframed_and_pipelined_requests_answer_in_order(
     got = raw_exchange(router.port, data, until=b"x-request-id: p3")
     order = re.findall(rb"HTTP/1\.1 (\d+)|\nx-request-id: (\w+)", got)
     assert [a or b for a, b in order] == [b"200", b"p1", b"404", b"p2", b"200", b"p3"]
+
+
+def test_tls(upstreams: Callable[..., UpstreamProcess], tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    up = upstreams()
+    rt = RouterThread(ssl=ctx)
+    try:
+        serve(rt, "svc", [up], auth=KeyAuth(PRIMARY))
+        client_ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        with httpx.Client(verify=client_ctx) as c:
+            url = f"https://127.0.0.1:{rt.port}/api/v1/service/svc/score"
+            r = c.post(url, content=BODY, headers=bearer(PRIMARY))
+            assert r.status_code == 200 and r.json() == [55]
+            assert c.post(url, content=BODY).status_code == 401
+        assert rt.wait_idle()["svc"]["in_flight"] == 0
+    finally:
+        rt.close()
 
 
 def test_malformed_request_gets_400(router: RouterThread) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import httptools
 
-from modelfleet.errors import ConfigError, NotFound, error_body
+from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck, AuthResult
 from modelfleet.router.dispatch import Action, Dispatch, Send
 from modelfleet.router.upstream import Pool, UpstreamConn
@@ -644,6 +644,8 @@ class Cycle:
         elif self.up is not None and not self.body_sent:
             self.aborting = True  # a half-sent request can't be scored: let the replica go
             self.up.abort()
+        elif self.up is not None:
+            self.up.resume_reading()  # nobody reads the answer now: drain it, never stall
         # A request fully sent stays on its replica until it answers (the slot stays held);
         # one still connecting is let go by _connect.
 
@@ -653,6 +655,8 @@ class Cycle:
             return
         self.answered = True
         self.status = canned.status
+        if self.up is not None:
+            self.up.resume_reading()  # the replica's answer (504 case) is drained, never stalls
         self._close_if_body_left()
         self.conn.write_canned(canned, self.rids, self.close_after)
         self.conn.answered(self)
@@ -1010,8 +1014,11 @@ class Router:
             self.arm_deadline(svc, first + route.timeout_s)
 
     def set_replicas(self, service: str, upstreams: Iterable[Upstream]) -> None:
-        """The replicas that may receive new requests; others finish what they have."""
+        """The replicas that may receive new requests; others finish what they have.
+        Ignored (and logged) for a service the router does not have, e.g. one just removed."""
         svc = self._service(service)
+        if svc is None:
+            return
         ups = list(upstreams)
         d = svc.dispatch
         new = {u.id: (u, (u.host, u.port), f"{u.host}:{u.port}".encode()) for u in ups}
@@ -1028,6 +1035,8 @@ class Router:
     def mark_healthy(self, service: str, replica_id: str) -> None:
         """A failed replica passed its probe: it may take new requests again."""
         svc = self._service(service)
+        if svc is None:
+            return
         self.apply(svc, svc.dispatch.mark_healthy(replica_id, self._now()))
 
     async def drain(self, service: str, replica_ids: Iterable[str], timeout_s: float) -> bool:
@@ -1094,10 +1103,10 @@ class Router:
     def _now(self) -> float:
         return self.loop.time() if self.loop is not None else 0.0
 
-    def _service(self, service: str) -> ServiceState:
+    def _service(self, service: str) -> ServiceState | None:
         svc = self.services.get(service.encode())
         if svc is None:
-            raise NotFound(f"router has no service named {service!r}; call set_service first")
+            log.info("router has no service named %r (removed, or set_service not called yet)", service)
         return svc
 
     def apply(self, svc: ServiceState, actions: Sequence[Action]) -> None:
