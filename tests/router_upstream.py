@@ -8,6 +8,7 @@ that the router forwards the instruction like any other header:
 - ``x-test-sleep-ms: N``: answer after N ms (the loop keeps serving others meanwhile)
 - ``x-test-busy: 1``: answer 503 with ``x-modelfleet-busy: 1`` at once
 - ``x-test-close: 1``: close the connection without answering
+- ``x-test-garbage: 1``: answer bytes that are not HTTP
 - ``x-test-exit: 1``: the process exits at once
 - ``x-test-echo: 1``: answer JSON with the method, path, body length and request headers
 - ``x-test-chunked: 1``: send the answer with chunked transfer encoding
@@ -127,6 +128,9 @@ class Conn(asyncio.Protocol):
             return self.send(200, b"{}", {}, keep_alive)
         if headers.get("x-test-close") == "1":
             t.close()
+            return None
+        if headers.get("x-test-garbage") == "1":
+            t.write(b"THIS IS NOT HTTP\r\n\r\n")
             return None
         if headers.get("x-test-busy") == "1" or s.concurrent >= s.limit:
             s.busy += 1

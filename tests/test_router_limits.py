@@ -190,12 +190,17 @@ def test_replica_that_dies_mid_request_gives_502_and_is_reported(
         router.call(lambda: router.router.mark_healthy("svc", bad))
         served = {c.post(router.url("svc"), content=BODY).headers["x-test-served-by"] for _ in range(6)}
         assert served == {str(a.pid), str(b.pid)}
+        # An answer that is not HTTP: 502, reported like a crash.
+        router.call(lambda: router.router.mark_healthy("svc", bad))
+        r = c.post(router.url("svc"), content=BODY, headers={"x-test-garbage": "1"})
+        assert r.status_code == 502 and len(router.failed) == 2
+        router.call(lambda: router.router.mark_healthy("svc", router.failed[1][1]))
         # A replica process that exits mid-request: 502 (not a hang), then the other serves.
         r = c.post(router.url("svc"), content=BODY, headers={"x-test-exit": "1"})
         assert r.status_code == 502
         for _ in range(4):
             assert c.post(router.url("svc"), content=BODY).status_code == 200
-        assert len(router.failed) == 2
+        assert len(router.failed) == 3
 
 
 def test_refused_connection_is_retried_on_another_replica(

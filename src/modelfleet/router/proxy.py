@@ -897,6 +897,8 @@ class Cycle:
         failed = not self.aborting and not self.router.stopping
         if failed:  # reported before the slot is freed, so no waiter is sent there meanwhile
             why = f"connection lost mid-request: {exc or 'closed by the replica'}"
+            if self.up.reused:  # the keep-alive race (replica closed an idle connection) looks so
+                why += " (on a reused keep-alive connection)"
             self.router.replica_failed(svc, self.assigned or "?", why)
         self._release()
         if not failed:
