@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from replica_scripts.harness import Server, base_env, request, start_replica
+from replica_scripts.harness import SCRIPTS, Server, base_env, request, start_replica
 
 BENCH_BODY = '{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 RUN_FAILED = {"message": "An unexpected error occurred in scoring script. Check the logs for more info."}
@@ -144,6 +144,9 @@ def test_ten_megabyte_body(plain: Server) -> None:
     body = "len:" + "a" * (10 * 1024 * 1024)
     answer = request(plain.port, "POST", "/score", body)
     assert answer.status == 200 and json.loads(answer.body) == len(body)
+    # A 10 MB answer too: more than the socket takes at once from the worker thread.
+    echoed = request(plain.port, "POST", "/score", body[4:])
+    assert echoed.status == 200 and json.loads(echoed.body) == {"raw": body[4:], "length": len(body) - 4}
 
 
 def _raw_exchange(port: int, data: bytes, expect_responses: int, timeout: float = 10.0) -> bytes:
@@ -414,3 +417,45 @@ def test_python_m_without_entry_script_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "entry_script is required" in proc.stderr
+
+
+def test_expect_100_continue_and_http10_keep_alive(plain: Server) -> None:
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=10) as sock:
+        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(1024)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"len:12")
+        final = b""
+        while not final.endswith(b"6"):
+            final += sock.recv(1024)
+        assert final.startswith(b"HTTP/1.1 200 OK")
+    received = _raw_exchange(plain.port, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n", 2)
+    first, second = received.split(b"Healthy")[:2]
+    assert b"Connection: keep-alive" in first and b"Connection: close" in second
+
+
+def test_worker_count_runs_requests_side_by_side(tmp_path: Path) -> None:
+    server = start_replica("slow.py", tmp_path, args=["--worker_count", "2"])
+    try:
+        one, first = _start_slow_request(server, tmp_path, 1.0)
+        two, second = _start_slow_request(server, tmp_path, 0.1)  # returns once it runs: beside the first
+        two.join(10)
+        assert second == [200] and first == []  # the second finished while the first still runs
+        one.join(10)
+        assert first == [200]
+    finally:
+        server.stop()
+
+
+def test_source_directory_from_the_environment(tmp_path: Path) -> None:
+    """Started as the local supervisor does: app root as cwd, script named by the v1 variables."""
+    app = SCRIPTS  # holds app_src/
+    env = {"AML_APP_ROOT": str(app), "AZUREML_SOURCE_DIRECTORY": "app_src", "AZUREML_ENTRY_SCRIPT": "score.py"}
+    port_file = tmp_path / "port"
+    argv = [sys.executable, "-m", "modelfleet.replica", "--port", "0", "--port-file", str(port_file)]
+    server = Server(argv, None, app, base_env(env), tmp_path / "replica.log").wait_ready(port_file)
+    try:
+        answer = request(server.port, "POST", "/score", "21")
+        assert (answer.status, answer.body) == (200, b"42")
+    finally:
+        server.stop()

@@ -250,8 +250,9 @@ def test_flags_win_over_environment(tmp_path: Path) -> None:
     assert config.model_dir == str(tmp_path / "m")
     assert (config.worker_count, config.scoring_timeout_ms, config.port) == (2, 250, 5001)
     assert config.app_root == str(tmp_path)
-    from_env = parse_config(["--entry_script", str(script)], env, str(tmp_path))
+    from_env = parse_config(["--entry_script", str(script), "--health_port", "5000"], env, str(tmp_path))
     assert (from_env.model_dir, from_env.worker_count) == ("/from/env", 3)
+    assert from_env.ignored == ("--health_port",)  # azmlinfsrv flags are accepted, and reported
 
 
 def test_entry_script_from_environment_relative_to_app_or_source(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class ReplicaConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
     keep_alive_timeout_s: float = 300.0
+    ignored: tuple[str, ...] = ()  # azmlinfsrv settings accepted for compatibility but not used
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -99,7 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 503 at once when this many requests are running (default 0: no limit, wait)",
     )
     p.add_argument("--access-log", dest="access_log", action="store_true", help="log one line per request")
+    # azmlinfsrv flags accepted so that its command lines work unchanged; they have no effect here.
+    for flag in _IGNORED_FLAGS:
+        p.add_argument(f"--{flag}", help=argparse.SUPPRESS)
     return p
+
+
+_IGNORED_FLAGS = ("appinsights_instrumentation_key", "health_port", "config_file")
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> ReplicaConfig:
@@ -152,4 +159,5 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
         service_path_prefix=environ.get("SERVICE_PATH_PREFIX", ""),
         server_version=f"modelfleet/{__version__}" if version_enabled else None,
         access_log=args.access_log,
+        ignored=tuple(f"--{f}" for f in _IGNORED_FLAGS if getattr(args, f) is not None),
     )

@@ -48,7 +48,19 @@ LINGER_S = 5.0  # after a 413/400, keep reading (and dropping) this long so the 
 class Request(Call):
     """One parsed request (the ``Call`` the entry core sees) and what answering it needs."""
 
-    __slots__ = ("conn", "keep_alive", "head", "ids", "cors", "job", "timer", "claimed", "sent", "released")
+    __slots__ = (
+        "conn",
+        "keep_alive",
+        "http10",
+        "head",
+        "ids",
+        "cors",
+        "job",
+        "timer",
+        "claimed",
+        "sent",
+        "released",
+    )
 
     def __init__(
         self,
@@ -58,6 +70,7 @@ class Request(Call):
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         keep_alive: bool,
+        http10: bool = False,
     ) -> None:
         path, _, query = target.partition(b"?")
         self.conn = conn
@@ -67,6 +80,7 @@ class Request(Call):
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.http10 = http10
         self.head = method == "HEAD"
         self.ids = b""  # request-id response headers, set by App
         self.cors = b""  # CORS response headers, set by App
@@ -104,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.declared = 0
+        self.expect_continue = False
 
     def __repr__(self) -> str:
         return f"<HttpProtocol busy={self.busy} pending={len(self.pending)} closed={self.closed}>"
@@ -158,22 +173,32 @@ class HttpProtocol(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.declared = 0
+        self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 14 and name.lower() == b"content-length":
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
             try:
                 self.declared = int(value)
             except ValueError:
                 self.declared = 0
+        elif size == 6 and name.lower() == b"expect":
+            self.expect_continue = value.lower() == b"100-continue"
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.discarding:
+            return
         # A declared body over the limit is refused before any of it is read.
-        if not self.discarding and self.declared > self.app.config.max_body_bytes:
+        if self.declared > self.app.config.max_body_bytes:
             self._refuse(self.app.too_large)
+        elif self.expect_continue and not self.busy and not self.pending and self.transport is not None:
+            # curl and others wait (a second) for this before sending a large body. Only when
+            # nothing else is being answered on this connection, so responses stay in order.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self.discarding:
@@ -191,7 +216,9 @@ class HttpProtocol(asyncio.Protocol):
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body = []
         method = parser.get_method().decode("latin-1")
-        self.pending.append(Request(self, method, self.url, self.headers, body, parser.should_keep_alive()))
+        keep_alive = parser.should_keep_alive()
+        http10 = keep_alive and parser.get_http_version() == "1.0"
+        self.pending.append(Request(self, method, self.url, self.headers, body, keep_alive, http10))
         if len(self.pending) > PIPELINE_HIGH_WATER and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -228,6 +255,8 @@ class HttpProtocol(asyncio.Protocol):
         parts += (b"Content-Length: %d\r\n" % len(reply.body), app.date)
         if not req.keep_alive or app.stopping:
             parts.append(b"Connection: close\r\n")
+        elif req.http10:
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if not req.head:
             parts.append(reply.body)
@@ -271,7 +300,10 @@ class HttpProtocol(asyncio.Protocol):
             if req.claimed or self.wfd < 0 or self.closed or self.transport is None:
                 return
             # The buffer only shrinks while the request is busy, so a 0 read here stays true.
-            if self.transport.get_write_buffer_size():
+            try:
+                if self.transport.get_write_buffer_size():
+                    return
+            except RuntimeError:  # a transport that cannot tell from this thread: let the loop write
                 return
             req.claimed = True
             data = self.render(req, reply)

@@ -463,6 +463,18 @@ def _write_port_file(path: str, port: int) -> None:
         raise
 
 
+def _tree(root: str, limit: int = 200) -> str:
+    lines: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        depth = os.path.relpath(folder, root).count(os.sep) + (folder != root)
+        lines.append("    " * depth + os.path.basename(folder.rstrip(os.sep)) + os.sep)
+        lines += ["    " * (depth + 1) + f for f in sorted(files)]
+        if len(lines) >= limit:
+            return "\n".join(lines[:limit] + [f"(first {limit} lines shown)"])
+    return "\n".join(lines)
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -485,6 +497,8 @@ def serve(config: ReplicaConfig) -> int:
     (3 when the script cannot be loaded or init() raised, with the traceback on stderr)."""
     _setup_logging()
     faulthandler.enable()
+    for flag in config.ignored:
+        logger.warning("%s is accepted for compatibility with azmlinfsrv and has no effect here", flag)
     server = create_server(config)
     try:
         server.load()
@@ -492,6 +506,9 @@ def serve(config: ReplicaConfig) -> int:
         cause = ex.__cause__
         detail = _format(cause) if cause is not None else ""
         logger.error("%s\n%s", ex.message, detail)
+        if isinstance(ex, InitFailed) and config.model_dir and os.path.isdir(config.model_dir):
+            # Most init() failures are a model file not where the script looks: show what is there.
+            logger.info("Model directory %s contains:\n%s", config.model_dir, _tree(config.model_dir))
         return EXIT_INIT_FAILED
     loop = _new_loop()
     try:
