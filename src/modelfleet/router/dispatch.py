@@ -242,14 +242,14 @@ class Dispatch:
             if s.id not in keep:
                 s.listed = False
         for rid in wanted:
-            s = self._by_id.get(rid)
-            if s is None:
-                s = Slot(rid)
-                self._by_id[rid] = s
-                self._slots.append(s)
+            found = self._by_id.get(rid)
+            if found is None:
+                found = Slot(rid)
+                self._by_id[rid] = found
+                self._slots.append(found)
             else:
-                s.listed = True
-                s.failed = False
+                found.listed = True
+                found.failed = False
         self._forget_idle_unlisted()
         return self._serve(now) if self._queue else _NOTHING
 

@@ -1,10 +1,11 @@
 """The router's HTTP front end: every scoring request passes through here.
 
-Shape (after uvicorn's httptools protocol): ``ClientConnection`` holds what lives as long as a
-client's TCP connection (transport, parser, read gate, the requests it sent and not yet
-answered); ``Cycle`` holds what lives as long as one request (request id, body bytes, chosen
-replica, upstream connection, flags). Decisions come from ``dispatch.Dispatch`` as action
-values; this module only moves bytes, reads the clock (``loop.time()``) and runs timers.
+Shape (after uvicorn's httptools protocol): ``ClientConnection`` (this module) holds what
+lives as long as a client's TCP connection (transport, parser, read gate, the requests it sent
+and not yet answered); ``cycle.Cycle`` holds what lives as long as one request; ``routes``
+holds per-service state and the precomputed answers; ``upstream`` the keep-alive pool.
+Decisions come from ``dispatch.Dispatch`` as action values; the router only moves bytes,
+reads the clock (``loop.time()``) and runs timers.
 
 A request's life:
 1. headers parsed -> route, auth, size check; failures answer a precomputed response.
@@ -16,10 +17,10 @@ A request's life:
 4. the slot is given back in ``Cycle._release`` only, once the replica answered or its
    connection closed; a 504 (scoring timeout) or a client that left does not free it early.
 
-Foreign failures (socket errors, httptools errors) are translated here and nowhere else:
-refused before sending -> retry elsewhere; lost or garbled after sending -> 502; too slow ->
-504. A replica's own "busy" answer (503 + ``x-modelfleet-busy: 1``) puts the request back at
-the head of the queue (its body is kept for that up to ``REPLAY_LIMIT``).
+Foreign failures (socket errors, httptools errors) are translated in this package and nowhere
+else: refused before sending -> retry elsewhere; lost or garbled after sending -> 502; too
+slow -> 504. A replica's own "busy" answer (503 + ``x-modelfleet-busy: 1``) puts the request
+back at the head of the queue (its body is kept for that up to ``cycle.REPLAY_LIMIT``).
 """
 
 from __future__ import annotations
@@ -28,245 +29,49 @@ import asyncio
 import itertools
 import logging
 import os
-import re
 import ssl as _ssl
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
 import httptools
 
-from modelfleet.errors import ConfigError, error_body
-from modelfleet.router.auth import AuthCheck, AuthResult
-from modelfleet.router.dispatch import Action, Dispatch, Send
-from modelfleet.router.upstream import Pool, UpstreamConn
+from modelfleet.router.auth import AuthResult
+from modelfleet.router.cycle import PIPE, UPLOAD, WAIT, Cycle, ReadGate
+from modelfleet.router.dispatch import Action, Send
+from modelfleet.router.routes import (
+    C_400,
+    C_401_INVALID,
+    C_401_MISSING,
+    C_404,
+    C_405_ROOT,
+    C_HEALTH,
+    H_AUTH,
+    H_EXPECT,
+    H_FORWARD,
+    H_LENGTH,
+    H_MSID,
+    H_TE,
+    H_XID,
+    REQ_SPECIAL,
+    Canned,
+    ServiceRoute,
+    ServiceState,
+    Upstream,
+)
+from modelfleet.router.upstream import Pool
 
-__all__ = ["Router", "ServiceRoute", "Upstream"]
+__all__ = ["ClientConnection", "Router", "ServiceRoute", "Upstream"]
 
 log = logging.getLogger("modelfleet.router")
 _access = logging.getLogger("modelfleet.router.access")
 
-REPLAY_LIMIT = 1024 * 1024  # body bytes kept so that a "busy" answer can be retried elsewhere
-BUFFER_BEFORE_PAUSE = 64 * 1024  # body bytes held while waiting for a replica before pausing reads
-SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after an early error
 LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _SERVICE_PREFIX = b"/api/v1/service/"
 
 
-@dataclass(frozen=True)
-class ServiceRoute:
-    """How the router serves one service. ``auth`` is any object with ``check`` (or None)."""
-
-    name: str
-    auth: AuthCheck | None = None
-    max_concurrent: int = 1
-    max_wait_s: float = 0.5
-    timeout_s: float = 60.0
-    max_body_bytes: int = 100 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ConfigError(
-                f"service name must be 1-255 letters, digits, '.', '_' or '-', starting with a letter "
-                f"or digit (got {self.name!r})"
-            )
-        if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
-            raise ConfigError(f"replica_max_concurrent_requests must be an integer >= 1 (got {self.max_concurrent!r})")
-        if not self.max_wait_s >= 0:
-            raise ConfigError(f"max_request_wait_time must be >= 0 seconds (got {self.max_wait_s!r})")
-        if not self.timeout_s > 0:
-            raise ConfigError(f"scoring_timeout_ms must be > 0 (got {self.timeout_s!r} s)")
-        if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 0:
-            raise ConfigError(f"max_body_bytes must be an integer >= 0 (got {self.max_body_bytes!r})")
-        if self.auth is not None and not callable(getattr(self.auth, "check", None)):
-            raise ConfigError(f"auth must have a check(header) method or be None (got {self.auth!r})")
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """One replica's address."""
-
-    id: str
-    host: str
-    port: int
-
-
-# -- precomputed answers ----------------------------------------------------------------
-
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Payload Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
-
-
-class Canned:
-    """A whole answer built once: head lines (without date/request ids) and JSON body."""
-
-    __slots__ = ("status", "head", "body")
-
-    def __init__(self, status: int, body: bytes, extra: Sequence[tuple[str, str]] = ()) -> None:
-        self.status = status
-        self.body = body
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
-        lines.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-        lines += [f"{k}: {v}\r\n".encode() for k, v in extra]
-        self.head = b"".join(lines)
-
-
-def _error(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> Canned:
-    return Canned(status, error_body(message), extra)
-
-
-C_HEALTH = Canned(200, b'{"status": "Healthy"}')
-C_404 = _error(
-    404,
-    "no such service or route; scoring URLs look like /api/v1/service/<name>/score, and "
-    "`modelfleet service list` shows the deployed names",
-)
-C_405_ROOT = _error(405, "only GET is allowed on /", [("allow", "GET")])
-C_400 = _error(400, "malformed HTTP request")
-C_401_MISSING = _error(401, "missing", [("www-authenticate", "Bearer")])
-C_401_INVALID = _error(401, "invalid", [("www-authenticate", "Bearer")])
-
-
-class ServiceState:
-    """Everything the router keeps per service, from set_service to remove_service."""
-
-    def __init__(self, route: ServiceRoute) -> None:
-        self.route = route
-        self.dispatch = Dispatch(route.name, route.max_concurrent, route.max_wait_s)
-        # id -> (upstream, pool key, Host header); holds listed replicas and retiring ones
-        # that still have requests in flight.
-        self.addresses: dict[str, tuple[Upstream, tuple[str, int], bytes]] = {}
-        # Queue timer: fires at the dispatcher's next_wakeup (deadlines, busy back-off).
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = float("inf")
-        # Scoring timeout: requests on a replica, oldest first, with the time each was sent.
-        # One timer per service, armed for the oldest, instead of one per request (a timer
-        # handle costs ~2 us; an OrderedDict entry ~0.2 us). Sent order is deadline order.
-        self.sending: OrderedDict[Cycle, float] = OrderedDict()
-        self.deadline_timer: asyncio.TimerHandle | None = None
-        self.drains: list[tuple[frozenset[str], asyncio.Future[None]]] = []
-        self.removed = False
-        self._build(route)
-
-    def _build(self, r: ServiceRoute) -> None:
-        n = r.name
-        self.c405_score = _error(
-            405, f"only GET and POST are allowed on /api/v1/service/{n}/score", [("allow", "GET, POST")]
-        )
-        self.c405_swagger = _error(405, f"only GET is allowed on /api/v1/service/{n}/swagger.json", [("allow", "GET")])
-        self.c413 = _error(
-            413,
-            f"request body is larger than the {r.max_body_bytes} bytes service '{n}' accepts; send a "
-            "smaller payload or raise the service's body limit",
-        )
-        self.c502 = _error(
-            502,
-            f"a replica of service '{n}' failed while handling the request; it is being checked, and "
-            f"`modelfleet service logs -n {n}` shows its log",
-        )
-        self.c503 = _error(
-            503,
-            f"no replica of service '{n}' had capacity within max_request_wait_time "
-            f"({round(r.max_wait_s * 1000)} ms); retry later, or raise autoscale_max_replicas or "
-            "replica_max_concurrent_requests",
-            [("retry-after", "1")],
-        )
-        self.c504 = _error(
-            504,
-            f"service '{n}' did not answer within scoring_timeout_ms ({round(r.timeout_s * 1000)} ms); "
-            "raise scoring_timeout_ms or make run() faster",
-        )
-
-    def update(self, route: ServiceRoute) -> None:
-        self.route = route
-        self._build(route)
-
-
-# -- header tables -------------------------------------------------------------------------
-
-_H_FORWARD, _H_DROP, _H_AUTH, _H_LENGTH, _H_TE, _H_EXPECT, _H_MSID, _H_XID = range(8)
-# Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
-_REQ_SPECIAL = {
-    b"connection": _H_DROP,
-    b"keep-alive": _H_DROP,
-    b"proxy-connection": _H_DROP,
-    b"te": _H_DROP,
-    b"trailer": _H_DROP,
-    b"upgrade": _H_DROP,
-    b"host": _H_DROP,
-    b"authorization": _H_AUTH,  # keys never reach the replica (or its logs)
-    b"content-length": _H_LENGTH,
-    b"transfer-encoding": _H_TE,
-    b"expect": _H_EXPECT,
-    b"x-ms-request-id": _H_MSID,
-    b"x-request-id": _H_XID,
-}
-# Response headers not forwarded as they are.
-_RESP_SKIP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-        b"x-ms-request-id",
-        b"x-request-id",
-    ]
-)
-_BUSY_HEADER = b"x-modelfleet-busy"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_status_lines: dict[tuple[int, bytes], bytes] = {}
-
-
-def _status_line(status: int, reason: bytes) -> bytes:
-    line = _status_lines.get((status, reason))
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))
-        if len(_status_lines) < 128:
-            _status_lines[(status, reason)] = line
-    return line
-
-
 # -- per connection --------------------------------------------------------------------
-
-_WAIT, _UPLOAD, _PIPE = 1, 2, 4  # why a client's socket is not read
-
-
-class ReadGate:
-    """Backpressure on the client socket: reads stop while any reason holds (waiting for a
-    replica with a body buffered, replica's socket full, an earlier request unanswered)."""
-
-    __slots__ = ("transport", "reasons")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.reasons = 0
-
-    def pause(self, reason: int) -> None:
-        if not self.reasons and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.reasons |= reason
-
-    def resume(self, reason: int) -> None:
-        if self.reasons & reason:
-            self.reasons &= ~reason
-            if not self.reasons and not self.transport.is_closing():
-                self.transport.resume_reading()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -366,22 +171,22 @@ class ClientConnection(asyncio.Protocol):
         auth = ms_id = x_id = None
         length = -1
         chunked = expect = False
-        special = _REQ_SPECIAL
+        special = REQ_SPECIAL
         for name, value in self._headers:
-            kind = special.get(name.lower(), _H_FORWARD)
-            if kind == _H_FORWARD:
+            kind = special.get(name.lower(), H_FORWARD)
+            if kind == H_FORWARD:
                 fields.append(name + b": " + value + b"\r\n")
-            elif kind == _H_AUTH:
+            elif kind == H_AUTH:
                 auth = value
-            elif kind == _H_LENGTH:
+            elif kind == H_LENGTH:
                 length = int(value)  # httptools has validated it
-            elif kind == _H_TE:
+            elif kind == H_TE:
                 chunked = b"chunked" in value.lower()
-            elif kind == _H_EXPECT:
+            elif kind == H_EXPECT:
                 expect = value.lower() == b"100-continue"
-            elif kind == _H_MSID:
+            elif kind == H_MSID:
                 ms_id = value
-            elif kind == _H_XID:
+            elif kind == H_XID:
                 x_id = value
         rids = router.request_id_lines(ms_id, x_id)
 
@@ -425,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
         if len(self.cycles) == 1:
             self._starting = cycle
         else:
-            self.gate.pause(_PIPE)  # answers go out in order; hold further reads meanwhile
+            self.gate.pause(PIPE)  # answers go out in order; hold further reads meanwhile
 
     def on_body(self, body: bytes) -> None:
         if self._cycle is not None:
@@ -473,449 +278,13 @@ class ClientConnection(asyncio.Protocol):
             else:
                 # Keep reading (and dropping) the body a little, so the client is not reset
                 # before it reads the answer; on_message_complete or the timer closes.
-                self.gate.resume(_WAIT | _PIPE | _UPLOAD)
+                self.gate.resume(WAIT | PIPE | UPLOAD)
                 asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
             return
         if cycles:
             cycles[0].begin()
         if len(cycles) <= 1:
-            self.gate.resume(_PIPE)
-
-
-# -- per request -----------------------------------------------------------------------
-
-
-class Cycle:
-    """One request and its answer.
-
-    No task per request: the common path (a slot free, an idle pooled connection) runs to the
-    replica inside the parser callbacks, and the answer comes back in the upstream's. Only
-    opening a new connection is a coroutine (``_connect``). The slot is given back in one
-    place, ``_release``, once the replica answered or its connection closed (``up_end``,
-    ``up_lost``), or when nothing was sent on it (connect refused, client left meanwhile).
-    Measured with bench/router_overhead.py, dropping the task and its two futures saved about
-    a third of the router's CPU per request compared with uvicorn's task-per-request shape.
-    """
-
-    __slots__ = (
-        "conn", "router", "svc", "method", "target", "fields", "rids", "chunked", "length",
-        "expect", "arrived", "canned", "status",
-        "chunks", "buffered", "kept", "body_bytes", "body_done",
-        "assigned", "up", "body_sent", "busy_seen", "aborting",
-        "answered", "streaming", "resp_chunked", "gone", "close_after", "head_out",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        conn: ClientConnection,
-        svc: ServiceState | None,
-        method: bytes,
-        target: bytes,
-        fields: list[bytes],
-        rids: bytes,
-        keep_alive: bool,
-        chunked: bool,
-        length: int,
-        expect: bool,
-    ) -> None:
-        # Fixed when the headers are parsed.
-        self.conn = conn
-        self.router = conn.router
-        self.svc = svc
-        self.method = method
-        self.target = target  # replica path + query
-        self.fields = fields  # forwarded request header lines
-        self.rids = rids  # request-id header lines, sent both ways
-        self.chunked = chunked
-        self.length = length  # -1: no Content-Length
-        self.expect = expect
-        self.arrived = 0.0  # when it reached the dispatcher (its queue deadline counts from here)
-        self.canned: Canned | None = None  # answered by the router itself
-        self.status = 0
-        # Request body from the client.
-        self.chunks: list[bytes] = []  # not yet sent, or kept for a replay
-        self.buffered = 0  # bytes in chunks not yet sent
-        self.kept = True  # chunks hold the whole body so far (a "busy" answer can be retried)
-        self.body_bytes = 0
-        self.body_done = False
-        # Replica and upstream exchange.
-        self.assigned: str | None = None  # replica whose slot this request holds
-        self.up: UpstreamConn | None = None  # connection the request is on
-        self.body_sent = False  # whole body written to self.up
-        self.busy_seen = False  # the replica answered "busy"
-        self.aborting = False  # we cut the upstream connection on purpose: not a replica fault
-        # Answer to the client.
-        self.answered = False  # the client has its whole answer, or will get none
-        self.streaming = False  # replica's head sent to the client; body follows
-        self.resp_chunked = False
-        self.gone = False
-        self.close_after = not keep_alive
-        self.head_out: bytes | None = None  # answer head not yet written (goes with the body)
-
-    def __repr__(self) -> str:
-        return f"<Cycle {self.method.decode()} {self.target.decode()} replica={self.assigned}>"
-
-    # -- client side -------------------------------------------------------------------
-
-    def begin(self) -> None:
-        """Now first in line on its connection: answer, or ask the dispatcher for a replica."""
-        if self.answered:  # too large, or the client left, before it began
-            return
-        if self.canned is not None:
-            self.answer(self.canned)
-            return
-        svc = self.svc
-        assert svc is not None
-        if svc.removed:
-            self.answer(C_404)
-            return
-        if self.expect and not self.body_done:
-            self.conn.transport.write(_CONTINUE)
-        now = self.arrived = self.router.loop.time()
-        action = svc.dispatch.arrive(self, now)
-        if action is None:
-            self.router.arm(svc)  # queued
-        elif action.__class__ is Send:
-            self.assign(action.replica)  # type: ignore[union-attr]
-        else:
-            self.reject()
-
-    def body(self, data: bytes) -> None:
-        n = len(data)
-        self.body_bytes += n
-        if self.answered:
-            return  # answered early: drop the rest of the body
-        svc = self.svc
-        if svc is not None and self.body_bytes > svc.route.max_body_bytes and self.canned is None:
-            self.too_large()
-            return
-        up = self.up
-        if up is not None:
-            if self.chunked:
-                up.writelines([b"%x\r\n" % n, data, b"\r\n"])
-            else:
-                up.write(data)
-            if self.kept:
-                self.chunks.append(data)
-                if self.body_bytes > REPLAY_LIMIT:
-                    self.kept = False
-                    self.chunks = []
-        elif self.canned is None:
-            self.chunks.append(data)
-            self.buffered += n
-            if self.body_bytes > REPLAY_LIMIT:
-                self.kept = False
-            if self.buffered > BUFFER_BEFORE_PAUSE:
-                self.conn.gate.pause(_WAIT)
-
-    def body_end(self) -> None:
-        self.body_done = True
-        if self.answered:
-            return
-        up = self.up
-        if up is not None and not self.body_sent:
-            if self.chunked:
-                up.write(b"0\r\n\r\n")
-            self.body_sent = True
-
-    def too_large(self) -> None:
-        """The body passed max_body_bytes while arriving: no replica may score it."""
-        assert self.svc is not None
-        self.canned = self.svc.c413
-        self.chunks = []
-        if self.up is not None:
-            # Cut the replica's connection mid-body: it never sees a complete request.
-            self.aborting = True
-            self.up.abort()
-        elif self.assigned is None:
-            self.svc.dispatch.cancel(self)
-        if self.conn.cycles and self.conn.cycles[0] is self:
-            self.answer(self.canned)
-
-    def client_gone(self) -> None:
-        self.gone = True
-        self.streaming = False
-        if self.answered:
-            return
-        self.answered = True
-        svc = self.svc
-        if svc is not None and self.assigned is None:
-            svc.dispatch.cancel(self)  # queued: leave the queue now, not at the deadline
-        elif self.up is not None and not self.body_sent:
-            self.aborting = True  # a half-sent request can't be scored: let the replica go
-            self.up.abort()
-        elif self.up is not None:
-            self.up.resume_reading()  # nobody reads the answer now: drain it, never stall
-        # A request fully sent stays on its replica until it answers (the slot stays held);
-        # one still connecting is let go by _connect.
-
-    def answer(self, canned: Canned) -> None:
-        """Answer with a precomputed response (first in line only)."""
-        if self.answered:
-            return
-        self.answered = True
-        self.status = canned.status
-        if self.up is not None:
-            self.up.resume_reading()  # the replica's answer (504 case) is drained, never stalls
-        self._close_if_body_left()
-        self.conn.write_canned(canned, self.rids, self.close_after)
-        self.conn.answered(self)
-
-    def _close_if_body_left(self) -> None:
-        # Answered before the whole body came: a small rest is read and dropped and the
-        # connection kept; a big or unknown one is not worth reading, close after the answer.
-        if not self.body_done and (self.chunked or self.length - self.body_bytes > SMALL_BODY_KEEPALIVE):
-            self.close_after = True
-
-    def reject(self) -> None:
-        """Dispatch said: no capacity before the deadline."""
-        assert self.svc is not None
-        self.answer(self.svc.c503)
-
-    # -- replica side ------------------------------------------------------------------
-
-    def assign(self, replica: str) -> None:
-        """Dispatch gave this request a slot on ``replica``: send it there."""
-        self.assigned = replica
-        svc = self.svc
-        assert svc is not None
-        addr = svc.addresses.get(replica)
-        if addr is None:  # listed in dispatch but no address: nothing sent, try another
-            self._release(refused=f"no address known for replica {replica!r}")
-            return
-        conn = self.router.pool.take(addr[1])
-        if conn is not None:
-            self._send(conn, addr[2])
-        else:
-            self.router.spawn(self._connect(addr[1], addr[2]))
-
-    async def _connect(self, key: tuple[str, int], host: bytes) -> None:
-        try:
-            conn = await self.router.pool.connect(key)
-        except OSError as exc:
-            self._release(refused=f"connect failed: {exc}")  # nothing sent: another replica
-            return
-        except asyncio.CancelledError:
-            self._release()  # router stopping
-            raise
-        if self.answered:  # the client left (or the body grew too large) meanwhile
-            self.router.pool.put(conn)
-            self._release()
-            return
-        self._send(conn, host)
-
-    def _send(self, up: UpstreamConn, host: bytes) -> None:
-        """Write the request (head and the body so far) on ``up``; the rest streams in body()."""
-        svc = self.svc
-        assert svc is not None
-        loop = self.router.loop
-        self.up = up
-        self.body_sent = False
-        self.busy_seen = False
-        self.aborting = False
-        up.attach(self)
-        if self.chunked:
-            framing = b"transfer-encoding: chunked\r\n"
-        elif self.length >= 0:
-            framing = b"content-length: %d\r\n" % self.length
-        elif self.method == b"POST":
-            framing = b"content-length: 0\r\n"
-        else:
-            framing = b""
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-        parts += self.fields
-        parts += (self.rids, framing, b"\r\n")
-        if self.chunks:
-            if self.chunked:
-                for c in self.chunks:
-                    parts += (b"%x\r\n" % len(c), c, b"\r\n")
-            else:
-                parts += self.chunks
-            self.buffered = 0
-            if not self.kept:
-                self.chunks = []
-        if self.body_done:
-            if self.chunked:
-                parts.append(b"0\r\n\r\n")
-            self.body_sent = True
-        up.write(b"".join(parts))
-        client = self.conn
-        if client.gate.reasons & _WAIT:
-            client.gate.resume(_WAIT)
-        if client.write_paused:
-            up.pause_reading()
-        now = loop.time()
-        svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
-        if svc.deadline_timer is None:
-            self.router.arm_deadline(svc, now + svc.route.timeout_s)
-
-    def timed_out(self) -> None:
-        svc = self.svc
-        assert svc is not None
-        log.warning(
-            "service %s: replica %s did not answer within %.3f s; answering 504, its slot stays held until it answers",
-            svc.route.name,
-            self.assigned,
-            svc.route.timeout_s,
-        )
-        self.answer(svc.c504)
-        if not self.body_sent and self.up is not None:
-            self.aborting = True  # the replica has no complete request to work on: cut it
-            self.up.abort()
-
-    def _release(self, *, busy: bool = False, refused: str | None = None) -> None:
-        """The one place a slot is given back (exactly once per assignment).
-
-        ``busy``: the replica said so; the request goes back to the head of the queue.
-        ``refused``: nothing was sent; the replica is reported and another one tried."""
-        replica = self.assigned
-        if replica is None:
-            return
-        self.assigned = None
-        self._end_exchange()
-        router = self.router
-        svc = self.svc
-        assert svc is not None
-        d = svc.dispatch
-        now = router.loop.time()
-        if refused is not None and not router.stopping:
-            router.replica_failed(svc, replica, refused)
-        if self.answered or router.stopping:
-            actions = d.finish(replica, now)
-        elif busy:
-            actions = d.busy(replica, self, now, self.arrived)
-        elif refused is not None:
-            actions = d.refused(replica, self, now, self.arrived)
-        else:
-            actions = d.finish(replica, now)
-        router.apply(svc, actions)
-        if svc.drains:
-            router.check_drains(svc)
-
-    def _end_exchange(self) -> None:
-        if self.svc is not None:
-            self.svc.sending.pop(self, None)
-        up = self.up
-        if up is not None:
-            if up.exchange is self:
-                up.detach()
-            self.up = None
-            self.conn.gate.resume(_UPLOAD)
-
-    # -- upstream events (called by UpstreamConn) ---------------------------------------
-
-    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
-        if status == 503:
-            for name, value in headers:
-                if name.lower() == _BUSY_HEADER and value.strip() == b"1":
-                    self.busy_seen = True
-                    return  # its body is dropped; up_end decides what next
-        self.svc.sending.pop(self, None)  # type: ignore[union-attr]  # answered in time
-        self.chunks = []
-        self.kept = False
-        if self.answered:
-            return  # 504 already sent, or the client left: the answer is read and dropped
-        self.streaming = True
-        self.status = status
-        conn = self.conn
-        out = [_status_line(status, reason)]
-        has_length = False
-        skip = _RESP_SKIP
-        for name, value in headers:
-            n = name.lower()
-            if n in skip:
-                continue
-            if n == b"content-length":
-                has_length = True
-            out.append(name + b": " + value + b"\r\n")
-        out.append(self.rids)
-        if not has_length and status >= 200 and status != 204 and status != 304:
-            if conn.http11:
-                out.append(b"transfer-encoding: chunked\r\n")
-                self.resp_chunked = True
-            else:
-                self.close_after = True
-        if self.close_after:
-            out.append(b"connection: close\r\n")
-        out.append(b"\r\n")
-        # Written with the first body bytes, or by up_flush at the end of this read.
-        self.head_out = b"".join(out)
-
-    def up_body(self, data: bytes) -> None:
-        if self.streaming:
-            head = self.head_out or b""
-            self.head_out = None
-            if self.resp_chunked:
-                self.conn.transport.writelines([head, b"%x\r\n" % len(data), data, b"\r\n"])
-            elif head:
-                self.conn.transport.writelines([head, data])
-            else:
-                self.conn.transport.write(data)
-
-    def up_flush(self) -> None:
-        """End of one read from the replica: the head must not wait for more."""
-        if self.head_out is not None:
-            head, self.head_out = self.head_out, None
-            if self.streaming:
-                self.conn.transport.write(head)
-
-    def up_end(self, keep_alive: bool) -> None:
-        up = self.up
-        assert up is not None
-        reusable = keep_alive and self.body_sent
-        self._end_exchange()
-        if reusable:
-            self.router.pool.put(up)
-        else:
-            up.close()
-        if self.busy_seen:
-            if self.kept and not self.answered:
-                self._release(busy=True)  # back to the head of the queue, elsewhere or later
-                return
-            self._release()
-            # The body is too big to replay (or nobody waits for it): our own 503.
-            self.answer(self.svc.c503)  # type: ignore[union-attr]
-            return
-        self._release()
-        if self.streaming:
-            self.streaming = False
-            head = self.head_out or b""
-            self.head_out = None
-            if self.resp_chunked:
-                self.conn.transport.write(head + b"0\r\n\r\n")
-            elif head:
-                self.conn.transport.write(head)
-            self._close_if_body_left()
-            self.answered = True
-            self.conn.answered(self)
-
-    def up_lost(self, exc: BaseException | None) -> None:
-        if self.up is None:
-            return
-        svc = self.svc
-        assert svc is not None
-        failed = not self.aborting and not self.router.stopping
-        if failed:  # reported before the slot is freed, so no waiter is sent there meanwhile
-            why = f"connection lost mid-request: {exc or 'closed by the replica'}"
-            if self.up.reused:  # the keep-alive race (replica closed an idle connection) looks so
-                why += " (on a reused keep-alive connection)"
-            self.router.replica_failed(svc, self.assigned or "?", why)
-        self._release()
-        if not failed:
-            return
-        if self.streaming:
-            # Head already forwarded: the only honest signal left is a cut connection.
-            self.streaming = False
-            self.answered = True
-            self.conn.transport.abort()
-        else:
-            self.answer(svc.c502)
-
-    def up_pause_writing(self) -> None:
-        self.conn.gate.pause(_UPLOAD)
-
-    def up_resume_writing(self) -> None:
-        self.conn.gate.resume(_UPLOAD)
+            self.gate.resume(PIPE)
 
 
 # -- the router --------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""What the router knows about each service, and every answer it can give without a replica.
+
+``ServiceRoute`` is a service's settings as the control plane hands them over; ``Upstream`` is
+one replica's address; ``ServiceState`` is what the router keeps per service between
+``set_service`` and ``remove_service`` (dispatcher, replica addresses, timers and the answers
+built once for it). The canned 401/404/405/413/502/503/504 answers are bytes built here once
+(JSON body included), so nothing on the request path formats them; the header tables say
+which headers cross the router as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from modelfleet.errors import ConfigError, error_body
+from modelfleet.router.auth import AuthCheck
+from modelfleet.router.dispatch import Dispatch
+
+if TYPE_CHECKING:
+    from modelfleet.router.cycle import Cycle
+
+__all__ = [
+    "BUSY_HEADER",
+    "C_400",
+    "C_401_INVALID",
+    "C_401_MISSING",
+    "C_404",
+    "C_405_ROOT",
+    "C_HEALTH",
+    "REQ_SPECIAL",
+    "RESP_SKIP",
+    "Canned",
+    "ServiceRoute",
+    "ServiceState",
+    "Upstream",
+    "error_answer",
+    "status_line",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    """How the router serves one service. ``auth`` is any object with ``check`` (or None)."""
+
+    name: str
+    auth: AuthCheck | None = None
+    max_concurrent: int = 1
+    max_wait_s: float = 0.5
+    timeout_s: float = 60.0
+    max_body_bytes: int = 100 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ConfigError(
+                f"service name must be 1-255 letters, digits, '.', '_' or '-', starting with a letter "
+                f"or digit (got {self.name!r})"
+            )
+        if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
+            raise ConfigError(f"replica_max_concurrent_requests must be an integer >= 1 (got {self.max_concurrent!r})")
+        if not self.max_wait_s >= 0:
+            raise ConfigError(f"max_request_wait_time must be >= 0 seconds (got {self.max_wait_s!r})")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"scoring_timeout_ms must be > 0 (got {self.timeout_s!r} s)")
+        if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 0:
+            raise ConfigError(f"max_body_bytes must be an integer >= 0 (got {self.max_body_bytes!r})")
+        if self.auth is not None and not callable(getattr(self.auth, "check", None)):
+            raise ConfigError(f"auth must have a check(header) method or be None (got {self.auth!r})")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One replica's address."""
+
+    id: str
+    host: str
+    port: int
+
+
+# -- precomputed answers ----------------------------------------------------------------
+
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Canned:
+    """A whole answer built once: head lines (without date/request ids) and JSON body."""
+
+    __slots__ = ("status", "head", "body")
+
+    def __init__(self, status: int, body: bytes, extra: Sequence[tuple[str, str]] = ()) -> None:
+        self.status = status
+        self.body = body
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])]
+        lines.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        lines += [f"{k}: {v}\r\n".encode() for k, v in extra]
+        self.head = b"".join(lines)
+
+
+def error_answer(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> Canned:
+    return Canned(status, error_body(message), extra)
+
+
+C_HEALTH = Canned(200, b'{"status": "Healthy"}')
+C_404 = error_answer(
+    404,
+    "no such service or route; scoring URLs look like /api/v1/service/<name>/score, and "
+    "`modelfleet service list` shows the deployed names",
+)
+C_405_ROOT = error_answer(405, "only GET is allowed on /", [("allow", "GET")])
+C_400 = error_answer(400, "malformed HTTP request")
+C_401_MISSING = error_answer(401, "missing", [("www-authenticate", "Bearer")])
+C_401_INVALID = error_answer(401, "invalid", [("www-authenticate", "Bearer")])
+
+
+class ServiceState:
+    """Everything the router keeps per service, from set_service to remove_service."""
+
+    def __init__(self, route: ServiceRoute) -> None:
+        self.route = route
+        self.dispatch = Dispatch(route.name, route.max_concurrent, route.max_wait_s)
+        # id -> (upstream, pool key, Host header); holds listed replicas and retiring ones
+        # that still have requests in flight.
+        self.addresses: dict[str, tuple[Upstream, tuple[str, int], bytes]] = {}
+        # Queue timer: fires at the dispatcher's next_wakeup (deadlines, busy back-off).
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+        # Scoring timeout: requests on a replica, oldest first, with the time each was sent.
+        # One timer per service, armed for the oldest, instead of one per request (a timer
+        # handle costs ~2 us; an OrderedDict entry ~0.2 us). Sent order is deadline order.
+        self.sending: OrderedDict[Cycle, float] = OrderedDict()
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.drains: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self.removed = False
+        self._build(route)
+
+    def _build(self, r: ServiceRoute) -> None:
+        n = r.name
+        self.c405_score = error_answer(
+            405, f"only GET and POST are allowed on /api/v1/service/{n}/score", [("allow", "GET, POST")]
+        )
+        self.c405_swagger = error_answer(
+            405, f"only GET is allowed on /api/v1/service/{n}/swagger.json", [("allow", "GET")]
+        )
+        self.c413 = error_answer(
+            413,
+            f"request body is larger than the {r.max_body_bytes} bytes service '{n}' accepts; send a "
+            "smaller payload or raise the service's body limit",
+        )
+        self.c502 = error_answer(
+            502,
+            f"a replica of service '{n}' failed while handling the request; it is being checked, and "
+            f"`modelfleet service logs -n {n}` shows its log",
+        )
+        self.c503 = error_answer(
+            503,
+            f"no replica of service '{n}' had capacity within max_request_wait_time "
+            f"({round(r.max_wait_s * 1000)} ms); retry later, or raise autoscale_max_replicas or "
+            "replica_max_concurrent_requests",
+            [("retry-after", "1")],
+        )
+        self.c504 = error_answer(
+            504,
+            f"service '{n}' did not answer within scoring_timeout_ms ({round(r.timeout_s * 1000)} ms); "
+            "raise scoring_timeout_ms or make run() faster",
+        )
+
+    def update(self, route: ServiceRoute) -> None:
+        self.route = route
+        self._build(route)
+
+
+# -- header tables -------------------------------------------------------------------------
+
+H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID = range(8)
+# Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
+REQ_SPECIAL = {
+    b"connection": H_DROP,
+    b"keep-alive": H_DROP,
+    b"proxy-connection": H_DROP,
+    b"te": H_DROP,
+    b"trailer": H_DROP,
+    b"upgrade": H_DROP,
+    b"host": H_DROP,
+    b"authorization": H_AUTH,  # keys never reach the replica (or its logs)
+    b"content-length": H_LENGTH,
+    b"transfer-encoding": H_TE,
+    b"expect": H_EXPECT,
+    b"x-ms-request-id": H_MSID,
+    b"x-request-id": H_XID,
+}
+# Response headers not forwarded as they are.
+RESP_SKIP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+        b"x-ms-request-id",
+        b"x-request-id",
+    ]
+)
+BUSY_HEADER = b"x-modelfleet-busy"
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    line = _status_lines.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b""))
+        if len(_status_lines) < 128:
+            _status_lines[(status, reason)] = line
+    return line
