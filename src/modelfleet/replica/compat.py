@@ -123,10 +123,11 @@ class Headers:
         return default
 
     def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
+        low = key.lower()
+        for k, v in self._items:
+            if k.lower() == low:
+                return v
+        raise KeyError(key)
 
     def getlist(self, key: str) -> list[str]:
         low = key.lower()
@@ -251,7 +252,7 @@ class AMLRequest:
 
     @property
     def host(self) -> str:
-        return self.headers.get("Host", "")
+        return str(self.headers.get("Host", ""))
 
     @property
     def scheme(self) -> str:
@@ -275,7 +276,8 @@ class AMLRequest:
     # -- body
     @property
     def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
+        value = self.headers.get("Content-Type")
+        return None if value is None else str(value)
 
     @property
     def mimetype(self) -> str:
@@ -358,12 +360,14 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, An
     files: list[tuple[str, Any]] = []
     if not message.is_multipart():
         return form, files
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        if name is None:
+        if not isinstance(name, str):
             continue
         filename = part.get_filename()
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
         if filename is not None:
             files.append((name, FileStorage(payload, filename, name, part.get("Content-Type"))))
         else:
@@ -423,7 +427,8 @@ class AMLResponse:
 
     @property
     def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
+        value = self.headers.get("Content-Type")
+        return None if value is None else str(value)
 
     def get_data(self, as_text: bool = False) -> Any:
         return self._data.decode("utf-8", "replace") if as_text else self._data

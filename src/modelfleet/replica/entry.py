@@ -145,7 +145,7 @@ def _is_schema_decorated(func: Callable[..., Any]) -> bool:
     # run() cannot be decorated and we need not import it (it pulls wrapt and more).
     if "inference_schema.schema_util" not in sys.modules:
         return False
-    from inference_schema.schema_util import is_schema_decorated
+    from inference_schema.schema_util import is_schema_decorated  # type: ignore[import-untyped]
 
     return bool(is_schema_decorated(func))
 

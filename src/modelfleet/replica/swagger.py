@@ -191,7 +191,7 @@ def _schemas(run: Callable[..., Any]) -> tuple[list[str], Any, Any]:
     """(supported versions, input schema, output schema) for run(), from inference-schema."""
     if "inference_schema.schema_util" not in sys.modules:
         return list(ALL_VERSIONS), {"type": "object", "example": {}}, {"type": "object", "example": {}}
-    from inference_schema import schema_util
+    from inference_schema import schema_util  # type: ignore[import-untyped]
 
     versions = list(schema_util.get_supported_versions(run))
     if not schema_util.is_schema_decorated(run):
