@@ -54,10 +54,11 @@ def main() -> int:
     print()
     print(f"scoring URI: {service.scoring_uri}")
     print(f"swagger URI: {service.swagger_uri}")
+    cli = Path(sys.executable).parent / "modelfleet"
     print("try it:")
-    print(f"  curl -s -H 'Authorization: Bearer '$(modelfleet -w {root} service get-keys -n diabetes | head -1) \\")
+    print(f"  curl -s -H 'Authorization: Bearer '$({cli} -w {root} service get-keys -n diabetes | head -1) \\")
     print(f"       -H 'Content-Type: application/json' -d '{json.dumps(SAMPLE)}' {service.scoring_uri}")
-    print(f"stop the cluster: modelfleet -w {root} cluster stop")
+    print(f"stop the cluster: {cli} -w {root} cluster stop")
     return 0
 
 
