@@ -282,13 +282,13 @@ def test_request_headers_parameter(tmp_path: Path) -> None:
 
 
 def test_init_raising_exits_3_with_the_traceback(tmp_path: Path) -> None:
-    server = start_replica("init_fails.py", tmp_path, wait=False)
-    try:
-        assert server.proc.wait(30) == 3
-        output = server.output()
-        assert "Traceback" in output and "RuntimeError: model file is missing" in output
-    finally:
-        server.stop()
+    script = SCRIPTS / "init_fails.py"
+    argv = [sys.executable, "-m", "modelfleet.replica", "--entry_script", str(script), "--port", "0"]
+    argv += ["--port-file", str(tmp_path / "port")]
+    done = subprocess.run(argv, cwd=tmp_path, env=base_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert "Traceback" in done.stderr and "RuntimeError: model file is missing" in done.stderr
+    assert not (tmp_path / "port").exists()  # it never bound: the supervisor reads "init failed"
 
 
 def test_contradicting_decorators_are_refused_at_load(tmp_path: Path) -> None:

@@ -257,7 +257,8 @@ class App:
 
     def _job_done(self, job: Job) -> None:
         req: Request = job.arg
-        self._release(req)  # a job skipped at its timeout never ran _run_job
+        if not req.released:  # a job skipped at its timeout never ran _run_job
+            self._release(req)
         conn = req.conn
         if req.timer is not None:
             req.timer.cancel()
