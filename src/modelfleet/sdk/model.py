@@ -132,7 +132,7 @@ class Model:
         Outside one, with ``_workspace``: the model is downloaded to ``./azureml-models``
         first, as v1 did, and that path is returned.
         """
-        from modelfleet.replica.compat import get_model_path
+        from modelfleet.replica.compat import Model as ReplicaModel
 
         if _workspace is not None and not os.environ.get("AZUREML_MODEL_DIR"):
             record = _workspace.store.get_model(model_name, version)
@@ -142,7 +142,7 @@ class Model:
                 _workspace.store.materialize_model(record, dest)
             entries = list(dest.iterdir())
             return str(entries[0] if len(entries) == 1 else dest)
-        return get_model_path(model_name, version)
+        return ReplicaModel.get_model_path(model_name, version)
 
     @staticmethod
     def deploy(
