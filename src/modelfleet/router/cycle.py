@@ -379,11 +379,19 @@ class Cycle:
                 if name.lower() == BUSY_HEADER and value.strip() == b"1":
                     self.busy_seen = True
                     return  # its body is dropped; up_end decides what next
-        self.svc.sending.pop(self, None)  # type: ignore[union-attr]  # answered in time
+        svc = self.svc
+        assert svc is not None
+        sent = svc.sending.pop(self, None)
         self.chunks = []
         self.kept = False
         if self.answered:
             return  # 504 already sent, or the client left: the answer is read and dropped
+        if sent is not None and self.router.loop.time() - sent >= svc.route.timeout_s:
+            # Late: the deadline passed but its timer had not run yet (the loop runs I/O
+            # callbacks before due timers). A replica with the same scoring timeout answers
+            # its own "timeout" now; the client gets the router's 504 either way.
+            self.timed_out()
+            return
         self.streaming = True
         self.status = status
         conn = self.conn

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what bench/peers.py compares modelfleet with, outside the project's dependencies:
+# wrk and nginx from Debian, and each Python peer in its own virtualenv under bench/.venvs/
+# (azmlinfsrv, LitServe, Ray Serve), plus py-spy for profiles. Safe to run again: a venv whose
+# server command already exists is left as it is.
+#
+#     bash bench/setup_peers.sh            # everything
+#     bash bench/setup_peers.sh azmlinfsrv # just the named peers (azmlinfsrv litserve ray)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venvs="$here/.venvs"
+python="${PEER_PYTHON:-python3.11}"  # the peers' wheels all exist for 3.11
+peers=("$@")
+[ ${#peers[@]} -eq 0 ] && peers=(azmlinfsrv litserve ray)
+
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    sudo_="" && [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    # Debian starts nginx as a service on install; the bench runs its own, so stop that one.
+    $sudo_ service nginx stop >/dev/null 2>&1 || true
+fi
+
+mkvenv() {  # name, command that proves it is installed, packages...
+    local name="$1" probe="$2"
+    shift 2
+    if [ -x "$venvs/$name/bin/$probe" ]; then
+        echo "bench: $name already installed"
+        return
+    fi
+    echo "bench: installing $name into $venvs/$name"
+    uv venv -q --python "$python" "$venvs/$name"
+    uv pip install -q --python "$venvs/$name/bin/python" "$@"
+}
+
+for p in "${peers[@]}"; do
+    case "$p" in
+        azmlinfsrv) mkvenv azmlinfsrv azmlinfsrv "azureml-inference-server-http==1.5.1" ;;
+        litserve) mkvenv litserve litserve "litserve==0.2.19" ;;
+        ray) mkvenv ray serve "ray[serve]==2.60.0" ;;
+        *) echo "bench: unknown peer $p (azmlinfsrv litserve ray)" >&2; exit 2 ;;
+    esac
+done
+command -v py-spy >/dev/null || uv pip install -q --python "$python" --system py-spy || true
+echo "bench: peers ready under $venvs"
