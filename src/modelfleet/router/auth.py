@@ -1,24 +1,70 @@
-"""Request authentication for the router: the pluggable check and service keys.
+"""Request authentication for the router: the pluggable check, service keys, tokens, failures.
 
 The router asks ``ServiceRoute.auth.check(value)`` with the raw ``Authorization`` header value
 (``None`` when absent) and gets an ``AuthResult`` back. Anything with that method plugs in:
-``KeyAuth`` here, token (JWT) auth later. A check never logs and never raises on bad input;
-the router turns MISSING/INVALID into a precomputed 401 whose body says only that.
+``KeyAuth`` (v1 key auth) and ``TokenAuth`` (v1 token auth) here. A check never logs and never
+raises on bad input; the router turns MISSING/INVALID into a precomputed 401 whose body says
+only that, and records the failure per client in ``AuthFailures``.
 
 Keys are compared with ``hmac.compare_digest`` against both the primary and the secondary
 key every time (no early exit), so the time taken says nothing about which key, or how much
 of one, matched.
+
+Tokens are JWTs signed with the cluster's own ES256 (ECDSA P-256) key pair; the private key
+stays in the workspace (the SDK signs with it in ``Webservice.get_token``), the router holds
+only the public key. A token is accepted when, and only when:
+
+1. its header names ES256: the accepted algorithm list is pinned, never read from the token,
+   so ``alg: none`` and the HS256-with-the-public-key swap are refused before any crypto;
+2. its signature verifies with the cluster's public key (any changed byte fails);
+3. ``iss`` is ``modelfleet`` and ``aud`` is exactly this service's audience (a token of
+   another service, or one with a list of audiences, is refused);
+4. ``iat <= now + skew`` and ``now <= exp + skew`` with ``skew`` = 30 s, ``now`` being wall
+   clock seconds since the epoch, passed in (JWT times are epoch seconds, not monotonic).
+
+Worked example: issued at now=1000 with the default lifetime of 3600 s, a token has exp=4600
+and refresh_by=2800 (half-way, so a client that refreshes on time always holds a token with
+at least 30 min left). It is accepted at now=970 (issued "in the future" by 30 s of skew) up
+to now=4630, and refused at now=969 and now=4631.
+
+A verified token's ``exp`` is cached by its exact bytes (bounded), so the signature is checked
+once per token rather than once per request; the time check runs on every request.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
 
 from modelfleet.errors import ConfigError
 
-__all__ = ["AuthCheck", "AuthResult", "KeyAuth", "bearer_token"]
+__all__ = [
+    "CLOCK_SKEW_S",
+    "TOKEN_ALGORITHM",
+    "TOKEN_LIFETIME_S",
+    "AuthCheck",
+    "AuthFailures",
+    "AuthResult",
+    "KeyAuth",
+    "TokenAuth",
+    "bearer_token",
+    "issue_token",
+    "token_audience",
+    "verify_token",
+]
+
+TOKEN_ALGORITHM = "ES256"
+_ALGORITHMS = [TOKEN_ALGORITHM]  # pinned: the token's own "alg" is never trusted
+TOKEN_ISSUER = "modelfleet"
+TOKEN_LIFETIME_S = 3600  # v1's tokens live about an hour too; refresh_by is half of it
+CLOCK_SKEW_S = 30.0
+_TOKEN_CACHE_SIZE = 1024
 
 
 class AuthResult(enum.Enum):
@@ -37,6 +83,9 @@ def bearer_token(authorization: bytes | None) -> bytes | None:
         return None
     token = authorization[7:].strip()
     return token or None
+
+
+# -- keys ------------------------------------------------------------------------------------
 
 
 class KeyAuth:
@@ -80,3 +129,158 @@ def _key(key: str | bytes | None) -> bytes | None:
             "service keys may not contain spaces or line breaks; regenerate the key with `modelfleet service regen-key`"
         )
     return k
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def token_audience(service: str) -> str:
+    """The ``aud`` claim of a token for ``service``: valid for that one service only."""
+    return f"modelfleet:service:{service}"
+
+
+def issue_token(
+    private_key: EllipticCurvePrivateKey, service: str, now: float, lifetime_s: int = TOKEN_LIFETIME_S
+) -> tuple[str, int]:
+    """A signed token for ``service`` and its refresh-by time (both epoch seconds based)."""
+    iat = int(now)
+    claims = {
+        "iss": TOKEN_ISSUER,
+        "aud": token_audience(service),
+        "sub": service,
+        "iat": iat,
+        "exp": iat + int(lifetime_s),
+    }
+    token = jwt.encode(claims, private_key, algorithm=TOKEN_ALGORITHM)
+    return token, iat + int(lifetime_s) // 2
+
+
+def verify_token(
+    token: bytes | str,
+    public_key: EllipticCurvePublicKey,
+    service: str,
+    now: float,
+    skew_s: float = CLOCK_SKEW_S,
+) -> AuthResult:
+    """Rules 1-4 of the module docstring; OK or INVALID, never an exception."""
+    times = _verified_times(token, public_key, token_audience(service))
+    if times is None:
+        return AuthResult.INVALID
+    return AuthResult.OK if _in_time(times, now, skew_s) else AuthResult.INVALID
+
+
+def _verified_times(token: bytes | str, public_key: EllipticCurvePublicKey, audience: str) -> tuple[int, int] | None:
+    """(iat, exp) of a token whose algorithm, signature, issuer and audience check out."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=_ALGORITHMS,
+            audience=audience,
+            issuer=TOKEN_ISSUER,
+            # Times are checked by _in_time against the ``now`` we are given, not PyJWT's clock.
+            options={
+                "require": ["iss", "aud", "iat", "exp"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "strict_aud": True,
+            },
+        )
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if claims.get("aud") != audience or not _is_time(iat) or not _is_time(exp):
+        return None
+    return int(iat), int(exp)  # type: ignore[arg-type]
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _in_time(times: tuple[int, int], now: float, skew_s: float) -> bool:
+    iat, exp = times
+    return iat <= now + skew_s and now <= exp + skew_s
+
+
+class TokenAuth:
+    """Token check for one service. ``clock`` gives wall-clock epoch seconds; the composition
+    root passes ``time.time`` (tests pass their own), so this module never reads the clock."""
+
+    __slots__ = ("_audience", "_cache", "_clock", "_public_key", "_skew_s")
+
+    def __init__(
+        self,
+        public_key: EllipticCurvePublicKey,
+        service: str,
+        clock: Callable[[], float],
+        skew_s: float = CLOCK_SKEW_S,
+    ) -> None:
+        if not isinstance(public_key, EllipticCurvePublicKey):
+            raise ConfigError(f"token auth needs the cluster's EC public key (got {type(public_key).__name__})")
+        self._public_key = public_key
+        self._audience = token_audience(service)
+        self._clock = clock
+        self._skew_s = skew_s
+        # token bytes -> (iat, exp) of tokens whose signature has been verified
+        self._cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+
+    def check(self, authorization: bytes | None) -> AuthResult:
+        if not authorization:
+            return AuthResult.MISSING
+        token = bearer_token(authorization)
+        if token is None:
+            return AuthResult.INVALID
+        times = self._cache.get(token)
+        if times is None:
+            times = _verified_times(token, self._public_key, self._audience)
+            if times is None:
+                return AuthResult.INVALID
+            self._cache[token] = times
+            if len(self._cache) > _TOKEN_CACHE_SIZE:
+                self._cache.popitem(last=False)  # the oldest verified token goes first
+        return AuthResult.OK if _in_time(times, self._clock(), self._skew_s) else AuthResult.INVALID
+
+    def __repr__(self) -> str:
+        return f"<TokenAuth aud={self._audience} cached={len(self._cache)}>"
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+class AuthFailures:
+    """Failed authentications, in total by result and per client address, for the metrics.
+
+    ``record`` is O(1) on the 401 path. At most ``max_clients`` addresses are kept; past that
+    the least recently failing one is dropped (its failures stay in the totals), so a flood of
+    addresses cannot grow the router's memory. Reading: ``snapshot()`` (a copy, safe to export).
+    """
+
+    __slots__ = ("_by_client", "_max_clients", "missing", "invalid")
+
+    def __init__(self, max_clients: int = 10_000) -> None:
+        self._max_clients = max_clients
+        self._by_client: OrderedDict[str, int] = OrderedDict()
+        self.missing = 0
+        self.invalid = 0
+
+    def record(self, client: str, result: AuthResult) -> None:
+        if result is AuthResult.MISSING:
+            self.missing += 1
+        else:
+            self.invalid += 1
+        by_client = self._by_client
+        by_client[client] = by_client.get(client, 0) + 1
+        by_client.move_to_end(client)
+        if len(by_client) > self._max_clients:
+            by_client.popitem(last=False)
+
+    def count(self, client: str) -> int:
+        return self._by_client.get(client, 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"missing": self.missing, "invalid": self.invalid, "by_client": dict(self._by_client)}
+
+    def __repr__(self) -> str:
+        return f"<AuthFailures missing={self.missing} invalid={self.invalid} clients={len(self._by_client)}>"

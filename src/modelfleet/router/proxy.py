@@ -37,7 +37,7 @@ from typing import Any
 
 import httptools
 
-from modelfleet.router.auth import AuthResult
+from modelfleet.router.auth import AuthFailures, AuthResult
 from modelfleet.router.cycle import PIPE, UPLOAD, WAIT, Cycle, ReadGate
 from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.routes import (
@@ -98,6 +98,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.gate = ReadGate(self.transport)
         self.router.connections.add(self)
+
+    def peer_host(self) -> str:
+        """The client's address; looked up only when needed (a failed auth), not per connection."""
+        peer = self.transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -208,6 +213,7 @@ class ClientConnection(asyncio.Protocol):
                         result = svc.route.auth.check(auth)
                         if result is not AuthResult.OK:
                             canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
+                            router.auth_failures.record(self.peer_host(), result)
                 elif tail == b"/swagger.json":
                     if method != b"GET":
                         canned = svc.c405_swagger
@@ -309,11 +315,12 @@ class Router:
         # Running state: between start() and stop().
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.connections: set[ClientConnection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []  # one per start(): TLS and plain HTTP
         self._tasks: set[asyncio.Task[None]] = set()  # connection attempts in progress
         self.stopping = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self.date_line = b""
+        self.auth_failures = AuthFailures()  # 401s in total and per client address, for metrics
         # Request ids: a random prefix per router and a counter, shaped like a UUID4.
         r = os.urandom(9).hex()
         self._rid_prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-a{r[15:18]}-".encode()
@@ -322,11 +329,14 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl: _ssl.SSLContext | None = None) -> int:
-        """Listen; returns the bound port."""
+        """Listen; returns the bound port. Call again to listen on another port too (e.g. plain
+        HTTP beside TLS); every listener serves the same services."""
         self.loop = asyncio.get_running_loop()
-        self._tick()
-        self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048)
-        bound: int = self._server.sockets[0].getsockname()[1]
+        if self._tick_handle is None:
+            self._tick()
+        server = await self.loop.create_server(lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048)
+        self._servers.append(server)
+        bound: int = server.sockets[0].getsockname()[1]
         log.info("router listening on %s:%d%s", host, bound, " (TLS)" if ssl else "")
         return bound
 
@@ -334,8 +344,8 @@ class Router:
         """Stop listening, cut client connections, then replica connections; every slot is
         given back and nothing is reported as a replica failure."""
         self.stopping = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections):
             conn.transport.abort()
         await asyncio.sleep(0)  # connection_lost runs: queued requests leave their queues
@@ -354,9 +364,9 @@ class Router:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
 
     def _tick(self) -> None:
         # The Date header is refreshed once a second, not formatted per answer.
