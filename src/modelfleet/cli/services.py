@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def register(groups: Any) -> None:
             sub.add_argument("--ic", "--inference-config-file", dest="ic")
             sub.add_argument("--dc", "--deploy-config-file", dest="dc")
             sub.add_argument("--no-wait", action="store_true")
+    events = service.add_parser("scale-events", help="when and why its replica count changed, oldest first")
+    events.add_argument("-n", "--name", required=True)
+    add_output(events)
+    events.set_defaults(handler=service_scale_events)
+    plan = service.add_parser("plan", help="replicas needed for a load (v1's calculator)")
+    plan.add_argument("--rps", type=float, required=True, help="target requests per second")
+    plan.add_argument("--request-seconds", type=float, required=True, help="seconds one request takes")
+    plan.add_argument("--target-utilization", type=float, default=70, help="percent (default 70)")
+    plan.add_argument("--max-concurrent", type=int, default=1, help="replica_max_concurrent_requests (default 1)")
+    add_output(plan)
+    plan.set_defaults(handler=service_plan)
 
 
 def _service(args: argparse.Namespace) -> Any:
@@ -115,4 +127,30 @@ def service_update(args: argparse.Namespace) -> int:
 def service_delete(args: argparse.Namespace) -> int:
     _service(args).delete()
     print(f"service {args.name} deleted")
+    return 0
+
+
+def service_scale_events(args: argparse.Namespace) -> int:
+    events = _service(args).get_scale_events()
+    rows = [
+        f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(e['time']))}  {e['from']} -> {e['to']}  "
+        f"utilization {'-' if e.get('utilization') is None else format(e['utilization'], '.0%')}  {e['reason']}"
+        for e in events
+    ]
+    print_output(args, events, "\n".join(rows) or f"no scale events for {args.name}")
+    return 0
+
+
+def service_plan(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.webservice import AksWebservice
+
+    replicas = AksWebservice.plan_replicas(args.rps, args.request_seconds, args.target_utilization, args.max_concurrent)
+    data = {
+        "replicas": replicas,
+        "rps": args.rps,
+        "request_seconds": args.request_seconds,
+        "target_utilization": args.target_utilization,
+        "max_concurrent": args.max_concurrent,
+    }
+    print_output(args, data, str(replicas))
     return 0

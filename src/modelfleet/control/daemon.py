@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.control.admin import AdminHandlers, AdminServer
+from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.paths import RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.router.proxy import Router
@@ -58,6 +59,7 @@ class Daemon:
         router_port = await self.router.start(host=self.config.host, port=port)
         self.store.set_setting(ROUTER_PORT_SETTING, str(router_port))
         self.reconciler = Reconciler(self.store, self.store.runtime_dir, self.router)
+        self.autoscaler = Autoscaler(self.reconciler, self.router, machine_capacity())
 
         token = secrets.token_urlsafe(32)
         _write_private(self.paths.admin_token, token)
@@ -80,12 +82,14 @@ class Daemon:
         log.info("cluster up: router on %s:%d, admin on 127.0.0.1:%d", self.config.host, router_port, admin.port)
 
         await self.reconciler.restore()
+        self.autoscaler.start()
         await self._stopping.wait()
 
         log.info("cluster stopping")
         with contextlib.suppress(FileNotFoundError):
             self.paths.cluster_json.unlink()
         admin.stop()
+        await self.autoscaler.stop()
         await self.reconciler.shutdown()
         await self.router.stop()
         self.store.close()
@@ -106,6 +110,7 @@ class Daemon:
             "workspace": str(self.config.workspace),
             "services": self.reconciler.status(),
             "router": self.router.stats(),
+            "autoscaler": self.autoscaler.status(),
         }
 
 

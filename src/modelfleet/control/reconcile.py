@@ -15,6 +15,14 @@ So an update never leaves a moment with no Ready replica behind the router, and 
 update never takes the service down. Between roll-outs the controller keeps the state
 (``Healthy`` when every replica of the serving generation is Ready, ``Unhealthy`` when
 some are not) and the router's replica set in step with the target's supervision.
+
+``scale_to`` (called by ``control/autoscaler.py``) changes the serving generation's replica
+count between roll-outs. Up: new replicas start at the lowest free indexes and join the
+router one by one as each turns Ready. Down: the drain order of every removal (logged step
+by step): the router stops assigning to the replica, its in-flight requests finish (at most
+the scoring timeout), SIGTERM, then SIGKILL after the grace period; so no request fails.
+A roll-out keeps the current count (clamped to the new min/max) when autoscaling is on,
+and ``num_replicas`` when it is off. Roll-outs and scaling take turns (one lock).
 """
 
 from __future__ import annotations
@@ -59,6 +67,15 @@ class ServiceController:
         self._route: ServiceRoute | None = None
         self._auth: KeyAuth | None = None
         self._last_state: tuple[str, str | None] | None = None
+        # scaling (see scale_to): the latest spec and plan, the lock shared with roll-outs,
+        # replica indexes still starting, replicas being drained, and the drain tasks
+        self.spec: DeploySpec | None = None
+        self._serving_plan: ReplicaPlan | None = None
+        self._lock = asyncio.Lock()
+        self._starting: set[int] = set()
+        self._removing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._scale_note: str | None = None
 
     def __repr__(self) -> str:
         return f"<ServiceController {self.name} serving={self.serving_generation} replicas={self._desired_replicas}>"
@@ -76,6 +93,10 @@ class ServiceController:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._router.remove_service(self.name)
         if stop_replicas:
             await asyncio.gather(*(self._target.stop(r.id, _STOP_GRACE_S) for r in self.replicas()))
@@ -100,10 +121,12 @@ class ServiceController:
     async def _sync_once(self) -> None:
         record = await asyncio.to_thread(self._store.get_service, self.name)
         spec = DeploySpec.from_dict(record.config["deploy"])
+        self.spec = spec
         self._apply_route(record, spec)
         generation = record.generation
         if generation != self.serving_generation and generation != self._failed_generation:
-            await self._roll_out(record, spec)
+            async with self._lock:
+                await self._roll_out(record, spec)
         await self._publish_state()
 
     def refresh_route(self) -> None:
@@ -145,7 +168,11 @@ class ServiceController:
         except ModelfleetError as exc:
             await self._fail(generation, str(exc))
             return
-        count = max(spec.initial_replicas(), self._desired_replicas if self.serving_generation else 0)
+        count = spec.initial_replicas()
+        if spec.autoscale.enabled and self.serving_generation is not None:
+            # an update keeps the autoscaled count, within the (maybe new) min and max
+            scale = spec.autoscale
+            count = min(max(self._desired_replicas, scale.min_replicas), scale.max_replicas)
         started = await asyncio.gather(*(self._target.start(plan, i) for i in range(count)))
         failed = [r for r in started if r.state is not ReplicaState.READY]
         if failed:
@@ -155,6 +182,7 @@ class ServiceController:
             return
         old = [r for r in self.replicas() if r.generation != generation]
         self.serving_generation = generation
+        self._serving_plan = plan
         self._desired_replicas = count
         self._failed_generation = None
         self._publish_replicas()
@@ -212,6 +240,109 @@ class ServiceController:
             probe=probe,
         )
 
+    # -- scaling (called by control/autoscaler.py) -----------------------------------------
+
+    @property
+    def replica_count(self) -> int:
+        """The replicas the serving generation has or is starting (draining ones excluded)."""
+        return self._desired_replicas
+
+    @property
+    def scaling(self) -> bool:
+        """A roll-out or a scale-up holds the replica set; a decision now would be stale."""
+        return self._lock.locked()
+
+    async def scale_to(self, count: int, reason: str, utilization: float | None) -> int:
+        """Change the serving generation's replica count to ``count``; records a scale event.
+
+        Returns the count reached: lower than asked when new replicas failed to start (a
+        second event says why). Removals return at once; their drains run in the background.
+        """
+        async with self._lock:
+            current = self._desired_replicas
+            if self.serving_generation is None or self._serving_plan is None or count == current:
+                return current
+            await self._record_scale(current, count, reason, utilization)
+            if count > current:
+                return await self._scale_up(self._serving_plan, current, count)
+            self._scale_down(current - count)
+            return count
+
+    async def _scale_up(self, plan: ReplicaPlan, current: int, count: int) -> int:
+        used = {r.index for r in self.replicas()}
+        indexes = [i for i in range(len(used) + count) if i not in used][: count - current]
+        self._desired_replicas = count
+        self._starting.update(indexes)
+        log.info("service %s: scaling %d -> %d, starting replicas %s", self.name, current, count, indexes)
+        try:
+            started = await asyncio.gather(*(self._target.start(plan, i) for i in indexes))
+        finally:
+            self._starting.difference_update(indexes)
+        failed = [r for r in started if r.state is not ReplicaState.READY]
+        if failed:
+            await asyncio.gather(*(self._target.stop(r.id, _STOP_GRACE_S) for r in failed))
+            self._desired_replicas = count - len(failed)
+            why = failed[0].detail or "replica failed to start"
+            await self._record_scale(
+                count, self._desired_replicas, f"{len(failed)} new replica(s) failed to start: {why}", None
+            )
+        return self._desired_replicas
+
+    def _scale_down(self, how_many: int) -> None:
+        candidates = [
+            r for r in self.replicas() if r.generation == self.serving_generation and r.id not in self._removing
+        ]
+        # not-Ready replicas go first (they serve nothing), then the highest indexes
+        candidates.sort(key=lambda r: (r.state is ReplicaState.READY, -r.index))
+        victims = [r.id for r in candidates[:how_many]]
+        self._desired_replicas -= len(victims)
+        self._removing.update(victims)
+        # step 1 of the drain order: the router assigns nothing new to them from here on
+        self._publish_replicas()
+        task = asyncio.create_task(self._remove(victims), name=f"scale down {self.name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _remove(self, ids: list[str]) -> None:
+        spec = self.spec
+        timeout_s = spec.scoring_timeout_ms / 1000.0 if spec else 60.0
+        try:
+            # step 2: wait for their in-flight requests (router.drain logs the counts)
+            drained = await self._router.drain(self.name, ids, timeout_s)
+            # steps 3 and 4: SIGTERM, then SIGKILL after the grace period (targets/local.py)
+            log.info("service %s: stopping %s (drained: %s)", self.name, ids, drained)
+            await asyncio.gather(*(self._target.stop(rid, _STOP_GRACE_S) for rid in ids))
+            log.info("service %s: removed %s; %d replicas", self.name, ids, self._desired_replicas)
+        finally:
+            self._removing.difference_update(ids)
+
+    async def _record_scale(self, old: int, new: int, reason: str, utilization: float | None) -> None:
+        data = {
+            "from": old,
+            "to": new,
+            "reason": reason,
+            "utilization": None if utilization is None else round(utilization, 3),
+        }
+        log.info("service %s: scale %d -> %d: %s", self.name, old, new, reason)
+        await asyncio.to_thread(self._store.add_event, self.name, "scale", data)
+
+    async def note_scaling(self, note: str | None, event: tuple[int, str, float | None] | None = None) -> None:
+        """Show ``note`` (e.g. "the machine cannot fit another replica") in the state detail
+        while the service is Healthy, or clear it with None; ``event`` = (wanted, reason,
+        utilization) also records a scale event that keeps the count."""
+        if event is not None:
+            wanted, reason, utilization = event
+            await self._record_scale(self._desired_replicas, self._desired_replicas, reason, utilization)
+            log.warning("service %s: wanted %d replicas: %s", self.name, wanted, reason)
+        if note == self._scale_note:
+            return
+        last = self._last_state
+        if note is not None and last is not None and last[0] == HEALTHY:
+            await self._set_state(HEALTHY, note)
+        elif note is None and last is not None and last == (HEALTHY, self._scale_note):
+            await self._set_state(HEALTHY, None)
+        self._scale_note = note
+
     # -- keeping the router and the stored state in step ----------------------------------
 
     def on_replica_change(self) -> None:
@@ -222,14 +353,21 @@ class ServiceController:
         ready = [
             Upstream(id=r.id, host="127.0.0.1", port=r.port)
             for r in self.replicas()
-            if r.generation == self.serving_generation and r.state is ReplicaState.READY and r.port
+            if r.generation == self.serving_generation
+            and r.state is ReplicaState.READY
+            and r.port
+            and r.id not in self._removing
         ]
         self._router.set_replicas(self.name, ready)
 
     async def _publish_state(self) -> None:
         if self.serving_generation is None:
             return
-        serving = [r for r in self.replicas() if r.generation == self.serving_generation]
+        serving = [
+            r
+            for r in self.replicas()
+            if r.generation == self.serving_generation and r.id not in self._removing and r.index not in self._starting
+        ]
         ready = sum(r.state is ReplicaState.READY for r in serving)
         if ready == len(serving) and serving:
             if self._last_state and self._last_state[0] == UNHEALTHY:

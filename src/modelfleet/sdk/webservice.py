@@ -287,6 +287,25 @@ class AksWebservice(Webservice):
     def deploy_configuration(**kwargs: Any) -> DeploySpec:
         return aks_deploy_configuration(**kwargs)
 
+    @staticmethod
+    def plan_replicas(
+        target_rps: float, request_seconds: float, target_utilization: float = 70, max_concurrent: int = 1
+    ) -> int:
+        """v1's replica calculator: ceil(target rps × request seconds ÷ target utilization ÷
+        per-replica concurrency), ``target_utilization`` in percent (as
+        ``autoscale_target_utilization``), ``max_concurrent`` as
+        ``replica_max_concurrent_requests``. 20 rps of 10 s at 70 % need 286 replicas."""
+        from modelfleet.router.autoscale import replicas_for
+
+        for field_name, value in (("target_rps", target_rps), ("request_seconds", request_seconds)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{field_name} must be a number greater than 0 (got {value!r})")
+        if not isinstance(target_utilization, int | float) or not 1 <= target_utilization <= 100:
+            raise ConfigError(f"target_utilization must be between 1 and 100 percent (got {target_utilization!r})")
+        if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be an integer of at least 1 (got {max_concurrent!r})")
+        return replicas_for(target_rps, request_seconds, target_utilization, max_concurrent)
+
 
 class LocalWebservice(Webservice):
     """v1's local deployment: one replica, auth off, on the local cluster."""

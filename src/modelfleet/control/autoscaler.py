@@ -1,0 +1,245 @@
+"""The autoscale loop: samples the router, asks ``router/autoscale.py``, scales the controller.
+
+Runs on the daemon's event loop (the daemon starts and stops it). Every ``refresh_seconds ÷
+10`` for each service with autoscaling on and a serving generation, it reads the router's
+counters (in flight, queued, Ready replicas, per-replica limit), adds the machine's room,
+calls the pure ``decide`` and, when the count should change, has the service's controller
+``scale_to`` it (one scaling operation per service at a time; sampling goes on meanwhile).
+The controller records each change as a scale event and logs it. With autoscaling off the
+loop leaves the service alone, so ``num_replicas`` is held.
+
+The machine's room (a documented rule, like a Kubernetes node's allocatable): replicas
+reserve what they request. A replica fits when the ``cpu_cores`` of every replica on this
+cluster (all services, starting and draining ones included) plus its own stay within this
+machine's CPU count, and the same for ``memory_gb`` against its total memory. Both are read
+once when the daemon starts. The daemon and router reserve nothing. When a rise does not fit,
+the count goes as far as fits, the service's state detail says why (it stays Healthy), and
+one scale event records it (``from`` == ``to`` when nothing fitted); the loop does not start
+replicas that cannot fit, and says nothing more until the room changes back.
+
+A rise whose new replicas fail to start (init() raised, say) is not retried for
+``FAILED_START_BACKOFF_S``: the controller records why in a scale event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelfleet.control.reconcile import Reconciler, ServiceController
+from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, decide
+from modelfleet.router.proxy import Router
+from modelfleet.spec import DeploySpec
+
+log = logging.getLogger("modelfleet.autoscaler")
+
+SAMPLES_PER_REFRESH = 10
+FAILED_START_BACKOFF_S = 30.0
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What this machine offers replicas: CPUs and memory in GB."""
+
+    cpus: float
+    memory_gb: float
+
+
+def machine_capacity() -> Capacity:
+    """This machine's CPU count and total memory (``/proc/meminfo``, else sysconf)."""
+    memory_gb = 0.0
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                memory_gb = int(line.split()[1]) / (1024 * 1024)
+                break
+    if not memory_gb:
+        with contextlib.suppress(ValueError, OSError):
+            memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return Capacity(cpus=float(os.cpu_count() or 1), memory_gb=memory_gb or math.inf)
+
+
+def room_for(capacity: Capacity, used_cpus: float, used_memory_gb: float, cpu_cores: float, memory_gb: float) -> int:
+    """How many more replicas requesting ``cpu_cores`` and ``memory_gb`` fit beside what is
+    already requested (never negative)."""
+    by_cpu = math.floor((capacity.cpus - used_cpus) / cpu_cores + _EPS)
+    by_memory = math.floor((capacity.memory_gb - used_memory_gb) / memory_gb + _EPS)
+    return max(0, min(by_cpu, by_memory))
+
+
+@dataclass
+class _Tracked:
+    """The loop's memory of one service."""
+
+    state: ScaleState = field(default_factory=ScaleState)
+    next_sample: float = 0.0
+    task: asyncio.Task[int] | None = None  # the scaling operation in progress
+    backoff_until: float = 0.0  # no rise before this (new replicas failed to start)
+    blocked: bool = False  # the last rise was cut by the machine's room
+    last: Decision | None = None
+
+
+class Autoscaler:
+    def __init__(self, reconciler: Reconciler, router: Router, capacity: Capacity, tick_s: float = 0.05) -> None:
+        self._reconciler = reconciler
+        self._router = router
+        self.capacity = capacity
+        self._tick_s = tick_s
+        self._tracked: dict[str, _Tracked] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._notes: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Autoscaler services={sorted(self._tracked)} capacity={self.capacity}>"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="autoscaler")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *(tr.task for tr in self._tracked.values()), *self._notes) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.tick(loop.time())
+            except Exception:
+                log.exception("autoscaler pass failed")
+            await asyncio.sleep(self._tick_s)
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        controllers = self._reconciler.controllers
+        for name in [n for n in self._tracked if n not in controllers]:
+            del self._tracked[name]
+        stats: dict[str, dict[str, Any]] | None = None
+        for name, controller in list(controllers.items()):
+            spec = controller.spec
+            if spec is None or not spec.autoscale.enabled or controller.serving_generation is None:
+                self._tracked.pop(name, None)
+                continue
+            tracked = self._tracked.setdefault(name, _Tracked())
+            settings = ScaleSettings.from_spec(spec.autoscale)
+            if now < tracked.next_sample:
+                continue
+            tracked.next_sample = now + settings.refresh_s / SAMPLES_PER_REFRESH
+            if stats is None:
+                stats = self._router.stats()
+            service_stats = stats.get(name)
+            if service_stats is not None:
+                self._sample(controller, spec, settings, tracked, service_stats, now)
+
+    def _sample(
+        self,
+        controller: ServiceController,
+        spec: DeploySpec,
+        settings: ScaleSettings,
+        tracked: _Tracked,
+        stats: dict[str, Any],
+        now: float,
+    ) -> None:
+        room = self._room(controller, spec)
+        counts = Counts(
+            in_flight=stats["in_flight"],
+            queued=stats["queued"],
+            # only replicas the router may send to count as capacity (Ready, not draining)
+            ready=sum(1 for r in stats["replicas"].values() if r["ready"]),
+            current=controller.replica_count,
+            limit=stats["limit"],
+            room=room,
+        )
+        decision, tracked.state = decide(counts, settings, tracked.state, now)
+        tracked.last = decision
+        if (tracked.task is not None and not tracked.task.done()) or controller.scaling:
+            return  # one operation at a time; the samples still count
+        desired, current = decision.desired, counts.current
+        if desired > current and now < tracked.backoff_until:
+            return
+        reason = decision.reason
+        if decision.limited_by == "capacity":
+            why = self._capacity_reason(decision, spec, room, current)
+            reason = f"{reason}; {why}"
+            if not tracked.blocked:
+                tracked.blocked = True
+                note = f"autoscaler: {why}"
+                event = None if desired != current else (decision.wanted, reason, decision.utilization)
+                self._spawn_note(controller.note_scaling(note, event))
+        elif tracked.blocked and decision.wanted <= current + room:
+            tracked.blocked = False
+            self._spawn_note(controller.note_scaling(None))
+        if desired != current:
+            tracked.task = asyncio.create_task(
+                self._scale(controller, tracked, desired, reason, decision.utilization),
+                name=f"scale {controller.name}",
+            )
+
+    async def _scale(
+        self, controller: ServiceController, tracked: _Tracked, desired: int, reason: str, utilization: float | None
+    ) -> int:
+        reached = await controller.scale_to(desired, reason, utilization)
+        if reached < desired:
+            loop = asyncio.get_running_loop()
+            tracked.backoff_until = loop.time() + FAILED_START_BACKOFF_S
+        return reached
+
+    def _spawn_note(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    # -- the machine's room ----------------------------------------------------------------
+
+    def _requested(self) -> tuple[float, float]:
+        """CPU cores and memory GB requested by every replica of the cluster."""
+        cpus = memory = 0.0
+        for controller in self._reconciler.controllers.values():
+            spec = controller.spec
+            if spec is None:
+                continue
+            n = len(controller.replicas())
+            cpus += n * spec.cpu_cores
+            memory += n * spec.memory_gb
+        return cpus, memory
+
+    def _room(self, controller: ServiceController, spec: DeploySpec) -> int:
+        cpus, memory = self._requested()
+        return room_for(self.capacity, cpus, memory, spec.cpu_cores, spec.memory_gb)
+
+    def _capacity_reason(self, decision: Decision, spec: DeploySpec, room: int, current: int) -> str:
+        cpus, memory = self._requested()
+        cap = self.capacity
+        return (
+            f"wanted {decision.wanted} replicas but this machine fits only {current + room}: the cluster's replicas "
+            f"request {cpus:g} of {cap.cpus:g} CPUs and {memory:.1f} of {cap.memory_gb:.1f} GB, and each "
+            f"replica of this service asks for cpu_cores={spec.cpu_cores:g} and memory_gb={spec.memory_gb:g}; "
+            "lower them or autoscale_max_replicas, or free the machine"
+        )
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, tracked in self._tracked.items():
+            d = tracked.last
+            out[name] = (
+                None
+                if d is None
+                else {
+                    "desired": d.desired,
+                    "wanted": d.wanted,
+                    "utilization": d.utilization,
+                    "mean_busy": d.mean_busy,
+                    "limited_by": d.limited_by,
+                }
+            )
+        return out
