@@ -55,7 +55,7 @@ def wait_200(url: str, timeout: float = 60.0) -> float:
 def wrk(url: str, connections: int, duration: int, headers: dict[str, str], body_file: Path) -> dict[str, float]:
     script = body_file.with_suffix(".lua")
     header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body_file.read_text()}]]\n{header_lines}')
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [==[{body_file.read_text()}]==]\n{header_lines}')
     out = subprocess.run(
         ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -161,6 +161,8 @@ def main() -> int:
     print(f"deploy to Healthy, cluster running         : {warm_deploy:6.2f} s")
     print(f"replica cold start (process start to 200)  : {cold_start:6.2f} s")
     print(f"{'path':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    if any(r["errors"] for r in results.values()):
+        print("# WARNING: some answers were not 2xx; the rates above are not comparable")
     for (path, connections), r in results.items():
         print(f"{path:8} {connections:5d} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:8d}")
     for connections in (1, 16):
