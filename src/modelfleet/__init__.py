@@ -17,6 +17,7 @@ _EXPORTS = {
     "Model": "modelfleet.sdk.model",
     "Environment": "modelfleet.sdk.environment",
     "InferenceConfig": "modelfleet.sdk.environment",
+    "CondaDependencies": "modelfleet.sdk.conda_dependencies",
     "Webservice": "modelfleet.sdk.webservice",
     "AksWebservice": "modelfleet.sdk.webservice",
     "LocalWebservice": "modelfleet.sdk.webservice",

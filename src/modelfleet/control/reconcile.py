@@ -34,8 +34,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import prepare_app, remove_generation
-from modelfleet.envs import resolve_interpreter
 from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.router.auth import KeyAuth
 from modelfleet.router.proxy import Router, ServiceRoute, Upstream
@@ -222,7 +222,7 @@ class ServiceController:
     def _plan(self, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
         layout = prepare_app(self._store, self.name, record.generation, record.config)
         env_spec = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
-        python = resolve_interpreter(env_spec)
+        resolved, isolation = resolve_for_service(self._store, self.name, record.generation, env_spec)
         probe = Probe(
             period_s=float(spec.liveness.period_seconds),
             timeout_s=float(spec.liveness.timeout_seconds),
@@ -232,10 +232,10 @@ class ServiceController:
         return ReplicaPlan(
             service=self.name,
             generation=record.generation,
-            python=python,
+            python=resolved.python,
             app_root=layout.app_root,
             entry_script=layout.entry_script,
-            environment=layout.environment,
+            environment={**isolation, **layout.environment},
             max_concurrent=spec.replica_max_concurrent_requests,
             probe=probe,
         )

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from modelfleet.errors import ConfigError, DeploymentFailed, ModelfleetError, NotFound
 from modelfleet.sdk.deploy import build_config, new_key
+from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.workspace import Workspace
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
 
@@ -97,6 +98,7 @@ class Webservice:
         """Wait until the latest deployment or update is serving, or raise DeploymentFailed."""
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
         last = None
+        progress = BuildProgress(self.name) if show_output else None
         while True:
             record = self._record()
             outcome = self._outcome(record.generation)
@@ -104,6 +106,10 @@ class Webservice:
             if show_output and line != last:
                 print(f"{self.name}: {line}", flush=True)
                 last = line
+            if progress is not None:  # the environment build's steps, as the control plane records them
+                progress.show(self.workspace.store.list_events(self.name, kind="build"), record.generation)
+                if outcome is not None or (deadline is not None and time.monotonic() > deadline):
+                    progress.close()
             if outcome is not None:
                 if outcome["outcome"] == "succeeded":
                     if show_output:
@@ -181,10 +187,13 @@ class Webservice:
             return content.decode(errors="replace")
 
     def get_logs(self, num_lines: int = 5000, init: bool = False) -> str:
-        """The replicas' output (stdout, stderr and the server's lines), last ``num_lines``."""
+        """The environment build's log, then the replicas' output (stdout, stderr and the
+        server's lines); the last ``num_lines`` lines."""
         logs_dir = self.workspace.store.runtime_dir / "services" / self.name / "logs"
         lines: list[str] = []
-        for path in sorted(logs_dir.glob("replica-*.log")):
+        for path in [logs_dir / "build.log", *sorted(logs_dir.glob("replica-*.log"))]:
+            if not path.is_file():
+                continue  # no environment was built or looked up yet
             lines.append(f"=== {path.name} ===\n")
             lines.extend(path.read_text(errors="replace").splitlines(keepends=True))
         return "".join(lines[-num_lines:])
