@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.errors import Conflict
 
 
 def register(groups: Any) -> None:
@@ -13,6 +14,12 @@ def register(groups: Any) -> None:
     start = cluster.add_parser("start", help="start the local cluster (deploy does this on demand)")
     start.add_argument("--port", type=int, help="router port (default: the last one used, else a free one)")
     start.add_argument("--host", default="127.0.0.1", help="router address to bind (default 127.0.0.1)")
+    tls = start.add_argument_group("TLS (remembered across restarts; default: as last started, else off)")
+    tls.add_argument("--tls-self-signed", action="store_true", help="https with a generated localhost certificate")
+    tls.add_argument("--tls-cert", metavar="FILE", help="https with this certificate (chain) PEM file")
+    tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key PEM file")
+    tls.add_argument("--no-tls", action="store_true", help="plain http")
+    tls.add_argument("--http-port", type=int, metavar="N", help="with TLS, also serve plain http on port N")
     start.set_defaults(handler=cluster_start)
     cluster.add_parser("stop", help="stop it; services come back on the next start").set_defaults(handler=cluster_stop)
     status = cluster.add_parser("status", help="daemon, router and replicas")
@@ -21,10 +28,30 @@ def register(groups: Any) -> None:
 
 
 def cluster_start(args: argparse.Namespace) -> int:
+    from modelfleet.control import tls
+
     ws = workspace(args)
-    info = ws.cluster().ensure_running(port=args.port, host=args.host)
-    print(f"cluster running: router http://{info['router_host']}:{info['router_port']} (pid {info['pid']})")
+    cluster = ws.cluster()
+    flags = {"cert": args.tls_cert, "key": args.tls_key, "off": args.no_tls, "http_port": args.http_port}
+    wanted = tls.requested(self_signed=args.tls_self_signed, **flags)
+    if wanted is not None and wanted != tls.load(ws.store):
+        if cluster.info() is not None:
+            raise Conflict(
+                "the cluster is running with other TLS settings; stop it with `modelfleet cluster stop`, "
+                "then start it again with these flags"
+            )
+        tls.save(ws.store, wanted)
+    info = cluster.ensure_running(port=args.port, host=args.host)
+    print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
+    if info.get("tls_cert_file"):
+        print(f"certificate: {info['tls_cert_file']} (clients other than modelfleet pass it as their CA bundle)")
+    if info.get("http_port"):
+        print(f"plain http also on port {info['http_port']}")
     return 0
+
+
+def _router_uri(info: dict[str, Any]) -> str:
+    return f"{info.get('scheme', 'http')}://{info.get('uri_host') or info['router_host']}:{info['router_port']}"
 
 
 def cluster_stop(args: argparse.Namespace) -> int:
@@ -44,10 +71,16 @@ def cluster_status(args: argparse.Namespace) -> int:
     data = {
         "running": True,
         "pid": info["pid"],
-        "router_uri": f"http://{info['router_host']}:{info['router_port']}",
+        "router_uri": _router_uri(info),
+        "tls_cert_file": info.get("tls_cert_file"),
+        "http_port": info.get("http_port"),
         **status,
     }
     lines = [f"cluster: running (pid {info['pid']}), router {data['router_uri']}"]
+    if info.get("tls_cert_file"):
+        lines.append(f"  certificate: {info['tls_cert_file']} (pass it to other clients as their CA bundle)")
+    if info.get("http_port"):
+        lines.append(f"  plain http: port {info['http_port']}")
     for name, svc in status["services"].items():
         lines.append(f"  {name}: generation {svc['serving_generation']}, {status['router'].get(name, {})}")
         for replica in svc["replicas"]:

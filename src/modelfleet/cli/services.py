@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ def register(groups: Any) -> None:
         ("logs", service_logs, "its replicas' logs"),
         ("get-keys", service_get_keys, "its primary and secondary keys"),
         ("regen-key", service_regen_key, "replace a key"),
+        ("get-access-token", service_get_access_token, "a fresh token (token auth) and when to refresh it"),
         ("run", service_run, "score through the router"),
         ("update", service_update, "new models, config or settings; no failed request"),
         ("delete", service_delete, "drain and remove"),
@@ -37,7 +39,7 @@ def register(groups: Any) -> None:
         sub = service.add_parser(verb, help=help_text)
         sub.add_argument("-n", "--name", required=True)
         sub.set_defaults(handler=handler)
-        if verb in ("show", "get-keys"):
+        if verb in ("show", "get-keys", "get-access-token"):
             add_output(sub)
         if verb == "logs":
             sub.add_argument("-l", "--num-lines", type=int, default=5000)
@@ -94,6 +96,14 @@ def service_logs(args: argparse.Namespace) -> int:
 def service_get_keys(args: argparse.Namespace) -> int:
     primary, secondary = _service(args).get_keys()
     print_output(args, {"primaryKey": primary, "secondaryKey": secondary}, f"{primary}\n{secondary}")
+    return 0
+
+
+def service_get_access_token(args: argparse.Namespace) -> int:
+    token, refresh_by = _service(args).get_token()
+    data = {"accessToken": token, "tokenType": "Bearer", "refreshBy": refresh_by}
+    when = datetime.datetime.fromtimestamp(refresh_by, datetime.timezone.utc).isoformat(timespec="seconds")
+    print_output(args, data, f"{token}\nrefresh by {when}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import json
 import logging
@@ -30,6 +31,7 @@ from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.paths import RuntimePaths
 from modelfleet.control.reconcile import Reconciler
+from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
 
@@ -56,8 +58,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.router = Router(on_replica_failed=self._on_replica_failed)
         port = self._choose_port()
-        router_port = await self.router.start(host=self.config.host, port=port)
+        # TLS as stored by `cluster start` (control/tls.py); the certificate's dates need the clock
+        tls = router_listeners(self.store, self.config.workspace, datetime.datetime.now(datetime.timezone.utc))
+        router_port = await self.router.start(host=self.config.host, port=port, ssl=tls.context)
         self.store.set_setting(ROUTER_PORT_SETTING, str(router_port))
+        http_port = None
+        if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
+            http_port = await self.router.start(host=self.config.host, port=tls.http_port)
+            self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
         self.reconciler = Reconciler(self.store, self.store.runtime_dir, self.router)
         self.autoscaler = Autoscaler(self.reconciler, self.router, machine_capacity())
 
@@ -74,7 +82,10 @@ class Daemon:
             "admin_port": admin.port,
             "router_port": router_port,
             "router_host": self.config.host,
-            "scheme": "http",
+            "scheme": tls.scheme,
+            "uri_host": tls.uri_host,
+            "tls_cert_file": str(tls.cert_file) if tls.cert_file else None,
+            "http_port": http_port,
         }
         _write_private(self.paths.cluster_json, json.dumps(info))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +121,7 @@ class Daemon:
             "workspace": str(self.config.workspace),
             "services": self.reconciler.status(),
             "router": self.router.stats(),
+            "auth_failures": self.router.auth_failures.snapshot(),
             "autoscaler": self.autoscaler.status(),
         }
 

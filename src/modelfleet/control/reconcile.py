@@ -31,13 +31,15 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import prepare_app, remove_generation
 from modelfleet.errors import ModelfleetError, NotFound
-from modelfleet.router.auth import KeyAuth
+from modelfleet.router.auth import KeyAuth, TokenAuth
 from modelfleet.router.proxy import Router, ServiceRoute, Upstream
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.registry import ServiceRecord, Store
@@ -65,7 +67,7 @@ class ServiceController:
         self._failed_generation: int | None = None
         self._desired_replicas = 0
         self._route: ServiceRoute | None = None
-        self._auth: KeyAuth | None = None
+        self._auth: KeyAuth | TokenAuth | None = None
         self._last_state: tuple[str, str | None] | None = None
         # scaling (see scale_to): the latest spec and plan, the lock shared with roll-outs,
         # replica indexes still starting, replicas being drained, and the drain tasks
@@ -138,10 +140,14 @@ class ServiceController:
 
     def _apply_route(self, record: ServiceRecord, spec: DeploySpec) -> None:
         if spec.auth_enabled:
-            if self._auth is None:
-                self._auth = KeyAuth(record.primary_key or "", record.secondary_key or "")
-            else:
+            if isinstance(self._auth, KeyAuth):
                 self._auth.set_keys(record.primary_key or "", record.secondary_key or "")
+            else:
+                self._auth = KeyAuth(record.primary_key or "", record.secondary_key or "")
+        elif spec.token_auth_enabled:
+            if not isinstance(self._auth, TokenAuth):
+                # the public half of the workspace's signing key; JWT times are wall-clock
+                self._auth = TokenAuth(signing_public_key(self._store.root), self.name, clock=time.time)
         else:
             self._auth = None
         route = ServiceRoute(

@@ -122,5 +122,23 @@ def snapshot_source(workspace: Workspace, inference: InferenceSpec) -> dict[str,
 
 
 def _refuse_unsupported(spec: DeploySpec) -> None:
-    if spec.token_auth_enabled:
-        raise ConfigError("token_auth_enabled=True is not supported yet; use key auth (auth_enabled=True, the default)")
+    # Key and token auth together is refused by DeploySpec itself (as v1 does); keys given by
+    # the caller are checked here, before anything is stored.
+    for field_name in ("primary_key", "secondary_key"):
+        value = getattr(spec, field_name)
+        if value is not None:
+            check_key(field_name, value)
+
+
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))  # visible ASCII: safe in a header
+
+
+def check_key(field_name: str, value: object) -> str:
+    """A caller-chosen key must fit in ``Authorization: Bearer <key>``; the message never
+    repeats the key."""
+    if not isinstance(value, str) or not value or not set(value) <= _KEY_CHARS:
+        raise ConfigError(
+            f"{field_name} must be a non-empty string of visible ASCII characters (no spaces or line "
+            "breaks); leave it out to get a generated 256-bit key"
+        )
+    return value

@@ -9,13 +9,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelfleet.errors import ConfigError, DeploymentFailed, ModelfleetError, NotFound
-from modelfleet.sdk.deploy import build_config, new_key
+from modelfleet.sdk.deploy import build_config, check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.workspace import Workspace
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
 
 ROUTER_PORT_SETTING = "router_port"
 ROUTER_SCHEME_SETTING = "router_scheme"
+ROUTER_URI_HOST_SETTING = "router_uri_host"  # written by the daemon: a name the TLS certificate covers
 _POLL_S = 0.2
 
 
@@ -80,7 +81,8 @@ class Webservice:
         if port is None:
             return None
         scheme = store.get_setting(ROUTER_SCHEME_SETTING) or "http"
-        return f"{scheme}://127.0.0.1:{port}/api/v1/service/{self.name}"
+        host = store.get_setting(ROUTER_URI_HOST_SETTING) or "127.0.0.1"
+        return f"{scheme}://{host}:{port}/api/v1/service/{self.name}"
 
     @property
     def scoring_uri(self) -> str | None:
@@ -142,17 +144,27 @@ class Webservice:
         if key not in ("Primary", "Secondary"):
             raise ConfigError(f"key must be 'Primary' or 'Secondary' (got {key!r})")
         self.get_keys()
-        value = set_key or new_key()
+        value = check_key("set_key", set_key) if set_key is not None else new_key()
         if key == "Primary":
             self.workspace.store.set_service_keys(self.name, primary_key=value)
         else:
             self.workspace.store.set_service_keys(self.name, secondary_key=value)
         self._notify_cluster()
 
-    def get_token(self) -> tuple[str, float]:
-        raise ConfigError(
-            f"token auth is not enabled for service {self.name}; use get_keys() (token auth is not supported yet)"
-        )
+    def get_token(self) -> tuple[str, int]:
+        """A fresh access token for this service and its refresh-by time (epoch seconds).
+
+        The token is a JWT signed by the cluster's own key, valid for this service only, for
+        an hour; ask for a new one by ``refresh_by`` (half-way through its life)."""
+        from modelfleet.control.credentials import signing_key
+        from modelfleet.router.auth import issue_token
+
+        if not self.token_auth_enabled:
+            raise ConfigError(
+                f"token auth is not enabled for service {self.name} (token_auth_enabled=False); "
+                "use get_keys(), or update the service with token_auth_enabled=True, auth_enabled=False"
+            )
+        return issue_token(signing_key(self.workspace.path), self.name, now=time.time())
 
     def get_scale_events(self) -> list[dict[str, Any]]:
         events = self.workspace.store.list_events(self.name, kind="scale")
@@ -167,8 +179,18 @@ class Webservice:
         headers = {"Content-Type": "application/json"}
         if self.auth_enabled:
             headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
+        elif self.token_auth_enabled:
+            headers["Authorization"] = f"Bearer {self.get_token()[0]}"
         parts = urlsplit(uri)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            from modelfleet.control.tls import client_context
+
+            # verifies the certificate; the cluster's own (self-signed) one is trusted as well
+            context = client_context(self.workspace.store, self.workspace.path)
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         try:
             conn.request("POST", parts.path, body=body, headers=headers)
             response = conn.getresponse()
