@@ -121,9 +121,9 @@ def requested(
     if cert is not None or key is not None:
         if cert is None or key is None:
             raise ConfigError("--tls-cert and --tls-key go together: give both files")
-        settings = TlsSettings("files", Path(cert).expanduser().resolve(), Path(key).expanduser().resolve(), http_port)
-        server_context(settings.cert_file, settings.key_file)  # refuse a bad pair now, not in the daemon
-        return settings
+        cert_file, key_file = Path(cert).expanduser().resolve(), Path(key).expanduser().resolve()
+        server_context(cert_file, key_file)  # refuse a bad pair now, not in the daemon
+        return TlsSettings("files", cert_file, key_file, http_port)
     if http_port is not None:
         raise ConfigError(
             f"--http-port {http_port} goes with --tls-self-signed or --tls-cert/--tls-key; "
