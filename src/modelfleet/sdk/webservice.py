@@ -182,15 +182,16 @@ class Webservice:
         elif self.token_auth_enabled:
             headers["Authorization"] = f"Bearer {self.get_token()[0]}"
         parts = urlsplit(uri)
+        host = parts.hostname or "127.0.0.1"
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             from modelfleet.control.tls import client_context
 
             # verifies the certificate; the cluster's own (self-signed) one is trusted as well
             context = client_context(self.workspace.store, self.workspace.path)
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+            conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
         else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
         try:
             conn.request("POST", parts.path, body=body, headers=headers)
             response = conn.getresponse()
