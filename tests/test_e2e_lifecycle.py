@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -207,3 +208,17 @@ def test_data_path_processes_never_load_the_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_cluster_that_cannot_start_says_why_at_once(ws: Workspace) -> None:
+    from modelfleet.errors import ClusterUnavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ClusterUnavailable, match="failed to start"):
+            ws.cluster().ensure_running(port=port)
+        assert time.monotonic() - started < 15  # not the 30 s start timeout
+    assert ws.cluster().info() is None

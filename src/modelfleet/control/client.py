@@ -55,8 +55,8 @@ class ClusterClient:
         if port is not None:
             argv += ["--port", str(port)]
         with open(self.paths.daemon_log, "ab") as log_file:
-            # the daemon forks itself into the background once it holds its lock, so this returns at once
-            subprocess.run(
+            # the daemon forks itself into the background; this returns once it serves or has failed
+            started = subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -65,6 +65,8 @@ class ClusterClient:
                 timeout=_START_TIMEOUT_S,
                 check=False,
             )
+        if started.returncode != 0:
+            raise ClusterUnavailable(f"the local cluster failed to start: {_last_error(self.paths.daemon_log)}")
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             info = self.info()
@@ -122,6 +124,16 @@ class ClusterClient:
             raise ModelfleetError(message) from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None
+
+
+def _last_error(log_path: Path) -> str:
+    """The daemon log's last error line, with the log's path for the rest."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"see {log_path}"
+    errors = [line for line in lines if " ERROR " in line or "Error" in line]
+    return f"{errors[-1].strip() if errors else 'no error line'} (see {log_path})"
 
 
 def _message(body: bytes) -> str | None:

@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ class DaemonConfig:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, on_ready: Callable[[], None] | None = None) -> None:
+        self.on_ready = on_ready
         self.config = config
         self.store = Store.open(config.workspace)
         self.paths = RuntimePaths(self.store.runtime_dir)
@@ -91,6 +93,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         log.info("cluster up: router on %s:%d, admin on 127.0.0.1:%d", self.config.host, router_port, admin.port)
+        if self.on_ready is not None:
+            self.on_ready()
 
         await self.reconciler.restore()
         self.autoscaler.start()
@@ -160,14 +164,36 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         log.info("another daemon already runs for %s", config.workspace)
         return 0
-    if args.detach and os.fork() > 0:
-        os._exit(0)  # the starter reaps this parent at once; the child keeps the lock
-    if args.detach:
-        os.setsid()
+    ready_pipe = _detach() if args.detach else None
     _install_fast_loop()
-    asyncio.run(Daemon(config).run())
-    os.close(lock_fd)
+
+    def signal_ready() -> None:
+        if ready_pipe is not None:
+            os.write(ready_pipe, b"ok")
+            os.close(ready_pipe)
+
+    try:
+        asyncio.run(Daemon(config, on_ready=signal_ready).run())
+    except Exception:
+        log.exception("the cluster daemon failed")
+        return 1
+    finally:
+        os.close(lock_fd)
     return 0
+
+
+def _detach() -> int:
+    """Fork into the background. The parent (the process the starter waits for) exits only
+    once the child says it is serving (status 0) or has failed (status 1), so a start that
+    fails is reported at once instead of after the starter's timeout."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            os._exit(0 if pipe.read() == b"ok" else 1)
+    os.close(read_end)
+    os.setsid()
+    return write_end
 
 
 if __name__ == "__main__":
