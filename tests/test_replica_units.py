@@ -197,7 +197,7 @@ def test_get_model_path_with_one_model_and_app_root(models: Path, monkeypatch: p
     assert compat.Model.get_model_path("m", 1) == str(models / "m" / "1" / "a.pkl")
 
 
-def test_model_data_collector_is_a_no_op() -> None:
+def test_model_data_collector_without_collection_is_a_no_op() -> None:
     collector = compat.ModelDataCollector("m", designation="inputs", feature_names=["a"])
     assert collector.collect([[1]]) == {}
     assert collector.add_correlations([[1]], {}) == [[1]]
@@ -220,7 +220,7 @@ def test_compat_imports_yield_to_installed_azureml(tmp_path: Path) -> None:
     )
     env = base_env({"PYTHONPATH": str(tmp_path / "site")})
     with_real = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert with_real.stdout.split() == ["True", "modelfleet.replica.compat", "modelfleet.replica.compat"], (
+    assert with_real.stdout.split() == ["True", "modelfleet.telemetry.collect", "modelfleet.replica.compat"], (
         with_real.stderr
     )
     without = subprocess.run([sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, timeout=60)

@@ -54,6 +54,13 @@ def _router_uri(info: dict[str, Any]) -> str:
     return f"{info.get('scheme', 'http')}://{info.get('uri_host') or info['router_host']}:{info['router_port']}"
 
 
+def _metrics_uri(info: dict[str, Any]) -> str | None:
+    """The Prometheus endpoint (plain http, no credentials; control/telemetry.py)."""
+    if not info.get("metrics_port"):
+        return None
+    return f"http://{info.get('metrics_host') or '127.0.0.1'}:{info['metrics_port']}/metrics"
+
+
 def cluster_stop(args: argparse.Namespace) -> int:
     stopped = workspace(args).cluster().stop()
     print("cluster stopped" if stopped else "cluster was not running")
@@ -74,6 +81,7 @@ def cluster_status(args: argparse.Namespace) -> int:
         "router_uri": _router_uri(info),
         "tls_cert_file": info.get("tls_cert_file"),
         "http_port": info.get("http_port"),
+        "metrics_uri": _metrics_uri(info),
         **status,
     }
     lines = [f"cluster: running (pid {info['pid']}), router {data['router_uri']}"]
@@ -81,6 +89,8 @@ def cluster_status(args: argparse.Namespace) -> int:
         lines.append(f"  certificate: {info['tls_cert_file']} (pass it to other clients as their CA bundle)")
     if info.get("http_port"):
         lines.append(f"  plain http: port {info['http_port']}")
+    if data["metrics_uri"]:
+        lines.append(f"  metrics: {data['metrics_uri']}")
     for name, svc in status["services"].items():
         lines.append(f"  {name}: generation {svc['serving_generation']}, {status['router'].get(name, {})}")
         for replica in svc["replicas"]:

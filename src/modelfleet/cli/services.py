@@ -43,6 +43,10 @@ def register(groups: Any) -> None:
             add_output(sub)
         if verb == "logs":
             sub.add_argument("-l", "--num-lines", type=int, default=5000)
+            sub.add_argument(
+                "-f", "--follow", action="store_true", help="then print new lines as they come (Ctrl-C stops)"
+            )
+            sub.add_argument("--replica", type=int, metavar="N", help="replica N's log only")
         if verb == "regen-key":
             sub.add_argument("-k", "--key", required=True, choices=["Primary", "Secondary"])
             sub.add_argument("--set-key", help="use this value instead of a generated one")
@@ -89,7 +93,17 @@ def service_show(args: argparse.Namespace) -> int:
 
 
 def service_logs(args: argparse.Namespace) -> int:
-    sys.stdout.write(_service(args).get_logs(num_lines=args.num_lines))
+    service = _service(args)
+    service._record()  # an unknown service is an error, not an empty log
+    sys.stdout.write(service.get_logs(num_lines=args.num_lines, replica=args.replica))
+    sys.stdout.flush()
+    if args.follow:
+        from modelfleet.telemetry.logfiles import follow
+
+        # listed again on each poll: replicas added by scaling are followed too
+        for path, line in follow(lambda: service.log_paths(args.replica)):
+            sys.stdout.write(line if args.replica is not None else f"[{path.stem}] {line}")
+            sys.stdout.flush()
     return 0
 
 

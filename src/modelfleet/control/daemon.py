@@ -32,9 +32,11 @@ from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.paths import RuntimePaths
 from modelfleet.control.reconcile import Reconciler
+from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
+from modelfleet.telemetry.tracing import traces_endpoint
 
 log = logging.getLogger("modelfleet.daemon")
 
@@ -46,6 +48,9 @@ class DaemonConfig:
     workspace: Path
     host: str = "127.0.0.1"
     port: int | None = None  # None: the stored port, else a free one (then stored)
+    metrics_host: str = "127.0.0.1"  # Prometheus endpoint, no credentials: loopback by default
+    metrics_port: int | None = None  # None: the stored port, else a free one (then stored)
+    otlp_endpoint: str | None = None  # request timings of enable_app_insights services (else the logs)
 
 
 class Daemon:
@@ -70,6 +75,15 @@ class Daemon:
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
         self.reconciler = Reconciler(self.store, self.store.runtime_dir, self.router)
         self.autoscaler = Autoscaler(self.reconciler, self.router, machine_capacity())
+        self.telemetry = ClusterTelemetry(
+            self.router, self.reconciler, self.store.runtime_dir, self.config.otlp_endpoint
+        )
+        stored_metrics = self.store.get_setting(METRICS_PORT_SETTING)
+        metrics_port = await self.telemetry.start(
+            self.config.metrics_host,
+            self.config.metrics_port if self.config.metrics_port is not None else int(stored_metrics or 0),
+        )
+        self.store.set_setting(METRICS_PORT_SETTING, str(metrics_port))
 
         token = secrets.token_urlsafe(32)
         _write_private(self.paths.admin_token, token)
@@ -88,6 +102,8 @@ class Daemon:
             "uri_host": tls.uri_host,
             "tls_cert_file": str(tls.cert_file) if tls.cert_file else None,
             "http_port": http_port,
+            "metrics_host": self.config.metrics_host,
+            "metrics_port": metrics_port,
         }
         _write_private(self.paths.cluster_json, json.dumps(info))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,6 +123,7 @@ class Daemon:
         await self.autoscaler.stop()
         await self.reconciler.shutdown()
         await self.router.stop()
+        await self.telemetry.stop()
         self.store.close()
         log.info("cluster stopped")
 
@@ -152,10 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus endpoint address (no credentials)")
+    parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--detach", action="store_true", help="fork into the background once the lock is held")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = DaemonConfig(workspace=args.workspace.resolve(), host=args.host, port=args.port)
+    config = DaemonConfig(
+        workspace=args.workspace.resolve(),
+        host=args.host,
+        port=args.port,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        otlp_endpoint=traces_endpoint(os.environ),
+    )
     paths = RuntimePaths(config.workspace / ".modelfleet" / "runtime")
     paths.root.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.spec import DeploySpec
-from modelfleet.store.registry import Store
+from modelfleet.store.registry import META_DIR, Store
+from modelfleet.telemetry.collect import service_data_dir
 
 MODELS_FOLDER = "azureml-models"
 
@@ -72,6 +73,9 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         "SCORING_TIMEOUT_MS": str(deploy.scoring_timeout_ms),
         "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
     }
+    if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)
+        environment["MODELFLEET_DATA_DIR"] = str(service_data_dir(store.root / META_DIR, service))
+        environment["MODELFLEET_MODELS"] = ",".join(f"{r['name']}:{r['version']}" for r in refs) or f"{service}:0"
     environment.update(config.get("environment", {}).get("environment_variables") or {})
     return AppLayout(app_root=app_root, entry_script=entry_script, environment=environment)
 

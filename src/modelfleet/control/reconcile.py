@@ -78,6 +78,7 @@ class ServiceController:
         self._removing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._scale_note: str | None = None
+        self.scale_events = 0  # recorded since the daemon started (metrics)
 
     def __repr__(self) -> str:
         return f"<ServiceController {self.name} serving={self.serving_generation} replicas={self._desired_replicas}>"
@@ -157,6 +158,7 @@ class ServiceController:
             max_wait_s=spec.max_request_wait_time / 1000.0,
             timeout_s=spec.scoring_timeout_ms / 1000.0,
             max_body_bytes=spec.max_body_bytes,
+            trace=spec.enable_app_insights,
         )
         if route != self._route:
             self._router.set_service(route)
@@ -330,6 +332,7 @@ class ServiceController:
             "utilization": None if utilization is None else round(utilization, 3),
         }
         log.info("service %s: scale %d -> %d: %s", self.name, old, new, reason)
+        self.scale_events += 1
         await asyncio.to_thread(self._store.add_event, self.name, "scale", data)
 
     async def note_scaling(self, note: str | None, event: tuple[int, str, float | None] | None = None) -> None:

@@ -34,6 +34,10 @@ from urllib.parse import parse_qsl, unquote
 
 from modelfleet.replica.entry import RAWHTTP_ATTR, Call, is_json_type
 
+# azureml.monitoring.ModelDataCollector is the real collector (telemetry/collect.py): it records
+# when the service has collect_model_data, and accepts the calls and stores nothing otherwise.
+from modelfleet.telemetry.collect import ModelDataCollector  # noqa: F401 - re-exported
+
 COMPAT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat_modules")
 _FORCED = ("azureml.contrib.services.aml_request", "azureml.contrib.services.aml_response")
 
@@ -526,28 +530,3 @@ class Model:
             f"Model {wanted} not found in {', '.join(roots)} or in current working directory {os.getcwd()}; "
             "check the model name and version passed to Model.get_model_path against the deployed models"
         )
-
-
-# ---- azureml.monitoring.ModelDataCollector ------------------------------------------------
-
-
-class ModelDataCollector:
-    """v1's model data collector, accepted and ignored for now.
-
-    Model data collection arrives in a later modelfleet release; until then ``collect`` and
-    ``add_correlations`` accept the v1 calls, store nothing and return what v1 callers expect
-    (a correlation dict, and the data unchanged), so scripts using them run unchanged.
-    """
-
-    def __init__(self, model_name: str, designation: str = "default", feature_names: Any = None, **kwargs: Any):
-        self.model_name = model_name
-        self.designation = designation
-        self.feature_names = feature_names
-
-    def collect(self, input_data: Any, user_correlation_id: str = "") -> dict[str, Any]:
-        """Accept one record; nothing is stored yet. Returns an (empty) correlation context."""
-        return {}
-
-    def add_correlations(self, input_data: Any, correlations: Any) -> Any:
-        """Return the data unchanged (v1 adds correlation columns; nothing collects them yet)."""
-        return input_data

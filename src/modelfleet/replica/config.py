@@ -14,6 +14,15 @@ that passes the real ones. Flag names, defaults and precedence follow ``azmlinfs
 - ``AML_APP_ROOT`` defaults to the current folder; ``AZUREML_SOURCE_DIRECTORY`` is joined to it.
 - ``SCORING_TIMEOUT_MS`` (default one hour), ``SERVICE_NAME``, ``SERVICE_VERSION`` and
   ``SERVICE_PATH_PREFIX`` (swagger), ``SERVER_VERSION_LOG_RESPONSE_ENABLED`` (x-ms-server-version).
+
+modelfleet's own settings, which the local target and ``control/layout.py`` set (telemetry):
+
+- ``MODELFLEET_LOG_FILE`` (the replica appends its stdout/stderr there itself and rotates it at
+  ``MODELFLEET_LOG_MAX_BYTES``, default 10 MiB, keeping ``MODELFLEET_LOG_BACKUPS``, default 3);
+- ``MODELFLEET_DATA_DIR`` (model data collection on: the service's data folder),
+  ``MODELFLEET_MODELS`` (``name:version,...``), ``MODELFLEET_REPLICA_ID`` (file names),
+  ``MODELFLEET_COLLECT_FLUSH_S`` (default 1), ``MODELFLEET_COLLECT_MAX_PENDING`` (default
+  10000), ``MODELFLEET_STATS_FILE`` (collection counters, read by the daemon's metrics).
 """
 
 from __future__ import annotations
@@ -54,6 +63,16 @@ class ReplicaConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
     keep_alive_timeout_s: float = 300.0
+    # telemetry (see the module docstring)
+    log_file: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+    data_dir: str | None = None
+    models: tuple[tuple[str, str], ...] = ()
+    replica_id: str = ""
+    collect_flush_s: float = 1.0
+    collect_max_pending: int = 10_000
+    stats_file: str | None = None
     ignored: tuple[str, ...] = ()  # azmlinfsrv settings accepted for compatibility but not used
 
     def __post_init__(self) -> None:
@@ -62,6 +81,13 @@ class ReplicaConfig:
         _check_range("max_concurrent", self.max_concurrent, 0, 1_000_000)
         _check_range("scoring_timeout_ms", self.scoring_timeout_ms, 1, 10**12)
         _check_range("max_body_bytes", self.max_body_bytes, 1, 2**62)
+        _check_range("MODELFLEET_LOG_MAX_BYTES", self.log_max_bytes, 1024, 2**50)
+        _check_range("MODELFLEET_LOG_BACKUPS", self.log_backups, 1, 1000)
+        _check_range("MODELFLEET_COLLECT_MAX_PENDING", self.collect_max_pending, 1, 10**8)
+        if not 0.01 <= self.collect_flush_s <= 3600:
+            raise ConfigError(
+                f"MODELFLEET_COLLECT_FLUSH_S must be between 0.01 and 3600 seconds (got {self.collect_flush_s})"
+            )
         if not os.path.isfile(self.entry_script):
             raise ConfigError(
                 f"entry_script {self.entry_script!r} is not a file; pass --entry_script with the path "
@@ -79,6 +105,23 @@ def _int_setting(name: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
+
+
+def _float_setting(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+
+
+def _models(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name:version,name:version`` -> pairs (the service's models, for collected records)."""
+    pairs = []
+    for item in raw.split(","):
+        name, _, version = item.strip().rpartition(":")
+        if name:
+            pairs.append((name, version))
+    return tuple(pairs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,5 +202,16 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
         service_path_prefix=environ.get("SERVICE_PATH_PREFIX", ""),
         server_version=f"modelfleet/{__version__}" if version_enabled else None,
         access_log=args.access_log,
+        log_file=environ.get("MODELFLEET_LOG_FILE") or None,
+        log_max_bytes=_int_setting("MODELFLEET_LOG_MAX_BYTES", environ.get("MODELFLEET_LOG_MAX_BYTES") or "10485760"),
+        log_backups=_int_setting("MODELFLEET_LOG_BACKUPS", environ.get("MODELFLEET_LOG_BACKUPS") or "3"),
+        data_dir=environ.get("MODELFLEET_DATA_DIR") or None,
+        models=_models(environ.get("MODELFLEET_MODELS", "")),
+        replica_id=environ.get("MODELFLEET_REPLICA_ID") or f"replica-{os.getpid()}",
+        collect_flush_s=_float_setting("MODELFLEET_COLLECT_FLUSH_S", environ.get("MODELFLEET_COLLECT_FLUSH_S") or "1"),
+        collect_max_pending=_int_setting(
+            "MODELFLEET_COLLECT_MAX_PENDING", environ.get("MODELFLEET_COLLECT_MAX_PENDING") or "10000"
+        ),
+        stats_file=environ.get("MODELFLEET_STATS_FILE") or None,
         ignored=tuple(f"--{f}" for f in _IGNORED_FLAGS if getattr(args, f) is not None),
     )

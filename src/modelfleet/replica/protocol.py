@@ -60,6 +60,7 @@ class Request(Call):
         "claimed",
         "sent",
         "released",
+        "t0",
     )
 
     def __init__(
@@ -89,6 +90,7 @@ class Request(Call):
         self.claimed = False  # someone (worker or timeout) is answering; guarded by conn.wlock
         self.sent: bytes | None = None  # set when a worker wrote the answer: what the socket left over
         self.released = False  # its concurrency slot was given back; guarded by App.slots
+        self.t0 = time.perf_counter()  # parsed; the access line's duration counts from here
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"

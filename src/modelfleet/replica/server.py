@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import io
 import itertools
+import json
 import logging
 import os
 import signal
@@ -67,6 +69,8 @@ from modelfleet.replica.responses import (
 )
 from modelfleet.replica.swagger import SwaggerDocs
 from modelfleet.replica.workers import QUEUED, RUNNING, Job, ScoringInterrupted, WorkerPool
+from modelfleet.telemetry import collect
+from modelfleet.telemetry.logfiles import RotatingFile
 
 logger = logging.getLogger("modelfleet.replica")
 
@@ -120,6 +124,10 @@ class App:
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
         self.access_log = config.access_log
+        # Access lines: a tuple per answer on the loop, formatted and written once a second
+        # by the tick (STYLE item 6: nothing formatted per request).
+        self.access: list[tuple[float, str, str, int, float, bytes]] = []
+        self.sink: collect.DataSink | None = None  # model data collection (ReplicaServer.load)
         self.timeout_s = config.scoring_timeout_ms / 1000
         self.date = b""
         self.refresh_date()
@@ -162,7 +170,31 @@ class App:
         self.date = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
 
     def log_access(self, req: Request, reply: Reply) -> None:
-        logger.info("%s %s %d %d", req.method, req.path, reply.status, len(reply.body))
+        self.access.append((time.time(), req.method, req.path, reply.status, time.perf_counter() - req.t0, req.ids))
+
+    def write_access(self) -> None:
+        """One JSON line per answer since the last call: request id, route (the path: no query
+        string, no body, no header), status, duration. Never a key: the router strips those."""
+        lines, self.access = self.access, []
+        if not lines:
+            return
+        out = []
+        for when, method, path, status, seconds, ids in lines:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
+            record = {
+                "time": stamp,
+                "level": "INFO",
+                "logger": "modelfleet.replica.access",
+                "request_id": collect._rid(ids),
+                "method": method,
+                "route": path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            }
+            out.append(json.dumps(record))
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("\n".join(out) + "\n")
+            sys.stderr.flush()
 
     # ---- per request, on the loop -------------------------------------------------------
 
@@ -303,9 +335,21 @@ class App:
     # ---- per request, on a worker thread --------------------------------------------------
 
     def _run_job(self, req: Request) -> Reply:
+        sink = self.sink
+        if sink is None:
+            reply = self._reply_for(req)
+            self._release(req)
+            req.conn.send_from_worker(req, reply)
+            return reply
+        collect.set_request_ids(req.ids)  # ModelDataCollector.collect() inside run() reads it
         reply = self._reply_for(req)
         self._release(req)
         req.conn.send_from_worker(req, reply)
+        # After the answer is out: two appends to the sink's buffer, nothing else.
+        answer = reply.body if sink.auto_predictions and reply.status < 400 else None
+        request = (req.body or req.query) if sink.auto_inputs else None
+        if request is not None or answer is not None:
+            sink.exchange(req.ids, time.time(), request, answer)
         return reply
 
     def _reply_for(self, req: Request) -> Reply:
@@ -353,6 +397,7 @@ class ReplicaServer:
     def __init__(self, config: ReplicaConfig) -> None:
         self.config = config
         self.app: App | None = None
+        self.sink: collect.DataSink | None = None
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
         self._signals = 0
@@ -367,6 +412,19 @@ class ReplicaServer:
         Raises ScriptError (script cannot be used) or InitFailed (init() raised).
         """
         config = self.config
+        if config.data_dir and self.sink is None:
+            # Installed before the script is imported: collectors made at import or in init() see it.
+            self.sink = collect.DataSink(
+                config.data_dir,
+                config.replica_id,
+                dict(config.models),
+                flush_interval_s=config.collect_flush_s,
+                max_pending=config.collect_max_pending,
+                stats_file=config.stats_file,
+            )
+            collect.install_sink(self.sink)
+            self.sink.start()
+            logger.info("Model data collection on: %s", config.data_dir)
         compat.install()
         # v1 appends the app root and source folder; the script's own folder is added too so
         # that `modelfleet serve --entry_script some/dir/score.py` finds its sibling modules.
@@ -381,6 +439,7 @@ class ReplicaServer:
             entry.run_function, config.app_root, config.service_name, config.service_version, config.service_path_prefix
         )
         self.app = App(config, entry, swagger)
+        self.app.sink = self.sink
         return self.app
 
     async def serve(self) -> None:
@@ -409,6 +468,17 @@ class ReplicaServer:
             await self._drain()
             app.pool.stop()
             app.pool.join(timeout=1.0)
+            app.write_access()
+            self.close_sink()
+
+    def close_sink(self) -> None:
+        """Write every collected record still buffered (graceful stop; see telemetry/collect.py)."""
+        if self.sink is not None:
+            self.sink.close()
+            collect.install_sink(None)
+            s = self.sink.stats
+            logger.info("Model data collection: %d records written, %d dropped", s.written, s.dropped)
+            self.sink = None
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -426,6 +496,7 @@ class ReplicaServer:
         while True:
             await asyncio.sleep(1.0)
             self.app.refresh_date()
+            self.app.write_access()
             now = time.monotonic()
             for conn in list(self.app.connections):
                 conn.close_if_idle(now, self.config.keep_alive_timeout_s)
@@ -484,6 +555,27 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _rotate_output(config: ReplicaConfig) -> None:
+    """Send this process's stdout and stderr to ``config.log_file``, rotated by size.
+
+    Python-level writes (print, logging, tracebacks) go through a ``RotatingFile`` and so rotate
+    exactly at the limit; fds 1 and 2 are pointed at the current file after each rotation, so
+    output written below Python (faulthandler, C libraries) lands there too."""
+    assert config.log_file is not None
+
+    def point_fds(fd: int) -> None:
+        for target in (1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(fd, target)
+
+    raw = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups, on_rotate=point_fds)
+    point_fds(raw.fileno())
+    stream = io.TextIOWrapper(
+        io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace", line_buffering=True, write_through=True
+    )
+    sys.stdout = sys.stderr = stream
+
+
 def _setup_logging() -> None:
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -496,14 +588,18 @@ def _setup_logging() -> None:
 def serve(config: ReplicaConfig) -> int:
     """Run a replica in the foreground: load, init, serve until a signal. Returns the exit status
     (3 when the script cannot be loaded or init() raised, with the traceback on stderr)."""
+    if config.log_file:
+        _rotate_output(config)
     _setup_logging()
-    faulthandler.enable()
+    # With a rotated log, fd 2 always points at the current file (sys.stderr's own fd changes).
+    faulthandler.enable(file=2) if config.log_file else faulthandler.enable()
     for flag in config.ignored:
         logger.warning("%s is accepted for compatibility with azmlinfsrv and has no effect here", flag)
     server = create_server(config)
     try:
         server.load()
     except (ScriptError, InitFailed) as ex:
+        server.close_sink()
         cause = ex.__cause__
         detail = _format(cause) if cause is not None else ""
         logger.error("%s\n%s", ex.message, detail)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from modelfleet.router.dispatch import Send
@@ -72,6 +73,7 @@ class Cycle:
         "chunks", "buffered", "kept", "body_bytes", "body_done",
         "assigned", "up", "body_sent", "busy_seen", "aborting",
         "answered", "streaming", "resp_chunked", "gone", "close_after", "head_out",
+        "started", "sent_at",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +101,9 @@ class Cycle:
         self.length = length  # -1: no Content-Length
         self.expect = expect
         self.arrived = 0.0  # when it reached the dispatcher (its queue deadline counts from here)
+        # Telemetry stamps (perf_counter: uvloop's loop.time() is cached per iteration, 1 ms steps).
+        self.started = 0.0  # when it reached the dispatcher; 0: answered by the router itself
+        self.sent_at = 0.0  # when it was last written to a replica (tracing: queue vs replica time)
         self.canned: Canned | None = None  # answered by the router itself
         self.status = 0
         # Request body from the client.
@@ -141,6 +146,7 @@ class Cycle:
         if self.expect and not self.body_done:
             self.conn.transport.write(CONTINUE)
         now = self.arrived = self.router.loop.time()
+        self.started = perf_counter()
         action = svc.dispatch.arrive(self, now)
         if action is None:
             self.router.arm(svc)  # queued
@@ -315,6 +321,7 @@ class Cycle:
             up.pause_reading()
         now = loop.time()
         svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
+        self.sent_at = perf_counter()
         if svc.deadline_timer is None:
             self.router.arm_deadline(svc, now + svc.route.timeout_s)
 

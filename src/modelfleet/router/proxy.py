@@ -33,7 +33,8 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -61,6 +62,10 @@ from modelfleet.router.routes import (
     Upstream,
 )
 from modelfleet.router.upstream import Pool
+from modelfleet.telemetry.counters import ServiceMetrics
+
+if TYPE_CHECKING:
+    from modelfleet.telemetry.tracing import Tracer
 
 __all__ = ["ClientConnection", "Router", "ServiceRoute", "Upstream"]
 
@@ -214,6 +219,7 @@ class ClientConnection(asyncio.Protocol):
                         if result is not AuthResult.OK:
                             canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
                             router.auth_failures.record(self.peer_host(), result)
+                            svc.metrics.auth_failed(result is AuthResult.MISSING)
                 elif tail == b"/swagger.json":
                     if method != b"GET":
                         canned = svc.c405_swagger
@@ -266,6 +272,16 @@ class ClientConnection(asyncio.Protocol):
 
     def answered(self, cycle: Cycle) -> None:
         """``cycle``'s answer is fully written: go on with the next request or close."""
+        svc = cycle.svc
+        if svc is None:
+            self.router.unrouted.answered(cycle.status)  # GET /, unknown services
+        elif cycle.started:  # went through the dispatcher: timed
+            now = perf_counter()
+            svc.metrics.observe(cycle.status, now - cycle.started)
+            if svc.route.trace and self.router.tracer is not None:
+                self.router.tracer.add(svc.route.name, cycle.rids, cycle.status, cycle.started, cycle.sent_at, now)
+        else:
+            svc.metrics.answered(cycle.status)
         if self.router.access_log:
             _access.info(
                 "%s %s %d %s",
@@ -321,6 +337,8 @@ class Router:
         self._tick_handle: asyncio.TimerHandle | None = None
         self.date_line = b""
         self.auth_failures = AuthFailures()  # 401s in total and per client address, for metrics
+        self.unrouted = ServiceMetrics()  # answers outside any service (health, unknown names)
+        self.tracer: Tracer | None = None  # set by the composition root; used for services with trace=True
         # Request ids: a random prefix per router and a counter, shaped like a UUID4.
         r = os.urandom(9).hex()
         self._rid_prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-a{r[15:18]}-".encode()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
+from modelfleet.telemetry.counters import ServiceMetrics
 
 if TYPE_CHECKING:
     from modelfleet.router.cycle import Cycle
@@ -55,6 +56,7 @@ class ServiceRoute:
     max_wait_s: float = 0.5
     timeout_s: float = 60.0
     max_body_bytes: int = 100 * 1024 * 1024
+    trace: bool = False  # enable_app_insights: each request's timings go to the router's tracer
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -147,6 +149,7 @@ class ServiceState:
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.drains: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self.removed = False
+        self.metrics = ServiceMetrics()  # plain counters, exported on scrape (telemetry/metrics.py)
         self._build(route)
 
     def _build(self, r: ServiceRoute) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -209,17 +210,32 @@ class Webservice:
         except ValueError:
             return content.decode(errors="replace")
 
-    def get_logs(self, num_lines: int = 5000, init: bool = False) -> str:
-        """The environment build's log, then the replicas' output (stdout, stderr and the
-        server's lines); the last ``num_lines`` lines."""
-        logs_dir = self.workspace.store.runtime_dir / "services" / self.name / "logs"
+    def get_logs(self, num_lines: int = 5000, init: bool = False, replica: int | None = None) -> str:
+        """The environment build's log, then each replica's output (stdout, stderr and the
+        server's JSON line per request), then the router's request timings (services with
+        ``enable_app_insights``); the last ``num_lines`` lines. ``replica=N``: replica N's log
+        only. Rotated files (``replica-0.log.1`` ...) are read too, oldest first."""
+        from modelfleet.telemetry.logfiles import chain, tail
+
         lines: list[str] = []
-        for path in [logs_dir / "build.log", *sorted(logs_dir.glob("replica-*.log"))]:
-            if not path.is_file():
-                continue  # no environment was built or looked up yet
+        for path in self.log_paths(replica):
+            files = chain(path)
+            if not files:
+                continue  # no environment was built or looked up yet, or nothing traced
             lines.append(f"=== {path.name} ===\n")
-            lines.extend(path.read_text(errors="replace").splitlines(keepends=True))
-        return "".join(lines[-num_lines:])
+            lines.extend(tail(files, num_lines))
+        return "".join(lines[-num_lines:]) if num_lines > 0 else ""
+
+    def log_paths(self, replica: int | None = None) -> list[Path]:
+        """The current log files (``service logs --follow`` follows these; rotation renames
+        them to ``<name>.1`` ...)."""
+        logs_dir = self.workspace.store.runtime_dir / "services" / self.name / "logs"
+        if replica is not None:
+            if not isinstance(replica, int) or isinstance(replica, bool) or replica < 0:
+                raise ConfigError(f"replica must be a replica index >= 0 (got {replica!r})")
+            return [logs_dir / f"replica-{replica}.log"]
+        replicas = sorted(logs_dir.glob("replica-*.log"), key=lambda p: (len(p.name), p.name))
+        return [logs_dir / "build.log", *replicas, logs_dir / "router.log"]
 
     def update(self, models: list[Any] | None = None, inference_config: Any = None, **settings: Any) -> None:
         """New models, inference config or settings; replicas are replaced with no failed request.

@@ -13,6 +13,9 @@ Life of one replica (one supervising task each):
    failures in a row, or the process exiting, end the watch.
 3. restart with exponential backoff (1 s doubling to 30 s), counting restarts.
 
+Logs: the replica's stdout and stderr go to ``<service>/logs/replica-<index>.log``; the replica
+itself rotates that file by size (``--access-log`` adds its one JSON line per request).
+
 Stopping (after the router drained the replica): SIGTERM, SIGKILL after the grace period.
 Replicas get SIGKILL from the kernel if the daemon dies (PR_SET_PDEATHSIG), so a killed
 daemon never leaves orphans serving stale code.
@@ -185,12 +188,19 @@ class LocalTarget:
         env = dict(os.environ)
         env.update(plan.environment)
         env["PYTHONUNBUFFERED"] = "1"
+        # Telemetry (replica/config.py): the replica appends to its log itself and rotates it at
+        # MODELFLEET_LOG_MAX_BYTES (an environment variable of the service may change it);
+        # the id names its collected-data files; the stats file feeds the daemon's metrics.
+        env["MODELFLEET_LOG_FILE"] = str(info.log_path)
+        env["MODELFLEET_REPLICA_ID"] = info.id
+        env["MODELFLEET_STATS_FILE"] = str(stats_path(replica.port_file.parent, info.id))
         argv = [
             plan.python, "-m", "modelfleet.replica",
             "--entry_script", str(plan.entry_script),
             "--host", "127.0.0.1", "--port", "0",
             "--port-file", str(replica.port_file),
             "--max-concurrent", str(plan.max_concurrent),
+            "--access-log",
         ]  # fmt: skip
         if "AZUREML_MODEL_DIR" in plan.environment:
             argv += ["--model_dir", plan.environment["AZUREML_MODEL_DIR"]]
@@ -248,6 +258,11 @@ class LocalTarget:
                     return f"failed {failures} liveness probes in a row"
         finally:
             exited.cancel()
+
+
+def stats_path(run_dir: Path, replica_id: str) -> Path:
+    """Where a replica writes its telemetry counters (``<service>/run/<id>.stats.json``)."""
+    return run_dir / f"{replica_id}.stats.json"
 
 
 def _resolve(replica: _Replica, info: ReplicaInfo) -> None:

@@ -1,5 +1,5 @@
-"""modelfleet's stand-in for ``azureml.monitoring``: ``ModelDataCollector`` (accepts calls, stores nothing yet)."""
+"""modelfleet's stand-in for ``azureml.monitoring``: ``ModelDataCollector`` (telemetry/collect.py)."""
 
-from modelfleet.replica.compat import ModelDataCollector
+from modelfleet.telemetry.collect import ModelDataCollector
 
 __all__ = ["ModelDataCollector"]

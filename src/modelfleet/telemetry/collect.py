@@ -1,0 +1,546 @@
+"""Model data collection: what models were asked and answered, kept in the workspace.
+
+Writing (in the replica, one ``DataSink`` per process)
+------------------------------------------------------
+``collect_model_data=True`` on a service makes each replica record, for every ``/score``
+request run() was called with, its input (designation ``inputs``) and, when run() returned
+(status < 400), its output (``predictions``), under the service's first model's name and
+version. Scripts record what they choose with ``ModelDataCollector(model_name,
+designation=..., feature_names=[...]).collect(data)``, imported from ``modelfleet.monitoring``
+or v1's ``azureml.monitoring``. A script that makes a collector for ``inputs`` or
+``predictions`` itself turns the automatic records of that designation off, so v1 scripts
+do not record them twice. Without ``collect_model_data`` the collector accepts the calls and
+stores nothing, as v1's did.
+
+The request path only appends a tuple to a bounded deque (no formatting, no I/O, no lock).
+A writer thread wakes every ``flush_interval_s`` (1 s), formats the pending records as JSON
+Lines and appends each partition's batch with one ``write``. When ``max_pending`` records
+wait, new ones are dropped and counted; a write that fails (read-only or full folder) drops
+its batch and counts it too. Scoring never waits and never fails because of collection.
+
+Layout (v1's partitioning, under the workspace), one file per replica and partition::
+
+    <workspace>/.modelfleet/data/<service>/<model>/<version>/<designation>/<YYYY>/<MM>/<DD>/<replica>.jsonl
+
+Each line: ``{"model", "version", "designation", "request_id", "time", "data"}``, time in
+ISO 8601 UTC, data the JSON value (the request body parsed when it is JSON, else its text).
+
+Why JSON Lines and not Parquet on disk: an append-only text file is readable up to its last
+whole line at any moment, so a killed replica loses only what it had not written yet, while a
+Parquet file is unreadable until its footer is written (each flush would have to write a new
+small file). And the replica runs in the user's environment, where pyarrow may be absent.
+``modelfleet data export --format parquet`` converts (pyarrow, ``modelfleet[parquet]``).
+
+Durability: a record survives a graceful stop of its replica (SIGTERM: cluster stop, update,
+scale-down, delete; ``close()`` writes everything pending and fsyncs) and, across a SIGKILL
+of the replica or the daemon, every record of a request answered at least ``flush_interval_s``
+before the kill. Records newer than that may be lost; a record is never half-written
+(readers skip a cut last line, and the next writer starts a fresh line).
+
+Reading (``read_records``, ``partitions``, ``export``) works on the files alone, so it works
+while the cluster is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "DESIGNATIONS",
+    "DataSink",
+    "ModelDataCollector",
+    "current_sink",
+    "export",
+    "install_sink",
+    "partitions",
+    "read_records",
+    "service_data_dir",
+]
+
+log = logging.getLogger("modelfleet.collect")
+
+INPUTS, PREDICTIONS = "inputs", "predictions"
+DESIGNATIONS = (INPUTS, PREDICTIONS)
+FIELDS = ("model", "version", "designation", "request_id", "time", "data")
+UNKNOWN_VERSION = "0"
+DATA_FOLDER = "data"  # under the workspace's .modelfleet folder
+
+
+def service_data_dir(meta_dir: Path, service: str) -> Path:
+    """``<workspace>/.modelfleet/data/<service>``: where a service's collected records live."""
+    return meta_dir / DATA_FOLDER / _safe(service)
+
+
+_WARN_EVERY_S = 60.0
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _safe(part: str) -> str:
+    """A path component from a name (models and designations are user-chosen)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in part)
+    return cleaned.strip(".") or "_"
+
+
+def _json_bytes(raw: bytes) -> bytes:
+    """``raw`` as a JSON value on one line: as it is when it is JSON already, else its text."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return json.dumps(raw.decode("utf-8", "replace")).encode()
+    if b"\n" in raw or b"\r" in raw or b"\x00" in raw:  # pretty-printed, or UTF-16/32
+        return json.dumps(value).encode()
+    return raw.strip()
+
+
+def _default(value: Any) -> Any:
+    # numpy scalars and arrays, pandas objects, dates, bytes: what scripts pass to collect()
+    for method in ("tolist", "item"):
+        fn = getattr(value, method, None)
+        if callable(fn):
+            return fn()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class _File:
+    __slots__ = ("fd", "fresh_line")
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # A writer killed mid-line (earlier process of this replica) left a cut line: start a new one.
+        self.fresh_line = True
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                self.fresh_line = f.read(1) == b"\n"
+
+
+@dataclass
+class SinkStats:
+    records: int = 0  # accepted into the buffer
+    written: int = 0
+    dropped: int = 0  # buffer full, or the write failed
+    write_errors: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "written": self.written,
+            "dropped": self.dropped,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }
+
+
+class DataSink:
+    """One replica's collected records: buffered on the request path, written by a thread."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        replica: str,
+        models: Mapping[str, str],
+        *,
+        flush_interval_s: float = 1.0,
+        max_pending: int = 10_000,
+        stats_file: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.replica = _safe(replica)
+        self.models = dict(models)
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self.stats_file = stats_file
+        first = next(iter(self.models.items()), ("model", UNKNOWN_VERSION))
+        self.auto_model, self.auto_version = first
+        self.auto_inputs = True  # turned off when the script collects that designation itself
+        self.auto_predictions = True
+        self.stats = SinkStats()
+        # (kind, time, ...) tuples; see _format. Appended by workers, taken by the writer.
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._drop_lock = threading.Lock()
+        self._files: dict[Path, _File] = {}
+        self._prefixes: dict[tuple[str, str, str], bytes] = {}
+        self._second = -1
+        self._second_text = ""
+        self._day: tuple[str, str, str] = ("", "", "")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_lock = threading.Lock()
+        self._last_warning = 0.0
+        self._stats_written: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"<DataSink {self.root} pending={len(self._pending)} written={s.written} dropped={s.dropped}>"
+
+    # -- the request path (worker threads): append only ---------------------------------
+
+    def exchange(self, ids: bytes, when: float, request: bytes, answer: bytes | None) -> None:
+        """One scored request: its body (or query) and, when run() returned, the answer body."""
+        if len(self._pending) >= self.max_pending:
+            self._dropped(2 if answer is not None else 1)
+            return
+        self._pending.append(("x", when, ids, request, answer))
+        self.stats.records += 1 if answer is None else 2
+
+    def record(self, model: str, designation: str, request_id: str, when: float, data: Any) -> None:
+        """One record a script chose to collect (``ModelDataCollector.collect``)."""
+        if len(self._pending) >= self.max_pending:
+            self._dropped(1)
+            return
+        version = self.models.get(model, UNKNOWN_VERSION)
+        self._pending.append(("r", when, request_id, model, version, designation, data))
+        self.stats.records += 1
+
+    def _dropped(self, n: int) -> None:
+        with self._drop_lock:
+            self.stats.dropped += n
+
+    def script_collects(self, designation: str) -> None:
+        if designation == INPUTS:
+            self.auto_inputs = False
+        elif designation == PREDICTIONS:
+            self.auto_predictions = False
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._write_stats()
+        self._thread = threading.Thread(target=self._run, name="data-collector", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Write everything pending, fsync, close (graceful stop)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.flush()
+        with self._flush_lock:
+            for f in self._files.values():
+                with contextlib.suppress(OSError):
+                    os.fsync(f.fd)
+                os.close(f.fd)
+            self._files.clear()
+        self._write_stats()
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            pending = self._pending
+            batches: dict[Path, list[bytes]] = {}
+            with contextlib.suppress(IndexError):
+                for _ in range(len(pending)):
+                    item = pending.popleft()
+                    try:
+                        self._format(item, batches)
+                    except Exception as exc:  # noqa: BLE001 - one odd record must not stop the writer
+                        self._failed(1, f"a record could not be encoded: {exc!r}")
+            for path, lines in batches.items():
+                self._write(path, lines)
+            self._write_stats()
+
+    def _format(self, item: tuple[Any, ...], batches: dict[Path, list[bytes]]) -> None:
+        when = item[1]
+        stamp = self._stamp(when)
+        y, m, d = self._day
+        if item[0] == "x":
+            _, _, ids, request, answer = item
+            rid = json.dumps(_rid(ids)).encode()
+            model, version = self.auto_model, self.auto_version
+            if request is not None:
+                key = (model, version, INPUTS)
+                path = self.root / _safe(model) / _safe(version) / INPUTS / y / m / d / f"{self.replica}.jsonl"
+                line = self._prefix(key) + rid + stamp + _json_bytes(request) + b"}\n"
+                batches.setdefault(path, []).append(line)
+            if answer is not None:
+                key = (model, version, PREDICTIONS)
+                path = self.root / _safe(model) / _safe(version) / PREDICTIONS / y / m / d / f"{self.replica}.jsonl"
+                line = self._prefix(key) + rid + stamp + _json_bytes(answer) + b"}\n"
+                batches.setdefault(path, []).append(line)
+        else:
+            _, _, request_id, model, version, designation, data = item
+            data_json = json.dumps(data, default=_default, allow_nan=True).encode()
+            path = self.root / _safe(model) / _safe(version) / _safe(designation) / y / m / d / f"{self.replica}.jsonl"
+            line = self._prefix((model, version, designation)) + json.dumps(request_id).encode() + stamp + data_json
+            batches.setdefault(path, []).append(line + b"}\n")
+
+    def _prefix(self, key: tuple[str, str, str]) -> bytes:
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            model, version, designation = key
+            prefix = self._prefixes[key] = b'{"model": %s, "version": %s, "designation": %s, "request_id": ' % (
+                json.dumps(model).encode(),
+                json.dumps(version).encode(),
+                json.dumps(designation).encode(),
+            )
+        return prefix
+
+    def _stamp(self, when: float) -> bytes:
+        """``, "time": "<ISO 8601>", "data": `` for ``when``; sets the day partition."""
+        second = int(when)
+        if second != self._second:
+            t = time.gmtime(second)
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", t)
+            self._day = (f"{t.tm_year:04d}", f"{t.tm_mon:02d}", f"{t.tm_mday:02d}")
+        micros = int((when - second) * 1_000_000)
+        return b', "time": "%s.%06dZ", "data": ' % (self._second_text.encode(), micros)
+
+    def _write(self, path: Path, lines: list[bytes]) -> None:
+        f = self._files.get(path)
+        data = b"".join(lines)
+        newline = 0  # 1 when a "\n" goes first, closing a line a killed writer cut
+        written = 0
+        try:
+            if f is None:
+                f = self._files[path] = _File(path)
+            if not f.fresh_line:
+                data = b"\n" + data
+                newline = 1
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(f.fd, view[written:])
+            f.fresh_line = True
+            self.stats.written += len(lines)
+        except OSError as exc:
+            saved = max(0, data.count(b"\n", 0, written) - newline) if written else 0
+            self.stats.written += saved
+            self._failed(len(lines) - saved, f"writing {path}: {exc.strerror or exc}")
+            if f is not None:
+                if written:
+                    f.fresh_line = data[written - 1 : written] == b"\n"
+                # closed and reopened next time: the folder may come back
+                with contextlib.suppress(OSError):
+                    os.close(f.fd)
+                self._files.pop(path, None)
+
+    def _failed(self, n: int, why: str) -> None:
+        self._dropped(n)
+        self.stats.write_errors += 1
+        self.stats.last_error = why
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(
+                "model data collection: %s; %d record(s) dropped so far (scoring goes on)", why, self.stats.dropped
+            )
+
+    def _write_stats(self) -> None:
+        if not self.stats_file:
+            return
+        data = {**self.stats.as_dict(), "pending": len(self._pending), "pid": os.getpid()}
+        if data == self._stats_written:
+            return
+        tmp = f"{self.stats_file}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.stats_file)
+            self._stats_written = data
+        except OSError:
+            pass
+
+
+def _rid(ids: bytes) -> str:
+    # the replica's request-id header block starts with "x-request-id: <id>\r\n"
+    if ids.startswith(b"x-request-id: "):
+        return ids[14 : ids.find(b"\r\n")].decode("latin-1")
+    return ""
+
+
+# The replica installs its sink here at start; ModelDataCollector finds it. None: not collecting.
+_sink: DataSink | None = None
+_request = threading.local()
+
+
+def install_sink(sink: DataSink | None) -> None:
+    global _sink
+    _sink = sink
+
+
+def current_sink() -> DataSink | None:
+    return _sink
+
+
+def set_request_ids(ids: bytes) -> None:
+    """The request the current worker thread scores (its id goes with collected records)."""
+    _request.ids = ids
+
+
+class ModelDataCollector:
+    """v1's collector: ``ModelDataCollector(model_name, designation="default",
+    feature_names=None).collect(input_data, user_correlation_id="")``.
+
+    With ``feature_names``, rows (a list of lists, a 2-D array, or one flat row) are recorded as
+    objects keyed by those names; a pandas DataFrame as its records. Returns the correlation
+    context v1 returned (the request id and the time), for ``add_correlations``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        designation: str = "default",
+        feature_names: Iterable[str] | None = None,
+        workspace: str = "default/default/default",
+        **kwargs: Any,
+    ) -> None:
+        self.model_name = str(model_name)
+        self.designation = str(designation)
+        self.feature_names = list(feature_names) if feature_names is not None else None
+        sink = _sink
+        if sink is not None:
+            sink.script_collects(self.designation)
+
+    def __repr__(self) -> str:
+        return f"<ModelDataCollector {self.model_name}/{self.designation} collecting={_sink is not None}>"
+
+    def collect(self, input_data: Any, user_correlation_id: str = "") -> dict[str, Any]:
+        sink = _sink
+        if sink is None:
+            return {}
+        now = time.time()
+        request_id = user_correlation_id or _rid(getattr(_request, "ids", b""))
+        sink.record(self.model_name, self.designation, request_id, now, _rows(input_data, self.feature_names))
+        return {"$aml_dc_correlation_id": request_id, "$aml_dc_scoring_timestamp": now}
+
+    def add_correlations(self, input_data: Any, correlations: Any) -> Any:
+        """Returns the data unchanged (the records carry the request id already)."""
+        return input_data
+
+
+def _rows(data: Any, names: list[str] | None) -> Any:
+    to_dict = getattr(data, "to_dict", None)
+    if callable(to_dict) and hasattr(data, "columns"):  # pandas DataFrame
+        return to_dict(orient="records")
+    tolist = getattr(data, "tolist", None)
+    if callable(tolist):  # numpy: a copy, so later changes to the array do not show
+        data = tolist()
+    if not names or not isinstance(data, list | tuple):
+        return data
+    if data and all(isinstance(r, list | tuple) and len(r) == len(names) for r in data):
+        return [dict(zip(names, r, strict=True)) for r in data]
+    if len(data) == len(names) and not any(isinstance(v, list | tuple | dict) for v in data):
+        return [dict(zip(names, data, strict=True))]
+    return data
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _files(root: Path, designation: str | None, since: datetime | None) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """(file, (model, version, designation, YYYY, MM, DD)) under a service's data folder."""
+    if not root.is_dir():
+        return
+    first_day = since.astimezone(timezone.utc).strftime("%Y%m%d") if since else ""
+    for path in sorted(root.glob("*/*/*/*/*/*/*.jsonl")):
+        parts = path.relative_to(root).parts[:6]
+        if designation is not None and parts[2] != designation:
+            continue
+        if first_day and "".join(parts[3:6]) < first_day:
+            continue
+        yield path, parts
+
+
+def read_records(root: Path, designation: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Every record under ``root`` (a service's data folder), oldest first; a line that does not
+    parse (the cut last line of a killed writer) is skipped."""
+    cutoff = since.astimezone(timezone.utc).timestamp() if since else None
+    out: list[tuple[float, int, dict[str, Any]]] = []
+    for path, _ in _files(root, designation, since):
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    continue  # still being written, or cut by a kill
+                try:
+                    rec = json.loads(line)
+                    t = datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).timestamp()
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if cutoff is not None and t < cutoff:
+                    continue
+                out.append((t, len(out), rec))
+    out.sort(key=lambda x: (x[0], x[1]))
+    return [{k: rec.get(k) for k in FIELDS} for _, _, rec in out]
+
+
+def partitions(root: Path, designation: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+    """One entry per model/version/designation/day: file count, whole records and bytes."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for path, parts in _files(root, designation, since):
+        entry = out.setdefault(
+            parts,
+            {"model": parts[0], "version": parts[1], "designation": parts[2], "date": "-".join(parts[3:6]),
+             "files": 0, "records": 0, "bytes": 0},
+        )  # fmt: skip
+        data = path.read_bytes()
+        entry["files"] += 1
+        entry["records"] += data.count(b"\n")
+        entry["bytes"] += len(data)
+    return list(out.values())
+
+
+def export(records: list[dict[str, Any]], fmt: str, out: IO[bytes] | str | os.PathLike[str]) -> None:
+    """Write ``records`` as ``jsonl``, ``csv`` (data as JSON text) or ``parquet`` (pyarrow;
+    needs a file path)."""
+    if fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            from modelfleet.errors import ConfigError
+
+            raise ConfigError(
+                "--format parquet needs pyarrow: pip install 'modelfleet[parquet]' (or use --format jsonl|csv)"
+            ) from None
+        columns: dict[str, list[Any]] = {k: [] for k in FIELDS}
+        for rec in records:
+            for k in FIELDS:
+                columns[k].append(json.dumps(rec[k]) if k == "data" else rec[k])
+        table = pa.table({k: pa.array(v, type=pa.string()) for k, v in columns.items()})
+        pq.write_table(table, out)  # type: ignore[arg-type]
+        return
+    if isinstance(out, str | os.PathLike):
+        with open(out, "wb") as f:
+            export(records, fmt, f)
+        return
+    if fmt == "jsonl":
+        for rec in records:
+            out.write(json.dumps(rec).encode() + b"\n")
+    elif fmt == "csv":
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text)
+        writer.writerow(FIELDS)
+        for rec in records:
+            writer.writerow([json.dumps(rec[k]) if k == "data" else rec[k] for k in FIELDS])
+        text.flush()
+        text.detach()
+    else:
+        from modelfleet.errors import ConfigError
+
+        raise ConfigError(f"format must be jsonl, csv or parquet (got {fmt!r})")
