@@ -380,7 +380,7 @@ class Cycle:
 
     # -- upstream events (called by UpstreamConn) ---------------------------------------
 
-    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
+    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         if status == 503:
             for name, value in headers:
                 if name.lower() == BUSY_HEADER and value.strip() == b"1":
