@@ -96,7 +96,7 @@ def main() -> None:
     up = UpstreamConn(pool, ("127.0.0.1", 5001))
     up_t = MemoryTransport()
     up.connection_made(up_t)
-    pool.put(up)
+    pool.put(up, loop.time())
     client = ClientConnection(router)
     client_t = MemoryTransport()
     client.connection_made(client_t)

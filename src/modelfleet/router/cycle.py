@@ -258,7 +258,7 @@ class Cycle:
         if addr is None:  # listed in dispatch but no address: nothing sent, try another
             self._release(refused=f"no address known for replica {replica!r}")
             return
-        conn = self.router.pool.take(addr[1])
+        conn = self.router.pool.take(addr[1], self.router.loop.time())
         if conn is not None:
             self._send(conn, addr[2])
         else:
@@ -274,7 +274,7 @@ class Cycle:
             self._release()  # router stopping
             raise
         if self.answered:  # the client left (or the body grew too large) meanwhile
-            self.router.pool.put(conn)
+            self.router.pool.put(conn, self.router.loop.time())
             self._release()
             return
         self._send(conn, host)
@@ -449,7 +449,7 @@ class Cycle:
         reusable = keep_alive and self.body_sent
         self._end_exchange()
         if reusable:
-            self.router.pool.put(up)
+            self.router.pool.put(up, self.router.loop.time())
         else:
             up.close()
         if self.busy_seen:

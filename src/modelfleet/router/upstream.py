@@ -49,6 +49,7 @@ class UpstreamConn(asyncio.Protocol):
         self.closed = False
         self.reused = False  # served a request before (for logs: stale keep-alive vs refusal)
         self.read_paused = False  # paused because the client could not take the answer fast enough
+        self.idle_since = 0.0  # when it was last put back in the pool (the pool's clock)
         # Lives with one request/response on it.
         self.exchange: Exchange | None = None
         self._reason = b""
@@ -178,19 +179,37 @@ class UpstreamConn(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per replica address; opens new ones on demand."""
+    """Idle keep-alive connections per replica address; opens new ones on demand.
 
-    def __init__(self, *, max_idle_per_replica: int = 64, connect_timeout_s: float = 5.0) -> None:
+    A connection idle for more than ``max_idle_s`` is closed instead of reused. Servers close
+    idle connections on their own schedule (gunicorn after 2 s, uvicorn 5 s, the modelfleet
+    replica 300 s); one that closes just as a request goes out on it loses that request
+    with no answer byte, which the router can only answer with 502 (replaying a scoring
+    request that may have run is not safe). Reusing only connections idle for less than
+    the shortest common server timeout closes that race; a new loopback connection costs
+    about 0.1 ms, and only to a service that gets less than one request per ``max_idle_s``.
+    """
+
+    def __init__(
+        self, *, max_idle_per_replica: int = 64, connect_timeout_s: float = 5.0, max_idle_s: float = 1.5
+    ) -> None:
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
         self.max_idle = max_idle_per_replica
         self.connect_timeout_s = connect_timeout_s
+        self.max_idle_s = max_idle_s
         self._all: set[UpstreamConn] = set()  # every open connection, for stop()
 
-    def take(self, key: tuple[str, int]) -> UpstreamConn | None:
-        """An idle connection to ``key`` or ``None``; the caller owns it until ``put``/``close``."""
+    def take(self, key: tuple[str, int], now: float) -> UpstreamConn | None:
+        """An idle connection to ``key`` or ``None``; the caller owns it until ``put``/``close``.
+        ``now`` is the caller's monotonic clock, the one it passed to ``put``."""
         idle = self._idle.get(key)
         while idle:
-            conn = idle.pop()
+            conn = idle.pop()  # the most recently used: the others are older still
+            if now - conn.idle_since > self.max_idle_s:
+                for stale in (conn, *idle):
+                    stale.close()
+                idle.clear()
+                return None
             if not conn.closed:
                 conn.reused = True
                 return conn
@@ -212,9 +231,10 @@ class Pool:
         self._all.add(conn)
         return conn
 
-    def put(self, conn: UpstreamConn) -> None:
+    def put(self, conn: UpstreamConn, now: float) -> None:
         """Give back a connection whose last response completed and may be reused."""
         conn.exchange = None
+        conn.idle_since = now
         if conn.closed:
             return
         conn.resume_reading()  # an idle connection must be read, to notice when it closes
