@@ -45,5 +45,5 @@ for p in "${peers[@]}"; do
         *) echo "bench: unknown peer $p (azmlinfsrv litserve ray)" >&2; exit 2 ;;
     esac
 done
-command -v py-spy >/dev/null || uv pip install -q --python "$python" --system py-spy || true
+command -v py-spy >/dev/null || "$python" -m pip install -q py-spy || echo "bench: py-spy not installed (profiles only)" >&2
 echo "bench: peers ready under $venvs"
