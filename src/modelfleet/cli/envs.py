@@ -99,7 +99,7 @@ def env_show(args: argparse.Namespace) -> int:
     caches = [(settings.workspace_cache, "workspace")]
     if settings.machine_cache is not None:
         caches.append((settings.machine_cache, "machine"))
-    matches = {}
+    matches: dict[str, Any] = {}
     for folder, where in caches:
         for env in envs.list_cached(folder, where):
             if env.name == args.name or (len(args.name) >= 6 and env.hash.startswith(args.name)):

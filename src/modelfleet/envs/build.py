@@ -305,7 +305,8 @@ def _build_into(
 
     report.step(4, _BUILD_STEPS, "checking that the replica runtime imports")
     out = _run([_python(tmp), "-I", "-c", _CHECK], settings, report, quiet=True, shown="python -I -c <runtime check>")
-    return json.loads(out.strip().splitlines()[-1])
+    info: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return info
 
 
 # Runs inside the new environment (-I: no user site, no PYTHONPATH): what a replica imports at start.
