@@ -89,6 +89,11 @@ _INTERESTING = {
 }
 
 
+# One JSON object per answer (App.write_access); method is a token httptools has checked.
+_ACCESS_LINE = (
+    '{"time": "%s.%03dZ", "level": "INFO", "logger": "modelfleet.replica.access", "request_id": %s, '
+    '"method": "%s", "route": %s, "status": %d, "duration_ms": %.3f}'
+)
 _JSON_OK_HEADERS = b"Content-Type: application/json\r\nx-ms-run-function-failed: False\r\n"
 
 
@@ -179,19 +184,16 @@ class App:
         if not lines:
             return
         out = []
+        dumps = json.dumps
+        second, stamp = -1, ""
         for when, method, path, status, seconds, ids in lines:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
-            record = {
-                "time": stamp,
-                "level": "INFO",
-                "logger": "modelfleet.replica.access",
-                "request_id": collect._rid(ids),
-                "method": method,
-                "route": path,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-            }
-            out.append(json.dumps(record))
+            if int(when) != second:
+                second = int(when)
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            out.append(
+                _ACCESS_LINE
+                % (stamp, int(when % 1 * 1000), dumps(collect._rid(ids)), method, dumps(path), status, seconds * 1000)
+            )
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write("\n".join(out) + "\n")
             sys.stderr.flush()

@@ -6,7 +6,7 @@ Writing (in the replica, one ``DataSink`` per process)
 request run() was called with, its input (designation ``inputs``) and, when run() returned
 (status < 400), its output (``predictions``), under the service's first model's name and
 version. Scripts record what they choose with ``ModelDataCollector(model_name,
-designation=..., feature_names=[...]).collect(data)``, imported from ``modelfleet.monitoring``
+designation=..., feature_names=[...]).collect(data)``, imported from ``modelfleet.telemetry``
 or v1's ``azureml.monitoring``. A script that makes a collector for ``inputs`` or
 ``predictions`` itself turns the automatic records of that designation off, so v1 scripts
 do not record them twice. Without ``collect_model_data`` the collector accepts the calls and
@@ -70,7 +70,7 @@ __all__ = [
     "service_data_dir",
 ]
 
-log = logging.getLogger("modelfleet.collect")
+log = logging.getLogger("modelfleet.replica.collect")  # the replica's handler writes it to its log
 
 INPUTS, PREDICTIONS = "inputs", "predictions"
 DESIGNATIONS = (INPUTS, PREDICTIONS)
@@ -85,6 +85,7 @@ def service_data_dir(meta_dir: Path, service: str) -> Path:
 
 
 _WARN_EVERY_S = 60.0
+_CHUNK = 16  # records formatted between two hand-overs of the GIL (see DataSink.flush)
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -96,15 +97,29 @@ def _safe(part: str) -> str:
     return cleaned.strip(".") or "_"
 
 
+_JSON_START = frozenset(b'{["-0123456789tfn')
+_SPACE = frozenset(b" \t")
+
+
 def _json_bytes(raw: bytes) -> bytes:
-    """``raw`` as a JSON value on one line: as it is when it is JSON already, else its text."""
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return json.dumps(raw.decode("utf-8", "replace")).encode()
+    """``raw`` as the record's ``data``, on one line, without parsing it (the writer must stay
+    cheap, see ``DataSink.flush``): a body that starts like JSON is written as it is; anything
+    else, and any body with a line break, as a JSON string. A body that starts like JSON but is
+    not (cut, malformed) is written verbatim too; ``read_records`` reads it back as text."""
+    if not raw:
+        return b'""'
     if b"\n" in raw or b"\r" in raw or b"\x00" in raw:  # pretty-printed, or UTF-16/32
-        return json.dumps(value).encode()
-    return raw.strip()
+        try:
+            return json.dumps(json.loads(raw)).encode()
+        except (ValueError, UnicodeDecodeError):
+            return json.dumps(raw.decode("utf-8", "replace")).encode()
+    if raw[0] in _SPACE or raw[-1] in _SPACE:
+        raw = raw.strip()
+        if not raw:
+            return b'""'
+    if raw[0] in _JSON_START:
+        return raw
+    return json.dumps(raw.decode("utf-8", "replace")).encode()
 
 
 def _default(value: Any) -> Any:
@@ -181,7 +196,7 @@ class DataSink:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._drop_lock = threading.Lock()
         self._files: dict[Path, _File] = {}
-        self._prefixes: dict[tuple[str, str, str], bytes] = {}
+        self._targets: dict[tuple[str, str, str, tuple[str, str, str]], tuple[Path, bytes]] = {}
         self._second = -1
         self._second_text = ""
         self._day: tuple[str, str, str] = ("", "", "")
@@ -251,55 +266,70 @@ class DataSink:
         self._write_stats()
 
     def flush(self) -> None:
+        """Format and write what is pending.
+
+        Formatting holds the GIL, which the replica's loop and run() threads need too: held
+        for a whole batch (thousands of records, tens of ms) it would make each of their
+        waits for it long (the "convoy" of a CPU-bound thread beside I/O-bound ones), which
+        measured as half the throughput of a service with replica_max_concurrent_requests=1.
+        So records are formatted ``_CHUNK`` at a time with ``time.sleep(0)`` between chunks,
+        which hands the GIL to any thread waiting for it, and formatting does no parsing."""
         with self._flush_lock:
             pending = self._pending
             batches: dict[Path, list[bytes]] = {}
-            with contextlib.suppress(IndexError):
-                for _ in range(len(pending)):
-                    item = pending.popleft()
-                    try:
-                        self._format(item, batches)
-                    except Exception as exc:  # noqa: BLE001 - one odd record must not stop the writer
-                        self._failed(1, f"a record could not be encoded: {exc!r}")
+            left = len(pending)
+            while left > 0:
+                with contextlib.suppress(IndexError):
+                    for _ in range(min(_CHUNK, left)):
+                        item = pending.popleft()
+                        try:
+                            self._format(item, batches)
+                        except Exception as exc:  # noqa: BLE001 - one odd record must not stop the writer
+                            self._failed(1, f"a record could not be encoded: {exc!r}")
+                left -= _CHUNK
+                if left > 0:
+                    time.sleep(0)
             for path, lines in batches.items():
                 self._write(path, lines)
             self._write_stats()
 
     def _format(self, item: tuple[Any, ...], batches: dict[Path, list[bytes]]) -> None:
-        when = item[1]
-        stamp = self._stamp(when)
-        y, m, d = self._day
+        stamp = self._stamp(item[1])
         if item[0] == "x":
             _, _, ids, request, answer = item
             rid = json.dumps(_rid(ids)).encode()
-            model, version = self.auto_model, self.auto_version
             if request is not None:
-                key = (model, version, INPUTS)
-                path = self.root / _safe(model) / _safe(version) / INPUTS / y / m / d / f"{self.replica}.jsonl"
-                line = self._prefix(key) + rid + stamp + _json_bytes(request) + b"}\n"
+                path, prefix = self._target(self.auto_model, self.auto_version, INPUTS)
+                line = prefix + rid + stamp + _json_bytes(request) + b"}\n"
                 batches.setdefault(path, []).append(line)
             if answer is not None:
-                key = (model, version, PREDICTIONS)
-                path = self.root / _safe(model) / _safe(version) / PREDICTIONS / y / m / d / f"{self.replica}.jsonl"
-                line = self._prefix(key) + rid + stamp + _json_bytes(answer) + b"}\n"
+                path, prefix = self._target(self.auto_model, self.auto_version, PREDICTIONS)
+                line = prefix + rid + stamp + _json_bytes(answer) + b"}\n"
                 batches.setdefault(path, []).append(line)
         else:
             _, _, request_id, model, version, designation, data = item
             data_json = json.dumps(data, default=_default, allow_nan=True).encode()
-            path = self.root / _safe(model) / _safe(version) / _safe(designation) / y / m / d / f"{self.replica}.jsonl"
-            line = self._prefix((model, version, designation)) + json.dumps(request_id).encode() + stamp + data_json
-            batches.setdefault(path, []).append(line + b"}\n")
+            path, prefix = self._target(model, version, designation)
+            line = prefix + json.dumps(request_id).encode() + stamp + data_json + b"}\n"
+            batches.setdefault(path, []).append(line)
 
-    def _prefix(self, key: tuple[str, str, str]) -> bytes:
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            model, version, designation = key
-            prefix = self._prefixes[key] = b'{"model": %s, "version": %s, "designation": %s, "request_id": ' % (
+    def _target(self, model: str, version: str, designation: str) -> tuple[Path, bytes]:
+        """The file of a partition on the current day, and the line prefix of its records
+        (both cached: building paths costs more than formatting a record)."""
+        key = (model, version, designation, self._day)
+        target = self._targets.get(key)
+        if target is None:
+            if len(self._targets) > 4096:  # days go by; user designations are few
+                self._targets.clear()
+            y, m, d = self._day
+            path = self.root / _safe(model) / _safe(version) / _safe(designation) / y / m / d / f"{self.replica}.jsonl"
+            prefix = b'{"model": %s, "version": %s, "designation": %s, "request_id": ' % (
                 json.dumps(model).encode(),
                 json.dumps(version).encode(),
                 json.dumps(designation).encode(),
             )
-        return prefix
+            target = self._targets[key] = (path, prefix)
+        return target
 
     def _stamp(self, when: float) -> bytes:
         """``, "time": "<ISO 8601>", "data": `` for ``when``; sets the day partition."""
@@ -478,7 +508,7 @@ def read_records(root: Path, designation: str | None = None, since: datetime | N
                 if not line.endswith(b"\n"):
                     continue  # still being written, or cut by a kill
                 try:
-                    rec = json.loads(line)
+                    rec = _parse_line(line)
                     t = datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).timestamp()
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
@@ -487,6 +517,26 @@ def read_records(root: Path, designation: str | None = None, since: datetime | N
                 out.append((t, len(out), rec))
     out.sort(key=lambda x: (x[0], x[1]))
     return [{k: rec.get(k) for k in FIELDS} for _, _, rec in out]
+
+
+_DATA_KEY = b', "data": '
+
+
+def _parse_line(line: bytes) -> dict[str, Any]:
+    """One stored record. A line whose data was written verbatim but is not JSON (see
+    ``_json_bytes``) is split at its ``data`` key (the last one, after the fixed-format time)
+    and the data read back as text."""
+    try:
+        rec: dict[str, Any] = json.loads(line)
+        return rec
+    except ValueError:
+        pass
+    cut = line.find(_DATA_KEY, line.find(b'"time": "'))
+    if cut < 0 or not line.endswith(b"}\n"):
+        raise ValueError("not a record")
+    rec = json.loads(line[:cut] + b"}")
+    rec["data"] = line[cut + len(_DATA_KEY) : -2].decode("utf-8", "replace")
+    return rec
 
 
 def partitions(root: Path, designation: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:

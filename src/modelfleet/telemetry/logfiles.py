@@ -67,17 +67,39 @@ class RotatingFile(io.RawIOBase):
         return self._fd
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Append ``data``. A block of lines larger than the room left is split at line ends,
+        so that files stay within ``max_bytes``; only a single line longer than that is not."""
+        data = bytes(data)
         n = len(data)
         with self._lock:
             if self._fd < 0:
                 raise ValueError("write to a closed RotatingFile")
             size = os.fstat(self._fd).st_size
-            if size and size + n > self.max_bytes:
-                self._rotate()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            start = 0
+            while start < n:
+                room = self.max_bytes - size
+                if n - start <= room:
+                    end = n
+                else:
+                    end = data.rfind(b"\n", start, start + room) + 1  # 0: no line end fits
+                    if end <= start:
+                        if size:  # start a fresh file and try again with all of max_bytes
+                            self._rotate()
+                            size = 0
+                            continue
+                        end = data.find(b"\n", start) + 1 or n  # one line longer than max_bytes
+                self._write_all(data[start:end])
+                size += end - start
+                start = end
+                if start < n:
+                    self._rotate()
+                    size = 0
         return n
+
+    def _write_all(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def _rotate(self) -> None:
         lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -147,6 +169,25 @@ class _Followed:
             self.file.seek(0, os.SEEK_END)
 
 
+def _rotated_since(path: Path, inode: int, backups: int = 99) -> bytes:
+    """The whole content of the rotated files newer than the one with ``inode`` (now
+    ``path.N``): ``path.{N-1}`` ... ``path.1``, oldest first."""
+    newer: list[Path] = []
+    for i in range(1, backups + 1):
+        p = path.with_name(f"{path.name}.{i}")
+        try:
+            if os.stat(p).st_ino == inode:
+                break
+        except FileNotFoundError:
+            return b""  # the old file is gone (dropped): what came between cannot be told apart
+        newer.append(p)
+    out = b""
+    for p in reversed(newer):
+        with contextlib.suppress(FileNotFoundError):
+            out += p.read_bytes()
+    return out
+
+
 def follow(
     paths: Callable[[], Sequence[Path]],
     interval_s: float = 0.2,
@@ -175,6 +216,7 @@ def follow(
                 if st is not None and st.st_ino != f.inode:  # rotated: the old file is read out above
                     data += f.file.read()
                     f.file.close()
+                    data += _rotated_since(path, f.inode)  # rotated more than once since the last poll
                     followed[path] = f = _Followed(path, at_end=False)
                     data += f.file.read()
                 elif st is not None and st.st_size < f.file.tell():  # truncated

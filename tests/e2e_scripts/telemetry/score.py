@@ -1,0 +1,12 @@
+import json
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    data = json.loads(raw_data)
+    if data.get("fail"):
+        raise ValueError("run() was told to fail")
+    return {"double": 2 * data["i"]}
