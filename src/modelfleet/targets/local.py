@@ -41,6 +41,7 @@ log = logging.getLogger("modelfleet.targets.local")
 
 INIT_FAILED_EXIT = 3  # the replica's exit status when init() raised
 _MAX_BACKOFF_S = 30.0
+_TASK_STOP_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -51,10 +52,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 async def probe(port: int, timeout_s: float) -> bool:
     """One liveness probe: ``GET /`` on 127.0.0.1:port answered 200 within ``timeout_s``."""
+    # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+    # arrives as the inner call finishes, which would leave a stopping replica's task running.
+    attempt = asyncio.ensure_future(_get_root(port))
     try:
-        return await asyncio.wait_for(_get_root(port), timeout_s)
-    except (OSError, asyncio.TimeoutError):
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+    finally:
+        attempt.cancel()
+    if not done or attempt.cancelled() or attempt.exception() is not None:
         return False
+    return attempt.result()
 
 
 async def _get_root(port: int) -> bool:
@@ -125,14 +132,15 @@ class LocalTarget:
         if replica is None:
             return
         replica.stopping = True
+        replica.check_now.set()  # wake its watch so it sees `stopping`
         was_ready = replica.info.state is ReplicaState.READY
         replica.info.state = ReplicaState.STOPPED
         if was_ready:
             self._on_change(replica.info.service)
         if replica.task is not None:
             replica.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replica.task
+            # bounded: the task also checks `stopping`, so it ends even if a cancel is lost
+            await asyncio.wait({replica.task}, timeout=_TASK_STOP_S)
         await _terminate(replica.proc, grace_s)
         log.info("replica %s stopped", replica_id)
 
@@ -219,7 +227,7 @@ class LocalTarget:
             )
         info.pid = replica.proc.pid
         deadline = time.monotonic() + plan.probe.startup_deadline_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not replica.stopping:
             if replica.proc.returncode is not None:
                 code = replica.proc.returncode
                 info.detail = (
@@ -241,7 +249,7 @@ class LocalTarget:
         failures = 0
         exited = asyncio.ensure_future(proc.wait())
         try:
-            while True:
+            while not replica.stopping:
                 replica.check_now.clear()
                 woken = asyncio.ensure_future(replica.check_now.wait())
                 done, _ = await asyncio.wait(
@@ -256,6 +264,7 @@ class LocalTarget:
                 failures += 1
                 if failures >= probe_spec.failure_threshold:
                     return f"failed {failures} liveness probes in a row"
+            return "stopping"
         finally:
             exited.cancel()
 
@@ -283,12 +292,12 @@ async def _terminate(proc: asyncio.subprocess.Process | None, grace_s: float) ->
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), grace_s)
-    except asyncio.TimeoutError:
+    exited = asyncio.ensure_future(proc.wait())
+    done, _ = await asyncio.wait({exited}, timeout=grace_s)
+    if not done:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        await exited
 
 
 def current_python() -> str:
