@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class Result:
     first_new_s: float | None = None
     all_s: float | None = None
     events: list[dict] = field(default_factory=list)
+    replica_cpus: set[str] = field(default_factory=set)  # Cpus_allowed_list of its replicas
 
 
 class Conn:
@@ -137,6 +139,10 @@ def replicas_serving(daemon_log: Path, name: str, since: float) -> list[tuple[fl
     return out
 
 
+def cpus_allowed(pid: int) -> str:
+    return Path(f"/proc/{pid}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -167,6 +173,9 @@ def run_one(ws, name: str, source: Path, settings: dict, args: argparse.Namespac
     before = len(service.workspace.cluster().status()["services"][name]["replicas"])
     t0_wall = time.time()
     asyncio.run(load(args.rate, args.seconds, result))
+    for replica in service.workspace.cluster().status()["services"][name]["replicas"]:
+        if replica["pid"]:
+            result.replica_cpus.add(cpus_allowed(replica["pid"]))
     result.events = service.get_scale_events()
     ups = [e for e in result.events if e["to"] > e["from"]]
     if ups:
@@ -205,7 +214,7 @@ def main() -> None:
         starter.join()
         os.sched_setaffinity(0, {0})
         daemon_pid = int(ws.cluster().info()["pid"])
-        placement = Path(f"/proc/{daemon_pid}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+        placement = cpus_allowed(daemon_pid)
         print(
             f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  step 0 -> {args.rate:g} req/s for {args.seconds:g} s, "
             f"run() {args.work_ms:g} ms, 1 request per replica, max_request_wait_time 500 ms; "
@@ -257,6 +266,14 @@ def main() -> None:
             "\n(p50/p99 over the answers with status 200, from when each request was due; errors: 503 after the "
             "500 ms queue wait, or transport errors)"
         )
+        print("replicas ran on CPU " + ", ".join(sorted({c for r in results for c in r.replica_cpus})))
+        for r in results:
+            errors = Counter(status for _, status, _ in r.samples if status != 200)
+            worst = sorted(r.samples, key=lambda x: -x[2])[:3]
+            print(
+                f"  {r.name}: errors by status {dict(errors) or '{}'}; slowest (due at, status, latency): "
+                + ", ".join(f"({t:.2f}s, {st}, {lat * 1000:.0f}ms)" for t, st, lat in worst)
+            )
         for r in results:
             for e in r.events:
                 print(f"  {r.name} scale event: {json.dumps({k: e[k] for k in ('from', 'to', 'utilization')})}")
