@@ -7,7 +7,8 @@ answer ``[55]``), key auth on, one replica each, autoscaling off: ``coll-off`` a
 (``collect_model_data=True``: every request's input and prediction recorded). The daemon,
 router and replicas run on CPU 1 (``taskset``, inherited); ``wrk`` (one thread) on CPU 0.
 Rounds alternate off/on so that drift in the machine's load hits both alike; the medians are
-compared. Printed: requests/s and p50 for each, the ratio on/off and the overhead (1 - ratio),
+compared. Printed: requests/s, p50 and CPU per request (router and replica, from /proc) for
+each, the ratio on/off and the overhead (1 - ratio),
 with the date, the machine and the load average before and after; after a graceful stop, the
 records written for ``coll-on`` beside the answers wrk read from it.
 
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +53,16 @@ def wrk(url: str, key: str, connections: int, seconds: int, script_dir: Path) ->
     if "Non-2xx" in out or "Socket errors" in out:
         print("  wrk reported errors:\n" + out, file=sys.stderr)
     return rps, p50, count
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (their threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def machine() -> str:
@@ -84,7 +94,6 @@ def main() -> int:
         sys.exit("needs wrk and taskset: apt-get install -y wrk util-linux")
 
     from e2e_support import SCRIPTS, stop_cluster
-
     from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
     from modelfleet.store.registry import META_DIR
     from modelfleet.telemetry.collect import read_records, service_data_dir
@@ -111,15 +120,20 @@ def main() -> int:
         for name, service in services.items():  # warm up both paths (connections, caches)
             _, _, count = wrk(service.scoring_uri, service.get_keys()[0], 4, 1, tmp)
             sent_on += count if name == "coll-on" else 0
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in services}
-        print(f"{'round':>5} {'service':>9} {'req/s':>9} {'p50':>9}")
+        status = ws.cluster().status()
+        daemon_pid = int(ws.cluster().info()["pid"])  # type: ignore[index]
+        pids = {name: [daemon_pid] + [r["pid"] for r in status["services"][name]["replicas"]] for name in services}
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in services}
+        print(f"{'round':>5} {'service':>9} {'req/s':>9} {'p50':>9} {'CPU/request':>12}")
         for r in range(args.rounds):
             for name, service in services.items():
+                cpu0 = cpu_seconds(pids[name])
                 rps, p50, count = wrk(service.scoring_uri, service.get_keys()[0], args.connections, args.seconds, tmp)
-                results[name].append((rps, p50))
+                cpu = (cpu_seconds(pids[name]) - cpu0) / count * 1e6  # daemon (router) + this service's replica
+                results[name].append((rps, p50, cpu))
                 if name == "coll-on":
                     sent_on += count
-                print(f"{r + 1:>5} {name:>9} {rps:>9.0f} {p50:>7.3f}ms")
+                print(f"{r + 1:>5} {name:>9} {rps:>9.0f} {p50:>7.3f}ms {cpu:>9.1f} µs")
 
         off = statistics.median(x[0] for x in results["coll-off"])
         on = statistics.median(x[0] for x in results["coll-on"])
@@ -129,6 +143,12 @@ def main() -> int:
             f"on {on:.0f} req/s (p50 {statistics.median(x[1] for x in results['coll-on']):.3f} ms)"
         )
         print(f"ratio on/off: {on / off:.3f}   overhead: {1 - on / off:.1%}   (aim: under 10%)")
+        cpu_off = statistics.median(x[2] for x in results["coll-off"])
+        cpu_on = statistics.median(x[2] for x in results["coll-on"])
+        print(
+            f"CPU per request (router + replica, less sensitive to other load on the machine): off {cpu_off:.1f} µs, "
+            f"on {cpu_on:.1f} µs, ratio {cpu_on / cpu_off:.3f} (+{cpu_on / cpu_off - 1:.1%})"
+        )
         print(f"load average after: {loadavg()}")
     finally:
         stop_cluster(ws)  # graceful: every buffered record is written
@@ -137,7 +157,8 @@ def main() -> int:
     predictions = len(records) - inputs
     # wrk counts the answers it read; requests cut when it stops may still have been scored.
     print(
-        f"coll-on: wrk read {sent_on} answers; recorded after a graceful stop: {inputs} inputs, {predictions} predictions"
+        f"coll-on: wrk read {sent_on} answers; recorded after a graceful stop: "
+        f"{inputs} inputs, {predictions} predictions"
     )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

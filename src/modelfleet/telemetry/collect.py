@@ -13,8 +13,9 @@ do not record them twice. Without ``collect_model_data`` the collector accepts t
 stores nothing, as v1's did.
 
 The request path only appends a tuple to a bounded deque (no formatting, no I/O, no lock).
-A writer thread wakes every ``flush_interval_s`` (1 s), formats the pending records as JSON
-Lines and appends each partition's batch with one ``write``. When ``max_pending`` records
+A writer thread wakes every ``flush_interval_s`` (1 s), or as soon as the buffer is half full,
+formats the pending records as JSON Lines and appends each partition's batch with one
+``write``. When ``max_pending`` records
 wait, new ones are dropped and counted; a write that fails (read-only or full folder) drops
 its batch and counts it too. Scoring never waits and never fails because of collection.
 
@@ -49,6 +50,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -98,6 +100,7 @@ def _safe(part: str) -> str:
 
 
 _JSON_START = frozenset(b'{["-0123456789tfn')
+_PLAIN_ID = re.compile(rb"[A-Za-z0-9._:/+=-]*").fullmatch  # request ids written without escaping
 _SPACE = frozenset(b" \t")
 
 
@@ -197,10 +200,19 @@ class DataSink:
         self._drop_lock = threading.Lock()
         self._files: dict[Path, _File] = {}
         self._targets: dict[tuple[str, str, str, tuple[str, str, str]], tuple[Path, bytes]] = {}
+        # The batch being formatted (flush) and, for its current second, the time text, the
+        # day partition and the automatic records' line lists and prefixes (_new_second).
+        self._batches: dict[Path, list[bytes]] = {}
         self._second = -1
-        self._second_text = ""
+        self._second_bytes = b""
         self._day: tuple[str, str, str] = ("", "", "")
-        self._stop = threading.Event()
+        self._auto_inputs: list[bytes] = []
+        self._auto_inputs_prefix = b""
+        self._auto_predictions: list[bytes] = []
+        self._auto_predictions_prefix = b""
+        self._stopping = False
+        self._wake = threading.Event()  # the interval is up, the buffer is half full, or close()
+        self._early = max(1, max_pending // 2)
         self._thread: threading.Thread | None = None
         self._flush_lock = threading.Lock()
         self._last_warning = 0.0
@@ -214,11 +226,14 @@ class DataSink:
 
     def exchange(self, ids: bytes, when: float, request: bytes, answer: bytes | None) -> None:
         """One scored request: its body (or query) and, when run() returned, the answer body."""
-        if len(self._pending) >= self.max_pending:
+        pending = self._pending
+        if len(pending) >= self.max_pending:
             self._dropped(2 if answer is not None else 1)
             return
-        self._pending.append(("x", when, ids, request, answer))
+        pending.append(("x", when, ids, request, answer))
         self.stats.records += 1 if answer is None else 2
+        if len(pending) == self._early:
+            self._wake.set()  # half full before the interval is up: write now
 
     def record(self, model: str, designation: str, request_id: str, when: float, data: Any) -> None:
         """One record a script chose to collect (``ModelDataCollector.collect``)."""
@@ -228,6 +243,8 @@ class DataSink:
         version = self.models.get(model, UNKNOWN_VERSION)
         self._pending.append(("r", when, request_id, model, version, designation, data))
         self.stats.records += 1
+        if len(self._pending) == self._early:
+            self._wake.set()
 
     def _dropped(self, n: int) -> None:
         with self._drop_lock:
@@ -247,12 +264,15 @@ class DataSink:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        while not self._stopping:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
             self.flush()
 
     def close(self) -> None:
         """Write everything pending, fsync, close (graceful stop)."""
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -277,13 +297,18 @@ class DataSink:
         with self._flush_lock:
             pending = self._pending
             batches: dict[Path, list[bytes]] = {}
+            self._batches = batches
+            self._second = -1  # the automatic records' lists are looked up again in this batch
             left = len(pending)
             while left > 0:
                 with contextlib.suppress(IndexError):
                     for _ in range(min(_CHUNK, left)):
                         item = pending.popleft()
                         try:
-                            self._format(item, batches)
+                            if item[0] == "x":
+                                self._format_exchange(item)
+                            else:
+                                self._format(item, batches)
                         except Exception as exc:  # noqa: BLE001 - one odd record must not stop the writer
                             self._failed(1, f"a record could not be encoded: {exc!r}")
                 left -= _CHUNK
@@ -293,25 +318,39 @@ class DataSink:
                 self._write(path, lines)
             self._write_stats()
 
+    def _format_exchange(self, item: tuple[Any, ...]) -> None:
+        """The automatic records of one request (the common case, kept tight: ~2 µs)."""
+        _, when, ids, request, answer = item
+        second = int(when)
+        if second != self._second:
+            self._new_second(second)
+        stamp = b', "time": "%s.%06dZ", "data": ' % (self._second_bytes, int((when - second) * 1_000_000))
+        rid = ids[14 : ids.find(b"\r\n")] if ids.startswith(b"x-request-id: ") else b""
+        quoted = b'"' + rid + b'"' if _PLAIN_ID(rid) else json.dumps(rid.decode("latin-1")).encode()
+        head = quoted + stamp
+        if request is not None:
+            self._auto_inputs.append(self._auto_inputs_prefix + head + _json_bytes(request) + b"}\n")
+        if answer is not None:
+            self._auto_predictions.append(self._auto_predictions_prefix + head + _json_bytes(answer) + b"}\n")
+
     def _format(self, item: tuple[Any, ...], batches: dict[Path, list[bytes]]) -> None:
-        stamp = self._stamp(item[1])
-        if item[0] == "x":
-            _, _, ids, request, answer = item
-            rid = json.dumps(_rid(ids)).encode()
-            if request is not None:
-                path, prefix = self._target(self.auto_model, self.auto_version, INPUTS)
-                line = prefix + rid + stamp + _json_bytes(request) + b"}\n"
-                batches.setdefault(path, []).append(line)
-            if answer is not None:
-                path, prefix = self._target(self.auto_model, self.auto_version, PREDICTIONS)
-                line = prefix + rid + stamp + _json_bytes(answer) + b"}\n"
-                batches.setdefault(path, []).append(line)
-        else:
-            _, _, request_id, model, version, designation, data = item
-            data_json = json.dumps(data, default=_default, allow_nan=True).encode()
-            path, prefix = self._target(model, version, designation)
-            line = prefix + json.dumps(request_id).encode() + stamp + data_json + b"}\n"
-            batches.setdefault(path, []).append(line)
+        """A record a script collected."""
+        _, when, request_id, model, version, designation, data = item
+        stamp = self._stamp(when)
+        data_json = json.dumps(data, default=_default, allow_nan=True).encode()
+        path, prefix = self._target(model, version, designation)
+        line = prefix + json.dumps(request_id).encode() + stamp + data_json + b"}\n"
+        batches.setdefault(path, []).append(line)
+
+    def _new_second(self, second: int) -> None:
+        t = time.gmtime(second)
+        self._second = second
+        self._second_bytes = time.strftime("%Y-%m-%dT%H:%M:%S", t).encode()
+        self._day = (f"{t.tm_year:04d}", f"{t.tm_mon:02d}", f"{t.tm_mday:02d}")
+        path, self._auto_inputs_prefix = self._target(self.auto_model, self.auto_version, INPUTS)
+        self._auto_inputs = self._batches.setdefault(path, [])
+        path, self._auto_predictions_prefix = self._target(self.auto_model, self.auto_version, PREDICTIONS)
+        self._auto_predictions = self._batches.setdefault(path, [])
 
     def _target(self, model: str, version: str, designation: str) -> tuple[Path, bytes]:
         """The file of a partition on the current day, and the line prefix of its records
@@ -335,12 +374,8 @@ class DataSink:
         """``, "time": "<ISO 8601>", "data": `` for ``when``; sets the day partition."""
         second = int(when)
         if second != self._second:
-            t = time.gmtime(second)
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", t)
-            self._day = (f"{t.tm_year:04d}", f"{t.tm_mon:02d}", f"{t.tm_mday:02d}")
-        micros = int((when - second) * 1_000_000)
-        return b', "time": "%s.%06dZ", "data": ' % (self._second_text.encode(), micros)
+            self._new_second(second)
+        return b', "time": "%s.%06dZ", "data": ' % (self._second_bytes, int((when - second) * 1_000_000))
 
     def _write(self, path: Path, lines: list[bytes]) -> None:
         f = self._files.get(path)
