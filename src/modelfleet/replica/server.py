@@ -573,7 +573,11 @@ def _rotate_output(config: ReplicaConfig) -> None:
     raw = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups, on_rotate=point_fds)
     point_fds(raw.fileno())
     stream = io.TextIOWrapper(
-        io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace", line_buffering=True, write_through=True
+        io.BufferedWriter(raw),  # type: ignore[type-var]  # a RawIOBase, which typeshed's protocol misses
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+        write_through=True,
     )
     sys.stdout = sys.stderr = stream
 

@@ -224,7 +224,7 @@ class DataSink:
 
     # -- the request path (worker threads): append only ---------------------------------
 
-    def exchange(self, ids: bytes, when: float, request: bytes, answer: bytes | None) -> None:
+    def exchange(self, ids: bytes, when: float, request: bytes | None, answer: bytes | None) -> None:
         """One scored request: its body (or query) and, when run() returned, the answer body."""
         pending = self._pending
         if len(pending) >= self.max_pending:
@@ -595,8 +595,8 @@ def export(records: list[dict[str, Any]], fmt: str, out: IO[bytes] | str | os.Pa
     needs a file path)."""
     if fmt == "parquet":
         try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            import pyarrow as pa  # type: ignore[import-not-found,unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
             from modelfleet.errors import ConfigError
 
@@ -608,7 +608,7 @@ def export(records: list[dict[str, Any]], fmt: str, out: IO[bytes] | str | os.Pa
             for k in FIELDS:
                 columns[k].append(json.dumps(rec[k]) if k == "data" else rec[k])
         table = pa.table({k: pa.array(v, type=pa.string()) for k, v in columns.items()})
-        pq.write_table(table, out)  # type: ignore[arg-type]
+        pq.write_table(table, out)
         return
     if isinstance(out, str | os.PathLike):
         with open(out, "wb") as f:

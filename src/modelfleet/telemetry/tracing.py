@@ -161,17 +161,17 @@ class OtlpExporter:
     """Spans over OTLP/HTTP (opentelemetry-sdk and its OTLP exporter, imported here only)."""
 
     def __init__(self, endpoint: str, service_name: str = "modelfleet-router") -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[import-not-found,unused-ignore]
+        from opentelemetry.sdk.resources import Resource  # type: ignore[import-not-found,unused-ignore]
+        from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found,unused-ignore]
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # type: ignore[import-not-found,unused-ignore]
 
         self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         self.tracer = self.provider.get_tracer("modelfleet.router")
 
     def __call__(self, timings: Sequence[Timing]) -> None:
-        from opentelemetry import trace
+        from opentelemetry import trace  # type: ignore[import-not-found,unused-ignore]
 
         for t in timings:
             start = int(t.start * 1e9)
