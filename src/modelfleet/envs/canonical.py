@@ -40,7 +40,7 @@ RUNTIME_REQUIREMENTS = (
     "uvloop>=0.19; sys_platform != 'win32'",
 )
 # The parts of the modelfleet package a replica may import (replica → telemetry → spec → errors).
-RUNTIME_FILES = ("__init__.py", "errors.py", "spec.py", "py.typed", "replica", "telemetry")
+RUNTIME_FILES = ("__init__.py", "errors.py", "spec", "py.typed", "replica", "telemetry")
 # v1's serving stack: modelfleet's runtime replaces it, and installing it would pull all of azureml-core.
 V1_SERVING_PACKAGES = frozenset({"azureml-defaults", "azureml-inference-server-http"})
 

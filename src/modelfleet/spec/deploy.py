@@ -1,12 +1,4 @@
-"""Typed, validated configuration: the v1 deploy and inference settings as frozen values.
-
-Everything that configures a service enters through here: the SDK's
-``AksWebservice.deploy_configuration`` / ``LocalWebservice.deploy_configuration`` /
-``InferenceConfig`` / ``Environment``, the CLI's v1 ``deploymentconfig.json`` and
-``inferenceconfig.json`` files, and the workspace store (``to_dict``/``from_dict``). Each value
-is checked once, in ``__post_init__``; a bad one raises ``ConfigError`` naming the field, the
-allowed range and the value found, e.g. "autoscale_target_utilization must be between 1 and 100
-(got 150)". Stdlib only: router and replica processes import this module.
+"""Deployment settings: ``DeploySpec`` and the v1 ``deploy_configuration`` entry points.
 
 v1 names and defaults (azureml-core ``AksWebservice.deploy_configuration``)::
 
@@ -44,96 +36,23 @@ The conversions are classmethods: ``DeploySpec.from_v1_json`` / ``to_v1_json`` a
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from modelfleet.errors import ConfigError
-
-DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
-COMPUTE_TYPES = ("aks", "kubernetes", "local")
-
-# v1 ``webservice_name_validation``: the trailing dash is forbidden too.
-_SERVICE_NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-# v1 ``model_name_validation``.
-_MODEL_NAME_RE = re.compile(r"[a-zA-Z0-9][-._a-zA-Z0-9]*")
-# Kubernetes namespace (RFC 1123 label), as v1 documents it.
-_NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_PYTHON_VERSION_RE = re.compile(r"\d+(\.\d+){0,2}")
-
-
-# --------------------------------------------------------------------------- value checks
-
-
-def _kind(v: object) -> str:
-    return f"{type(v).__name__} {v!r}"
-
-
-def _int(name: str, v: object, lo: int, hi: int | None = None) -> int:
-    # bool is an int subclass; True where a count belongs is a mistake, not 1.
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{name} must be an integer (got {_kind(v)})")
-    if hi is not None and not lo <= v <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi} (got {v})")
-    if v < lo:
-        raise ConfigError(f"{name} must be at least {lo} (got {v})")
-    return v
-
-
-def _positive(name: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{name} must be a number (got {_kind(v)})")
-    if not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"{name} must be greater than 0 (got {v})")
-    return float(v)
-
-
-def _bool(name: str, v: object) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{name} must be true or false (got {_kind(v)})")
-    return v
-
-
-def _opt_str(name: str, v: object) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v:
-        raise ConfigError(f"{name} must be a non-empty string or None (got {_kind(v)})")
-    return v
-
-
-def _str_map(name: str, v: object) -> dict[str, str]:
-    if not isinstance(v, Mapping):
-        raise ConfigError(f"{name} must be a dict of strings to strings (got {_kind(v)})")
-    for k, val in v.items():
-        if not isinstance(k, str) or not isinstance(val, str):
-            raise ConfigError(f"{name} must map strings to strings (got {k!r}: {_kind(val)})")
-    return dict(v)
-
-
-def _str_tuple(name: str, v: object) -> tuple[str, ...]:
-    if isinstance(v, str) or not isinstance(v, Iterable):
-        raise ConfigError(f"{name} must be a list of strings (got {_kind(v)})")
-    items = tuple(v)
-    for item in items:
-        if not isinstance(item, str) or not item.strip() or "\n" in item:
-            raise ConfigError(f"{name} entries must be non-empty one-line strings (got {_kind(item)})")
-    return items
-
-
-def _check_keys(where: str, d: object, known: Iterable[str]) -> Mapping[str, Any]:
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where} must be an object (got {_kind(d)})")
-    known = list(known)
-    for key in d:
-        if key not in known:
-            raise ConfigError(f"unknown key {key!r} in {where}; known keys: {', '.join(known)}")
-    return d
-
+from modelfleet.spec.checks import (
+    _NAMESPACE_RE,
+    COMPUTE_TYPES,
+    DEFAULT_MAX_BODY_BYTES,
+    _bool,
+    _check_keys,
+    _int,
+    _kind,
+    _opt_str,
+    _positive,
+    _str_map,
+)
 
 # --------------------------------------------------------------------------- deploy settings
 
@@ -232,9 +151,7 @@ class DeploySpec:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
         if self.compute_type not in COMPUTE_TYPES:
-            raise ConfigError(
-                f"compute_type must be one of {', '.join(COMPUTE_TYPES)} (got {self.compute_type!r})"
-            )
+            raise ConfigError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)} (got {self.compute_type!r})")
         set_(self, "cpu_cores", _positive("cpu_cores", self.cpu_cores))
         set_(self, "memory_gb", _positive("memory_gb", self.memory_gb))
         if self.cpu_cores_limit is not None:
@@ -267,9 +184,7 @@ class DeploySpec:
         _int("replica_max_concurrent_requests", self.replica_max_concurrent_requests, 1)
         _int("max_request_wait_time", self.max_request_wait_time, 0)
         _int("max_body_bytes", self.max_body_bytes, 1)
-        if self.namespace is not None and (
-            len(self.namespace) > 63 or not _NAMESPACE_RE.fullmatch(self.namespace)
-        ):
+        if self.namespace is not None and (len(self.namespace) > 63 or not _NAMESPACE_RE.fullmatch(self.namespace)):
             raise ConfigError(
                 "namespace must be a Kubernetes namespace: up to 63 lowercase letters, digits and "
                 f"dashes, starting and ending with a letter or digit (got {self.namespace!r})"
@@ -285,9 +200,7 @@ class DeploySpec:
                 "set autoscale_enabled=False for a fixed replica count, or leave num_replicas out"
             )
         if not self.autoscale.enabled and self.num_replicas is None:
-            raise ConfigError(
-                "autoscale disabled but num_replicas not provided; give num_replicas (at least 1)"
-            )
+            raise ConfigError("autoscale disabled but num_replicas not provided; give num_replicas (at least 1)")
         if self.auth_enabled and self.token_auth_enabled:
             raise ConfigError(
                 "cannot enable both key and token auth: auth_enabled and token_auth_enabled "
@@ -416,9 +329,7 @@ class DeploySpec:
         d = _check_keys("deploy spec", d, [f.name for f in dataclasses.fields(cls)])
         kwargs = dict(d)
         if "autoscale" in kwargs:
-            a = _check_keys(
-                "autoscale", kwargs["autoscale"], [f.name for f in dataclasses.fields(AutoscaleSpec)]
-            )
+            a = _check_keys("autoscale", kwargs["autoscale"], [f.name for f in dataclasses.fields(AutoscaleSpec)])
             kwargs["autoscale"] = AutoscaleSpec(**a)
         if "liveness" in kwargs:
             p = _check_keys("liveness", kwargs["liveness"], [f.name for f in dataclasses.fields(ProbeSpec)])
@@ -478,11 +389,7 @@ class DeploySpec:
             return aks_deploy_configuration(compute_type=compute, **kwargs)
         except ConfigError as e:
             json_key = next(
-                (
-                    ".".join(p)
-                    for p, param in _V1_DEPLOY_KEYS
-                    if e.message.startswith(param + " ") and _has_path(d, p)
-                ),
+                (".".join(p) for p, param in _V1_DEPLOY_KEYS if e.message.startswith(param + " ") and _has_path(d, p)),
                 None,
             )
             where = f"{json_key} in deploymentconfig.json" if json_key else "deploymentconfig.json"
@@ -597,26 +504,6 @@ for _path, _ in _V1_DEPLOY_KEYS:
         _V1_SECTIONS.setdefault(_path[0], []).append(_path[1])
 _V1_SECTIONS["dataCollection"].append("eventHubEnabled")  # v1 REST field; no event hubs here
 _V1_TOP_LEVEL = list(dict.fromkeys(p[0] for p, _ in _V1_DEPLOY_KEYS))
-
-# Keys v1 had that have no effect in modelfleet: accepted, reported by ``v1_notes`` when set.
-_V1_IGNORED: dict[str, dict[str, str]] = {
-    "deploy": {},
-    "inference": {
-        "extraDockerfileSteps": "modelfleet builds no Docker image from it",
-        "enableGpu": "GPUs are requested with gpu_cores in the deployment configuration",
-        "baseImage": "modelfleet builds no Docker image from it",
-        "baseImageRegistry": "modelfleet builds no Docker image from it",
-        "cudaVersion": "modelfleet builds no Docker image from it",
-    },
-    "environment": {
-        "docker": "modelfleet builds no Docker image from it",
-        "spark": "Spark packages are not installed",
-        "databricks": "Databricks libraries are not installed",
-        "inferencingStackVersion": "the scoring stack is modelfleet's own",
-        "assetId": "environments are identified by their contents",
-        "r": "R environments are not supported",
-    },
-}
 
 
 def _has_path(d: Mapping[str, Any], path: tuple[str, ...]) -> bool:
@@ -748,438 +635,3 @@ def local_deploy_configuration(port: int | None = None) -> DeploySpec:
         auth_enabled=False,
         port=port,
     )
-
-
-# --------------------------------------------------------------------------- names
-
-
-def validate_service_name(name: object) -> str:
-    """v1's service-name rule: 3-32 lowercase letters, digits and dashes, starting with a
-    letter and ending with a letter or digit (v1 ``webservice_name_validation``)."""
-    if not isinstance(name, str) or not 3 <= len(name) <= 32 or not _SERVICE_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            "service name must be 3-32 characters of lowercase letters, digits and dashes, "
-            f"starting with a letter and ending with a letter or digit (got {name!r})"
-        )
-    return name
-
-
-def validate_model_name(name: object) -> str:
-    """v1's model-name rule: 1-255 letters, digits, dashes, periods or underscores, starting
-    with a letter or digit."""
-    if not isinstance(name, str) or len(name) > 255 or not _MODEL_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            "model name must be 1-255 letters, digits, dashes, periods or underscores, "
-            f"starting with a letter or digit (got {name!r})"
-        )
-    return name
-
-
-def parse_model_ref(ref: str) -> tuple[str, int | None]:
-    """``"name:3"`` -> ``("name", 3)``; ``"name"`` -> ``("name", None)`` (the CLI's ``-m``)."""
-    if not isinstance(ref, str):
-        raise ConfigError(f"model reference must be NAME or NAME:VERSION (got {_kind(ref)})")
-    name, sep, version = ref.partition(":")
-    validate_model_name(name)
-    if not sep:
-        return name, None
-    if not version.isdigit() or not version.isascii() or int(version) < 1:
-        raise ConfigError(f"model version must be a whole number of at least 1, as in {name}:3 (got {ref!r})")
-    return name, int(version)
-
-
-# --------------------------------------------------------------------------- environment
-
-
-@dataclass(frozen=True)
-class EnvironmentSpec:
-    """What a replica's Python environment holds.
-
-    ``python_executable`` set: that interpreter as it is (v1 ``userManagedDependencies``);
-    nothing is installed into it, and any ``pip_requirements`` are what it must already
-    satisfy. Otherwise, with no requirements: the interpreter running modelfleet. With
-    ``pip_requirements``: an environment built from them, on ``python_version`` when given.
-    ``conda_only_packages`` are the conda (non-pip) dependencies of a v1 conda specification,
-    kept so the builder can try them with pip or say why it cannot.
-    """
-
-    name: str
-    version: str | None = None
-    python_executable: str | None = None
-    pip_requirements: tuple[str, ...] = ()
-    python_version: str | None = None
-    environment_variables: dict[str, str] = field(default_factory=dict)
-    conda_only_packages: tuple[str, ...] = ()
-    conda_channels: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 255:
-            raise ConfigError(
-                f"environment name must be a non-empty string of at most 255 characters (got {self.name!r})"
-            )
-        if isinstance(self.version, int) and not isinstance(self.version, bool):
-            set_(self, "version", str(self.version))  # v1 files write "version": "1" or 1
-        _opt_str("environment version", self.version)
-        _opt_str("python_executable", self.python_executable)
-        for name in ("pip_requirements", "conda_only_packages", "conda_channels"):
-            set_(self, name, _str_tuple(name, getattr(self, name)))
-        if self.python_version is not None and (
-            not isinstance(self.python_version, str) or not _PYTHON_VERSION_RE.fullmatch(self.python_version)
-        ):
-            raise ConfigError(f"python_version must look like 3.11 or 3.11.4 (got {self.python_version!r})")
-        env = _str_map("environment_variables", self.environment_variables)
-        for key in env:
-            if not key or "=" in key or "\0" in key:
-                raise ConfigError(f"environment variable name must be non-empty, without '=' (got {key!r})")
-        set_(self, "environment_variables", env)
-        if self.python_executable is not None and self.python_version is not None:
-            raise ConfigError(
-                f"environment {self.name!r}: python_executable (user-managed) cannot be combined with "
-                f"python_version {self.python_version!r}; give one or the other"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for name in ("pip_requirements", "conda_only_packages", "conda_channels"):
-            d[name] = list(d[name])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EnvironmentSpec:
-        d = _check_keys("environment spec", d, [f.name for f in dataclasses.fields(cls)])
-        return cls(**d)
-
-    @classmethod
-    def from_pip_requirements(cls, name: str, text: str) -> EnvironmentSpec:
-        """From the text of a requirements.txt: one requirement per line, comments dropped."""
-        lines = [line.split(" #")[0].strip() for line in text.splitlines()]
-        return cls(name=name, pip_requirements=tuple(x for x in lines if x and not x.startswith("#")))
-
-    @classmethod
-    def from_conda(
-        cls, name: str, conda: Mapping[str, Any], environment_variables: Mapping[str, str] | None = None
-    ) -> EnvironmentSpec:
-        """From a v1 conda specification (``condaDependencies``, or a parsed conda YAML file):
-        ``python=X`` becomes python_version, the ``pip:`` list pip_requirements, the rest
-        conda_only_packages (``pip`` itself is implied and dropped)."""
-        conda = _check_keys(
-            "conda dependencies", conda, ["name", "channels", "dependencies", "prefix", "variables"]
-        )
-        pip: list[str] = []
-        other: list[str] = []
-        python_version = None
-        deps = conda.get("dependencies") or []
-        if not isinstance(deps, list):
-            raise ConfigError(f"conda dependencies must be a list (got {_kind(deps)})")
-        for dep in deps:
-            if isinstance(dep, Mapping):
-                _check_keys("conda dependency", dep, ["pip"])
-                pip.extend(_str_tuple("pip dependencies", dep.get("pip") or []))
-            elif isinstance(dep, str):
-                # conda spells a pin python=3.8, python==3.8.1, "python 3.8" or python=3.8.*
-                m = re.fullmatch(r"python(?:(?:\s*==?\s*|\s+)([\d.]+?)(?:\.\*)?)?", dep.strip())
-                if m:
-                    python_version = m.group(1)
-                elif re.match(r"python\s*[<>!~]", dep.strip()):
-                    raise ConfigError(f"conda dependency {dep!r}: pin the Python version as python=3.X")
-                elif not re.fullmatch(r"pip(\s*[=<>!~].*)?", dep.strip()):
-                    other.append(dep.strip())
-            else:
-                raise ConfigError(f"conda dependencies must be strings or a pip list (got {_kind(dep)})")
-        variables = dict(conda.get("variables") or {})
-        variables.update(environment_variables or {})
-        return cls(
-            name=name,
-            pip_requirements=tuple(pip),
-            python_version=python_version,
-            environment_variables=variables,
-            conda_only_packages=tuple(other),
-            conda_channels=_str_tuple("channels", conda.get("channels") or []),
-        )
-
-    @classmethod
-    def from_conda_yaml(cls, name: str, text: str, source: str = "conda file") -> EnvironmentSpec:
-        """From the text of a conda environment file (``condaFile``, ``from_conda_specification``)."""
-        return cls.from_conda(name, parse_conda_yaml(text, source))
-
-    @classmethod
-    def from_v1_json(cls, d: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> EnvironmentSpec:
-        """A v1 serialized ``Environment`` (the ``environment`` object of inferenceconfig.json).
-        ``python.condaDependenciesFile`` is read relative to ``base_dir``."""
-        known_top = ["name", "version", "environmentVariables", "python", *_V1_IGNORED["environment"]]
-        d = _check_keys("environment", d, known_top)
-        if d.get("r"):
-            raise ConfigError("environment.r: R environments are not supported by modelfleet")
-        name = d.get("name")
-        if not isinstance(name, str):
-            raise ConfigError(f"environment.name is required (got {_kind(name)})")
-        variables = _str_map("environment.environmentVariables", d.get("environmentVariables") or {})
-        py = _check_keys(
-            "environment.python",
-            d.get("python") or {},
-            [
-                "userManagedDependencies",
-                "interpreterPath",
-                "condaDependenciesFile",
-                "baseCondaEnvironment",
-                "condaDependencies",
-            ],
-        )
-        if py.get("userManagedDependencies"):
-            interpreter = py.get("interpreterPath")
-            # v1's default "python" meant "the image's python"; here that is this interpreter.
-            executable = None if interpreter in (None, "python", "python3") else interpreter
-            return cls(
-                name=name,
-                version=d.get("version"),
-                python_executable=executable,
-                environment_variables=variables,
-            )
-        conda: Mapping[str, Any] = py.get("condaDependencies") or {}
-        if py.get("condaDependenciesFile"):
-            path = Path(base_dir, py["condaDependenciesFile"])
-            conda = parse_conda_yaml(_read(path, "environment.python.condaDependenciesFile"), str(path))
-        spec = cls.from_conda(name, conda, variables)
-        return dataclasses.replace(spec, version=d.get("version"))
-
-
-def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read {str(path)!r} ({e.strerror})") from None
-
-
-def parse_conda_yaml(text: str, source: str = "conda file") -> dict[str, Any]:
-    """Parse the YAML subset conda environment files use (stdlib only, so no YAML library):
-    ``key: scalar``, ``key:`` followed by a block list of scalars, one nested ``- pip:`` list,
-    a ``variables:`` mapping, flow lists ``[a, b]``, quotes and comments. Anything else is a
-    ConfigError naming the line, rather than a silent misreading."""
-    out: dict[str, Any] = {}
-    key: str | None = None  # top-level key whose block we are in
-    pip: list[str] | None = None
-    pip_indent = -1
-
-    def scalar(s: str) -> str:
-        s = s.strip()
-        if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
-            return s[1:-1]
-        return s
-
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
-        if not line.strip() or line.strip() == "---":
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        body = line.strip()
-        if indent == 0 and not body.startswith("-"):
-            m = re.fullmatch(r"([A-Za-z_][\w-]*)\s*:\s*(.*)", body)
-            if not m:
-                raise ConfigError(f"{source}, line {number}: cannot read {raw.strip()!r}")
-            key, value, pip = m.group(1), m.group(2), None
-            if not value:
-                out[key] = None
-            elif value.startswith("["):
-                out[key] = [scalar(x) for x in value.strip("[]").split(",") if x.strip()]
-            else:
-                out[key] = scalar(value)
-            continue
-        if key is None or (out[key] is not None and not isinstance(out[key], (list, dict))):
-            raise ConfigError(f"{source}, line {number}: unexpected {raw.strip()!r}")
-        if body.startswith("-"):
-            item = body[1:].strip()
-            if pip is not None and indent > pip_indent:
-                pip.append(scalar(item))
-                continue
-            if out[key] is None:
-                out[key] = []
-            if not isinstance(out[key], list):
-                raise ConfigError(f"{source}, line {number}: unexpected list item {raw.strip()!r}")
-            if re.fullmatch(r"pip\s*:", item):
-                pip, pip_indent = [], indent
-                out[key].append({"pip": pip})
-            elif re.fullmatch(r"[\w.-]+\s*:(\s.*)?", item):  # "a: b"; "channel::pkg" is a package
-                raise ConfigError(f"{source}, line {number}: nested mapping {item!r} is not supported")
-            else:
-                pip = None
-                out[key].append(scalar(item))
-        else:
-            m = re.fullmatch(r"([^:\s]+)\s*:\s*(.*)", body)
-            if not m or isinstance(out[key], list):
-                raise ConfigError(f"{source}, line {number}: cannot read {raw.strip()!r}")
-            if out[key] is None:
-                out[key] = {}
-            out[key][m.group(1)] = scalar(m.group(2))
-    return out
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@dataclass(frozen=True)
-class InferenceSpec:
-    """v1 ``InferenceConfig``: the entry script, its folder and the environment.
-
-    With ``source_directory`` (an absolute path) the folder is snapshotted and
-    ``entry_script`` is a path inside it; without, that file alone is shipped, and a relative
-    ``entry_script`` is relative to the current folder (v1's rule). ``environment`` None
-    means the deploying interpreter. ``InferenceSpec.resolve`` turns v1's user-relative
-    paths into absolute ones.
-    """
-
-    entry_script: str
-    source_directory: str | None = None
-    environment: EnvironmentSpec | None = None
-    description: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.entry_script, str) or not self.entry_script:
-            raise ConfigError(f"entry_script must be a path to a .py file (got {_kind(self.entry_script)})")
-        _opt_str("description", self.description)
-        if self.environment is not None and not isinstance(self.environment, EnvironmentSpec):
-            raise ConfigError(
-                f"environment must be an EnvironmentSpec or None (got {_kind(self.environment)})"
-            )
-        if self.source_directory is None:
-            return
-        _opt_str("source_directory", self.source_directory)
-        if not os.path.isabs(self.source_directory):
-            raise ConfigError(f"source_directory must be an absolute path (got {self.source_directory!r})")
-        norm = os.path.normpath(self.entry_script)
-        if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
-            raise ConfigError(
-                f"entry_script must be a path inside source_directory {self.source_directory!r} "
-                f"(got {self.entry_script!r})"
-            )
-
-    def entry_script_path(self) -> Path:
-        """The entry script's path on this machine (relative to the current folder when
-        neither it nor ``source_directory`` is absolute)."""
-        return Path(self.source_directory or "", self.entry_script)
-
-    def check_files(self) -> None:
-        """The one I/O check: the source directory and the entry script exist."""
-        if self.source_directory is not None and not os.path.isdir(self.source_directory):
-            raise ConfigError(f"source_directory {self.source_directory!r} is not a folder")
-        if not self.entry_script_path().is_file():
-            raise ConfigError(
-                f"entry_script {str(self.entry_script_path())!r} does not exist or is not a file"
-            )
-
-    @classmethod
-    def resolve(
-        cls,
-        entry_script: str | os.PathLike[str],
-        source_directory: str | os.PathLike[str] | None = None,
-        environment: EnvironmentSpec | None = None,
-        description: str | None = None,
-        *,
-        base_dir: str | os.PathLike[str],
-    ) -> InferenceSpec:
-        """v1 paths to spec form: ``source_directory`` is relative to ``base_dir`` and
-        ``entry_script`` to ``source_directory`` (v1's rule), or to ``base_dir`` without one."""
-        entry = os.fspath(entry_script)
-        if source_directory is None:
-            return cls(os.path.abspath(os.path.join(base_dir, entry)), None, environment, description)
-        folder = os.path.abspath(os.path.join(base_dir, os.fspath(source_directory)))
-        if os.path.isabs(entry):
-            entry = os.path.relpath(entry, folder)
-        return cls(os.path.normpath(entry), folder, environment, description)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "entry_script": self.entry_script,
-            "source_directory": self.source_directory,
-            "environment": self.environment.to_dict() if self.environment else None,
-            "description": self.description,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InferenceSpec:
-        d = _check_keys(
-            "inference spec", d, ["entry_script", "source_directory", "environment", "description"]
-        )
-        env = d.get("environment")
-        return cls(
-            entry_script=d.get("entry_script"),  # type: ignore[arg-type]  # checked in __post_init__
-            source_directory=d.get("source_directory"),
-            environment=EnvironmentSpec.from_dict(env) if env is not None else None,
-            description=d.get("description"),
-        )
-
-    @classmethod
-    def from_v1_json(cls, d: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> InferenceSpec:
-        """Read a v1 ``inferenceconfig.json`` (already parsed); ``base_dir`` is the file's folder.
-
-        ``sourceDirectory`` is relative to the file's folder; ``entryScript`` and ``condaFile``
-        to ``sourceDirectory`` (or the file's folder). ``condaFile`` is read here. Checks
-        that the entry script exists.
-        """
-        known = [
-            "entryScript",
-            "sourceDirectory",
-            "runtime",
-            "condaFile",
-            "environment",
-            *_V1_IGNORED["inference"],
-        ]
-        d = _check_keys("inferenceconfig.json", d, known)
-        entry = d.get("entryScript")
-        if not isinstance(entry, str) or not entry:
-            raise ConfigError(f"entryScript is required in inferenceconfig.json (got {_kind(entry)})")
-        runtime = d.get("runtime")
-        if runtime is not None and str(runtime).lower() != "python":
-            raise ConfigError(f"runtime must be 'python' (got {runtime!r}); spark-py is not supported")
-        source = _opt_str("sourceDirectory", d.get("sourceDirectory"))
-        folder = os.path.join(base_dir, source) if source else os.fspath(base_dir)
-        environment = None
-        if d.get("environment") is not None:
-            if d.get("condaFile"):
-                raise ConfigError("inferenceconfig.json gives both environment and condaFile; keep one")
-            environment = EnvironmentSpec.from_v1_json(d["environment"], folder)
-        elif d.get("condaFile"):
-            path = Path(folder, _opt_str("condaFile", d["condaFile"]) or "")
-            parsed = parse_conda_yaml(_read(path, "condaFile"), str(path))
-            environment = EnvironmentSpec.from_conda(str(parsed.get("name") or "project_environment"), parsed)
-        spec = cls.resolve(entry, source, environment, base_dir=base_dir)
-        spec.check_files()
-        return spec
-
-
-# --------------------------------------------------------------------------- notes
-
-
-def v1_notes(d: Mapping[str, Any], kind: str) -> list[str]:
-    """For a v1 file of ``kind`` "deploy" or "inference": one line per v1 key that was set but
-    has no effect in modelfleet, for the CLI to print. Empty when nothing was lost."""
-    notes: list[str] = []
-    if kind == "deploy":
-        if d.get("appInsightsEnabled"):
-            notes.append(
-                "appInsightsEnabled: no Application Insights; use the Prometheus metrics and service logs"
-            )
-        if isinstance(d.get("dataCollection"), Mapping) and d["dataCollection"].get("eventHubEnabled"):
-            notes.append(
-                "dataCollection.eventHubEnabled: no event hubs; collected data is stored in the workspace"
-            )
-        return notes
-    for key, why in _V1_IGNORED["inference"].items():
-        if d.get(key):
-            notes.append(f"{key}: ignored ({why})")
-    env = d.get("environment")
-    if isinstance(env, Mapping):
-        docker = env.get("docker")
-        if isinstance(docker, Mapping) and (docker.get("enabled") or docker.get("baseDockerfile")):
-            notes.append(f"environment.docker: ignored ({_V1_IGNORED['environment']['docker']})")
-        for key in ("spark", "databricks"):
-            section = env.get(key)
-            if isinstance(section, Mapping) and any(v for k, v in section.items() if k != "precachePackages"):
-                notes.append(f"environment.{key}: ignored ({_V1_IGNORED['environment'][key]})")
-        py = env.get("python")
-        if isinstance(py, Mapping) and py.get("baseCondaEnvironment"):
-            notes.append(
-                "environment.python.baseCondaEnvironment: ignored "
-                "(environments are built from their own list)"
-            )
-    return notes
