@@ -183,8 +183,9 @@ def wait_answer(url: str, headers: dict[str, str], proc: subprocess.Popen[Any] |
 class Running:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
-    cpu_pids: Callable[[], list[int]] = list  # whose CPU time counts per request
+    cpu_pids: Callable[[], list[int]] = list  # whose CPU time counts per request ("CPU µs/req")
     cpu_label: str = "tree"
+    sut_pids: Callable[[], list[int]] | None = None  # the whole system under test, when more than that
 
 
 def score_dir(tmp: Path) -> Path:
@@ -313,7 +314,12 @@ http {{
         try:
             url = f"http://127.0.0.1:{port}/score"
             wait_answer(url, {}, proc, 20)
-            yield Running(url, cpu_pids=lambda: [proc.pid], cpu_label="nginx")
+            yield Running(
+                url,
+                cpu_pids=lambda: [proc.pid],
+                cpu_label="nginx",
+                sut_pids=lambda: [proc.pid, *upstream.cpu_pids()],
+            )
         finally:
             stop_tree(proc)
 
@@ -344,7 +350,9 @@ def system_router(tmp: Path, args: argparse.Namespace) -> Iterator[Running]:
         headers = {"Authorization": f"Bearer {service.get_keys()[0]}"}
         url = service.scoring_uri or ""
         wait_answer(url, headers, None, 30)
-        yield Running(url, headers, cpu_pids=lambda: [daemon], cpu_label="router")
+        yield Running(
+            url, headers, cpu_pids=lambda: [daemon], cpu_label="router", sut_pids=lambda: [daemon, *children_of(daemon)]
+        )
     finally:
         os.sched_setaffinity(0, everything)
         with contextlib.suppress(Exception):
@@ -410,11 +418,15 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, A
 
 
 def measure_once(run: Running, script: Path, connections: int, seconds: float) -> dict[str, Any]:
+    """One wrk run, with the CPU time the measured process (and the whole system) spent."""
     pids = run.cpu_pids()
-    cpu0 = cpu_seconds(pids)
+    sut = run.sut_pids() if run.sut_pids is not None else pids
+    cpu0, sut0 = cpu_seconds(pids), cpu_seconds(sut)
     r = wrk(run.url, script, connections, seconds)
-    cpu = cpu_seconds(pids) - cpu0
-    r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
+    cpu, sut_cpu = cpu_seconds(pids) - cpu0, cpu_seconds(sut) - sut0
+    n = r["requests"]
+    r["cpu_us"] = cpu / n * 1e6 if n else float("nan")
+    r["sut_us"] = sut_cpu / n * 1e6 if n else float("nan")
     r["cpu_of"] = run.cpu_label
     return r
 
@@ -480,7 +492,7 @@ def report(
     print(f"# router: one replica, key auth on; replica_max_concurrent_requests {limits}")
     print(
         f"{'system':11} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/req':>11} "
-        f"{'of':6} req/s per round"
+        f"{'of':6} {'all µs/req':>10}  req/s per round"
     )
     for name in all_names(args):
         if name in failures:
@@ -492,7 +504,8 @@ def report(
                 continue
             print(
                 f"{name:11} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['errors']:7d} "
-                f"{r['cpu_us']:11.1f} {r['cpu_of']:6} {'/'.join(f'{x:.0f}' for x in r.get('rps_seen', []))}"
+                f"{r['cpu_us']:11.1f} {r['cpu_of']:6} {r['sut_us']:10.1f}  "
+                f"{'/'.join(f'{x:.0f}' for x in r.get('rps_seen', []))}"
             )
 
     def get(name: str, c: int, key: str) -> float | None:
@@ -502,7 +515,7 @@ def report(
     def line(label: str, value: str, target: str = "", note: str = "") -> None:
         print(f"  {label:44}: {value:>8}" + (f"  [{target}]" if target else "") + (f" {note}" if note else ""))
 
-    print("\nratios (targets in brackets)")
+    print("\nratios (targets in brackets), from req/s")
     azml_16 = get("azmlinfsrv", 16, "rps")
     line("router end to end ÷ azmlinfsrv, 16 conns", ratio(get("router", 16, "rps"), azml_16), ">= 5")
     for i, n in enumerate(args.router_limits[1:], 1):
@@ -526,6 +539,15 @@ def report(
     if "serve" in colds and "azmlinfsrv" in colds:
         note = f"({colds['serve'] * 1000:.0f} ms vs {colds['azmlinfsrv'] * 1000:.0f} ms, best of 5)"
         line("cold start, serve ÷ azmlinfsrv", ratio(colds["serve"], colds["azmlinfsrv"]), "<= 0.5", note)
+    print("\nthe same ratios from CPU time per request of the whole system (1 ÷ all µs/req: less moved by other load)")
+    azml_cap = get("azmlinfsrv", 16, "sut_us")
+    for i, n in enumerate(args.router_limits):
+        row = router_name(i, n)
+        value = ratio(azml_cap, get(row, 16, "sut_us"))
+        line(f"{row} end to end ÷ azmlinfsrv, 16 conns", value, ">= 5" if i == 0 else "")
+    for c, target in ((1, 4), (16, 6)):
+        value = ratio(get("azmlinfsrv", c, "sut_us"), get("serve", c, "sut_us"))
+        line(f"serve ÷ azmlinfsrv, {c} conns", value, f">= {target}")
 
 
 def router_name(index: int, limit: int) -> str:
