@@ -17,4 +17,5 @@ fi
 export MODELFLEET_REFERENCE_SERVER="$PWD/.venv-reference/bin/azmlinfsrv"
 
 .venv/bin/ruff check src tests bench examples
+.venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
 .venv/bin/python -m pytest "$@"
