@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,3 +110,17 @@ def raw_exchange(uri: str, head: bytes, body: bytes = b"", timeout: float = 10.0
                 break
             rest += chunk
     return status, rest
+
+
+def cli(ws: Workspace, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``modelfleet -w <ws> ARGS`` as a user would; with ``check``, it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result

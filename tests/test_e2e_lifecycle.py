@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e_support import SCRIPTS, SUM_BODY, cluster_pids, deploy, pid_alive, stop_cluster, wait_until
+from e2e_support import SCRIPTS, SUM_BODY, cli, cluster_pids, deploy, pid_alive, stop_cluster, wait_until
 from modelfleet import InferenceConfig, LocalWebservice, Model, Webservice, Workspace
 
 
@@ -24,18 +24,6 @@ def ws(tmp_path: Path) -> Workspace:
     workspace = Workspace.create("life", tmp_path / "ws")
     yield workspace
     stop_cluster(workspace)
-
-
-def cli(ws: Workspace, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_daemon_restart_brings_services_back_with_same_keys_and_uri(ws: Workspace) -> None:

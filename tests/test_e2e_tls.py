@@ -11,7 +11,6 @@ import datetime
 import json
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
+from e2e_support import SUM_BODY, cli, deploy, stop_cluster, wait_until
 from modelfleet import Webservice, Workspace
 
 
@@ -32,19 +31,6 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     workspace = Workspace.create("e2etls", tmp_path_factory.mktemp("ws"))
     yield workspace
     stop_cluster(workspace)
-
-
-def cli(ws: Workspace, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def status(ws: Workspace) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import hashlib
 import os
 import stat
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,15 +34,6 @@ def _names(source: Path, tmp_path: Path) -> list[str]:
     make_snapshot(source, out)
     with zipfile.ZipFile(out) as zf:
         return [n for n in zf.namelist() if not n.endswith("/")]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.create(tmp_path / "ws", "ws")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 # -- determinism -----------------------------------------------------------------------------

@@ -6,22 +6,12 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store.registry import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.create(tmp_path / "ws", "ws")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:

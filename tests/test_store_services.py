@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store.registry import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.create(tmp_path / "ws", "ws")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_create_starts_transitioning_at_generation_1(store: Store) -> None:
