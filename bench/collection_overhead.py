@@ -21,13 +21,13 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import cpu_model, cpu_seconds, wrk_post_lua, wrk_rps_p50
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -38,42 +38,12 @@ BODY = '{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 def wrk(url: str, key: str, connections: int, seconds: int, script_dir: Path) -> tuple[float, float, int]:
     """(requests/s, p50 ms, requests) from one wrk run pinned to CPU 0."""
     script = script_dir / "post.lua"
-    script.write_text(
-        f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-    )
-    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
-    assert m is not None, out
-    p50 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    if "Non-2xx" in out or "Socket errors" in out:
-        print("  wrk reported errors:\n" + out, file=sys.stderr)
-    return rps, p50, count
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by ``pids`` (their threads included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    script.write_text(wrk_post_lua(BODY, {"Authorization": f"Bearer {key}"}))
+    return wrk_rps_p50(url, connections, seconds, script)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()})"
 
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import free_port, wrk_argv, wrk_latency_ms
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
 SAMPLE = {"data": [[0.038, 0.051, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.020, -0.018]]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_200(url: str, timeout: float = 60.0) -> float:
@@ -57,24 +52,16 @@ def wrk(url: str, connections: int, duration: int, headers: dict[str, str], body
     header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     script.write_text(f'wrk.method = "POST"\nwrk.body = [==[{body_file.read_text()}]==]\n{header_lines}')
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
+        wrk_argv(url, script, connections, duration), capture_output=True, text=True, check=True
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": rps,
-        "p50_ms": _latency(out, "50%"),
-        "p99_ms": _latency(out, "99%"),
+        "p50_ms": wrk_latency_ms(out, "50%"),
+        "p99_ms": wrk_latency_ms(out, "99%"),
         "errors": int(non2xx.group(1)) if non2xx else 0,
     }
-
-
-def _latency(out: str, pct: str) -> float:
-    value, unit = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def main() -> int:

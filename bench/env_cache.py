@@ -23,13 +23,11 @@ in a temporary folder that is removed at the end (``--keep`` keeps it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,8 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from _common import cpu_model, kill_pids
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "examples" / "demo"
@@ -49,14 +49,7 @@ PACKAGES = ("scikit-learn", "joblib", "numpy")
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("unknown CPU")
     return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
 
 
@@ -172,8 +165,7 @@ def stop(ws: Workspace) -> None:
     except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever went wrong
         print(f"warning: {exc}; killing the daemon", file=sys.stderr)
         if info is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(info["pid"]), signal.SIGKILL)
+            kill_pids([int(info["pid"])])
 
 
 def median(rows: list[Deploy]) -> Deploy:

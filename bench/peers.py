@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _common import (
+    cpu_model,
+    cpu_seconds,
+    free_port,
+    kill_pids,
+    proc_stat,
+    wait_gone,
+    wrk_argv,
+    wrk_latency_ms,
+    wrk_post_lua,
+)
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "peer_apps"
@@ -69,12 +80,6 @@ LOAD_CPU = "0"
 # -- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def children_of(pid: int) -> list[int]:
     """Every descendant of ``pid`` now (from /proc), deepest last."""
     parents: dict[int, list[int]] = {}
@@ -82,10 +87,9 @@ def children_of(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(proc_stat(int(entry))[1])
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
         parents.setdefault(ppid, []).append(int(entry))
     out: list[int] = []
     todo = [pid]
@@ -96,25 +100,6 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` so far (children that exited are not counted)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def stop_tree(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """SIGTERM the process and, after ``grace`` seconds, SIGKILL it and every descendant."""
     pids = [proc.pid, *children_of(proc.pid)]
@@ -123,15 +108,10 @@ def stop_tree(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace)
     pids += children_of(proc.pid) if proc.poll() is None else []
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    kill_pids(pids)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    deadline = time.monotonic() + 5
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_gone(pids, 5)
 
 
 def start(
@@ -360,13 +340,8 @@ def system_router(tmp: Path, args: argparse.Namespace) -> Iterator[Running]:
             if info is not None:
                 pids = list({*pids, int(info["pid"]), *children_of(int(info["pid"]))})
             ws.cluster().stop()
-        deadline = time.monotonic() + 30
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for p in pids:
-            if alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
+        wait_gone(pids, 30)
+        kill_pids(pids)
 
 
 STARTERS = {
@@ -384,22 +359,12 @@ STARTERS = {
 
 def wrk_script(tmp: Path, headers: dict[str, str]) -> Path:
     script = tmp / f"wrk-{abs(hash(tuple(headers.items())))}.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = '{BODY}'", 'wrk.headers["Content-Type"] = "application/json"']
-    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    script.write_text("\n".join(lines) + "\n")
+    script.write_text(wrk_post_lua(BODY, headers))
     return script
 
 
-def latency_ms(out: str, pct: str) -> float:
-    m = re.search(rf"\b{re.escape(pct)}\s+([\d.]+)(us|ms|s)\b", out)
-    if m is None:
-        return float("nan")
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
 def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, Any]:
-    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "10s"]
-    cmd += ["--latency", "-s", str(script), url]
+    cmd = wrk_argv(url, script, connections, round(seconds), cpu=LOAD_CPU, extra=("--timeout", "10s"))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -411,8 +376,8 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, A
     return {
         "rps": float(rps.group(1)) if rps else 0.0,
         "requests": int(count.group(1)) if count else 0,
-        "p50_ms": latency_ms(out, "50%"),
-        "p99_ms": latency_ms(out, "99%"),
+        "p50_ms": wrk_latency_ms(out, "50%", missing=float("nan")),
+        "p99_ms": wrk_latency_ms(out, "99%", missing=float("nan")),
         "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0),
     }
 
@@ -421,9 +386,10 @@ def measure_once(run: Running, script: Path, connections: int, seconds: float) -
     """One wrk run, with the CPU time the measured process (and the whole system) spent."""
     pids = run.cpu_pids()
     sut = run.sut_pids() if run.sut_pids is not None else pids
-    cpu0, sut0 = cpu_seconds(pids), cpu_seconds(sut)
+    cpu0, sut0 = cpu_seconds(pids, skip_gone=True), cpu_seconds(sut, skip_gone=True)
     r = wrk(run.url, script, connections, seconds)
-    cpu, sut_cpu = cpu_seconds(pids) - cpu0, cpu_seconds(sut) - sut0
+    cpu = cpu_seconds(pids, skip_gone=True) - cpu0
+    sut_cpu = cpu_seconds(sut, skip_gone=True) - sut0
     n = r["requests"]
     r["cpu_us"] = cpu / n * 1e6 if n else float("nan")
     r["sut_us"] = sut_cpu / n * 1e6 if n else float("nan")
@@ -484,7 +450,8 @@ def report(
     results: dict[str, Any], failures: dict[str, str], colds: dict[str, float], args: argparse.Namespace
 ) -> None:
     conns = args.connections
-    print(f"\n# modelfleet vs peers, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {platform_line()}")
+    cpu = cpu_model("unknown CPU")
+    print(f"\n# modelfleet vs peers, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {cpu}")
     print(f"# system under test on CPU {SUT_CPU} (taskset), wrk -t1 on CPU {LOAD_CPU}; {args.seconds:g} s per run,")
     print(f"# best of {args.rounds} interleaved rounds (req/s of every round in the last column)")
     print(f"# load average: {results['load_before']:.2f} before, {os.getloadavg()[0]:.2f} after")
@@ -559,14 +526,6 @@ def all_names(args: argparse.Namespace) -> list[str]:
     for s in SYSTEMS:
         names += [router_name(i, n) for i, n in enumerate(args.router_limits)] if s == "router" else [s]
     return names
-
-
-def platform_line() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> int:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import cpu_user_system, wrk_post_lua, wrk_rps_p50
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -53,27 +54,6 @@ def serve_router(upstream_port: int) -> None:
     asyncio.run(main())
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def wrk(url: str, connections: int, seconds: int, script: str) -> tuple[float, float, int]:
-    """(requests/s, p50 ms, requests) from one wrk run pinned to CPU 0."""
-    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
-    assert m is not None, out
-    p50 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    if "Non-2xx" in out or "Socket errors" in out:
-        print("  wrk reported errors:\n" + out, file=sys.stderr)
-    return rps, p50, count
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5)
@@ -100,25 +80,20 @@ def main() -> None:
         assert line.startswith("PORT "), line
         router_port = int(line.split()[1])
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(
-                'wrk.method = "POST"\n'
-                f"wrk.body = '{BODY}'\n"
-                'wrk.headers["Content-Type"] = "application/json"\n'
-                f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
-            )
+            f.write(wrk_post_lua(BODY, {"Authorization": f"Bearer {KEY}"}))
             script = f.name
         direct = f"http://127.0.0.1:{upstream.port}/score"
         through = f"http://127.0.0.1:{router_port}/api/v1/service/bench/score"
         for url in (direct, through):  # warm up both paths (connections, caches)
-            wrk(url, 4, 1, script)
+            wrk_rps_p50(url, 4, 1, script)
         print(f"{'conns':>5} {'direct req/s':>13} {'router req/s':>13} {'ratio':>6} "
               f"{'direct p50':>11} {'router p50':>11} {'router CPU/req':>15}")  # fmt: skip
         for c in (int(x) for x in args.connections.split(",")):
-            d_rps, d_p50, _ = wrk(direct, c, args.seconds, script)
-            u0, s0 = cpu_seconds(router.pid)
+            d_rps, d_p50, _ = wrk_rps_p50(direct, c, args.seconds, script)
+            u0, s0 = cpu_user_system(router.pid)
             t0 = time.monotonic()
-            r_rps, r_p50, r_count = wrk(through, c, args.seconds, script)
-            u1, s1 = cpu_seconds(router.pid)
+            r_rps, r_p50, r_count = wrk_rps_p50(through, c, args.seconds, script)
+            u1, s1 = cpu_user_system(router.pid)
             cpu = (u1 - u0) + (s1 - s0)
             wall = time.monotonic() - t0
             print(
