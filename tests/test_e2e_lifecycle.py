@@ -120,6 +120,9 @@ def test_cli_v1_files_deploy_run_and_read(ws: Workspace, tmp_path: Path) -> None
     assert "primaryKey" not in json.dumps(listed) and keys["primaryKey"] not in json.dumps(listed)
     status = json.loads(cli(ws, "cluster", "status", "-o", "json").stdout)
     assert status["running"] is True and "from-cli" in status["services"]
+    assert status["router"]["from-cli"]["limit"] == 1
+    text = cli(ws, "cluster", "status").stdout
+    assert "from-cli: generation 1, 0 in flight, 0 queued, at most 1 per replica" in text, text
 
 
 def test_cli_errors_are_one_line_and_nonzero(ws: Workspace, tmp_path: Path) -> None:

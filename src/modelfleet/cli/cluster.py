@@ -92,7 +92,13 @@ def cluster_status(args: argparse.Namespace) -> int:
     if data["metrics_uri"]:
         lines.append(f"  metrics: {data['metrics_uri']}")
     for name, svc in status["services"].items():
-        lines.append(f"  {name}: generation {svc['serving_generation']}, {status['router'].get(name, {})}")
+        routed = status["router"].get(name)
+        load = (
+            f", {routed['in_flight']} in flight, {routed['queued']} queued, at most {routed['limit']} per replica"
+            if routed
+            else ", not routed"
+        )
+        lines.append(f"  {name}: generation {svc['serving_generation']}{load}")
         for replica in svc["replicas"]:
             lines.append(
                 f"    {replica['id']}: {replica['state']} pid={replica['pid']} port={replica['port']} "

@@ -493,7 +493,6 @@ class Router:
                 "queued": d.queued,
                 "limit": d.limit,
                 "replicas": {s.id: {"in_flight": s.in_flight, "ready": s.listed and not s.failed} for s in d.slots()},
-                "dispatch": repr(d),
             }
         return out
 
