@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv (idempotent), then lint and run the tests.
+# Install everything the tests need into .venv (idempotent), then lint (ruff check and format),
+# check the import layering and run the tests.
 #   ./scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +18,6 @@ fi
 export MODELFLEET_REFERENCE_SERVER="$PWD/.venv-reference/bin/azmlinfsrv"
 
 .venv/bin/ruff check src tests bench examples
+.venv/bin/ruff format --check -q src tests bench examples
 .venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
 .venv/bin/python -m pytest "$@"

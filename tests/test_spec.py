@@ -84,9 +84,7 @@ def test_nested_defaults_match_flat_names():
 
 def test_initial_replicas_fixed_and_autoscaled():
     assert aks_deploy_configuration(num_replicas=3).initial_replicas() == 3
-    assert (
-        aks_deploy_configuration(autoscale_min_replicas=2, autoscale_max_replicas=5).initial_replicas() == 2
-    )
+    assert aks_deploy_configuration(autoscale_min_replicas=2, autoscale_max_replicas=5).initial_replicas() == 2
 
 
 def test_design_example_is_accepted():
@@ -360,13 +358,9 @@ def test_repr_hides_keys():
 
 def test_from_dict_defaults_missing_and_refuses_unknown():
     assert DeploySpec.from_dict({}) == DeploySpec()
-    with pytest.raises(
-        ConfigError, match=r"unknown key 'cpu' in deploy spec; known keys: compute_type, cpu_cores"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown key 'cpu' in deploy spec; known keys: compute_type, cpu_cores"):
         DeploySpec.from_dict({"cpu": 1})
-    with pytest.raises(
-        ConfigError, match=r"unknown key 'max' in autoscale; known keys: enabled, min_replicas"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown key 'max' in autoscale; known keys: enabled, min_replicas"):
         DeploySpec.from_dict({"autoscale": {"max": 1}})
     with pytest.raises(ConfigError, match="autoscale_target_utilization must be between 1 and 100"):
         DeploySpec.from_dict({"autoscale": {"target_utilization": 101}})
@@ -386,9 +380,7 @@ def test_replace_takes_fields_and_flat_v1_names_and_validates_again():
     new = spec.replace(cpu_cores=2, autoscale_max_replicas=3, period_seconds=7)
     assert (new.cpu_cores, new.autoscale.max_replicas, new.liveness.period_seconds) == (2.0, 3, 7)
     assert spec.cpu_cores == 0.1  # the original is untouched
-    with pytest.raises(
-        ConfigError, match=r"autoscale_target_utilization must be between 1 and 100 \(got 150\)"
-    ):
+    with pytest.raises(ConfigError, match=r"autoscale_target_utilization must be between 1 and 100 \(got 150\)"):
         spec.replace(autoscale_target_utilization=150)
     with pytest.raises(ConfigError, match="unknown setting 'cpu'; known settings:"):
         spec.replace(cpu=2)
@@ -494,21 +486,14 @@ def test_v1_full_deploy_file_reads_every_key():
 
 
 def test_v1_json_nulls_mean_not_given():
-    spec = DeploySpec.from_v1_json(
-        {"computeType": "aks", "numReplicas": None, "keys": None, "autoScaler": None}
-    )
+    spec = DeploySpec.from_v1_json({"computeType": "aks", "numReplicas": None, "keys": None, "autoScaler": None})
     assert spec == DeploySpec()
 
 
 def test_v1_json_gpu_in_either_place():
-    assert (
-        DeploySpec.from_v1_json({"computeType": "aks", "containerResourceRequirements": {"gpu": 2}}).gpu_cores
-        == 2
-    )
+    assert DeploySpec.from_v1_json({"computeType": "aks", "containerResourceRequirements": {"gpu": 2}}).gpu_cores == 2
     with pytest.raises(ConfigError, match="gpu given twice with different values"):
-        DeploySpec.from_v1_json(
-            {"computeType": "aks", "gpuCores": 1, "containerResourceRequirements": {"gpu": 2}}
-        )
+        DeploySpec.from_v1_json({"computeType": "aks", "gpuCores": 1, "containerResourceRequirements": {"gpu": 2}})
 
 
 def test_v1_json_round_trip():
@@ -528,21 +513,11 @@ def test_v1_json_errors_name_the_json_key():
         "autoScaler.targetUtilization in deploymentconfig.json: "
         "autoscale_target_utilization must be between 1 and 100 (got 150)"
     )
-    with pytest.raises(
-        ConfigError, match=r"^containerResourceRequirements.cpuLimit in deploymentconfig.json"
-    ):
-        DeploySpec.from_v1_json(
-            {"computeType": "aks", "containerResourceRequirements": {"cpu": 1, "cpuLimit": 0.5}}
-        )
-    with pytest.raises(
-        ConfigError, match=r"^deploymentconfig.json: autoscale enabled and num_replicas provided"
-    ):
-        DeploySpec.from_v1_json(
-            {"computeType": "aks", "numReplicas": 2, "autoScaler": {"autoscaleEnabled": True}}
-        )
-    with pytest.raises(
-        ConfigError, match="numReplicas in deploymentconfig.json: num_replicas must be an integer"
-    ):
+    with pytest.raises(ConfigError, match=r"^containerResourceRequirements.cpuLimit in deploymentconfig.json"):
+        DeploySpec.from_v1_json({"computeType": "aks", "containerResourceRequirements": {"cpu": 1, "cpuLimit": 0.5}})
+    with pytest.raises(ConfigError, match=r"^deploymentconfig.json: autoscale enabled and num_replicas provided"):
+        DeploySpec.from_v1_json({"computeType": "aks", "numReplicas": 2, "autoScaler": {"autoscaleEnabled": True}})
+    with pytest.raises(ConfigError, match="numReplicas in deploymentconfig.json: num_replicas must be an integer"):
         DeploySpec.from_v1_json({"computeType": "aks", "numReplicas": "2"})
 
 
@@ -552,9 +527,7 @@ def test_v1_json_unknown_keys_name_the_key_and_the_known_ones():
     message = str(err.value)
     assert "unknown key 'autoscaleEnabled' in deploymentconfig.json" in message
     assert "autoScaler" in message and "numReplicas" in message
-    with pytest.raises(
-        ConfigError, match=r"unknown key 'memory' in containerResourceRequirements; known keys: cpu"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown key 'memory' in containerResourceRequirements; known keys: cpu"):
         DeploySpec.from_v1_json({"computeType": "aks", "containerResourceRequirements": {"memory": 1}})
     with pytest.raises(ConfigError, match=r"autoScaler must be an object \(got list"):
         DeploySpec.from_v1_json({"computeType": "aks", "autoScaler": []})
@@ -622,9 +595,7 @@ def test_parse_model_ref(ref, expected):
     assert parse_model_ref(ref) == expected
 
 
-@pytest.mark.parametrize(
-    "ref", ["name:", "name:abc", "name:0", "name:-1", ":3", "", "name:1.5", "a:b:3", "_x:1"]
-)
+@pytest.mark.parametrize("ref", ["name:", "name:abc", "name:0", "name:-1", ":3", "", "name:1.5", "a:b:3", "_x:1"])
 def test_parse_model_ref_refuses(ref):
     with pytest.raises(ConfigError, match="model (name|version) must"):
         parse_model_ref(ref)

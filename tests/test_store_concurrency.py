@@ -41,9 +41,7 @@ def test_two_processes_registering_one_name_get_distinct_consecutive_versions(tm
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ctx.Pool(2) as pool:
         barrier = manager.Barrier(2)
-        results = [
-            pool.apply_async(_register_many, (str(tmp_path / "ws"), str(model), barrier)) for _ in range(2)
-        ]
+        results = [pool.apply_async(_register_many, (str(tmp_path / "ws"), str(model), barrier)) for _ in range(2)]
         per_process = [r.get(timeout=120) for r in results]
     versions = sorted(v for vs in per_process for v in vs)
     assert versions == list(range(1, 2 * PER_PROCESS + 1))

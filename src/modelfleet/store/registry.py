@@ -195,9 +195,7 @@ class Store:
             root_name = path.name or path.resolve().name
             sources = [(f"{root_name}/{rel}", p) for rel, p in _model_files(path)]
             if not sources:
-                raise ConfigError(
-                    f"model_path {path} is an empty folder; register a file or a folder with files"
-                )
+                raise ConfigError(f"model_path {path} is an empty folder; register a file or a folder with files")
         else:
             raise ConfigError(f"model_path {path} does not exist; pass the path of a model file or folder")
         # Copy into the blob store before the transaction, which then stays short.
@@ -221,10 +219,7 @@ class Store:
             )
             conn.execute(
                 model_files.insert(),
-                [
-                    dict(name=name, version=version, relpath=f.relpath, digest=f.digest, size=f.size)
-                    for f in files
-                ],
+                [dict(name=name, version=version, relpath=f.relpath, digest=f.digest, size=f.size) for f in files],
             )
             return version
 
@@ -286,9 +281,7 @@ class Store:
 
         return self._update_model_map(name, version, "properties", merge)
 
-    def download_model(
-        self, name: str, version: int | None, target_dir: Path, exist_ok: bool = False
-    ) -> Path:
+    def download_model(self, name: str, version: int | None, target_dir: Path, exist_ok: bool = False) -> Path:
         """Copy the model into ``target_dir`` as ordinary writable files; return what was written."""
         record = self.get_model(name, version)
         target_dir = Path(target_dir).expanduser()
@@ -469,9 +462,7 @@ class Store:
         row = {"service": service, "time": when, "kind": kind, "data": data_json}
         self._db.write(lambda conn: conn.execute(events.insert().values(row)))
 
-    def list_events(
-        self, service: str, kind: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
+    def list_events(self, service: str, kind: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         """Events of ``service`` (of ``kind`` if given, at or after ``since`` if given), oldest first."""
         query = select(events).where(events.c.service == service)
         if kind is not None:
@@ -485,9 +476,7 @@ class Store:
     # -- settings --------------------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
-        value = self._db.read(
-            lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar()
-        )
+        value = self._db.read(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar())
         return default if value is None else value
 
     def set_setting(self, key: str, value: str) -> None:
@@ -549,8 +538,7 @@ class Store:
 
     def _service_not_found(self, name: str) -> NotFound:
         return NotFound(
-            f'service "{name}" not found in workspace "{self.name}"; '
-            "list services with `modelfleet service list`"
+            f'service "{name}" not found in workspace "{self.name}"; list services with `modelfleet service list`'
         )
 
     def _update_service(self, name: str, **values: Any) -> ServiceRecord:
@@ -579,9 +567,7 @@ def _records(conn: Connection, rows: Sequence[Row[Any]]) -> list[ModelRecord]:
     keys = {(r.name, r.version) for r in rows}
     names = {r.name for r in rows}
     files: dict[tuple[str, int], list[ModelFile]] = {k: [] for k in keys}
-    for f in conn.execute(
-        select(model_files).where(model_files.c.name.in_(names)).order_by(model_files.c.relpath)
-    ):
+    for f in conn.execute(select(model_files).where(model_files.c.name.in_(names)).order_by(model_files.c.relpath)):
         if (f.name, f.version) in files:
             files[(f.name, f.version)].append(ModelFile(f.relpath, f.digest, f.size))
     return [
@@ -691,7 +677,5 @@ def _model_files(folder: Path) -> list[tuple[str, Path]]:
 def _safe_join(base: Path, relpath: str) -> Path:
     parts = PurePosixPath(relpath).parts
     if not parts or relpath.startswith("/") or ".." in parts:
-        raise ConfigError(
-            f"stored model file path {relpath!r} is not a relative path; the workspace is corrupt"
-        )
+        raise ConfigError(f"stored model file path {relpath!r} is not a relative path; the workspace is corrupt")
     return Path(base).joinpath(*parts)

@@ -76,9 +76,7 @@ def make_snapshot(source_dir: Path, out_path: Path, *, max_bytes: int = MAX_SNAP
 def collect(source_dir: Path) -> list[_Entry]:
     """The folders and files a snapshot of ``source_dir`` holds, in walk order."""
     if not source_dir.is_dir():
-        raise ConfigError(
-            f"source_directory {source_dir} is not a folder; pass the folder holding the entry script"
-        )
+        raise ConfigError(f"source_directory {source_dir} is not a folder; pass the folder holding the entry script")
     root = source_dir.resolve()
     out: list[_Entry] = []
     _walk(root, root, "", [], {str(root)}, out)
