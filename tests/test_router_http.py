@@ -385,13 +385,13 @@ def test_service_route_is_validated() -> None:
     with pytest.raises(ConfigError, match="service name"):
         ServiceRoute("a/b")
     with pytest.raises(ConfigError, match="replica_max_concurrent_requests"):
-        ServiceRoute("a", max_concurrent=0)
+        ServiceRoute("svc", max_concurrent=0)
     with pytest.raises(ConfigError, match="max_request_wait_time"):
-        ServiceRoute("a", max_wait_s=-1)
+        ServiceRoute("svc", max_wait_s=-1)
     with pytest.raises(ConfigError, match="scoring_timeout_ms"):
-        ServiceRoute("a", timeout_s=0)
+        ServiceRoute("svc", timeout_s=0)
     with pytest.raises(ConfigError, match="auth"):
-        ServiceRoute("a", auth="secret")  # type: ignore[arg-type]
+        ServiceRoute("svc", auth="secret")  # type: ignore[arg-type]
 
 
 def test_no_key_or_authorization_in_logs(

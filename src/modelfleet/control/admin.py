@@ -23,10 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from modelfleet.errors import ModelfleetError
+from modelfleet.spec.names import validate_service_name
 
 log = logging.getLogger("modelfleet.admin")
 
-_SERVICE_PATH = re.compile(r"^/v1/services/([a-z][a-z0-9-]{0,62})(/sync)?$")
+_SERVICE_PATH = re.compile(r"/v1/services/([^/]*)(/sync)?")
 
 
 class AdminHandlers:
@@ -112,9 +113,9 @@ class AdminServer:
         if path == "/v1/shutdown" and method == "POST":
             self._loop.call_soon_threadsafe(handlers.shutdown)
             return 202, {"message": "shutting down"}
-        match = _SERVICE_PATH.match(path)
+        match = _SERVICE_PATH.fullmatch(path)
         if match:
-            name, sync = match.group(1), match.group(2)
+            name, sync = validate_service_name(match.group(1)), match.group(2)  # a bad name: 400 with the rule
             if sync and method == "POST":
                 self._on_loop(lambda: handlers.sync(name))
                 return 202, {"message": f"service {name} reconciling"}

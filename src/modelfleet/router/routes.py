@@ -11,7 +11,6 @@ which headers cross the router as they are.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
+from modelfleet.spec.names import validate_service_name
 from modelfleet.telemetry.counters import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ __all__ = [
     "status_line",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-
 
 @dataclass(frozen=True)
 class ServiceRoute:
@@ -59,11 +57,7 @@ class ServiceRoute:
     trace: bool = False  # enable_app_insights: each request's timings go to the router's tracer
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ConfigError(
-                f"service name must be 1-255 letters, digits, '.', '_' or '-', starting with a letter "
-                f"or digit (got {self.name!r})"
-            )
+        validate_service_name(self.name)  # the one rule, from spec/names.py
         if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
             raise ConfigError(f"replica_max_concurrent_requests must be an integer >= 1 (got {self.max_concurrent!r})")
         if not self.max_wait_s >= 0:

@@ -12,10 +12,6 @@ from modelfleet.errors import ConfigError
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 COMPUTE_TYPES = ("aks", "kubernetes", "local")
 
-# v1 ``webservice_name_validation``: the trailing dash is forbidden too.
-_SERVICE_NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-# v1 ``model_name_validation``.
-_MODEL_NAME_RE = re.compile(r"[a-zA-Z0-9][-._a-zA-Z0-9]*")
 # Kubernetes namespace (RFC 1123 label), as v1 documents it.
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _PYTHON_VERSION_RE = re.compile(r"\d+(\.\d+){0,2}")

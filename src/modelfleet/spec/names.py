@@ -1,32 +1,50 @@
-"""Name rules: services (v1's), models, and ``name:version`` references."""
+"""The name rules, written once: services (v1's), models, and ``name:version`` references.
+
+Every layer that takes a name checks it here, so they cannot drift apart: the SDK and CLI
+before anything is stored, the store when a model is registered, the admin API on its
+``/v1/services/<name>`` paths and the router when it is handed a ``ServiceRoute``.
+"""
 
 from __future__ import annotations
 
-from modelfleet.errors import ConfigError
-from modelfleet.spec.checks import _MODEL_NAME_RE, _SERVICE_NAME_RE, _kind
+import re
 
-# --------------------------------------------------------------------------- names
+from modelfleet.errors import ConfigError
+from modelfleet.spec.checks import _kind
+
+SERVICE_NAME_RULE = (
+    "3-32 characters of lowercase letters, digits and dashes, starting with a letter and ending with a letter or digit"
+)
+MODEL_NAME_RULE = "1-255 letters, digits, dashes, periods or underscores, starting with a letter or digit"
+
+# v1 ``webservice_name_validation``: 3-32 characters; the trailing dash is forbidden too.
+_SERVICE_NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{1,30}[a-z0-9])")
+# v1 ``model_name_validation``.
+_MODEL_NAME_RE = re.compile(r"[a-zA-Z0-9][-._a-zA-Z0-9]{0,254}")
+
+
+def is_service_name(name: object) -> bool:
+    return isinstance(name, str) and _SERVICE_NAME_RE.fullmatch(name) is not None
+
+
+def is_model_name(name: object) -> bool:
+    return isinstance(name, str) and _MODEL_NAME_RE.fullmatch(name) is not None
 
 
 def validate_service_name(name: object) -> str:
-    """v1's service-name rule: 3-32 lowercase letters, digits and dashes, starting with a
-    letter and ending with a letter or digit (v1 ``webservice_name_validation``)."""
-    if not isinstance(name, str) or not 3 <= len(name) <= 32 or not _SERVICE_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            "service name must be 3-32 characters of lowercase letters, digits and dashes, "
-            f"starting with a letter and ending with a letter or digit (got {name!r})"
-        )
+    """v1's service-name rule (``SERVICE_NAME_RULE``); ``ConfigError`` names it and the value."""
+    if not is_service_name(name):
+        raise ConfigError(f"service name must be {SERVICE_NAME_RULE} (got {name!r})")
+    assert isinstance(name, str)
     return name
 
 
-def validate_model_name(name: object) -> str:
-    """v1's model-name rule: 1-255 letters, digits, dashes, periods or underscores, starting
-    with a letter or digit."""
-    if not isinstance(name, str) or len(name) > 255 or not _MODEL_NAME_RE.fullmatch(name):
-        raise ConfigError(
-            "model name must be 1-255 letters, digits, dashes, periods or underscores, "
-            f"starting with a letter or digit (got {name!r})"
-        )
+def validate_model_name(name: object, what: str = "model name") -> str:
+    """v1's model-name rule (``MODEL_NAME_RULE``); ``ConfigError`` names ``what`` (the
+    parameter the caller passed: ``model_name`` for ``Model.register``), the rule and the value."""
+    if not is_model_name(name):
+        raise ConfigError(f"{what} must be {MODEL_NAME_RULE} (got {name!r})")
+    assert isinstance(name, str)
     return name
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Row, delete, func, select, update
 
 from modelfleet.errors import ConfigError, Conflict, NotFound
+from modelfleet.spec.names import validate_model_name
 from modelfleet.store import snapshot as _snapshot
 from modelfleet.store.blobs import BlobStore
 from modelfleet.store.db import Database, events, model_files, models, services, settings
@@ -41,8 +42,6 @@ SERVICE_STATES = ("Transitioning", "Healthy", "Unhealthy", "Failed")
 
 # v1: workspace names are 2-32 characters, alphanumeric first, then also '-' and '_'.
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
-# v1: model names up to 255 characters of letters, digits, '-', '_' and '.', not starting with '.'.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 
 
 @dataclass(frozen=True)
@@ -178,11 +177,7 @@ class Store:
         properties: Mapping[str, str] | None = None,
         description: str | None = None,
     ) -> ModelRecord:
-        if not isinstance(name, str) or not _MODEL_NAME.match(name):
-            raise ConfigError(
-                "model_name must be 1-255 characters of letters, digits, '-', '_' and '.', "
-                f"not starting with '.' or '-' (got {name!r})"
-            )
+        validate_model_name(name, "model_name")  # the one rule, from spec/names.py
         clean_tags = _string_map(tags, "tags")
         clean_props = _string_map(properties, "properties")
         path = Path(path).expanduser()
