@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelfleet.errors import ConfigError, DeploymentFailed, ModelfleetError, NotFound
+from modelfleet.errors import ClusterUnavailable, ConfigError, DeploymentFailed, ModelfleetError, NotFound
 from modelfleet.sdk.deploy import build_config, check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.workspace import Workspace
@@ -197,6 +197,12 @@ class Webservice:
             conn.request("POST", parts.path, body=body, headers=headers)
             response = conn.getresponse()
             content = response.read()
+        except ConnectionRefusedError:
+            # the router is the daemon's: nothing listening means the cluster is down
+            raise ClusterUnavailable(
+                f"nothing answers at {uri}: the local cluster is not running; "
+                "start it with `modelfleet cluster start`"
+            ) from None
         finally:
             conn.close()
         if response.status != 200:
