@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as ex:
         print(f"modelfleet serve: {ex.message}", file=sys.stderr)
         return 2
+    # The router's secret is for the HTTP layer only: score.py, its logs and its child
+    # processes never see it.
+    os.environ.pop("MODELFLEET_REPLICA_SECRET", None)
     # What v1 scripts read from the environment, set as azmlinfsrv sets it.
     os.environ["AML_APP_ROOT"] = config.app_root
     os.environ["AZUREML_ENTRY_SCRIPT"] = config.entry_script

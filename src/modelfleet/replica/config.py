@@ -23,6 +23,27 @@ modelfleet's own settings, which the local target and ``control/layout.py`` set 
   ``MODELFLEET_MODELS`` (``name:version,...``), ``MODELFLEET_REPLICA_ID`` (file names),
   ``MODELFLEET_COLLECT_FLUSH_S`` (default 1), ``MODELFLEET_COLLECT_MAX_PENDING`` (default
   10000), ``MODELFLEET_STATS_FILE`` (collection counters, read by the daemon's metrics).
+
+Connection limits and timeouts (a flag wins over its variable). The header limits are
+gunicorn's, which azmlinfsrv runs on, so a request v1 accepted is accepted here too; past
+them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}`` body:
+
+- ``--limit-request-line`` / ``MODELFLEET_LIMIT_REQUEST_LINE`` (default 4094 bytes; 414 past it);
+- ``--limit-request-fields`` / ``MODELFLEET_LIMIT_REQUEST_FIELDS`` (default 100 header fields; 431);
+- ``--limit-request-field-size`` / ``MODELFLEET_LIMIT_REQUEST_FIELD_SIZE`` (default 8190 bytes
+  for one ``name: value`` line; 431). The whole head is also bounded, by fields x (size + 2)
+  + line, so memory per connection stays bounded while headers arrive.
+- ``--header-timeout`` / ``MODELFLEET_HEADER_TIMEOUT_S`` (default 30 s): a request whose head
+  has not fully arrived this long after its first byte, or whose body stalls this long, is
+  answered 408 and its connection closed (slowloris). gunicorn has no such timeout: a slow client
+  holds one of azmlinfsrv's sync workers until the worker timeout (300 s) kills it.
+- ``--keep-alive`` / ``MODELFLEET_KEEP_ALIVE_S`` (default 5 s, uvicorn's): an idle keep-alive
+  connection is closed after this long. Longer than the router's pool reuse window (1.5 s), so
+  the router never sends on a connection the replica is closing.
+- ``--unix-socket PATH``: listen on a Unix domain socket (mode 0600) instead of TCP.
+- ``MODELFLEET_REPLICA_SECRET``: when set, every request but ``GET /`` must carry it in
+  ``x-modelfleet-replica-secret`` (403 otherwise); ``main`` removes it from the environment
+  before the script is loaded.
 """
 
 from __future__ import annotations
@@ -30,7 +51,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelfleet import __version__
 from modelfleet.errors import ConfigError
@@ -39,6 +60,13 @@ DEFAULT_PORT = 5001
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_SCORING_TIMEOUT_MS = 3600 * 1000
 MAX_BODY_BYTES = 100 * 1024 * 1024
+# gunicorn's defaults (azmlinfsrv runs on gunicorn); see the module docstring.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
+HEADER_TIMEOUT_S = 30.0
+KEEP_ALIVE_S = 5.0
+SECRET_ENV = "MODELFLEET_REPLICA_SECRET"
 
 
 @dataclass(frozen=True)
@@ -62,7 +90,13 @@ class ReplicaConfig:
     server_version: str | None = f"modelfleet/{__version__}"
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
-    keep_alive_timeout_s: float = 300.0
+    keep_alive_timeout_s: float = KEEP_ALIVE_S
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    limit_request_line: int = LIMIT_REQUEST_LINE
+    limit_request_fields: int = LIMIT_REQUEST_FIELDS
+    limit_request_field_size: int = LIMIT_REQUEST_FIELD_SIZE
+    unix_socket: str | None = None
+    secret: str | None = field(default=None, repr=False)  # never printed
     # telemetry (see the module docstring)
     log_file: str | None = None
     log_max_bytes: int = 10 * 1024 * 1024
@@ -84,6 +118,14 @@ class ReplicaConfig:
         _check_range("MODELFLEET_LOG_MAX_BYTES", self.log_max_bytes, 1024, 2**50)
         _check_range("MODELFLEET_LOG_BACKUPS", self.log_backups, 1, 1000)
         _check_range("MODELFLEET_COLLECT_MAX_PENDING", self.collect_max_pending, 1, 10**8)
+        _check_range("limit_request_line", self.limit_request_line, 64, 1 << 20)
+        _check_range("limit_request_fields", self.limit_request_fields, 1, 32768)
+        _check_range("limit_request_field_size", self.limit_request_field_size, 64, 1 << 20)
+        for name, seconds in (("header_timeout", self.header_timeout_s), ("keep_alive", self.keep_alive_timeout_s)):
+            if not 0.1 <= seconds <= 86400:
+                raise ConfigError(f"{name} must be between 0.1 and 86400 seconds (got {seconds})")
+        if self.secret is not None and not self.secret:
+            raise ConfigError(f"{SECRET_ENV} is set but empty; unset it or give it a value")
         if not 0.01 <= self.collect_flush_s <= 3600:
             raise ConfigError(
                 f"MODELFLEET_COLLECT_FLUSH_S must be between 0.01 and 3600 seconds (got {self.collect_flush_s})"
@@ -143,6 +185,30 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 503 at once when this many requests are running (default 0: no limit, wait)",
     )
     p.add_argument("--access-log", dest="access_log", action="store_true", help="log one line per request")
+    p.add_argument("--unix-socket", dest="unix_socket", help="listen on this Unix domain socket (mode 0600), not TCP")
+    p.add_argument(
+        "--limit-request-line",
+        dest="limit_request_line",
+        help=f"longest request line in bytes; 414 past it (default {LIMIT_REQUEST_LINE})",
+    )
+    p.add_argument(
+        "--limit-request-fields",
+        dest="limit_request_fields",
+        help=f"most request header fields; 431 past it (default {LIMIT_REQUEST_FIELDS})",
+    )
+    p.add_argument(
+        "--limit-request-field-size",
+        dest="limit_request_field_size",
+        help=f"longest request header line in bytes; 431 past it (default {LIMIT_REQUEST_FIELD_SIZE})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        dest="header_timeout",
+        help=f"seconds to receive a request's headers (or a stalled body) before 408 (default {HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--keep-alive", dest="keep_alive", help=f"seconds an idle connection is kept open (default {KEEP_ALIVE_S:g})"
+    )
     # azmlinfsrv flags accepted so that its command lines work unchanged; they have no effect here.
     for flag in _IGNORED_FLAGS:
         p.add_argument(f"--{flag}", help=argparse.SUPPRESS)
@@ -183,6 +249,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
     origins = tuple(o.strip() for o in cors_raw.split(",") if o.strip())
 
     version_enabled = environ.get("SERVER_VERSION_LOG_RESPONSE_ENABLED", "true").lower() == "true"
+
+    def setting(flag: str | None, env: str, default: object) -> str:
+        return flag if flag is not None else (environ.get(env) or str(default))
+
     return ReplicaConfig(
         entry_script=entry_script,
         app_root=app_root,
@@ -213,5 +283,25 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
             "MODELFLEET_COLLECT_MAX_PENDING", environ.get("MODELFLEET_COLLECT_MAX_PENDING") or "10000"
         ),
         stats_file=environ.get("MODELFLEET_STATS_FILE") or None,
+        limit_request_line=_int_setting(
+            "limit_request_line",
+            setting(args.limit_request_line, "MODELFLEET_LIMIT_REQUEST_LINE", LIMIT_REQUEST_LINE),
+        ),
+        limit_request_fields=_int_setting(
+            "limit_request_fields",
+            setting(args.limit_request_fields, "MODELFLEET_LIMIT_REQUEST_FIELDS", LIMIT_REQUEST_FIELDS),
+        ),
+        limit_request_field_size=_int_setting(
+            "limit_request_field_size",
+            setting(args.limit_request_field_size, "MODELFLEET_LIMIT_REQUEST_FIELD_SIZE", LIMIT_REQUEST_FIELD_SIZE),
+        ),
+        header_timeout_s=_float_setting(
+            "header_timeout", setting(args.header_timeout, "MODELFLEET_HEADER_TIMEOUT_S", HEADER_TIMEOUT_S)
+        ),
+        keep_alive_timeout_s=_float_setting(
+            "keep_alive", setting(args.keep_alive, "MODELFLEET_KEEP_ALIVE_S", KEEP_ALIVE_S)
+        ),
+        unix_socket=os.path.join(cwd, args.unix_socket) if args.unix_socket else None,
+        secret=environ.get(SECRET_ENV),
         ignored=tuple(f"--{f}" for f in _IGNORED_FLAGS if getattr(args, f) is not None),
     )

@@ -121,6 +121,13 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.declared = 0
         self.expect_continue = False
+        self.fields = 0
+        # Timeouts (checked by ``expire`` once a second): when the head being read began (0 when
+        # no head is being read), the bytes read since then, and when bytes last arrived.
+        self.head_since = 0.0
+        self.head_bytes = 0
+        self.in_body = False
+        self.last_read = self.idle_since
 
     def __repr__(self) -> str:
         return f"<HttpProtocol busy={self.busy} pending={len(self.pending)} closed={self.closed}>"
@@ -160,12 +167,19 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.discarding:
             return
+        self.last_read = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # no protocol upgrades here; the request itself is answered normally
-        except httptools.HttpParserError:
-            self._refuse(self.app.bad_request)
+        except httptools.HttpParserError as ex:
+            if not self.discarding:  # a limit refused it first
+                self._refuse(self.app.limits.parse_error(ex))
+        if self.head_since and not self.discarding:
+            # httptools buffers a header until it is complete: bound the head as it arrives.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.app.limits.max_head_bytes:
+                self._refuse(self.app.limits.head_too_large)
         self.next()
 
     # ---- httptools callbacks
@@ -176,11 +190,29 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.declared = 0
         self.expect_continue = False
+        self.fields = 0
+        self.head_since = self.last_read
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        limits = self.app.limits
+        if len(self.url) > limits.url_budget and not self.discarding:
+            line = len(self.parser.get_method()) + len(self.url) + 10  # "METHOD URL HTTP/1.1"
+            if line > limits.request_line:
+                self._refuse(limits.line_too_long)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.discarding:
+            return
+        self.fields += 1
+        limits = self.app.limits
+        if self.fields > limits.fields:
+            self._refuse(limits.too_many_fields)
+            return
+        if len(name) + len(value) + 4 > limits.field_size:  # "name: value\r\n", as gunicorn counts
+            self._refuse(limits.field_too_large)
+            return
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
             try:
@@ -192,6 +224,8 @@ class HttpProtocol(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_since = 0.0
+        self.in_body = True
         if self.discarding:
             return
         # A declared body over the limit is refused before any of it is read.
@@ -212,6 +246,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_body = False
         if self.discarding:
             return
         parser = self.parser
@@ -352,6 +387,22 @@ class HttpProtocol(asyncio.Protocol):
             # Close our duplicate first: while it is open the peer would not see the close.
             self._drop_wfd()
             self.transport.close()
+
+    def expire(self, now: float) -> None:
+        """Apply the header, body and keep-alive timeouts (called once a second)."""
+        if self.closed or self.discarding:
+            return
+        limits = self.app.limits
+        if self.head_since:
+            if now - self.head_since > limits.header_timeout_s:
+                self._refuse(limits.head_timeout)
+                self.next()
+        elif self.in_body:
+            if now - self.last_read > limits.header_timeout_s:
+                self._refuse(limits.body_timeout)
+                self.next()
+        elif not self.busy and not self.pending and now - self.idle_since > limits.keep_alive_s:
+            self.close()
 
     def close_if_idle(self, now: float, idle_limit: float) -> None:
         if not self.busy and not self.pending and (self.app.stopping or now - self.idle_since > idle_limit):

@@ -54,6 +54,7 @@ from modelfleet.replica.entry import (
     UnsupportedMethod,
     load_entry,
 )
+from modelfleet.replica.limits import Limits
 from modelfleet.replica.protocol import HttpProtocol, Request
 from modelfleet.replica.responses import (
     HTML,
@@ -166,7 +167,7 @@ class App:
                 "(--max-concurrent); retry or send to another replica"
             ).to_body(),
         )
-        self.bad_request = Reply(400, b"Content-Type: application/json\r\n", b'{"message": "Invalid HTTP request."}')
+        self.limits = Limits(config)
         self.healthy = Reply(200, b"Content-Type: text/html; charset=utf-8\r\n", b"Healthy")
         self.options_reply = Reply(200, b"Content-Type: " + HTML + b"\r\nAllow: GET, HEAD, OPTIONS\r\n", b"")
         self.score_options = Reply(200, b"Content-Type: " + HTML + b"\r\nx-ms-run-function-failed: False\r\n", b"")
@@ -493,7 +494,7 @@ class ReplicaServer:
             self.stop()
 
     async def _tick(self) -> None:
-        # Date header and idle keep-alive connections, refreshed once a second.
+        # Once a second: the Date header, the access log, and each connection's timeouts.
         assert self.app is not None
         while True:
             await asyncio.sleep(1.0)
@@ -501,7 +502,7 @@ class ReplicaServer:
             self.app.write_access()
             now = time.monotonic()
             for conn in list(self.app.connections):
-                conn.close_if_idle(now, self.config.keep_alive_timeout_s)
+                conn.expire(now)
 
     async def _drain(self) -> None:
         assert self.app is not None
