@@ -8,16 +8,26 @@ enough; each handler hands its work to the daemon's event loop and waits for the
     POST   /v1/services/<name>/sync   the stored service changed: reconcile it now
     DELETE /v1/services/<name>        drain and stop its replicas, then forget it
     POST   /v1/shutdown               stop the daemon gracefully
+
+Hostile or broken clients (anyone on this machine can connect) cost a bounded amount:
+the token is checked before any body is read (401, then the connection closes); a body
+over ``MAX_BODY_BYTES`` is refused from its Content-Length alone (413), and a negative,
+malformed or chunked length gets 400; every read on the socket (request line, headers,
+body, the idle time between keep-alive requests) times out after ``IO_TIMEOUT_S``; the
+standard library already answers 431 to a header line over 64 KiB or more than 100 headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import re
+import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +38,17 @@ from modelfleet.spec.names import validate_service_name
 log = logging.getLogger("modelfleet.admin")
 
 _SERVICE_PATH = re.compile(r"/v1/services/([^/]*)(/sync)?")
+
+# No admin call sends a body today (every client request says Content-Length: 0); 4 MiB leaves
+# room for a future call carrying a service's whole config (1,000 model references are about
+# 100 KB) while keeping what one connection can make a daemon thread hold small.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
+# Calls are local and small: a client that has not sent its request line, headers or body
+# within this time is gone or hostile. Holds for idle keep-alive connections too.
+IO_TIMEOUT_S = 10.0
+_LINGER_S = 1.0
+_LINGER_BYTES = 1024 * 1024
 
 
 class AdminHandlers:
@@ -47,14 +68,24 @@ class AdminHandlers:
 
 
 class AdminServer:
-    def __init__(self, loop: asyncio.AbstractEventLoop, token: str, handlers: AdminHandlers) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        token: str,
+        handlers: AdminHandlers,
+        *,
+        io_timeout_s: float = IO_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self._loop = loop
+        self._max_body_bytes = max_body_bytes
         self._token = token.encode()
         self._handlers = handlers
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = io_timeout_s  # socket timeout for every read (StreamRequestHandler)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
                 log.debug("admin %s", format % args)
@@ -90,12 +121,15 @@ class AdminServer:
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=600)
 
     def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
-        if length:
-            request.rfile.read(length)
         presented = (request.headers.get("Authorization") or "").removeprefix("Bearer ").encode()
         if not hmac.compare_digest(presented, self._token):
-            _reply(request, 401, {"message": "admin token missing or invalid"})
+            # the path is the client's: quoted and cut short, so it cannot forge or flood log lines
+            log.warning("admin %s %.200r: token missing or invalid", method, request.path)
+            _refuse(request, 401, "admin token missing or invalid")
+            return
+        refusal = _read_body(request, self._max_body_bytes)
+        if refusal is not None:
+            _refuse(request, *refusal)
             return
         try:
             status, body = self._route(method, request.path)
@@ -125,10 +159,51 @@ class AdminServer:
         return 404, {"message": f"no admin route {method} {path}"}
 
 
-def _reply(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+def _read_body(request: BaseHTTPRequestHandler, limit: int) -> tuple[int, str] | None:
+    """Read and drop the request's body (no route takes one); (status, message) to refuse it."""
+    if request.headers.get("Transfer-Encoding") is not None:
+        return 400, "the admin API takes no Transfer-Encoding; send the body with a Content-Length"
+    raw = request.headers.get_all("Content-Length") or []
+    if not raw:
+        return None
+    if len(set(raw)) != 1 or not _DIGITS.match(raw[0].strip()):
+        return 400, f"Content-Length must be one non-negative integer (got {', '.join(raw)!r})"
+    length = int(raw[0])
+    if length > limit:
+        return 413, f"request body of {length} bytes is over the admin API's limit of {limit} bytes"
+    while length > 0:  # bounded by the limit above; each read by the socket timeout
+        chunk = request.rfile.read(min(length, 65536))
+        if not chunk:
+            return 400, "the connection closed before the whole body arrived"
+        length -= len(chunk)
+    return None
+
+
+def _refuse(request: BaseHTTPRequestHandler, status: int, message: str) -> None:
+    """Answer and close: what is left of the body is never read, so the connection cannot be reused."""
+    request.close_connection = True
+    _reply(request, status, {"message": message}, close=True)
+    # Closing with unread bytes queued makes the kernel send a reset, which can destroy the answer
+    # before the client reads it; so half-close, then drop what still arrives (bounded) first.
+    with contextlib.suppress(OSError):
+        request.wfile.flush()
+        request.connection.shutdown(socket.SHUT_WR)
+        request.connection.settimeout(_LINGER_S)
+        deadline = time.monotonic() + _LINGER_S
+        drained = 0
+        while drained < _LINGER_BYTES and time.monotonic() < deadline:
+            chunk = request.connection.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+
+
+def _reply(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any], close: bool = False) -> None:
     data = json.dumps(body).encode()
     request.send_response(status)
     request.send_header("Content-Type", "application/json")
+    if close:
+        request.send_header("Connection", "close")
     request.send_header("Content-Length", str(len(data)))
     request.end_headers()
     request.wfile.write(data)

@@ -2,7 +2,8 @@
 
 ``ensure_running`` finds the workspace's daemon from ``runtime/cluster.json`` (checking
 that its pid is alive and its admin API answers) and otherwise starts one, detached, with
-its output in ``runtime/daemon.log``. Two callers racing to start it are safe: the daemon
+its output in ``runtime/daemon.log`` (rotated by size by the daemon: ``daemon.log.1`` ...
+``.5``). Two callers racing to start it are safe: the daemon
 holds an exclusive lock, so the second one exits at once and both callers find the first.
 """
 
@@ -52,6 +53,7 @@ class ClusterClient:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "modelfleet.control.daemon", "--detach"]
         argv += ["--workspace", str(self.workspace_root), "--host", host]
+        argv += ["--log-file", str(self.paths.daemon_log)]  # the daemon rotates it by size
         if port is not None:
             argv += ["--port", str(port)]
         with open(self.paths.daemon_log, "ab") as log_file:

@@ -8,6 +8,7 @@ stops in order: admin API, services (drain, then stop replicas), router.
 The router's port is kept in the workspace so that scoring URIs survive a restart.
 
     python -m modelfleet.control.daemon --workspace PATH [--port N] [--host 127.0.0.1]
+        [--log-file PATH [--log-max-bytes N] [--log-backups N]]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import datetime
 import fcntl
 import json
 import logging
+import logging.handlers
 import os
 import secrets
 import signal
@@ -41,6 +43,10 @@ from modelfleet.telemetry.tracing import traces_endpoint
 log = logging.getLogger("modelfleet.daemon")
 
 ROUTER_PORT_SETTING = "router_port"
+# daemon.log: a busy cluster (or a flood of refused admin calls) must not fill the disk;
+# 10 MB x (1 + 5 backups) keeps days of ordinary lines and bounds the worst case at 60 MB.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,43 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _RotatingStdio(logging.handlers.RotatingFileHandler):
+    """A size-rotated log file that is also the process's stdout and stderr, so what does not
+    go through logging (a traceback printed by a library, a fault handler) lands in the same,
+    current file instead of in a rotated one or nowhere."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self._adopt_stdio()
+
+    def doRollover(self) -> None:  # noqa: N802 - stdlib name
+        super().doRollover()
+        self._adopt_stdio()
+
+    def _adopt_stdio(self) -> None:
+        if self.stream is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd in (1, 2):
+            os.dup2(self.stream.fileno(), fd)
+
+
+def _configure_logging(log_file: Path | None, max_bytes: int, backups: int) -> None:
+    if max_bytes < 4096 or backups < 1:
+        raise SystemExit(
+            f"--log-max-bytes must be at least 4096 and --log-backups at least 1 (got {max_bytes}, {backups})"
+        )
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = _RotatingStdio(log_file, max_bytes, backups)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def _install_fast_loop() -> None:
     try:
         import uvloop
@@ -172,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus endpoint address (no credentials)")
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--detach", action="store_true", help="fork into the background once the lock is held")
+    parser.add_argument("--log-file", type=Path, default=None, help="log here, rotated by size (else stderr)")
+    parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES, help="rotate the log file at this size")
+    parser.add_argument("--log-backups", type=int, default=LOG_BACKUPS, help="rotated log files kept")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.log_file, args.log_max_bytes, args.log_backups)
     config = DaemonConfig(
         workspace=args.workspace.resolve(),
         host=args.host,
