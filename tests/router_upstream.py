@@ -310,3 +310,75 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10, what: str = "conditio
 
 if __name__ == "__main__":
     main()
+
+
+# -- helpers for the router tests (tests/router/) -----------------------------------------
+
+
+def assert_idle(rt: RouterThread) -> None:
+    """Every service and replica of ``rt`` is back to nothing in flight and nothing queued."""
+    st = rt.wait_idle()
+    for name, s in st.items():
+        assert s["in_flight"] == 0 and s["queued"] == 0, (name, s)
+        assert all(r["in_flight"] == 0 for r in s["replicas"].values()), (name, s)
+
+
+def serve_on(rt: RouterThread, name: str, ports: list[int], **route: Any) -> None:
+    """Give ``rt`` a service ``name`` whose replicas listen on ``ports`` (127.0.0.1)."""
+    from modelfleet.router.proxy import ServiceRoute, Upstream
+
+    svc = ServiceRoute(name, **route)
+    rt.call(lambda: rt.router.set_service(svc))
+    ups = [Upstream(f"{name}-{i}", "127.0.0.1", p) for i, p in enumerate(ports)]
+    rt.call(lambda: rt.router.set_replicas(name, ups))
+
+
+class Answers:
+    """Parses a stream of HTTP/1.1 answers (httptools) into (status, headers, body) tuples."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self._headers = {}
+        self._body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._headers, b"".join(self._body)))
+
+
+def pipeline(port: int, requests: list[bytes], timeout: float = 60) -> tuple[Answers, bool]:
+    """Send ``requests`` back to back on one connection (from a thread) while reading the
+    answers; returns them and whether the server closed the connection."""
+    import socket
+
+    answers = Answers()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        sender = threading.Thread(target=lambda: s.sendall(b"".join(requests)), daemon=True)
+        sender.start()
+        closed = False
+        deadline = time.monotonic() + timeout
+        while len(answers.done) < len(requests) and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(1 << 16)
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answers.feed(chunk)
+        sender.join(timeout)
+    return answers, closed

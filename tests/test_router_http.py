@@ -304,8 +304,11 @@ def test_request_ids_honoured_passed_and_generated(
     echo = {"x-test-echo": "1"}
     with httpx.Client() as c:
         r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-ms-request-id": "abc-1"})
-        assert r.headers["x-ms-request-id"] == r.headers["x-request-id"] == "abc-1"
+        # As azmlinfsrv: the legacy id is echoed, x-request-id is a fresh UUID.
+        assert r.headers["x-ms-request-id"] == r.headers["x-ms-client-request-id"] == "abc-1"
+        assert len(r.headers["x-request-id"]) == 36
         assert r.json()["headers"]["x-ms-request-id"] == "abc-1"
+        assert r.json()["headers"]["x-request-id"] == r.headers["x-request-id"]
         r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-request-id": "def-2"})
         assert r.headers["x-ms-request-id"] == r.headers["x-request-id"] == "def-2"
         r = c.post(router.url("svc"), content=BODY, headers={**echo, "x-request-id": "b", "x-ms-request-id": "a"})

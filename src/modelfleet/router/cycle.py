@@ -21,7 +21,7 @@ from modelfleet.router.upstream import UpstreamConn
 if TYPE_CHECKING:
     from modelfleet.router.proxy import ClientConnection
 
-__all__ = ["Cycle", "ReadGate", "PIPE", "UPLOAD", "WAIT"]
+__all__ = ["Cycle", "ReadGate", "DRAIN", "PIPE", "UPLOAD", "WAIT"]
 
 log = logging.getLogger("modelfleet.router")
 
@@ -30,12 +30,13 @@ BUFFER_BEFORE_PAUSE = 64 * 1024  # body bytes held while waiting for a replica b
 SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after an early error
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-WAIT, UPLOAD, PIPE = 1, 2, 4  # why a client's socket is not read
+WAIT, UPLOAD, PIPE, DRAIN = 1, 2, 4, 8  # why a client's socket is not read
 
 
 class ReadGate:
     """Backpressure on the client socket: reads stop while any reason holds (waiting for a
-    replica with a body buffered, replica's socket full, an earlier request unanswered)."""
+    replica with a body buffered, replica's socket full, an earlier request unanswered, the
+    client not reading its answers)."""
 
     __slots__ = ("transport", "reasons")
 
@@ -73,7 +74,7 @@ class Cycle:
         "chunks", "buffered", "kept", "body_bytes", "body_done",
         "assigned", "up", "body_sent", "busy_seen", "aborting",
         "answered", "streaming", "resp_chunked", "gone", "close_after", "head_out",
-        "started", "sent_at",
+        "started", "sent_at", "begun",
     )  # fmt: skip
 
     def __init__(
@@ -125,6 +126,7 @@ class Cycle:
         self.gone = False
         self.close_after = not keep_alive
         self.head_out: bytes | None = None  # answer head not yet written (goes with the body)
+        self.begun = False  # begin() ran: first in line, answered or on its way to a replica
 
     def __repr__(self) -> str:
         return f"<Cycle {self.method.decode()} {self.target.decode()} replica={self.assigned}>"
@@ -133,6 +135,7 @@ class Cycle:
 
     def begin(self) -> None:
         """Now first in line on its connection: answer, or ask the dispatcher for a replica."""
+        self.begun = True
         if self.answered:  # too large, or the client left, before it began
             return
         if self.canned is not None:
@@ -207,6 +210,23 @@ class Cycle:
         if self.conn.cycles and self.conn.cycles[0] is self:
             self.answer(self.canned)
 
+    def refuse(self, canned: Canned) -> None:
+        """Its body turned out malformed (bad chunk framing...): no replica may score it; the
+        client gets ``canned`` in its turn, then the connection closes."""
+        self.canned = canned
+        self.close_after = True
+        self.chunks = []
+        self.kept = False
+        if self.answered:
+            return
+        if self.up is not None and not self.body_sent:
+            self.aborting = True  # the replica never sees a complete request
+            self.up.abort()
+        elif self.svc is not None and self.assigned is None:
+            self.svc.dispatch.cancel(self)
+        if self.begun and self.conn.cycles and self.conn.cycles[0] is self:
+            self.answer(canned)
+
     def client_gone(self) -> None:
         self.gone = True
         self.streaming = False
@@ -260,7 +280,7 @@ class Cycle:
             return
         conn = self.router.pool.take(addr[1], self.router.loop.time())
         if conn is not None:
-            self._send(conn, addr[2])
+            self._send_guarded(conn, addr[2])
         else:
             self.router.spawn(self._connect(addr[1], addr[2]))
 
@@ -273,11 +293,27 @@ class Cycle:
         except asyncio.CancelledError:
             self._release()  # router stopping
             raise
-        if self.answered:  # the client left (or the body grew too large) meanwhile
+        if self.answered or self.canned is not None:  # the client left, or the body was refused
             self.router.pool.put(conn, self.router.loop.time())
             self._release()
+            if not self.answered and self.conn.cycles and self.conn.cycles[0] is self:
+                self.answer(self.canned)  # type: ignore[arg-type]
             return
-        self._send(conn, host)
+        self._send_guarded(conn, host)
+
+    def _send_guarded(self, up: UpstreamConn, host: bytes) -> None:
+        try:
+            self._send(up, host)
+        except Exception:
+            # A bug or a transport in a state we did not expect: the slot must not leak.
+            log.exception("router bug while sending a request to replica %s; answering 502", self.assigned)
+            self.aborting = True
+            self._end_exchange()
+            up.abort()
+            self._release()
+            if not self.answered and self.svc is not None:
+                self.close_after = True
+                self.answer(self.svc.c502)
 
     def _send(self, up: UpstreamConn, host: bytes) -> None:
         """Write the request (head and the body so far) on ``up``; the rest streams in body()."""

@@ -26,10 +26,9 @@ back at the head of the queue (its body is kept for that up to ``cycle.REPLAY_LI
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import ssl as _ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
@@ -38,17 +37,22 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from modelfleet.errors import ConfigError
 from modelfleet.router.auth import AuthFailures, AuthResult
-from modelfleet.router.cycle import PIPE, UPLOAD, WAIT, Cycle, ReadGate
+from modelfleet.router.cycle import DRAIN, PIPE, UPLOAD, WAIT, Cycle, ReadGate
 from modelfleet.router.dispatch import Action, Send
+from modelfleet.router.ids import MSG_MSID, MSG_XID, RequestIds
 from modelfleet.router.routes import (
     C_400,
+    C_400_SMUGGLING,
     C_401_INVALID,
     C_401_MISSING,
     C_404,
     C_405_ROOT,
+    C_408,
     C_HEALTH,
     H_AUTH,
+    H_CLID,
     H_EXPECT,
     H_FORWARD,
     H_LENGTH,
@@ -60,6 +64,7 @@ from modelfleet.router.routes import (
     ServiceRoute,
     ServiceState,
     Upstream,
+    error_answer,
 )
 from modelfleet.router.upstream import Pool
 from modelfleet.telemetry.counters import ServiceMetrics
@@ -74,9 +79,14 @@ _access = logging.getLogger("modelfleet.router.access")
 
 LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
 _SERVICE_PREFIX = b"/api/v1/service/"
+_NEVER = float("inf")
 
 
 # -- per connection --------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the answer is already arranged."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -90,12 +100,21 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.cycles: deque[Cycle] = deque()  # received, not answered yet; [0] is being served
         self.closing = False  # an answer said "connection: close"; drop further requests
+        self.broken = False  # refused (bad framing, headers too large): nothing more is parsed
         self.http11 = True
+        self._advancing = False  # inside advance(): answers given meanwhile do not recurse
+        # Timeouts (Router._sweep): when this connection is cut unless something happens. The
+        # header timeout runs while a request head is arriving, the keep-alive timeout while
+        # nothing is; neither runs while the router owes the client an answer.
+        self.deadline = 0.0
         # Lives with the request being parsed (reset by on_message_begin).
+        self._in_head = False
+        self._head_bytes = 0  # request line and header bytes seen by the callbacks
+        self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._cycle: Cycle | None = None  # receives this request's body bytes
-        self._starting: Cycle | None = None  # begins once this read is parsed (see data_received)
+        self._starting = False  # a request became first in line during this read (see data_received)
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -103,6 +122,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.gate = ReadGate(self.transport)
         self.router.connections.add(self)
+        self.deadline = self.router.clock() + self.router.header_timeout_s
 
     def peer_host(self) -> str:
         """The client's address; looked up only when needed (a failed auth), not per connection."""
@@ -110,25 +130,36 @@ class ClientConnection(asyncio.Protocol):
         return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
     def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return  # the error answer is arranged; the rest is dropped unread
         try:
             self.parser.feed_data(data)
-            # Begin only now, so a body that came in the same read goes out to the replica
-            # in the same write as the head (one syscall, one packet).
-            cycle = self._starting
-            if cycle is not None:
-                self._starting = None
-                cycle.begin()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if isinstance(exc, httptools.HttpParserCallbackError):
+                if self.broken:
+                    return  # a callback refused the request (_Refused): answered in order
                 log.exception("router bug while handling a request; closing the connection")
                 self.transport.abort()
                 return
-            if not self.cycles and not self.closing:
-                self.closing = True
-                self.transport.write(
-                    b"".join((C_400.head, self.router.date_line, b"connection: close\r\n\r\n", C_400.body))
-                )
-            self.transport.close()
+            why = str(exc)
+            smuggling = "Content-Length" in why or "Transfer-Encoding" in why
+            self.refuse(C_400_SMUGGLING if smuggling else C_400)
+            return
+        if self._in_head:
+            if self._head_raw < 0:
+                self._head_raw = 0  # this head began in this read
+            else:
+                # The whole read fell inside one request head: httptools buffers an unfinished
+                # header line without calling back, so bound those bytes here.
+                self._head_raw += len(data)
+                if self._head_raw > self.router.max_header_bytes:
+                    self.refuse(self.router.c431_size)
+                    return
+        if self._starting:
+            # Begin only now, so a body that came in the same read goes out to the replica
+            # in the same write as the head (one syscall, one packet).
+            self._starting = False
+            self.advance()
 
     def eof_received(self) -> bool:
         return False  # a client that stops sending has gone: answer nothing more
@@ -143,12 +174,16 @@ class ClientConnection(asyncio.Protocol):
             self._cycle = None
 
     def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its requests too, or a pipeline
+        # of requests answered by the router itself would pile answers up in memory.
         self.write_paused = True
+        self.gate.pause(DRAIN)
         if self.cycles and self.cycles[0].up is not None:
             self.cycles[0].up.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.gate.resume(DRAIN)
         if self.cycles and self.cycles[0].up is not None:
             self.cycles[0].up.resume_reading()
 
@@ -158,14 +193,34 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._cycle = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_raw = -1  # "began in the current read" (see data_received)
+        if not self.cycles:
+            self.deadline = self.router.clock() + self.router.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.router.max_header_bytes:
+            self.refuse(self.router.c431_size)
+            raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        router = self.router
+        if self._head_bytes > router.max_header_bytes:
+            self.refuse(router.c431_size)
+            raise _Refused
+        if len(headers) > router.max_header_fields:
+            self.refuse(router.c431_count)
+            raise _Refused
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.deadline = _NEVER
         if self.closing:
             return
         router = self.router
@@ -178,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
-        auth = ms_id = x_id = None
+        auth = ms_id = x_id = client_id = None
         length = -1
         chunked = expect = False
         special = REQ_SPECIAL
@@ -198,12 +253,18 @@ class ClientConnection(asyncio.Protocol):
                 ms_id = value
             elif kind == H_XID:
                 x_id = value
-        rids = router.request_id_lines(ms_id, x_id)
+            elif kind == H_CLID:
+                client_id = value
+        ids = router.ids.lines(ms_id, x_id, client_id)
 
         canned: Canned | None = None
         svc: ServiceState | None = None
         target = b""
-        if path.startswith(_SERVICE_PREFIX):
+        if ids.__class__ is not bytes:
+            canned = router.c431_ids[ids.message]  # type: ignore[union-attr]
+            rids: bytes = ids.lines  # type: ignore[union-attr]
+        elif path.startswith(_SERVICE_PREFIX):
+            rids = ids  # type: ignore[assignment]
             rest = path[16:]
             cut = rest.find(b"/")
             svc = router.services.get(rest[:cut]) if cut > 0 else None
@@ -230,17 +291,16 @@ class ClientConnection(asyncio.Protocol):
                         canned = svc.c413
                     else:
                         target = tail if q < 0 else tail + url[q:]
-        elif path == b"/":
-            canned = C_HEALTH if method == b"GET" else C_405_ROOT
         else:
-            canned = C_404
+            rids = ids  # type: ignore[assignment]
+            canned = (C_HEALTH if method == b"GET" else C_405_ROOT) if path == b"/" else C_404
 
         cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
         cycle.canned = canned
         self._cycle = cycle
         self.cycles.append(cycle)
         if len(self.cycles) == 1:
-            self._starting = cycle
+            self._starting = True
         else:
             self.gate.pause(PIPE)  # answers go out in order; hold further reads meanwhile
 
@@ -255,7 +315,58 @@ class ClientConnection(asyncio.Protocol):
         if self.closing and (cycle is None or cycle.answered):
             self.transport.close()
 
+    # -- refusing ------------------------------------------------------------------------
+
+    def refuse(self, canned: Canned) -> None:
+        """The request being parsed is malformed or over a limit: it gets ``canned`` after the
+        answers owed before it, then the connection closes; nothing more is parsed."""
+        if self.broken:
+            return
+        self.broken = True
+        self._in_head = False
+        self._starting = False
+        cycle = self._cycle
+        self._cycle = None
+        if cycle is not None and cycle in self.cycles:
+            cycle.refuse(canned)  # its head was fine, its body is not
+        elif cycle is not None:
+            # Answered already (e.g. 401 while its body still came): nothing owed, just close.
+            if not self.cycles:
+                self.transport.close()
+            return
+        else:
+            rids = b"x-request-id: " + self.router.ids.new() + b"\r\n"
+            bad = Cycle(self, None, b"-", b"", [], rids, False, False, 0, False)
+            bad.canned = canned
+            bad.body_done = True
+            self.cycles.append(bad)
+        self.advance()
+
+    def expire(self) -> None:
+        """The header or keep-alive timeout passed (Router._sweep)."""
+        if self._in_head and not self.broken:
+            self.refuse(C_408)  # part of a head came: say why before closing
+        else:
+            self.transport.close()
+
     # -- used by Cycle -----------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Begin requests first in line, one after another. A request answered at once (by
+        the router itself) comes back through ``answered``, which only pops it: the loop
+        here begins the next, so a long pipeline of such requests never recurses."""
+        if self._advancing:
+            return
+        self._advancing = True
+        try:
+            cycles = self.cycles
+            while cycles:
+                head = cycles[0]
+                if head.begun:
+                    break
+                head.begin()
+        finally:
+            self._advancing = False
 
     def write_canned(self, canned: Canned, rids: bytes, close: bool) -> None:
         self.transport.write(
@@ -273,22 +384,23 @@ class ClientConnection(asyncio.Protocol):
     def answered(self, cycle: Cycle) -> None:
         """``cycle``'s answer is fully written: go on with the next request or close."""
         svc = cycle.svc
+        router = self.router
         if svc is None:
-            self.router.unrouted.answered(cycle.status)  # GET /, unknown services
+            router.unrouted.answered(cycle.status)  # GET /, unknown services
         elif cycle.started:  # went through the dispatcher: timed
             now = perf_counter()
             svc.metrics.observe(cycle.status, now - cycle.started)
-            if svc.route.trace and self.router.tracer is not None:
-                self.router.tracer.add(svc.route.name, cycle.rids, cycle.status, cycle.started, cycle.sent_at, now)
+            if svc.route.trace and router.tracer is not None:
+                router.tracer.add(svc.route.name, cycle.rids, cycle.status, cycle.started, cycle.sent_at, now)
         else:
             svc.metrics.answered(cycle.status)
-        if self.router.access_log:
+        if router.access_log:
             _access.info(
                 "%s %s %d %s",
                 cycle.method.decode("latin-1"),
                 cycle.target.decode("latin-1") or "-",
                 cycle.status,
-                cycle.rids.split(b"\r\n", 1)[0][17:].decode("latin-1"),
+                cycle.rids.split(b"\r\n", 1)[0].partition(b": ")[2].decode("latin-1"),
             )
         cycles = self.cycles
         if cycles and cycles[0] is cycle:
@@ -301,10 +413,13 @@ class ClientConnection(asyncio.Protocol):
                 # Keep reading (and dropping) the body a little, so the client is not reset
                 # before it reads the answer; on_message_complete or the timer closes.
                 self.gate.resume(WAIT | PIPE | UPLOAD)
-                asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+                router.loop.call_later(LINGER_S, self.transport.close)
             return
         if cycles:
-            cycles[0].begin()
+            self.advance()
+        else:
+            timeout = router.header_timeout_s if self._in_head else router.keep_alive_timeout_s
+            self.deadline = router.clock() + timeout
         if len(cycles) <= 1:
             self.gate.resume(PIPE)
 
@@ -313,7 +428,27 @@ class ClientConnection(asyncio.Protocol):
 
 
 class Router:
-    """The front end: services, their replicas, and the HTTP server (see module docstring)."""
+    """The front end: services, their replicas, and the HTTP server (see module docstring).
+
+    Limits on what a client may send, with defaults chosen after the servers a v1 request
+    met on its way (azureml-fe's nginx, then gunicorn in the image) and Envoy's:
+
+    - ``max_header_bytes`` (64 KiB): request line and headers together. Envoy allows 60 KiB,
+      nginx 4 x 8 KiB buffers; 64 KiB passes any real client (a JWT is ~1 KiB). Past it: 431.
+    - ``max_header_fields`` (100): gunicorn's ``limit_request_fields`` (what azmlinfsrv runs
+      under) and Envoy's default. Past it: 431.
+    - ``header_timeout_s`` (20 s): a request head, once begun (or a new connection's first
+      one), must be complete within it; Apache's ``RequestReadTimeout header=20`` and
+      within nginx's 60 s ``client_header_timeout``, short enough that a slowloris client
+      does not hold a connection for long. Past it: 408 and close.
+    - ``keep_alive_timeout_s`` (75 s): an idle keep-alive connection is closed after it;
+      nginx's ``keepalive_timeout`` default, and above the idle timeouts of common client
+      pools (httpx 5 s, aiohttp 15 s), so the client closes first and never races us.
+
+    Timeouts are checked by one sweep per ``tick_s`` over the open connections (no timer
+    per request); ``tick_s`` is at most 1 s and at most half of the shorter timeout.
+    ``clock`` is the monotonic clock used for timeouts (default: the event loop's).
+    """
 
     def __init__(
         self,
@@ -321,10 +456,36 @@ class Router:
         *,
         access_log: bool = False,
         pool: Pool | None = None,
+        max_header_bytes: int = 64 * 1024,
+        max_header_fields: int = 100,
+        header_timeout_s: float = 20.0,
+        keep_alive_timeout_s: float = 75.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        if not isinstance(max_header_bytes, int) or max_header_bytes < 1024:
+            raise ConfigError(f"max_header_bytes must be an integer >= 1024 (got {max_header_bytes!r})")
+        if not isinstance(max_header_fields, int) or max_header_fields < 8:
+            raise ConfigError(f"max_header_fields must be an integer >= 8 (got {max_header_fields!r})")
+        for label, value in (("header_timeout_s", header_timeout_s), ("keep_alive_timeout_s", keep_alive_timeout_s)):
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{label} must be a number of seconds > 0 (got {value!r})")
         # Settings, fixed at construction.
         self.on_replica_failed = on_replica_failed
         self.access_log = access_log and _access.isEnabledFor(logging.INFO)  # decided once
+        self.max_header_bytes = max_header_bytes
+        self.max_header_fields = max_header_fields
+        self.header_timeout_s = float(header_timeout_s)
+        self.keep_alive_timeout_s = float(keep_alive_timeout_s)
+        self.tick_s = min(1.0, self.header_timeout_s / 2, self.keep_alive_timeout_s / 2)
+        self._clock = clock
+        self.clock: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
+        self.c431_size = error_answer(
+            431, f"the request line and headers are larger than the router's limit of {max_header_bytes} bytes"
+        )
+        self.c431_count = error_answer(
+            431, f"the request has more than the router's limit of {max_header_fields} header fields"
+        )
+        self.c431_ids = {m: error_answer(431, m) for m in (MSG_XID, MSG_MSID)}
         # Routing table and upstream connections; change through the methods below.
         self.services: dict[bytes, ServiceState] = {}
         self.pool = pool or Pool()
@@ -336,13 +497,11 @@ class Router:
         self.stopping = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self.date_line = b""
+        self._date_at = 0.0
         self.auth_failures = AuthFailures()  # 401s in total and per client address, for metrics
         self.unrouted = ServiceMetrics()  # answers outside any service (health, unknown names)
         self.tracer: Tracer | None = None  # set by the composition root; used for services with trace=True
-        # Request ids: a random prefix per router and a counter, shaped like a UUID4.
-        r = os.urandom(9).hex()
-        self._rid_prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-a{r[15:18]}-".encode()
-        self._rid_count = itertools.count(1)
+        self.ids = RequestIds()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -350,6 +509,8 @@ class Router:
         """Listen; returns the bound port. Call again to listen on another port too (e.g. plain
         HTTP beside TLS); every listener serves the same services."""
         self.loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self.clock = self.loop.time
         if self._tick_handle is None:
             self._tick()
         server = await self.loop.create_server(lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048)
@@ -388,8 +549,19 @@ class Router:
 
     def _tick(self) -> None:
         # The Date header is refreshed once a second, not formatted per answer.
-        self.date_line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        self._tick_handle = self.loop.call_later(1.0, self._tick)
+        now = self.clock()
+        if now - self._date_at >= 1.0 or not self.date_line:
+            self._date_at = now
+            self.date_line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        self._sweep(now)
+        self._tick_handle = self.loop.call_later(self.tick_s, self._tick)
+
+    def _sweep(self, now: float) -> None:
+        """Cut connections past their header or keep-alive deadline."""
+        expired = [c for c in self.connections if c.deadline <= now and not c.cycles]
+        for conn in expired:
+            if not conn.transport.is_closing():
+                conn.expire()
 
     def spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -575,17 +747,3 @@ class Router:
                 cb(svc.route.name, replica_id)
             except Exception:
                 log.exception("on_replica_failed callback raised (service %s)", svc.route.name)
-
-    def request_id_lines(self, ms_id: bytes | None, x_id: bytes | None) -> bytes:
-        """Header lines carrying the request's ids: the client's, or a new one."""
-        if ms_id is not None and len(ms_id) > 256:
-            ms_id = None
-        if x_id is not None and len(x_id) > 256:
-            x_id = None
-        if ms_id is None:
-            if x_id is None:
-                x_id = b"%s%012x" % (self._rid_prefix, next(self._rid_count))
-            ms_id = x_id
-        elif x_id is None:
-            x_id = ms_id
-        return b"x-ms-request-id: " + ms_id + b"\r\nx-request-id: " + x_id + b"\r\n"

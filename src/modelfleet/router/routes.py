@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_HEADER",
     "C_400",
+    "C_400_SMUGGLING",
+    "C_408",
     "C_401_INVALID",
     "C_401_MISSING",
     "C_404",
@@ -87,7 +89,9 @@ REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -120,6 +124,12 @@ C_404 = error_answer(
 )
 C_405_ROOT = error_answer(405, "only GET is allowed on /", [("allow", "GET")])
 C_400 = error_answer(400, "malformed HTTP request")
+C_400_SMUGGLING = error_answer(
+    400,
+    "malformed HTTP request: Content-Length together with Transfer-Encoding, or more than one "
+    "Content-Length, is refused (request smuggling)",
+)
+C_408 = error_answer(408, "the request's headers did not arrive within the router's header timeout")
 C_401_MISSING = error_answer(401, "missing", [("www-authenticate", "Bearer")])
 C_401_INVALID = error_answer(401, "invalid", [("www-authenticate", "Bearer")])
 
@@ -184,7 +194,7 @@ class ServiceState:
 
 # -- header tables -------------------------------------------------------------------------
 
-H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID = range(8)
+H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID = range(9)
 # Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
 REQ_SPECIAL = {
     b"connection": H_DROP,
@@ -200,6 +210,7 @@ REQ_SPECIAL = {
     b"expect": H_EXPECT,
     b"x-ms-request-id": H_MSID,
     b"x-request-id": H_XID,
+    b"x-ms-client-request-id": H_CLID,
 }
 # Response headers not forwarded as they are.
 RESP_SKIP = frozenset(
@@ -213,6 +224,7 @@ RESP_SKIP = frozenset(
         b"transfer-encoding",
         b"x-ms-request-id",
         b"x-request-id",
+        b"x-ms-client-request-id",
     ]
 )
 BUSY_HEADER = b"x-modelfleet-busy"
