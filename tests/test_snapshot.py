@@ -145,6 +145,46 @@ def test_symlink_outside_is_refused_with_the_fix(tmp_path: Path) -> None:
     assert _names(src, tmp_path) == [".amlignore", "score.py"]
 
 
+@pytest.mark.parametrize("target", ["../elsewhere/secret.txt", "/etc/passwd"])
+def test_relative_and_absolute_symlinks_outside_are_refused(tmp_path: Path, target: str) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.txt").write_text("outside")
+    src = _tree(tmp_path / "src", {"score.py": ""})
+    (src / "sub").mkdir()
+    (src / "sub" / "link").symlink_to(("../" + target) if not target.startswith("/") else target)
+    with pytest.raises(ConfigError, match="sub/link.*points outside"):
+        make_snapshot(src, tmp_path / "s.zip")
+
+
+@pytest.mark.parametrize("link", ["key.pem", "meta", "deep/k"])
+def test_symlink_into_workspace_metadata_is_refused(tmp_path: Path, link: str) -> None:
+    # The source folder is the workspace's root (a common layout): a link into .modelfleet used to
+    # ship the token-signing key inside the snapshot, that is to every replica.
+    src = _tree(tmp_path / "ws", {"score.py": "", "deep/x.py": ""})
+    with Store.create(src, "ws"):
+        pass
+    key = src / ".modelfleet" / "credentials" / "token-signing-key.pem"
+    key.parent.mkdir()
+    key.write_text("-----BEGIN PRIVATE KEY-----")
+    target = {"key.pem": key, "meta": src / ".modelfleet", "deep/k": Path("../.modelfleet/credentials")}[link]
+    (src / link).symlink_to(target)
+    with pytest.raises(ConfigError, match=rf"symlink {link} .*points into \.modelfleet.*\.amlignore"):
+        make_snapshot(src, tmp_path / "s.zip")
+    (src / ".amlignore").write_text(link + "\n")
+    out = tmp_path / "s.zip"
+    make_snapshot(src, out)
+    with zipfile.ZipFile(out) as zf:
+        assert not any(b"PRIVATE KEY" in zf.read(n) for n in zf.namelist())
+        assert not any(".modelfleet" in n for n in zf.namelist())
+
+
+def test_symlink_into_git_metadata_is_refused(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"score.py": "", ".git/config": "[remote] token = x"})
+    (src / "cfg").symlink_to(".git/config")
+    with pytest.raises(ConfigError, match=r"points into \.git"):
+        make_snapshot(src, tmp_path / "s.zip")
+
+
 def test_symlink_inside_is_stored_as_its_target(tmp_path: Path) -> None:
     src = _tree(tmp_path / "src", {"real/config.json": "{}", "score.py": ""})
     (src / "config.json").symlink_to("real/config.json")

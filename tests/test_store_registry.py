@@ -124,15 +124,65 @@ def test_registered_versions_do_not_change_when_the_source_does(store: Store, tm
     assert stat.S_IMODE(os.stat(blob).st_mode) == 0o444
 
 
-def test_register_follows_symlinks_in_model_folders(store: Store, tmp_path: Path) -> None:
-    # Model caches (e.g. Hugging Face) are folders of links into a blob cache elsewhere.
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "blob").write_bytes(b"weights")
-    folder = tmp_path / "snap"
-    folder.mkdir()
-    (folder / "model.bin").symlink_to(tmp_path / "cache" / "blob")
+def test_register_follows_symlinks_inside_the_model_folder(store: Store, tmp_path: Path) -> None:
+    folder = _tree(tmp_path / "snap", {"blobs/b1": b"weights", "real/cfg.json": b"{}"})
+    (folder / "model.bin").symlink_to("blobs/b1")
+    (folder / "abs.bin").symlink_to(folder / "blobs" / "b1")  # absolute, but inside
+    (folder / "alias").symlink_to("real", target_is_directory=True)
     rec = store.register_model("linked", folder)
-    assert store.blobs.path(rec.files[0].digest).read_bytes() == b"weights"
+    stored = {f.relpath: store.blobs.path(f.digest).read_bytes() for f in rec.files}
+    assert stored["snap/model.bin"] == stored["snap/abs.bin"] == b"weights"
+    assert stored["snap/alias/cfg.json"] == b"{}"
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "folder", "nested"])
+def test_register_refuses_symlinks_out_of_the_model_folder(store: Store, tmp_path: Path, how: str) -> None:
+    # Model caches are often links into a blob cache elsewhere; following them could equally
+    # publish ~/.ssh or a workspace's keys. Refused with the link's name, nothing registered.
+    secret = _tree(tmp_path / "elsewhere", {"id_rsa": b"PRIVATE"})
+    folder = _tree(tmp_path / "model", {"weights.bin": b"w", "sub/x.bin": b"x"})
+    link = {
+        "absolute": folder / "key",
+        "dotdot": folder / "key",
+        "folder": folder / "keys",
+        "nested": folder / "sub" / "key",
+    }[how]
+    target = {
+        "absolute": secret / "id_rsa",
+        "dotdot": Path("..") / "elsewhere" / "id_rsa",
+        "folder": secret,
+        "nested": Path("..") / ".." / "elsewhere" / "id_rsa",
+    }[how]
+    link.symlink_to(target)
+    with pytest.raises(ConfigError) as info:
+        store.register_model("m", folder)
+    message = str(info.value)
+    assert str(link) in message and "outside the model folder" in message and "cp -rL" in message
+    assert store.list_models() == []
+    assert not any(b"PRIVATE" in p.read_bytes() for p in store.blobs.root.rglob("*") if p.is_file())
+
+
+def test_register_leaves_out_a_workspace_metadata_folder(store: Store, tmp_path: Path) -> None:
+    folder = _tree(tmp_path / "m", {"model.pkl": b"m", ".modelfleet/metadata.db": b"keys", "sub/.modelfleet/x": b"k"})
+    rec = store.register_model("m", folder)
+    assert [f.relpath for f in rec.files] == ["m/model.pkl"]
+
+
+def test_register_model_paths_with_dotdot_and_absolute(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path / "outputs", {"inner/model.pkl": b"m"})
+    via_dotdot = store.register_model("a", tmp_path / "outputs" / "inner" / ".." / "inner")
+    assert via_dotdot.root_name == "inner" and via_dotdot.files[0].relpath == "inner/model.pkl"
+    monkeypatch.chdir(tmp_path / "outputs" / "inner")
+    for relative in ("..", "../inner/..", "."):
+        rec = store.register_model("b", Path(relative))
+        assert ".." not in rec.root_name and rec.root_name in ("outputs", "inner"), rec
+        assert all(not f.relpath.startswith(("/", "..")) for f in rec.files)
+    store.materialize_model(store.get_model("b", 1), tmp_path / "app")  # lays out below dest, nowhere else
+    assert (tmp_path / "app" / "outputs" / "inner" / "model.pkl").read_bytes() == b"m"
+    absolute = store.register_model("c", (tmp_path / "outputs" / "inner" / "model.pkl").resolve())
+    assert absolute.root_name == "model.pkl"
 
 
 def test_register_refuses_missing_path_empty_folder_and_bad_names(store: Store, tmp_path: Path) -> None:

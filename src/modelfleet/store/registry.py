@@ -187,7 +187,10 @@ class Store:
             sources = [(root_name, path)]
         elif path.is_dir():
             kind = "folder"
-            root_name = path.name or path.resolve().name
+            # "..", "." or "/" name no folder: the stored root is the folder's own name
+            root_name = path.name if path.name not in ("", ".", "..") else path.resolve().name
+            if not root_name:
+                raise ConfigError(f"model_path {path} is the file system's root; register a folder below it")
             sources = [(f"{root_name}/{rel}", p) for rel, p in _model_files(path)]
             if not sources:
                 raise ConfigError(f"model_path {path} is an empty folder; register a file or a folder with files")
@@ -643,29 +646,47 @@ def _matches(values: Mapping[str, str], conds: list[tuple[str, str | None]]) -> 
 
 
 def _model_files(folder: Path) -> list[tuple[str, Path]]:
-    """Files under ``folder`` (following symlinks, as model caches use them) as (posix relpath, path)."""
+    """Files under ``folder`` as (posix relpath, the file to read), in walk order.
+
+    A symlink is followed only when it leads to a file or folder inside ``folder``; one that
+    leads out is refused, naming it. Refused, not skipped: a skipped link would silently drop
+    weights the user meant to register (a Hugging Face cache's snapshot folder is links into
+    ``../../blobs``), while following it could copy in files nobody meant to publish, such as a
+    workspace's keys; the message says how to register such a folder (copy it with ``cp -rL``).
+    A workspace's ``.modelfleet`` folder (keys, metadata) is never model content: left out.
+    """
     out: list[tuple[str, Path]] = []
+    root = os.path.realpath(folder)
 
     def walk(current: Path, prefix: str, ancestors: frozenset[str]) -> None:
         for child in sorted(current.iterdir(), key=lambda p: p.name):
+            if child.name == META_DIR:
+                continue
             rel = prefix + child.name
             real = os.path.realpath(child)
+            if child.is_symlink() and os.path.commonpath([root, real]) != root:
+                raise ConfigError(
+                    f"{child} in model_path {folder} is a symlink to {os.readlink(child)} ({real}), outside "
+                    "the model folder, and registration does not follow links out of it (they can pull in "
+                    "files nobody meant to publish); copy the folder with its links resolved (`cp -rL`) and "
+                    "register the copy, or register the folder the link points into"
+                )
             if not os.path.exists(real):
                 raise ConfigError(
                     f"{child} in model_path {folder} is a symlink to {os.readlink(child)}, which does "
                     "not exist; fix or remove the link"
                 )
-            if child.is_dir():
+            if os.path.isdir(real):
                 if real in ancestors:
                     raise ConfigError(
                         f"{child} in model_path {folder} links to a folder that holds it; remove the link"
                     )
-                walk(child, rel + "/", ancestors | {real})
-            elif stat.S_ISREG(os.stat(child).st_mode):
-                out.append((rel, child))
+                walk(Path(real), rel + "/", ancestors | {real})
+            elif stat.S_ISREG(os.stat(real).st_mode):
+                out.append((rel, Path(real)))  # read what was checked, not the link again
             # sockets, pipes and devices are no model file: skipped
 
-    walk(folder, "", frozenset({os.path.realpath(folder)}))
+    walk(Path(root), "", frozenset({root}))
     return out
 
 

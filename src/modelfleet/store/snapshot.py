@@ -11,7 +11,9 @@ because an excluded folder is never entered. ``.git`` is always left out, and so
 ``.modelfleet`` (a workspace's own metadata, which holds service keys, must never ship to
 a replica). A symlink is stored as what it points to when that lies inside the folder; one
 pointing outside is refused, since the snapshot would then depend on files the user did not
-mean to ship. Sockets, pipes and devices are skipped, as git skips them.
+mean to ship, and so is one pointing into ``.git`` or ``.modelfleet`` (a link to the
+workspace's signing key would otherwise ship the key). Sockets, pipes and devices are
+skipped, as git skips them.
 
 Determinism. Entries are sorted by name, every timestamp is 1980-01-01 00:00:00, and the
 permissions are normalised to 0644 (0755 when the owner may execute the file; folders
@@ -136,6 +138,14 @@ def _check_link(root: Path, rel: str, path: str, real: Path) -> None:
         raise ConfigError(
             f"symlink {rel} in source_directory {root} points to {target}, which does not exist; "
             "fix or remove the link, or add it to .amlignore"
+        )
+    hidden = ALWAYS_EXCLUDED.intersection(real.relative_to(root).parts)
+    if hidden:
+        # e.g. a link to .modelfleet/credentials/token-signing-key.pem would ship the signing key
+        raise ConfigError(
+            f"symlink {rel} in source_directory {root} points into {'/'.join(sorted(hidden))} (to {target}), "
+            "which snapshots never hold: it keeps a workspace's keys or git's metadata; remove the link "
+            "or add it to .amlignore"
         )
 
 
