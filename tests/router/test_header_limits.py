@@ -1,0 +1,156 @@
+"""Defect 3 (issue 12), router side: limits on request heads (431), a header timeout that cuts
+a slowloris client off while others are served, and a keep-alive idle timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from modelfleet.errors import ConfigError
+from modelfleet.router.proxy import Router
+from router_upstream import Answers, RouterThread, UpstreamProcess, serve_on
+
+BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+HEAD = b"POST /api/v1/service/svc/score HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n" % len(BODY)
+
+
+def exchange(port: int, data: bytes, timeout: float = 10) -> tuple[list[tuple[int, dict[bytes, bytes], bytes]], bool]:
+    """Send ``data``; read until the server closes or ``timeout``. Returns answers and whether closed."""
+    answers = Answers()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with contextlib.suppress(OSError):  # the router may close before reading all of a refused head
+            s.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                return answers.done, True
+            if not chunk:
+                return answers.done, True
+            answers.feed(chunk)
+    return answers.done, False
+
+
+def served(rt: RouterThread) -> int:
+    with httpx.Client(timeout=10) as c:
+        return c.post(rt.url("svc"), content=BODY).status_code
+
+
+@pytest.mark.parametrize(
+    ("head", "what"),
+    [
+        (b"x-big: " + b"a" * 70_000 + b"\r\n", "larger than the router's limit of 65536 bytes"),
+        (b"".join(b"x-h%d: v\r\n" % i for i in range(101)), "more than the router's limit of 100 header fields"),
+    ],
+    ids=["70KB-header", "101-headers"],
+)
+def test_heads_over_the_limits_get_431_then_close(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess], head: bytes, what: str
+) -> None:
+    up = upstreams()
+    serve_on(router, "svc", [up.port])
+    answers, closed = exchange(router.port, HEAD + head + b"\r\n" + BODY)
+    assert [a[0] for a in answers] == [431]
+    assert what in json.loads(answers[0][2])["message"]
+    assert answers[0][1][b"content-type"] == b"application/json"
+    assert closed
+    assert up.stats()["requests"] == 0  # never reached the replica
+    # Just under the limits passes.
+    ok = b"".join(b"x-h%d: v\r\n" % i for i in range(90)) + b"x-big: " + b"a" * 60_000 + b"\r\n"
+    answers, _ = exchange(router.port, HEAD + ok + b"connection: close\r\n\r\n" + BODY)
+    assert [a[0] for a in answers] == [200]
+    assert served(router) == 200
+
+
+def test_an_unfinished_header_line_is_bounded_too(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    # httptools buffers a header line until it ends, without calling back: the router counts
+    # the bytes of reads that fall inside a head, so a never-ending line is refused as well.
+    serve_on(router, "svc", [upstreams().port])
+    answers, closed = exchange(router.port, HEAD + b"x-endless: " + b"a" * 300_000, timeout=10)
+    assert [a[0] for a in answers] == [431]
+    assert closed
+    assert served(router) == 200
+
+
+def test_slowloris_is_cut_off_after_the_header_timeout_while_others_are_served(
+    make_router: Callable[..., RouterThread], upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    rt = make_router(header_timeout_s=2.0)
+    serve_on(rt, "svc", [upstreams().port])
+    result: dict[str, object] = {}
+
+    def slowloris() -> None:
+        t0 = time.monotonic()
+        got = b""
+        with socket.create_connection(("127.0.0.1", rt.port), timeout=30) as s:
+            try:
+                for byte in HEAD:  # one byte every 0.25 s: the head would take ~25 s
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.25)
+            except OSError:
+                pass
+            try:
+                while chunk := s.recv(4096):
+                    got += chunk
+            except OSError:
+                pass
+        result["took"] = time.monotonic() - t0
+        result["got"] = got
+
+    t = threading.Thread(target=slowloris)
+    t.start()
+    statuses = []
+    while t.is_alive() and len(statuses) < 200:
+        statuses.append(served(rt))  # others are served meanwhile
+        time.sleep(0.05)
+    t.join(60)
+    assert not t.is_alive()
+    assert set(statuses) == {200} and len(statuses) >= 5
+    assert 1.5 <= result["took"] <= 10, result  # type: ignore[operator]
+    assert result["got"].startswith(b"HTTP/1.1 408 Request Timeout")  # type: ignore[attr-defined]
+
+
+def test_idle_keep_alive_connections_are_closed_busy_ones_are_not(
+    make_router: Callable[..., RouterThread], upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    rt = make_router(keep_alive_timeout_s=1.5)
+    serve_on(rt, "svc", [upstreams().port])
+    request = HEAD + b"\r\n" + BODY
+    with socket.create_connection(("127.0.0.1", rt.port), timeout=10) as busy:
+        answers = Answers()
+        for _ in range(8):  # 4 s of requests every 0.5 s on one connection: never idle 1.5 s
+            busy.sendall(request)
+            n = len(answers.done)
+            while len(answers.done) == n:
+                answers.feed(busy.recv(65536))
+            time.sleep(0.5)
+        assert [a[0] for a in answers.done] == [200] * 8
+        busy.sendall(request)
+        answers.feed(busy.recv(65536))
+        t0 = time.monotonic()
+        assert busy.recv(65536) == b""  # then idle: closed by the router
+        assert 0.5 <= time.monotonic() - t0 <= 6
+    # A connection that never sends anything is cut at the header timeout (default 20 s > 1.5 s
+    # here: it falls under the keep-alive figure only once it has sent a request).
+    assert served(rt) == 200
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ConfigError, match="max_header_bytes"):
+        Router(max_header_bytes=10)
+    with pytest.raises(ConfigError, match="max_header_fields"):
+        Router(max_header_fields=0)
+    with pytest.raises(ConfigError, match="header_timeout_s"):
+        Router(header_timeout_s=0)
+    with pytest.raises(ConfigError, match="keep_alive_timeout_s"):
+        Router(keep_alive_timeout_s=-1)
