@@ -101,7 +101,7 @@ def cluster_status(args: argparse.Namespace) -> int:
         lines.append(f"  {name}: generation {svc['serving_generation']}{load}")
         for replica in svc["replicas"]:
             lines.append(
-                f"    {replica['id']}: {replica['state']} pid={replica['pid']} port={replica['port']} "
+                f"    {replica['id']}: {replica['state']} pid={replica['pid']} address={replica['address']} "
                 f"restarts={replica['restarts']}"
             )
     print_output(args, data, "\n".join(lines))

@@ -1,6 +1,8 @@
 """The autoscale loop: samples the router, asks ``router/autoscale.py``, scales the controller.
 
-Runs on the daemon's event loop (the daemon starts and stops it). Every ``refresh_seconds ÷
+Runs on the daemon's event loop (the daemon starts and stops it); it knows the router only by
+its counters (``stats``, a function) and the compute target not at all, only the reconciler's
+controllers. ``tick(now)`` is one pass with the time given, so tests step it. Every ``refresh_seconds ÷
 10`` for each service with autoscaling on and a serving generation, it reads the router's
 counters (in flight, queued, Ready replicas, per-replica limit), adds the machine's room,
 calls the pure ``decide`` and, when the count should change, has the service's controller
@@ -18,7 +20,8 @@ one scale event records it (``from`` == ``to`` when nothing fitted); the loop do
 replicas that cannot fit, and says nothing more until the room changes back.
 
 A rise whose new replicas fail to start (init() raised, say) is not retried for
-``FAILED_START_BACKOFF_S``: the controller records why in a scale event.
+``FAILED_START_BACKOFF_S`` from the first sample that sees it: the controller records why in a
+scale event and counts it (``start_failures``).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet.control.reconcile import Reconciler, ServiceController
 from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, decide
-from modelfleet.router.proxy import Router
 from modelfleet.spec import DeploySpec
 
 log = logging.getLogger("modelfleet.autoscaler")
@@ -81,14 +84,21 @@ class _Tracked:
     next_sample: float = 0.0
     task: asyncio.Task[int] | None = None  # the scaling operation in progress
     backoff_until: float = 0.0  # no rise before this (new replicas failed to start)
+    start_failures: int = 0  # the controller's count when last sampled
     blocked: bool = False  # the last rise was cut by the machine's room
     last: Decision | None = None
 
 
 class Autoscaler:
-    def __init__(self, reconciler: Reconciler, router: Router, capacity: Capacity, tick_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        stats: Callable[[], dict[str, dict[str, Any]]],
+        capacity: Capacity,
+        tick_s: float = 0.05,
+    ) -> None:
         self._reconciler = reconciler
-        self._router = router
+        self._stats = stats  # the router's counters per service (``Router.stats``)
         self.capacity = capacity
         self._tick_s = tick_s
         self._tracked: dict[str, _Tracked] = {}
@@ -130,13 +140,13 @@ class Autoscaler:
             if spec is None or not spec.autoscale.enabled or controller.serving_generation is None:
                 self._tracked.pop(name, None)
                 continue
-            tracked = self._tracked.setdefault(name, _Tracked())
+            tracked = self._tracked.setdefault(name, _Tracked(start_failures=controller.start_failures))
             settings = ScaleSettings.from_spec(spec.autoscale)
             if now < tracked.next_sample:
                 continue
             tracked.next_sample = now + settings.refresh_s / SAMPLES_PER_REFRESH
             if stats is None:
-                stats = self._router.stats()
+                stats = self._stats()
             service_stats = stats.get(name)
             if service_stats is not None:
                 self._sample(controller, spec, settings, tracked, service_stats, now)
@@ -162,6 +172,9 @@ class Autoscaler:
         )
         decision, tracked.state = decide(counts, settings, tracked.state, now)
         tracked.last = decision
+        if controller.start_failures != tracked.start_failures:
+            tracked.start_failures = controller.start_failures
+            tracked.backoff_until = now + FAILED_START_BACKOFF_S
         if (tracked.task is not None and not tracked.task.done()) or controller.scaling:
             return  # one operation at a time; the samples still count
         desired, current = decision.desired, counts.current
@@ -181,18 +194,16 @@ class Autoscaler:
             self._spawn_note(controller.note_scaling(None))
         if desired != current:
             tracked.task = asyncio.create_task(
-                self._scale(controller, tracked, desired, reason, decision.utilization),
+                self._scale(controller, desired, reason, decision.utilization),
                 name=f"scale {controller.name}",
             )
 
-    async def _scale(
-        self, controller: ServiceController, tracked: _Tracked, desired: int, reason: str, utilization: float | None
-    ) -> int:
-        reached = await controller.scale_to(desired, reason, utilization)
-        if reached < desired:
-            loop = asyncio.get_running_loop()
-            tracked.backoff_until = loop.time() + FAILED_START_BACKOFF_S
-        return reached
+    async def _scale(self, controller: ServiceController, desired: int, reason: str, utilization: float | None) -> int:
+        try:
+            return await controller.scale_to(desired, reason, utilization)
+        except Exception:
+            log.exception("service %s: scaling to %d failed", controller.name, desired)
+            return controller.replica_count
 
     def _spawn_note(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

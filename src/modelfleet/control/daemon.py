@@ -32,12 +32,14 @@ from typing import Any
 
 from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
+from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.paths import RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
+from modelfleet.targets.local import LocalTarget
 from modelfleet.telemetry.tracing import traces_endpoint
 
 log = logging.getLogger("modelfleet.daemon")
@@ -79,8 +81,10 @@ class Daemon:
         if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
             http_port = await self.router.start(host=self.config.host, port=tls.http_port)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
-        self.reconciler = Reconciler(self.store, self.store.runtime_dir, self.router)
-        self.autoscaler = Autoscaler(self.reconciler, self.router, machine_capacity())
+        root = self.store.root
+        target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
+        self.reconciler = Reconciler(self.store, target)
+        self.autoscaler = Autoscaler(self.reconciler, self.router.stats, machine_capacity())
         self.telemetry = ClusterTelemetry(
             self.router, self.reconciler, self.store.runtime_dir, self.config.otlp_endpoint
         )

@@ -1,28 +1,18 @@
-"""Desired services (the workspace) against actual replicas (the compute target).
+"""Desired services (the workspace) against observed replicas (any compute target).
 
-One ``ServiceController`` per service runs on the daemon's event loop. Each pass it reads
-the service from the store and, when the stored generation is newer than the one serving,
-rolls it out:
+One ``ServiceController`` per service. Each pass (``reconcile``) it reads the service from
+the store, plans a new generation when the stored one changed (app folder, environment: the
+``Planner``), publishes the service's route (keys, limits, serving generation), asks the pure
+``control/decisions.decide`` what to do about the replicas the target reports, and carries
+the actions out through the target (``targets/base.ComputeTarget``). The rules (roll-out,
+failed update, scaling, state) live in ``decisions.py``'s docstring; this module only moves
+between the store, that function and the target. It knows no process, port or pod.
 
-1. write the generation's app folder (models, snapshot) and start its replicas;
-2. if any replica fails init(): stop the new ones. With nothing serving yet the service
-   ends ``Failed``; otherwise the old generation keeps serving and the failure is recorded;
-3. otherwise point the router at the new replicas, mark the service ``Healthy``, then drain
-   the old ones (the router stops assigning, waits for in-flight to reach 0 within the
-   scoring timeout) and only then stop their processes.
-
-So an update never leaves a moment with no Ready replica behind the router, and a failed
-update never takes the service down. Between roll-outs the controller keeps the state
-(``Healthy`` when every replica of the serving generation is Ready, ``Unhealthy`` when
-some are not) and the router's replica set in step with the target's supervision.
-
-``scale_to`` (called by ``control/autoscaler.py``) changes the serving generation's replica
-count between roll-outs. Up: new replicas start at the lowest free indexes and join the
-router one by one as each turns Ready. Down: the drain order of every removal (logged step
-by step): the router stops assigning to the replica, its in-flight requests finish (at most
-the scoring timeout), SIGTERM, then SIGKILL after the grace period; so no request fails.
-A roll-out keeps the current count (clamped to the new min/max) when autoscaling is on,
-and ``num_replicas`` when it is off. Roll-outs and scaling take turns (one lock).
+Passes run when the target reports a replica change, when the admin API says the service
+changed, when the autoscaler scales (``scale_to``) and every second otherwise, one at a
+time (a lock). A roll-out keeps the current count (clamped to the new min/max) when
+autoscaling is on, and ``num_replicas`` when it is off; a failed update keeps the count the
+serving generation had.
 """
 
 from __future__ import annotations
@@ -31,57 +21,123 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelfleet.control.credentials import signing_public_key
+from modelfleet.control.decisions import (
+    FAILED,
+    HEALTHY,
+    Action,
+    Decision,
+    Desired,
+    Fail,
+    Memory,
+    Replace,
+    Scale,
+    Start,
+    StartFailed,
+    Stop,
+    decide,
+)
 from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import prepare_app, remove_generation
 from modelfleet.errors import ModelfleetError, NotFound
-from modelfleet.router.auth import KeyAuth, TokenAuth
-from modelfleet.router.proxy import Router, ServiceRoute, Upstream
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.registry import ServiceRecord, Store
-from modelfleet.targets.base import Probe, ReplicaInfo, ReplicaPlan, ReplicaState
-from modelfleet.targets.local import LocalTarget
+from modelfleet.targets.base import (
+    ComputeTarget,
+    GenerationSpec,
+    Probe,
+    ReplicaInfo,
+    ReplicaPlan,
+    ReplicaState,
+    RouteEntry,
+)
+
+__all__ = ["FAILED", "HEALTHY", "Planner", "Reconciler", "ServiceController", "plan_generation"]
 
 log = logging.getLogger("modelfleet.control")
 
-HEALTHY, UNHEALTHY, TRANSITIONING, FAILED = "Healthy", "Unhealthy", "Transitioning", "Failed"
-_STOP_GRACE_S = 10.0
 _RESYNC_S = 1.0
+_GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
+
+Planner = Callable[[Store, ServiceRecord, DeploySpec], ReplicaPlan]
+"""Builds a generation's template (blocking; run in a thread). Raises ModelfleetError when it cannot."""
+
+
+def plan_generation(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
+    """The real planner: lay out the generation's app folder and resolve its environment."""
+    layout = prepare_app(store, record.name, record.generation, record.config)
+    env_spec = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
+    resolved, isolation = resolve_for_service(store, record.name, record.generation, env_spec)
+    probe = Probe(
+        period_s=float(spec.liveness.period_seconds),
+        timeout_s=float(spec.liveness.timeout_seconds),
+        failure_threshold=spec.liveness.failure_threshold,
+        startup_deadline_s=float(spec.liveness.initial_delay_seconds),
+    )
+    return ReplicaPlan(
+        service=record.name,
+        generation=record.generation,
+        python=resolved.python,
+        app_root=layout.app_root,
+        entry_script=layout.entry_script,
+        environment={**isolation, **layout.environment},
+        max_concurrent=spec.replica_max_concurrent_requests,
+        probe=probe,
+    )
+
+
+def route_for(record: ServiceRecord, spec: DeploySpec, memory: Memory, generation: int | None) -> RouteEntry:
+    auth = "key" if spec.auth_enabled else "token" if spec.token_auth_enabled else None
+    failure = memory.failure if memory.serving is None and memory.failed == generation else None
+    return RouteEntry(
+        service=record.name,
+        serving_generation=memory.serving,
+        auth=auth,
+        primary_key=record.primary_key if auth == "key" else None,
+        secondary_key=record.secondary_key if auth == "key" else None,
+        max_concurrent=spec.replica_max_concurrent_requests,
+        max_wait_s=spec.max_request_wait_time / 1000.0,
+        timeout_s=spec.scoring_timeout_ms / 1000.0,
+        max_body_bytes=spec.max_body_bytes,
+        trace=spec.enable_app_insights,
+        failure=failure,
+    )
 
 
 class ServiceController:
-    def __init__(self, name: str, store: Store, target: LocalTarget, router: Router) -> None:
+    def __init__(self, name: str, store: Store, target: ComputeTarget, planner: Planner = plan_generation) -> None:
         self.name = name
         self._store = store
         self._target = target
-        self._router = router
+        self._planner = planner
         self._wake = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
-        # generation state: which generation serves, which one failed (not retried until changed)
-        self.serving_generation: int | None = None
-        self._failed_generation: int | None = None
-        self._desired_replicas = 0
-        self._route: ServiceRoute | None = None
-        self._auth: KeyAuth | TokenAuth | None = None
-        self._last_state: tuple[str, str | None] | None = None
-        # scaling (see scale_to): the latest spec and plan, the lock shared with roll-outs,
-        # replica indexes still starting, replicas being drained, and the drain tasks
+        self._lock = asyncio.Lock()  # one pass at a time
+        # desired state as last read, and what decide() is told about it
         self.spec: DeploySpec | None = None
-        self._serving_plan: ReplicaPlan | None = None
-        self._lock = asyncio.Lock()
-        self._starting: set[int] = set()
-        self._removing: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._record: ServiceRecord | None = None
+        self._generation: int | None = None  # the stored generation last planned
+        self._desired_replicas = 0
+        self._before_update = 0  # the serving count when an update began (kept if it fails)
+        self._plans: dict[int, ReplicaPlan] = {}
+        self._memory = Memory()
+        # what was last handed out, so unchanged values are not written again
+        self._route: RouteEntry | None = None
+        self._last_state: tuple[str, str | None] | None = None
         self._scale_note: str | None = None
         self.scale_events = 0  # recorded since the daemon started (metrics)
+        self.start_failures = 0  # scale-ups whose new replicas failed (the autoscaler backs off)
 
     def __repr__(self) -> str:
         return f"<ServiceController {self.name} serving={self.serving_generation} replicas={self._desired_replicas}>"
+
+    @property
+    def serving_generation(self) -> int | None:
+        return self._memory.serving
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"controller {self.name}")
@@ -89,20 +145,14 @@ class ServiceController:
     def wake(self) -> None:
         self._wake.set()
 
-    async def close(self, *, stop_replicas: bool = True) -> None:
+    async def close(self) -> None:
+        """Stop reconciling; the replicas are left to the caller (``Reconciler``)."""
         self._closed = True
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._router.remove_service(self.name)
-        if stop_replicas:
-            await asyncio.gather(*(self._target.stop(r.id, _STOP_GRACE_S) for r in self.replicas()))
 
     def replicas(self) -> list[ReplicaInfo]:
         return self._target.replicas(self.name)
@@ -111,218 +161,153 @@ class ServiceController:
 
     async def _run(self) -> None:
         while not self._closed:
+            self._wake.clear()  # before the pass: a change reported during it runs another
             try:
-                await self._sync_once()
+                await self.reconcile()
             except NotFound:
-                return  # deleted behind our back; the reconciler drops us
+                return  # deleted behind our back
             except Exception:
                 log.exception("service %s: reconcile pass failed", self.name)
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _RESYNC_S)
 
-    async def _sync_once(self) -> None:
-        record = await asyncio.to_thread(self._store.get_service, self.name)
-        spec = DeploySpec.from_dict(record.config["deploy"])
-        self.spec = spec
-        self._apply_route(record, spec)
+    async def reconcile(self) -> Decision:
+        """One pass: read, plan, decide, act. Returns the decision (tests look at it)."""
+        async with self._lock:
+            record = await asyncio.to_thread(self._store.get_service, self.name)
+            spec = DeploySpec.from_dict(record.config["deploy"])
+            self._record, self.spec = record, spec
+            if record.generation != self._generation:
+                await self._plan(record, spec)
+            self._publish_route()
+            decision = decide(Desired(record.generation, self._desired_replicas), self._memory, self.replicas())
+            for action in decision.actions:
+                await self._carry_out(action, spec)
+            await self._show(decision.state, decision.detail)
+            await self._forget_gone_generations()
+            return decision
+
+    async def _plan(self, record: ServiceRecord, spec: DeploySpec) -> None:
         generation = record.generation
-        if generation != self.serving_generation and generation != self._failed_generation:
-            async with self._lock:
-                await self._roll_out(record, spec)
-        await self._publish_state()
-
-    def refresh_route(self) -> None:
-        """Apply the stored keys and limits to the router now, so a regenerated key is refused
-        from the moment ``regen_key`` returns (a short SQLite read on the loop; admin calls are rare)."""
-        with contextlib.suppress(NotFound):
-            record = self._store.get_service(self.name)
-            self._apply_route(record, DeploySpec.from_dict(record.config["deploy"]))
-
-    def _apply_route(self, record: ServiceRecord, spec: DeploySpec) -> None:
-        if spec.auth_enabled:
-            if isinstance(self._auth, KeyAuth):
-                self._auth.set_keys(record.primary_key or "", record.secondary_key or "")
-            else:
-                self._auth = KeyAuth(record.primary_key or "", record.secondary_key or "")
-        elif spec.token_auth_enabled:
-            if not isinstance(self._auth, TokenAuth):
-                # the public half of the workspace's signing key; JWT times are wall-clock
-                self._auth = TokenAuth(signing_public_key(self._store.root), self.name, clock=time.time)
-        else:
-            self._auth = None
-        route = ServiceRoute(
-            name=self.name,
-            auth=self._auth,
-            max_concurrent=spec.replica_max_concurrent_requests,
-            max_wait_s=spec.max_request_wait_time / 1000.0,
-            timeout_s=spec.scoring_timeout_ms / 1000.0,
-            max_body_bytes=spec.max_body_bytes,
-            trace=spec.enable_app_insights,
-        )
-        if route != self._route:
-            self._router.set_service(route)
-            self._route = route
-
-    async def _roll_out(self, record: ServiceRecord, spec: DeploySpec) -> None:
-        generation = record.generation
+        self._generation = generation
         log.info("service %s: rolling out generation %d", self.name, generation)
-        await self._set_state(
-            TRANSITIONING if self.serving_generation is None else HEALTHY,
-            None if self.serving_generation is None else f"updating to generation {generation}",
-        )
-        try:
-            plan = await asyncio.to_thread(self._plan, record, spec)
-        except ModelfleetError as exc:
-            await self._fail(generation, str(exc))
-            return
+        self._before_update = self._desired_replicas
         count = spec.initial_replicas()
         if spec.autoscale.enabled and self.serving_generation is not None:
             # an update keeps the autoscaled count, within the (maybe new) min and max
             scale = spec.autoscale
             count = min(max(self._desired_replicas, scale.min_replicas), scale.max_replicas)
-        started = await asyncio.gather(*(self._target.start(plan, i) for i in range(count)))
-        failed = [r for r in started if r.state is not ReplicaState.READY]
-        if failed:
-            await asyncio.gather(*(self._target.stop(r.id, _STOP_GRACE_S) for r in started))
-            why = failed[0].detail or "replica failed to start"
-            await self._fail(generation, f"{why}; see service.get_logs() or `modelfleet service logs -n {self.name}`")
+        try:
+            plan = await asyncio.to_thread(self._planner, self._store, record, spec)
+        except ModelfleetError as exc:
+            await self._carry_out(Fail(generation, str(exc)), spec)
             return
-        old = [r for r in self.replicas() if r.generation != generation]
-        self.serving_generation = generation
-        self._serving_plan = plan
+        self._plans[generation] = plan
         self._desired_replicas = count
-        self._failed_generation = None
-        self._publish_replicas()
-        await asyncio.to_thread(self._store.set_service_state, self.name, HEALTHY, None, serving_generation=generation)
-        self._last_state = (HEALTHY, None)
-        await asyncio.to_thread(
-            self._store.add_event,
-            self.name,
-            "deployment",
-            {"generation": generation, "outcome": "succeeded", "replicas": count},
-        )
-        if old:
-            await self._retire(old, spec)
 
-    async def _retire(self, old: list[ReplicaInfo], spec: DeploySpec) -> None:
-        ids = [r.id for r in old]
-        log.info("service %s: draining %d old replicas", self.name, len(ids))
-        await self._router.drain(self.name, ids, spec.scoring_timeout_ms / 1000.0)
-        await asyncio.gather(*(self._target.stop(rid, _STOP_GRACE_S) for rid in ids))
-        for generation in {r.generation for r in old}:
+    async def _carry_out(self, action: Action, spec: DeploySpec) -> None:
+        drain_s = spec.scoring_timeout_ms / 1000.0
+        if isinstance(action, Start):
+            log.info("service %s: generation %d to %d replicas", self.name, action.generation, action.replicas)
+            await self._target.apply(GenerationSpec(self._plans[action.generation], action.replicas))
+        elif isinstance(action, Replace):
+            await self._replace(action, drain_s)
+        elif isinstance(action, Scale):
+            await self._target.scale(self.name, action.generation, action.replicas, action.remove)
+        elif isinstance(action, Stop):
+            log.info("service %s: stopping generation %d", self.name, action.generation)
+            await self._target.retire(self.name, action.generation, drain_s)
+        elif isinstance(action, Fail):
+            await self._fail(action)
+        elif isinstance(action, StartFailed):
+            old, self._desired_replicas = self._desired_replicas, action.replicas
+            self.start_failures += 1
+            await self._record_scale(old, action.replicas, action.reason, None)
+
+    async def _replace(self, action: Replace, drain_s: float) -> None:
+        self._memory = Memory(serving=action.new)
+        self._publish_route()  # the router sends to the new generation from here on
+        state = (HEALTHY, None)
+        await asyncio.to_thread(self._store.set_service_state, self.name, *state, serving_generation=action.new)
+        self._last_state = state
+        outcome = {"generation": action.new, "outcome": "succeeded", "replicas": self._desired_replicas}
+        await asyncio.to_thread(self._store.add_event, self.name, "deployment", outcome)
+        for generation in action.old:
+            log.info("service %s: draining generation %d", self.name, generation)
+            await self._target.retire(self.name, generation, drain_s)
+
+    async def _fail(self, action: Fail) -> None:
+        serving = self._memory.serving
+        self._memory = Memory(serving=serving, failed=action.generation, failure=action.reason)
+        if serving is not None:
+            self._desired_replicas = self._before_update
+        outcome = {"generation": action.generation, "outcome": "failed", "message": action.reason}
+        await asyncio.to_thread(self._store.add_event, self.name, "deployment", outcome)
+        self._publish_route()  # with nothing serving, the router says the service failed
+        log.error("service %s: generation %d failed: %s", self.name, action.generation, action.reason)
+        if serving is None:
+            await self._show(FAILED, action.reason)
+
+    async def _forget_gone_generations(self) -> None:
+        """Remove the app folders of generations that have no replica left."""
+        present = {r.generation for r in self.replicas()}
+        keep = {self._generation, self._memory.serving}
+        for generation in [g for g in self._plans if g not in present and g not in keep]:
+            del self._plans[generation]
             await asyncio.to_thread(remove_generation, self._store.runtime_dir, self.name, generation)
 
-    async def _fail(self, generation: int, message: str) -> None:
-        self._failed_generation = generation
-        outcome = {"generation": generation, "outcome": "failed", "message": message}
-        await asyncio.to_thread(self._store.add_event, self.name, "deployment", outcome)
-        if self.serving_generation is None:
-            await self._set_state(FAILED, message)
-        else:
-            detail = (
-                f"update to generation {generation} failed: {message}; "
-                f"still serving generation {self.serving_generation}"
-            )
-            await self._set_state(HEALTHY, detail)
-        log.error("service %s: generation %d failed: %s", self.name, generation, message)
+    # -- the route and the stored state ----------------------------------------------------
 
-    def _plan(self, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
-        layout = prepare_app(self._store, self.name, record.generation, record.config)
-        env_spec = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
-        resolved, isolation = resolve_for_service(self._store, self.name, record.generation, env_spec)
-        probe = Probe(
-            period_s=float(spec.liveness.period_seconds),
-            timeout_s=float(spec.liveness.timeout_seconds),
-            failure_threshold=spec.liveness.failure_threshold,
-            startup_deadline_s=float(spec.liveness.initial_delay_seconds),
-        )
-        return ReplicaPlan(
-            service=self.name,
-            generation=record.generation,
-            python=resolved.python,
-            app_root=layout.app_root,
-            entry_script=layout.entry_script,
-            environment={**isolation, **layout.environment},
-            max_concurrent=spec.replica_max_concurrent_requests,
-            probe=probe,
-        )
+    def refresh_route(self) -> None:
+        """Apply the stored keys and limits to the router now, so a regenerated key is refused
+        from the moment ``regen_key`` returns (a short SQLite read on the loop; admin calls are rare)."""
+        with contextlib.suppress(NotFound):
+            self._record = self._store.get_service(self.name)
+            self.spec = DeploySpec.from_dict(self._record.config["deploy"])
+            self._publish_route()
+
+    def _publish_route(self) -> None:
+        if self._record is None or self.spec is None:
+            return
+        route = route_for(self._record, self.spec, self._memory, self._generation)
+        if route != self._route:  # keys take part in the comparison, so a new key is published
+            self._target.publish(route)
+            self._route = route
+
+    async def _show(self, state: str, detail: str | None) -> None:
+        if state == HEALTHY and detail is None:
+            detail = self._scale_note
+        if self._last_state == (state, detail):
+            return
+        self._last_state = (state, detail)
+        await asyncio.to_thread(self._store.set_service_state, self.name, state, detail)
 
     # -- scaling (called by control/autoscaler.py) -----------------------------------------
 
     @property
     def replica_count(self) -> int:
-        """The replicas the serving generation has or is starting (draining ones excluded)."""
+        """The replicas the serving generation should have (draining ones excluded)."""
         return self._desired_replicas
 
     @property
     def scaling(self) -> bool:
-        """A roll-out or a scale-up holds the replica set; a decision now would be stale."""
-        return self._lock.locked()
+        """A roll-out, a pass or a scale-up is in progress; a decision now would be stale."""
+        gen, memory = self._generation, self._memory
+        if gen is None or gen not in (memory.serving, memory.failed) or self._lock.locked():
+            return True
+        serving = [r for r in self.replicas() if r.generation == memory.serving and r.state not in _GONE]
+        return any(r.new for r in serving) or len(serving) != self._desired_replicas
 
     async def scale_to(self, count: int, reason: str, utilization: float | None) -> int:
-        """Change the serving generation's replica count to ``count``; records a scale event.
-
-        Returns the count reached: lower than asked when new replicas failed to start (a
-        second event says why). Removals return at once; their drains run in the background.
-        """
-        async with self._lock:
-            current = self._desired_replicas
-            if self.serving_generation is None or self._serving_plan is None or count == current:
-                return current
-            await self._record_scale(current, count, reason, utilization)
-            if count > current:
-                return await self._scale_up(self._serving_plan, current, count)
-            self._scale_down(current - count)
-            return count
-
-    async def _scale_up(self, plan: ReplicaPlan, current: int, count: int) -> int:
-        used = {r.index for r in self.replicas()}
-        indexes = [i for i in range(len(used) + count) if i not in used][: count - current]
+        """Set the serving generation's replica count to ``count``, record a scale event and
+        carry it out now. Removals return at once; their drains run in the target."""
+        current = self._desired_replicas
+        if self.serving_generation is None or count == current:
+            return current
+        await self._record_scale(current, count, reason, utilization)
         self._desired_replicas = count
-        self._starting.update(indexes)
-        log.info("service %s: scaling %d -> %d, starting replicas %s", self.name, current, count, indexes)
-        try:
-            started = await asyncio.gather(*(self._target.start(plan, i) for i in indexes))
-        finally:
-            self._starting.difference_update(indexes)
-        failed = [r for r in started if r.state is not ReplicaState.READY]
-        if failed:
-            await asyncio.gather(*(self._target.stop(r.id, _STOP_GRACE_S) for r in failed))
-            self._desired_replicas = count - len(failed)
-            why = failed[0].detail or "replica failed to start"
-            await self._record_scale(
-                count, self._desired_replicas, f"{len(failed)} new replica(s) failed to start: {why}", None
-            )
+        await self.reconcile()
         return self._desired_replicas
-
-    def _scale_down(self, how_many: int) -> None:
-        candidates = [
-            r for r in self.replicas() if r.generation == self.serving_generation and r.id not in self._removing
-        ]
-        # not-Ready replicas go first (they serve nothing), then the highest indexes
-        candidates.sort(key=lambda r: (r.state is ReplicaState.READY, -r.index))
-        victims = [r.id for r in candidates[:how_many]]
-        self._desired_replicas -= len(victims)
-        self._removing.update(victims)
-        # step 1 of the drain order: the router assigns nothing new to them from here on
-        self._publish_replicas()
-        task = asyncio.create_task(self._remove(victims), name=f"scale down {self.name}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _remove(self, ids: list[str]) -> None:
-        spec = self.spec
-        timeout_s = spec.scoring_timeout_ms / 1000.0 if spec else 60.0
-        try:
-            # step 2: wait for their in-flight requests (router.drain logs the counts)
-            drained = await self._router.drain(self.name, ids, timeout_s)
-            # steps 3 and 4: SIGTERM, then SIGKILL after the grace period (targets/local.py)
-            log.info("service %s: stopping %s (drained: %s)", self.name, ids, drained)
-            await asyncio.gather(*(self._target.stop(rid, _STOP_GRACE_S) for rid in ids))
-            log.info("service %s: removed %s; %d replicas", self.name, ids, self._desired_replicas)
-        finally:
-            self._removing.difference_update(ids)
 
     async def _record_scale(self, old: int, new: int, reason: str, utilization: float | None) -> None:
         data = {
@@ -345,50 +330,10 @@ class ServiceController:
             log.warning("service %s: wanted %d replicas: %s", self.name, wanted, reason)
         if note == self._scale_note:
             return
+        previous, self._scale_note = self._scale_note, note
         last = self._last_state
-        if note is not None and last is not None and last[0] == HEALTHY:
-            await self._set_state(HEALTHY, note)
-        elif note is None and last is not None and last == (HEALTHY, self._scale_note):
-            await self._set_state(HEALTHY, None)
-        self._scale_note = note
-
-    # -- keeping the router and the stored state in step ----------------------------------
-
-    def on_replica_change(self) -> None:
-        self._publish_replicas()
-        self.wake()
-
-    def _publish_replicas(self) -> None:
-        ready = [
-            Upstream(id=r.id, host="127.0.0.1", port=r.port)
-            for r in self.replicas()
-            if r.generation == self.serving_generation
-            and r.state is ReplicaState.READY
-            and r.port
-            and r.id not in self._removing
-        ]
-        self._router.set_replicas(self.name, ready)
-
-    async def _publish_state(self) -> None:
-        if self.serving_generation is None:
-            return
-        serving = [
-            r
-            for r in self.replicas()
-            if r.generation == self.serving_generation and r.id not in self._removing and r.index not in self._starting
-        ]
-        ready = sum(r.state is ReplicaState.READY for r in serving)
-        if ready == len(serving) and serving:
-            if self._last_state and self._last_state[0] == UNHEALTHY:
-                await self._set_state(HEALTHY, None)
-        else:
-            await self._set_state(UNHEALTHY, f"{ready} of {len(serving)} replicas ready")
-
-    async def _set_state(self, state: str, detail: str | None) -> None:
-        if self._last_state == (state, detail):
-            return
-        self._last_state = (state, detail)
-        await asyncio.to_thread(self._store.set_service_state, self.name, state, detail)
+        if last is not None and last[0] == HEALTHY and last[1] == previous:
+            await self._show(HEALTHY, None)  # shows the new note, or none
 
     def status(self) -> dict[str, Any]:
         return {
@@ -398,25 +343,22 @@ class ServiceController:
 
 
 class Reconciler:
-    """All services of one workspace: controllers created, woken and removed on request."""
+    """All services of one workspace on one compute target: controllers created, woken and removed."""
 
-    def __init__(self, store: Store, runtime_dir: Path, router: Router) -> None:
+    def __init__(self, store: Store, target: ComputeTarget, planner: Planner = plan_generation) -> None:
         self._store = store
-        self._router = router
-        self._runtime_dir = runtime_dir
-        self.target = LocalTarget(runtime_dir, on_change=self._on_replica_change)
+        self._planner = planner
+        self.target = target
         self.controllers: dict[str, ServiceController] = {}
+        target.watch(self._on_replica_change)
 
     def _on_replica_change(self, service: str) -> None:
         controller = self.controllers.get(service)
         if controller is not None:
-            controller.on_replica_change()
+            controller.wake()
 
     def on_replica_failed(self, service: str, replica_id: str) -> None:
-        """The router saw ``replica_id`` fail mid-request: probe it now."""
-        self._target_check(replica_id)
-
-    def _target_check(self, replica_id: str) -> None:
+        """The router saw ``replica_id`` fail mid-request: have the target probe it now."""
         self.target.check_now(replica_id)
 
     async def restore(self) -> None:
@@ -430,7 +372,7 @@ class Reconciler:
     def sync(self, name: str) -> None:
         controller = self.controllers.get(name)
         if controller is None:
-            controller = ServiceController(name, self._store, self.target, self._router)
+            controller = ServiceController(name, self._store, self.target, self._planner)
             self.controllers[name] = controller
             controller.start()
         else:
@@ -439,17 +381,20 @@ class Reconciler:
 
     async def delete(self, name: str) -> None:
         controller = self.controllers.pop(name, None)
+        drain_s = 0.0
         if controller is not None:
             await controller.close()
+            drain_s = controller.spec.scoring_timeout_ms / 1000.0 if controller.spec else 0.0
+        await self.target.delete(name, drain_s)
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self._store.delete_service, name)
-        await asyncio.to_thread(shutil.rmtree, self._runtime_dir / "services" / name, True)
+        await asyncio.to_thread(shutil.rmtree, Path(self._store.runtime_dir) / "services" / name, True)
 
     async def shutdown(self) -> None:
         controllers = list(self.controllers.values())
         self.controllers.clear()
         await asyncio.gather(*(c.close() for c in controllers))
-        await self.target.stop_all(_STOP_GRACE_S)
+        await self.target.close(0.0)
 
     def status(self) -> dict[str, Any]:
         return {name: c.status() for name, c in self.controllers.items()}

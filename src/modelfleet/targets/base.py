@@ -1,25 +1,31 @@
-"""What a compute target is: values describing replicas, and the protocol targets implement.
+"""What a compute target is: the values it speaks in, and the interface every target implements.
 
-A compute target starts and stops replicas and says how they are doing; it decides nothing
-about how many there should be (the reconciler does) nor which one gets a request (the
-router does). ``targets/local.py`` runs replicas as processes on this machine.
+A compute target runs a service's replicas somewhere (``targets/local.py``: processes on this
+machine; ``targets/memory.py``: nothing at all, for tests; a Kubernetes target: pods of
+Deployments) and reports how they are doing. It decides nothing: how many replicas a service
+should have and which generation serves is the reconciler's choice (``control/decisions.py``),
+which replica gets a request is the router's. The reconciler, the autoscaler, the SDK and the
+CLI see a target only through :class:`ComputeTarget`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
+
+OnChange = Callable[[str], None]
 
 
 class ReplicaState(str, enum.Enum):
-    STARTING = "Starting"  # process started, init() running or server not yet answering
+    STARTING = "Starting"  # started, init() running or server not yet answering
     READY = "Ready"  # answered its readiness probe; may receive requests
     UNHEALTHY = "Unhealthy"  # failed failure_threshold liveness probes in a row; being restarted
     INIT_FAILED = "InitFailed"  # exited before ever being ready: init() raised or the script did not load
     EXITED = "Exited"  # exited after being ready; the target restarts it
+    DRAINING = "Draining"  # being removed: gets no new requests, finishes those in flight, then stops
     STOPPED = "Stopped"  # stopped on purpose
 
 
@@ -35,7 +41,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class ReplicaPlan:
-    """Everything needed to start one replica process of one service generation."""
+    """The template of one service generation: everything needed to start any of its replicas
+    (what a Deployment's pod template holds). Replicas of one generation differ only by index."""
 
     service: str
     generation: int
@@ -49,7 +56,12 @@ class ReplicaPlan:
 
 @dataclass
 class ReplicaInfo:
-    """A snapshot of one replica, as status commands and tests see it."""
+    """One replica as observed: status commands, the reconciler and tests see this.
+
+    ``address`` is where the router reaches it: a Unix socket path (local target) or
+    ``host:port`` (a pod IP and port); None until it listens. ``restarts`` counts restarts
+    after crashes or failed liveness probes (a Kubernetes container's restartCount).
+    """
 
     id: str
     service: str
@@ -57,10 +69,16 @@ class ReplicaInfo:
     index: int
     state: ReplicaState
     pid: int | None
-    port: int | None
+    address: str | None
     restarts: int
-    log_path: Path
+    log_path: Path | None
     detail: str | None = None
+
+    @property
+    def new(self) -> bool:
+        """Started and not yet Ready for the first time (a scale-up or roll-out in progress),
+        as opposed to one being restarted after a crash."""
+        return self.state is ReplicaState.STARTING and self.restarts == 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -69,21 +87,127 @@ class ReplicaInfo:
             "index": self.index,
             "state": self.state.value,
             "pid": self.pid,
-            "port": self.port,
+            "address": self.address,
             "restarts": self.restarts,
             "detail": self.detail,
         }
 
 
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Desired state of one generation of a service: its template and how many replicas."""
+
+    plan: ReplicaPlan
+    replicas: int
+
+    def __post_init__(self) -> None:
+        if self.replicas < 0:
+            raise ValueError(f"replicas must be >= 0 (got {self.replicas})")
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One service's line in the router's table: how it is served and which generation.
+
+    The router sends new requests only to Ready replicas of ``serving_generation`` that are
+    not draining; ``None`` means nothing serves yet. ``failure`` set (every replica failed
+    init(), nothing serving) makes the router answer that the service failed, and why.
+    """
+
+    service: str
+    serving_generation: int | None
+    auth: Literal["key", "token"] | None
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
+    max_concurrent: int = 1
+    max_wait_s: float = 0.5
+    timeout_s: float = 60.0
+    max_body_bytes: int = 100 * 1024 * 1024
+    trace: bool = False
+    failure: str | None = None
+
+
 class ComputeTarget(Protocol):
-    """What the reconciler needs from a compute target."""
+    """The interface every compute target implements; the reconciler drives it, nothing else.
 
-    async def start(self, plan: ReplicaPlan, index: int) -> ReplicaInfo:
-        """Start one replica and return once it is Ready or has failed (INIT_FAILED)."""
+    Written for whoever implements the next target. It is declarative: the reconciler says
+    what a service's generations should look like and observes what runs; it never asks for
+    "start replica 3". Each call returns once the change is under way, not when it is done;
+    progress shows in :meth:`replicas`, and the target calls the callback given to
+    :meth:`watch` whenever a replica of that service changes state, so the reconciler looks
+    again (it also looks every second, so a missed call only delays).
+
+    How the calls map onto Kubernetes (one Deployment per generation, named after the service
+    and generation, ``maxUnavailable: 0``, readiness probe ``GET /``):
+
+    - :meth:`apply` = create or patch the generation's Deployment (pod template from the
+      plan, ``spec.replicas``). Called again with the same spec it changes nothing.
+    - :meth:`scale` = patch ``deployments/scale``; ``remove`` names the pods to remove first
+      (the ``controller.kubernetes.io/pod-deletion-cost`` annotation), since a Deployment
+      picks its victims itself.
+    - :meth:`retire` = delete the generation's Deployment; its pods go Terminating, which
+      the router treats as draining (``preStop`` waits for in-flight requests).
+    - :meth:`replicas` = the pods by label: Ready condition, ``status.podIP`` as the
+      address, ``restartCount`` as restarts; a pod never Ready whose container terminated
+      (or is in CrashLoopBackOff) is ``INIT_FAILED``; a Terminating pod is ``DRAINING``.
+    - :meth:`publish` = what the in-cluster router reads (a ConfigMap per service with the
+      serving generation and limits, a Secret with the keys); the router then follows Ready
+      pods of that generation by watching the API.
+
+    Rules every target keeps (the reconciler's guarantees rest on them):
+
+    - a replica that fails before ever being Ready is reported ``INIT_FAILED`` with the
+      reason in ``detail``, and is not restarted; one that fails after being Ready is
+      restarted by the target (``restarts`` counts), reported not Ready meanwhile;
+    - removing a replica (``scale`` down, ``retire``, ``delete``) always drains it first:
+      the router stops assigning to it at once, its in-flight requests finish (at most the
+      given drain time), and only then is it stopped. It is listed ``DRAINING`` until gone;
+    - only the generation the route names is ever sent traffic, so a new generation can be
+      started beside the serving one and switched to once all its replicas are Ready.
+    """
+
+    def watch(self, on_change: OnChange) -> None:
+        """Call ``on_change(service)`` (on the event loop) whenever a replica of that service
+        changes state; one subscriber, the reconciler."""
         ...
 
-    async def stop(self, replica_id: str, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after ``grace_s``; the caller has drained it first."""
+    def replicas(self, service: str) -> list[ReplicaInfo]:
+        """Every replica of ``service`` the target knows, any generation and state."""
         ...
 
-    def replicas(self, service: str) -> list[ReplicaInfo]: ...
+    async def apply(self, spec: GenerationSpec) -> None:
+        """Make ``spec.plan``'s generation run ``spec.replicas`` replicas (create, or change
+        the count as :meth:`scale` would). Other generations are left as they are."""
+        ...
+
+    async def scale(self, service: str, generation: int, replicas: int, remove: Collection[str] = ()) -> None:
+        """Change a generation's replica count; going down, the replicas named in ``remove``
+        go first (then any not Ready, then the highest index); each is drained first."""
+        ...
+
+    async def retire(self, service: str, generation: int, drain_s: float) -> None:
+        """Remove a whole generation: drain its replicas (at most ``drain_s``) and stop them.
+        Returns at once; the replicas are listed ``DRAINING`` until they are gone."""
+        ...
+
+    def publish(self, route: RouteEntry) -> None:
+        """Hand the router this service's entry (limits, keys, serving generation, failure).
+        Takes effect before the call returns where the router is in this process, so that a
+        regenerated key is refused from then on."""
+        ...
+
+    def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
+        """The last ``tail_lines`` lines of one replica's log, or of each replica's in turn."""
+        ...
+
+    async def delete(self, service: str, drain_s: float) -> None:
+        """Remove the service from the router and every replica of it (drained first)."""
+        ...
+
+    def check_now(self, replica_id: str) -> None:
+        """The router saw this replica fail mid-request: probe it now rather than at the next period."""
+        ...
+
+    async def close(self, drain_s: float) -> None:
+        """Stop every replica of every service (daemon shutdown); nothing is left running."""
+        ...

@@ -1,22 +1,34 @@
-"""The local compute target: replica processes on this machine, supervised.
+"""The local compute target: replica processes on this machine, supervised, behind the
+router that runs in the same process (the daemon).
+
+It implements ``targets/base.ComputeTarget``: the reconciler says how many replicas of which
+generation; this module starts and stops processes to match, keeps the router's replica set in
+step with what is Ready, and reports every change through the ``watch`` callback.
 
 Each replica is ``<environment python> -m modelfleet.replica`` started in the service
-generation's app folder with the v1 environment variables. The replica binds port 0 and
-writes the port it got to a file, so two replicas never race for a port.
+generation's app folder with the v1 environment variables. It listens on a Unix domain socket
+in the cluster's private socket folder (mode 0700; the socket itself 0600), so no other local
+user can reach a replica around the router's keys, limits and logs. A socket path has at most
+107 bytes: where the workspace's own folder is too deep, a short private folder in /tmp
+(``mf-*``) is used and removed when the target closes (or, after a crash, when the next one
+starts). Replicas whose runtime predates ``--unix-socket`` listen on 127.0.0.1 with port 0 and
+write the port they got to a file, as before.
 
 Life of one replica (one supervising task each):
 
-1. launch: start the process, wait until the port file appears and ``GET /`` answers 200,
-   at most ``startup_deadline_s`` (v1's initial_delay_seconds). An exit before that is
-   INIT_FAILED on the first launch (the deployment fails) and a crash loop later on.
+1. launch: start the process, wait until ``GET /`` on its socket answers 200, at most
+   ``startup_deadline_s`` (v1's initial_delay_seconds). An exit before that is INIT_FAILED
+   on the first launch (the reconciler fails the deployment) and a crash loop later on.
 2. watch: every ``period_s`` probe ``GET /`` with ``timeout_s``; ``failure_threshold``
    failures in a row, or the process exiting, end the watch.
 3. restart with exponential backoff (1 s doubling to 30 s), counting restarts.
 
+Removing a replica (scale down, retire, delete) follows one order, each step logged: the
+router stops assigning to it (it is listed Draining), its in-flight requests finish (at most
+the drain time), SIGTERM, then SIGKILL after the grace period.
+
 Logs: the replica's stdout and stderr go to ``<service>/logs/replica-<index>.log``; the replica
 itself rotates that file by size (``--access-log`` adds its one JSON line per request).
-
-Stopping (after the router drained the replica): SIGTERM, SIGKILL after the grace period.
 Replicas get SIGKILL from the kernel if the daemon dies (PR_SET_PDEATHSIG), so a killed
 daemon never leaves orphans serving stale code.
 """
@@ -26,23 +38,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from modelfleet.targets.base import ReplicaInfo, ReplicaPlan, ReplicaState
+from modelfleet.replica.config import ReplicaConfig
+from modelfleet.router.auth import KeyAuth, TokenAuth
+from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+from modelfleet.targets.base import (
+    GenerationSpec,
+    OnChange,
+    ReplicaInfo,
+    ReplicaPlan,
+    ReplicaState,
+    RouteEntry,
+)
+from modelfleet.telemetry.logfiles import chain, tail
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 log = logging.getLogger("modelfleet.targets.local")
 
 INIT_FAILED_EXIT = 3  # the replica's exit status when init() raised
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 _MAX_BACKOFF_S = 30.0
 _TASK_STOP_S = 5.0
 _PR_SET_PDEATHSIG = 1
+_SUN_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+_LONGEST_ID = 64  # a replica id: service name (<= 32), generation and index, with room to spare
+_SHORT_DIR_RECORD = "socket-dir"  # names the /tmp folder in use, so a crashed daemon's is removed
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -50,11 +84,19 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-async def probe(port: int, timeout_s: float) -> bool:
-    """One liveness probe: ``GET /`` on 127.0.0.1:port answered 200 within ``timeout_s``."""
+def unix_sockets_supported() -> bool:
+    """The replica runtime listens on a Unix socket (``--unix-socket``) and the router can
+    reach one (``Upstream.unix_path``)."""
+    replica_fields = {f.name for f in dataclasses.fields(ReplicaConfig)}
+    return "unix_socket" in replica_fields and "unix_path" in {f.name for f in dataclasses.fields(Upstream)}
+
+
+async def probe(address: str, timeout_s: float) -> bool:
+    """One liveness probe: ``GET /`` on ``address`` (a socket path or host:port) answered 200
+    within ``timeout_s``."""
     # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
     # arrives as the inner call finishes, which would leave a stopping replica's task running.
-    attempt = asyncio.ensure_future(_get_root(port))
+    attempt = asyncio.ensure_future(_get_root(address))
     try:
         done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
     finally:
@@ -64,10 +106,14 @@ async def probe(port: int, timeout_s: float) -> bool:
     return attempt.result()
 
 
-async def _get_root(port: int) -> bool:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _get_root(address: str) -> bool:
+    if address.startswith("/"):
+        reader, writer = await asyncio.open_unix_connection(address)
+    else:
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         status_line = await reader.readline()
         return status_line.split(b" ", 2)[1:2] == [b"200"]
     finally:
@@ -78,34 +124,193 @@ async def _get_root(port: int) -> bool:
 class _Replica:
     info: ReplicaInfo
     plan: ReplicaPlan
-    port_file: Path
+    run_dir: Path
+    socket_path: Path | None  # None: TCP on 127.0.0.1 (a runtime without --unix-socket)
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
-    stopping: bool = False
+    stopping: bool = False  # being stopped now: the supervisor ends
+    draining: bool = False  # being removed: no restart, no new requests
     ever_ready: bool = False
-    first_outcome: asyncio.Future[ReplicaInfo] | None = None
     check_now: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port_file(self) -> Path:
+        return self.run_dir / f"{self.info.id}.port"
+
+    @property
+    def live(self) -> bool:
+        return not (self.draining or self.stopping)
 
 
 class LocalTarget:
-    """Starts, watches, restarts and stops replica processes.
+    """Starts, watches, restarts and stops replica processes; keeps ``router`` in step."""
 
-    ``on_change(service)`` is called (on the event loop) whenever a replica of that service
-    becomes Ready or stops being Ready, so the owner can update the router's replica set.
-    """
-
-    def __init__(self, runtime_dir: Path, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        router: Router,
+        token_key: Callable[[], EllipticCurvePublicKey] | None = None,
+        *,
+        unix_sockets: bool | None = None,
+    ) -> None:
         self._runtime_dir = runtime_dir
-        self._on_change = on_change
+        self._router = router
+        self._token_key = token_key
+        self._on_change: OnChange = lambda service: None
         self._replicas: dict[str, _Replica] = {}
+        self._plans: dict[tuple[str, int], ReplicaPlan] = {}
+        self._routes: dict[str, RouteEntry] = {}
+        self._auth: dict[str, KeyAuth | TokenAuth] = {}
+        self._published: dict[str, tuple[str, ...]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
+        self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
+        self._socket_dir: Path | None = None
 
     def __repr__(self) -> str:
         states = ", ".join(f"{r.info.id}={r.info.state.value}" for r in self._replicas.values())
         return f"<LocalTarget {states}>"
 
-    # -- what the reconciler calls -------------------------------------------------------
+    # -- ComputeTarget ---------------------------------------------------------------------
 
-    async def start(self, plan: ReplicaPlan, index: int) -> ReplicaInfo:
+    def watch(self, on_change: OnChange) -> None:
+        self._on_change = on_change
+
+    def replicas(self, service: str) -> list[ReplicaInfo]:
+        return [r.info for r in self._replicas.values() if r.info.service == service]
+
+    async def apply(self, spec: GenerationSpec) -> None:
+        plan = spec.plan
+        self._plans[(plan.service, plan.generation)] = plan
+        await self.scale(plan.service, plan.generation, spec.replicas)
+
+    async def scale(self, service: str, generation: int, replicas: int, remove: Collection[str] = ()) -> None:
+        mine = [r for r in self._replicas.values() if r.info.service == service and r.info.generation == generation]
+        live = [r for r in mine if r.live]
+        if replicas > len(live):
+            plan = self._plans.get((service, generation))
+            if plan is None:
+                raise KeyError(f"generation {generation} of service {service} was never applied")
+            used = {r.info.index for r in mine}  # draining ones keep their ids until gone
+            free = (i for i in range(len(used) + replicas) if i not in used)
+            indexes = [next(free) for _ in range(replicas - len(live))]
+            log.info("service %s: starting replicas %s of generation %d", service, indexes, generation)
+            for index in indexes:
+                self._start(plan, index)
+        elif replicas < len(live):
+            named = set(remove)
+            # named first, then not-Ready ones (they serve nothing), then the highest indexes
+            live.sort(key=lambda r: (r.info.id not in named, r.info.state is ReplicaState.READY, -r.info.index))
+            spec = self._routes.get(service)
+            self._drain(service, live[: len(live) - replicas], spec.timeout_s if spec else 60.0)
+
+    async def retire(self, service: str, generation: int, drain_s: float) -> None:
+        victims = [
+            r
+            for r in self._replicas.values()
+            if r.info.service == service and r.info.generation == generation and r.live
+        ]
+        if victims:
+            self._drain(service, victims, drain_s)
+        self._plans.pop((service, generation), None)
+
+    def publish(self, route: RouteEntry) -> None:
+        service = route.service
+        self._router.set_service(
+            ServiceRoute(
+                name=service,
+                auth=self._auth_for(route),
+                max_concurrent=route.max_concurrent,
+                max_wait_s=route.max_wait_s,
+                timeout_s=route.timeout_s,
+                max_body_bytes=route.max_body_bytes,
+                trace=route.trace,
+            )
+        )
+        mark_failed = getattr(self._router, "set_failure", None)
+        if mark_failed is not None:  # the router's "service failed: why" answer, where it has one
+            mark_failed(service, route.failure)
+        self._routes[service] = route
+        self._sync_router(service)
+
+    def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
+        infos = [i for i in self.replicas(service) if replica_id in (None, i.id)]
+        paths = sorted({i.log_path for i in infos if i.log_path is not None})
+        return "".join("".join(tail(chain(p), tail_lines)) for p in paths)
+
+    async def delete(self, service: str, drain_s: float) -> None:
+        self._router.remove_service(service)  # new requests 404, waiting ones 503
+        self._routes.pop(service, None)
+        self._auth.pop(service, None)
+        self._published.pop(service, None)
+        for key in [k for k in self._plans if k[0] == service]:
+            del self._plans[key]
+        ours = [r for r in self._replicas.values() if r.info.service == service]
+        await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in ours))
+
+    def check_now(self, replica_id: str) -> None:
+        replica = self._replicas.get(replica_id)
+        if replica is not None:
+            replica.check_now.set()
+
+    async def close(self, drain_s: float) -> None:
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in list(self._replicas.values())))
+        await asyncio.gather(*self._drains, return_exceptions=True)
+        self._remove_short_dir()
+
+    # -- the router's replica set ------------------------------------------------------------
+
+    def _auth_for(self, route: RouteEntry) -> KeyAuth | TokenAuth | None:
+        current = self._auth.get(route.service)
+        auth: KeyAuth | TokenAuth | None = None
+        if route.auth == "key":
+            if isinstance(current, KeyAuth):  # keep the object: the router holds it
+                current.set_keys(route.primary_key or "", route.secondary_key or "")
+                auth = current
+            else:
+                auth = KeyAuth(route.primary_key or "", route.secondary_key or "")
+        elif route.auth == "token":
+            if isinstance(current, TokenAuth):
+                auth = current
+            else:
+                if self._token_key is None:
+                    raise RuntimeError("token auth needs the workspace's public key; LocalTarget(token_key=...)")
+                # JWT times are wall-clock
+                auth = TokenAuth(self._token_key(), route.service, clock=time.time)
+        if auth is None:
+            self._auth.pop(route.service, None)
+        else:
+            self._auth[route.service] = auth
+        return auth
+
+    def _sync_router(self, service: str) -> None:
+        """Hand the router the Ready, live replicas of the serving generation, when they changed."""
+        route = self._routes.get(service)
+        if route is None:
+            return
+        ready = [
+            r
+            for r in self._replicas.values()
+            if r.info.service == service
+            and r.info.generation == route.serving_generation
+            and r.info.state is ReplicaState.READY
+            and r.info.address
+            and r.live
+        ]
+        ids = tuple(r.info.id for r in ready)
+        if self._published.get(service) == ids:
+            return
+        self._published[service] = ids
+        self._router.set_replicas(service, [_upstream(r.info) for r in ready])
+
+    def _changed(self, service: str) -> None:
+        self._sync_router(service)
+        self._on_change(service)
+
+    # -- starting, draining and stopping ---------------------------------------------------
+
+    def _start(self, plan: ReplicaPlan, index: int) -> None:
         replica_id = f"{plan.service}-{plan.generation}-{index}"
         service_dir = self._runtime_dir / "services" / plan.service
         (service_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -117,107 +322,132 @@ class LocalTarget:
             index=index,
             state=ReplicaState.STARTING,
             pid=None,
-            port=None,
+            address=None,
             restarts=0,
             log_path=service_dir / "logs" / f"replica-{index}.log",
         )
-        replica = _Replica(info=info, plan=plan, port_file=service_dir / "run" / f"{replica_id}.port")
-        replica.first_outcome = asyncio.get_running_loop().create_future()
+        socket_path = self._socket_dir_for() / f"{replica_id}.sock" if self._unix else None
+        replica = _Replica(info=info, plan=plan, run_dir=service_dir / "run", socket_path=socket_path)
         self._replicas[replica_id] = replica
         replica.task = asyncio.create_task(self._supervise(replica), name=f"supervise {replica_id}")
-        return await asyncio.shield(replica.first_outcome)
 
-    async def stop(self, replica_id: str, grace_s: float) -> None:
-        replica = self._replicas.pop(replica_id, None)
-        if replica is None:
+    def _drain(self, service: str, victims: list[_Replica], drain_s: float) -> None:
+        for r in victims:
+            r.draining = True
+            r.info.state = ReplicaState.DRAINING
+        self._sync_router(service)  # step 1: the router assigns nothing new to them
+        task = asyncio.create_task(self._remove(service, victims, drain_s), name=f"drain {service}")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        self._on_change(service)
+
+    async def _remove(self, service: str, victims: list[_Replica], drain_s: float) -> None:
+        ids = [r.info.id for r in victims]
+        # step 2: wait for their in-flight requests (router.drain logs the counts)
+        drained = await self._router.drain(service, ids, drain_s)
+        # steps 3 and 4: SIGTERM, then SIGKILL after the grace period
+        log.info("service %s: stopping %s (drained: %s)", service, ids, drained)
+        await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in victims))
+        log.info("service %s: removed %s", service, ids)
+        self._on_change(service)
+
+    async def _stop(self, replica: _Replica, grace_s: float) -> None:
+        if self._replicas.get(replica.info.id) is not replica:
             return
+        del self._replicas[replica.info.id]
         replica.stopping = True
         replica.check_now.set()  # wake its watch so it sees `stopping`
-        was_ready = replica.info.state is ReplicaState.READY
+        was_published = replica.info.id in self._published.get(replica.info.service, ())
         replica.info.state = ReplicaState.STOPPED
-        if was_ready:
-            self._on_change(replica.info.service)
+        if was_published:
+            self._sync_router(replica.info.service)
         if replica.task is not None:
             replica.task.cancel()
             # bounded: the task also checks `stopping`, so it ends even if a cancel is lost
             await asyncio.wait({replica.task}, timeout=_TASK_STOP_S)
         await _terminate(replica.proc, grace_s)
-        log.info("replica %s stopped", replica_id)
-
-    def replicas(self, service: str) -> list[ReplicaInfo]:
-        return [r.info for r in self._replicas.values() if r.info.service == service]
-
-    def check_now(self, replica_id: str) -> None:
-        """Probe this replica at once (the router saw it fail mid-request)."""
-        replica = self._replicas.get(replica_id)
-        if replica is not None:
-            replica.check_now.set()
-
-    async def stop_all(self, grace_s: float) -> None:
-        await asyncio.gather(*(self.stop(rid, grace_s) for rid in list(self._replicas)))
+        if replica.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                replica.socket_path.unlink()
+        log.info("replica %s stopped", replica.info.id)
 
     # -- supervision ---------------------------------------------------------------------
+
+    def _set(self, replica: _Replica, state: ReplicaState, detail: str | None = None) -> None:
+        if not replica.live:
+            return  # Draining or Stopped stays so
+        replica.info.state = state
+        replica.info.detail = detail
+        self._changed(replica.info.service)
 
     async def _supervise(self, replica: _Replica) -> None:
         backoff = 1.0
         info = replica.info
-        while not replica.stopping:
+        while replica.live:
             ready = await self._launch(replica)
             if not ready:
                 if not replica.ever_ready:
-                    info.state = ReplicaState.INIT_FAILED
-                    _resolve(replica, info)
                     await _terminate(replica.proc, 1.0)
+                    self._set(replica, ReplicaState.INIT_FAILED, info.detail)
                     return
             else:
                 replica.ever_ready = True
                 backoff = 1.0
-                info.state = ReplicaState.READY
-                _resolve(replica, info)
-                self._on_change(info.service)
+                self._set(replica, ReplicaState.READY)
                 reason = await self._watch(replica)
                 if replica.stopping:
                     return
-                info.state = ReplicaState.UNHEALTHY
-                info.detail = reason
-                self._on_change(info.service)
+                if replica.draining:  # it died while draining: nothing to restart
+                    await _terminate(replica.proc, 1.0)
+                    return
+                self._set(replica, ReplicaState.UNHEALTHY, reason)
                 log.warning("replica %s %s; restarting in %.0f s", info.id, reason, backoff)
             await _terminate(replica.proc, 2.0)
             info.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
+    def _argv(self, replica: _Replica) -> list[str]:
+        plan = replica.plan
+        argv = [
+            plan.python, "-m", "modelfleet.replica",
+            "--entry_script", str(plan.entry_script),
+            "--max-concurrent", str(plan.max_concurrent),
+            "--access-log",
+        ]  # fmt: skip
+        if replica.socket_path is not None:
+            argv += ["--unix-socket", str(replica.socket_path)]
+        else:
+            argv += ["--host", "127.0.0.1", "--port", "0", "--port-file", str(replica.port_file)]
+        if "AZUREML_MODEL_DIR" in plan.environment:
+            argv += ["--model_dir", plan.environment["AZUREML_MODEL_DIR"]]
+        return argv
+
     async def _launch(self, replica: _Replica) -> bool:
         plan, info = replica.plan, replica.info
-        info.state = ReplicaState.STARTING
-        info.port = None
-        with contextlib.suppress(FileNotFoundError):
-            replica.port_file.unlink()
+        if info.state is not ReplicaState.STARTING:
+            self._set(replica, ReplicaState.STARTING, info.detail)
+        info.address = None
+        for stale in (replica.port_file, replica.socket_path):
+            if stale is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         env = dict(os.environ)
         env.update(plan.environment)
         env["PYTHONUNBUFFERED"] = "1"
         # Telemetry (replica/config.py): the replica appends to its log itself and rotates it at
         # MODELFLEET_LOG_MAX_BYTES (an environment variable of the service may change it);
         # the id names its collected-data files; the stats file feeds the daemon's metrics.
+        assert info.log_path is not None
         env["MODELFLEET_LOG_FILE"] = str(info.log_path)
         env["MODELFLEET_REPLICA_ID"] = info.id
-        env["MODELFLEET_STATS_FILE"] = str(stats_path(replica.port_file.parent, info.id))
-        argv = [
-            plan.python, "-m", "modelfleet.replica",
-            "--entry_script", str(plan.entry_script),
-            "--host", "127.0.0.1", "--port", "0",
-            "--port-file", str(replica.port_file),
-            "--max-concurrent", str(plan.max_concurrent),
-            "--access-log",
-        ]  # fmt: skip
-        if "AZUREML_MODEL_DIR" in plan.environment:
-            argv += ["--model_dir", plan.environment["AZUREML_MODEL_DIR"]]
+        env["MODELFLEET_STATS_FILE"] = str(stats_path(replica.run_dir, info.id))
         with open(info.log_path, "ab") as log_file:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             log_file.write(f"--- {stamp} replica {info.id} starting (generation {info.generation})\n".encode())
             log_file.flush()
             replica.proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self._argv(replica),
                 cwd=plan.app_root,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -227,16 +457,16 @@ class LocalTarget:
             )
         info.pid = replica.proc.pid
         deadline = time.monotonic() + plan.probe.startup_deadline_s
-        while time.monotonic() < deadline and not replica.stopping:
+        while time.monotonic() < deadline and replica.live:
             if replica.proc.returncode is not None:
                 code = replica.proc.returncode
                 info.detail = (
                     "init() raised" if code == INIT_FAILED_EXIT else f"exited with status {code}"
                 ) + " before the replica was ready"
                 return False
-            if info.port is None:
-                info.port = _read_port(replica.port_file)
-            if info.port is not None and await probe(info.port, plan.probe.timeout_s):
+            address = _listening_address(replica)
+            if address is not None and await probe(address, plan.probe.timeout_s):
+                info.address = address
                 info.detail = None
                 return True
             await asyncio.sleep(0.05)
@@ -244,8 +474,8 @@ class LocalTarget:
         return False
 
     async def _watch(self, replica: _Replica) -> str:
-        proc, probe_spec, port = replica.proc, replica.plan.probe, replica.info.port
-        assert proc is not None and port is not None
+        proc, probe_spec, address = replica.proc, replica.plan.probe, replica.info.address
+        assert proc is not None and address is not None
         failures = 0
         exited = asyncio.ensure_future(proc.wait())
         try:
@@ -258,8 +488,11 @@ class LocalTarget:
                 woken.cancel()
                 if exited in done:
                     return f"exited with status {proc.returncode}"
-                if await probe(port, probe_spec.timeout_s):
+                if await probe(address, probe_spec.timeout_s):
                     failures = 0
+                    if woken in done and replica.live:
+                        # the router saw it fail mid-request, yet it answers: let it serve again
+                        self._router.mark_healthy(replica.info.service, replica.info.id)
                     continue
                 failures += 1
                 if failures >= probe_spec.failure_threshold:
@@ -268,23 +501,67 @@ class LocalTarget:
         finally:
             exited.cancel()
 
+    # -- the socket folder ------------------------------------------------------------------
+
+    def _socket_dir_for(self) -> Path:
+        """The private folder for replica sockets, made on first use (module docstring)."""
+        if self._socket_dir is not None:
+            return self._socket_dir
+        self._remove_short_dir()  # one left by a daemon that was killed
+        folder = self._runtime_dir / "sockets"
+        if len(os.fsencode(folder)) + 1 + _LONGEST_ID + len(".sock") > _SUN_PATH_MAX:
+            folder = Path(tempfile.mkdtemp(prefix="mf-"))  # made 0700
+            _write_record(self._runtime_dir / _SHORT_DIR_RECORD, str(folder))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask, and the folder may predate us
+        self._socket_dir = folder
+        return folder
+
+    def _remove_short_dir(self) -> None:
+        record = self._runtime_dir / _SHORT_DIR_RECORD
+        try:
+            folder = Path(record.read_text().strip())
+        except FileNotFoundError:
+            return
+        # only a folder of the shape we make, never whatever the record might say
+        if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("mf-"):
+            shutil.rmtree(folder, ignore_errors=True)
+        record.unlink(missing_ok=True)
+        if self._socket_dir == folder:
+            self._socket_dir = None
+
 
 def stats_path(run_dir: Path, replica_id: str) -> Path:
     """Where a replica writes its telemetry counters (``<service>/run/<id>.stats.json``)."""
     return run_dir / f"{replica_id}.stats.json"
 
 
-def _resolve(replica: _Replica, info: ReplicaInfo) -> None:
-    if replica.first_outcome is not None and not replica.first_outcome.done():
-        replica.first_outcome.set_result(info)
+def _upstream(info: ReplicaInfo) -> Upstream:
+    address = info.address or ""
+    if address.startswith("/"):
+        unix: Any = Upstream
+        return unix(id=info.id, unix_path=address)  # type: ignore[no-any-return]
+    host, port = address.rsplit(":", 1)
+    return Upstream(id=info.id, host=host, port=int(port))
 
 
-def _read_port(port_file: Path) -> int | None:
+def _listening_address(replica: _Replica) -> str | None:
+    if replica.socket_path is not None:
+        if not replica.socket_path.exists():
+            return None
+        os.chmod(replica.socket_path, 0o600)  # the folder is 0700 already; the socket too, whatever the umask
+        return str(replica.socket_path)
     try:
-        text = port_file.read_text().strip()
+        text = replica.port_file.read_text().strip()
     except FileNotFoundError:
         return None
-    return int(text) if text.isdigit() else None
+    return f"127.0.0.1:{text}" if text.isdigit() else None
+
+
+def _write_record(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 async def _terminate(proc: asyncio.subprocess.Process | None, grace_s: float) -> None:
