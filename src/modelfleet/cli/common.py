@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.errors import ConfigError
+from modelfleet.spec.deploy import SETTINGS
+from modelfleet.spec.fields import Setting
 
 
 def workspace(args: argparse.Namespace) -> Any:
@@ -78,6 +80,68 @@ def deploy_config_from_file(path: str) -> Any:
     from modelfleet.spec import DeploySpec
 
     return DeploySpec.from_v1_json(read_json(path, "--dc"))
+
+
+def deploy_config_from_args(args: argparse.Namespace) -> Any:
+    """``--dc``'s file with the setting flags applied over it (as ``service.update`` applies
+    settings), or the flags alone as ``deploy_configuration()`` keywords; None when neither."""
+    from modelfleet.spec import aks_deploy_configuration
+
+    settings = deploy_settings(args)
+    if args.dc:
+        spec = deploy_config_from_file(args.dc)
+        return spec.replace(**settings) if settings else spec
+    return aks_deploy_configuration(**settings) if settings else None
+
+
+_PARSE_BOOL = {"true": True, "false": False}
+_WORDS = {"bool": "true or false", "int": "an integer", "number": "a number"}
+
+
+def _parse_value(s: Setting) -> Any:
+    """argparse ``type=`` for one setting: the text becomes the setting's kind of value; the
+    setting's own check (bounds, rules) runs later, where the spec is built."""
+
+    def parse(text: str) -> Any:
+        try:
+            if s.kind == "bool":
+                return _PARSE_BOOL[text.lower()]
+            if s.kind == "int":
+                return int(text)
+            if s.kind == "number":
+                return float(text)
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(f"{s.flat} must be {_WORDS[s.kind]} (got {text!r})") from None
+        return text
+
+    return parse
+
+
+def add_deploy_settings(sub: argparse.ArgumentParser) -> None:
+    """One flag per deployment setting, from the spec's table (``spec/deploy.py``)."""
+    group = sub.add_argument_group(
+        "deployment settings", "v1 deploy_configuration's settings; each flag given overrides --dc's value"
+    )
+    for s in SETTINGS:
+        notes = [s.bounds()] if s.kind in ("int", "number") else []
+        if s.default not in (None, {}):
+            notes.append(f"default {str(s.default).lower()}")
+        help_text = f"{s.help} ({'; '.join(notes)})" if notes else s.help
+        if s.kind == "map":
+            group.add_argument(s.flag, dest=f"setting_{s.flat}", action="append", metavar="KEY=VALUE", help=help_text)
+        else:
+            metavar = {"int": "N", "number": "X", "bool": "true|false", "text": "TEXT"}[s.kind]
+            group.add_argument(s.flag, dest=f"setting_{s.flat}", type=_parse_value(s), metavar=metavar, help=help_text)
+
+
+def deploy_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The deployment settings given as flags, under their v1 keywords."""
+    given: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = getattr(args, f"setting_{s.flat}", None)
+        if value is not None:
+            given[s.flat] = pairs(value, s.flag) if s.kind == "map" else value
+    return given
 
 
 def add_output(sub: argparse.ArgumentParser) -> None:

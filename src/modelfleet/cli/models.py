@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from modelfleet.cli.common import (
+    add_deploy_settings,
     add_output,
-    deploy_config_from_file,
+    deploy_config_from_args,
     inference_config_from_file,
     models_from_refs,
     pairs,
@@ -50,6 +51,7 @@ def register(groups: Any) -> None:
     deploy.add_argument("--dc", "--deploy-config-file", dest="dc")
     deploy.add_argument("--overwrite", action="store_true")
     deploy.add_argument("--no-wait", action="store_true")
+    add_deploy_settings(deploy)
     deploy.set_defaults(handler=model_deploy)
 
 
@@ -99,7 +101,7 @@ def model_deploy(args: argparse.Namespace) -> int:
 
     # everything the user typed is checked before anything is looked up or created
     validate_service_name(args.name)
-    deploy_config = deploy_config_from_file(args.dc) if args.dc else None
+    deploy_config = deploy_config_from_args(args)
     inference_config = inference_config_from_file(args.ic)
     ws = workspace(args)
     models = models_from_refs(ws, args.model)

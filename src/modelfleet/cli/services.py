@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.cli.common import (
+    add_deploy_settings,
     add_output,
     deploy_config_from_file,
+    deploy_settings,
     inference_config_from_file,
     models_from_refs,
     print_output,
@@ -58,6 +60,7 @@ def register(groups: Any) -> None:
             sub.add_argument("--ic", "--inference-config-file", dest="ic")
             sub.add_argument("--dc", "--deploy-config-file", dest="dc")
             sub.add_argument("--no-wait", action="store_true")
+            add_deploy_settings(sub)
     events = service.add_parser("scale-events", help="when and why its replica count changed, oldest first")
     events.add_argument("-n", "--name", required=True)
     add_output(events)
@@ -142,6 +145,8 @@ def service_update(args: argparse.Namespace) -> int:
     models = models_from_refs(ws, args.model) if args.model else None
     inference = inference_config_from_file(args.ic) if args.ic else None
     spec = deploy_config_from_file(args.dc) if args.dc else service._spec()
+    settings = deploy_settings(args)
+    spec = spec.replace(**settings) if settings else spec
     service._update(models, inference, spec)
     if not args.no_wait:
         service.wait_for_deployment(show_output=True)

@@ -200,8 +200,7 @@ class Webservice:
         except ConnectionRefusedError:
             # the router is the daemon's: nothing listening means the cluster is down
             raise ClusterUnavailable(
-                f"nothing answers at {uri}: the local cluster is not running; "
-                "start it with `modelfleet cluster start`"
+                f"nothing answers at {uri}: the local cluster is not running; start it with `modelfleet cluster start`"
             ) from None
         finally:
             conn.close()
@@ -337,9 +336,8 @@ def build_config_models(models: list[Any]) -> list[dict[str, Any]]:
 class AksWebservice(Webservice):
     """A service with v1's AKS settings, deployed to the local cluster (or, later, Kubernetes)."""
 
-    @staticmethod
-    def deploy_configuration(**kwargs: Any) -> DeploySpec:
-        return aks_deploy_configuration(**kwargs)
+    # v1's explicit keyword parameters, not **kwargs: editors and type checkers list them.
+    deploy_configuration = staticmethod(aks_deploy_configuration)
 
     @staticmethod
     def plan_replicas(
@@ -364,9 +362,7 @@ class AksWebservice(Webservice):
 class LocalWebservice(Webservice):
     """v1's local deployment: one replica, auth off, on the local cluster."""
 
-    @staticmethod
-    def deploy_configuration(port: int | None = None) -> DeploySpec:
-        return local_deploy_configuration(port=port)
+    deploy_configuration = staticmethod(local_deploy_configuration)
 
 
 def _flavour(deploy: dict[str, Any]) -> type[Webservice]:

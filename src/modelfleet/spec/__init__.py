@@ -7,7 +7,9 @@ Everything that configures a service enters through here: the SDK's
 is checked once, in ``__post_init__``; a bad one raises ``ConfigError`` naming the field, the
 allowed range and the value found. Stdlib only: router and replica processes import this.
 
-    deploy.py       ProbeSpec, AutoscaleSpec, DeploySpec; aks_/local_deploy_configuration
+    deploy.py       ProbeSpec, AutoscaleSpec, DeploySpec (the table of deploy settings, declared
+                    once each); aks_/local_deploy_configuration
+    fields.py       ``setting()``: a field that carries its kind, bounds, v1 JSON path and help
     environment.py  EnvironmentSpec (pip, conda, v1 JSON) and the conda-file reader
     inference.py    InferenceSpec (entry script, source folder, environment)
     names.py        service and model name rules, ``name:version`` references

@@ -31,6 +31,12 @@ event hubs, ...) are accepted and have no effect; ``v1_notes`` lists the ones th
 the CLI can say so. ``computeType`` ``aci`` and ``aksendpoint`` are refused with a message.
 The conversions are classmethods: ``DeploySpec.from_v1_json`` / ``to_v1_json`` and
 ``InferenceSpec.from_v1_json``.
+
+Each setting is declared once, below, with ``setting()`` (``spec/fields.py``): type, default,
+bounds, v1 JSON path and help. ``SETTINGS`` is that table flattened to v1's keywords;
+validation, ``to_v1_json``/``from_v1_json``, ``replace``, the flat v1 attributes and the CLI's
+flags are derived from it. ``aks_deploy_configuration`` spells v1's keywords out (editors and
+type checkers read them); a test keeps them equal to the table.
 """
 
 from __future__ import annotations
@@ -49,27 +55,43 @@ from modelfleet.spec.checks import (
     _check_keys,
     _int,
     _kind,
-    _opt_str,
-    _positive,
-    _str_map,
 )
+from modelfleet.spec.fields import Setting, json_get, json_put, json_sections, setting, settings_of, validate_settings
 
-# --------------------------------------------------------------------------- deploy settings
+
+def _kubernetes_namespace(name: str, value: str) -> None:
+    if len(value) > 63 or not _NAMESPACE_RE.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be a Kubernetes namespace: up to 63 lowercase letters, digits and "
+            f"dashes, starting and ending with a letter or digit (got {value!r})"
+        )
+
+
+# --------------------------------------------------------------------------- the settings
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
     """v1 liveness probe (``livenessProbeRequirements``); every value at least 1, as v1."""
 
-    period_seconds: int = 10
-    initial_delay_seconds: int = 310
-    timeout_seconds: int = 2
-    success_threshold: int = 1
-    failure_threshold: int = 3
+    period_seconds: int = setting(
+        "int", 10, "livenessProbeRequirements.periodSeconds", "how often the liveness probe runs (s)", lo=1
+    )
+    initial_delay_seconds: int = setting(
+        "int", 310, "livenessProbeRequirements.initialDelaySeconds", "seconds from start to the first probe", lo=1
+    )
+    timeout_seconds: int = setting(
+        "int", 2, "livenessProbeRequirements.timeoutSeconds", "seconds one probe may take", lo=1
+    )
+    success_threshold: int = setting(
+        "int", 1, "livenessProbeRequirements.successThreshold", "passes in a row that count as alive", lo=1
+    )
+    failure_threshold: int = setting(
+        "int", 3, "livenessProbeRequirements.failureThreshold", "failures in a row before a restart", lo=1
+    )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _int(f.name, getattr(self, f.name), 1)
+        validate_settings(self, _PROBE)
 
 
 @dataclass(frozen=True)
@@ -77,37 +99,28 @@ class AutoscaleSpec:
     """v1 ``autoScaler``; ``down_delay_seconds`` is modelfleet's (how long utilization must stay
     under target before replicas are removed). Messages use the flat v1 names."""
 
-    enabled: bool = True
-    min_replicas: int = 1
-    max_replicas: int = 10
-    refresh_seconds: int = 1
-    target_utilization: int = 70
-    down_delay_seconds: int = 60
+    enabled: bool = setting(
+        "bool", True, "autoScaler.autoscaleEnabled", "scale with load (on unless num_replicas is given)"
+    )
+    min_replicas: int = setting("int", 1, "autoScaler.minReplicas", "fewest replicas when autoscaling", lo=1)
+    max_replicas: int = setting("int", 10, "autoScaler.maxReplicas", "most replicas when autoscaling", lo=1)
+    refresh_seconds: int = setting(
+        "int", 1, "autoScaler.refreshPeriodInSeconds", "seconds between autoscaling decisions", lo=1
+    )
+    target_utilization: int = setting(
+        "int", 70, "autoScaler.targetUtilization", "percent of replica capacity to keep busy", lo=1, hi=100
+    )
+    down_delay_seconds: int = setting(
+        "int", 60, "autoScaler.scaleDownDelaySeconds", "seconds under target before scaling down", lo=0
+    )
 
     def __post_init__(self) -> None:
-        _bool("autoscale_enabled", self.enabled)
-        _int("autoscale_min_replicas", self.min_replicas, 1)
-        _int("autoscale_max_replicas", self.max_replicas, 1)
-        _int("autoscale_refresh_seconds", self.refresh_seconds, 1)
-        _int("autoscale_target_utilization", self.target_utilization, 1, 100)
-        _int("autoscale_down_delay_seconds", self.down_delay_seconds, 0)
+        validate_settings(self, _AUTOSCALE)
         if self.min_replicas > self.max_replicas:
             raise ConfigError(
                 f"autoscale_min_replicas ({self.min_replicas}) cannot be greater than "
                 f"autoscale_max_replicas ({self.max_replicas})"
             )
-
-
-# Flat v1 keyword -> field of the nested value.
-_AUTOSCALE_FLAT = {
-    "autoscale_enabled": "enabled",
-    "autoscale_min_replicas": "min_replicas",
-    "autoscale_max_replicas": "max_replicas",
-    "autoscale_refresh_seconds": "refresh_seconds",
-    "autoscale_target_utilization": "target_utilization",
-    "autoscale_down_delay_seconds": "down_delay_seconds",
-}
-_PROBE_FLAT = {f.name: f.name for f in dataclasses.fields(ProbeSpec)}
 
 
 @dataclass(frozen=True)
@@ -122,78 +135,71 @@ class DeploySpec:
     """
 
     compute_type: str = "aks"
-    cpu_cores: float = 0.1
-    memory_gb: float = 0.5
-    cpu_cores_limit: float | None = None
-    memory_gb_limit: float | None = None
-    gpu_cores: int = 0
-    num_replicas: int | None = None
+    cpu_cores: float = setting("number", 0.1, "containerResourceRequirements.cpu", "CPU cores reserved per replica")
+    memory_gb: float = setting("number", 0.5, "containerResourceRequirements.memoryInGB", "memory (GB) per replica")
+    cpu_cores_limit: float | None = setting(
+        "number", None, "containerResourceRequirements.cpuLimit", "most CPU cores a replica may use"
+    )
+    memory_gb_limit: float | None = setting(
+        "number", None, "containerResourceRequirements.memoryInGBLimit", "most memory (GB) a replica may use"
+    )
+    # v1 has two spellings: the CLI read top-level gpuCores, the service payload had
+    # containerResourceRequirements.gpu. Both are read; the first is written.
+    gpu_cores: int = setting("int", 0, ("gpuCores", "containerResourceRequirements.gpu"), "GPUs per replica", lo=0)
+    num_replicas: int | None = setting("int", None, "numReplicas", "a fixed replica count (no autoscaling)", lo=1)
     autoscale: AutoscaleSpec = field(default_factory=AutoscaleSpec)
-    auth_enabled: bool = True
-    token_auth_enabled: bool = False
-    primary_key: str | None = field(default=None, repr=False)
-    secondary_key: str | None = field(default=None, repr=False)
-    scoring_timeout_ms: int = 60000
-    replica_max_concurrent_requests: int = 1
-    max_request_wait_time: int = 500
+    auth_enabled: bool = setting("bool", True, "authEnabled", "key auth (on unless token auth is asked for)")
+    token_auth_enabled: bool = setting("bool", False, "tokenAuthEnabled", "token (JWT) auth instead of keys")
+    primary_key: str | None = setting(
+        "text", None, "keys.primaryKey", "the primary key (default: 256 random bits)", secret=True
+    )
+    secondary_key: str | None = setting(
+        "text", None, "keys.secondaryKey", "the secondary key (default: 256 random bits)", secret=True
+    )
+    scoring_timeout_ms: int = setting(
+        "int", 60000, "scoringTimeoutMs", "milliseconds a scoring call may take (then 504)", lo=1
+    )
+    replica_max_concurrent_requests: int = setting(
+        "int", 1, "maxConcurrentRequestsPerContainer", "requests one replica serves at once", lo=1
+    )
+    max_request_wait_time: int = setting(
+        "int", 500, "maxQueueWaitMs", "milliseconds to wait for a free replica (then 503)", lo=0
+    )
     liveness: ProbeSpec = field(default_factory=ProbeSpec)
-    collect_model_data: bool = False
-    enable_app_insights: bool = False
-    namespace: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    properties: dict[str, str] = field(default_factory=dict)
-    description: str | None = None
-    compute_target_name: str | None = None
-    blobfuse_enabled: bool = True
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    collect_model_data: bool = setting(
+        "bool", False, "dataCollection.storageEnabled", "store inputs and outputs (ModelDataCollector)"
+    )
+    enable_app_insights: bool = setting("bool", False, "appInsightsEnabled", "record each request's timings")
+    namespace: str | None = setting("text", None, "namespace", "Kubernetes namespace", check=_kubernetes_namespace)
+    tags: dict[str, str] = setting("map", {}, "tags", "a tag, KEY=VALUE (repeatable)", flag="--tag")
+    properties: dict[str, str] = setting(
+        "map", {}, "properties", "a property, KEY=VALUE (repeatable)", flag="--property"
+    )
+    description: str | None = setting("text", None, "description", "what the service is")
+    compute_target_name: str | None = setting("text", None, "computeTargetName", "v1's compute target name")
+    blobfuse_enabled: bool = setting("bool", True, "blobfuseEnabled", "v1's model download setting (kept)")
+    max_body_bytes: int = setting(
+        "int", DEFAULT_MAX_BODY_BYTES, "maxBodyBytes", "largest request body the router accepts (bytes)", lo=1
+    )
     port: int | None = None
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalised values are written once, here
         if self.compute_type not in COMPUTE_TYPES:
             raise ConfigError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)} (got {self.compute_type!r})")
-        set_(self, "cpu_cores", _positive("cpu_cores", self.cpu_cores))
-        set_(self, "memory_gb", _positive("memory_gb", self.memory_gb))
-        if self.cpu_cores_limit is not None:
-            set_(self, "cpu_cores_limit", _positive("cpu_cores_limit", self.cpu_cores_limit))
-            if self.cpu_cores_limit < self.cpu_cores:
-                raise ConfigError(
-                    f"cpu_cores_limit must be greater than or equal to cpu_cores "
-                    f"(got {self.cpu_cores_limit} < {self.cpu_cores})"
-                )
-        if self.memory_gb_limit is not None:
-            set_(self, "memory_gb_limit", _positive("memory_gb_limit", self.memory_gb_limit))
-            if self.memory_gb_limit < self.memory_gb:
-                raise ConfigError(
-                    f"memory_gb_limit must be greater than or equal to memory_gb "
-                    f"(got {self.memory_gb_limit} < {self.memory_gb})"
-                )
-        _int("gpu_cores", self.gpu_cores, 0)
-        if self.num_replicas is not None:
-            _int("num_replicas", self.num_replicas, 1)
         if not isinstance(self.autoscale, AutoscaleSpec):
             raise ConfigError(f"autoscale must be an AutoscaleSpec (got {_kind(self.autoscale)})")
         if not isinstance(self.liveness, ProbeSpec):
             raise ConfigError(f"liveness must be a ProbeSpec (got {_kind(self.liveness)})")
-        for name in ("auth_enabled", "token_auth_enabled", "collect_model_data", "enable_app_insights"):
-            _bool(name, getattr(self, name))
-        _bool("blobfuse_enabled", self.blobfuse_enabled)
-        for name in ("primary_key", "secondary_key", "description", "compute_target_name", "namespace"):
-            _opt_str(name, getattr(self, name))
-        _int("scoring_timeout_ms", self.scoring_timeout_ms, 1)
-        _int("replica_max_concurrent_requests", self.replica_max_concurrent_requests, 1)
-        _int("max_request_wait_time", self.max_request_wait_time, 0)
-        _int("max_body_bytes", self.max_body_bytes, 1)
-        if self.namespace is not None and (len(self.namespace) > 63 or not _NAMESPACE_RE.fullmatch(self.namespace)):
-            raise ConfigError(
-                "namespace must be a Kubernetes namespace: up to 63 lowercase letters, digits and "
-                f"dashes, starting and ending with a letter or digit (got {self.namespace!r})"
-            )
-        set_(self, "tags", _str_map("tags", self.tags))
-        set_(self, "properties", _str_map("properties", self.properties))
+        validate_settings(self, _OWN)
         self._check_rules()
 
     def _check_rules(self) -> None:
+        for limit, request in (("cpu_cores_limit", "cpu_cores"), ("memory_gb_limit", "memory_gb")):
+            if getattr(self, limit) is not None and getattr(self, limit) < getattr(self, request):
+                raise ConfigError(
+                    f"{limit} must be greater than or equal to {request} "
+                    f"(got {getattr(self, limit)} < {getattr(self, request)})"
+                )
         if self.autoscale.enabled and self.num_replicas is not None:
             raise ConfigError(
                 f"autoscale enabled and num_replicas provided (num_replicas={self.num_replicas}); "
@@ -222,51 +228,9 @@ class DeploySpec:
                 f"compute_type {self.compute_type!r}); the router assigns the scoring port"
             )
 
-    # v1 exposed these flat attributes on its configuration object; scripts that read
-    # ``dc.autoscale_max_replicas`` or ``dc.period_seconds`` keep working.
-    @property
-    def autoscale_enabled(self) -> bool:
-        return self.autoscale.enabled
-
-    @property
-    def autoscale_min_replicas(self) -> int:
-        return self.autoscale.min_replicas
-
-    @property
-    def autoscale_max_replicas(self) -> int:
-        return self.autoscale.max_replicas
-
-    @property
-    def autoscale_refresh_seconds(self) -> int:
-        return self.autoscale.refresh_seconds
-
-    @property
-    def autoscale_target_utilization(self) -> int:
-        return self.autoscale.target_utilization
-
-    @property
-    def autoscale_down_delay_seconds(self) -> int:
-        return self.autoscale.down_delay_seconds
-
-    @property
-    def period_seconds(self) -> int:
-        return self.liveness.period_seconds
-
-    @property
-    def initial_delay_seconds(self) -> int:
-        return self.liveness.initial_delay_seconds
-
-    @property
-    def timeout_seconds(self) -> int:
-        return self.liveness.timeout_seconds
-
-    @property
-    def success_threshold(self) -> int:
-        return self.liveness.success_threshold
-
-    @property
-    def failure_threshold(self) -> int:
-        return self.liveness.failure_threshold
+    def value(self, s: Setting) -> Any:
+        """The value of setting ``s`` (one of ``SETTINGS``), nested or not."""
+        return getattr(getattr(self, s.group) if s.group else self, s.name)
 
     def initial_replicas(self) -> int:
         """Replicas to start: ``num_replicas`` when autoscale is off, else the autoscale minimum."""
@@ -284,19 +248,18 @@ class DeploySpec:
         one kind of auth on without mentioning the other turns the other off.
         """
         direct: dict[str, Any] = {}
-        scale: dict[str, Any] = {}
-        probe: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {"autoscale": {}, "liveness": {}}
         fields = {f.name for f in dataclasses.fields(self)}
         for key, value in changes.items():
-            if key in _AUTOSCALE_FLAT:
-                scale[_AUTOSCALE_FLAT[key]] = value
-            elif key in _PROBE_FLAT:
-                probe[key] = value
+            s = BY_FLAT.get(key)
+            if s is not None and s.group is not None:
+                nested[s.group][s.name] = value
             elif key in fields:
                 direct[key] = value
             else:
-                known = sorted(fields | set(_AUTOSCALE_FLAT) | set(_PROBE_FLAT))
+                known = sorted(fields | set(BY_FLAT))
                 raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
+        scale, probe = nested["autoscale"], nested["liveness"]
         if "autoscale" not in direct and "enabled" not in scale and direct.get("num_replicas") is not None:
             scale["enabled"] = False
         if scale.get("enabled") is True and "num_replicas" not in direct:
@@ -320,7 +283,9 @@ class DeploySpec:
         The keys are secrets and are left out unless ``include_keys``."""
         d = dataclasses.asdict(self)
         if not include_keys:
-            del d["primary_key"], d["secondary_key"]
+            for s in _OWN:
+                if s.secret:
+                    del d[s.name]
         return d
 
     @classmethod
@@ -346,7 +311,7 @@ class DeploySpec:
         ``blobfuseEnabled``, ``maxBodyBytes`` and ``autoScaler.scaleDownDelaySeconds`` are
         modelfleet's additions (v1 took tags and description from CLI flags).
         """
-        _check_keys("deploymentconfig.json", d, ["computeType", *_V1_TOP_LEVEL, "port"])
+        _check_keys("deploymentconfig.json", d, ["computeType", *_V1_SECTIONS, "port"])
         compute = d.get("computeType")
         if not isinstance(compute, str):
             raise ConfigError(
@@ -369,27 +334,32 @@ class DeploySpec:
             )
         if d.get("port") is not None:
             raise ConfigError(f"port applies only to computeType 'local' (got computeType {compute!r})")
+        for top, keys in _V1_SECTIONS.items():
+            if keys and d.get(top) is not None:
+                _check_keys(top, d[top], keys)
         kwargs: dict[str, Any] = {}
-        for path, param in _V1_DEPLOY_KEYS:
-            section = d.get(path[0]) if len(path) == 2 else d
-            if section is None:
-                continue
-            if len(path) == 2:
-                _check_keys(path[0], section, _V1_SECTIONS[path[0]])
-            value = section.get(path[-1])
-            if value is None:
-                continue
-            if param in kwargs and kwargs[param] != value:
-                raise ConfigError(
-                    f"gpu given twice with different values in deploymentconfig.json "
-                    f"(gpuCores={d.get('gpuCores')!r}, containerResourceRequirements.gpu={value!r})"
-                )
-            kwargs[param] = value
+        read_at: dict[str, str] = {}
+        for s in SETTINGS:
+            for path in s.v1:
+                value = json_get(d, path)
+                if value is None:
+                    continue
+                if s.flat in kwargs and kwargs[s.flat] != value:
+                    raise ConfigError(
+                        f"{path.rpartition('.')[2]} given twice with different values in deploymentconfig.json "
+                        f"({read_at[s.flat]}={kwargs[s.flat]!r}, {path}={value!r})"
+                    )
+                kwargs[s.flat], read_at[s.flat] = value, path
         try:
             return aks_deploy_configuration(compute_type=compute, **kwargs)
         except ConfigError as e:
             json_key = next(
-                (".".join(p) for p, param in _V1_DEPLOY_KEYS if e.message.startswith(param + " ") and _has_path(d, p)),
+                (
+                    path
+                    for s in SETTINGS
+                    for path in s.v1
+                    if e.message.startswith(s.flat + " ") and json_get(d, path) is not None
+                ),
                 None,
             )
             where = f"{json_key} in deploymentconfig.json" if json_key else "deploymentconfig.json"
@@ -403,112 +373,43 @@ class DeploySpec:
             if self.port is not None:
                 out["port"] = self.port
             return out
-        a, p = self.autoscale, self.liveness
-        scaler: dict[str, Any] = {"autoscaleEnabled": a.enabled}
-        if a.enabled:
-            scaler.update(
-                minReplicas=a.min_replicas,
-                maxReplicas=a.max_replicas,
-                refreshPeriodInSeconds=a.refresh_seconds,
-                targetUtilization=a.target_utilization,
-                scaleDownDelaySeconds=a.down_delay_seconds,
-            )
-        resources: dict[str, Any] = {"cpu": self.cpu_cores, "memoryInGB": self.memory_gb}
-        if self.cpu_cores_limit is not None:
-            resources["cpuLimit"] = self.cpu_cores_limit
-        if self.memory_gb_limit is not None:
-            resources["memoryInGBLimit"] = self.memory_gb_limit
-        out = {
-            "computeType": self.compute_type,
-            "autoScaler": scaler,
-            "containerResourceRequirements": resources,
-            "gpuCores": self.gpu_cores,
-            "authEnabled": self.auth_enabled,
-            "tokenAuthEnabled": self.token_auth_enabled,
-            "appInsightsEnabled": self.enable_app_insights,
-            "dataCollection": {"storageEnabled": self.collect_model_data},
-            "scoringTimeoutMs": self.scoring_timeout_ms,
-            "maxConcurrentRequestsPerContainer": self.replica_max_concurrent_requests,
-            "maxQueueWaitMs": self.max_request_wait_time,
-            "livenessProbeRequirements": {
-                "periodSeconds": p.period_seconds,
-                "initialDelaySeconds": p.initial_delay_seconds,
-                "timeoutSeconds": p.timeout_seconds,
-                "successThreshold": p.success_threshold,
-                "failureThreshold": p.failure_threshold,
-            },
-            "blobfuseEnabled": self.blobfuse_enabled,
-            "maxBodyBytes": self.max_body_bytes,
-            "tags": dict(self.tags),
-            "properties": dict(self.properties),
-        }
-        if self.num_replicas is not None:
-            out["numReplicas"] = self.num_replicas
-        for key, value in (
-            ("namespace", self.namespace),
-            ("computeTargetName", self.compute_target_name),
-            ("description", self.description),
-        ):
+        out = {"computeType": self.compute_type}
+        for s in SETTINGS:
+            if s.secret and not include_keys:
+                continue
+            if s.group == "autoscale" and s.name != "enabled" and not self.autoscale.enabled:
+                continue  # v1 refuses autoscaler values while autoscaling is off
+            value = self.value(s)
             if value is not None:
-                out[key] = value
-        if include_keys and (self.primary_key or self.secondary_key):
-            out["keys"] = {
-                k: v
-                for k, v in (("primaryKey", self.primary_key), ("secondaryKey", self.secondary_key))
-                if v is not None
-            }
+                json_put(out, s.v1[0], dict(value) if isinstance(value, dict) else value)
         return out
 
 
-# JSON path -> aks_deploy_configuration keyword. Two spellings of the GPU count exist in v1:
-# the CLI read top-level ``gpuCores``; the service payload had ``containerResourceRequirements.gpu``.
-_V1_DEPLOY_KEYS: list[tuple[tuple[str, ...], str]] = [
-    (("autoScaler", "autoscaleEnabled"), "autoscale_enabled"),
-    (("autoScaler", "minReplicas"), "autoscale_min_replicas"),
-    (("autoScaler", "maxReplicas"), "autoscale_max_replicas"),
-    (("autoScaler", "refreshPeriodInSeconds"), "autoscale_refresh_seconds"),
-    (("autoScaler", "targetUtilization"), "autoscale_target_utilization"),
-    (("autoScaler", "scaleDownDelaySeconds"), "autoscale_down_delay_seconds"),
-    (("containerResourceRequirements", "cpu"), "cpu_cores"),
-    (("containerResourceRequirements", "memoryInGB"), "memory_gb"),
-    (("containerResourceRequirements", "cpuLimit"), "cpu_cores_limit"),
-    (("containerResourceRequirements", "memoryInGBLimit"), "memory_gb_limit"),
-    (("gpuCores",), "gpu_cores"),
-    (("containerResourceRequirements", "gpu"), "gpu_cores"),
-    (("dataCollection", "storageEnabled"), "collect_model_data"),
-    (("authEnabled",), "auth_enabled"),
-    (("tokenAuthEnabled",), "token_auth_enabled"),
-    (("appInsightsEnabled",), "enable_app_insights"),
-    (("scoringTimeoutMs",), "scoring_timeout_ms"),
-    (("maxConcurrentRequestsPerContainer",), "replica_max_concurrent_requests"),
-    (("maxQueueWaitMs",), "max_request_wait_time"),
-    (("numReplicas",), "num_replicas"),
-    (("keys", "primaryKey"), "primary_key"),
-    (("keys", "secondaryKey"), "secondary_key"),
-    (("livenessProbeRequirements", "periodSeconds"), "period_seconds"),
-    (("livenessProbeRequirements", "initialDelaySeconds"), "initial_delay_seconds"),
-    (("livenessProbeRequirements", "timeoutSeconds"), "timeout_seconds"),
-    (("livenessProbeRequirements", "successThreshold"), "success_threshold"),
-    (("livenessProbeRequirements", "failureThreshold"), "failure_threshold"),
-    (("namespace",), "namespace"),
-    (("computeTargetName",), "compute_target_name"),
-    (("blobfuseEnabled",), "blobfuse_enabled"),
-    (("maxBodyBytes",), "max_body_bytes"),
-    (("tags",), "tags"),
-    (("properties",), "properties"),
-    (("description",), "description"),
+_PROBE = settings_of(ProbeSpec, group="liveness")
+_AUTOSCALE = settings_of(AutoscaleSpec, "autoscale_", group="autoscale")
+_OWN = settings_of(DeploySpec)
+_NESTED = {"autoscale": _AUTOSCALE, "liveness": _PROBE}
+# Every setting under its flat v1 keyword, in DeploySpec's field order (nested ones in place).
+SETTINGS: list[Setting] = [
+    s for f in dataclasses.fields(DeploySpec) for s in _NESTED.get(f.name, [o for o in _OWN if o.name == f.name])
 ]
-_V1_SECTIONS: dict[str, list[str]] = {}
-for _path, _ in _V1_DEPLOY_KEYS:
-    if len(_path) == 2:
-        _V1_SECTIONS.setdefault(_path[0], []).append(_path[1])
+BY_FLAT: dict[str, Setting] = {s.flat: s for s in SETTINGS}
+_V1_SECTIONS = json_sections(SETTINGS)
 _V1_SECTIONS["dataCollection"].append("eventHubEnabled")  # v1 REST field; no event hubs here
-_V1_TOP_LEVEL = list(dict.fromkeys(p[0] for p, _ in _V1_DEPLOY_KEYS))
 
 
-def _has_path(d: Mapping[str, Any], path: tuple[str, ...]) -> bool:
-    section = d.get(path[0]) if len(path) == 2 else d
-    return isinstance(section, Mapping) and section.get(path[-1]) is not None
+def _flat_property(s: Setting) -> property:
+    return property(lambda spec: spec.value(s), doc=s.help)
+
+
+# v1 exposed the nested values as flat attributes of its configuration object; scripts that
+# read ``dc.autoscale_max_replicas`` or ``dc.period_seconds`` keep working.
+for _s in _AUTOSCALE + _PROBE:
+    setattr(DeploySpec, _s.flat, _flat_property(_s))
+del _s
+
+
+# --------------------------------------------------------------------------- v1 entry points
 
 
 def aks_deploy_configuration(
@@ -553,73 +454,35 @@ def aks_deploy_configuration(
     ``None`` means "not given", as in v1. Autoscaling is on unless ``num_replicas`` is given;
     key auth is on unless token auth is asked for.
     """
-    scale_given = {
-        name: value
-        for name, value in (
-            ("autoscale_min_replicas", autoscale_min_replicas),
-            ("autoscale_max_replicas", autoscale_max_replicas),
-            ("autoscale_refresh_seconds", autoscale_refresh_seconds),
-            ("autoscale_target_utilization", autoscale_target_utilization),
-            ("autoscale_down_delay_seconds", autoscale_down_delay_seconds),
-        )
-        if value is not None
-    }
-    if autoscale_enabled is not None:
-        _bool("autoscale_enabled", autoscale_enabled)
-    enabled = autoscale_enabled if autoscale_enabled is not None else num_replicas is None
-    if not enabled and scale_given:
-        name = next(iter(scale_given))
+    given = {name: value for name, value in locals().items() if value is not None}  # the parameters
+    del given["compute_type"]
+    return _from_keywords(compute_type, given)
+
+
+def _from_keywords(compute_type: str, given: dict[str, Any]) -> DeploySpec:
+    """``aks_deploy_configuration``'s body: v1 keywords given (not None) -> a DeploySpec."""
+    values: dict[str | None, dict[str, Any]] = {None: {}, "autoscale": {}, "liveness": {}}
+    for flat, value in given.items():
+        values[BY_FLAT[flat].group][BY_FLAT[flat].name] = value
+    direct, scale, probe = values[None], values["autoscale"], values["liveness"]
+    asked = scale.pop("enabled", None)
+    if asked is not None:
+        _bool("autoscale_enabled", asked)
+    enabled = asked if asked is not None else "num_replicas" not in direct
+    if not enabled and scale:
+        name = next(flat for flat in given if BY_FLAT[flat].group == "autoscale" and flat != "autoscale_enabled")
         raise ConfigError(
-            f"{name} provided without enabling autoscaling (num_replicas={num_replicas!r}, "
-            f"autoscale_enabled={autoscale_enabled!r}); drop num_replicas and set autoscale_enabled=True "
+            f"{name} provided without enabling autoscaling (num_replicas={direct.get('num_replicas')!r}, "
+            f"autoscale_enabled={asked!r}); drop num_replicas and set autoscale_enabled=True "
             f"to autoscale, or drop {name}"
         )
-    autoscale = AutoscaleSpec(
-        enabled=enabled,
-        **{_AUTOSCALE_FLAT[k]: v for k, v in scale_given.items()},
-    )
-    probe = {
-        k: v
-        for k, v in (
-            ("period_seconds", period_seconds),
-            ("initial_delay_seconds", initial_delay_seconds),
-            ("timeout_seconds", timeout_seconds),
-            ("success_threshold", success_threshold),
-            ("failure_threshold", failure_threshold),
-        )
-        if v is not None
-    }
-    if auth_enabled is None:
-        auth_enabled = token_auth_enabled is not True
-    given: dict[str, Any] = {
-        "compute_type": compute_type,
-        "cpu_cores": cpu_cores,
-        "memory_gb": memory_gb,
-        "cpu_cores_limit": cpu_cores_limit,
-        "memory_gb_limit": memory_gb_limit,
-        "gpu_cores": gpu_cores,
-        "num_replicas": num_replicas,
-        "auth_enabled": auth_enabled,
-        "token_auth_enabled": token_auth_enabled,
-        "primary_key": primary_key,
-        "secondary_key": secondary_key,
-        "scoring_timeout_ms": scoring_timeout_ms,
-        "replica_max_concurrent_requests": replica_max_concurrent_requests,
-        "max_request_wait_time": max_request_wait_time,
-        "collect_model_data": collect_model_data,
-        "enable_app_insights": enable_app_insights,
-        "namespace": namespace,
-        "tags": tags,
-        "properties": properties,
-        "description": description,
-        "compute_target_name": compute_target_name,
-        "blobfuse_enabled": blobfuse_enabled,
-        "max_body_bytes": max_body_bytes,
-    }
+    if "auth_enabled" not in direct:
+        direct["auth_enabled"] = direct.get("token_auth_enabled") is not True
     return DeploySpec(
-        autoscale=autoscale,
+        compute_type=compute_type,
+        autoscale=AutoscaleSpec(enabled=enabled, **scale),
         liveness=ProbeSpec(**probe),
-        **{k: v for k, v in given.items() if v is not None},
+        **direct,
     )
 
 
