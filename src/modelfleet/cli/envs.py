@@ -1,4 +1,4 @@
-"""``modelfleet env list|show|prune|image-context|config``: the environment caches.
+"""``modelfleet env list|show|prune|image-context|config|audit``: the environment caches.
 
 Environments are built by deploys (``Environment.from_pip_requirements`` and friends) into
 the machine-wide cache and linked into the workspace's; these commands look at them, remove
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.cli.env_audit import add_audit_command
 from modelfleet.errors import ConfigError, NotFound
 
 
@@ -44,6 +45,7 @@ def register(groups: Any) -> None:
     config.add_argument("--uv-cache", help="uv's download cache folder")
     add_output(config)
     config.set_defaults(handler=env_config)
+    add_audit_command(env)
 
 
 def _context(args: argparse.Namespace) -> tuple[Any, Any]:

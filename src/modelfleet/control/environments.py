@@ -17,6 +17,7 @@ which ``modelfleet env prune`` reads to keep the environments that services stil
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -92,3 +93,31 @@ def specs_named(store: Store, name: str) -> dict[str, EnvironmentSpec]:
         if env.name == name or (len(name) >= 6 and env.hash.startswith(name)):
             found.setdefault(env.hash, EnvironmentSpec.from_dict(env.metadata["spec"]))
     return found
+
+
+def audit_subjects(store: Store, name: str | None) -> list[tuple[str, list[str] | str]]:
+    """What ``modelfleet env audit`` checks: (label, resolved ``Name==version`` pins) for a built
+    environment, (label, interpreter path) for one that runs in an existing interpreter.
+    ``name`` None: every environment the workspace's services use."""
+    subjects: dict[str, tuple[str, list[str] | str]] = {}
+    cached = {e.hash: e for e in envs.list_cached(settings_for(store).workspace_cache, "workspace")}
+    for record in store.list_services():
+        spec = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
+        if name is not None and spec.name != name:
+            continue
+        if envs.needs_build(spec):
+            with contextlib.suppress(ModelfleetError):
+                digest = envs.canonicalize(spec).hash
+                if digest in cached:
+                    subjects[digest] = (
+                        f"{spec.name} ({digest[:12]})",
+                        list(cached[digest].metadata.get("installed", [])),
+                    )
+        else:
+            python = spec.python_executable or sys.executable
+            subjects[python] = (f"{spec.name} (interpreter {python})", python)
+    if name is not None:
+        for digest, env in cached.items():
+            if env.name == name or (len(name) >= 6 and digest.startswith(name)):
+                subjects.setdefault(digest, (f"{env.name} ({digest[:12]})", list(env.metadata.get("installed", []))))
+    return list(subjects.values())
