@@ -119,6 +119,11 @@ class Autoscaler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def settled(self) -> None:
+        """Wait for the scaling operations in progress (tests step ``tick`` and then this)."""
+        tasks = [t for t in (*(tr.task for tr in self._tracked.values()), *self._notes) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
