@@ -19,10 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from modelfleet.control.paths import RuntimePaths
+import modelfleet
+from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.errors import ClusterUnavailable, ModelfleetError, NotFound
 
 _START_TIMEOUT_S = 30.0
+_ANY_VERSION = ("/v1/status", "/v1/shutdown")  # what any daemon answers: look, and stop
 
 
 class ClusterClient:
@@ -48,8 +50,13 @@ class ClusterClient:
 
     def ensure_running(self, port: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
         info = self.info()
-        if info is not None:
+        if info is not None and mismatch(info) is None:
             return info
+        if info is not None:
+            # an upgrade: the daemon (and its router) came from another modelfleet; replicas die
+            # with it and the new one restores every service with the same keys and URIs
+            print(f"{mismatch(info)}: restarting it (services come back with the same keys and URIs)", file=sys.stderr)
+            self.stop()
         self.paths.root.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "modelfleet.control.daemon", "--detach"]
         argv += ["--workspace", str(self.workspace_root), "--host", host]
@@ -110,6 +117,12 @@ class ClusterClient:
             info = self.info()
             if info is None:
                 raise ClusterUnavailable("the local cluster is not running; start it with `modelfleet cluster start`")
+            different = mismatch(info)
+            if different is not None and path not in _ANY_VERSION:
+                raise ClusterUnavailable(
+                    f"{different}; restart it: `modelfleet cluster stop` then `modelfleet cluster start` "
+                    "(services come back with the same keys and URIs)"
+                )
         token = self.paths.admin_token.read_text().strip()
         request = urllib.request.Request(
             f"http://127.0.0.1:{info['admin_port']}{path}",
@@ -126,6 +139,18 @@ class ClusterClient:
             raise ModelfleetError(message) from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None
+
+
+def mismatch(info: dict[str, Any]) -> str | None:
+    """Why the daemon described by ``info`` (its cluster.json) is not this modelfleet's, or None.
+    Daemons from before this check wrote no version: they count as different."""
+    theirs, protocol = info.get("modelfleet"), info.get("protocol")
+    if theirs == modelfleet.__version__ and protocol == DAEMON_PROTOCOL:
+        return None
+    return (
+        f"the running cluster daemon (pid {info.get('pid')}) is modelfleet {theirs or 'older than 0.1.0'} "
+        f"(admin protocol {protocol or 0}); this is modelfleet {modelfleet.__version__} (protocol {DAEMON_PROTOCOL})"
+    )
 
 
 def _last_error(log_path: Path) -> str:

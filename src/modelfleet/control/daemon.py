@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import modelfleet
 from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.credentials import signing_public_key
-from modelfleet.control.paths import RuntimePaths
+from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
@@ -105,6 +106,8 @@ class Daemon:
         admin.start()
         info = {
             "pid": os.getpid(),
+            "modelfleet": modelfleet.__version__,
+            "protocol": DAEMON_PROTOCOL,
             "admin_port": admin.port,
             "router_port": router_port,
             "router_host": self.config.host,

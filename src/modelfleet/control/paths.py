@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# Bumped when the admin API or cluster.json changes incompatibly; with the package version it
+# tells a client that the running daemon is another modelfleet's (``client.mismatch``).
+DAEMON_PROTOCOL = 1
+
 
 @dataclass(frozen=True)
 class RuntimePaths:
