@@ -40,6 +40,8 @@ them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}``
 - ``--keep-alive`` / ``MODELFLEET_KEEP_ALIVE_S`` (default 5 s, uvicorn's): an idle keep-alive
   connection is closed after this long. Longer than the router's pool reuse window (1.5 s), so
   the router never sends on a connection the replica is closing.
+- ``--send-timeout`` / ``MODELFLEET_SEND_TIMEOUT_S`` (default 60 s): a client that takes none of
+  a streamed answer for this long is cut off, and the script's generator ended (stream.py).
 - ``--unix-socket PATH``: listen on a Unix domain socket (mode 0600) instead of TCP.
 - ``MODELFLEET_REPLICA_SECRET``: when set, every request but ``GET /`` must carry it in
   ``x-modelfleet-replica-secret`` (403 otherwise); ``main`` removes it from the environment
@@ -66,6 +68,7 @@ LIMIT_REQUEST_FIELDS = 100
 LIMIT_REQUEST_FIELD_SIZE = 8190
 HEADER_TIMEOUT_S = 30.0
 KEEP_ALIVE_S = 5.0
+SEND_TIMEOUT_S = 60.0
 SECRET_ENV = "MODELFLEET_REPLICA_SECRET"
 
 
@@ -92,6 +95,7 @@ class ReplicaConfig:
     access_log: bool = False
     keep_alive_timeout_s: float = KEEP_ALIVE_S
     header_timeout_s: float = HEADER_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
     limit_request_line: int = LIMIT_REQUEST_LINE
     limit_request_fields: int = LIMIT_REQUEST_FIELDS
     limit_request_field_size: int = LIMIT_REQUEST_FIELD_SIZE
@@ -121,7 +125,12 @@ class ReplicaConfig:
         _check_range("limit_request_line", self.limit_request_line, 64, 1 << 20)
         _check_range("limit_request_fields", self.limit_request_fields, 1, 32768)
         _check_range("limit_request_field_size", self.limit_request_field_size, 64, 1 << 20)
-        for name, seconds in (("header_timeout", self.header_timeout_s), ("keep_alive", self.keep_alive_timeout_s)):
+        timeouts = (
+            ("header_timeout", self.header_timeout_s),
+            ("keep_alive", self.keep_alive_timeout_s),
+            ("send_timeout", self.send_timeout_s),
+        )
+        for name, seconds in timeouts:
             if not 0.1 <= seconds <= 86400:
                 raise ConfigError(f"{name} must be between 0.1 and 86400 seconds (got {seconds})")
         if self.secret is not None and not self.secret:
@@ -205,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
         "--header-timeout",
         dest="header_timeout",
         help=f"seconds to receive a request's headers (or a stalled body) before 408 (default {HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--send-timeout",
+        dest="send_timeout",
+        help=f"seconds a client may take nothing of a streamed answer before it is cut (default {SEND_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--keep-alive", dest="keep_alive", help=f"seconds an idle connection is kept open (default {KEEP_ALIVE_S:g})"
@@ -300,6 +314,9 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
         ),
         keep_alive_timeout_s=_float_setting(
             "keep_alive", setting(args.keep_alive, "MODELFLEET_KEEP_ALIVE_S", KEEP_ALIVE_S)
+        ),
+        send_timeout_s=_float_setting(
+            "send_timeout", setting(args.send_timeout, "MODELFLEET_SEND_TIMEOUT_S", SEND_TIMEOUT_S)
         ),
         unix_socket=os.path.join(cwd, args.unix_socket) if args.unix_socket else None,
         secret=environ.get(SECRET_ENV),

@@ -39,6 +39,7 @@ from modelfleet.replica.responses import Reply, get_status_line
 
 if TYPE_CHECKING:
     from modelfleet.replica.server import App
+    from modelfleet.replica.stream import ChunkSender
     from modelfleet.replica.workers import Job
 
 PIPELINE_HIGH_WATER = 32  # pause reading when this many requests wait on one connection
@@ -61,6 +62,7 @@ class Request(Call):
         "sent",
         "released",
         "t0",
+        "chunked",
     )
 
     def __init__(
@@ -72,6 +74,7 @@ class Request(Call):
         body: bytes,
         keep_alive: bool,
         http10: bool = False,
+        chunked: bool = True,
     ) -> None:
         path, _, query = target.partition(b"?")
         self.conn = conn
@@ -91,6 +94,7 @@ class Request(Call):
         self.sent: bytes | None = None  # set when a worker wrote the answer: what the socket left over
         self.released = False  # its concurrency slot was given back; guarded by App.slots
         self.t0 = time.perf_counter()  # parsed; the access line's duration counts from here
+        self.chunked = chunked  # HTTP/1.1: a streamed answer may use chunked transfer encoding
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"
@@ -114,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.wlock = threading.Lock()  # guards wfd and Request.claimed (see module docstring)
         self.wfd = -1
+        self.stream: ChunkSender | None = None  # the streamed answer being sent (stream.py)
         # -- the request being parsed
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -145,12 +150,19 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.stream is not None:
+            self.stream.lost()
         self.pending.clear()
         self._drop_wfd()
         self.app.connections.discard(self)
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        if self.stream is not None:
+            # A client that closes its side mid-stream has gone away (as uvicorn reads it): the
+            # transport closes and the generator is ended.
+            self.stream.lost()
+            return None
         if self.discarding:
             self.close()
             return None
@@ -162,6 +174,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable = True
+        if self.stream is not None:
+            self.stream.wake()
         self.next()
 
     def data_received(self, data: bytes) -> None:
@@ -254,8 +268,9 @@ class HttpProtocol(asyncio.Protocol):
         self.body = []
         method = parser.get_method().decode("latin-1")
         keep_alive = parser.should_keep_alive()
-        http10 = keep_alive and parser.get_http_version() == "1.0"
-        self.pending.append(Request(self, method, self.url, self.headers, body, keep_alive, http10))
+        version = parser.get_http_version()
+        http10 = keep_alive and version == "1.0"
+        self.pending.append(Request(self, method, self.url, self.headers, body, keep_alive, http10, version != "1.0"))
         if len(self.pending) > PIPELINE_HIGH_WATER and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -299,6 +314,28 @@ class HttpProtocol(asyncio.Protocol):
             parts.append(reply.body)
         return b"".join(parts)
 
+    def render_stream_head(self, req: Request, reply: Reply) -> bytes:
+        """Status line and headers of a streamed answer (any thread, as ``render``): chunked for
+        HTTP/1.1; for HTTP/1.0 the body ends when the connection closes."""
+        app = self.app
+        parts = [get_status_line(reply.status), reply.headers, app.server_header, req.ids, req.cors]
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(app.date)
+        if not req.keep_alive or app.stopping:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def write_stream(self, data: bytes) -> None:
+        """A piece of the streamed answer (loop thread; see stream.py)."""
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def abort_stream(self) -> None:
+        """The streamed answer cannot finish: close without its last chunk (loop thread)."""
+        self.close()
+
     def respond(self, req: Request, reply: Reply, ids: bool = True) -> None:
         """Write the reply for ``req`` (the head of the queue) from the loop."""
         self.busy = False
@@ -310,6 +347,7 @@ class HttpProtocol(asyncio.Protocol):
     def finish_sent(self, req: Request, reply: Reply) -> None:
         """Bookkeeping for a response a worker already wrote (``req.sent`` is what was left)."""
         self.busy = False
+        self.stream = None
         if self.closed or self.transport is None:
             return
         if req.sent:

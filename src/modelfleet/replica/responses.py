@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -73,6 +73,22 @@ class Reply:
         return f"<Reply {self.status} {len(self.body)} bytes>"
 
 
+class StreamedReply(Reply):
+    """A response whose body is produced while it is sent: ``chunks`` yields bytes (run on a
+    worker thread: it is the script's generator), ``close()`` ends it early (its ``finally``
+    runs). ``body`` is empty; the header block has no framing header (the server adds it)."""
+
+    __slots__ = ("chunks", "close")
+
+    def __init__(self, status: int, headers: bytes, chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+        super().__init__(status, headers, b"")
+        self.chunks = chunks
+        self.close = close
+
+    def __repr__(self) -> str:
+        return f"<StreamedReply {self.status}>"
+
+
 def json_reply(status: int, message: str, run_failed: bool = False, extra: bytes = b"") -> Reply:
     """The v1 error shape: ``{"message": ...}`` as application/json with x-ms-run-function-failed."""
     flag = b"True" if run_failed else b"False"
@@ -88,8 +104,9 @@ def encode_result(result: Any, elapsed_ms: float) -> Reply:
     """run()'s return value as the v1 server sends it.
 
     An AMLResponse (or anything shaped like a Flask/werkzeug Response) keeps its own status,
-    headers and body; any other value is sent as ``json.dumps(value)``. Raises TypeError or
-    ValueError when the value cannot be encoded (the caller answers 500).
+    headers and body (a ``StreamedReply`` when the response is streamed); any other value is
+    sent as ``json.dumps(value)``. Raises TypeError or ValueError when the value cannot be
+    encoded (the caller answers 500).
     """
     kind = type(result)
     if kind is list or kind is dict or kind is str or kind is int or kind is float:
@@ -116,7 +133,8 @@ def _header_pairs(headers: Any) -> Iterable[tuple[str, str]]:
 
 def _encode_response(response: Any, elapsed_ms: float) -> Reply:
     status = int(response.status_code)
-    body = response.get_data()
+    streamed = bool(getattr(response, "is_streamed", False))
+    body = b"" if streamed else response.get_data()
     if isinstance(body, str):
         body = body.encode("utf-8")
     lines = []
@@ -133,7 +151,22 @@ def _encode_response(response: Any, elapsed_ms: float) -> Reply:
     if status >= 500 and not failed_seen:
         lines.append(b"x-ms-run-function-failed: True\r\n")
     lines.append(_fn_ms(elapsed_ms))
+    if streamed:
+        return StreamedReply(status, b"".join(lines), _chunks(response), _closer(response))
     return Reply(status, b"".join(lines), bytes(body))
+
+
+def _chunks(response: Any) -> Iterator[bytes]:
+    """The pieces of a streamed response as bytes (werkzeug's ``iter_encoded`` when it has one)."""
+    encoded = getattr(response, "iter_encoded", None)
+    if callable(encoded):
+        return iter(encoded())
+    return (item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in response.response)
+
+
+def _closer(response: Any) -> Callable[[], None]:
+    close = getattr(response, "close", None)
+    return close if callable(close) else lambda: None
 
 
 class Cors:

@@ -64,10 +64,12 @@ from modelfleet.replica.responses import (
     MSG_RUN_FAILED,
     Cors,
     Reply,
+    StreamedReply,
     encode_result,
     header_line,
     json_reply,
 )
+from modelfleet.replica.stream import ChunkSender
 from modelfleet.replica.swagger import SwaggerDocs
 from modelfleet.replica.workers import QUEUED, RUNNING, Job, ScoringInterrupted, WorkerPool
 from modelfleet.telemetry import collect
@@ -341,11 +343,15 @@ class App:
         sink = self.sink
         if sink is None:
             reply = self._reply_for(req)
+            if type(reply) is StreamedReply:
+                return self._stream(req, reply)
             self._release(req)
             req.conn.send_from_worker(req, reply)
             return reply
         collect.set_request_ids(req.ids)  # ModelDataCollector.collect() inside run() reads it
         reply = self._reply_for(req)
+        if type(reply) is StreamedReply:
+            return self._stream(req, reply)
         self._release(req)
         req.conn.send_from_worker(req, reply)
         # After the answer is out: two appends to the sink's buffer, nothing else.
@@ -354,6 +360,56 @@ class App:
         if request is not None or answer is not None:
             sink.exchange(req.ids, time.time(), request, answer)
         return reply
+
+    def _stream(self, req: Request, reply: StreamedReply) -> Reply:
+        """Send a streamed answer from this worker thread (see stream.py). The scoring timeout
+        covers run() and the first chunk; the slot is held until the stream ends."""
+        conn = req.conn
+        try:
+            try:
+                first = None if req.head else next(reply.chunks, None)
+            except ScoringInterrupted:
+                return self.timeout  # the loop has answered already
+            except Exception as ex:  # noqa: BLE001 - the script's generator raised before any byte was sent
+                logger.error("the streamed answer of run() for request %s raised:\n%s", _rid(req), _format(ex))
+                return self.run_failed
+            if not conn.claim(req):
+                return self.timeout  # the scoring timeout answered first
+            assert self.loop is not None
+            if not req.chunked:
+                req.keep_alive = False  # HTTP/1.0: the close ends the body
+            sender = ChunkSender(conn, self.loop, req.chunked, self.config.send_timeout_s)
+            conn.stream = sender
+            if conn.closed:
+                sender.lost()
+            req.sent = b""  # _job_done: the answer is written (by the stream), only bookkeeping left
+            if not sender.start(conn.render_stream_head(req, reply), first) or req.head:
+                return reply  # gone already, or HEAD: the head is the whole answer
+            try:
+                for chunk in reply.chunks:
+                    if not sender.send(chunk):  # close() below ends the generator
+                        if sender.timed_out:
+                            logger.warning(
+                                "request %s: the client took none of the streamed answer for %g s "
+                                "(--send-timeout); connection closed",
+                                _rid(req),
+                                sender.send_timeout_s,
+                            )
+                        return reply
+            except Exception as ex:  # noqa: BLE001 - the status is sent; all we can do is cut the body short
+                logger.error(
+                    "the streamed answer of run() for request %s raised mid-stream:\n%s", _rid(req), _format(ex)
+                )
+                sender.abort()
+                return reply
+            sender.end()
+            return reply
+        finally:
+            try:
+                reply.close()
+            except Exception as ex:  # noqa: BLE001 - the script's cleanup raised
+                logger.error("closing the streamed answer of request %s raised:\n%s", _rid(req), _format(ex))
+            self._release(req)
 
     def _reply_for(self, req: Request) -> Reply:
         try:
