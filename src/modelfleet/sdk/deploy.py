@@ -1,44 +1,31 @@
-"""Turning ``Model.deploy`` and ``Webservice.update`` arguments into a stored service config.
+"""``Model.deploy``: check every argument, store the service, and have the cluster serve it.
 
-Everything is checked here, before anything is written: the service name, the settings,
-the models, the entry script and its folder. Then the config goes into the workspace and
-the local cluster (started on demand) is told to reconcile the service.
+Everything is checked before anything is written: the service name, the settings, the
+models, the entry script and its folder (``service_config.py``). Then the config goes into
+the workspace and the local cluster (started on demand) is told to reconcile the service.
 """
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import tempfile
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelfleet.errors import ConfigError, TargetError
-from modelfleet.spec import (
-    DeploySpec,
-    EnvironmentSpec,
-    InferenceSpec,
-    aks_deploy_configuration,
-    validate_service_name,
-)
+from modelfleet.sdk.keys import check_key, new_key
+from modelfleet.sdk.service_config import build_config
+from modelfleet.sdk.webservice import KubernetesCompute, Webservice
+from modelfleet.spec import DeploySpec, aks_deploy_configuration, validate_service_name
 
 if TYPE_CHECKING:
     from modelfleet.sdk.environment import InferenceConfig
-    from modelfleet.sdk.model import Model
-    from modelfleet.sdk.webservice import Webservice
-    from modelfleet.sdk.workspace import Workspace
-
-KEY_BYTES = 32  # 256 bits of randomness per key
-
-
-def new_key() -> str:
-    return secrets.token_urlsafe(KEY_BYTES)
+    from modelfleet.sdk.registered import RegisteredModel
+    from modelfleet.sdk.workspace_base import WorkspaceBase
 
 
 def deploy_service(
-    workspace: Workspace,
+    workspace: WorkspaceBase,
     name: str,
-    models: list[Model],
+    models: Sequence[RegisteredModel],
     inference_config: InferenceConfig | None,
     deployment_config: DeploySpec | None,
     *,
@@ -46,8 +33,6 @@ def deploy_service(
     overwrite: bool = False,
     show_output: bool = False,
 ) -> Webservice:
-    from modelfleet.sdk.webservice import KubernetesCompute, Webservice
-
     validate_service_name(name)
     if isinstance(deployment_target, KubernetesCompute):
         raise TargetError(
@@ -78,49 +63,6 @@ def deploy_service(
     return service
 
 
-def build_config(
-    workspace: Workspace, models: list[Model], inference: InferenceSpec, spec: DeploySpec
-) -> dict[str, Any]:
-    """The stored form of a service: see ``control/layout.py`` for how it becomes an app folder."""
-    from modelfleet.sdk.model import Model
-
-    if not isinstance(models, list | tuple) or not all(isinstance(m, Model) for m in models):
-        raise ConfigError("models must be a list of Model objects (e.g. [Model(ws, 'name')])")
-    if len({m.name for m in models}) != len(models):
-        raise ConfigError("models must not hold two versions of the same model name (v1 lays them out by name)")
-    return {
-        "deploy": spec.to_dict(),
-        "inference": snapshot_source(workspace, inference),
-        "environment": (inference.environment or EnvironmentSpec(name="default")).to_dict(),
-        "models": [{"name": m.name, "version": m.version} for m in models],
-    }
-
-
-def snapshot_source(workspace: Workspace, inference: InferenceSpec) -> dict[str, Any]:
-    """Store the entry script's folder (or the script alone) and say how to find it again."""
-    if inference.source_directory:
-        source = Path(inference.source_directory)
-        if not source.is_dir():
-            raise ConfigError(f"source_directory {source} is not a folder")
-        script = source / inference.entry_script
-        if not script.is_file():
-            raise ConfigError(
-                f"entry_script {inference.entry_script!r} not found in source_directory {source}; "
-                "entry_script is relative to source_directory"
-            )
-        digest = workspace.store.put_snapshot(source)
-        return {"entry_script": inference.entry_script, "source_name": source.name, "snapshot": digest}
-    script = Path(inference.entry_script).expanduser()
-    if not script.is_file():
-        raise ConfigError(
-            f"entry_script {script} not found (no source_directory given, so it is relative to {Path.cwd()})"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy2(script, Path(tmp) / script.name)
-        digest = workspace.store.put_snapshot(Path(tmp))
-    return {"entry_script": script.name, "source_name": "source", "snapshot": digest}
-
-
 def _refuse_unsupported(spec: DeploySpec) -> None:
     # Key and token auth together is refused by DeploySpec itself (as v1 does); keys given by
     # the caller are checked here, before anything is stored.
@@ -128,17 +70,3 @@ def _refuse_unsupported(spec: DeploySpec) -> None:
         value = getattr(spec, field_name)
         if value is not None:
             check_key(field_name, value)
-
-
-_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))  # visible ASCII: safe in a header
-
-
-def check_key(field_name: str, value: object) -> str:
-    """A caller-chosen key must fit in ``Authorization: Bearer <key>``; the message never
-    repeats the key."""
-    if not isinstance(value, str) or not value or not set(value) <= _KEY_CHARS:
-        raise ConfigError(
-            f"{field_name} must be a non-empty string of visible ASCII characters (no spaces or line "
-            "breaks); leave it out to get a generated 256-bit key"
-        )
-    return value

@@ -10,9 +10,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelfleet.errors import ClusterUnavailable, ConfigError, DeploymentFailed, ModelfleetError, NotFound
-from modelfleet.sdk.deploy import build_config, check_key, new_key
+from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
-from modelfleet.sdk.workspace import Workspace
+from modelfleet.sdk.registered import RegisteredModel
+from modelfleet.sdk.service_config import build_config, model_refs
+from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
 
 ROUTER_PORT_SETTING = "router_port"
@@ -28,7 +30,7 @@ class Webservice:
     ``state`` follows the control plane.
     """
 
-    def __init__(self, workspace: Workspace, name: str) -> None:
+    def __init__(self, workspace: WorkspaceBase, name: str) -> None:
         self.workspace = workspace
         self.name = name
         self._record()  # NotFound now rather than on first use
@@ -252,13 +254,11 @@ class Webservice:
         self._update(models, inference_config, spec.replace(**settings) if settings else spec)
 
     def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
-        from modelfleet.sdk.model import Model
-
         record = self._record()
         new_models = (
             models
             if models is not None
-            else [Model(self.workspace, m["name"], version=m["version"]) for m in record.config["models"]]
+            else [RegisteredModel(self.workspace, m["name"], version=m["version"]) for m in record.config["models"]]
         )
         if inference_config is not None:
             inference = inference_config.to_spec()
@@ -266,7 +266,7 @@ class Webservice:
         else:
             config = dict(record.config)
             config["deploy"] = spec.to_dict()
-            config["models"] = build_config_models(new_models)
+            config["models"] = model_refs(new_models)
         store = self.workspace.store
         if spec.auth_enabled and not record.primary_key:
             store.set_service_keys(
@@ -311,7 +311,7 @@ class Webservice:
         cluster.sync(self.name)
 
     @staticmethod
-    def list(workspace: Workspace, compute_type: str | None = None, **_v1_only: Any) -> list[Webservice]:
+    def list(workspace: WorkspaceBase, compute_type: str | None = None, **_v1_only: Any) -> list[Webservice]:
         services = []
         for record in workspace.store.list_services():
             try:
@@ -322,15 +322,11 @@ class Webservice:
                 services.append(service)
         return services
 
-    def __new__(cls, workspace: Workspace, name: str) -> Webservice:
+    def __new__(cls, workspace: WorkspaceBase, name: str) -> Webservice:
         if cls is Webservice:
             record = workspace.store.get_service(name)
             cls = _flavour(record.config["deploy"])
         return super().__new__(cls)
-
-
-def build_config_models(models: list[Any]) -> list[dict[str, Any]]:
-    return [{"name": m.name, "version": m.version} for m in models]
 
 
 class AksWebservice(Webservice):
@@ -373,7 +369,7 @@ class KubernetesCompute:
     """A Kubernetes cluster as a deployment target (v1: ``AksCompute``). Not available yet:
     ``Model.deploy(..., deployment_target=KubernetesCompute(ws, name))`` says so."""
 
-    def __init__(self, workspace: Workspace, name: str) -> None:
+    def __init__(self, workspace: WorkspaceBase, name: str) -> None:
         self.workspace = workspace
         self.name = name
 

@@ -5,28 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modelfleet.control.client import ClusterClient
 from modelfleet.errors import NotFound
+from modelfleet.sdk.model import Model
+from modelfleet.sdk.webservice import Webservice
+from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.store.registry import Store
 
 WORKSPACE_MARKER = Path(".modelfleet") / "workspace.json"
 
 
-class Workspace:
+class Workspace(WorkspaceBase):
     """A modelfleet workspace (v1: ``azureml.core.Workspace``), kept in a folder on disk.
 
     ``Workspace.create(name, path)`` makes one, ``Workspace.get(path)`` opens one, and
     ``Workspace.from_config()`` finds the one that holds the current folder, as v1 found
-    its ``config.json`` by looking upward.
+    its ``config.json`` by looking upward. What the rest of the SDK uses of it (``store``,
+    ``cluster()``) is ``WorkspaceBase``'s.
     """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.name = store.name
-        self.path = store.root
-
-    def __repr__(self) -> str:
-        return f"Workspace(name={self.name!r}, path={str(self.path)!r})"
 
     @classmethod
     def create(cls, name: str, path: str | os.PathLike[str] | None = None, exist_ok: bool = False) -> Workspace:
@@ -48,24 +43,11 @@ class Workspace:
             "create one with Workspace.create(name, path) or `modelfleet workspace create`"
         )
 
-    # -- for the rest of the SDK -----------------------------------------------------------
-
     @property
-    def store(self) -> Store:
-        return self._store
-
-    def cluster(self) -> ClusterClient:
-        return ClusterClient(self._store.root, self._store.runtime_dir)
-
-    @property
-    def models(self) -> dict[str, object]:
+    def models(self) -> dict[str, Model]:
         """v1: ``ws.models`` maps each model name to its latest version."""
-        from modelfleet.sdk.model import Model
-
         return {m.name: m for m in Model.list(self, latest=True)}
 
     @property
-    def webservices(self) -> dict[str, object]:
-        from modelfleet.sdk.webservice import Webservice
-
+    def webservices(self) -> dict[str, Webservice]:
         return {s.name: s for s in Webservice.list(self)}

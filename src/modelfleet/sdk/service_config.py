@@ -1,0 +1,62 @@
+"""The stored form of a service: its settings, its models and a snapshot of its source.
+
+``Model.deploy`` and ``Webservice.update`` both build it here; everything in it is checked
+before anything is written (``control/layout.py`` turns it into an app folder).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modelfleet.errors import ConfigError
+from modelfleet.sdk.registered import RegisteredModel
+from modelfleet.sdk.workspace_base import WorkspaceBase
+from modelfleet.spec import DeploySpec, EnvironmentSpec, InferenceSpec
+
+
+def build_config(
+    workspace: WorkspaceBase, models: Sequence[RegisteredModel], inference: InferenceSpec, spec: DeploySpec
+) -> dict[str, Any]:
+    if not isinstance(models, list | tuple) or not all(isinstance(m, RegisteredModel) for m in models):
+        raise ConfigError("models must be a list of Model objects (e.g. [Model(ws, 'name')])")
+    if len({m.name for m in models}) != len(models):
+        raise ConfigError("models must not hold two versions of the same model name (v1 lays them out by name)")
+    return {
+        "deploy": spec.to_dict(),
+        "inference": snapshot_source(workspace, inference),
+        "environment": (inference.environment or EnvironmentSpec(name="default")).to_dict(),
+        "models": model_refs(models),
+    }
+
+
+def model_refs(models: Sequence[RegisteredModel]) -> list[dict[str, Any]]:
+    return [{"name": m.name, "version": m.version} for m in models]
+
+
+def snapshot_source(workspace: WorkspaceBase, inference: InferenceSpec) -> dict[str, Any]:
+    """Store the entry script's folder (or the script alone) and say how to find it again."""
+    if inference.source_directory:
+        source = Path(inference.source_directory)
+        if not source.is_dir():
+            raise ConfigError(f"source_directory {source} is not a folder")
+        script = source / inference.entry_script
+        if not script.is_file():
+            raise ConfigError(
+                f"entry_script {inference.entry_script!r} not found in source_directory {source}; "
+                "entry_script is relative to source_directory"
+            )
+        digest = workspace.store.put_snapshot(source)
+        return {"entry_script": inference.entry_script, "source_name": source.name, "snapshot": digest}
+    script = Path(inference.entry_script).expanduser()
+    if not script.is_file():
+        raise ConfigError(
+            f"entry_script {script} not found (no source_directory given, so it is relative to {Path.cwd()})"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(script, Path(tmp) / script.name)
+        digest = workspace.store.put_snapshot(Path(tmp))
+    return {"entry_script": script.name, "source_name": "source", "snapshot": digest}
