@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from replica_scripts.harness import Server, request, start_replica
+from replica_scripts.harness import Server, reference_server, request, start_reference, start_replica
 from replica_scripts.wire import connect
 
 BUSY = {"x-modelfleet-busy": "1"}
@@ -154,3 +154,38 @@ def test_a_client_that_never_reads_is_cut_off_and_frees_the_slot(tmp_path: Path)
         assert "took none of the streamed answer for 1 s" in server.output()
     finally:
         assert server.stop() == 0
+
+
+def _assert_streamed(arrived: list[tuple[float, str]], count: int) -> None:
+    assert [line.split(" at ")[0] for _, line in arrived] == [f"chunk {i}" for i in range(count)]
+    times = [t for t, _ in arrived]
+    assert all(0.2 < b - a < 1.5 for a, b in zip(times, times[1:], strict=False)), times
+
+
+def test_a_streamed_werkzeug_response_streams_too(tmp_path: Path) -> None:
+    pytest.importorskip("werkzeug")
+    server = start_replica("werkzeug_stream.py", tmp_path)
+    try:
+        resp, arrived = _lines_with_arrival(server.port, "n=3&gap=0.4")
+        assert (resp.status_code, resp.headers["transfer-encoding"]) == (207, "chunked")
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        _assert_streamed(arrived, 3)
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.skipif(reference_server() is None, reason="azmlinfsrv (the v1 reference server) not found")
+def test_azmlinfsrv_streams_the_same_script_the_same_way(tmp_path: Path) -> None:
+    reference = start_reference("streaming.py", tmp_path)
+    ours = start_replica("streaming.py", tmp_path)
+    try:
+        reference.wait_ready(timeout=60)
+        for server in (reference, ours):
+            resp, arrived = _lines_with_arrival(server.port, "n=4&gap=0.4")
+            assert (resp.status_code, resp.headers["transfer-encoding"]) == (200, "chunked")
+            assert (resp.headers["content-type"], resp.headers["x-stream"]) == ("text/plain", "yes")
+            assert resp.headers["x-ms-run-function-failed"] == "False"
+            _assert_streamed(arrived, 4)
+    finally:
+        reference.stop()
+        assert ours.stop() == 0
