@@ -293,7 +293,7 @@ def test_download_refuses_to_overwrite_unless_exist_ok(store: Store, tmp_path: P
     assert (target / "model.pkl").read_bytes() == b"stored"
 
 
-def test_materialize_lays_out_as_v1_with_hard_links(store: Store, tmp_path: Path) -> None:
+def test_materialize_lays_out_as_v1_with_copies_a_write_cannot_reach_the_blob(store: Store, tmp_path: Path) -> None:
     (tmp_path / "model.pkl").write_bytes(b"file")
     file_rec = store.register_model("file", tmp_path / "model.pkl")
     folder_rec = store.register_model("folder", _tree(tmp_path / "outputs", {"a.bin": b"a", "s/b.bin": b"b"}))
@@ -306,7 +306,18 @@ def test_materialize_lays_out_as_v1_with_hard_links(store: Store, tmp_path: Path
     assert (dest_folder / "outputs" / "a.bin").read_bytes() == b"a"
     assert (dest_folder / "outputs" / "s" / "b.bin").read_bytes() == b"b"
     blob = store.blobs.path(file_rec.files[0].digest)
-    assert os.stat(dest_file / "model.pkl").st_ino == os.stat(blob).st_ino  # same file system: a link
+    laid_out = dest_file / "model.pkl"
+    assert os.stat(laid_out).st_ino != os.stat(blob).st_ino  # its own file, not a hard link
+    assert stat.S_IMODE(os.stat(laid_out).st_mode) == 0o444
+    # A replica that chmods its model file and writes to it (root needs no chmod) changes its copy only.
+    os.chmod(laid_out, 0o644)
+    with open(laid_out, "r+b") as f:
+        f.write(b"EVIL")
+    assert blob.read_bytes() == b"file"
+    assert stat.S_IMODE(os.stat(blob).st_mode) == 0o444
+    other = tmp_path / "other" / "file" / "1"
+    store.materialize_model(file_rec, other)  # another service with the same model
+    assert (other / "model.pkl").read_bytes() == b"file"
     # Doing it again (a replica restarted into the same folder) is fine.
     store.materialize_model(file_rec, dest_file)
     assert (dest_file / "model.pkl").read_bytes() == b"file"

@@ -7,16 +7,19 @@ never part of one. Putting content that is already there only removes the tempor
 so puts are idempotent; two processes putting the same content at once both rename a
 complete file with the same bytes, and whichever lands last wins with no harm done.
 
-Blobs are read-only (0444) because models are materialised into replicas as hard links to
-them: a score.py that writes to its model file then fails instead of changing the stored
-version for everyone.
+Blobs are read-only (0444), and replicas never get them: a replica's model files are its
+own copies (reflinks where the file system has them), see :meth:`BlobStore.copy_out`. A hard
+link would be the same file, and a score.py that writes to its model file (root ignores 0444,
+and the owner may chmod it first) would change the stored version for every service.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +28,7 @@ from modelfleet.errors import ConfigError, NotFound
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 class BlobStore:
@@ -106,6 +110,25 @@ class BlobStore:
     def open(self, digest: str) -> BinaryIO:
         return open(self.path(digest), "rb")
 
+    def copy_out(self, digest: str, target: Path) -> None:
+        """Write the blob's bytes to ``target`` as a file of its own, read-only (0444).
+
+        A reflink (the file systems that have them share the blocks until one side writes, so
+        this costs no copy) where the file system can, else a copy made in the kernel. Never a
+        hard link: whoever could write or chmod the link could change the blob for everyone.
+        """
+        source = self.path(digest)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                cloned = _reflink(src.fileno(), dst.fileno())
+            if not cloned:
+                shutil.copyfile(source, tmp)  # sendfile on Linux: the bytes stay in the kernel
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def new_temp_path(self, suffix: str = "") -> Path:
         """A fresh path under :attr:`tmp_dir` for a file that will be handed to ``put_file(move=True)``."""
         return self._new_temp(suffix)
@@ -129,6 +152,14 @@ class BlobStore:
         final.parent.mkdir(exist_ok=True)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+
+
+def _reflink(src_fd: int, dst_fd: int) -> bool:
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError:  # not supported here (ext4, tmpfs, another file system): copy instead
+        return False
+    return True
 
 
 def _hash_file(path: Path) -> str:

@@ -306,19 +306,16 @@ class Store:
     def materialize_model(self, record: ModelRecord, dest_dir: Path) -> None:
         """Lay the model out in ``dest_dir`` as v1 does in ``azureml-models/<name>/<version>/``.
 
-        Files are hard links to the (read-only) blobs where the file system allows, else copies.
+        Files are read-only copies of the blobs (reflinks where the file system has them), never
+        hard links: a replica that writes to its model file changes its own copy, not the blob
+        that every other service and version shares.
         """
         for f in record.files:
             target = _safe_join(dest_dir, f.relpath)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_symlink() or target.exists():
                 target.unlink()
-            blob = self.blobs.path(f.digest)
-            try:
-                os.link(blob, target)
-            except OSError:  # another file system, or links not allowed there
-                shutil.copyfile(blob, target)
-                os.chmod(target, 0o444)
+            self.blobs.copy_out(f.digest, target)
 
     # -- snapshots -------------------------------------------------------------------------
 
