@@ -7,6 +7,9 @@
       score.py                    AZUREML_ENTRY_SCRIPT (relative to the folder above)
 ```
 
+Model files are read-only copies of the workspace's blobs (``Store.materialize_model``), so
+a replica that writes to one cannot change the stored model.
+
 ``AZUREML_MODEL_DIR`` is the version folder when the service has one model, and
 ``azureml-models`` when it has several, so ``os.getenv("AZUREML_MODEL_DIR")`` and
 ``Model.get_model_path(name)`` resolve in real v1 scripts as they did in v1.
@@ -25,6 +28,7 @@ from typing import Any
 
 from modelfleet.spec import DeploySpec
 from modelfleet.store.registry import META_DIR, Store
+from modelfleet.targets.isolation import MEMORY_LIMIT_ENV
 from modelfleet.telemetry.collect import service_data_dir
 
 MODELS_FOLDER = "azureml-models"
@@ -73,6 +77,8 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         "SCORING_TIMEOUT_MS": str(deploy.scoring_timeout_ms),
         "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
     }
+    if deploy.memory_gb_limit is not None:  # enforced by the local target (targets/isolation.py)
+        environment[MEMORY_LIMIT_ENV] = str(int(deploy.memory_gb_limit * 1024**3))
     if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)
         environment["MODELFLEET_DATA_DIR"] = str(service_data_dir(store.root / META_DIR, service))
         environment["MODELFLEET_MODELS"] = ",".join(f"{r['name']}:{r['version']}" for r in refs) or f"{service}:0"

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from modelfleet.replica.config import ReplicaConfig
 from modelfleet.router.auth import KeyAuth, TokenAuth
 from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+from modelfleet.targets import isolation
 from modelfleet.targets.base import (
     GenerationSpec,
     OnChange,
@@ -453,7 +454,10 @@ class LocalTarget:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                # its memory cgroup and its user (targets/isolation.py), then _die_with_parent
+                **isolation.spawn_options(
+                    plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent
+                ),
             )
         info.pid = replica.proc.pid
         deadline = time.monotonic() + plan.probe.startup_deadline_s
@@ -461,7 +465,8 @@ class LocalTarget:
             if replica.proc.returncode is not None:
                 code = replica.proc.returncode
                 info.detail = (
-                    "init() raised" if code == INIT_FAILED_EXIT else f"exited with status {code}"
+                    isolation.exit_reason(info.id, code)
+                    or ("init() raised" if code == INIT_FAILED_EXIT else f"exited with status {code}")
                 ) + " before the replica was ready"
                 return False
             address = _listening_address(replica)
@@ -487,7 +492,9 @@ class LocalTarget:
                 )
                 woken.cancel()
                 if exited in done:
-                    return f"exited with status {proc.returncode}"
+                    return isolation.exit_reason(replica.info.id, proc.returncode) or (
+                        f"exited with status {proc.returncode}"
+                    )
                 if await probe(address, probe_spec.timeout_s):
                     failures = 0
                     if woken in done and replica.live:

@@ -1,0 +1,177 @@
+"""Replica isolation: a replica can never change the model store, runs unprivileged when the
+daemon is root (where the interpreter allows), and is held to memory_gb_limit by a memory
+cgroup, an out-of-memory kill reported as such. Real daemon, real replicas, real cgroups."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from e2e_support import deploy, stop_cluster, wait_until
+from modelfleet import Model, Workspace
+from modelfleet.errors import DeploymentFailed
+from modelfleet.store.registry import Store
+from modelfleet.targets import isolation
+from modelfleet.targets.base import ReplicaPlan
+
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    workspace = Workspace.create("iso", tmp_path_factory.mktemp("ws"))
+    yield workspace
+    stop_cluster(workspace)
+
+
+def _score(service: object, body: dict[str, object]) -> requests.Response:
+    key = service.get_keys()[0]  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return requests.post(service.scoring_uri, data=json.dumps(body), headers=headers, timeout=60)  # type: ignore[attr-defined]
+
+
+# -- defect 7: a replica's writes never reach the store -------------------------------------
+
+
+def test_a_replica_that_writes_its_model_file_cannot_change_the_blob(ws: Workspace, tmp_path: Path) -> None:
+    source = tmp_path / "weights.json"
+    source.write_text(json.dumps({"weight": 1}))
+    model = Model.register(ws, model_path=source, model_name="shared")
+    blob = ws.store.blobs.path(ws.store.get_model("shared", 1).files[0].digest)
+
+    tamper = deploy(ws, "tamper", "tamper_model", models=[model])
+    answer = _score(tamper, {}).json()
+    # Whatever the script managed (as root: chmod and write its own copy; unprivileged: neither),
+    # the stored blob is unchanged, still read-only, and a second service sees the original.
+    assert answer["outcome"]["write"] in ("done", "PermissionError"), answer
+    assert json.loads(blob.read_text()) == {"weight": 1}
+    assert stat.S_IMODE(blob.stat().st_mode) == 0o444
+    reader = deploy(ws, "reader", "read_model", models=[model])
+    assert _score(reader, {}).json() == {"model": {"weight": 1}}
+    for service in (tamper, reader):
+        service.delete()
+
+
+@pytest.mark.skipif(not ROOT, reason="dropping privileges needs a root daemon")
+def test_a_root_daemon_runs_replicas_unprivileged_when_it_can_or_says_why(ws: Workspace, tmp_path: Path) -> None:
+    source = tmp_path / "weights.json"
+    source.write_text(json.dumps({"weight": 2}))
+    model = Model.register(ws, model_path=source, model_name="who")
+    service = deploy(ws, "who", "tamper_model", models=[model])
+    answer = _score(service, {}).json()
+    log = service.get_logs()
+    if answer["uid"] == 0:  # this interpreter is not reachable by nobody: the log says so, and what to do
+        assert "runs as root: the interpreter" in log and "not reachable by user nobody" in log
+    else:
+        assert answer["uid"] == pwd.getpwnam("nobody").pw_uid and "runs as user nobody" in log
+        assert answer["outcome"] == {"chmod": "PermissionError", "write": "PermissionError"}
+    service.delete()
+
+
+@pytest.mark.skipif(not ROOT or not Path("/usr/bin/python3").exists(), reason="needs root and /usr/bin/python3")
+def test_an_unprivileged_replica_can_write_its_folders_and_nothing_of_the_store() -> None:
+    # A workspace and an interpreter the user nobody can reach (pytest's tmp folder is 0700):
+    # the spawn options isolation gives, applied to a real process.
+    top = Path(tempfile.mkdtemp(prefix="mf-iso-"))
+    try:
+        os.chmod(top, 0o755)
+        store = Store.create(top / "ws", "ws")
+        (top / "m.bin").write_bytes(b"weights")
+        record = store.register_model("m", top / "m.bin")
+        service_dir = store.runtime_dir / "services" / "s"
+        app = service_dir / "g1" / "app"
+        store.materialize_model(record, app / "azureml-models" / "m" / "1")
+        (service_dir / "logs").mkdir(parents=True)
+        (service_dir / "run").mkdir()
+        log_path = service_dir / "logs" / "replica-0.log"
+        log_path.touch()
+        blob = store.blobs.path(record.files[0].digest)
+        plan = ReplicaPlan("s", 1, "/usr/bin/python3", app, app / "score.py", {}, 1)
+        options = isolation.spawn_options(plan, "s-1-0", log_path, service_dir / "run", None, then=lambda: None)
+        probe = f"""
+import os, json
+out = {{"uid": os.getuid()}}
+model = "{app}/azureml-models/m/1/m.bin"
+def attempt(name, fn):
+    try:
+        fn(); out[name] = "done"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+attempt("chmod_model", lambda: os.chmod(model, 0o666))
+attempt("write_model", lambda: open(model, "r+b").write(b"EVIL"))
+attempt("read_model", lambda: open(model, "rb").read())
+attempt("read_blob", lambda: open("{blob}", "rb").read())
+attempt("write_blob", lambda: open("{blob}", "r+b").write(b"EVIL"))
+attempt("read_db", lambda: open("{store.root / ".modelfleet" / "metadata.db"}", "rb").read())
+attempt("write_run", lambda: open("{service_dir / "run" / "x.port"}", "w").write("1"))
+attempt("append_log", lambda: open("{log_path}", "a").write("hello"))
+attempt("rotate_log", lambda: os.rename("{log_path}", "{log_path}.1"))
+print(json.dumps(out))
+"""
+        done = subprocess.run(
+            ["/usr/bin/python3", "-c", probe], cwd=app, capture_output=True, text=True, timeout=30, **options
+        )
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert out == {
+            "uid": pwd.getpwnam("nobody").pw_uid,
+            "chmod_model": "PermissionError",
+            "write_model": "PermissionError",
+            "read_model": "done",
+            "read_blob": "PermissionError",
+            "write_blob": "PermissionError",
+            "read_db": "PermissionError",
+            "write_run": "done",
+            "append_log": "done",
+            "rotate_log": "done",
+        }
+        assert blob.read_bytes() == b"weights"
+        store.close()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# -- defect 8: memory_gb_limit --------------------------------------------------------------
+
+
+def _cgroup_available() -> bool:
+    cgroup, _ = isolation.memory_cgroup("probe-availability", 64 * 1024 * 1024)
+    if cgroup is not None:
+        cgroup.path.rmdir()
+    return cgroup is not None
+
+
+def test_memory_limit_kills_a_replica_that_allocates_past_it_and_says_so(ws: Workspace) -> None:
+    if not _cgroup_available():
+        # no memory cgroup here: the limit is not enforced, and the replica's log says so
+        service = deploy(ws, "hog", "hog_memory", memory_gb=0.1, memory_gb_limit=0.25)
+        assert "memory_gb_limit 0.25 GB is NOT enforced on this machine" in service.get_logs()
+        service.delete()
+        return
+    # In init(): the deployment fails, and the error says it ran out of memory.
+    failing = deploy(ws, "hog-init", "hog_init", wait=False, memory_gb=0.1, memory_gb_limit=0.25)
+    with pytest.raises(DeploymentFailed, match="out of memory"):
+        failing.wait_for_deployment(timeout_sec=90)
+    assert "out of memory" in (failing.error or "")
+    assert "memory limited to 0.25 GB" in failing.get_logs()
+    assert "killed: out of memory (over memory_gb_limit 0.25 GB" in failing.get_logs()
+    failing.delete()
+
+    # In run(): that request fails, the replica's log says why, and the replica comes back.
+    service = deploy(ws, "hog", "hog_memory", memory_gb=0.1, memory_gb_limit=0.25)
+    assert _score(service, {"mb": 50}).json() == {"held_mb": 50}  # well within the limit
+    killed = _score(service, {"mb": 600})
+    assert killed.status_code in (502, 503), killed.text
+    wait_until(lambda: "killed: out of memory" in service.get_logs(), timeout=30)
+    wait_until(lambda: _score(service, {"mb": 10}).status_code == 200, timeout=90, interval=0.5)
+    service.delete()
