@@ -21,6 +21,7 @@ from modelfleet.cli.common import (
     workspace,
 )
 from modelfleet.errors import ConfigError
+from modelfleet.spec.deploy import BY_FLAT
 
 
 def register(groups: Any) -> None:
@@ -68,8 +69,14 @@ def register(groups: Any) -> None:
     plan = service.add_parser("plan", help="replicas needed for a load (v1's calculator)")
     plan.add_argument("--rps", type=float, required=True, help="target requests per second")
     plan.add_argument("--request-seconds", type=float, required=True, help="seconds one request takes")
-    plan.add_argument("--target-utilization", type=float, default=70, help="percent (default 70)")
-    plan.add_argument("--max-concurrent", type=int, default=1, help="replica_max_concurrent_requests (default 1)")
+    target, concurrent = (
+        BY_FLAT["autoscale_target_utilization"].default,
+        BY_FLAT["replica_max_concurrent_requests"].default,
+    )
+    plan.add_argument("--target-utilization", type=float, default=target, help=f"percent (default {target})")
+    plan.add_argument(
+        "--max-concurrent", type=int, default=concurrent, help=f"replica_max_concurrent_requests (default {concurrent})"
+    )
     add_output(plan)
     plan.set_defaults(handler=service_plan)
 

@@ -16,6 +16,7 @@ from modelfleet.sdk.registered import RegisteredModel
 from modelfleet.sdk.service_config import build_config, model_refs
 from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
+from modelfleet.spec.deploy import BY_FLAT
 
 ROUTER_PORT_SETTING = "router_port"
 ROUTER_SCHEME_SETTING = "router_scheme"
@@ -348,8 +349,10 @@ class AksWebservice(Webservice):
         for field_name, value in (("target_rps", target_rps), ("request_seconds", request_seconds)):
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"{field_name} must be a number greater than 0 (got {value!r})")
-        if not isinstance(target_utilization, int | float) or not 1 <= target_utilization <= 100:
-            raise ConfigError(f"target_utilization must be between 1 and 100 percent (got {target_utilization!r})")
+        lo, hi = BY_FLAT["autoscale_target_utilization"].lo, BY_FLAT["autoscale_target_utilization"].hi
+        assert lo is not None and hi is not None  # the table bounds it on both sides
+        if not isinstance(target_utilization, int | float) or not lo <= target_utilization <= hi:
+            raise ConfigError(f"target_utilization must be between {lo} and {hi} percent (got {target_utilization!r})")
         if not isinstance(max_concurrent, int) or isinstance(max_concurrent, bool) or max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be an integer of at least 1 (got {max_concurrent!r})")
         return replicas_for(target_rps, request_seconds, target_utilization, max_concurrent)
