@@ -74,7 +74,7 @@ class Cycle:
         "chunks", "buffered", "kept", "body_bytes", "body_done",
         "assigned", "up", "body_sent", "busy_seen", "aborting",
         "answered", "streaming", "resp_chunked", "gone", "close_after", "head_out",
-        "started", "sent_at", "begun",
+        "started", "sent_at", "begun", "replayed",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +127,7 @@ class Cycle:
         self.close_after = not keep_alive
         self.head_out: bytes | None = None  # answer head not yet written (goes with the body)
         self.begun = False  # begin() ran: first in line, answered or on its way to a replica
+        self.replayed = False  # sent again once on a fresh connection (see up_lost)
 
     def __repr__(self) -> str:
         return f"<Cycle {self.method.decode()} {self.target.decode()} replica={self.assigned}>"
@@ -514,6 +515,25 @@ class Cycle:
             return
         svc = self.svc
         assert svc is not None
+        if self._replayable(exc):
+            # A pooled connection reset before any byte of answer: the replica's socket was
+            # gone (killed, or it closed the idle connection) and never consumed the request
+            # (a socket closed with unread data answers RST; one that read it and then died
+            # closes with FIN, which is not retried). Send it again, once, on a new connection.
+            assert self.assigned is not None
+            addr = svc.addresses.get(self.assigned)
+            if addr is not None:
+                self.replayed = True
+                log.info(
+                    "service %s: pooled connection to replica %s was reset before answering (%s); "
+                    "sending the request again on a new connection",
+                    svc.route.name,
+                    self.assigned,
+                    exc,
+                )
+                self._end_exchange()
+                self.router.spawn(self._connect(addr[1], addr[2]))
+                return
         failed = not self.aborting and not self.router.stopping
         if failed:  # reported before the slot is freed, so no waiter is sent there meanwhile
             why = f"connection lost mid-request: {exc or 'closed by the replica'}"
@@ -530,6 +550,21 @@ class Cycle:
             self.conn.transport.abort()
         else:
             self.answer(svc.c502)
+
+    def _replayable(self, exc: BaseException | None) -> bool:
+        up = self.up
+        return (
+            isinstance(exc, (ConnectionResetError, BrokenPipeError))
+            and up is not None
+            and up.reused
+            and not up.answer_began
+            and not self.replayed
+            and not self.aborting
+            and not self.answered
+            and not self.busy_seen
+            and self.kept  # the body so far is held (the rest, if any, follows on the new connection)
+            and not self.router.stopping
+        )
 
     def up_pause_writing(self) -> None:
         self.conn.gate.pause(UPLOAD)

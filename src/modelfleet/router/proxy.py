@@ -141,8 +141,8 @@ class ClientConnection(asyncio.Protocol):
                 log.exception("router bug while handling a request; closing the connection")
                 self.transport.abort()
                 return
-            why = str(exc)
-            smuggling = "Content-Length" in why or "Transfer-Encoding" in why
+            why = str(exc)  # llhttp's words for the two framings together, or twice
+            smuggling = "can't be present with" in why or "Duplicate Content-Length" in why
             self.refuse(C_400_SMUGGLING if smuggling else C_400)
             return
         if self._in_head:
@@ -414,6 +414,10 @@ class ClientConnection(asyncio.Protocol):
                 # before it reads the answer; on_message_complete or the timer closes.
                 self.gate.resume(WAIT | PIPE | UPLOAD)
                 router.loop.call_later(LINGER_S, self.transport.close)
+                if self.broken and self.transport.can_write_eof():
+                    # Nothing more will be parsed: say so now (FIN); the client closes
+                    # its side once it has read the answer, and eof_received closes ours.
+                    self.transport.write_eof()
             return
         if cycles:
             self.advance()

@@ -50,6 +50,7 @@ class UpstreamConn(asyncio.Protocol):
         self.reused = False  # served a request before (for logs: stale keep-alive vs refusal)
         self.read_paused = False  # paused because the client could not take the answer fast enough
         self.idle_since = 0.0  # when it was last put back in the pool (the pool's clock)
+        self.answer_began = False  # a byte of the current exchange's answer has arrived
         # Lives with one request/response on it.
         self.exchange: Exchange | None = None
         self._reason = b""
@@ -67,6 +68,7 @@ class UpstreamConn(asyncio.Protocol):
             self.close()
             return
         ex = self.exchange
+        self.answer_began = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -141,6 +143,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def attach(self, exchange: Exchange) -> None:
         self.exchange = exchange
+        self.answer_began = False
 
     def detach(self) -> None:
         self.exchange = None
