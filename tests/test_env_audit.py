@@ -99,3 +99,43 @@ def test_usage_errors_are_one_line(ws: Workspace) -> None:
     assert neither.returncode == 1 and neither.stderr.strip() == "error: name one environment, or pass --all (not both)"
     unknown = audit(ws, "no-such-env")
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "no-such-env" in unknown.stderr
+
+
+def cli_deploy(ws: Workspace, tmp: Path, name: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    source = tmp / "app"
+    source.mkdir(exist_ok=True)
+    (source / "score.py").write_text((HERE / "e2e_scripts" / "sum" / "score.py").read_text())
+    ic = tmp / "inferenceconfig.json"
+    ic.write_text(
+        json.dumps({"entryScript": "score.py", "sourceDirectory": str(source), "environment": {"name": "e2e"}})
+    )
+    model = tmp / "m.json"
+    model.write_text("{}")
+    subprocess.run([sys.executable, "-m", "modelfleet", "-w", str(ws.path), "model", "register", "-n", "m", "-p",
+                    str(model)], check=True, capture_output=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "model", "deploy", "-n", name, "-m", "m:1",
+         "--ic", str(ic), "--num-replicas", "1", *flags],
+        capture_output=True, text=True, timeout=180, check=False,
+        env={**os.environ, "MODELFLEET_PIP_AUDIT": REPLAY, "REPLAY_EXPECT_PIN": HTTPX_PIN},
+    )  # fmt: skip
+
+
+def test_deploy_warns_of_known_vulnerabilities_and_still_deploys(ws: Workspace, tmp_path: Path) -> None:
+    try:
+        result = cli_deploy(ws, tmp_path, "warned")
+        assert result.returncode == 0, result.stderr
+        assert "warning: environment 'e2e' has 2 known vulnerabilities: requests 2.19.0 (PYSEC-2018-28" in result.stderr
+        assert "`modelfleet env audit e2e`" in result.stderr
+    finally:
+        stop_cluster(ws)
+
+
+def test_fail_on_vulnerable_refuses_before_anything_is_deployed(ws: Workspace, tmp_path: Path) -> None:
+    result = cli_deploy(ws, tmp_path, "refused", "--fail-on-vulnerable")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: not deployed: environment 'e2e' has 2 known vulnerabilities")
+    assert result.stderr.count("\n") == 1
+    listed = subprocess.run([sys.executable, "-m", "modelfleet", "-w", str(ws.path), "service", "list", "-o", "json"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "refused" not in listed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from modelfleet.cli.common import (
@@ -16,6 +17,8 @@ from modelfleet.cli.common import (
     print_output,
     workspace,
 )
+from modelfleet.errors import ModelfleetError
+from modelfleet.spec import EnvironmentSpec
 
 
 def register(groups: Any) -> None:
@@ -51,6 +54,10 @@ def register(groups: Any) -> None:
     deploy.add_argument("--dc", "--deploy-config-file", dest="dc")
     deploy.add_argument("--overwrite", action="store_true")
     deploy.add_argument("--no-wait", action="store_true")
+    deploy.add_argument("--fail-on-vulnerable", action="store_true",
+                        help="audit the environment first (pip-audit); refuse to deploy if vulnerable")  # fmt: skip
+    deploy.add_argument("--no-audit", action="store_true",
+                        help="skip the vulnerability warning after deploying (pip-audit, when installed)")  # fmt: skip
     add_deploy_settings(deploy)
     deploy.set_defaults(handler=model_deploy)
 
@@ -96,6 +103,7 @@ def model_download(args: argparse.Namespace) -> int:
 
 
 def model_deploy(args: argparse.Namespace) -> int:
+    from modelfleet.envs.audit import pip_audit_available
     from modelfleet.sdk.model import Model
     from modelfleet.spec import validate_service_name
 
@@ -105,8 +113,39 @@ def model_deploy(args: argparse.Namespace) -> int:
     inference_config = inference_config_from_file(args.ic)
     ws = workspace(args)
     models = models_from_refs(ws, args.model)
+    environment = inference_config.to_spec().environment or EnvironmentSpec(name="default")
+    if args.fail_on_vulnerable:  # refused before anything is deployed
+        vulnerable = known_vulnerabilities(ws, environment)
+        if vulnerable:
+            raise ModelfleetError(f"not deployed: {vulnerable} (--fail-on-vulnerable)")
     service = Model.deploy(ws, args.name, models, inference_config, deploy_config, overwrite=args.overwrite)
     if not args.no_wait:
         service.wait_for_deployment(show_output=True)
     print(f"scoring uri: {service.scoring_uri}")
+    if not args.fail_on_vulnerable and not args.no_wait and not args.no_audit and pip_audit_available():
+        vulnerable = known_vulnerabilities(ws, environment)
+        if vulnerable:
+            print(f"warning: {vulnerable}; see `modelfleet env audit {environment.name}`", file=sys.stderr)
     return 0
+
+
+def known_vulnerabilities(ws: Any, environment: EnvironmentSpec) -> str | None:
+    """What pip-audit found in ``environment``, in one line; None when nothing was found (a
+    check that could not be made is said on stderr as a warning)."""
+    from modelfleet.control.environments import audit_environment
+
+    try:
+        report = audit_environment(ws.store, environment)
+    except ModelfleetError as exc:  # pip-audit missing, or the interpreter unreadable
+        print(f"warning: environment {environment.name!r} was not checked for vulnerabilities: {exc.message}",
+              file=sys.stderr)  # fmt: skip
+        return None
+    if report.unreachable:
+        print(f"warning: environment {environment.name!r} was not checked for vulnerabilities: {report.unreachable}",
+              file=sys.stderr)  # fmt: skip
+        return None
+    if not report.findings:
+        return None
+    listed = "; ".join(f"{f.package} {f.version} ({f.id}, fixed in {', '.join(f.fix_versions) or 'none yet'})"
+                       for f in report.findings)  # fmt: skip
+    return f"environment {environment.name!r} has {len(report.findings)} known vulnerabilities: {listed}"

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from modelfleet import envs
+from modelfleet.envs.audit import AuditReport, audit_pins, installed_pins
 from modelfleet.errors import ModelfleetError
 from modelfleet.spec import EnvironmentSpec
 from modelfleet.store.registry import Store
@@ -121,3 +122,10 @@ def audit_subjects(store: Store, name: str | None) -> list[tuple[str, list[str] 
             if env.name == name or (len(name) >= 6 and digest.startswith(name)):
                 subjects.setdefault(digest, (f"{env.name} ({digest[:12]})", list(env.metadata.get("installed", []))))
     return list(subjects.values())
+
+
+def audit_environment(store: Store, spec: EnvironmentSpec) -> AuditReport:
+    """Audit the packages of the environment ``spec`` resolves to. Building it (on a cache
+    miss) lands it in the same caches a deploy looks in, so a deploy after this builds nothing."""
+    resolved = envs.resolve(spec, settings_for(store))
+    return audit_pins(installed_pins(resolved.python))

@@ -14,6 +14,7 @@ installed to audit it. A service that cannot be reached is reported as such
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -27,7 +28,7 @@ from typing import Any
 
 from modelfleet.errors import ConfigError, ModelfleetError
 
-__all__ = ["AuditReport", "Finding", "SERVICES", "audit_pins", "installed_pins", "parse_report"]
+__all__ = ["AuditReport", "Finding", "SERVICES", "audit_pins", "installed_pins", "parse_report", "pip_audit_available"]
 
 SERVICES = ("pypi", "osv")
 _NOT_ON_PYPI = "not found on PyPI"
@@ -71,6 +72,11 @@ class AuditReport:
             "skipped": [{"package": p, "reason": r} for p, r in self.skipped],
             "unreachable": self.unreachable,
         }
+
+
+def pip_audit_available() -> bool:
+    """Whether ``pip_audit_command`` has a command to run (deploys audit only then)."""
+    return bool(os.environ.get("MODELFLEET_PIP_AUDIT")) or importlib.util.find_spec("pip_audit") is not None
 
 
 def pip_audit_command() -> list[str]:
