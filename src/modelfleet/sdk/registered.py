@@ -7,6 +7,7 @@ files are); ``Model`` (``model.py``) adds ``deploy``, which needs ``Webservice``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,7 +108,7 @@ class RegisteredModel:
         self.workspace.store.add_model_tags(self.name, self.version, tags)
         self._record = self.workspace.store.get_model(self.name, self.version)
 
-    def remove_tags(self, tags: list[str]) -> None:
+    def remove_tags(self, tags: Iterable[str]) -> None:
         self.workspace.store.remove_model_tags(self.name, self.version, tags)
         self._record = self.workspace.store.get_model(self.name, self.version)
 

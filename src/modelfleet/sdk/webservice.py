@@ -17,6 +17,7 @@ from modelfleet.sdk.service_config import build_config, model_refs
 from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
 from modelfleet.spec.deploy import BY_FLAT
+from modelfleet.store.registry import ServiceRecord
 
 ROUTER_PORT_SETTING = "router_port"
 ROUTER_SCHEME_SETTING = "router_scheme"
@@ -39,7 +40,7 @@ class Webservice:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workspace={self.workspace.name!r}, name={self.name!r}, state={self.state!r})"
 
-    def _record(self) -> Any:
+    def _record(self) -> ServiceRecord:
         return self.workspace.store.get_service(self.name)
 
     def _spec(self) -> DeploySpec:
@@ -132,7 +133,7 @@ class Webservice:
             time.sleep(_POLL_S)
 
     def _outcome(self, generation: int) -> dict[str, Any] | None:
-        for event in reversed(self.workspace.store.list_events(self.name, kind="deployment")):
+        for event in self.workspace.store.list_events(self.name, kind="deployment")[::-1]:
             if event.get("generation") == generation and event.get("outcome") in ("succeeded", "failed"):
                 return event
         return None
@@ -141,6 +142,7 @@ class Webservice:
         record = self._record()
         if not DeploySpec.from_dict(record.config["deploy"]).auth_enabled:
             raise ConfigError(f"key auth is off for service {self.name} (auth_enabled=False)")
+        assert record.primary_key is not None and record.secondary_key is not None  # auth on: keys were made
         return record.primary_key, record.secondary_key
 
     def regen_key(self, key: str, set_key: str | None = None) -> None:
