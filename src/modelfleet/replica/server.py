@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import hmac
 import io
 import itertools
 import json
@@ -55,6 +56,7 @@ from modelfleet.replica.entry import (
     load_entry,
 )
 from modelfleet.replica.limits import Limits
+from modelfleet.replica.listen import ListenError, listen_unix
 from modelfleet.replica.protocol import HttpProtocol, Request
 from modelfleet.replica.responses import (
     HTML,
@@ -67,6 +69,7 @@ from modelfleet.replica.responses import (
     StreamedReply,
     encode_result,
     header_line,
+    json_message,
     json_reply,
 )
 from modelfleet.replica.stream import ChunkSender
@@ -78,8 +81,10 @@ from modelfleet.telemetry.logfiles import RotatingFile
 logger = logging.getLogger("modelfleet.replica")
 
 EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2  # as for bad flags: the address cannot be listened on
 EXIT_INIT_FAILED = 3  # gunicorn's boot-error status, which azmlinfsrv also uses
 HEADER_LIMIT = 100  # longest request id the reference accepts
+SECRET_HEADER = b"x-modelfleet-replica-secret"  # the router's proof (MODELFLEET_REPLICA_SECRET)
 
 _INTERESTING = {
     b"x-request-id": 0,
@@ -170,6 +175,15 @@ class App:
             ).to_body(),
         )
         self.limits = Limits(config)
+        # Where TCP is needed (Kubernetes pods), only the router, which adds this secret, may call.
+        self.secret = config.secret.encode() if config.secret is not None else None
+        self.forbidden = Reply(
+            403,
+            b"Content-Type: application/json\r\n",
+            json_message(
+                "this replica answers only its router: the x-modelfleet-replica-secret header is missing or wrong"
+            ),
+        )
         self.healthy = Reply(200, b"Content-Type: text/html; charset=utf-8\r\n", b"Healthy")
         self.options_reply = Reply(200, b"Content-Type: " + HTML + b"\r\nAllow: GET, HEAD, OPTIONS\r\n", b"")
         self.score_options = Reply(200, b"Content-Type: " + HTML + b"\r\nx-ms-run-function-failed: False\r\n", b"")
@@ -208,6 +222,8 @@ class App:
         if "//" in path:
             path = "/" + "/".join(p for p in path.split("/") if p) + ("/" if path.endswith("/") else "")
         method = req.method
+        if self.secret is not None and not (path == "/" and method == "GET") and not self._has_secret(req):
+            return conn.respond(req, self.forbidden, ids=False)
         if path == "/score":
             if method not in ("POST", "GET", "OPTIONS", "HEAD"):
                 return conn.respond(req, self.not_allowed, ids=False)
@@ -234,6 +250,20 @@ class App:
                     break
         status, body = self.swagger.answer(version)
         return conn.respond(req, Reply(status, _JSON_OK_HEADERS, body))
+
+    def _has_secret(self, req: Request) -> bool:
+        """Whether the request carries the router's secret; the header is removed either way,
+        so that run() never sees it."""
+        assert self.secret is not None
+        found = False
+        kept = []
+        for name, value in req.headers:
+            if len(name) == len(SECRET_HEADER) and name.lower() == SECRET_HEADER:
+                found = hmac.compare_digest(value, self.secret)  # constant time
+            else:
+                kept.append((name, value))
+        req.headers = kept
+        return found
 
     def _request_ids(self, req: Request) -> Reply | None:
         """Compute the request-id response headers as v1 does; a too-long id is a 431."""
@@ -507,13 +537,25 @@ class ReplicaServer:
         app = self.app
         loop = asyncio.get_running_loop()
         app.loop = loop
-        app.pool = WorkerPool(self.config.worker_count, loop)
         self._stop = asyncio.Event()
-        server = await loop.create_server(lambda: HttpProtocol(app), self.config.host, self.config.port, backlog=2048)
-        self.port = server.sockets[0].getsockname()[1]
-        if self.config.port_file:
-            _write_port_file(self.config.port_file, self.port)
-        logger.info("Listening on http://%s:%d (workers=%d)", self.config.host, self.port, self.config.worker_count)
+        config = self.config
+        try:
+            if config.unix_socket:
+                server = await listen_unix(loop, lambda: HttpProtocol(app), config.unix_socket)
+            else:
+                server = await loop.create_server(lambda: HttpProtocol(app), config.host, config.port, backlog=2048)
+        except OSError as ex:  # the port is taken, the path too long or not writable, ...
+            raise ListenError(str(ex)) from ex
+        app.pool = WorkerPool(config.worker_count, loop)
+        if config.unix_socket:
+            logger.info("Listening on unix:%s (workers=%d)", config.unix_socket, config.worker_count)
+        else:
+            self.port = server.sockets[0].getsockname()[1]
+            if config.port_file:
+                _write_port_file(config.port_file, self.port)
+            logger.info("Listening on http://%s:%d (workers=%d)", config.host, self.port, config.worker_count)
+        if config.secret is not None:
+            logger.info("Requests other than GET / must carry the router's secret")
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Not the main thread, or no signal support: stop() still works.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -524,6 +566,9 @@ class ReplicaServer:
         finally:
             ticker.cancel()
             server.close()
+            if config.unix_socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(config.unix_socket)
             await self._drain()
             app.pool.stop()
             app.pool.join(timeout=1.0)
@@ -674,6 +719,11 @@ def serve(config: ReplicaConfig) -> int:
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(server.serve())
+    except ListenError as ex:
+        server.close_sink()
+        where = f"unix:{config.unix_socket}" if config.unix_socket else f"{config.host}:{config.port}"
+        logger.error("cannot listen on %s: %s", where, ex)
+        return EXIT_BAD_SETTINGS
     finally:
         loop.close()
         asyncio.set_event_loop(None)
