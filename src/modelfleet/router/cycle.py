@@ -147,6 +147,9 @@ class Cycle:
         if svc.removed:
             self.answer(C_404)
             return
+        if svc.c503_failed is not None:
+            self.answer(svc.c503_failed)
+            return
         if self.expect and not self.body_done:
             self.conn.transport.write(CONTINUE)
         now = self.arrived = self.router.loop.time()
@@ -264,9 +267,10 @@ class Cycle:
             self.close_after = True
 
     def reject(self) -> None:
-        """Dispatch said: no capacity before the deadline."""
-        assert self.svc is not None
-        self.answer(self.svc.c503)
+        """Dispatch said: no capacity before the deadline (or the service failed meanwhile)."""
+        svc = self.svc
+        assert svc is not None
+        self.answer(svc.c503_failed or svc.c503)
 
     # -- replica side ------------------------------------------------------------------
 

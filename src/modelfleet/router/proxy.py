@@ -604,8 +604,29 @@ class Router:
                 else:
                     self.pool.close_idle(entry[1])
         svc.addresses = new
+        if ups and svc.failed is not None:
+            self.set_service_failed(service, None)
         self.apply(svc, d.set_replicas([u.id for u in ups], self._now()))
         log.info("service %s: replicas %s (%r)", service, [u.id for u in ups], d)
+
+    def set_service_failed(self, service: str, reason: str | None) -> None:
+        """The service cannot serve (e.g. every replica failed init()): new and waiting requests
+        get 503 saying so and why, without Retry-After. ``None`` clears it; so does
+        ``set_replicas`` with at least one replica."""
+        svc = self._service(service)
+        if svc is None:
+            return
+        svc.set_failed(reason)
+        if reason is None:
+            log.info("service %s: no longer marked failed", service)
+            return
+        log.warning("service %s: marked failed (%s)", service, reason)
+        if svc.timer is not None:
+            svc.timer.cancel()
+            svc.timer = None
+            svc.timer_at = float("inf")
+        for action in svc.dispatch.clear():
+            action.req.reject()  # type: ignore[attr-defined]
 
     def mark_healthy(self, service: str, replica_id: str) -> None:
         """A failed replica passed its probe: it may take new requests again."""

@@ -153,6 +153,8 @@ class ServiceState:
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.drains: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self.removed = False
+        self.failed: str | None = None  # why the service cannot serve (its replicas failed init())
+        self.c503_failed: Canned | None = None
         self.metrics = ServiceMetrics()  # plain counters, exported on scrape (telemetry/metrics.py)
         self._build(route)
 
@@ -190,6 +192,21 @@ class ServiceState:
     def update(self, route: ServiceRoute) -> None:
         self.route = route
         self._build(route)
+        self.set_failed(self.failed)
+
+    def set_failed(self, reason: str | None) -> None:
+        """Mark the service failed (answers 503 saying why, with no Retry-After) or, with
+        ``None``, able to serve again."""
+        self.failed = reason
+        if reason is None:
+            self.c503_failed = None
+            return
+        n = self.route.name
+        self.c503_failed = error_answer(
+            503,
+            f"service '{n}' failed: {reason}. It answers no request until it is fixed and updated "
+            f"(`modelfleet service show -n {n}`, `modelfleet service logs -n {n}`); retrying will not help",
+        )
 
 
 # -- header tables -------------------------------------------------------------------------
