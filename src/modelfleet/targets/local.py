@@ -131,6 +131,7 @@ class _Replica:
     task: asyncio.Task[None] | None = None
     stopping: bool = False  # being stopped now: the supervisor ends
     draining: bool = False  # being removed: no restart, no new requests
+    stop_task: asyncio.Task[None] | None = None  # the one stop, once begun
     ever_ready: bool = False
     check_now: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -254,10 +255,11 @@ class LocalTarget:
             replica.check_now.set()
 
     async def close(self, drain_s: float) -> None:
-        for task in list(self._drains):
-            task.cancel()
+        drains = list(self._drains)
+        for task in drains:
+            task.cancel()  # their replicas are stopped below, without waiting for a drain
         await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in list(self._replicas.values())))
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        await asyncio.gather(*drains, return_exceptions=True)
         self._remove_short_dir()
 
     # -- the router's replica set ------------------------------------------------------------
@@ -353,15 +355,20 @@ class LocalTarget:
         self._on_change(service)
 
     async def _stop(self, replica: _Replica, grace_s: float) -> None:
-        if self._replicas.get(replica.info.id) is not replica:
-            return
-        del self._replicas[replica.info.id]
+        """Stop the replica's process; it stays listed until the process is gone. Several
+        callers (a drain, a delete, close) share one stop, which a cancelled caller does not
+        interrupt, so no process is left unreaped."""
+        if replica.stop_task is None:
+            replica.stop_task = asyncio.create_task(self._stop_now(replica, grace_s), name=f"stop {replica.info.id}")
+        await asyncio.shield(replica.stop_task)
+
+    async def _stop_now(self, replica: _Replica, grace_s: float) -> None:
+        info = replica.info
         replica.stopping = True
         replica.check_now.set()  # wake its watch so it sees `stopping`
-        was_published = replica.info.id in self._published.get(replica.info.service, ())
-        replica.info.state = ReplicaState.STOPPED
-        if was_published:
-            self._sync_router(replica.info.service)
+        if not replica.draining:
+            info.state = ReplicaState.STOPPED
+        self._sync_router(info.service)
         if replica.task is not None:
             replica.task.cancel()
             # bounded: the task also checks `stopping`, so it ends even if a cancel is lost
@@ -370,7 +377,9 @@ class LocalTarget:
         if replica.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 replica.socket_path.unlink()
-        log.info("replica %s stopped", replica.info.id)
+        if self._replicas.get(info.id) is replica:
+            del self._replicas[info.id]
+        log.info("replica %s stopped", info.id)
 
     # -- supervision ---------------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""Tier 2: replicas of the local cluster listen on Unix sockets only (issue 12, defect 4).
+
+A real cluster, real replica processes. A replica has no TCP port at all, so no local user
+can score it around the router's keys, limits and logs; its socket sits in a folder only the
+cluster's user may enter (0700) and is itself 0600; the liveness probe and the router both
+reach it through the socket. The workspace here lies under pytest's deep temporary folder,
+too deep for a socket path (107 bytes), so the short private folder in /tmp is used, and it
+is removed when the cluster stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
+from modelfleet import Workspace
+from modelfleet.targets.local import unix_sockets_supported
+
+pytestmark = pytest.mark.skipif(
+    not unix_sockets_supported(), reason="the router or the replica runtime cannot use Unix sockets yet"
+)
+
+
+@pytest.fixture
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    workspace = Workspace.create("sockets", tmp_path_factory.mktemp("a-folder-deep-enough-for-a-socket-path" * 2))
+    try:
+        yield workspace
+    finally:
+        stop_cluster(workspace)
+
+
+def listening_tcp_ports(pid: int) -> list[int]:
+    """TCP ports the process listens on (its socket inodes matched against /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_a_replica_listens_only_on_a_private_unix_socket(ws: Workspace) -> None:
+    service = deploy(ws, "sockets", "sum", auth_enabled=False)
+    [replica] = ws.cluster().status()["services"]["sockets"]["replicas"]
+    path = Path(replica["address"])
+    assert path.is_absolute() and len(os.fsencode(path)) <= 107
+
+    assert listening_tcp_ports(replica["pid"]) == []  # nothing to connect to but the socket
+    assert stat.S_ISSOCK(path.lstat().st_mode)
+    assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+    folder = path.parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert folder.parent == Path("/tmp") and folder.name.startswith("mf-")  # the workspace is too deep
+
+    # the router reaches it through the socket, and so does the liveness probe after a crash
+    assert httpx.post(service.scoring_uri, content=SUM_BODY).json() == [55]
+    os.kill(replica["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        [now] = ws.cluster().status()["services"]["sockets"]["replicas"]
+        return now["state"] == "Ready" and now["pid"] != replica["pid"]
+
+    wait_until(back, timeout=30)
+    assert httpx.post(service.scoring_uri, content=SUM_BODY).json() == [55]
+
+    stop_cluster(ws)
+    assert not folder.exists()  # the short folder goes with the cluster
