@@ -1,14 +1,11 @@
 """Deployment settings: ``DeploySpec`` and the v1 ``deploy_configuration`` entry points.
 
-v1 names and defaults (azureml-core ``AksWebservice.deploy_configuration``)::
-
-    cpu_cores 0.1   memory_gb 0.5   cpu_cores_limit/memory_gb_limit none   gpu_cores 0
-    autoscale_enabled: on unless num_replicas is given   min 1  max 10  refresh 1 s  target 70 %
-    auth_enabled True   token_auth_enabled False   scoring_timeout_ms 60000
-    replica_max_concurrent_requests 1   max_request_wait_time 500 ms
-    liveness: period_seconds 10  initial_delay_seconds 310  timeout_seconds 2
-              success_threshold 1  failure_threshold 3
-    collect_model_data False   enable_app_insights False   blobfuse_enabled True
+Each setting is declared once, in the classes below, with ``setting()`` (``spec/fields.py``):
+type, v1 default (azureml-core ``AksWebservice.deploy_configuration``), bounds, v1 JSON path
+and help. ``SETTINGS`` is that table under v1's flat keywords; validation,
+``to_v1_json``/``from_v1_json``, ``replace``, the flat v1 attributes and the CLI's flags are
+derived from it. ``aks_deploy_configuration`` spells v1's keywords out (editors and type
+checkers read them); a test keeps them equal to the table and to v1's list.
 
 v1's cross-field rules, kept: autoscale enabled together with num_replicas is an error;
 autoscale disabled without num_replicas is an error; autoscale_* values given while autoscale
@@ -31,12 +28,6 @@ event hubs, ...) are accepted and have no effect; ``v1_notes`` lists the ones th
 the CLI can say so. ``computeType`` ``aci`` and ``aksendpoint`` are refused with a message.
 The conversions are classmethods: ``DeploySpec.from_v1_json`` / ``to_v1_json`` and
 ``InferenceSpec.from_v1_json``.
-
-Each setting is declared once, below, with ``setting()`` (``spec/fields.py``): type, default,
-bounds, v1 JSON path and help. ``SETTINGS`` is that table flattened to v1's keywords;
-validation, ``to_v1_json``/``from_v1_json``, ``replace``, the flat v1 attributes and the CLI's
-flags are derived from it. ``aks_deploy_configuration`` spells v1's keywords out (editors and
-type checkers read them); a test keeps them equal to the table.
 """
 
 from __future__ import annotations
