@@ -1,0 +1,471 @@
+"""The objects that run services and the router in a Kubernetes cluster, as plain dicts.
+
+Pure functions, no client and no cluster: ``service_objects`` and ``router_objects`` turn what
+the workspace knows (a ``DeploySpec``, the models' files and the snapshot by content hash, the
+keys) into objects the official client can create, and ``modelfleet k8s manifests`` can print
+as YAML for GitOps. Only API versions that Kubernetes 1.20 and 1.37 both serve are used:
+``v1``, ``apps/v1``, ``rbac.authorization.k8s.io/v1`` and ``coordination.k8s.io/v1``.
+
+Per service (name ``S``)::
+
+    Deployment S           the replicas; rolling update with maxUnavailable 0, readiness-gated
+    Secret     S-keys      primaryKey, secondaryKey (the router reads it by name)
+    ConfigMap  S-config    settings.json (the deploy spec, no keys), layout.json (the files
+                           the init container fetches by content hash and where they go)
+
+The pod lays the app out as the local target does (``control/layout.py``)::
+
+    /var/azureml-app/                    AML_APP_ROOT, an emptyDir filled by the init container
+      azureml-models/<name>/<version>/   AZUREML_MODEL_DIR (one model) or azureml-models (several)
+      <source name>/<entry script>       the source snapshot
+
+Every pod reads its own IP from the downward API and binds it (``$(MODELFLEET_POD_IP)``), which
+a real pod and the test suite's node stand-in (one loopback address per pod) both honour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelfleet.errors import ConfigError
+from modelfleet.spec import DeploySpec, validate_model_name, validate_service_name
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelfleet"}
+SERVICE_LABEL = "modelfleet.io/service"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+CONFIG_HASH_ANNOTATION = "modelfleet.io/config-hash"
+TAGS_ANNOTATION = "modelfleet.io/tags"
+DESCRIPTION_ANNOTATION = "modelfleet.io/description"
+AZURE_INTERNAL_LB_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-internal"
+
+ROUTER_NAME = "modelfleet-router"
+ROUTER_LEASE = "modelfleet-router"
+LOAD_BALANCER_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP")
+
+APP_ROOT = "/var/azureml-app"
+CONFIG_MOUNT = "/etc/modelfleet"
+MODELS_FOLDER = "azureml-models"
+REPLICA_PORT = 5001
+ROUTER_PORT = 8080
+POD_IP_ENV = "MODELFLEET_POD_IP"
+
+# The init container's command line: the fetcher reads layout.json from the ConfigMap and
+# writes every file, checked against its digest, under --dest.
+FETCH_COMMAND = ["python", "-m", "modelfleet.targets.kubernetes.fetch"]
+REPLICA_COMMAND = ["python", "-m", "modelfleet.replica"]
+ROUTER_COMMAND = ["python", "-m", "modelfleet", "router", "--kubernetes"]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a registered model: its path inside the model and its blob digest."""
+
+    relpath: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    name: str
+    version: int
+    files: tuple[ModelFile, ...]
+
+    def __post_init__(self) -> None:
+        validate_model_name(self.name)
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ConfigError(f"model version must be an integer >= 1 (got {self.version!r})")
+
+
+@dataclass(frozen=True)
+class ServiceSource:
+    """What one service's objects are made from.
+
+    ``image`` is the replica runtime image for the service's environment (tagged with the
+    environment's hash); ``blob_store`` is the URL the init container fetches blobs from.
+    """
+
+    name: str
+    deploy: DeploySpec
+    image: str
+    entry_script: str
+    blob_store: str
+    models: tuple[ModelLayout, ...] = ()
+    snapshot: str | None = None
+    source_name: str = "source"
+    environment_variables: Mapping[str, str] = field(default_factory=dict)
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
+    namespace: str = "default"
+
+    def __post_init__(self) -> None:
+        validate_service_name(self.name)
+        if self.name == ROUTER_NAME:
+            raise ConfigError(f"service name {ROUTER_NAME!r} is the router's own Deployment; choose another")
+        for what in ("image", "entry_script", "blob_store", "source_name"):
+            if not isinstance(getattr(self, what), str) or not getattr(self, what):
+                raise ConfigError(f"{what} must be a non-empty string (got {getattr(self, what)!r})")
+        if "/" in self.source_name or self.source_name in (".", "..", MODELS_FOLDER):
+            raise ConfigError(f"source_name must be one folder name (got {self.source_name!r})")
+
+    @property
+    def effective_namespace(self) -> str:
+        return self.deploy.namespace or self.namespace
+
+
+@dataclass(frozen=True)
+class RouterSource:
+    """The cluster's router: image, namespace, how it is reached, and the Secrets it may read."""
+
+    image: str
+    namespace: str = "default"
+    replicas: int = 2
+    load_balancer_type: str = "LoadBalancer"
+    secret_names: Sequence[str] = ()
+    port: int = 80
+
+    def __post_init__(self) -> None:
+        if self.load_balancer_type not in LOAD_BALANCER_TYPES:
+            raise ConfigError(
+                f"load_balancer_type must be one of {', '.join(LOAD_BALANCER_TYPES)} (got {self.load_balancer_type!r})"
+            )
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
+            raise ConfigError(f"router replicas must be an integer >= 1 (got {self.replicas!r})")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"router port must be 1-65535 (got {self.port!r})")
+
+
+def secret_name(service: str) -> str:
+    return f"{service}-keys"
+
+
+def config_map_name(service: str) -> str:
+    return f"{service}-config"
+
+
+def service_labels(service: str) -> dict[str, str]:
+    return {**MANAGED_BY, SERVICE_LABEL: service, COMPONENT_LABEL: "replica"}
+
+
+# --------------------------------------------------------------------------- per service
+
+
+def service_objects(src: ServiceSource) -> list[dict[str, Any]]:
+    """Secret, ConfigMap and Deployment of one service, in the order to create them."""
+    config = _config_map(src)
+    return [_secret(src), config, _deployment(src, _digest(config["data"]))]
+
+
+def _meta(name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str] = ()) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _annotations(deploy: DeploySpec) -> dict[str, str]:
+    # Tag keys are free text in v1, and label/annotation keys are not, so tags travel as one
+    # JSON annotation that any key survives.
+    out: dict[str, str] = {}
+    if deploy.tags:
+        out[TAGS_ANNOTATION] = json.dumps(deploy.tags, sort_keys=True)
+    if deploy.description:
+        out[DESCRIPTION_ANNOTATION] = deploy.description
+    return out
+
+
+def _secret(src: ServiceSource) -> dict[str, Any]:
+    data = {k: v for k, v in (("primaryKey", src.primary_key), ("secondaryKey", src.secondary_key)) if v}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(secret_name(src.name), src.effective_namespace, service_labels(src.name)),
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+def layout(src: ServiceSource) -> dict[str, Any]:
+    """The files the init container fetches, by digest, relative to the app root."""
+    files = [
+        {"path": f"{MODELS_FOLDER}/{m.name}/{m.version}/{f.relpath}", "digest": f.digest}
+        for m in src.models
+        for f in m.files
+    ]
+    return {"files": files, "snapshot": src.snapshot, "source_name": src.source_name}
+
+
+def _config_map(src: ServiceSource) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(config_map_name(src.name), src.effective_namespace, service_labels(src.name)),
+        "data": {
+            "settings.json": json.dumps(src.deploy.to_dict(include_keys=False), sort_keys=True),
+            "layout.json": json.dumps(layout(src), sort_keys=True),
+        },
+    }
+
+
+def _digest(data: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resources(deploy: DeploySpec) -> dict[str, dict[str, str]]:
+    """cpu_cores/memory_gb as requests, the ``*_limit`` fields as limits, gpu_cores as nvidia.com/gpu.
+
+    CPU in millicores and memory in MiB (v1's memory_gb is GiB-based: 0.5 -> 512Mi). An
+    extended resource such as a GPU is set as a limit; Kubernetes makes the request equal.
+    """
+    out: dict[str, dict[str, str]] = {"requests": {"cpu": _cpu(deploy.cpu_cores), "memory": _mem(deploy.memory_gb)}}
+    limits: dict[str, str] = {}
+    if deploy.cpu_cores_limit is not None:
+        limits["cpu"] = _cpu(deploy.cpu_cores_limit)
+    if deploy.memory_gb_limit is not None:
+        limits["memory"] = _mem(deploy.memory_gb_limit)
+    if deploy.gpu_cores:
+        limits["nvidia.com/gpu"] = str(deploy.gpu_cores)
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _cpu(cores: float) -> str:
+    return f"{max(1, math.ceil(cores * 1000 - 1e-9))}m"
+
+
+def _mem(gb: float) -> str:
+    return f"{max(1, math.ceil(gb * 1024 - 1e-9))}Mi"
+
+
+def probes(deploy: DeploySpec) -> dict[str, dict[str, Any]]:
+    """v1's liveness settings as the liveness probe and, without the initial delay, readiness.
+
+    Kubernetes requires a liveness probe's successThreshold to be 1, so v1's
+    success_threshold applies to readiness only. Readiness starts at once: v1's 310 s initial
+    delay guards slow init() from being killed, not from being routed to once it answers.
+    """
+    lv = deploy.liveness
+    http = {"httpGet": {"path": "/", "port": "http"}, "timeoutSeconds": lv.timeout_seconds}
+    return {
+        "livenessProbe": {
+            **http,
+            "initialDelaySeconds": lv.initial_delay_seconds,
+            "periodSeconds": lv.period_seconds,
+            "successThreshold": 1,
+            "failureThreshold": lv.failure_threshold,
+        },
+        "readinessProbe": {
+            **http,
+            "periodSeconds": lv.period_seconds,
+            "successThreshold": lv.success_threshold,
+            "failureThreshold": lv.failure_threshold,
+        },
+    }
+
+
+def _pod_ip_env() -> list[dict[str, Any]]:
+    return [
+        {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MODELFLEET_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+
+
+def replica_environment(src: ServiceSource) -> dict[str, str]:
+    """The replica's variables, as ``control/layout.py`` sets them for a local replica."""
+    source_dir = f"{APP_ROOT}/{src.source_name}"
+    models_root = f"{APP_ROOT}/{MODELS_FOLDER}"
+    model_dir = f"{models_root}/{src.models[0].name}/{src.models[0].version}" if len(src.models) == 1 else models_root
+    env = {
+        "AML_APP_ROOT": APP_ROOT,
+        "AZUREML_MODEL_DIR": model_dir,
+        "AZUREML_SOURCE_DIRECTORY": source_dir,
+        "AZUREML_ENTRY_SCRIPT": src.entry_script,
+        "SCORING_TIMEOUT_MS": str(src.deploy.scoring_timeout_ms),
+        "WORKER_COUNT": str(src.deploy.replica_max_concurrent_requests),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(src.environment_variables)
+    return env
+
+
+def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
+    deploy = src.deploy
+    ns = src.effective_namespace
+    labels = service_labels(src.name)
+    selector = {SERVICE_LABEL: src.name, **MANAGED_BY}
+    env = replica_environment(src)
+    volumes = [
+        {"name": "app", "emptyDir": {}},
+        {"name": "config", "configMap": {"name": config_map_name(src.name)}},
+    ]
+    init = {
+        "name": "fetch",
+        "image": src.image,
+        "command": FETCH_COMMAND,
+        "args": ["--blob-store", src.blob_store, "--layout", f"{CONFIG_MOUNT}/layout.json", "--dest", APP_ROOT],
+        "resources": resources(deploy),
+        "volumeMounts": [
+            {"name": "app", "mountPath": APP_ROOT},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        ],
+    }
+    replica = {
+        "name": "replica",
+        "image": src.image,
+        "command": REPLICA_COMMAND,
+        "args": [
+            "--entry_script",
+            f"{APP_ROOT}/{src.source_name}/{src.entry_script}",
+            "--model_dir",
+            env["AZUREML_MODEL_DIR"],
+            "--max-concurrent",
+            str(deploy.replica_max_concurrent_requests),
+            "--host",
+            f"$({POD_IP_ENV})",
+            "--port",
+            str(REPLICA_PORT),
+            "--access-log",
+        ],
+        "workingDir": APP_ROOT,
+        "env": [{"name": k, "value": v} for k, v in env.items()] + _pod_ip_env(),
+        "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
+        "resources": resources(deploy),
+        **probes(deploy),
+        "volumeMounts": [{"name": "app", "mountPath": APP_ROOT}],
+    }
+    # The router drains a removed pod; the grace period lets its longest request finish.
+    grace = math.ceil(deploy.scoring_timeout_ms / 1000) + 5
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(src.name, ns, labels, _annotations(deploy)),
+        "spec": {
+            "replicas": deploy.initial_replicas(),
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "revisionHistoryLimit": 3,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+                "spec": {
+                    "automountServiceAccountToken": False,  # replicas never call the API
+                    "terminationGracePeriodSeconds": grace,
+                    "initContainers": [init],
+                    "containers": [replica],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the router
+
+
+def router_labels() -> dict[str, str]:
+    return {**MANAGED_BY, COMPONENT_LABEL: "router", "app.kubernetes.io/name": ROUTER_NAME}
+
+
+def router_rules(secret_names: Sequence[str]) -> list[dict[str, Any]]:
+    """What the router needs and no more. Secrets by name only: RBAC cannot filter by label,
+    so the Role lists each service's Secret and must be updated as services come and go."""
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        # One router pod holds the Lease and is the one that scales. create cannot be limited
+        # by name (the object does not exist yet); the rest can.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [ROUTER_LEASE],
+            "verbs": ["get", "update", "patch"],
+        },
+    ]
+    names = sorted(set(secret_names))
+    if names:  # an empty resourceNames list would grant every Secret
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get"]})
+    return rules
+
+
+def router_objects(src: RouterSource) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding, Deployment and Service of the router."""
+    ns = src.namespace
+    labels = router_labels()
+    meta = _meta(ROUTER_NAME, ns, labels)
+    service_annotations = (
+        {AZURE_INTERNAL_LB_ANNOTATION: "true"} if src.load_balancer_type == "InternalLoadBalancer" else {}
+    )
+    http = {"httpGet": {"path": "/", "port": "http"}, "timeoutSeconds": 2}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": router_rules(src.secret_names),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROUTER_NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": ROUTER_NAME, "namespace": ns}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": src.replicas,
+                "selector": {"matchLabels": {COMPONENT_LABEL: "router", **MANAGED_BY}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": ROUTER_NAME,
+                        "containers": [
+                            {
+                                "name": "router",
+                                "image": src.image,
+                                "command": ROUTER_COMMAND,
+                                "args": [
+                                    "--namespace",
+                                    ns,
+                                    "--host",
+                                    f"$({POD_IP_ENV})",
+                                    "--port",
+                                    str(ROUTER_PORT),
+                                ],
+                                "env": [
+                                    *_pod_ip_env(),
+                                    {"name": "MODELFLEET_NAMESPACE", "value": ns},
+                                    {"name": "PYTHONUNBUFFERED", "value": "1"},
+                                ],
+                                "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                                "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+                                "livenessProbe": {**http, "periodSeconds": 10, "failureThreshold": 3},
+                                "readinessProbe": {**http, "periodSeconds": 2, "failureThreshold": 2},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(ROUTER_NAME, ns, labels, service_annotations),
+            "spec": {
+                "type": "ClusterIP" if src.load_balancer_type == "ClusterIP" else "LoadBalancer",
+                "selector": {COMPONENT_LABEL: "router", **MANAGED_BY},
+                "ports": [{"name": "http", "port": src.port, "targetPort": "http", "protocol": "TCP"}],
+            },
+        },
+    ]
