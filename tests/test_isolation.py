@@ -202,6 +202,7 @@ def test_memory_limit_kills_a_replica_that_allocates_past_it_and_says_so(ws: Wor
         # no memory cgroup here: the limit is not enforced, and the replica's log says so
         service = deploy(ws, "hog", "hog_memory", memory_gb=0.1, memory_gb_limit=0.25)
         assert "memory_gb_limit 0.25 GB is NOT enforced on this machine" in service.get_logs()
+        wait_until(lambda: "memory_gb_limit 0.25 GB is not enforced on this machine" in (service.error or ""))
         service.delete()
         return
     # In init(): the deployment fails, and the error says it ran out of memory.
@@ -221,3 +222,14 @@ def test_memory_limit_kills_a_replica_that_allocates_past_it_and_says_so(ws: Wor
     wait_until(lambda: "killed: out of memory" in service.get_logs(), timeout=30)
     wait_until(lambda: _score(service, {"mb": 10}).status_code == 200, timeout=90, interval=0.5)
     service.delete()
+
+
+def test_where_no_memory_cgroup_can_be_made_the_limit_is_said_to_be_unenforced(tmp_path: Path) -> None:
+    # a cgroup mount with no memory controller (an empty folder stands for one)
+    cgroup, reason = isolation.memory_cgroup("svc-1-0", 2**30, root=tmp_path)
+    assert cgroup is None and "no memory cgroup controller" in reason
+    note = isolation.memory_limit_note(2**30, root=tmp_path)
+    assert note == "memory_gb_limit 1 GB is not enforced on this machine: no memory cgroup controller is available here"
+    assert isolation.memory_limit_note(None, root=tmp_path) is None  # no limit asked: nothing to say
+    # where cgroups work (this machine, as root), a limit gets no note
+    assert (isolation.memory_limit_note(2**30) is None) == _cgroup_available()

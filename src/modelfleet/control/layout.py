@@ -28,7 +28,7 @@ from typing import Any
 
 from modelfleet.spec import DeploySpec
 from modelfleet.store.registry import META_DIR, Store
-from modelfleet.targets.isolation import MEMORY_LIMIT_ENV
+from modelfleet.targets.isolation import MEMORY_LIMIT_ENV, memory_limit_note
 from modelfleet.telemetry.collect import service_data_dir
 
 MODELS_FOLDER = "azureml-models"
@@ -78,12 +78,21 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
     }
     if deploy.memory_gb_limit is not None:  # enforced by the local target (targets/isolation.py)
-        environment[MEMORY_LIMIT_ENV] = str(int(deploy.memory_gb_limit * 1024**3))
+        environment[MEMORY_LIMIT_ENV] = str(_bytes(deploy.memory_gb_limit))
     if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)
         environment["MODELFLEET_DATA_DIR"] = str(service_data_dir(store.root / META_DIR, service))
         environment["MODELFLEET_MODELS"] = ",".join(f"{r['name']}:{r['version']}" for r in refs) or f"{service}:0"
     environment.update(config.get("environment", {}).get("environment_variables") or {})
     return AppLayout(app_root=app_root, entry_script=entry_script, environment=environment)
+
+
+def limits_note(spec: DeploySpec) -> str | None:
+    """What the service's state detail says about a limit this machine cannot enforce, or None."""
+    return memory_limit_note(None if spec.memory_gb_limit is None else _bytes(spec.memory_gb_limit))
+
+
+def _bytes(gb: float) -> int:
+    return int(gb * 1024**3)
 
 
 def remove_generation(runtime_dir: Path, service: str, generation: int) -> None:

@@ -41,7 +41,7 @@ from modelfleet.control.decisions import (
     decide,
 )
 from modelfleet.control.environments import resolve_for_service
-from modelfleet.control.layout import prepare_app, remove_generation
+from modelfleet.control.layout import limits_note, prepare_app, remove_generation
 from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.registry import ServiceRecord, Store
@@ -276,7 +276,7 @@ class ServiceController:
 
     async def _show(self, state: str, detail: str | None) -> None:
         if state == HEALTHY and detail is None:
-            detail = self._scale_note
+            detail = self._scale_note or (limits_note(self.spec) if self.spec is not None else None)
         if self._last_state == (state, detail):
             return
         self._last_state = (state, detail)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -275,6 +276,26 @@ def memory_cgroup(replica_id: str, limit_bytes: int, root: Path = CGROUP_ROOT) -
     except OSError as exc:
         return None, f"cannot set up the memory cgroup {path} ({exc})"
     return MemoryCgroup(path, version, limit_bytes), ""
+
+
+def memory_limit_note(limit_bytes: int | None, root: Path = CGROUP_ROOT) -> str | None:
+    """What a service's state detail says when its memory limit cannot be enforced here; None
+    when it is (or none was asked for). The answer for a machine is found once and kept."""
+    if limit_bytes is None:
+        return None
+    reason = _unenforceable(root)
+    if reason is None:
+        return None
+    return f"memory_gb_limit {limit_bytes / 1024**3:g} GB is not enforced on this machine: {reason}"
+
+
+@functools.lru_cache(maxsize=4)
+def _unenforceable(root: Path) -> str | None:
+    try:
+        found = _replica_parent(root)
+    except OSError as exc:
+        return f"cannot make a memory cgroup ({exc})"
+    return found if isinstance(found, str) else None
 
 
 def _replica_parent(root: Path) -> tuple[Path, int] | str:
