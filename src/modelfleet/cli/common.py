@@ -117,12 +117,15 @@ def _parse_value(s: Setting) -> Any:
     return parse
 
 
-def add_deploy_settings(sub: argparse.ArgumentParser) -> None:
-    """One flag per deployment setting, from the spec's table (``spec/deploy.py``)."""
+def add_deploy_settings(sub: argparse.ArgumentParser, keys: bool = True) -> None:
+    """One flag per deployment setting, from the spec's table (``spec/deploy.py``); without
+    the key flags where ``keys`` is false (a service's keys change with ``regen-key``)."""
     group = sub.add_argument_group(
         "deployment settings", "v1 deploy_configuration's settings; each flag given overrides --dc's value"
     )
     for s in SETTINGS:
+        if s.secret and not keys:
+            continue
         notes = [s.bounds()] if s.kind in ("int", "number") else []
         if s.default not in (None, {}):
             notes.append(f"default {str(s.default).lower()}")

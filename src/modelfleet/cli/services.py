@@ -61,7 +61,7 @@ def register(groups: Any) -> None:
             sub.add_argument("--ic", "--inference-config-file", dest="ic")
             sub.add_argument("--dc", "--deploy-config-file", dest="dc")
             sub.add_argument("--no-wait", action="store_true")
-            add_deploy_settings(sub)
+            add_deploy_settings(sub, keys=False)
     events = service.add_parser("scale-events", help="when and why its replica count changed, oldest first")
     events.add_argument("-n", "--name", required=True)
     add_output(events)
