@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +29,39 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
+class _Reader:
+    """One buffered reader per socket, which http.client may not close: answers pipelined on one
+    connection arrive in one read, and the second must not be lost with the first's buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rb")
+
+    def makefile(self, mode: str) -> _Reader:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        pass
+
+
+_READERS: weakref.WeakKeyDictionary[socket.socket, _Reader] = weakref.WeakKeyDictionary()
+
+
 def read_answer(sock: socket.socket) -> RawAnswer:
     """Read one HTTP answer from ``sock`` and whether the server closed the connection after it."""
-    resp = http.client.HTTPResponse(sock)
+    reader = _READERS.get(sock)
+    if reader is None:
+        reader = _READERS[sock] = _Reader(sock)
+    resp = http.client.HTTPResponse(reader)  # type: ignore[arg-type]  # only makefile() is used
     resp.begin()
     body = resp.read()
     headers = {k.lower(): v for k, v in resp.getheaders()}
     closed = False
     if resp.will_close:
         try:
-            closed = sock.recv(1) == b""
+            closed = reader.read(1) == b""
         except ConnectionResetError:
             closed = True
     return RawAnswer(resp.status, headers, body, closed)
