@@ -338,7 +338,7 @@ class Cycle:
             framing = b"content-length: 0\r\n"
         else:
             framing = b""
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", host]  # host: the replica's head lines
         parts += self.fields
         parts += (self.rids, framing, b"\r\n")
         if self.chunks:

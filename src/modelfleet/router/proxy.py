@@ -596,7 +596,7 @@ class Router:
             return
         ups = list(upstreams)
         d = svc.dispatch
-        new = {u.id: (u, (u.host, u.port), f"{u.host}:{u.port}".encode()) for u in ups}
+        new = {u.id: (u, u.key, u.head_lines()) for u in ups}
         for rid, entry in svc.addresses.items():
             if rid not in new:
                 if d.slot(rid) is not None:

@@ -11,6 +11,7 @@ which headers cross the router as they are.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,13 +73,44 @@ class ServiceRoute:
             raise ConfigError(f"auth must have a check(header) method or be None (got {self.auth!r})")
 
 
+SECRET_HEADER = b"x-modelfleet-replica-secret"
+_SECRET_RE = re.compile(rb"^[\x21-\x7e]{16,512}$")
+
+
 @dataclass(frozen=True)
 class Upstream:
-    """One replica's address."""
+    """One replica's address: TCP ``host:port``, or the Unix domain socket ``unix_path`` (the
+    local cluster's replicas listen in its private directory; host and port then only name
+    it in logs). ``secret``: the cluster's shared secret, sent to the replica with every
+    request as ``x-modelfleet-replica-secret`` (for replicas that must listen on TCP, e.g.
+    Kubernetes pods); clients' own copies of that header are dropped, never forwarded."""
 
     id: str
     host: str
     port: int
+    unix_path: str | None = None
+    secret: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.unix_path is not None and (not isinstance(self.unix_path, str) or not self.unix_path):
+            raise ConfigError(f"replica {self.id}: unix_path must be a non-empty path (got {self.unix_path!r})")
+        if self.secret is not None and (not isinstance(self.secret, bytes) or not _SECRET_RE.match(self.secret)):
+            raise ConfigError(
+                f"replica {self.id}: secret must be 16-512 bytes of visible ASCII (no spaces or control characters)"
+            )
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The connection pool's key: (host, port), or (unix_path, -1)."""
+        return (self.unix_path, -1) if self.unix_path is not None else (self.host, self.port)
+
+    def head_lines(self) -> bytes:
+        """The header lines the router adds to every request to this replica."""
+        host = b"localhost" if self.unix_path is not None else f"{self.host}:{self.port}".encode()
+        lines = b"host: " + host + b"\r\n"
+        if self.secret is not None:
+            lines += SECRET_HEADER + b": " + self.secret + b"\r\n"
+        return lines
 
 
 # -- precomputed answers ----------------------------------------------------------------
@@ -140,7 +172,7 @@ class ServiceState:
     def __init__(self, route: ServiceRoute) -> None:
         self.route = route
         self.dispatch = Dispatch(route.name, route.max_concurrent, route.max_wait_s)
-        # id -> (upstream, pool key, Host header); holds listed replicas and retiring ones
+        # id -> (upstream, pool key, header lines added for it); holds listed replicas and retiring ones
         # that still have requests in flight.
         self.addresses: dict[str, tuple[Upstream, tuple[str, int], bytes]] = {}
         # Queue timer: fires at the dispatcher's next_wakeup (deadlines, busy back-off).
@@ -221,6 +253,7 @@ REQ_SPECIAL = {
     b"trailer": H_DROP,
     b"upgrade": H_DROP,
     b"host": H_DROP,
+    SECRET_HEADER: H_DROP,  # only the router may send it
     b"authorization": H_AUTH,  # keys never reach the replica (or its logs)
     b"content-length": H_LENGTH,
     b"transfer-encoding": H_TE,

@@ -219,17 +219,21 @@ class Pool:
         return None
 
     async def connect(self, key: tuple[str, int]) -> UpstreamConn:
-        """A new connection to ``key``; raises ``OSError`` when refused or too slow."""
+        """A new connection to ``key`` (host, port), or to the Unix socket ``key[0]`` when the
+        port is -1; raises ``OSError`` when refused or too slow."""
         loop = asyncio.get_running_loop()
+        unix = key[1] < 0
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConn(self, key), key[0], key[1]),
-                self.connect_timeout_s,
-            )
+            if unix:
+                connecting = loop.create_unix_connection(lambda: UpstreamConn(self, key), key[0])
+            else:
+                connecting = loop.create_connection(lambda: UpstreamConn(self, key), key[0], key[1])
+            _, conn = await asyncio.wait_for(connecting, self.connect_timeout_s)
         except asyncio.TimeoutError as exc:
-            raise OSError(f"connect to {key[0]}:{key[1]} timed out after {self.connect_timeout_s} s") from exc
+            where = key[0] if unix else f"{key[0]}:{key[1]}"
+            raise OSError(f"connect to {where} timed out after {self.connect_timeout_s} s") from exc
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-        if sock is not None:
+        if sock is not None and not unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._all.add(conn)
         return conn
