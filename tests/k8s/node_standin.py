@@ -1,0 +1,628 @@
+"""A stand-in for the kubelet, for tests: no container engine can run on these machines.
+
+What it does, as a kubelet would, from the objects in the API server and nothing else:
+
+- registers a Node (allocatable cpu, memory, pods) and keeps its Ready condition fresh, so the
+  real scheduler places pods on it and the real node controller leaves it alone;
+- watches the Pods bound to it and runs each from its PodSpec: the init containers one after
+  the other, then the containers, each a process with the container's ``command`` + ``args``
+  (``$(VAR)`` expanded), ``env`` (values, ``fieldRef``, ``configMapKeyRef``,
+  ``secretKeyRef``) and ``workingDir``;
+- gives each pod its own loopback address 127.0.0.N and sets it as ``status.podIP``; patches the
+  pod's status (phase, conditions, container states, ``restartCount``) and runs the
+  ``httpGet`` readiness and liveness probes against that address;
+- restarts a container that exits (``restartPolicy: Always``), with a growing back-off, and a
+  container whose liveness probe fails;
+- when a pod is deleted, stops its processes (SIGTERM, then SIGKILL after the grace period) and
+  removes the pod object, as the kubelet confirms a deletion.
+
+What it imitates instead of doing: there is no image. ``image_python(image)`` (supplied by the
+test) names the Python interpreter an image stands for; ``python``/``python3`` as a command
+is that interpreter and ``PATH`` starts at its folder. Volumes (``emptyDir``, ``configMap``,
+``secret``) are folders under the pod's work dir, and every mount path in the command, args,
+env values and working dir is rewritten to its folder, since a process cannot get its own
+root file system here. There is no network namespace: a pod's processes bind the pod's
+loopback address. Container logs are files (``log_path``), not the pods/log API.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+log = logging.getLogger("node_standin")
+
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+_MAX_BACKOFF_S = 10.0
+_HEARTBEAT_S = 5.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known names are replaced, unknown ones kept, ``$$`` is ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return _VAR_REF.sub(sub, value)
+
+
+class PodFailed(Exception):
+    """The pod cannot be run by the stand-in; the reason goes into its status."""
+
+
+@dataclass
+class _Container:
+    spec: dict[str, Any]
+    init: bool
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    ready: bool = False
+    started_at: str | None = None
+    waiting: str | None = "ContainerCreating"
+    terminated: dict[str, Any] | None = None
+    liveness_failed: bool = False
+
+
+@dataclass
+class _Pod:
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    dir: Path
+    obj: dict[str, Any]
+    containers: list[_Container] = field(default_factory=list)
+    init_containers: list[_Container] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    initialized: bool = False
+    failure: str | None = None
+    thread: threading.Thread | None = None
+    deleting: bool = False
+    status_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class NodeStandIn:
+    """One stand-in node. ``start()`` registers it and begins watching; ``stop()`` ends every
+    process it started and deletes the Node."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        name: str,
+        workdir: Path,
+        image_python: Callable[[str], str],
+        api_server: tuple[str, int],
+        *,
+        cpu: str = "4",
+        memory: str = "8Gi",
+        max_pods: int = 20,
+        first_address: int = 2,
+    ) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.name = name
+        self.workdir = workdir
+        self.image_python = image_python
+        self.api_server = api_server
+        self.capacity = {"cpu": cpu, "memory": memory, "pods": str(max_pods)}
+        self._free_ips = [f"127.0.0.{n}" for n in range(first_address, first_address + max_pods)]
+        self._pods: dict[str, _Pod] = {}  # by uid
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watch: watch.Watch | None = None
+
+    # ------------------------------------------------------------------ node
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                },
+            },
+            "status": {
+                "capacity": self.capacity,
+                "allocatable": self.capacity,
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": self.name},
+                ],
+                "conditions": [self._ready_condition()],
+                "nodeInfo": {
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                    "kernelVersion": os.uname().release,
+                    "osImage": "modelfleet node stand-in",
+                    "containerRuntimeVersion": "standin://0",
+                    "kubeletVersion": "v1.20.2",
+                    "kubeProxyVersion": "v1.20.2",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+            },
+        }
+        self.core.create_node(node)
+        for target in (self._heartbeat, self._watch_pods):
+            t = threading.Thread(target=target, name=f"standin-{self.name}-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _ready_condition(self) -> dict[str, str]:
+        now = _now()
+        return {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "node stand-in is posting ready status",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(_HEARTBEAT_S):
+            try:
+                self.core.patch_node_status(self.name, {"status": {"conditions": [self._ready_condition()]}})
+            except Exception as e:  # a missed heartbeat is retried; the grace period is 40 s
+                log.warning("heartbeat of node %s failed: %s", self.name, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        with self._lock:
+            pods = list(self._pods.values())
+        for pod in pods:
+            self._end_pod(pod, grace=2.0)
+        for t in self._threads:
+            t.join(timeout=10)
+        with contextlib.suppress(ApiException):
+            self.core.delete_node(self.name)
+
+    # ------------------------------------------------------------------ pods
+
+    def _watch_pods(self) -> None:
+        selector = f"spec.nodeName={self.name}"
+        while not self._stop.is_set():
+            self._watch = watch.Watch()
+            try:
+                for event in self._watch.stream(
+                    self.core.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=30
+                ):
+                    if self._stop.is_set():
+                        break
+                    self._on_event(event["type"], self.api.sanitize_for_serialization(event["object"]))
+            except Exception as e:
+                if not self._stop.is_set():
+                    log.warning("pod watch on %s restarts after: %s", self.name, e)
+                    time.sleep(0.5)
+
+    def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        uid = meta["uid"]
+        with self._lock:
+            pod = self._pods.get(uid)
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            if pod is None and kind != "DELETED":  # deleted before it ran: only the confirmation is due
+                pod = _Pod(meta["namespace"], meta["name"], uid, "", self.workdir / "none", obj)
+            if pod is not None and not pod.deleting:
+                pod.deleting = True
+                grace = obj["spec"].get("terminationGracePeriodSeconds", 30)
+                threading.Thread(target=self._delete_pod, args=(pod, float(grace)), daemon=True).start()
+            return
+        if pod is not None or obj.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        with self._lock:
+            if not self._free_ips:
+                log.warning("no loopback address left for pod %s", meta["name"])
+                return
+            ip = self._free_ips.pop(0)
+            pod = _Pod(
+                namespace=meta["namespace"],
+                name=meta["name"],
+                uid=uid,
+                ip=ip,
+                dir=self.workdir / f"{meta['namespace']}_{meta['name']}",
+                obj=obj,
+                init_containers=[_Container(c, True) for c in obj["spec"].get("initContainers") or []],
+                containers=[_Container(c, False) for c in obj["spec"]["containers"]],
+            )
+            self._pods[uid] = pod
+        pod.thread = threading.Thread(target=self._run_pod, args=(pod,), name=f"pod-{pod.name}", daemon=True)
+        pod.thread.start()
+
+    def _delete_pod(self, pod: _Pod, grace: float) -> None:
+        self._end_pod(pod, grace)
+        # The kubelet confirms a graceful deletion by deleting with grace 0 once the containers ended.
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(
+                pod.name,
+                pod.namespace,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.uid)),
+            )
+
+    def _end_pod(self, pod: _Pod, grace: float) -> None:
+        pod.stopping.set()
+        procs = [c.proc for c in pod.init_containers + pod.containers if c.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+        if pod.thread is not None and pod.thread is not threading.current_thread():
+            pod.thread.join(timeout=10)
+        with self._lock:
+            if self._pods.pop(pod.uid, None) is not None:
+                self._free_ips.append(pod.ip)
+        if pod.ip:
+            shutil.rmtree(pod.dir, ignore_errors=True)
+
+    def log_path(self, namespace: str, pod: str, container: str) -> Path:
+        return self.workdir / f"{namespace}_{pod}" / "logs" / f"{container}.log"
+
+    def pod_pids(self) -> dict[str, list[int]]:
+        """Pids of the running processes, by pod name (tests check that deletion ends them)."""
+        with self._lock:
+            pods = list(self._pods.values())
+        return {
+            p.name: [c.proc.pid for c in p.init_containers + p.containers if c.proc and c.proc.poll() is None]
+            for p in pods
+        }
+
+    # ------------------------------------------------------------------ one pod
+
+    def _run_pod(self, pod: _Pod) -> None:
+        try:
+            mounts = self._prepare_volumes(pod)
+            self._patch_status(pod)
+            for c in pod.init_containers:
+                while not pod.stopping.is_set():
+                    code = self._run_to_end(pod, c, mounts)
+                    if code == 0 or pod.stopping.is_set():
+                        break
+                    c.restarts += 1
+                    c.waiting = "CrashLoopBackOff"
+                    self._patch_status(pod)
+                    pod.stopping.wait(min(_MAX_BACKOFF_S, 2.0 ** (c.restarts - 1)))
+                if pod.stopping.is_set():
+                    return
+            pod.initialized = True
+            for c in pod.containers:
+                self._launch(pod, c, mounts)
+            self._patch_status(pod)
+            self._supervise(pod, mounts)
+        except PodFailed as e:
+            pod.failure = str(e)
+            log.warning("pod %s/%s failed: %s", pod.namespace, pod.name, e)
+            self._patch_status(pod)
+        except Exception:
+            log.exception("pod %s/%s: stand-in error", pod.namespace, pod.name)
+
+    def _prepare_volumes(self, pod: _Pod) -> dict[str, dict[str, str]]:
+        """Folders for the pod's volumes; returns, per container name, mount path -> folder."""
+        vol_dirs: dict[str, Path] = {}
+        for vol in pod.obj["spec"].get("volumes") or []:
+            d = pod.dir / "volumes" / vol["name"]
+            d.mkdir(parents=True, exist_ok=True)
+            if "emptyDir" in vol:
+                pass
+            elif "configMap" in vol:
+                cm = self._read_with_retry(
+                    lambda v=vol: self.core.read_namespaced_config_map(v["configMap"]["name"], pod.namespace)
+                )
+                for key, value in (cm.data or {}).items():
+                    (d / key).write_text(value)
+            elif "secret" in vol:
+                secret = self._read_with_retry(
+                    lambda v=vol: self.core.read_namespaced_secret(v["secret"]["secretName"], pod.namespace)
+                )
+                for key, value in (secret.data or {}).items():
+                    (d / key).write_bytes(base64.b64decode(value))
+            else:
+                raise PodFailed(f"volume {vol['name']}: only emptyDir, configMap and secret are imitated")
+            vol_dirs[vol["name"]] = d
+        out: dict[str, dict[str, str]] = {}
+        for c in (pod.obj["spec"].get("initContainers") or []) + pod.obj["spec"]["containers"]:
+            out[c["name"]] = {
+                m["mountPath"].rstrip("/") or "/": str(vol_dirs[m["name"]] / m.get("subPath", ""))
+                for m in c.get("volumeMounts") or []
+            }
+        return out
+
+    def _read_with_retry(self, read: Callable[[], Any]) -> Any:
+        # The kubelet waits for a referenced ConfigMap or Secret to appear, as here.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return read()
+            except ApiException as e:
+                if e.status != 404 or time.monotonic() > deadline:
+                    raise PodFailed(f"cannot read a volume's source: {e.status} {e.reason}") from e
+                time.sleep(0.5)
+
+    def _environment(self, pod: _Pod, c: _Container) -> dict[str, str]:
+        spec = pod.obj["spec"]
+        interpreter = self._interpreter(c.spec["image"])
+        env = {
+            "PATH": f"{Path(interpreter).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(pod.dir),
+            "HOSTNAME": pod.name,
+            # The kubelet tells every container where the API server is.
+            "KUBERNETES_SERVICE_HOST": self.api_server[0],
+            "KUBERNETES_SERVICE_PORT": str(self.api_server[1]),
+        }
+        fields = {
+            "metadata.name": pod.name,
+            "metadata.namespace": pod.namespace,
+            "metadata.uid": pod.uid,
+            "spec.nodeName": self.name,
+            "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+            "status.podIP": pod.ip,
+            "status.hostIP": "127.0.0.1",
+        }
+        for item in c.spec.get("env") or []:
+            name = item["name"]
+            if "value" in item or "valueFrom" not in item:
+                env[name] = expand(item.get("value", ""), env)
+                continue
+            src = item["valueFrom"]
+            if "fieldRef" in src:
+                path = src["fieldRef"]["fieldPath"]
+                if path not in fields:
+                    raise PodFailed(f"env {name}: fieldRef {path} is not imitated")
+                env[name] = fields[path]
+            elif "configMapKeyRef" in src:
+                ref = src["configMapKeyRef"]
+                cm = self.core.read_namespaced_config_map(ref["name"], pod.namespace)
+                env[name] = (cm.data or {})[ref["key"]]
+            elif "secretKeyRef" in src:
+                ref = src["secretKeyRef"]
+                secret = self.core.read_namespaced_secret(ref["name"], pod.namespace)
+                env[name] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
+            else:
+                raise PodFailed(f"env {name}: {sorted(src)} is not imitated")
+        return env
+
+    def _interpreter(self, image: str) -> str:
+        try:
+            return self.image_python(image)
+        except Exception as e:
+            raise PodFailed(f"image {image}: no local interpreter stands for it ({e})") from e
+
+    def _argv(self, c: _Container, env: dict[str, str], mounts: dict[str, str]) -> tuple[list[str], str | None]:
+        command = c.spec.get("command")
+        if not command:
+            raise PodFailed(f"container {c.spec['name']}: no command (an image's entrypoint is not imitated)")
+        argv = [_rewrite(expand(a, env), mounts) for a in [*command, *(c.spec.get("args") or [])]]
+        if argv[0] in ("python", "python3"):
+            argv[0] = self._interpreter(c.spec["image"])
+        elif "/" not in argv[0]:
+            found = shutil.which(argv[0], path=env["PATH"])
+            if found is None:
+                raise PodFailed(f"container {c.spec['name']}: {argv[0]} not found on PATH")
+            argv[0] = found
+        workdir = c.spec.get("workingDir")
+        return argv, _rewrite(workdir, mounts) if workdir else None
+
+    def _spawn(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> subprocess.Popen[bytes]:
+        m = mounts.get(c.spec["name"], {})
+        env = {k: _rewrite(v, m) for k, v in self._environment(pod, c).items()}
+        argv, cwd = self._argv(c, env, m)
+        log_file = self.log_path(pod.namespace, pod.name, c.spec["name"])
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        if cwd:
+            Path(cwd).mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd or pod.dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: a deletion ends its children too
+            )
+        c.proc, c.started_at, c.waiting, c.terminated, c.ready = proc, _now(), None, None, False
+        c.liveness_failed = False
+        return proc
+
+    def _run_to_end(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> int:
+        proc = self._spawn(pod, c, mounts)
+        self._patch_status(pod)
+        code = proc.wait()
+        c.terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}
+        return code
+
+    def _launch(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> None:
+        self._spawn(pod, c, mounts)
+        for kind in ("readinessProbe", "livenessProbe"):
+            probe = c.spec.get(kind)
+            if probe:
+                t = threading.Thread(target=self._probe_loop, args=(pod, c, c.proc, kind, probe), daemon=True)
+                t.start()
+        if not c.spec.get("readinessProbe"):
+            c.ready = True
+
+    def _supervise(self, pod: _Pod, mounts: dict[str, dict[str, str]]) -> None:
+        """restartPolicy Always: a container that exits, or fails its liveness probe, restarts."""
+        restart_at: dict[int, float] = {}
+        while not pod.stopping.wait(0.2):
+            for i, c in enumerate(pod.containers):
+                assert c.proc is not None
+                if c.liveness_failed and c.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(c.proc.pid, signal.SIGKILL)
+                    c.proc.wait()
+                code = c.proc.poll()
+                if code is None or pod.stopping.is_set():
+                    continue
+                if i not in restart_at:
+                    c.terminated = {"exitCode": code, "reason": "Error" if code else "Completed", "finishedAt": _now()}
+                    c.restarts += 1
+                    c.ready = False
+                    c.waiting = "CrashLoopBackOff"
+                    restart_at[i] = time.monotonic() + min(_MAX_BACKOFF_S, 2.0 ** (c.restarts - 1))
+                    self._patch_status(pod)
+                elif time.monotonic() >= restart_at[i]:
+                    del restart_at[i]
+                    self._launch(pod, c, mounts)
+                    self._patch_status(pod)
+
+    def _probe_loop(self, pod: _Pod, c: _Container, proc: Any, kind: str, probe: dict[str, Any]) -> None:
+        get = probe.get("httpGet")
+        if get is None:
+            return  # exec and tcpSocket probes are not imitated: the container counts as passing
+        port = get["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in c.spec.get("ports") or [] if p.get("name") == port)
+        url = f"{get.get('scheme', 'HTTP').lower()}://{get.get('host') or pod.ip}:{port}{get.get('path', '/')}"
+        period = probe.get("periodSeconds", 10)
+        timeout = probe.get("timeoutSeconds", 1)
+        need_ok, need_fail = probe.get("successThreshold", 1), probe.get("failureThreshold", 3)
+        ok = fail = 0
+        if pod.stopping.wait(probe.get("initialDelaySeconds", 0)):
+            return
+        while c.proc is proc and proc.poll() is None and not pod.stopping.is_set():
+            passed = _http_ok(url, timeout)
+            ok, fail = (ok + 1, 0) if passed else (0, fail + 1)
+            if kind == "readinessProbe":
+                ready = c.ready
+                if ok >= need_ok:
+                    ready = True
+                elif fail >= need_fail:
+                    ready = False
+                if ready != c.ready:
+                    c.ready = ready
+                    self._patch_status(pod)
+            elif fail >= need_fail:
+                c.liveness_failed = True
+                return
+            if pod.stopping.wait(period):
+                return
+
+    # ------------------------------------------------------------------ status
+
+    def _container_status(self, c: _Container) -> dict[str, Any]:
+        state: dict[str, Any]
+        if c.proc is not None and c.proc.poll() is None:
+            state = {"running": {"startedAt": c.started_at}}
+        elif c.waiting:
+            state = {"waiting": {"reason": c.waiting}}
+        elif c.terminated:
+            state = {"terminated": c.terminated}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        status: dict[str, Any] = {
+            "name": c.spec["name"],
+            "image": c.spec["image"],
+            "imageID": "",
+            "ready": c.ready if not c.init else bool(c.terminated and c.terminated["exitCode"] == 0),
+            "restartCount": c.restarts,
+            "state": state,
+        }
+        if not c.init:
+            status["started"] = "running" in state
+        if c.terminated and "running" in state:
+            status["lastState"] = {"terminated": c.terminated}
+        return status
+
+    def _patch_status(self, pod: _Pod) -> None:
+        with pod.status_lock:  # one patch at a time per pod, so a stale one never lands last
+            if not pod.stopping.is_set():
+                self._send_status(pod)
+
+    def _send_status(self, pod: _Pod) -> None:
+        now = _now()
+        running = pod.initialized and all(c.proc is not None and c.proc.poll() is None for c in pod.containers)
+        ready = running and all(c.ready for c in pod.containers)
+
+        def cond(kind: str, value: bool) -> dict[str, str]:
+            return {"type": kind, "status": "True" if value else "False", "lastTransitionTime": now}
+
+        status: dict[str, Any] = {
+            "phase": "Running" if running else ("Failed" if pod.failure else "Pending"),
+            "hostIP": "127.0.0.1",
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
+            "startTime": pod.obj.get("status", {}).get("startTime") or now,
+            "conditions": [
+                cond("Initialized", pod.initialized),
+                cond("Ready", ready),
+                cond("ContainersReady", ready),
+                cond("PodScheduled", True),
+            ],
+            "initContainerStatuses": [self._container_status(c) for c in pod.init_containers],
+            "containerStatuses": [self._container_status(c) for c in pod.containers],
+        }
+        if pod.failure:
+            status["reason"], status["message"] = "StandInUnsupported", pod.failure
+        pod.obj.setdefault("status", {})["startTime"] = status["startTime"]
+        try:
+            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("status of pod %s/%s not patched: %s", pod.namespace, pod.name, e.reason)
+
+
+def _rewrite(value: str, mounts: dict[str, str]) -> str:
+    """Mount paths in a string -> the folders standing in for them (longest mount path first)."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        value = re.sub(re.escape(mount) + r"(?=/|$|[\s:=,;])", lambda _m, d=mounts[mount]: d, value)
+    return value
+
+
+def _http_ok(url: str, timeout: float) -> bool:
+    # As the kubelet: any status from 200 to 399 passes.
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return 200 <= r.status < 400
+    except urllib.error.HTTPError as e:
+        return 200 <= e.code < 400
+    except OSError:
+        return False
+
+
+_ids = itertools.count(1)
+
+
+def node_name() -> str:
+    return f"standin-{os.getpid()}-{next(_ids)}"
