@@ -561,7 +561,7 @@ class NodeStandIn:
         }
         if not c.init:
             status["started"] = "running" in state
-        if c.terminated and "running" in state:
+        if c.terminated and "terminated" not in state:
             status["lastState"] = {"terminated": c.terminated}
         return status
 

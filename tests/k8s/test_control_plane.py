@@ -205,3 +205,91 @@ def test_variable_references_expand_as_kubernetes_does():
     env = {"A": "1", "B": "two"}
     assert expand("$(A)-$(B)", env) == "1-two"
     assert expand("$(MISSING) $$(A) $$", env) == "$(MISSING) $(A) $"
+
+
+# A server whose health the test can break: GET / answers 200 until POST /fail, then 503.
+FAILABLE_SERVER = """
+import http.server, os
+broken = False
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503 if broken else 200)
+        self.end_headers()
+    def do_POST(self):
+        global broken
+        broken = True
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((os.environ["POD_IP"], 8000), H).serve_forever()
+"""
+
+
+def single_pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11",
+                    "command": command,
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                    "ports": [{"name": "http", "containerPort": 8000}],
+                    **container,
+                }
+            ],
+        },
+    }
+
+
+def ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def test_a_container_that_exits_is_restarted_and_counted(admin: client.ApiClient, node: NodeStandIn, namespace: str):
+    core = client.CoreV1Api(admin)
+    core.create_namespaced_pod(namespace, single_pod("crasher", ["python", "-c", "import sys; sys.exit(3)"]))
+
+    def restarted_twice() -> client.V1ContainerStatus | None:
+        statuses = core.read_namespaced_pod("crasher", namespace).status.container_statuses or []
+        return statuses[0] if statuses and statuses[0].restart_count >= 2 else None
+
+    status = wait_for("two restarts", restarted_twice)
+    assert status.last_state.terminated.exit_code == 3
+    assert not status.ready
+
+
+def test_readiness_and_liveness_probes_drive_ready_and_restarts(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str
+):
+    core = client.CoreV1Api(admin)
+    http_get = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1, "timeoutSeconds": 2}
+    core.create_namespaced_pod(
+        namespace,
+        single_pod(
+            "probed",
+            ["python", "-c", FAILABLE_SERVER],
+            readinessProbe={**http_get, "failureThreshold": 1},
+            livenessProbe={**http_get, "failureThreshold": 4},
+        ),
+    )
+    pod = wait_for("Ready", lambda: (p := core.read_namespaced_pod("probed", namespace)) and ready(p) and p)
+    ip = pod.status.pod_ip
+    urllib.request.urlopen(urllib.request.Request(f"http://{ip}:8000/fail", method="POST"), timeout=5).close()
+
+    # Readiness fails first (threshold 1): the pod leaves Ready but is not restarted yet...
+    not_ready = wait_for(
+        "Ready=False", lambda: (p := core.read_namespaced_pod("probed", namespace)) and not ready(p) and p
+    )
+    assert not_ready.status.container_statuses[0].restart_count == 0
+    # ...then liveness fails (threshold 4): the container is restarted, healthy again, and Ready.
+    wait_for(
+        "a restart and Ready again",
+        lambda: (
+            (p := core.read_namespaced_pod("probed", namespace)).status.container_statuses[0].restart_count == 1
+            and ready(p)
+        ),
+    )
