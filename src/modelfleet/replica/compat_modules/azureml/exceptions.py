@@ -1,5 +1,5 @@
 """modelfleet's stand-in for ``azureml.exceptions``."""
 
-from modelfleet.replica.compat import AzureMLException, ModelNotFoundException, WebserviceException
+from modelfleet.replica.v1model import AzureMLException, ModelNotFoundException, WebserviceException
 
 __all__ = ["AzureMLException", "ModelNotFoundException", "WebserviceException"]

@@ -1,5 +1,5 @@
 """modelfleet's stand-in for ``azureml.core.model``."""
 
-from modelfleet.replica.compat import Model
+from modelfleet.replica.v1model import Model
 
 __all__ = ["Model"]

@@ -1,5 +1,5 @@
 """``azureml.contrib.services.aml_response`` as the replica provides it: ``AMLResponse``."""
 
-from modelfleet.replica.compat import AMLResponse
+from modelfleet.replica.rawresponse import AMLResponse
 
 __all__ = ["AMLResponse"]
