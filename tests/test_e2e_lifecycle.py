@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from e2e_support import SCRIPTS, SUM_BODY, cli, cluster_pids, deploy, pid_alive, stop_cluster, wait_until
-from modelfleet import InferenceConfig, LocalWebservice, Model, Webservice, Workspace
+from modelfleet import Environment, InferenceConfig, LocalWebservice, Model, Webservice, Workspace
 
 
 @pytest.fixture
@@ -213,3 +213,18 @@ def test_a_cluster_that_cannot_start_says_why_at_once(ws: Workspace) -> None:
             ws.cluster().ensure_running(port=port)
         assert time.monotonic() - started < 15  # not the 30 s start timeout
     assert ws.cluster().info() is None
+
+
+def test_a_service_whose_replicas_all_failed_init_says_so_and_not_retry(ws: Workspace) -> None:
+    service = deploy(ws, "doomed", "failing_init", wait=False, auth_enabled=False)
+    wait_until(lambda: Webservice(ws, "doomed").state == "Failed", timeout=60)
+    answer = httpx.post(service.scoring_uri, content=SUM_BODY)
+    assert answer.status_code == 503 and "retry-after" not in answer.headers
+    message = answer.json()["message"]
+    assert "failed" in message and "init() raised" in message, message
+
+    # a working update serves, and the router forgets the failure
+    fixed = InferenceConfig(entry_script="score.py", source_directory=SCRIPTS / "sum", environment=Environment("e2e"))
+    service.update(inference_config=fixed)
+    service.wait_for_deployment(timeout_sec=60)
+    assert httpx.post(service.scoring_uri, content=SUM_BODY).json() == [55]

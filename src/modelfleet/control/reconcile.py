@@ -225,8 +225,12 @@ class ServiceController:
             await self._record_scale(old, action.replicas, action.reason, None)
 
     async def _replace(self, action: Replace, drain_s: float) -> None:
-        self._memory = Memory(serving=action.new)
-        self._publish_route()  # the router sends to the new generation from here on
+        before, self._memory = self._memory, Memory(serving=action.new)
+        try:
+            self._publish_route()  # the router sends to the new generation from here on
+        except Exception:
+            self._memory = before  # not switched: the next pass tries again
+            raise
         state = (HEALTHY, None)
         await asyncio.to_thread(self._store.set_service_state, self.name, *state, serving_generation=action.new)
         self._last_state = state

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelfleet.replica.config import ReplicaConfig
 from modelfleet.router.auth import KeyAuth, TokenAuth
@@ -228,9 +228,10 @@ class LocalTarget:
                 trace=route.trace,
             )
         )
-        mark_failed = getattr(self._router, "set_failure", None)
-        if mark_failed is not None:  # the router's "service failed: why" answer, where it has one
-            mark_failed(service, route.failure)
+        previous = self._routes.get(service)
+        if route.failure != (previous.failure if previous else None):
+            # every replica failed init(): the router says the service failed, and why
+            self._router.set_service_failed(service, route.failure)
         self._routes[service] = route
         self._sync_router(service)
 
@@ -554,9 +555,8 @@ def stats_path(run_dir: Path, replica_id: str) -> Path:
 
 def _upstream(info: ReplicaInfo) -> Upstream:
     address = info.address or ""
-    if address.startswith("/"):
-        unix: Any = Upstream
-        return unix(id=info.id, unix_path=address)  # type: ignore[no-any-return]
+    if address.startswith("/"):  # host and port then only name it in the router's logs
+        return Upstream(id=info.id, host="localhost", port=0, unix_path=address)
     host, port = address.rsplit(":", 1)
     return Upstream(id=info.id, host=host, port=int(port))
 
