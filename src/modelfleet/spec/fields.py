@@ -4,9 +4,10 @@ A spec class declares each setting once, as ``cpu_cores: float = setting("number
 "containerResourceRequirements.cpu", "CPU cores reserved for each replica")``: the type
 (annotation and kind), the default, the bounds, the v1 JSON path(s) and the help text. The
 v1 keyword (``flat``) is the field's name with the class's prefix (``autoscale_`` for the
-autoscaler's fields); the CLI flag is that keyword with dashes unless ``flag`` says otherwise. Validation, the v1 JSON
-conversions, ``deploy_configuration()``'s keywords and the CLI's flags are derived from these
-declarations (``settings_of``) instead of each keeping its own list.
+autoscaler's fields); the CLI flag is that keyword with dashes unless ``flag`` says
+otherwise. Validation, the v1 JSON conversions, ``deploy_configuration()``'s keywords and
+the CLI's flags are derived from these declarations (``settings_of``) instead of each
+keeping its own list.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from modelfleet.spec.checks import _bool, _int, _opt_str, _positive, _str_map
 
 _META = "modelfleet.setting"
+Kind = Literal["int", "number", "bool", "text", "map"]
 
 
 @dataclass(frozen=True)
 class Setting:
     """One setting: everything every layer needs to know about it."""
 
-    kind: str  # int | number | bool | text | map
+    kind: Kind
     default: Any
     v1: tuple[str, ...]  # paths in deploymentconfig.json; the first is the one written
     help: str
@@ -71,7 +73,7 @@ _KIND_CHECKS: dict[str, Callable[[Setting, Any], Any]] = {
 
 
 def setting(
-    kind: str,
+    kind: Kind,
     default: Any,
     v1: str | tuple[str, ...],
     help: str,  # noqa: A002 - the table's column name
