@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from k8s_control_plane import ControlPlane, cache_dir, missing_binaries
+from k8s_control_plane import ControlPlane, api_client_for, cache_dir, missing_binaries
 from node_standin import NodeStandIn
 
 kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes client is in the test extra")
-from kubernetes import client, config  # noqa: E402
+from kubernetes import client  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +37,6 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield cp
     finally:
         cp.stop()
-
-
-def api_client_for(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 @pytest.fixture(scope="session")

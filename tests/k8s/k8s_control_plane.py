@@ -22,8 +22,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,10 +49,30 @@ def missing_binaries(cache: Path) -> list[str]:
     return [b for b in BINARIES if not os.access(cache / "bin" / b, os.X_OK)]
 
 
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """Poll ``check`` until it returns something true, and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.3)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def api_client_for(kubeconfig: Path) -> Any:
+    """An ApiClient of the official client for this kubeconfig (imported here: the client is
+    in the test extra, and the conftest skips when it is missing)."""
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 # --------------------------------------------------------------------------- certificates

@@ -7,33 +7,19 @@ processes, and RBAC refuses what a Role does not grant.
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from k8s_control_plane import api_client_for, wait_for
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from node_standin import NodeStandIn, expand
 
-from conftest import api_client_for
-
-WAIT_S = 120  # generous: six engineers share two cores
 # The first test here also starts the control plane (tens of seconds on a loaded machine).
 pytestmark = pytest.mark.timeout(600)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.3)
 
 
 def http_server_deployment(name: str, replicas: int = 1) -> dict[str, Any]:

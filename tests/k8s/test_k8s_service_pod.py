@@ -1,0 +1,120 @@
+"""A service's generated objects, run for real: the init container fetches the model and the
+snapshot by digest from a blob store served over HTTP, the replica starts from the pod spec,
+and a scoring request to the pod's address is answered by the user's score.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from k8s_control_plane import free_port, wait_for
+from kubernetes import client
+from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
+from node_standin import NodeStandIn
+
+from modelfleet.spec import aks_deploy_configuration
+from modelfleet.store.registry import Store
+from modelfleet.targets.kubernetes import fetch
+from modelfleet.targets.kubernetes import manifests as m
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "e2e_scripts"
+
+
+@pytest.fixture
+def blob_server(store: Store):
+    """The workspace's blob folder over HTTP on 127.0.0.1: a blob store the pods can reach."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(store.blobs.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the blob server", lambda: _answers(url), timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _source(store: Store, tmp_path: Path, namespace: str, blob_store: str) -> m.ServiceSource:
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"w": [1, 2, 3]}))
+    record = store.register_model("weights", weights)
+    snapshot = store.put_snapshot(SCRIPTS / "read_model")
+    return m.ServiceSource(
+        name="scorer",
+        deploy=aks_deploy_configuration(
+            autoscale_enabled=False, num_replicas=1, namespace=namespace, period_seconds=1, primary_key="k" * 32
+        ),
+        image="modelfleet-replica:test",
+        entry_script="score.py",
+        blob_store=blob_store,
+        models=(
+            m.ModelLayout(record.name, record.version, tuple(m.ModelFile(f.relpath, f.digest) for f in record.files)),
+        ),
+        snapshot=snapshot,
+        source_name="read_model",
+    )
+
+
+@pytest.mark.timeout(600)
+def test_a_generated_service_runs_and_scores(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str, store: Store, blob_server: str, tmp_path: Path
+):
+    apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+    src = _source(store, tmp_path, namespace, blob_server)
+    start = time.monotonic()
+    for obj in m.service_objects(src):
+        create_from_yaml_single_item(admin, obj)
+
+    wait_for(
+        "the Deployment to be available",
+        lambda: apps.read_namespaced_deployment_status("scorer", namespace).status.available_replicas == 1,
+    )
+    print(f"deployment created -> available: {time.monotonic() - start:.1f} s")
+    (pod,) = core.list_namespaced_pod(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+    assert pod.status.init_container_statuses[0].state.terminated.exit_code == 0
+    req = urllib.request.Request(
+        f"http://{pod.status.pod_ip}:{m.REPLICA_PORT}/score",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read()) == {"model": {"w": [1, 2, 3]}}
+
+
+def test_the_fetcher_refuses_a_blob_that_does_not_match_its_digest(tmp_path: Path):
+    blobs = tmp_path / "blobs"
+    digest = "ab" + "0" * 62
+    (blobs / "ab").mkdir(parents=True)
+    (blobs / "ab" / digest[2:]).write_bytes(b"not what the digest says")
+    layout = {"files": [{"path": "azureml-models/m/1/model.bin", "digest": digest}], "snapshot": None}
+    with pytest.raises(fetch.FetchError, match="sha256"):
+        fetch.fetch(blobs.as_uri(), layout, tmp_path / "app")
+    assert not (tmp_path / "app" / "azureml-models" / "m" / "1" / "model.bin").exists()
+
+
+def test_the_fetcher_keeps_every_path_inside_the_app_folder(tmp_path: Path):
+    layout = {"files": [{"path": "../escape", "digest": "a" * 64}]}
+    with pytest.raises(fetch.FetchError, match="outside"):
+        fetch.fetch((tmp_path / "blobs").as_uri(), layout, tmp_path / "app")
+    assert (
+        fetch.main(["--blob-store", "ftp://x", "--layout", str(tmp_path / "missing.json"), "--dest", str(tmp_path)])
+        == 1
+    )
