@@ -16,7 +16,7 @@ from typing import Any
 from modelfleet.control.autoscaler import FAILED_START_BACKOFF_S, Autoscaler, Capacity
 from modelfleet.control.decisions import FAILED, HEALTHY, TRANSITIONING, UNHEALTHY
 from modelfleet.control.reconcile import Reconciler, ServiceController
-from modelfleet.errors import BuildError
+from modelfleet.errors import BuildError, TargetError
 from modelfleet.spec import AutoscaleSpec, DeploySpec
 from modelfleet.store.registry import ServiceRecord, Store
 from modelfleet.targets.base import ReplicaPlan, ReplicaState
@@ -184,6 +184,27 @@ def test_a_planning_error_fails_the_deployment_with_its_message(store: Store) ->
         record = store.get_service("svc")
         assert (record.state, record.detail) == (FAILED, "pip could not resolve 'nosuchpackage==9'")
         assert target.calls == [("publish", "svc", None, "pip could not resolve 'nosuchpackage==9'")]
+
+    run(scenario)
+
+
+def test_a_switch_whose_publish_fails_is_retried_and_recorded_once(store: Store) -> None:
+    async def scenario() -> None:
+        target = InMemoryTarget(auto_ready=True)
+        create(store, "svc", FIXED)
+        controller = ServiceController("svc", store, target, plan)
+        await controller.reconcile()  # replicas asked for (and Ready at once)
+        target.refuse_publish = 1
+        try:
+            await controller.reconcile()
+        except TargetError:
+            pass
+        else:
+            raise AssertionError("the refused publish should surface")
+        assert controller.serving_generation is None and events(store, "svc", "deployment") == []
+        await settle(controller)
+        assert controller.serving_generation == 1 and target.routes["svc"].serving_generation == 1
+        assert [e["outcome"] for e in events(store, "svc", "deployment")] == ["succeeded"]
 
     run(scenario)
 

@@ -4,10 +4,13 @@
 autoscaler's fast tests (no processes, sockets, clock or sleeps). Replicas it is asked for
 appear at once as Starting; the test then moves them: ``make_ready``, ``fail_init``,
 ``crash`` and ``finish_draining`` (or ``auto_ready=True`` for replicas Ready as soon as they
-are asked for). It keeps the same rules as the real targets (``base.ComputeTarget``'s
-docstring): removals drain first (listed Draining until ``finish_draining``), only the serving
-generation's Ready replicas are routed (``routed``), and every change calls the ``watch``
-callback. Every call is recorded in ``calls`` for tests that check what was asked.
+are asked for). ``fail_next`` makes new replicas of a generation fail init();
+``refuse_publish`` makes publish fail like an unreachable API.
+
+It keeps the rules of the real targets (``base.ComputeTarget``'s docstring): removals drain
+first (listed Draining until ``finish_draining``), only the serving generation's Ready
+replicas are routed (``routed``), and every change calls the ``watch`` callback. Every call
+is recorded in ``calls`` for tests that check what was asked.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from modelfleet.errors import TargetError
 from modelfleet.targets.base import GenerationSpec, OnChange, ReplicaInfo, ReplicaPlan, ReplicaState, RouteEntry
 
 __all__ = ["InMemoryTarget"]
@@ -29,6 +33,7 @@ class InMemoryTarget:
         self.routes: dict[str, RouteEntry] = {}
         self.plans: dict[tuple[str, int], ReplicaPlan] = {}
         self.fail_next: dict[tuple[str, int], str] = {}  # (service, generation) -> init() failure of new replicas
+        self.refuse_publish = 0  # refuse this many publish calls with TargetError (an API error)
         self.closed = False
         self._replicas: dict[str, ReplicaInfo] = {}
         self._logs: dict[str, list[str]] = {}
@@ -62,6 +67,9 @@ class InMemoryTarget:
         self._on_change(service)
 
     def publish(self, route: RouteEntry) -> None:
+        if self.refuse_publish > 0:
+            self.refuse_publish -= 1
+            raise TargetError(f"could not publish the route of {route.service} (refused by the test)")
         self.calls.append(("publish", route.service, route.serving_generation, route.failure))
         self.routes[route.service] = route
 
