@@ -11,8 +11,10 @@ is removed when the cluster stops.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,17 @@ def private(folder: Path, replica_pid: int) -> bool:
     return mode == 0o730 and st.st_gid == gid != os.getgid()
 
 
+def another_user_connects(path: Path) -> subprocess.CompletedProcess[str] | None:
+    """Try to connect to the socket as user nobody (None where this test cannot switch users)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or python is None:
+        return None
+    code = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    return subprocess.run(
+        [python, "-c", code, str(path)], user="nobody", capture_output=True, text=True, timeout=30, check=False
+    )
+
+
 def listening_tcp_ports(pid: int) -> list[int]:
     """TCP ports the process listens on (its socket inodes matched against /proc/net/tcp*)."""
     inodes = set()
@@ -81,6 +94,10 @@ def test_a_replica_listens_only_on_a_private_unix_socket(ws: Workspace) -> None:
     folder = path.parent
     assert private(folder, replica["pid"])
     assert folder.parent == Path("/tmp") and folder.name.startswith("mf-")  # the workspace is too deep
+
+    other = another_user_connects(path)
+    if other is not None:  # another local user is refused by the folder's mode
+        assert other.returncode != 0 and "PermissionError" in other.stderr, other
 
     # the router reaches it through the socket, and so does the liveness probe after a crash
     assert httpx.post(service.scoring_uri, content=SUM_BODY).json() == [55]
