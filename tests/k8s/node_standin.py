@@ -214,18 +214,27 @@ class NodeStandIn:
     # ------------------------------------------------------------------ pods
 
     def _watch_pods(self) -> None:
+        # Each watch resumes from the last resourceVersion seen, so no event falls between two
+        # (a pod force-deleted in the gap would otherwise leave its processes running); after
+        # 410 Gone it starts over from a fresh list.
         selector = f"spec.nodeName={self.name}"
+        version: str | None = None
         while not self._stop.is_set():
             self._watch = watch.Watch()
+            args: dict[str, Any] = {"field_selector": selector, "timeout_seconds": 30}
+            if version:
+                args["resource_version"] = version
             try:
-                for event in self._watch.stream(
-                    self.core.list_pod_for_all_namespaces, field_selector=selector, timeout_seconds=30
-                ):
+                for event in self._watch.stream(self.core.list_pod_for_all_namespaces, **args):
                     if self._stop.is_set():
                         break
-                    self._on_event(event["type"], self.api.sanitize_for_serialization(event["object"]))
+                    obj = self.api.sanitize_for_serialization(event["object"])
+                    version = obj["metadata"].get("resourceVersion") or version
+                    self._on_event(event["type"], obj)
             except Exception as e:
-                if not self._stop.is_set():
+                if isinstance(e, ApiException) and e.status == 410:
+                    version = None
+                elif not self._stop.is_set():
                     log.warning("pod watch on %s restarts after: %s", self.name, e)
                     time.sleep(0.5)
 
