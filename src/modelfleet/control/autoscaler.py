@@ -1,8 +1,9 @@
 """The autoscale loop: samples the router, asks ``router/autoscale.py``, scales the controller.
 
 Runs on the daemon's event loop (the daemon starts and stops it); it knows the router only by
-its counters (``stats``, a function) and the compute target not at all, only the reconciler's
-controllers. ``tick(now)`` is one pass with the time given, so tests step it. Every ``refresh_seconds ÷
+its counters (``stats``, a function) and the compute target not at all, only the services'
+controllers (``Scalable``: the reconciler's, or whatever runs beside a router elsewhere).
+``tick(now)`` is one pass with the time given, so tests step it. Every ``refresh_seconds ÷
 10`` for each service with autoscaling on and a serving generation, it reads the router's
 counters (in flight, queued, Ready replicas, per-replica limit), adds the machine's room,
 calls the pure ``decide`` and, when the count should change, has the service's controller
@@ -31,19 +32,46 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from modelfleet.control.reconcile import Reconciler, ServiceController
 from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, decide
 from modelfleet.spec import DeploySpec
+from modelfleet.targets.base import ReplicaInfo
 
 log = logging.getLogger("modelfleet.autoscaler")
 
 SAMPLES_PER_REFRESH = 10
 FAILED_START_BACKOFF_S = 30.0
 _EPS = 1e-9
+
+
+class Scalable(Protocol):
+    """What the loop needs of one service (``control/reconcile.Scalable`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> DeploySpec | None: ...
+    @property
+    def serving_generation(self) -> int | None: ...
+    @property
+    def replica_count(self) -> int: ...
+    @property
+    def scaling(self) -> bool: ...
+    @property
+    def start_failures(self) -> int: ...
+    def replicas(self) -> list[ReplicaInfo]: ...
+    async def scale_to(self, count: int, reason: str, utilization: float | None) -> int: ...
+    async def note_scaling(self, note: str | None, event: tuple[int, str, float | None] | None = None) -> None: ...
+
+
+class Services(Protocol):
+    """The services to scale, by name (``control/reconcile.Reconciler`` is one)."""
+
+    @property
+    def controllers(self) -> Mapping[str, Scalable]: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +120,7 @@ class _Tracked:
 class Autoscaler:
     def __init__(
         self,
-        reconciler: Reconciler,
+        reconciler: Services,
         stats: Callable[[], dict[str, dict[str, Any]]],
         capacity: Capacity,
         tick_s: float = 0.05,
@@ -158,7 +186,7 @@ class Autoscaler:
 
     def _sample(
         self,
-        controller: ServiceController,
+        controller: Scalable,
         spec: DeploySpec,
         settings: ScaleSettings,
         tracked: _Tracked,
@@ -203,7 +231,7 @@ class Autoscaler:
                 name=f"scale {controller.name}",
             )
 
-    async def _scale(self, controller: ServiceController, desired: int, reason: str, utilization: float | None) -> int:
+    async def _scale(self, controller: Scalable, desired: int, reason: str, utilization: float | None) -> int:
         try:
             return await controller.scale_to(desired, reason, utilization)
         except Exception:
@@ -229,7 +257,7 @@ class Autoscaler:
             memory += n * spec.memory_gb
         return cpus, memory
 
-    def _room(self, controller: ServiceController, spec: DeploySpec) -> int:
+    def _room(self, controller: Scalable, spec: DeploySpec) -> int:
         cpus, memory = self._requested()
         return room_for(self.capacity, cpus, memory, spec.cpu_cores, spec.memory_gb)
 

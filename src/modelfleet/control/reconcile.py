@@ -23,7 +23,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modelfleet.control.decisions import (
     FAILED,
@@ -90,7 +90,7 @@ def plan_generation(store: Store, record: ServiceRecord, spec: DeploySpec) -> Re
 
 
 def route_for(record: ServiceRecord, spec: DeploySpec, memory: Memory, generation: int | None) -> RouteEntry:
-    auth = "key" if spec.auth_enabled else "token" if spec.token_auth_enabled else None
+    auth: Literal["key", "token"] | None = "key" if spec.auth_enabled else "token" if spec.token_auth_enabled else None
     failure = memory.failure if memory.serving is None and memory.failed == generation else None
     return RouteEntry(
         service=record.name,
