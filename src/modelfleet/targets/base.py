@@ -153,6 +153,12 @@ class ComputeTarget(Protocol):
     - :meth:`publish` = what the in-cluster router reads (a ConfigMap per service with the
       serving generation and limits, a Secret with the keys); the router then follows Ready
       pods of that generation by watching the API.
+    - :meth:`logs` = ``pods/log`` of the service's pods (``tail_lines``).
+    - :meth:`delete` = delete the service's Deployments, Secret and ConfigMap.
+    - :meth:`check_now` = nothing to do: the kubelet probes, and the router sees the pod's
+      Ready condition change.
+    - :meth:`close` = nothing to stop: pods outlive the process that applied them.
+    - :meth:`watch` = a watch on the service's pods (by label), calling back per event.
 
     Rules every target keeps (the reconciler's guarantees rest on them):
 
