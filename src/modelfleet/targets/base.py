@@ -215,5 +215,7 @@ class ComputeTarget(Protocol):
         ...
 
     async def close(self, drain_s: float) -> None:
-        """Stop every replica of every service (daemon shutdown); nothing is left running."""
+        """The process that drives the target is stopping: replicas that live in it (the local
+        target's processes) are stopped, so nothing is left running; replicas that live
+        elsewhere (pods) are left as they are."""
         ...
