@@ -8,18 +8,16 @@ so puts are idempotent; two processes putting the same content at once both rena
 complete file with the same bytes, and whichever lands last wins with no harm done.
 
 Blobs are read-only (0444), and replicas never get them: a replica's model files are its
-own copies (reflinks where the file system has them), see :meth:`BlobStore.copy_out`. A hard
+own copies (block-sharing where the file system can), see :meth:`BlobStore.copy_out`. A hard
 link would be the same file, and a score.py that writes to its model file (root ignores 0444,
 and the owner may chmod it first) would change the stored version for every service.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +26,6 @@ from modelfleet.errors import ConfigError, NotFound
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
-_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 class BlobStore:
@@ -111,23 +108,23 @@ class BlobStore:
         return open(self.path(digest), "rb")
 
     def copy_out(self, digest: str, target: Path) -> None:
-        """Write the blob's bytes to ``target`` as a file of its own, read-only (0444).
+        """Write the blob's bytes to ``target``, a new file of its own, read-only (0444).
 
-        A reflink (the file systems that have them share the blocks until one side writes, so
-        this costs no copy) where the file system can, else a copy made in the kernel. Never a
-        hard link: whoever could write or chmod the link could change the blob for everyone.
+        ``copy_file_range`` shares the blocks where the file system can (a reflink on btrfs, XFS,
+        bcachefs, NFS 4.2: no bytes copied until one side writes), else copies in the kernel.
+        Never a hard link: whoever could write or chmod the link would change the blob for
+        everyone. Created read-only from the start, so no chmod follows.
         """
         source = self.path(digest)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        src = os.open(source, os.O_RDONLY)
         try:
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                cloned = _reflink(src.fileno(), dst.fileno())
-            if not cloned:
-                shutil.copyfile(source, tmp)  # sendfile on Linux: the bytes stay in the kernel
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
+            dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                _copy_fd(src, dst, os.fstat(src).st_size)
+            finally:
+                os.close(dst)
         finally:
-            tmp.unlink(missing_ok=True)
+            os.close(src)
 
     def new_temp_path(self, suffix: str = "") -> Path:
         """A fresh path under :attr:`tmp_dir` for a file that will be handed to ``put_file(move=True)``."""
@@ -154,12 +151,22 @@ class BlobStore:
         _fsync_dir(final.parent)
 
 
-def _reflink(src_fd: int, dst_fd: int) -> bool:
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    offset = 0
     try:
-        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-    except OSError:  # not supported here (ext4, tmpfs, another file system): copy instead
-        return False
-    return True
+        while offset < size:
+            done = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if done == 0:
+                break
+            offset += done
+    except OSError:  # no copy_file_range between these (another file system, an old kernel)
+        while offset < size:
+            done = os.sendfile(dst, src, offset, size - offset)
+            if done == 0:
+                break
+            offset += done
+    if offset != size:
+        raise OSError(f"copied {offset} of {size} bytes; the blob changed or the disk is full")
 
 
 def _hash_file(path: Path) -> str:
