@@ -66,7 +66,8 @@ def main() -> int:
     from e2e_support import SCRIPTS, stop_cluster
     from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
     from modelfleet.store.registry import META_DIR
-    from modelfleet.telemetry.collect import read_records, service_data_dir
+    from modelfleet.telemetry.collected import read_records
+    from modelfleet.telemetry.data_layout import service_data_dir
 
     print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")

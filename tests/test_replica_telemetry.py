@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import wait_until
-from modelfleet.telemetry.collect import read_records
+from modelfleet.telemetry.collected import read_records
 from modelfleet.telemetry.logfiles import chain
 from replica_scripts.harness import Server, request, start_replica
 from test_telemetry_units import read_only

@@ -23,7 +23,8 @@ from e2e_support import wait_until
 from modelfleet.errors import ConfigError
 from modelfleet.replica.config import parse_config
 from modelfleet.telemetry import collect
-from modelfleet.telemetry.collect import DataSink, ModelDataCollector, export, partitions, read_records
+from modelfleet.telemetry.collect import DataSink, ModelDataCollector
+from modelfleet.telemetry.collected import export, partitions, read_records
 from modelfleet.telemetry.counters import ServiceMetrics
 from modelfleet.telemetry.logfiles import RotatingFile, chain, follow, tail
 from modelfleet.telemetry.metrics import FleetCollector, ReplicaView, ServiceView, registry_for

@@ -42,7 +42,7 @@ def _since(value: str | None) -> datetime | None:
 
 def _root(args: argparse.Namespace) -> Any:
     from modelfleet.store.registry import META_DIR
-    from modelfleet.telemetry.collect import service_data_dir
+    from modelfleet.telemetry.data_layout import service_data_dir
 
     root = service_data_dir(workspace(args).store.root / META_DIR, args.name)
     if not root.is_dir():
@@ -54,7 +54,7 @@ def _root(args: argparse.Namespace) -> Any:
 
 
 def data_show(args: argparse.Namespace) -> int:
-    from modelfleet.telemetry.collect import partitions
+    from modelfleet.telemetry.collected import partitions
 
     parts = partitions(_root(args), args.designation, _since(args.since))
     rows = [
@@ -67,7 +67,7 @@ def data_show(args: argparse.Namespace) -> int:
 
 
 def data_export(args: argparse.Namespace) -> int:
-    from modelfleet.telemetry.collect import export, read_records
+    from modelfleet.telemetry.collected import export, read_records
 
     records = read_records(_root(args), args.designation, _since(args.since))
     if args.output_file == "-":

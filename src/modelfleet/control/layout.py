@@ -29,7 +29,7 @@ from typing import Any
 from modelfleet.spec import DeploySpec
 from modelfleet.store.registry import META_DIR, Store
 from modelfleet.targets.isolation import MEMORY_LIMIT_ENV, memory_limit_note
-from modelfleet.telemetry.collect import service_data_dir
+from modelfleet.telemetry.data_layout import service_data_dir
 
 MODELS_FOLDER = "azureml-models"
 

@@ -19,12 +19,7 @@ formats the pending records as JSON Lines and appends each partition's batch wit
 wait, new ones are dropped and counted; a write that fails (read-only or full folder) drops
 its batch and counts it too. Scoring never waits and never fails because of collection.
 
-Layout (v1's partitioning, under the workspace), one file per replica and partition::
-
-    <workspace>/.modelfleet/data/<service>/<model>/<version>/<designation>/<YYYY>/<MM>/<DD>/<replica>.jsonl
-
-Each line: ``{"model", "version", "designation", "request_id", "time", "data"}``, time in
-ISO 8601 UTC, data the JSON value (the request body parsed when it is JSON, else its text).
+Layout and record format: ``telemetry/data_layout.py``.
 
 Why JSON Lines and not Parquet on disk: an append-only text file is readable up to its last
 whole line at any moment, so a killed replica loses only what it had not written yet, while a
@@ -38,15 +33,12 @@ of the replica or the daemon, every record of a request answered at least ``flus
 before the kill. Records newer than that may be lost; a record is never half-written
 (readers skip a cut last line, and the next writer starts a fresh line).
 
-Reading (``read_records``, ``partitions``, ``export``) works on the files alone, so it works
-while the cluster is stopped.
+Reading is ``telemetry/collected.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
@@ -54,49 +46,23 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-__all__ = [
-    "DESIGNATIONS",
-    "DataSink",
-    "ModelDataCollector",
-    "current_sink",
-    "export",
-    "install_sink",
-    "partitions",
-    "read_records",
-    "service_data_dir",
-]
+from modelfleet.telemetry.data_layout import INPUTS, PREDICTIONS, UNKNOWN_VERSION, safe_part
+
+__all__ = ["DataSink", "ModelDataCollector", "current_sink", "install_sink", "set_request_ids"]
 
 log = logging.getLogger("modelfleet.replica.collect")  # the replica's handler writes it to its log
-
-INPUTS, PREDICTIONS = "inputs", "predictions"
-DESIGNATIONS = (INPUTS, PREDICTIONS)
-FIELDS = ("model", "version", "designation", "request_id", "time", "data")
-UNKNOWN_VERSION = "0"
-DATA_FOLDER = "data"  # under the workspace's .modelfleet folder
-
-
-def service_data_dir(meta_dir: Path, service: str) -> Path:
-    """``<workspace>/.modelfleet/data/<service>``: where a service's collected records live."""
-    return meta_dir / DATA_FOLDER / _safe(service)
-
 
 _WARN_EVERY_S = 60.0
 _CHUNK = 16  # records formatted between two hand-overs of the GIL (see DataSink.flush)
 
 
 # -- writing -------------------------------------------------------------------------------
-
-
-def _safe(part: str) -> str:
-    """A path component from a name (models and designations are user-chosen)."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in part)
-    return cleaned.strip(".") or "_"
 
 
 _JSON_START = frozenset(b'{["-0123456789tfn')
@@ -185,7 +151,7 @@ class DataSink:
         stats_file: str | None = None,
     ) -> None:
         self.root = Path(root)
-        self.replica = _safe(replica)
+        self.replica = safe_part(replica)
         self.models = dict(models)
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
@@ -361,7 +327,8 @@ class DataSink:
             if len(self._targets) > 4096:  # days go by; user designations are few
                 self._targets.clear()
             y, m, d = self._day
-            path = self.root / _safe(model) / _safe(version) / _safe(designation) / y / m / d / f"{self.replica}.jsonl"
+            partition = self.root / safe_part(model) / safe_part(version) / safe_part(designation)
+            path = partition / y / m / d / f"{self.replica}.jsonl"
             prefix = b'{"model": %s, "version": %s, "designation": %s, "request_id": ' % (
                 json.dumps(model).encode(),
                 json.dumps(version).encode(),
@@ -513,119 +480,3 @@ def _rows(data: Any, names: list[str] | None) -> Any:
     if len(data) == len(names) and not any(isinstance(v, list | tuple | dict) for v in data):
         return [dict(zip(names, data, strict=True))]
     return data
-
-
-# -- reading ------------------------------------------------------------------------------
-
-
-def _files(root: Path, designation: str | None, since: datetime | None) -> Iterator[tuple[Path, tuple[str, ...]]]:
-    """(file, (model, version, designation, YYYY, MM, DD)) under a service's data folder."""
-    if not root.is_dir():
-        return
-    first_day = since.astimezone(timezone.utc).strftime("%Y%m%d") if since else ""
-    for path in sorted(root.glob("*/*/*/*/*/*/*.jsonl")):
-        parts = path.relative_to(root).parts[:6]
-        if designation is not None and parts[2] != designation:
-            continue
-        if first_day and "".join(parts[3:6]) < first_day:
-            continue
-        yield path, parts
-
-
-def read_records(root: Path, designation: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
-    """Every record under ``root`` (a service's data folder), oldest first; a line that does not
-    parse (the cut last line of a killed writer) is skipped."""
-    cutoff = since.astimezone(timezone.utc).timestamp() if since else None
-    out: list[tuple[float, int, dict[str, Any]]] = []
-    for path, _ in _files(root, designation, since):
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    continue  # still being written, or cut by a kill
-                try:
-                    rec = _parse_line(line)
-                    t = datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).timestamp()
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue
-                if cutoff is not None and t < cutoff:
-                    continue
-                out.append((t, len(out), rec))
-    out.sort(key=lambda x: (x[0], x[1]))
-    return [{k: rec.get(k) for k in FIELDS} for _, _, rec in out]
-
-
-_DATA_KEY = b', "data": '
-
-
-def _parse_line(line: bytes) -> dict[str, Any]:
-    """One stored record. A line whose data was written verbatim but is not JSON (see
-    ``_json_bytes``) is split at its ``data`` key (the last one, after the fixed-format time)
-    and the data read back as text."""
-    try:
-        rec: dict[str, Any] = json.loads(line)
-        return rec
-    except ValueError:
-        pass
-    cut = line.find(_DATA_KEY, line.find(b'"time": "'))
-    if cut < 0 or not line.endswith(b"}\n"):
-        raise ValueError("not a record")
-    rec = json.loads(line[:cut] + b"}")
-    rec["data"] = line[cut + len(_DATA_KEY) : -2].decode("utf-8", "replace")
-    return rec
-
-
-def partitions(root: Path, designation: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
-    """One entry per model/version/designation/day: file count, whole records and bytes."""
-    out: dict[tuple[str, ...], dict[str, Any]] = {}
-    for path, parts in _files(root, designation, since):
-        entry = out.setdefault(
-            parts,
-            {"model": parts[0], "version": parts[1], "designation": parts[2], "date": "-".join(parts[3:6]),
-             "files": 0, "records": 0, "bytes": 0},
-        )  # fmt: skip
-        data = path.read_bytes()
-        entry["files"] += 1
-        entry["records"] += data.count(b"\n")
-        entry["bytes"] += len(data)
-    return list(out.values())
-
-
-def export(records: list[dict[str, Any]], fmt: str, out: IO[bytes] | str | os.PathLike[str]) -> None:
-    """Write ``records`` as ``jsonl``, ``csv`` (data as JSON text) or ``parquet`` (pyarrow;
-    needs a file path)."""
-    if fmt == "parquet":
-        try:
-            import pyarrow as pa  # type: ignore[import-not-found,unused-ignore]
-            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            from modelfleet.errors import ConfigError
-
-            raise ConfigError(
-                "--format parquet needs pyarrow: pip install 'modelfleet[parquet]' (or use --format jsonl|csv)"
-            ) from None
-        columns: dict[str, list[Any]] = {k: [] for k in FIELDS}
-        for rec in records:
-            for k in FIELDS:
-                columns[k].append(json.dumps(rec[k]) if k == "data" else rec[k])
-        table = pa.table({k: pa.array(v, type=pa.string()) for k, v in columns.items()})
-        pq.write_table(table, out)
-        return
-    if isinstance(out, str | os.PathLike):
-        with open(out, "wb") as f:
-            export(records, fmt, f)
-        return
-    if fmt == "jsonl":
-        for rec in records:
-            out.write(json.dumps(rec).encode() + b"\n")
-    elif fmt == "csv":
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        writer = csv.writer(text)
-        writer.writerow(FIELDS)
-        for rec in records:
-            writer.writerow([json.dumps(rec[k]) if k == "data" else rec[k] for k in FIELDS])
-        text.flush()
-        text.detach()
-    else:
-        from modelfleet.errors import ConfigError
-
-        raise ConfigError(f"format must be jsonl, csv or parquet (got {fmt!r})")
