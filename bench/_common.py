@@ -46,7 +46,7 @@ def wrk_argv(
     url: str, script: str | Path, connections: int, seconds: int, cpu: str = "0", extra: Sequence[str] = ()
 ) -> list[str]:
     """The wrk command line: one thread pinned to ``cpu`` with ``taskset`` (the system under
-    test runs on another CPU, as DESIGN.md places them), latency distribution on."""
+    test runs on another CPU), latency distribution on."""
     return [
         "taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
         *extra, "--latency", "-s", str(script), url,

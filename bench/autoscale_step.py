@@ -13,7 +13,7 @@ replica serving (the router's replica set grew, from the daemon's log) and to al
 during the ramp (the first ``--ramp`` seconds), p99 after it, and over the whole step; then the autoscaled
 p99 ÷ the fixed-max p99.
 
-Placement (DESIGN.md, 2-core machine): the cluster (daemon, router, every replica) is pinned
+Placement (2-core machine): the cluster (daemon, router, every replica) is pinned
 to CPU 1 (it is started from a thread pinned there and children inherit it); this harness,
 the load generator (one asyncio thread, raw HTTP/1.1 keep-alive to 127.0.0.1) run on CPU 0.
 Replica-set changes are read from the daemon's log afterwards rather than polled.

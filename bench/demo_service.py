@@ -7,7 +7,7 @@
 3. requests per second for the demo model through the router (key auth on) at 1 and 16
    connections, beside the same replica called directly, so the router's share shows as
    a ratio. Load from ``wrk`` (Debian), one thread, pinned to CPU 0; the daemon, router and
-   replica pinned to CPU 1 (``taskset``), as DESIGN.md places them.
+   replica pinned to CPU 1 (``taskset``).
 
 Traffic goes only to 127.0.0.1; everything started here is stopped by its pid.
 """

@@ -1,4 +1,4 @@
-"""modelfleet against its peers, one trivial model, one run (issue 3's benchmark).
+"""modelfleet against its peers, one trivial model, one run (the project's reference benchmark).
 
     bash bench/setup_peers.sh        # once: wrk, nginx, and the peers' own venvs in bench/.venvs/
     python bench/peers.py [--seconds 5] [--connections 1,16,64] [--only serve,router,...]
@@ -18,7 +18,7 @@ Systems, all serving the same model (body ``{"data": [[1,...,10]]}``, answer ``[
 - ``nginx``: Debian's nginx proxying (keep-alive upstream) to ``serve``: what one proxy hop
   costs in C.
 
-Placement (DESIGN.md): every process of the system under test on CPU 1 (``taskset -c 1``, its
+Placement: every process of the system under test on CPU 1 (``taskset -c 1``, its
 children inherit it; the cluster daemon is started from a process pinned to CPU 1), ``wrk``
 (one thread) on CPU 0. All systems but Ray are started together and idle while another is
 measured; after a 1 s warm-up each, every system is driven at each connection count for

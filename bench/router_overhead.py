@@ -1,6 +1,6 @@
 """What the router costs: the stand-in replica alone vs the same replica behind the router.
 
-Placement (DESIGN.md): the system under test (stand-in replica, router) pinned to CPU 1, the
+Placement: the system under test (stand-in replica, router) pinned to CPU 1, the
 load generator (``wrk``, one thread) pinned to CPU 0. Same trivial request for both: POST
 ``{"data": [[1,...,10]]}`` answered with ``[55]``. For 1 and 16 connections it prints
 requests/s, p50 latency, the ratio through-router / direct, and the router's CPU time per

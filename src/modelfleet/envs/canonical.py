@@ -31,7 +31,7 @@ from modelfleet.errors import ConfigError
 from modelfleet.spec import EnvironmentSpec
 
 FORMAT = 1
-# What a replica needs besides the standard library (STYLE.md: the replica's import set is
+# What a replica needs besides the standard library (the replica's import set is
 # a contract with this builder). Lower bounds as in pyproject: the resolver picks versions
 # together with the user's own pins.
 RUNTIME_REQUIREMENTS = (
