@@ -6,9 +6,12 @@
 ``server.serve``. Exit status: 0 after a clean stop, 2 for bad flags or settings, 3 when the
 script cannot be loaded or its init() raised (the traceback is on stderr).
 
-Modules: ``entry`` (the script core, no HTTP), ``server`` (the v1 HTTP adapter), ``responses``
-(reply bytes), ``workers`` (threads running run()), ``swagger``, ``compat`` (the ``azureml.*``
-names v1 scripts import). Importing this package loads none of them.
+Modules: ``entry`` (the script core, no HTTP); the HTTP side: ``server`` (process lifecycle),
+``protocol`` (one connection), ``shared`` (what every connection reads), ``limits``, ``app``
+(the v1 routes), ``scoring`` (run() on a worker, plain or streamed answers), ``stream``,
+``ids``, ``access``, ``listen`` (Unix socket), ``responses`` (reply bytes), ``workers``
+(threads running run()), ``swagger``; and ``compat`` with ``rawrequest``, ``rawresponse`` and
+``v1model`` (the ``azureml.*`` names v1 scripts import). Importing this package loads none of them.
 """
 
 from __future__ import annotations

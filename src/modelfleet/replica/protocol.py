@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -36,11 +37,14 @@ import httptools
 
 from modelfleet.replica.entry import Call
 from modelfleet.replica.responses import Reply, get_status_line
+from modelfleet.replica.shared import Shared
 
 if TYPE_CHECKING:
-    from modelfleet.replica.server import App
     from modelfleet.replica.stream import ChunkSender
     from modelfleet.replica.workers import Job
+
+# Answers one parsed request on a connection (app.App.handle).
+Handler = Callable[["HttpProtocol", "Request"], None]
 
 PIPELINE_HIGH_WATER = 32  # pause reading when this many requests wait on one connection
 LINGER_S = 5.0  # after a 413/400, keep reading (and dropping) this long so the client sees the answer
@@ -103,9 +107,10 @@ class Request(Call):
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, shared: Shared, handle: Handler) -> None:
         # -- connection lifetime
-        self.app = app
+        self.shared = shared
+        self.handle = handle  # answers a parsed request (app.App.handle)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Request | Reply] = deque()
@@ -140,9 +145,9 @@ class HttpProtocol(asyncio.Protocol):
     # ---- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.app.connections.add(self)
+        self.shared.connections.add(self)
         sock = transport.get_extra_info("socket")
-        if sock is not None and self.app.direct_write:
+        if sock is not None and self.shared.direct_write:
             try:
                 self.wfd = os.dup(sock.fileno())
             except OSError:
@@ -154,7 +159,7 @@ class HttpProtocol(asyncio.Protocol):
             self.stream.lost()
         self.pending.clear()
         self._drop_wfd()
-        self.app.connections.discard(self)
+        self.shared.connections.discard(self)
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -188,12 +193,12 @@ class HttpProtocol(asyncio.Protocol):
             pass  # no protocol upgrades here; the request itself is answered normally
         except httptools.HttpParserError as ex:
             if not self.discarding:  # a limit refused it first
-                self._refuse(self.app.limits.parse_error(ex))
+                self._refuse(self.shared.limits.parse_error(ex))
         if self.head_since and not self.discarding:
             # httptools buffers a header until it is complete: bound the head as it arrives.
             self.head_bytes += len(data)
-            if self.head_bytes > self.app.limits.max_head_bytes:
-                self._refuse(self.app.limits.head_too_large)
+            if self.head_bytes > self.shared.limits.max_head_bytes:
+                self._refuse(self.shared.limits.head_too_large)
         self.next()
 
     # ---- httptools callbacks
@@ -210,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        limits = self.app.limits
+        limits = self.shared.limits
         if len(self.url) > limits.url_budget and not self.discarding:
             line = len(self.parser.get_method()) + len(self.url) + 10  # "METHOD URL HTTP/1.1"
             if line > limits.request_line:
@@ -220,7 +225,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.discarding:
             return
         self.fields += 1
-        limits = self.app.limits
+        limits = self.shared.limits
         if self.fields > limits.fields:
             self._refuse(limits.too_many_fields)
             return
@@ -243,8 +248,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.discarding:
             return
         # A declared body over the limit is refused before any of it is read.
-        if self.declared > self.app.config.max_body_bytes:
-            self._refuse(self.app.too_large)
+        if self.declared > self.shared.max_body_bytes:
+            self._refuse(self.shared.too_large)
         elif self.expect_continue and not self.busy and not self.pending and self.transport is not None:
             # curl and others wait (a second) for this before sending a large body. Only when
             # nothing else is being answered on this connection, so responses stay in order.
@@ -254,8 +259,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.discarding:
             return
         self.size += len(body)
-        if self.size > self.app.config.max_body_bytes:  # chunked bodies are counted as they come
-            self._refuse(self.app.too_large)
+        if self.size > self.shared.max_body_bytes:  # chunked bodies are counted as they come
+            self._refuse(self.shared.too_large)
             return
         self.body.append(body)
 
@@ -289,23 +294,23 @@ class HttpProtocol(asyncio.Protocol):
                 self._write_final(item)
                 return
             self.busy = True
-            self.app.handle(self, item)
+            self.handle(self, item)
         if self.reading_paused and len(self.pending) <= PIPELINE_HIGH_WATER // 2 and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
         if not self.busy and not self.pending:
             self.idle_since = time.monotonic()
-            if self.eof or (self.app.stopping and not self.closed):
+            if self.eof or (self.shared.stopping and not self.closed):
                 self.close()
 
     def render(self, req: Request, reply: Reply, ids: bool = True) -> bytes:
         """The response bytes for ``req`` (safe on any thread: reads only immutable state)."""
-        app = self.app
+        shared = self.shared
         parts = [get_status_line(reply.status), reply.headers]
         if ids:
-            parts += (app.server_header, req.ids, req.cors)
-        parts += (b"Content-Length: %d\r\n" % len(reply.body), app.date)
-        if not req.keep_alive or app.stopping:
+            parts += (shared.server_header, req.ids, req.cors)
+        parts += (b"Content-Length: %d\r\n" % len(reply.body), shared.date)
+        if not req.keep_alive or shared.stopping:
             parts.append(b"Connection: close\r\n")
         elif req.http10:
             parts.append(b"Connection: keep-alive\r\n")
@@ -317,12 +322,12 @@ class HttpProtocol(asyncio.Protocol):
     def render_stream_head(self, req: Request, reply: Reply) -> bytes:
         """Status line and headers of a streamed answer (any thread, as ``render``): chunked for
         HTTP/1.1; for HTTP/1.0 the body ends when the connection closes."""
-        app = self.app
-        parts = [get_status_line(reply.status), reply.headers, app.server_header, req.ids, req.cors]
+        shared = self.shared
+        parts = [get_status_line(reply.status), reply.headers, shared.server_header, req.ids, req.cors]
         if req.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(app.date)
-        if not req.keep_alive or app.stopping:
+        parts.append(shared.date)
+        if not req.keep_alive or shared.stopping:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
@@ -355,9 +360,10 @@ class HttpProtocol(asyncio.Protocol):
         self._after_response(req, reply)
 
     def _after_response(self, req: Request, reply: Reply) -> None:
-        if self.app.access_log:
-            self.app.log_access(req, reply)
-        if not req.keep_alive or self.app.stopping:
+        access = self.shared.access
+        if access is not None:
+            access.add(req.method, req.path, reply.status, req.t0, req.ids)
+        if not req.keep_alive or self.shared.stopping:
             self.close()
 
     def claim(self, req: Request) -> bool:
@@ -399,9 +405,9 @@ class HttpProtocol(asyncio.Protocol):
         """
         assert self.transport is not None
         self.pending.clear()
-        app = self.app
-        head = get_status_line(reply.status) + reply.headers + app.server_header
-        head += b"Content-Length: %d\r\n" % len(reply.body) + app.date + b"Connection: close\r\n\r\n"
+        shared = self.shared
+        head = get_status_line(reply.status) + reply.headers + shared.server_header
+        head += b"Content-Length: %d\r\n" % len(reply.body) + shared.date + b"Connection: close\r\n\r\n"
         self.transport.write(head + reply.body)
         self.discarding = True
         with contextlib.suppress(OSError, RuntimeError):
@@ -410,8 +416,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
-        if app.loop is not None:
-            app.loop.call_later(LINGER_S, self.close)
+        if shared.loop is not None:
+            shared.loop.call_later(LINGER_S, self.close)
 
     def _drop_wfd(self) -> None:
         with self.wlock:
@@ -430,7 +436,7 @@ class HttpProtocol(asyncio.Protocol):
         """Apply the header, body and keep-alive timeouts (called once a second)."""
         if self.closed or self.discarding:
             return
-        limits = self.app.limits
+        limits = self.shared.limits
         if self.head_since:
             if now - self.head_since > limits.header_timeout_s:
                 self._refuse(limits.head_timeout)
@@ -443,5 +449,5 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
 
     def close_if_idle(self, now: float, idle_limit: float) -> None:
-        if not self.busy and not self.pending and (self.app.stopping or now - self.idle_since > idle_limit):
+        if not self.busy and not self.pending and (self.shared.stopping or now - self.idle_since > idle_limit):
             self.close()
