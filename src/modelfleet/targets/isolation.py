@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import pwd
@@ -94,6 +95,7 @@ class _Spawned:
 
 _spawned: dict[str, _Spawned] = {}
 _granted: set[tuple[Path, int]] = set()
+_launches = itertools.count(1)
 
 
 def spawn_options(
@@ -111,7 +113,11 @@ def spawn_options(
     identity, why_not = replica_identity(plan.python)
     if identity is not None:
         writable = [log_path.parent, run_dir] + ([socket_path.parent] if socket_path is not None else [])
-        grant_access(identity, plan.app_root, log_path, writable, plan.environment.get(_DATA_DIR_ENV))
+        try:
+            grant_access(identity, plan.app_root, log_path, writable, plan.environment.get(_DATA_DIR_ENV))
+        except OSError as exc:
+            identity, why_not = None, f"could not give user {REPLICA_USER} access to the replica's folders ({exc})"
+    if identity is not None:
         notes.append(f"runs as user {identity.user} (uid {identity.uid})")
     elif why_not:
         notes.append(f"runs as root: {why_not}")
@@ -131,9 +137,12 @@ def spawn_options(
 
     def preexec() -> None:  # in the child, between fork and exec: no locks, no logging
         if procs is not None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-        if identity is not None:
+            try:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError as exc:  # stderr is the replica's log: say so there, and start anyway
+                os.write(2, f"modelfleet: could not join the memory cgroup ({exc}); no memory limit\n".encode())
+        if identity is not None:  # failing here fails the start: never run on as root by accident
             os.setgroups([])
             os.setgid(identity.gid)
             os.setuid(identity.uid)
@@ -259,10 +268,15 @@ def memory_cgroup(replica_id: str, limit_bytes: int, root: Path = CGROUP_ROOT) -
     if isinstance(found, str):
         return None, found
     parent, version = found
-    path = parent / replica_id
+    # A fresh cgroup per launch (its OOM count starts at 0; an old one may still hold a dying
+    # process). The finished ones, this replica's previous launch included, are removed here.
+    live = {s.cgroup.path for rid, s in _spawned.items() if s.cgroup is not None and rid != replica_id}
+    for old in parent.iterdir():
+        if old.is_dir() and old not in live:
+            with contextlib.suppress(OSError):  # still holds a process: left for later
+                old.rmdir()
+    path = parent / f"{replica_id}.{next(_launches)}"
     try:
-        if path.exists():
-            path.rmdir()  # empty: its last process has exited; a fresh one resets the OOM count
         path.mkdir()
         if version == 2:
             (path / "memory.max").write_text(str(limit_bytes))
