@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,24 @@ def test_a_generated_service_runs_and_scores(
     with urllib.request.urlopen(req, timeout=30) as r:
         assert json.loads(r.read()) == {"model": {"w": [1, 2, 3]}}
 
+    # A changed setting rolls the pod; with maxUnavailable 0 a Ready one is there throughout.
+    old_pids = node.pod_pids()[pod.metadata.name]
+    _, config, deployment = m.service_objects(replace(src, deploy=src.deploy.replace(scoring_timeout_ms=30000)))
+    core.replace_namespaced_config_map(config["metadata"]["name"], namespace, config)
+    apps.replace_namespaced_deployment("scorer", namespace, deployment)
+
+    def rolled() -> client.V1Pod | None:
+        status = apps.read_namespaced_deployment_status("scorer", namespace).status
+        assert (status.available_replicas or 0) >= 1, "no available replica during the rolling update"
+        pods = core.list_namespaced_pod(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+        done = status.updated_replicas == status.replicas == status.available_replicas == 1 and len(pods) == 1
+        return pods[0] if done and pods[0].metadata.name != pod.metadata.name else None
+
+    new_pod = wait_for("the rolling update", rolled)
+    env = {e.name: e.value for e in new_pod.spec.containers[0].env}
+    assert env["SCORING_TIMEOUT_MS"] == "30000"
+    wait_for("the old pod's processes to end", lambda: not any(Path(f"/proc/{pid}").exists() for pid in old_pids))
+
 
 def test_the_fetcher_refuses_a_blob_that_does_not_match_its_digest(tmp_path: Path):
     blobs = tmp_path / "blobs"
@@ -114,7 +133,13 @@ def test_the_fetcher_keeps_every_path_inside_the_app_folder(tmp_path: Path):
     layout = {"files": [{"path": "../escape", "digest": "a" * 64}]}
     with pytest.raises(fetch.FetchError, match="outside"):
         fetch.fetch((tmp_path / "blobs").as_uri(), layout, tmp_path / "app")
-    assert (
-        fetch.main(["--blob-store", "ftp://x", "--layout", str(tmp_path / "missing.json"), "--dest", str(tmp_path)])
-        == 1
-    )
+
+
+def test_the_fetcher_says_what_is_wrong_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    layout = tmp_path / "layout.json"
+    argv = ["--blob-store", "ftp://blobs", "--layout", str(layout), "--dest", str(tmp_path / "app")]
+    assert fetch.main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"fetch: cannot read layout {layout}")
+    layout.write_text(json.dumps({"files": [{"path": "m.bin", "digest": "a" * 64}]}))
+    assert fetch.main(argv) == 1
+    assert capsys.readouterr().err == "fetch: blob store URL must be http://, https:// or file:// (got 'ftp://blobs')\n"
