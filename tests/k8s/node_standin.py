@@ -284,21 +284,11 @@ class NodeStandIn:
 
     def _end_pod(self, pod: _Pod, grace: float) -> None:
         pod.stopping.set()
-        procs = [c.proc for c in pod.init_containers + pod.containers if c.proc is not None]
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=5)
+        _terminate(pod, deadline)
         if pod.thread is not None and pod.thread is not threading.current_thread():
             pod.thread.join(timeout=10)
+        _terminate(pod, deadline)  # anything the pod's thread started before it saw `stopping`
         with self._lock:
             if self._pods.pop(pod.uid, None) is not None:
                 self._free_ips.append(pod.ip)
@@ -610,6 +600,21 @@ class NodeStandIn:
         except ApiException as e:
             if e.status != 404:
                 log.warning("status of pod %s/%s not patched: %s", pod.namespace, pod.name, e.reason)
+
+
+def _terminate(pod: _Pod, deadline: float) -> None:
+    """SIGTERM to each running container's process group, SIGKILL to what is left at ``deadline``."""
+    procs = [c.proc for c in pod.init_containers + pod.containers if c.proc is not None and c.proc.poll() is None]
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
 
 
 def _rewrite(value: str, mounts: dict[str, str]) -> str:

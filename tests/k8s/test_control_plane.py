@@ -259,7 +259,7 @@ def test_readiness_and_liveness_probes_drive_ready_and_restarts(
             "probed",
             ["python", "-c", FAILABLE_SERVER],
             readinessProbe={**http_get, "failureThreshold": 1},
-            livenessProbe={**http_get, "failureThreshold": 4},
+            livenessProbe={**http_get, "failureThreshold": 6},
         ),
     )
     pod = wait_for("Ready", lambda: (p := core.read_namespaced_pod("probed", namespace)) and ready(p) and p)
@@ -271,7 +271,7 @@ def test_readiness_and_liveness_probes_drive_ready_and_restarts(
         "Ready=False", lambda: (p := core.read_namespaced_pod("probed", namespace)) and not ready(p) and p
     )
     assert not_ready.status.container_statuses[0].restart_count == 0
-    # ...then liveness fails (threshold 4): the container is restarted, healthy again, and Ready.
+    # ...then liveness fails (threshold 6): the container is restarted, healthy again, and Ready.
     wait_for(
         "a restart and Ready again",
         lambda: (
