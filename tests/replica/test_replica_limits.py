@@ -5,6 +5,7 @@ settings that change them."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from modelfleet.errors import ConfigError
 from modelfleet.replica.config import parse_config
 from replica_scripts.harness import SCRIPTS, Server, request, start_replica
-from replica_scripts.wire import connect, exchange, get, read_answer
+from replica_scripts.wire import connect, established_connections, exchange, get, read_answer
 
 
 @pytest.fixture(scope="module")
@@ -157,5 +158,23 @@ def test_configured_limits_apply(tmp_path: Path) -> None:
         assert exchange(server.port, get(headers=[(f"X-{i}", "v") for i in range(5)])).status == 431
         assert exchange(server.port, get("/" + "a" * 150)).status == 404
         assert exchange(server.port, get("/" + "a" * 200)).status == 414
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped(tmp_path: Path) -> None:
+    server = start_replica("plain_kinds.py", tmp_path, args=["--send-timeout", "1", "--keep-alive", "1"])
+    try:
+        with connect(server.port) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            body = b"x" * (8 * 1024 * 1024)  # the answer echoes it: 8 MiB that the client never reads
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            started = time.monotonic()
+            assert request(server.port, "GET", "/").status == 200  # others are served meanwhile
+            deadline = started + 15
+            while established_connections(server.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert established_connections(server.proc.pid) == 0, "the replica still holds the connection"
+            assert time.monotonic() - started > 0.9
     finally:
         assert server.stop() == 0

@@ -82,3 +82,24 @@ def get(path: str = "/", headers: Iterable[tuple[str, str]] = (), method: str = 
     """A request head with ``Host`` and the given header fields."""
     lines = [f"{method} {path} HTTP/1.1", "Host: replica", *(f"{k}: {v}" for k, v in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def established_connections(pid: int) -> int:
+    """How many established TCP connections process ``pid`` holds (Linux /proc)."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                count += fields[3] == "01" and fields[9] in inodes  # 01: ESTABLISHED
+    return count

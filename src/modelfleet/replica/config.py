@@ -41,7 +41,8 @@ them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}``
   connection is closed after this long. Longer than the router's pool reuse window (1.5 s), so
   the router never sends on a connection the replica is closing.
 - ``--send-timeout`` / ``MODELFLEET_SEND_TIMEOUT_S`` (default 60 s): a client that takes none of
-  a streamed answer for this long is cut off, and the script's generator ended (stream.py).
+  an answer for this long is cut off and what is buffered for it dropped; for a streamed answer
+  the script's generator is ended too (stream.py), so such a client holds no slot.
 - ``--unix-socket PATH``: listen on a Unix domain socket (mode 0600) instead of TCP.
 - ``MODELFLEET_REPLICA_SECRET``: when set, every request but ``GET /`` must carry it in
   ``x-modelfleet-replica-secret`` (403 otherwise); ``main`` removes it from the environment
@@ -218,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--send-timeout",
         dest="send_timeout",
-        help=f"seconds a client may take nothing of a streamed answer before it is cut (default {SEND_TIMEOUT_S:g})",
+        help=f"seconds a client may take nothing of an answer before it is cut off (default {SEND_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--keep-alive", dest="keep_alive", help=f"seconds an idle connection is kept open (default {KEEP_ALIVE_S:g})"

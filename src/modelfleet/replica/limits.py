@@ -10,7 +10,9 @@ arrives, since httptools buffers a header until it is complete.
 
 Timeouts: a head not complete ``header_timeout_s`` after its first byte, or a body with no byte
 for that long, is answered 408 and the connection closed; an idle keep-alive connection is
-closed after ``keep_alive_s``. ``protocol.HttpProtocol.expire`` applies them once a second.
+closed after ``keep_alive_s``; a connection whose client has read nothing of what is sent to
+it for ``send_timeout_s`` (its transport stays paused) is dropped with what is buffered for it.
+``protocol.HttpProtocol.expire`` applies them once a second.
 
 A request the parser cannot read (bad chunk framing, Content-Length with Transfer-Encoding, two
 Content-Lengths: request smuggling) gets 400 with the parser's reason, then the connection closes.
@@ -38,6 +40,7 @@ class Limits:
         self.field_size = config.limit_request_field_size
         self.header_timeout_s = config.header_timeout_s
         self.keep_alive_s = config.keep_alive_timeout_s
+        self.send_timeout_s = config.send_timeout_s
         # The URL length past which the request line may be too long (the longest method is
         # about 20 bytes): below it on_url needs no arithmetic.
         self.url_budget = max(0, self.request_line - 30)

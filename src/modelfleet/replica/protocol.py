@@ -117,6 +117,7 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False  # the head request is being answered
         self.closed = False
         self.writable = True  # transport flow control
+        self.paused_since = 0.0  # when writing paused (the client stopped reading)
         self.reading_paused = False
         self.discarding = False  # after a refusal: drop input, then close
         self.eof = False
@@ -176,6 +177,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable = False
+        self.paused_since = time.monotonic()
 
     def resume_writing(self) -> None:
         self.writable = True
@@ -433,10 +435,16 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def expire(self, now: float) -> None:
-        """Apply the header, body and keep-alive timeouts (called once a second)."""
+        """Apply the send, header, body and keep-alive timeouts (called once a second)."""
+        limits = self.shared.limits
+        if not self.writable and now - self.paused_since > limits.send_timeout_s:
+            # The client takes nothing of what is sent to it (closing would wait for it forever):
+            # drop the connection and what is buffered for it.
+            if self.transport is not None:
+                self.transport.abort()
+            return
         if self.closed or self.discarding:
             return
-        limits = self.shared.limits
         if self.head_since:
             if now - self.head_since > limits.header_timeout_s:
                 self._refuse(limits.head_timeout)
