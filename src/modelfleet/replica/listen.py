@@ -33,7 +33,7 @@ def remove_stale_socket(path: str) -> None:
 
 async def listen_unix(
     loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], path: str
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Serve ``factory`` on the Unix socket ``path`` (mode 0600)."""
     remove_stale_socket(path)
     old = os.umask(0o177)  # the socket file is born 0600 (bind applies the umask)
