@@ -1,0 +1,227 @@
+"""The services of a workspace, their keys and state, and each one's event log.
+
+A service's ``config`` is opaque to the store; each change of it bumps ``generation``, and
+the control plane records the generation it serves in ``serving_generation``, so "is the
+latest config live?" is one comparison. Events (deployments, scaling, builds) are kept per
+service, oldest first, and go with it when it is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, select, update
+
+from modelfleet.errors import ConfigError, Conflict, NotFound
+from modelfleet.store.db import Database, events, services
+
+SERVICE_STATES = ("Transitioning", "Healthy", "Unhealthy", "Failed")
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    name: str
+    config: dict[str, Any]
+    # Keys are left out of repr (and so of every log line and traceback that shows a record).
+    primary_key: str | None = field(repr=False)
+    secondary_key: str | None = field(repr=False)
+    generation: int
+    serving_generation: int | None
+    state: str
+    detail: str | None
+    created_time: float
+    updated_time: float
+
+
+class Services:
+    """The services and events of one workspace (its database)."""
+
+    def __init__(self, db: Database, workspace_name: str) -> None:
+        self._db = db
+        self.name = workspace_name
+
+    def create_service(
+        self,
+        name: str,
+        config: dict[str, Any],
+        *,
+        primary_key: str | None,
+        secondary_key: str | None,
+        overwrite: bool = False,
+    ) -> ServiceRecord:
+        """Add the service's desired state (state Transitioning, generation 1). With ``overwrite``,
+        an existing one gets the new config and keys and its next generation."""
+        config_json = _config_json(config)
+        now = time.time()
+
+        def tx(conn: Connection) -> ServiceRecord:
+            row = conn.execute(select(services).where(services.c.name == name)).first()
+            if row is None:
+                conn.execute(
+                    services.insert().values(
+                        name=name,
+                        config=config_json,
+                        primary_key=primary_key,
+                        secondary_key=secondary_key,
+                        generation=1,
+                        serving_generation=None,
+                        state="Transitioning",
+                        detail=None,
+                        created_time=now,
+                        updated_time=now,
+                    )
+                )
+            elif not overwrite:
+                raise Conflict(
+                    f'service "{name}" already exists in workspace "{self.name}"; pass overwrite=True '
+                    f"to replace it, or delete it first (`modelfleet service delete -n {name}`)"
+                )
+            else:
+                conn.execute(
+                    update(services)
+                    .where(services.c.name == name)
+                    .values(
+                        config=config_json,
+                        primary_key=primary_key,
+                        secondary_key=secondary_key,
+                        generation=services.c.generation + 1,
+                        state="Transitioning",
+                        detail=None,
+                        updated_time=now,
+                    )
+                )
+            return self._service(conn, name)
+
+        return self._db.write(tx)
+
+    def get_service(self, name: str) -> ServiceRecord:
+        return self._db.read(lambda conn: self._service(conn, name))
+
+    def list_services(self) -> list[ServiceRecord]:
+        rows = self._db.read(lambda conn: conn.execute(select(services).order_by(services.c.name)).all())
+        return [_service_record(r) for r in rows]
+
+    def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
+        """Replace the config and bump the generation; the state goes back to Transitioning
+        until the control plane serves the new generation."""
+        config_json = _config_json(config)
+        return self._update_service(
+            name,
+            config=config_json,
+            generation=services.c.generation + 1,
+            state="Transitioning",
+            detail=None,
+        )
+
+    def set_service_keys(
+        self, name: str, primary_key: str | None = None, secondary_key: str | None = None
+    ) -> ServiceRecord:
+        values: dict[str, Any] = {}
+        if primary_key is not None:
+            values["primary_key"] = primary_key
+        if secondary_key is not None:
+            values["secondary_key"] = secondary_key
+        return self._update_service(name, **values)
+
+    def set_service_state(
+        self, name: str, state: str, detail: str | None = None, *, serving_generation: int | None = None
+    ) -> None:
+        if state not in SERVICE_STATES:
+            raise ConfigError(f"service state must be one of {', '.join(SERVICE_STATES)} (got {state!r})")
+        values: dict[str, Any] = {"state": state, "detail": detail}
+        if serving_generation is not None:
+            values["serving_generation"] = serving_generation
+        self._update_service(name, **values)
+
+    def delete_service(self, name: str) -> None:
+        """Remove the service and its event log (a later service of the same name starts afresh)."""
+
+        def tx(conn: Connection) -> None:
+            gone = conn.execute(delete(services).where(services.c.name == name)).rowcount
+            if not gone:
+                raise self._service_not_found(name)
+            conn.execute(delete(events).where(events.c.service == name))
+
+        self._db.write(tx)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_event(self, service: str, kind: str, data: Mapping[str, Any], time: float | None = None) -> None:
+        clash = {"time", "kind"} & set(data)
+        if clash:
+            raise ConfigError(
+                f"event data may not hold the keys {sorted(clash)}: they are the event's own; "
+                "pass the time as the time argument"
+            )
+        try:
+            data_json = json.dumps(dict(data))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"event data must be JSON-serialisable ({exc})") from exc
+        when = _now() if time is None else float(time)
+        row = {"service": service, "time": when, "kind": kind, "data": data_json}
+        self._db.write(lambda conn: conn.execute(events.insert().values(row)))
+
+    def list_events(self, service: str, kind: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Events of ``service`` (of ``kind`` if given, at or after ``since`` if given), oldest first."""
+        query = select(events).where(events.c.service == service)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        if since is not None:
+            query = query.where(events.c.time >= since)
+        query = query.order_by(events.c.time, events.c.id)
+        rows = self._db.read(lambda conn: conn.execute(query).all())
+        return [{"time": r.time, "kind": r.kind, **json.loads(r.data)} for r in rows]
+
+    def _service(self, conn: Connection, name: str) -> ServiceRecord:
+        row = conn.execute(select(services).where(services.c.name == name)).first()
+        if row is None:
+            raise self._service_not_found(name)
+        return _service_record(row)
+
+    def _service_not_found(self, name: str) -> NotFound:
+        return NotFound(
+            f'service "{name}" not found in workspace "{self.name}"; list services with `modelfleet service list`'
+        )
+
+    def _update_service(self, name: str, **values: Any) -> ServiceRecord:
+        def tx(conn: Connection) -> ServiceRecord:
+            done = conn.execute(
+                update(services).where(services.c.name == name).values(updated_time=_now(), **values)
+            ).rowcount
+            if not done:
+                raise self._service_not_found(name)
+            return self._service(conn, name)
+
+        return self._db.write(tx)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _service_record(row: Row[Any]) -> ServiceRecord:
+    return ServiceRecord(
+        name=row.name,
+        config=json.loads(row.config),
+        primary_key=row.primary_key,
+        secondary_key=row.secondary_key,
+        generation=row.generation,
+        serving_generation=row.serving_generation,
+        state=row.state,
+        detail=row.detail,
+        created_time=row.created_time,
+        updated_time=row.updated_time,
+    )
+
+
+def _config_json(config: Mapping[str, Any]) -> str:
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"service config must be a dict (got {type(config).__name__})")
+    try:
+        return json.dumps(dict(config), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"service config must be JSON-serialisable ({exc})") from exc
