@@ -5,6 +5,7 @@ read. Calls are rare (deploy, update, delete, status), so a small threaded stdli
 enough; each handler hands its work to the daemon's event loop and waits for the result.
 
     GET    /v1/status                 cluster, services, replicas and router counters
+    GET    /v1/openapi.json           this API as an OpenAPI 3.0 document (control/admin_openapi.py)
     POST   /v1/services/<name>/sync   the stored service changed: reconcile it now
     DELETE /v1/services/<name>        drain and stop its replicas, then forget it
     POST   /v1/shutdown               stop the daemon gracefully
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from modelfleet.control.admin_openapi import OPENAPI
 from modelfleet.errors import ModelfleetError
 from modelfleet.spec.names import validate_service_name
 
@@ -57,7 +59,7 @@ class AdminHandlers:
     def __init__(
         self,
         status: Callable[[], dict[str, Any]],
-        sync: Callable[[str], None],
+        sync: Callable[[str], Awaitable[None] | None],
         delete: Callable[[str], Awaitable[None]],
         shutdown: Callable[[], None],
     ) -> None:
@@ -99,6 +101,13 @@ class AdminServer:
             def do_DELETE(self) -> None:
                 server._handle(self, "DELETE")
 
+            def __getattr__(self, name: str) -> Any:
+                # any other method (PUT, TRACE, QUERY, ...) gets the API's 405 with Allow, in
+                # JSON, not the standard library's 501 page
+                if name.startswith("do_"):
+                    return lambda: server._handle(self, name[3:])
+                raise AttributeError(name)
+
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
@@ -131,6 +140,14 @@ class AdminServer:
         if refusal is not None:
             _refuse(request, *refusal)
             return
+        allowed = _allowed_methods(request.path)
+        if allowed is None:
+            _reply(request, 404, {"message": f"no admin route {request.path!r}"})
+            return
+        if method not in allowed:
+            message = f"{method} is not allowed on {request.path} (allowed: {', '.join(allowed)})"
+            _reply(request, 405, {"message": message}, headers={"Allow": ", ".join(allowed)})
+            return
         try:
             status, body = self._route(method, request.path)
         except ModelfleetError as exc:
@@ -141,22 +158,34 @@ class AdminServer:
         _reply(request, status, body)
 
     def _route(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        """Answer a call whose path and method ``_allowed_methods`` accepted."""
         handlers = self._handlers
-        if path == "/v1/status" and method == "GET":
+        if path == "/v1/status":
             return 200, self._on_loop(handlers.status)
-        if path == "/v1/shutdown" and method == "POST":
+        if path == "/v1/openapi.json":
+            return 200, OPENAPI
+        if path == "/v1/shutdown":
             self._loop.call_soon_threadsafe(handlers.shutdown)
             return 202, {"message": "shutting down"}
         match = _SERVICE_PATH.fullmatch(path)
-        if match:
-            name, sync = validate_service_name(match.group(1)), match.group(2)  # a bad name: 400 with the rule
-            if sync and method == "POST":
-                self._on_loop(lambda: handlers.sync(name))
-                return 202, {"message": f"service {name} reconciling"}
-            if not sync and method == "DELETE":
-                self._on_loop(lambda: handlers.delete(name))
-                return 200, {"message": f"service {name} deleted"}
-        return 404, {"message": f"no admin route {method} {path}"}
+        assert match is not None
+        name, sync = validate_service_name(match.group(1)), match.group(2)  # a bad name: 400 with the rule
+        if sync:
+            self._on_loop(lambda: handlers.sync(name))
+            return 202, {"message": f"service {name} reconciling"}
+        self._on_loop(lambda: handlers.delete(name))
+        return 200, {"message": f"service {name} deleted"}
+
+
+def _allowed_methods(path: str) -> tuple[str, ...] | None:
+    """The methods a path takes; None when no route has that path (404)."""
+    fixed = {"/v1/status": ("GET",), "/v1/openapi.json": ("GET",), "/v1/shutdown": ("POST",)}
+    if path in fixed:
+        return fixed[path]
+    match = _SERVICE_PATH.fullmatch(path)
+    if match is None:
+        return None
+    return ("POST",) if match.group(2) else ("DELETE",)
 
 
 def _read_body(request: BaseHTTPRequestHandler, limit: int) -> tuple[int, str] | None:
@@ -198,12 +227,21 @@ def _refuse(request: BaseHTTPRequestHandler, status: int, message: str) -> None:
             drained += len(chunk)
 
 
-def _reply(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any], close: bool = False) -> None:
+def _reply(
+    request: BaseHTTPRequestHandler,
+    status: int,
+    body: dict[str, Any],
+    close: bool = False,
+    headers: dict[str, str] | None = None,
+) -> None:
     data = json.dumps(body).encode()
     request.send_response(status)
     request.send_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.send_header(name, value)
     if close:
         request.send_header("Connection", "close")
     request.send_header("Content-Length", str(len(data)))
     request.end_headers()
-    request.wfile.write(data)
+    if request.command != "HEAD":  # a HEAD answer has the headers of its body, not the body
+        request.wfile.write(data)

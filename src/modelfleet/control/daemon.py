@@ -101,7 +101,7 @@ class Daemon:
         admin = AdminServer(
             loop,
             token,
-            AdminHandlers(self.status, self.reconciler.sync, self.reconciler.delete, self._stopping.set),
+            AdminHandlers(self.status, self._sync, self.reconciler.delete, self._stopping.set),
         )
         admin.start()
         info = {
@@ -148,6 +148,12 @@ class Daemon:
 
     def _on_replica_failed(self, service: str, replica_id: str) -> None:
         self.reconciler.on_replica_failed(service, replica_id)
+
+    async def _sync(self, name: str) -> None:
+        """Reconcile a stored service now; a name the workspace does not hold is NotFound (404),
+        never a controller of its own (the admin API must not grow state per name asked)."""
+        await asyncio.to_thread(self.store.get_service, name)
+        self.reconciler.sync(name)
 
     def status(self) -> dict[str, Any]:
         return {

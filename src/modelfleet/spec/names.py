@@ -18,7 +18,9 @@ SERVICE_NAME_RULE = (
 MODEL_NAME_RULE = "1-255 letters, digits, dashes, periods or underscores, starting with a letter or digit"
 
 # v1 ``webservice_name_validation``: 3-32 characters; the trailing dash is forbidden too.
-_SERVICE_NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{1,30}[a-z0-9])")
+# Anchored, so that it means the same as a JSON Schema ``pattern`` (the admin API's OpenAPI).
+SERVICE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{1,30}[a-z0-9])$"
+_SERVICE_NAME_RE = re.compile(SERVICE_NAME_PATTERN)
 # v1 ``model_name_validation``.
 _MODEL_NAME_RE = re.compile(r"[a-zA-Z0-9][-._a-zA-Z0-9]{0,254}")
 
