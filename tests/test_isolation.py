@@ -233,3 +233,36 @@ def test_where_no_memory_cgroup_can_be_made_the_limit_is_said_to_be_unenforced(t
     assert isolation.memory_limit_note(None, root=tmp_path) is None  # no limit asked: nothing to say
     # where cgroups work (this machine, as root), a limit gets no note
     assert (isolation.memory_limit_note(2**30) is None) == _cgroup_available()
+
+
+def test_cgroup_v2_files_are_written_as_the_kernel_expects(tmp_path: Path) -> None:
+    # The v2 layout cannot be made on this machine (memory is a v1 controller here), so a
+    # folder stands in for the mount, holding what the kernel would show; the code's reads and
+    # writes are checked, the kernel's enforcement is not.
+    own = isolation._own_cgroups().get("")
+    if own is None:
+        pytest.skip("this process has no cgroup v2 path")
+    here = tmp_path / own.lstrip("/")
+    here.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (here / "cgroup.controllers").write_text("cpu memory pids\n")
+    (here / "cgroup.subtree_control").write_text("memory\n")  # already handed down: no move
+    parent = here / f"modelfleet-{os.getpid()}"
+    parent.mkdir()
+    (parent / "cgroup.subtree_control").write_text("memory\n")
+    cgroup, reason = isolation.memory_cgroup("svc-1-0", 256 * 1024**2, root=tmp_path)
+    assert cgroup is not None and cgroup.version == 2, reason
+    assert cgroup.path.parent == parent
+    assert (cgroup.path / "memory.max").read_text() == str(256 * 1024**2)
+    assert (cgroup.path / "memory.swap.max").read_text() == "0"  # swap must not stretch the limit
+    assert (cgroup.path / "memory.oom.group").read_text() == "1"
+    assert cgroup.oom_kills() == 0
+    (cgroup.path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cgroup.oom_kills() == 1
+    # where the controller cannot be handed down (v2 answers EBUSY when other processes share the
+    # daemon's cgroup; here the move into the leaf fails), the reason is given, not an exception
+    (here / "cgroup.subtree_control").write_text("")
+    (here / "modelfleet-daemon" / "cgroup.procs").mkdir(parents=True)
+    note = isolation._v2_parent(here)
+    assert isinstance(note, str) and "cannot enable the memory controller below" in note
+    assert "systemd-run" in note
