@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelfleet.errors import ConfigError, TargetError
+from modelfleet.sdk import service_meta
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.service_config import build_config
 from modelfleet.sdk.webservice import KubernetesCompute, Webservice
@@ -54,6 +55,10 @@ def deploy_service(
         primary = spec.primary_key or new_key()
         secondary = spec.secondary_key or new_key()
     workspace.store.create_service(name, config, primary_key=primary, secondary_key=secondary, overwrite=overwrite)
+    # a service deployed again over an old one starts from the tags it is deployed with
+    service_meta.save(
+        workspace.store, name, service_meta.Metadata(dict(spec.tags), dict(spec.properties), spec.description)
+    )
     cluster = workspace.cluster()
     cluster.ensure_running()
     cluster.sync(name)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelfleet.errors import ClusterUnavailable, ConfigError, DeploymentFailed, ModelfleetError, NotFound
+from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
+from modelfleet.sdk import service_meta
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.registered import RegisteredModel
 from modelfleet.sdk.service_config import build_config, model_refs
 from modelfleet.sdk.workspace_base import WorkspaceBase
-from modelfleet.spec import DeploySpec, aks_deploy_configuration, local_deploy_configuration
+from modelfleet.spec import DeploySpec, EnvironmentSpec, aks_deploy_configuration, local_deploy_configuration
 from modelfleet.spec.deploy import BY_FLAT
 from modelfleet.store.registry import ServiceRecord
 
@@ -70,11 +72,31 @@ class Webservice:
 
     @property
     def tags(self) -> dict[str, str]:
-        return dict(self._spec().tags or {})
+        return self._metadata().tags
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._metadata().properties
 
     @property
     def description(self) -> str | None:
-        return self._spec().description
+        return self._metadata().description
+
+    def _metadata(self) -> service_meta.Metadata:
+        return service_meta.current(self.workspace.store, self._record())
+
+    @property
+    def environment(self) -> EnvironmentSpec:
+        """The environment the replicas run in (v1's ``environment``)."""
+        return EnvironmentSpec.from_dict(self._record().config["environment"])
+
+    @property
+    def image_id(self) -> str:
+        """modelfleet builds no image per service: a service's image is its environment, and
+        its id the environment's hash (the tag ``modelfleet env image-context`` writes)."""
+        from modelfleet.envs.canonical import canonicalize
+
+        return canonicalize(self.environment).hash
 
     @property
     def models(self) -> list[dict[str, Any]]:
@@ -100,6 +122,59 @@ class Webservice:
         return f"{base}/swagger.json" if base else None
 
     # -- v1 methods --------------------------------------------------------------------------
+
+    def update_deployment_state(self) -> None:
+        """v1: refresh the object from the service's current state. Every property here reads
+        the workspace afresh already; this checks the service still exists (NotFound if not)."""
+        self._record()
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Add or change tags; running replicas are not touched."""
+        new = service_meta.string_map(tags, "tags")
+        meta = self._metadata()
+        self._save_metadata(service_meta.Metadata({**meta.tags, **new}, meta.properties, meta.description))
+
+    def remove_tags(self, tags: list[str]) -> None:
+        """Remove the tags with these keys (a key that is not there is not an error)."""
+        drop = set(service_meta.key_list(tags, "remove_tags"))
+        meta = self._metadata()
+        kept = {k: v for k, v in meta.tags.items() if k not in drop}
+        self._save_metadata(service_meta.Metadata(kept, meta.properties, meta.description))
+
+    def add_properties(self, properties: dict[str, str]) -> None:
+        """Add or change properties; running replicas are not touched."""
+        new = service_meta.string_map(properties, "properties")
+        meta = self._metadata()
+        self._save_metadata(service_meta.Metadata(meta.tags, {**meta.properties, **new}, meta.description))
+
+    def _save_metadata(self, meta: service_meta.Metadata) -> None:
+        self._record()  # NotFound for a deleted service, not an event of nobody
+        service_meta.save(self.workspace.store, self.name, meta)
+
+    @staticmethod
+    def check_for_existing_webservice(
+        workspace: WorkspaceBase,
+        name: str,
+        overwrite: bool = False,
+        request_func: Callable[[WorkspaceBase, str], Any] | None = None,
+        check_func: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """v1: raise if a service ``name`` exists, or with ``overwrite`` delete it.
+
+        ``request_func(workspace, name)`` looks the service up (default: its serialized form,
+        or None when there is none); ``check_func(content)`` says whether what was found
+        counts as an existing service (default: anything found does)."""
+        request = request_func if request_func is not None else _existing_service
+        check = check_func if check_func is not None else bool
+        content = request(workspace, name)
+        if content is None or not check(content):
+            return
+        if not overwrite:
+            raise Conflict(
+                f'there is already a service named "{name}" in workspace "{workspace.name}"; '
+                "pass overwrite=True to replace it"
+            )
+        Webservice(workspace, name).delete()
 
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Wait until the latest deployment or update is serving, or raise DeploymentFailed."""
@@ -253,8 +328,27 @@ class Webservice:
         Like v1, this returns at once; ``wait_for_deployment()`` waits for the outcome. A
         failed update leaves the old replicas serving and the reason in ``error``.
         """
-        spec = DeploySpec.from_dict(self._record().config["deploy"])
-        self._update(models, inference_config, spec.replace(**settings) if settings else spec)
+        meta_changes = {k: settings.pop(k) for k in service_meta.METADATA_SETTINGS if k in settings}
+        if meta_changes:
+            self._update_metadata(**meta_changes)
+        if settings or models is not None or inference_config is not None:
+            spec = DeploySpec.from_dict(self._record().config["deploy"])
+            self._update(models, inference_config, spec.replace(**settings) if settings else spec)
+
+    def _update_metadata(self, tags: Any = None, properties: Any = None, description: Any = ...) -> None:
+        """v1's update semantics: ``tags`` replace the service's tags, ``properties`` are added
+        to its properties, ``description`` replaces it."""
+        meta = self._metadata()
+        new_tags = service_meta.string_map(tags, "tags") if tags is not None else meta.tags
+        new_props = (
+            {**meta.properties, **service_meta.string_map(properties, "properties")}
+            if properties is not None
+            else meta.properties
+        )
+        if description is not ... and description is not None and not isinstance(description, str):
+            raise ConfigError(f"description must be a string (got {type(description).__name__})")
+        new_description = meta.description if description is ... else description
+        self._save_metadata(service_meta.Metadata(new_tags, new_props, new_description))
 
     def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
         record = self._record()
@@ -290,6 +384,7 @@ class Webservice:
     def serialize(self) -> dict[str, Any]:
         record = self._record()
         spec = DeploySpec.from_dict(record.config["deploy"])
+        meta = service_meta.current(self.workspace.store, record)
         return {
             "name": self.name,
             "state": record.state,
@@ -302,6 +397,10 @@ class Webservice:
             "models": record.config["models"],
             "createdTime": record.created_time,
             "updatedTime": record.updated_time,
+            "tags": meta.tags,
+            "properties": meta.properties,
+            "description": meta.description,
+            "environment": record.config["environment"].get("name"),
             "deploymentConfig": spec.to_v1_json(),
         }
 
@@ -314,15 +413,59 @@ class Webservice:
         cluster.sync(self.name)
 
     @staticmethod
-    def list(workspace: WorkspaceBase, compute_type: str | None = None, **_v1_only: Any) -> list[Webservice]:
+    def list(
+        workspace: WorkspaceBase,
+        compute_type: str | None = None,
+        image_name: str | None = None,
+        image_id: str | None = None,
+        model_name: str | None = None,
+        model_id: str | None = None,
+        tags: Sequence[Any] | None = None,
+        properties: Sequence[Any] | None = None,
+    ) -> list[Webservice]:
+        """The workspace's services, filtered as v1 did: every filter given must hold.
+
+        ``compute_type``: ``"AKS"`` or ``"Local"`` (any case; v1's ``"ACI"`` matches none).
+        ``model_name`` / ``model_id`` (``"name:version"``): services serving that model.
+        ``image_name`` / ``image_id``: services whose environment has that name / hash (a
+        service's image is its environment here). ``tags`` / ``properties``: a list whose items
+        are ``"key"`` (present) or ``["key", "value"]``.
+        """
+        tag_conds = service_meta.conditions(tags, "tags")
+        prop_conds = service_meta.conditions(properties, "properties")
+        for flag, value in (
+            ("compute_type", compute_type),
+            ("image_name", image_name),
+            ("image_id", image_id),
+            ("model_name", model_name),
+            ("model_id", model_id),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{flag} must be a string (got {type(value).__name__})")
         services = []
         for record in workspace.store.list_services():
             try:
                 service = _flavour(record.config["deploy"])(workspace, record.name)
             except NotFound:
                 continue  # deleted while listing
-            if compute_type is None or service.compute_type.lower() == compute_type.lower():
-                services.append(service)
+            if compute_type is not None and service.compute_type.lower() != compute_type.lower():
+                continue
+            refs = [f"{m['name']}:{m['version']}" for m in record.config["models"]]
+            if model_name is not None and model_name not in {r.partition(":")[0] for r in refs}:
+                continue
+            if model_id is not None and model_id not in refs:
+                continue
+            if image_name is not None and record.config["environment"].get("name") != image_name:
+                continue
+            if image_id is not None and service.image_id != image_id:
+                continue
+            if tag_conds or prop_conds:
+                meta = service_meta.current(workspace.store, record)
+                if not (
+                    service_meta.matches(meta.tags, tag_conds) and service_meta.matches(meta.properties, prop_conds)
+                ):
+                    continue
+            services.append(service)
         return services
 
     def __new__(cls, workspace: WorkspaceBase, name: str) -> Webservice:
@@ -364,6 +507,13 @@ class LocalWebservice(Webservice):
     """v1's local deployment: one replica, auth off, on the local cluster."""
 
     deploy_configuration = staticmethod(local_deploy_configuration)
+
+
+def _existing_service(workspace: WorkspaceBase, name: str) -> dict[str, Any] | None:
+    try:
+        return Webservice(workspace, name).serialize()
+    except NotFound:
+        return None
 
 
 def _flavour(deploy: dict[str, Any]) -> type[Webservice]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from modelfleet.errors import NotFound
+from modelfleet.errors import ConfigError, NotFound
 from modelfleet.sdk.model import Model
 from modelfleet.sdk.webservice import Webservice
 from modelfleet.sdk.workspace_base import WorkspaceBase
@@ -33,14 +35,72 @@ class Workspace(WorkspaceBase):
         return cls(Store.open(Path(path).expanduser().resolve()))
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None) -> Workspace:
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        auth: Any = None,
+        _logger: Any = None,
+        _file_name: str | None = None,
+    ) -> Workspace:
+        """The workspace of the current folder (or ``path``), found as v1 found its config.
+
+        Looking upward from ``path`` (default: the current folder), the first folder that is a
+        modelfleet workspace, or that holds a v1 ``config.json`` (also in ``.azureml/`` or
+        ``aml_config/``; ``path`` may also be the file itself), decides. A v1 config names
+        its workspace (``workspace_name``); the local workspace of that name is the one in
+        the config's folder, or in the folder of that name beside it, or the one the config's
+        ``workspace_path`` (modelfleet's own key) points at. ``auth`` is v1's and not used:
+        a local workspace needs no sign-in.
+        """
         start = Path(path).expanduser().resolve() if path is not None else Path.cwd()
+        if start.is_file():
+            return cls._from_v1_config(start)
+        file_name = _file_name or "config.json"
         for folder in (start, *start.parents):
             if (folder / WORKSPACE_MARKER).is_file():
                 return cls.get(folder)
+            for candidate in (folder / file_name, folder / ".azureml" / file_name, folder / "aml_config" / file_name):
+                if candidate.is_file():
+                    return cls._from_v1_config(candidate)
         raise NotFound(
-            f"no modelfleet workspace in {start} or any folder above it; "
-            "create one with Workspace.create(name, path) or `modelfleet workspace create`"
+            f"no modelfleet workspace and no {file_name} in {start} or any folder above it; "
+            "create one with Workspace.create(name, path) or `modelfleet workspace create -n NAME`"
+        )
+
+    @classmethod
+    def _from_v1_config(cls, config_file: Path) -> Workspace:
+        try:
+            data = json.loads(config_file.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read workspace config {config_file}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"workspace config {config_file} is not valid JSON ({exc})") from None
+        name = data.get("workspace_name") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ConfigError(
+                f'workspace config {config_file} names no workspace: it needs "workspace_name" '
+                '(v1\'s config.json: {"subscription_id": ..., "resource_group": ..., "workspace_name": ...})'
+            )
+        base = (
+            config_file.parent.parent if config_file.parent.name in (".azureml", "aml_config") else config_file.parent
+        )
+        candidates = [base, base / name]
+        attached = data.get("workspace_path")
+        if attached is not None:
+            if not isinstance(attached, str):
+                raise ConfigError(f'"workspace_path" in {config_file} must be a folder path (got {attached!r})')
+            candidates.insert(0, (config_file.parent / Path(attached).expanduser()).resolve())
+        for folder in candidates:
+            if (folder / WORKSPACE_MARKER).is_file():
+                ws = cls.get(folder)
+                if ws.name == name:
+                    return ws
+        where = f"subscription {data.get('subscription_id')!r}, resource group {data.get('resource_group')!r}"
+        raise NotFound(
+            f"{config_file} names workspace {name!r} ({where}), and no local modelfleet workspace of that "
+            f"name is known here: create it with `modelfleet workspace create -n {name} -p {base / name}` "
+            f'(or Workspace.create("{name}", path)), or attach an existing one by adding '
+            '"workspace_path": "<its folder>" to that config.json'
         )
 
     @property
