@@ -10,8 +10,11 @@ permissions, so a root replica could write any workspace file (blobs, keys, meta
 For that to work the replica needs, and is given through the group of ``nobody``: traversal
 of ``.modelfleet``, ``runtime`` and its service folder (mode g+x, nothing for others), read
 access to its generation's app folder, write access to its service's ``logs`` and ``run``
-folders and to its collected-data folder, and its own log file. It gets nothing else: blobs,
-``metadata.db``, credentials and other services' data stay root's. When the interpreter
+folders, its socket's folder and its collected-data folder, and its own log file. It gets
+nothing else: blobs, ``metadata.db`` and credentials are made owner-only, other services'
+data stay root's. ``nobody`` rather than a user of our own: nothing is added to the
+machine's user database (the price: other processes running as ``nobody`` share that group
+access to the runtime folders, not to the store). When the interpreter
 cannot be reached by ``nobody`` (it lives under ``/root``, mode 0700, say) the replica runs
 as root, and its log says why and what to change. Either way the replica's model files are
 its own read-only copies (``Store.materialize_model``), so a write never reaches a blob.
@@ -22,8 +25,8 @@ Kubernetes) becomes a memory cgroup per replica, ``memory.max`` (cgroup v2) or
 so going past it ends in the kernel's OOM kill, which :func:`exit_reason` then reports as
 such. Not RLIMIT_AS: that caps address space, not memory, and breaks numpy, CUDA and uvloop,
 which reserve far more than they touch. Where no memory cgroup can be made (not root and no
-delegated cgroup v2 subtree, no memory controller), the limit is not enforced and the
-replica's log says so. cgroup v2 needs the daemon alone in a cgroup whose memory controller
+delegated cgroup v2 subtree, no memory controller), the limit is not enforced, and the
+replica's log and the service's state detail (``service.error``) say so. cgroup v2 needs the daemon alone in a cgroup whose memory controller
 it may hand down: as root it moves itself into a leaf ``modelfleet-daemon`` of its own
 cgroup; as a user, run it in a delegated one, e.g. ``systemd-run --user --scope -p
 Delegate=yes modelfleet cluster start``.
