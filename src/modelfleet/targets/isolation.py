@@ -26,10 +26,10 @@ so going past it ends in the kernel's OOM kill, which :func:`exit_reason` then r
 such. Not RLIMIT_AS: that caps address space, not memory, and breaks numpy, CUDA and uvloop,
 which reserve far more than they touch. Where no memory cgroup can be made (not root and no
 delegated cgroup v2 subtree, no memory controller), the limit is not enforced, and the
-replica's log and the service's state detail (``service.error``) say so. cgroup v2 needs the daemon alone in a cgroup whose memory controller
-it may hand down: as root it moves itself into a leaf ``modelfleet-daemon`` of its own
-cgroup; as a user, run it in a delegated one, e.g. ``systemd-run --user --scope -p
-Delegate=yes modelfleet cluster start``.
+replica's log and the service's state detail (``service.error``) say so. cgroup v2 needs
+the daemon alone in a cgroup whose memory controller it may hand down: as root it moves
+itself into a leaf ``modelfleet-daemon`` of its own cgroup; as a user, run it in a
+delegated one, e.g. ``systemd-run --user --scope -p Delegate=yes modelfleet cluster start``.
 
 The replica's cgroup is joined, and privileges dropped, in the child between fork and exec,
 so not one page is charged elsewhere and nothing runs as root that the script controls.
