@@ -47,20 +47,32 @@ add_deb_src() {
     local src=/etc/apt/sources.list.d/debian.sources
     [[ -f "$src" ]] || src=/etc/apt/sources.list
     [[ -f "$src" ]] || { echo "no Debian apt source found" >&2; return 1; }
+    local out
+    # Every binary entry but the security archive's (the kubernetes source is in the main
+    # archive), as deb-src, with the same URIs (a snapshot mirror too), suites and key.
     if [[ "$src" == *.sources ]]; then
-        # Keep only the main Debian archive stanza (not -security), as deb-src.
-        awk 'BEGIN{RS=""; ORS="\n\n"} /URIs: [^ ]*debian\/?(\n|$)/ {sub(/Types: deb/, "Types: deb-src"); print}' \
-            "$src" >"$DEBSRC_FILE"
+        out="$DEBSRC_FILE"
+        awk 'BEGIN{RS=""; ORS="\n\n"} /Types: deb/ && !/security/ {sub(/Types: deb/, "Types: deb-src"); print}' \
+            "$src" >"$out"
     else
-        grep -E '^deb [^ ]+debian/? ' "$src" | grep -v security | sed 's/^deb /deb-src /' \
-            >"${DEBSRC_FILE%.sources}.list"
+        out="${DEBSRC_FILE%.sources}.list"
+        { grep -E '^deb[[:space:]]' "$src" || true; } | grep -v security | sed 's/^deb/deb-src/' >"$out"
     fi
+    [[ -s "$out" ]] || { rm -f "$out"; echo "no Debian archive entry in $src to mirror as deb-src" >&2; return 1; }
     apt-get update -qq
 }
 
+PACKAGES=(etcd-server golang-go golang-github-modern-go-reflect2-dev dpkg-dev)
+
+all_installed() {
+    local n
+    n="$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)"
+    [[ "$n" == "${#PACKAGES[@]}" ]]
+}
+
 install_packages() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        etcd-server golang-go golang-github-modern-go-reflect2-dev dpkg-dev >/dev/null
+    all_installed && return 0 # nothing to do, and no root needed
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelfleet-k8s-build.XXXXXX")"
