@@ -5,6 +5,7 @@ on a new connection instead of answering 502."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from modelfleet.router.proxy import Upstream
 from router_upstream import Answers, RouterThread, UpstreamProcess, assert_idle, serve_on
 
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
@@ -91,7 +93,8 @@ class ResettingUpstream:
     next request arrives on it, resets (SO_LINGER 0) without reading it: what a replica killed
     while the router's pooled connection sat idle looks like. Later connections answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dies: bool = False) -> None:
+        self.dies = dies  # stop listening as it resets: a replica process that was killed
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.scored = 0
@@ -125,12 +128,16 @@ class ResettingUpstream:
                 return
             if reset_second:
                 select.select([conn], [], [], 10)  # the next request arrived: unread, reset
+                if self.dies:
+                    self.close()
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             while self._answer_one(conn):
                 pass
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         self.sock.close()
 
 
@@ -178,3 +185,27 @@ def test_replica_that_read_the_request_then_died_is_not_replayed(
         r = c.post(router.url("svc"), content=BODY, headers={"x-test-close": "1"})
         assert r.status_code == 502  # it may have run: never sent twice
     assert a.stats()["requests"] + b.stats()["requests"] == 4
+
+
+def test_replica_gone_after_the_reset_gives_502_and_the_request_goes_nowhere_else(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    dying = ResettingUpstream(dies=True)
+    other = upstreams()
+    try:
+        serve_on(router, "svc", [dying.port])
+        with httpx.Client(timeout=10) as c:
+            assert c.post(router.url("svc"), content=BODY).status_code == 200
+            router.call(
+                lambda: router.router.set_replicas(
+                    "svc", [Upstream("svc-0", "127.0.0.1", dying.port), Upstream("svc-1", "127.0.0.1", other.port)]
+                )
+            )
+            # Replicas take turns: within four requests one meets the reset pooled connection.
+            statuses = [c.post(router.url("svc"), content=BODY).status_code for _ in range(4)]
+        assert sorted(statuses) == [200, 200, 200, 502]
+        assert other.stats()["requests"] == 3  # the 502's request was not replayed on svc-1
+        assert dying.scored == 1
+        assert router.failed == [("svc", "svc-0")]
+    finally:
+        dying.close()

@@ -285,7 +285,7 @@ class Cycle:
             return
         conn = self.router.pool.take(addr[1], self.router.loop.time())
         if conn is not None:
-            self._send_guarded(conn, addr[2])
+            self._send(conn, addr[2])
         else:
             self.router.spawn(self._connect(addr[1], addr[2]))
 
@@ -293,6 +293,17 @@ class Cycle:
         try:
             conn = await self.router.pool.connect(key)
         except OSError as exc:
+            if self.replayed:
+                # The replica is gone, perhaps because of this very request (it may have read
+                # part of it): it goes to no other replica. Reported, answered 502.
+                svc = self.svc
+                assert svc is not None
+                if not self.router.stopping:
+                    self.router.replica_failed(svc, self.assigned or "?", f"gone after a reset ({exc})")
+                self._release()
+                if not self.answered:
+                    self.answer(svc.c502)
+                return
             self._release(refused=f"connect failed: {exc}")  # nothing sent: another replica
             return
         except asyncio.CancelledError:
@@ -304,11 +315,54 @@ class Cycle:
             if not self.answered and self.conn.cycles and self.conn.cycles[0] is self:
                 self.answer(self.canned)  # type: ignore[arg-type]
             return
-        self._send_guarded(conn, host)
+        self._send(conn, host)
 
-    def _send_guarded(self, up: UpstreamConn, host: bytes) -> None:
+    def _send(self, up: UpstreamConn, host: bytes) -> None:
+        """Write the request (head and the body so far) on ``up``; the rest streams in body()."""
         try:
-            self._send(up, host)
+            svc = self.svc
+            assert svc is not None
+            loop = self.router.loop
+            self.up = up
+            self.body_sent = False
+            self.busy_seen = False
+            self.aborting = False
+            up.attach(self)
+            if self.chunked:
+                framing = b"transfer-encoding: chunked\r\n"
+            elif self.length >= 0:
+                framing = b"content-length: %d\r\n" % self.length
+            elif self.method == b"POST":
+                framing = b"content-length: 0\r\n"
+            else:
+                framing = b""
+            parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", host]  # host: the replica's head lines
+            parts += self.fields
+            parts += (self.rids, framing, b"\r\n")
+            if self.chunks:
+                if self.chunked:
+                    for c in self.chunks:
+                        parts += (b"%x\r\n" % len(c), c, b"\r\n")
+                else:
+                    parts += self.chunks
+                self.buffered = 0
+                if not self.kept:
+                    self.chunks = []
+            if self.body_done:
+                if self.chunked:
+                    parts.append(b"0\r\n\r\n")
+                self.body_sent = True
+            up.write(b"".join(parts))
+            client = self.conn
+            if client.gate.reasons & WAIT:
+                client.gate.resume(WAIT)
+            if client.write_paused:
+                up.pause_reading()
+            now = loop.time()
+            svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
+            self.sent_at = perf_counter()
+            if svc.deadline_timer is None:
+                self.router.arm_deadline(svc, now + svc.route.timeout_s)
         except Exception:
             # A bug or a transport in a state we did not expect: the slot must not leak.
             log.exception("router bug while sending a request to replica %s; answering 502", self.assigned)
@@ -319,52 +373,6 @@ class Cycle:
             if not self.answered and self.svc is not None:
                 self.close_after = True
                 self.answer(self.svc.c502)
-
-    def _send(self, up: UpstreamConn, host: bytes) -> None:
-        """Write the request (head and the body so far) on ``up``; the rest streams in body()."""
-        svc = self.svc
-        assert svc is not None
-        loop = self.router.loop
-        self.up = up
-        self.body_sent = False
-        self.busy_seen = False
-        self.aborting = False
-        up.attach(self)
-        if self.chunked:
-            framing = b"transfer-encoding: chunked\r\n"
-        elif self.length >= 0:
-            framing = b"content-length: %d\r\n" % self.length
-        elif self.method == b"POST":
-            framing = b"content-length: 0\r\n"
-        else:
-            framing = b""
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", host]  # host: the replica's head lines
-        parts += self.fields
-        parts += (self.rids, framing, b"\r\n")
-        if self.chunks:
-            if self.chunked:
-                for c in self.chunks:
-                    parts += (b"%x\r\n" % len(c), c, b"\r\n")
-            else:
-                parts += self.chunks
-            self.buffered = 0
-            if not self.kept:
-                self.chunks = []
-        if self.body_done:
-            if self.chunked:
-                parts.append(b"0\r\n\r\n")
-            self.body_sent = True
-        up.write(b"".join(parts))
-        client = self.conn
-        if client.gate.reasons & WAIT:
-            client.gate.resume(WAIT)
-        if client.write_paused:
-            up.pause_reading()
-        now = loop.time()
-        svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
-        self.sent_at = perf_counter()
-        if svc.deadline_timer is None:
-            self.router.arm_deadline(svc, now + svc.route.timeout_s)
 
     def timed_out(self) -> None:
         svc = self.svc
@@ -520,10 +528,11 @@ class Cycle:
         svc = self.svc
         assert svc is not None
         if self._replayable(exc):
-            # A pooled connection reset before any byte of answer: the replica's socket was
-            # gone (killed, or it closed the idle connection) and never consumed the request
-            # (a socket closed with unread data answers RST; one that read it and then died
-            # closes with FIN, which is not retried). Send it again, once, on a new connection.
+            # A pooled connection reset before any byte of answer: the replica closed it (the
+            # keep-alive race) or died with the request unread (a socket closed with unread
+            # data answers RST; one that read it all and then died closes with FIN, which is
+            # not retried). Send it again, once, on a new connection to the same replica; if
+            # that is refused the replica is gone and the client gets 502 (see _connect).
             assert self.assigned is not None
             addr = svc.addresses.get(self.assigned)
             if addr is not None:

@@ -60,6 +60,9 @@ class RequestIds:
 
     def lines(self, ms_id: bytes | None, x_id: bytes | None, client_id: bytes | None) -> bytes | IdsTooLong:
         """The request's id header lines (``x-ms-request-id`` first), or ``IdsTooLong``."""
+        if ms_id is None and x_id is None and client_id is None:  # the common case, first
+            new = b"%s%012x" % (self._prefix, next(self._count))
+            return b"x-ms-request-id: " + new + b"\r\nx-request-id: " + new + b"\r\n"
         if not x_id:
             x_id = None
         if not ms_id:

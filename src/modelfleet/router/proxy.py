@@ -79,7 +79,6 @@ _access = logging.getLogger("modelfleet.router.access")
 
 LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
 _SERVICE_PREFIX = b"/api/v1/service/"
-_NEVER = float("inf")
 
 
 # -- per connection --------------------------------------------------------------------
@@ -103,13 +102,16 @@ class ClientConnection(asyncio.Protocol):
         self.broken = False  # refused (bad framing, headers too large): nothing more is parsed
         self.http11 = True
         self._advancing = False  # inside advance(): answers given meanwhile do not recurse
-        # Timeouts (Router._sweep): when this connection is cut unless something happens. The
-        # header timeout runs while a request head is arriving, the keep-alive timeout while
-        # nothing is; neither runs while the router owes the client an answer.
-        self.deadline = 0.0
+        # Timeouts (Router._sweep): ``seq`` counts request heads begun; the sweep adds up the
+        # time it sees this connection owed nothing with ``seq`` unchanged (``quiet``). The
+        # header timeout applies while a head is arriving (or none came yet), the keep-alive
+        # timeout otherwise; neither runs while the router owes the client an answer. No clock
+        # is read per request.
+        self.seq = 0
+        self.seen = -1
+        self.quiet = 0.0
         # Lives with the request being parsed (reset by on_message_begin).
         self._in_head = False
-        self._head_bytes = 0  # request line and header bytes seen by the callbacks
         self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -122,7 +124,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.gate = ReadGate(self.transport)
         self.router.connections.add(self)
-        self.deadline = self.router.clock() + self.router.header_timeout_s
 
     def peer_host(self) -> str:
         """The client's address; looked up only when needed (a failed auth), not per connection."""
@@ -159,7 +160,11 @@ class ClientConnection(asyncio.Protocol):
             # Begin only now, so a body that came in the same read goes out to the replica
             # in the same write as the head (one syscall, one packet).
             self._starting = False
-            self.advance()
+            cycles = self.cycles
+            if len(cycles) == 1 and not cycles[0].begun:
+                cycles[0].begin()  # an answer given at once goes on through answered() -> advance()
+            else:
+                self.advance()
 
     def eof_received(self) -> bool:
         return False  # a client that stops sending has gone: answer nothing more
@@ -194,33 +199,19 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._cycle = None
         self._in_head = True
-        self._head_bytes = 0
         self._head_raw = -1  # "began in the current read" (see data_received)
-        if not self.cycles:
-            self.deadline = self.router.clock() + self.router.header_timeout_s
+        self.seq += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self.router.max_header_bytes:
-            self.refuse(self.router.c431_size)
-            raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        router = self.router
-        if self._head_bytes > router.max_header_bytes:
-            self.refuse(router.c431_size)
-            raise _Refused
-        if len(headers) > router.max_header_fields:
-            self.refuse(router.c431_count)
-            raise _Refused
+        # Sizes are checked once the head is complete (on_headers_complete); until then what
+        # httptools hands over is bounded by the reads that carry it (see data_received).
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self.deadline = _NEVER
         if self.closing:
             return
         router = self.router
@@ -237,7 +228,9 @@ class ClientConnection(asyncio.Protocol):
         length = -1
         chunked = expect = False
         special = REQ_SPECIAL
+        size = len(url)
         for name, value in self._headers:
+            size += len(name) + len(value)
             kind = special.get(name.lower(), H_FORWARD)
             if kind == H_FORWARD:
                 fields.append(name + b": " + value + b"\r\n")
@@ -255,6 +248,9 @@ class ClientConnection(asyncio.Protocol):
                 x_id = value
             elif kind == H_CLID:
                 client_id = value
+        if size > router.max_header_bytes or len(self._headers) > router.max_header_fields:
+            self.refuse(router.c431_size if size > router.max_header_bytes else router.c431_count)
+            raise _Refused
         ids = router.ids.lines(ms_id, x_id, client_id)
 
         canned: Canned | None = None
@@ -421,9 +417,6 @@ class ClientConnection(asyncio.Protocol):
             return
         if cycles:
             self.advance()
-        else:
-            timeout = router.header_timeout_s if self._in_head else router.keep_alive_timeout_s
-            self.deadline = router.clock() + timeout
         if len(cycles) <= 1:
             self.gate.resume(PIPE)
 
@@ -502,6 +495,7 @@ class Router:
         self._tick_handle: asyncio.TimerHandle | None = None
         self.date_line = b""
         self._date_at = 0.0
+        self._swept_at = 0.0
         self.auth_failures = AuthFailures()  # 401s in total and per client address, for metrics
         self.unrouted = ServiceMetrics()  # answers outside any service (health, unknown names)
         self.tracer: Tracer | None = None  # set by the composition root; used for services with trace=True
@@ -516,6 +510,7 @@ class Router:
         if self._clock is None:
             self.clock = self.loop.time
         if self._tick_handle is None:
+            self._swept_at = self.clock()
             self._tick()
         server = await self.loop.create_server(lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048)
         self._servers.append(server)
@@ -561,8 +556,19 @@ class Router:
         self._tick_handle = self.loop.call_later(self.tick_s, self._tick)
 
     def _sweep(self, now: float) -> None:
-        """Cut connections past their header or keep-alive deadline."""
-        expired = [c for c in self.connections if c.deadline <= now and not c.cycles]
+        """Cut connections quiet for longer than their header or keep-alive timeout."""
+        elapsed = now - self._swept_at
+        self._swept_at = now
+        expired = []
+        for conn in self.connections:
+            if conn.cycles or conn.seq != conn.seen:
+                conn.seen = conn.seq
+                conn.quiet = 0.0
+                continue
+            conn.quiet += elapsed
+            head = conn._in_head or conn.seq == 0
+            if conn.quiet >= (self.header_timeout_s if head else self.keep_alive_timeout_s):
+                expired.append(conn)
         for conn in expired:
             if not conn.transport.is_closing():
                 conn.expire()
