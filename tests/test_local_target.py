@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from e2e_support import pid_alive
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import GenerationSpec, Probe, ReplicaInfo, ReplicaPlan, ReplicaState
 from modelfleet.targets.local import LocalTarget, probe, unix_sockets_supported
+from modelfleet.targets.sockets import SocketFolder
 
 SCRIPTS = Path(__file__).parent / "e2e_scripts"
 needs_sockets = pytest.mark.skipif(
@@ -131,18 +133,26 @@ def test_a_short_socket_folder_left_by_a_killed_daemon_is_removed(tmp_path: Path
     not_ours = tmp_path / "keep"
     not_ours.mkdir()
 
-    async def scenario() -> None:
-        target = LocalTarget(runtime, Router(), unix_sockets=True)
-        folder = target._socket_dir_for()
-        assert not left.exists() and folder != left and folder.exists()
-        await target.close(0.0)
-        assert not folder.exists()
-        # a record that names anything but a folder of ours is never followed
-        (runtime / "socket-dir").write_text(str(not_ours))
-        LocalTarget(runtime, Router(), unix_sockets=True)._remove_short_dir()
-        assert not_ours.exists()
+    sockets = SocketFolder(runtime)
+    path = sockets.path_for("svc-1-0")
+    assert not left.exists() and path.parent != left and path.parent.exists()
+    assert len(os.fsencode(path)) <= 107 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    sockets.remove()
+    assert not path.parent.exists()
+    # a record that names anything but a folder of ours is never followed
+    (runtime / "socket-dir").write_text(str(not_ours))
+    SocketFolder(runtime).remove()
+    assert not_ours.exists()
 
-    run(scenario)
+
+def test_a_shallow_workspace_keeps_its_sockets_in_its_own_folder(tmp_path: Path) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="ws-"))  # short enough for any replica id
+    try:
+        path = SocketFolder(runtime).path_for("svc-1-0")
+        assert path == runtime / "sockets" / "svc-1-0.sock"
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(runtime)
 
 
 def private(folder: Path, replica_pid: int) -> bool:

@@ -3,16 +3,16 @@ router that runs in the same process (the daemon).
 
 It implements ``targets/base.ComputeTarget``: the reconciler says how many replicas of which
 generation; this module starts and stops processes to match, keeps the router's replica set in
-step with what is Ready, and reports every change through the ``watch`` callback.
+step with what is Ready (``targets/routing.py``), and reports every change through the
+``watch`` callback.
 
 Each replica is ``<environment python> -m modelfleet.replica`` started in the service
 generation's app folder with the v1 environment variables. It listens on a Unix domain socket
 in the cluster's private socket folder (mode 0700; the socket itself 0600), so no other local
-user can reach a replica around the router's keys, limits and logs. A socket path has at most
-107 bytes: where the workspace's own folder is too deep, a short private folder in /tmp
-(``mf-*``) is used and removed when the target closes (or, after a crash, when the next one
-starts). Replicas whose runtime predates ``--unix-socket`` listen on 127.0.0.1 with port 0 and
-write the port they got to a file, as before.
+user can reach a replica around the router's keys, limits and logs (``targets/sockets.py``:
+where the folder is, and the short one in /tmp used where a socket path would pass 107
+bytes). Where the router or the replica runtime cannot use Unix sockets, replicas listen on
+127.0.0.1 with port 0 and write the port they got to a file.
 
 Life of one replica (one supervising task each):
 
@@ -41,10 +41,8 @@ import ctypes
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -52,8 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfleet.replica.config import ReplicaConfig
-from modelfleet.router.auth import KeyAuth, TokenAuth
-from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+from modelfleet.router.proxy import Router, Upstream
 from modelfleet.targets import isolation
 from modelfleet.targets.base import (
     GenerationSpec,
@@ -63,6 +60,8 @@ from modelfleet.targets.base import (
     ReplicaState,
     RouteEntry,
 )
+from modelfleet.targets.routing import RouterTable
+from modelfleet.targets.sockets import SocketFolder
 from modelfleet.telemetry.logfiles import chain, tail
 
 if TYPE_CHECKING:
@@ -75,9 +74,6 @@ STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 _MAX_BACKOFF_S = 30.0
 _TASK_STOP_S = 5.0
 _PR_SET_PDEATHSIG = 1
-_SUN_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
-_LONGEST_ID = 64  # a replica id: service name (<= 32), generation and index, with room to spare
-_SHORT_DIR_RECORD = "socket-dir"  # names the /tmp folder in use, so a crashed daemon's is removed
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -156,17 +152,13 @@ class LocalTarget:
         unix_sockets: bool | None = None,
     ) -> None:
         self._runtime_dir = runtime_dir
-        self._router = router
-        self._token_key = token_key
+        self._table = RouterTable(router, token_key)
         self._on_change: OnChange = lambda service: None
         self._replicas: dict[str, _Replica] = {}
         self._plans: dict[tuple[str, int], ReplicaPlan] = {}
-        self._routes: dict[str, RouteEntry] = {}
-        self._auth: dict[str, KeyAuth | TokenAuth] = {}
-        self._published: dict[str, tuple[str, ...]] = {}
         self._drains: set[asyncio.Task[None]] = set()
         self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
-        self._socket_dir: Path | None = None
+        self._sockets = SocketFolder(runtime_dir)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{r.info.id}={r.info.state.value}" for r in self._replicas.values())
@@ -202,8 +194,7 @@ class LocalTarget:
             named = set(remove)
             # named first, then not-Ready ones (they serve nothing), then the highest indexes
             live.sort(key=lambda r: (r.info.id not in named, r.info.state is ReplicaState.READY, -r.info.index))
-            spec = self._routes.get(service)
-            self._drain(service, live[: len(live) - replicas], spec.timeout_s if spec else 60.0)
+            self._drain(service, live[: len(live) - replicas], self._table.drain_s(service))
 
     async def retire(self, service: str, generation: int, drain_s: float) -> None:
         victims = [
@@ -216,24 +207,8 @@ class LocalTarget:
         self._plans.pop((service, generation), None)
 
     def publish(self, route: RouteEntry) -> None:
-        service = route.service
-        self._router.set_service(
-            ServiceRoute(
-                name=service,
-                auth=self._auth_for(route),
-                max_concurrent=route.max_concurrent,
-                max_wait_s=route.max_wait_s,
-                timeout_s=route.timeout_s,
-                max_body_bytes=route.max_body_bytes,
-                trace=route.trace,
-            )
-        )
-        previous = self._routes.get(service)
-        if route.failure != (previous.failure if previous else None):
-            # every replica failed init(): the router says the service failed, and why
-            self._router.set_service_failed(service, route.failure)
-        self._routes[service] = route
-        self._sync_router(service)
+        self._table.publish(route)
+        self._sync_router(route.service)
 
     def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
         infos = [i for i in self.replicas(service) if replica_id in (None, i.id)]
@@ -241,10 +216,7 @@ class LocalTarget:
         return "".join("".join(tail(chain(p), tail_lines)) for p in paths)
 
     async def delete(self, service: str, drain_s: float) -> None:
-        self._router.remove_service(service)  # new requests 404, waiting ones 503
-        self._routes.pop(service, None)
-        self._auth.pop(service, None)
-        self._published.pop(service, None)
+        self._table.remove(service)  # new requests 404, waiting ones 503
         for key in [k for k in self._plans if k[0] == service]:
             del self._plans[key]
         ours = [r for r in self._replicas.values() if r.info.service == service]
@@ -261,52 +233,13 @@ class LocalTarget:
             task.cancel()  # their replicas are stopped below, without waiting for a drain
         await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in list(self._replicas.values())))
         await asyncio.gather(*drains, return_exceptions=True)
-        self._remove_short_dir()
+        self._sockets.remove()
 
     # -- the router's replica set ------------------------------------------------------------
 
-    def _auth_for(self, route: RouteEntry) -> KeyAuth | TokenAuth | None:
-        current = self._auth.get(route.service)
-        auth: KeyAuth | TokenAuth | None = None
-        if route.auth == "key":
-            if isinstance(current, KeyAuth):  # keep the object: the router holds it
-                current.set_keys(route.primary_key or "", route.secondary_key or "")
-                auth = current
-            else:
-                auth = KeyAuth(route.primary_key or "", route.secondary_key or "")
-        elif route.auth == "token":
-            if isinstance(current, TokenAuth):
-                auth = current
-            else:
-                if self._token_key is None:
-                    raise RuntimeError("token auth needs the workspace's public key; LocalTarget(token_key=...)")
-                # JWT times are wall-clock
-                auth = TokenAuth(self._token_key(), route.service, clock=time.time)
-        if auth is None:
-            self._auth.pop(route.service, None)
-        else:
-            self._auth[route.service] = auth
-        return auth
-
     def _sync_router(self, service: str) -> None:
         """Hand the router the Ready, live replicas of the serving generation, when they changed."""
-        route = self._routes.get(service)
-        if route is None:
-            return
-        ready = [
-            r
-            for r in self._replicas.values()
-            if r.info.service == service
-            and r.info.generation == route.serving_generation
-            and r.info.state is ReplicaState.READY
-            and r.info.address
-            and r.live
-        ]
-        ids = tuple(r.info.id for r in ready)
-        if self._published.get(service) == ids:
-            return
-        self._published[service] = ids
-        self._router.set_replicas(service, [_upstream(r.info) for r in ready])
+        self._table.sync(service, (r.info for r in self._replicas.values() if r.info.service == service and r.live))
 
     def _changed(self, service: str) -> None:
         self._sync_router(service)
@@ -330,7 +263,7 @@ class LocalTarget:
             restarts=0,
             log_path=service_dir / "logs" / f"replica-{index}.log",
         )
-        socket_path = self._socket_dir_for() / f"{replica_id}.sock" if self._unix else None
+        socket_path = self._sockets.path_for(replica_id) if self._unix else None
         replica = _Replica(info=info, plan=plan, run_dir=service_dir / "run", socket_path=socket_path)
         self._replicas[replica_id] = replica
         replica.task = asyncio.create_task(self._supervise(replica), name=f"supervise {replica_id}")
@@ -348,7 +281,7 @@ class LocalTarget:
     async def _remove(self, service: str, victims: list[_Replica], drain_s: float) -> None:
         ids = [r.info.id for r in victims]
         # step 2: wait for their in-flight requests (router.drain logs the counts)
-        drained = await self._router.drain(service, ids, drain_s)
+        drained = await self._table.router.drain(service, ids, drain_s)
         # steps 3 and 4: SIGTERM, then SIGKILL after the grace period
         log.info("service %s: stopping %s (drained: %s)", service, ids, drained)
         await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in victims))
@@ -509,7 +442,7 @@ class LocalTarget:
                     failures = 0
                     if woken in done and replica.live:
                         # the router saw it fail mid-request, yet it answers: let it serve again
-                        self._router.mark_healthy(replica.info.service, replica.info.id)
+                        self._table.router.mark_healthy(replica.info.service, replica.info.id)
                     continue
                 failures += 1
                 if failures >= probe_spec.failure_threshold:
@@ -518,47 +451,10 @@ class LocalTarget:
         finally:
             exited.cancel()
 
-    # -- the socket folder ------------------------------------------------------------------
-
-    def _socket_dir_for(self) -> Path:
-        """The private folder for replica sockets, made on first use (module docstring)."""
-        if self._socket_dir is not None:
-            return self._socket_dir
-        self._remove_short_dir()  # one left by a daemon that was killed
-        folder = self._runtime_dir / "sockets"
-        if len(os.fsencode(folder)) + 1 + _LONGEST_ID + len(".sock") > _SUN_PATH_MAX:
-            folder = Path(tempfile.mkdtemp(prefix="mf-"))  # made 0700
-            _write_record(self._runtime_dir / _SHORT_DIR_RECORD, str(folder))
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask, and the folder may predate us
-        self._socket_dir = folder
-        return folder
-
-    def _remove_short_dir(self) -> None:
-        record = self._runtime_dir / _SHORT_DIR_RECORD
-        try:
-            folder = Path(record.read_text().strip())
-        except FileNotFoundError:
-            return
-        # only a folder of the shape we make, never whatever the record might say
-        if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("mf-"):
-            shutil.rmtree(folder, ignore_errors=True)
-        record.unlink(missing_ok=True)
-        if self._socket_dir == folder:
-            self._socket_dir = None
-
 
 def stats_path(run_dir: Path, replica_id: str) -> Path:
     """Where a replica writes its telemetry counters (``<service>/run/<id>.stats.json``)."""
     return run_dir / f"{replica_id}.stats.json"
-
-
-def _upstream(info: ReplicaInfo) -> Upstream:
-    address = info.address or ""
-    if address.startswith("/"):  # host and port then only name it in the router's logs
-        return Upstream(id=info.id, host="localhost", port=0, unix_path=address)
-    host, port = address.rsplit(":", 1)
-    return Upstream(id=info.id, host=host, port=int(port))
 
 
 def _listening_address(replica: _Replica) -> str | None:
@@ -572,12 +468,6 @@ def _listening_address(replica: _Replica) -> str | None:
     except FileNotFoundError:
         return None
     return f"127.0.0.1:{text}" if text.isdigit() else None
-
-
-def _write_record(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 async def _terminate(proc: asyncio.subprocess.Process | None, grace_s: float) -> None:
