@@ -154,3 +154,5 @@ def test_limits_are_validated() -> None:
         Router(header_timeout_s=0)
     with pytest.raises(ConfigError, match="keep_alive_timeout_s"):
         Router(keep_alive_timeout_s=-1)
+    with pytest.raises(ConfigError, match="send_timeout_s"):
+        Router(send_timeout_s=float("nan"))

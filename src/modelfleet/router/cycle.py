@@ -233,7 +233,7 @@ class Cycle:
 
     def client_gone(self) -> None:
         self.gone = True
-        self.streaming = False
+        streaming, self.streaming = self.streaming, False
         if self.answered:
             return
         self.answered = True
@@ -242,6 +242,9 @@ class Cycle:
             svc.dispatch.cancel(self)  # queued: leave the queue now, not at the deadline
         elif self.up is not None and not self.body_sent:
             self.aborting = True  # a half-sent request can't be scored: let the replica go
+            self.up.abort()
+        elif self.up is not None and streaming and self.resp_chunked:
+            self.aborting = True  # a stream may never end: cut it, the replica ends its generator
             self.up.abort()
         elif self.up is not None:
             self.up.resume_reading()  # nobody reads the answer now: drain it, never stall

@@ -110,6 +110,11 @@ class ClientConnection(asyncio.Protocol):
         self.seq = 0
         self.seen = -1
         self.quiet = 0.0
+        # Send timeout (Router._sweep): ``drained`` counts resume_writing calls; a connection
+        # paused for writing with no progress for send_timeout_s is cut.
+        self.drained = 0
+        self.drained_seen = -1
+        self.stalled = 0.0
         # Lives with the request being parsed (reset by on_message_begin).
         self._in_head = False
         self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
@@ -188,6 +193,7 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.drained += 1
         self.gate.resume(DRAIN)
         if self.cycles and self.cycles[0].up is not None:
             self.cycles[0].up.resume_reading()
@@ -441,6 +447,11 @@ class Router:
     - ``keep_alive_timeout_s`` (75 s): an idle keep-alive connection is closed after it;
       nginx's ``keepalive_timeout`` default, and above the idle timeouts of common client
       pools (httpx 5 s, aiohttp 15 s), so the client closes first and never races us.
+    - ``send_timeout_s`` (60 s): a client that takes none of its answer for this long is cut
+      off (nginx's ``send_timeout``); until then what the router holds for it is bounded by the
+      transport's high-water mark, as it stops reading the replica while the client is full.
+      A streamed answer is then cut at the replica too (its generator ends, its slot is
+      freed); one with a length is drained so the connection can be reused.
 
     Timeouts are checked by one sweep per ``tick_s`` over the open connections (no timer
     per request); ``tick_s`` is at most 1 s and at most half of the shorter timeout.
@@ -457,13 +468,19 @@ class Router:
         max_header_fields: int = 100,
         header_timeout_s: float = 20.0,
         keep_alive_timeout_s: float = 75.0,
+        send_timeout_s: float = 60.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(max_header_bytes, int) or max_header_bytes < 1024:
             raise ConfigError(f"max_header_bytes must be an integer >= 1024 (got {max_header_bytes!r})")
         if not isinstance(max_header_fields, int) or max_header_fields < 8:
             raise ConfigError(f"max_header_fields must be an integer >= 8 (got {max_header_fields!r})")
-        for label, value in (("header_timeout_s", header_timeout_s), ("keep_alive_timeout_s", keep_alive_timeout_s)):
+        timeouts = {
+            "header_timeout_s": header_timeout_s,
+            "keep_alive_timeout_s": keep_alive_timeout_s,
+            "send_timeout_s": send_timeout_s,
+        }
+        for label, value in timeouts.items():
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{label} must be a number of seconds > 0 (got {value!r})")
         # Settings, fixed at construction.
@@ -473,7 +490,8 @@ class Router:
         self.max_header_fields = max_header_fields
         self.header_timeout_s = float(header_timeout_s)
         self.keep_alive_timeout_s = float(keep_alive_timeout_s)
-        self.tick_s = min(1.0, self.header_timeout_s / 2, self.keep_alive_timeout_s / 2)
+        self.send_timeout_s = float(send_timeout_s)
+        self.tick_s = min(1.0, *(float(t) / 2 for t in timeouts.values()))
         self._clock = clock
         self.clock: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
         self.c431_size = error_answer(
@@ -560,7 +578,17 @@ class Router:
         elapsed = now - self._swept_at
         self._swept_at = now
         expired = []
+        stalled: list[ClientConnection] = []
         for conn in self.connections:
+            if conn.write_paused:
+                if conn.drained != conn.drained_seen:
+                    conn.drained_seen = conn.drained
+                    conn.stalled = 0.0
+                else:
+                    conn.stalled += elapsed
+                    if conn.stalled >= self.send_timeout_s:
+                        stalled.append(conn)
+                        continue
             if conn.cycles or conn.seq != conn.seen:
                 conn.seen = conn.seq
                 conn.quiet = 0.0
@@ -572,6 +600,11 @@ class Router:
         for conn in expired:
             if not conn.transport.is_closing():
                 conn.expire()
+        for conn in stalled:
+            # Its answers cannot be delivered: the connection goes, and with it (client_gone)
+            # the replica's answer: drained when it has a length, cut when it streams.
+            log.info("client %s read nothing for %.0f s; closing its connection", conn.peer_host(), conn.stalled)
+            conn.transport.abort()
 
     def spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
