@@ -79,15 +79,16 @@ def _wait_for_default_token(core: client.CoreV1Api, namespace: str, timeout: flo
 
 
 @pytest.fixture
-def service_account_kubeconfig(control_plane: ControlPlane, admin: client.ApiClient) -> Callable[[str, str], Path]:
-    """``make(namespace, name)``: create a ServiceAccount and return a kubeconfig holding a token
-    for it (TokenRequest API, one hour)."""
+def service_account_kubeconfig(control_plane: ControlPlane, admin: client.ApiClient) -> Callable[..., Path]:
+    """``make(namespace, name, create=True)``: create a ServiceAccount (unless it exists) and
+    return a kubeconfig holding a token for it (TokenRequest API, one hour)."""
 
-    def make(namespace: str, name: str) -> Path:
+    def make(namespace: str, name: str, create: bool = True) -> Path:
         core = client.CoreV1Api(admin)
-        core.create_namespaced_service_account(
-            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-        )
+        if create:
+            core.create_namespaced_service_account(
+                namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+            )
         request = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
         )

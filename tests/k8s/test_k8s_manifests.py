@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from k8s_control_plane import api_client_for, wait_for
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 
 from modelfleet.errors import ConfigError
@@ -208,3 +212,76 @@ def _in(namespace: str, src: m.ServiceSource) -> m.ServiceSource:
     from dataclasses import replace
 
     return replace(src, deploy=src.deploy.replace(namespace=namespace))
+
+
+@pytest.mark.timeout(600)  # may be the test that starts the control plane
+def test_the_routers_service_account_gets_what_its_role_grants_and_no_more(
+    admin: client.ApiClient, namespace: str, service_account_kubeconfig: Callable[..., Path]
+):
+    src = _in(namespace, CASES["defaults"])
+    for obj in m.service_objects(src):
+        if obj["kind"] == "Deployment":
+            obj["spec"]["replicas"] = 0  # nothing to schedule: the permissions are the point
+        create_from_yaml_single_item(admin, obj)
+    client.CoreV1Api(admin).create_namespaced_secret(
+        namespace, {"metadata": {"name": "other"}, "stringData": {"k": "v"}}
+    )
+    router = m.RouterSource(image="r:1", namespace=namespace, secret_names=[m.secret_name("scorer")])
+    for obj in m.router_objects(router):
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            create_from_yaml_single_item(admin, obj)
+
+    api = api_client_for(service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False))
+    try:
+        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+        leases = client.CoordinationV1Api(api)
+
+        def keys_readable() -> bool:
+            try:
+                return core.read_namespaced_secret("scorer-keys", namespace).data is not None
+            except ApiException as e:
+                if e.status != 403:  # the authorizer's cache may lag the RoleBinding briefly
+                    raise
+                return False
+
+        wait_for("the router to read its service's keys", keys_readable, timeout=30)
+        # Granted: discovery, scaling, events, its own Lease.
+        core.list_namespaced_pod(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer")
+        apps.list_namespaced_deployment(namespace, label_selector="app.kubernetes.io/managed-by=modelfleet")
+        core.read_namespaced_config_map(m.config_map_name("scorer"), namespace)
+        apps.patch_namespaced_deployment_scale("scorer", namespace, {"spec": {"replicas": 0}})
+        core.create_namespaced_event(
+            namespace,
+            {
+                "metadata": {"name": "scorer.scaled"},
+                "involvedObject": {"kind": "Deployment", "name": "scorer", "namespace": namespace},
+                "reason": "Scaled",
+                "message": "0 -> 0",
+            },
+        )
+        lease = {
+            "metadata": {"name": m.ROUTER_LEASE},
+            "spec": {"holderIdentity": "router-0", "leaseDurationSeconds": 15},
+        }
+        created = leases.create_namespaced_lease(namespace, lease)
+        created.spec.holder_identity = "router-1"
+        leases.replace_namespaced_lease(m.ROUTER_LEASE, namespace, created)
+        # Refused: any other Secret, listing Secrets, changing a Deployment but its scale,
+        # deleting, creating pods, another Lease.
+        refused = [
+            lambda: core.read_namespaced_secret("other", namespace),
+            lambda: core.list_namespaced_secret(namespace),
+            lambda: apps.patch_namespaced_deployment("scorer", namespace, {"metadata": {"labels": {"x": "y"}}}),
+            lambda: apps.delete_namespaced_deployment("scorer", namespace),
+            lambda: core.create_namespaced_pod(
+                namespace, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+            ),
+            lambda: leases.read_namespaced_lease("someone-elses", namespace),
+            lambda: core.read_namespaced_secret("scorer-keys", "default"),
+        ]
+        for i, call in enumerate(refused):
+            with pytest.raises(ApiException) as info:
+                call()
+            assert info.value.status == 403, f"refused[{i}]"
+    finally:
+        api.close()
