@@ -52,13 +52,22 @@ def private(folder: Path, replica_pid: int) -> bool:
 
 
 def another_user_connects(path: Path) -> subprocess.CompletedProcess[str] | None:
-    """Try to connect to the socket as user nobody (None where this test cannot switch users)."""
+    """Try to connect to the socket as a user and group that are neither the cluster's nor the
+    replica's (None where this test cannot switch users)."""
     python = shutil.which("python3", path="/usr/bin:/bin")
     if os.geteuid() != 0 or python is None:
         return None
     code = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    stranger = 54321  # no such user needs to exist
     return subprocess.run(
-        [python, "-c", code, str(path)], user="nobody", capture_output=True, text=True, timeout=30, check=False
+        [python, "-c", code, str(path)],
+        user=stranger,
+        group=stranger,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -96,7 +105,7 @@ def test_a_replica_listens_only_on_a_private_unix_socket(ws: Workspace) -> None:
     assert folder.parent == Path("/tmp") and folder.name.startswith("mf-")  # the workspace is too deep
 
     other = another_user_connects(path)
-    if other is not None:  # another local user is refused by the folder's mode
+    if other is not None:  # any other local user is refused by the folder's mode
         assert other.returncode != 0 and "PermissionError" in other.stderr, other
 
     # the router reaches it through the socket, and so does the liveness probe after a crash
