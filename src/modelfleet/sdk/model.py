@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelfleet.sdk.deploy import deploy_service
+from modelfleet.sdk.package import ModelPackage, package_models
+from modelfleet.sdk.profile import ModelProfile, profile_models
 from modelfleet.sdk.registered import RegisteredModel
 
 if TYPE_CHECKING:
@@ -16,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class Model(RegisteredModel):
-    """A registered model version (``registered.py``) and v1's ``Model.deploy``."""
+    """A registered model version (``registered.py``) and v1's ``Model.deploy``,
+    ``Model.package`` and ``Model.profile``."""
 
     @staticmethod
     def deploy(
@@ -39,4 +42,49 @@ class Model(RegisteredModel):
             deployment_target=deployment_target,
             overwrite=overwrite,
             show_output=show_output,
+        )
+
+    @staticmethod
+    def package(
+        workspace: WorkspaceBase,
+        models: Sequence[RegisteredModel],
+        inference_config: InferenceConfig | None = None,
+        generate_dockerfile: bool = False,
+        image_name: str | None = None,
+        image_label: str | None = None,
+    ) -> ModelPackage:
+        """The service's image as a Dockerfile and build context (``package.location``;
+        ``package.save(path)`` copies it), for any environment, ``Environment("env")``
+        included (its interpreter's packages, pinned). modelfleet builds no images: pass
+        ``generate_dockerfile=True`` and run ``docker build`` on the saved folder."""
+        return package_models(workspace, models, inference_config, generate_dockerfile, image_name, image_label)
+
+    @staticmethod
+    def profile(
+        workspace: WorkspaceBase,
+        profile_name: str,
+        models: Sequence[RegisteredModel],
+        inference_config: InferenceConfig,
+        input_dataset: Any,
+        cpu: float | None = None,
+        memory_in_gb: float | None = None,
+        description: str | None = None,
+        timeout_sec: float = 600,
+    ) -> ModelProfile:
+        """Deploy ``models`` as a temporary one-replica service, score each sample through it,
+        and recommend ``cpu_cores`` and ``memory_gb`` from the replica's measured CPU and memory
+        (``profile.get_details()``: ``recommendedCpu``, ``recommendedMemoryInGB``, the peaks and
+        latency percentiles). modelfleet has no v1 Dataset: ``input_dataset`` is a file of JSON
+        lines (one request body a line) or a list of request bodies (strings, or values sent as
+        JSON). ``cpu`` / ``memory_in_gb`` are the temporary service's settings."""
+        return profile_models(
+            workspace,
+            profile_name,
+            models,
+            inference_config,
+            input_dataset,
+            cpu,
+            memory_in_gb,
+            description,
+            timeout_sec,
         )
