@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, api_client_for, cache_dir, missing_binaries
+from kubernetes import client
 from node_standin import NodeStandIn
-
-kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes client is in the test extra")
-from kubernetes import client  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client, config
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SERVICE_CIDR = "10.0.0.0/24"
@@ -67,11 +68,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def api_client_for(kubeconfig: Path) -> Any:
-    """An ApiClient of the official client for this kubeconfig (imported here: the client is
-    in the test extra, and the conftest skips when it is missing)."""
-    from kubernetes import config
-
+def api_client_for(kubeconfig: Path) -> client.ApiClient:
+    """An ApiClient of the official client, authenticated as the kubeconfig says."""
     return config.new_client_from_config(config_file=str(kubeconfig))
 
 
