@@ -8,7 +8,9 @@ What it does, as a kubelet would, from the objects in the API server and nothing
   the other, then the containers, each a process with the container's ``command`` + ``args``
   (``$(VAR)`` expanded), ``env`` (values, ``fieldRef``, ``configMapKeyRef``,
   ``secretKeyRef``) and ``workingDir``;
-- gives each pod its own loopback address 127.0.0.N and sets it as ``status.podIP``; patches the
+- gives each pod its own loopback address 127.X.Y.N and sets it as ``status.podIP`` (X.Y from
+  the test process's pid, so two test runs at once never share an address, and never
+  127.0.0.x, where other tests listen); patches the
   pod's status (phase, conditions, container states, ``restartCount``) and runs the
   ``httpGet`` readiness and liveness probes against that address;
 - restarts a container that exits (``restartPolicy: Always``), with a growing back-off, and a
@@ -30,7 +32,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import itertools
 import logging
 import os
 import re
@@ -121,7 +122,7 @@ class NodeStandIn:
         cpu: str = "4",
         memory: str = "8Gi",
         max_pods: int = 20,
-        first_address: int = 2,
+        subnet: str | None = None,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -130,7 +131,8 @@ class NodeStandIn:
         self.image_python = image_python
         self.api_server = api_server
         self.capacity = {"cpu": cpu, "memory": memory, "pods": str(max_pods)}
-        self._free_ips = [f"127.0.0.{n}" for n in range(first_address, first_address + max_pods)]
+        self.subnet = subnet or loopback_subnet()
+        self._free_ips = [f"{self.subnet}.{n}" for n in range(1, max_pods + 1)]
         self._pods: dict[str, _Pod] = {}  # by uid
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -635,8 +637,8 @@ def _http_ok(url: str, timeout: float) -> bool:
         return False
 
 
-_ids = itertools.count(1)
-
-
-def node_name() -> str:
-    return f"standin-{os.getpid()}-{next(_ids)}"
+def loopback_subnet(pid: int | None = None) -> str:
+    """``127.X.Y`` for this process: X.Y from the pid, never 127.0.0 (all of 127/8 is loopback on Linux)."""
+    pid = os.getpid() if pid is None else pid
+    x, y = (pid >> 8) % 255 + 1, pid % 256
+    return f"127.{x}.{y}"
