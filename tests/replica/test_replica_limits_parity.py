@@ -70,3 +70,36 @@ def test_same_status_as_the_reference(
     if status >= 400:
         assert actual.headers["content-type"] == "application/json"
         assert actual.json()["message"]
+
+
+ID_NAMES = ("x-request-id", "x-ms-request-id", "x-ms-client-request-id")
+ID_VALUES = (None, "given", "x" * 100, "y" * 101)
+
+
+def _ids(answer_headers: dict[str, str], sent: dict[str, str]) -> dict[str, str | None]:
+    """The id headers of an answer; a value the client did not send shows as <generated>."""
+    out: dict[str, str | None] = {}
+    for name in ID_NAMES:
+        value = answer_headers.get(name)
+        out[name] = value if value is None or value in sent.values() else "<generated>"
+    return out
+
+
+def test_every_combination_of_request_ids_answers_as_the_reference(pair: tuple[Server, Server]) -> None:
+    reference, ours = pair
+    checked = 0
+    for a in ID_VALUES:
+        for b in ID_VALUES:
+            for c in ID_VALUES:
+                sent = {n: f"{v}-{i}" for i, (n, v) in enumerate(zip(ID_NAMES, (a, b, c), strict=True)) if v}
+                raw = get(headers=list(sent.items()))
+                expected = exchange(reference.port, raw, see_close=False)
+                actual = exchange(ours.port, raw, see_close=False)
+                assert (actual.status, _ids(actual.headers, sent)) == (
+                    expected.status,
+                    _ids(expected.headers, sent),
+                ), sent
+                if expected.status == 431:
+                    assert actual.json() == expected.json()
+                checked += 1
+    assert checked == 64

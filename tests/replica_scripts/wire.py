@@ -6,6 +6,7 @@ Imported as ``replica_scripts.wire``; no test lives here.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import weakref
@@ -29,12 +30,27 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
+class _Raw(io.RawIOBase):
+    """Reads the socket with recv: unlike ``makefile``, it takes no reference that would keep
+    the socket open after ``close()`` (the server would wait on a connection the test left)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = weakref.ref(sock)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        sock = self._sock()
+        return sock.recv_into(buffer) if sock is not None else 0
+
+
 class _Reader:
     """One buffered reader per socket, which http.client may not close: answers pipelined on one
     connection arrive in one read, and the second must not be lost with the first's buffer."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._file = sock.makefile("rb")
+        self._file = io.BufferedReader(_Raw(sock))
 
     def makefile(self, mode: str) -> _Reader:
         return self
@@ -49,8 +65,9 @@ class _Reader:
 _READERS: weakref.WeakKeyDictionary[socket.socket, _Reader] = weakref.WeakKeyDictionary()
 
 
-def read_answer(sock: socket.socket) -> RawAnswer:
-    """Read one HTTP answer from ``sock`` and whether the server closed the connection after it."""
+def read_answer(sock: socket.socket, see_close: bool = True) -> RawAnswer:
+    """Read one HTTP answer from ``sock`` and (``see_close``) whether the server closed the
+    connection after it; ``closed`` is False when not looked at."""
     reader = _READERS.get(sock)
     if reader is None:
         reader = _READERS[sock] = _Reader(sock)
@@ -59,7 +76,7 @@ def read_answer(sock: socket.socket) -> RawAnswer:
     body = resp.read()
     headers = {k.lower(): v for k, v in resp.getheaders()}
     closed = False
-    if resp.will_close:
+    if resp.will_close and see_close:
         try:
             closed = reader.read(1) == b""
         except ConnectionResetError:
@@ -67,7 +84,7 @@ def read_answer(sock: socket.socket) -> RawAnswer:
     return RawAnswer(resp.status, headers, body, closed)
 
 
-def exchange(port: int, data: bytes | Iterable[bytes], timeout: float = 10.0) -> RawAnswer:
+def exchange(port: int, data: bytes | Iterable[bytes], timeout: float = 10.0, see_close: bool = True) -> RawAnswer:
     """Send ``data`` (in pieces when given several; a refused send stops early) and read the answer."""
     with connect(port, timeout) as sock:
         for piece in [data] if isinstance(data, bytes) else data:
@@ -75,7 +92,7 @@ def exchange(port: int, data: bytes | Iterable[bytes], timeout: float = 10.0) ->
                 sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break  # the server answered and stopped reading: its answer is still there
-        return read_answer(sock)
+        return read_answer(sock, see_close)
 
 
 def get(path: str = "/", headers: Iterable[tuple[str, str]] = (), method: str = "GET") -> bytes:
