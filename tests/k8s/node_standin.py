@@ -23,8 +23,10 @@ test) names the Python interpreter an image stands for; ``python``/``python3`` a
 is that interpreter and ``PATH`` starts at its folder. Volumes (``emptyDir``, ``configMap``,
 ``secret``) are folders under the pod's work dir, and every mount path in the command, args,
 env values and working dir is rewritten to its folder, since a process cannot get its own
-root file system here. There is no network namespace: a pod's processes bind the pod's
-loopback address. Container logs are files (``log_path``), not the pods/log API.
+root file system here; for the same reason a container that mounts its service-account
+token gets ``KUBECONFIG`` pointing at a kubeconfig made of it. There is no network
+namespace: a pod's processes bind the pod's loopback address. Container logs are files
+(``log_path``), not the pods/log API.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import json
 import logging
 import os
 import re
@@ -54,6 +57,7 @@ log = logging.getLogger("node_standin")
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _MAX_BACKOFF_S = 10.0
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _HEARTBEAT_S = 5.0
 
 
@@ -447,6 +451,8 @@ class NodeStandIn:
     def _spawn(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> subprocess.Popen[bytes]:
         m = mounts.get(c.spec["name"], {})
         env = {k: _rewrite(v, m) for k, v in self._environment(pod, c).items()}
+        if SERVICE_ACCOUNT_MOUNT in m and "KUBECONFIG" not in env:
+            env["KUBECONFIG"] = str(self._in_cluster_kubeconfig(pod, c, Path(m[SERVICE_ACCOUNT_MOUNT])))
         argv, cwd = self._argv(c, env, m)
         log_file = self.log_path(pod.namespace, pod.name, c.spec["name"])
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -465,6 +471,33 @@ class NodeStandIn:
         c.proc, c.started_at, c.waiting, c.terminated, c.ready = proc, _now(), None, None, False
         c.liveness_failed = False
         return proc
+
+    def _in_cluster_kubeconfig(self, pod: _Pod, c: _Container, account: Path) -> Path:
+        """The pod's service-account credentials as a kubeconfig: a client reads the in-cluster
+        files from fixed paths, which cannot be rewritten, so ``config.load_config()`` (which
+        prefers ``$KUBECONFIG`` and falls back to in-cluster) finds them here instead."""
+        host, port = self.api_server
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "in-cluster",
+                    "cluster": {"server": f"https://{host}:{port}", "certificate-authority": str(account / "ca.crt")},
+                }
+            ],
+            "users": [{"name": "service-account", "user": {"tokenFile": str(account / "token")}}],
+            "contexts": [
+                {
+                    "name": "in-cluster",
+                    "context": {"cluster": "in-cluster", "user": "service-account", "namespace": pod.namespace},
+                }
+            ],
+            "current-context": "in-cluster",
+        }
+        path = pod.dir / f"kubeconfig-{c.spec['name']}.json"
+        path.write_text(json.dumps(cfg))
+        return path
 
     def _run_to_end(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> int:
         proc = self._spawn(pod, c, mounts)

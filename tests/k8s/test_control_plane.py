@@ -279,3 +279,38 @@ def test_readiness_and_liveness_probes_drive_ready_and_restarts(
             and ready(p)
         ),
     )
+
+
+# Reads its own Pod through the API with the pod's service account, as the in-cluster router will.
+READS_ITS_OWN_POD = """
+import os, time
+from kubernetes import client, config
+config.load_config()
+pod = client.CoreV1Api().read_namespaced_pod(os.environ["POD_NAME"], os.environ["POD_NAMESPACE"])
+print("read my own pod:", pod.metadata.name, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_pod_reaches_the_api_with_its_service_account(admin: client.ApiClient, node: NodeStandIn, namespace: str):
+    rbac = client.RbacAuthorizationV1Api(admin)
+    rbac.create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "pods"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "pods"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
+        },
+    )
+    body = single_pod("reader", ["python", "-c", READS_ITS_OWN_POD])
+    body["spec"]["containers"][0]["env"] += [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    client.CoreV1Api(admin).create_namespaced_pod(namespace, body)
+    log = node.log_path(namespace, "reader", "main")
+    wait_for("the pod to read itself", lambda: log.exists() and "read my own pod: reader" in log.read_text())
