@@ -1,0 +1,385 @@
+"""The Kubernetes compute target: ``targets/base.ComputeTarget`` over the official client.
+
+Each call maps onto API objects as ``base.ComputeTarget``'s docstring says, in one namespace:
+
+    apply(spec)      ConfigMap S-g<N>-config (the generation's settings and file layout) and
+                     Deployment S-g<N> (pods labelled with the service and the generation),
+                     created, or patched to the spec when they exist (applying twice changes
+                     nothing); pods come from ``manifests.service_objects``
+    scale(...)       pods named in ``remove`` get a low ``pod-deletion-cost``, then
+                     PATCH deployments/S-g<N>/scale
+    retire(...)      DELETE Deployment S-g<N> and its ConfigMap (pods go Terminating: DRAINING)
+    replicas(S)      pods by label, from a watch kept in a thread (``pods.replicas_of``)
+    publish(route)   ConfigMap S-route and Secret S-keys (``routes.py``), read by the router
+    logs(S)          pods/log of the replica container
+    delete(S)        every Deployment, ConfigMap (S-route too) and Secret labelled with the service
+
+``ApiException`` is translated into ``TargetError`` here and nowhere else. The blocking
+client runs in a thread for the async calls; ``publish`` writes at once (two small requests)
+because the reconciler expects a published key to be in force when it returns.
+
+What runs the pods is the cluster's business (a kubelet; in this repository's tests, the node
+stand-in in ``tests/k8s``). A generation's pod template is a ``KubernetesPlan``: the
+reconciler's ``ReplicaPlan`` plus the ``manifests.ServiceSource`` it was made from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from modelfleet.errors import ConfigError, TargetError
+from modelfleet.targets.base import GenerationSpec, OnChange, ReplicaInfo, ReplicaPlan, RouteEntry
+from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.pods import GENERATION_LABEL, is_ready, replicas_of
+from modelfleet.targets.kubernetes.routes import keys_secret, route_config_map
+
+__all__ = ["DELETION_COST", "KubernetesPlan", "KubernetesTarget", "deployment_name", "generation_objects"]
+
+log = logging.getLogger("modelfleet.targets.kubernetes")
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+REPLICA_SELECTOR = f"{m.COMPONENT_LABEL}=replica,app.kubernetes.io/managed-by=modelfleet"
+_WATCH_TIMEOUT_S = 60
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KubernetesPlan(ReplicaPlan):
+    """A generation's template for this target: ``source`` is what its pods are made from."""
+
+    source: m.ServiceSource | None = None
+
+
+def deployment_name(service: str, generation: int) -> str:
+    return f"{service}-g{generation}"
+
+
+def generation_config_name(service: str, generation: int) -> str:
+    return f"{deployment_name(service, generation)}-config"
+
+
+def generation_objects(src: m.ServiceSource, generation: int, replicas: int) -> list[dict[str, Any]]:
+    """The ConfigMap and Deployment of one generation: ``manifests.service_objects``' pair,
+    renamed per generation and labelled with it, so that two generations run side by side
+    during a roll-out and the router can tell their pods apart. The Secret is ``publish``'s."""
+    _, config, deployment = copy.deepcopy(m.service_objects(src))
+    name, config_name = deployment_name(src.name, generation), generation_config_name(src.name, generation)
+    gen = {GENERATION_LABEL: str(generation)}
+    config["metadata"]["name"] = config_name
+    config["metadata"]["labels"].update(gen)
+    deployment["metadata"]["name"] = name
+    deployment["metadata"]["labels"].update(gen)
+    spec = deployment["spec"]
+    spec["replicas"] = replicas
+    spec["selector"]["matchLabels"].update(gen)
+    spec["template"]["metadata"]["labels"].update(gen)
+    for volume in spec["template"]["spec"]["volumes"]:
+        if "configMap" in volume:
+            volume["configMap"]["name"] = config_name
+    return [config, deployment]
+
+
+class KubernetesTarget:
+    """Services as Deployments in ``namespace`` of the cluster ``api`` talks to."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str = "default",
+        token_key_pem: Callable[[], str] | None = None,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self._token_key_pem = token_key_pem
+        self._on_change: OnChange = lambda service: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The pod cache, filled by the watch thread; read by replicas() on the event loop.
+        self._lock = threading.Lock()
+        self._pods: dict[str, dict[str, Any]] = {}  # by uid
+        self._ever_ready: set[str] = set()
+        self._version: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+
+    def __repr__(self) -> str:
+        return f"<KubernetesTarget namespace={self.namespace} pods={len(self._pods)}>"
+
+    # -- the pod cache ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """List the pods and keep following them (idempotent; the first call of any method
+        does it). Listing first means ``replicas`` is current as soon as this returns."""
+        if self._thread is not None:
+            return
+        self._relist()
+        self._thread = threading.Thread(target=self._follow, name=f"k8s-pods-{self.namespace}", daemon=True)
+        self._thread.start()
+
+    def _relist(self) -> None:
+        listed = _call(
+            "list pods", lambda: self.core.list_namespaced_pod(self.namespace, label_selector=REPLICA_SELECTOR)
+        )
+        pods = {p["metadata"]["uid"]: p for p in (self.api.sanitize_for_serialization(i) for i in listed.items)}
+        with self._lock:
+            before = {uid: _service_of(p) for uid, p in self._pods.items()}
+            self._pods = pods
+            self._ever_ready.update(uid for uid, p in pods.items() if is_ready(p))
+            self._version = listed.metadata.resource_version
+        for service in {*before.values(), *(_service_of(p) for p in pods.values())}:
+            self._changed(service)
+
+    def _follow(self) -> None:
+        # Resumes from the last resourceVersion, so nothing falls between two watches;
+        # 410 Gone (too old) starts over from a fresh list.
+        while not self._stop.is_set():
+            self._watch = watch.Watch()
+            try:
+                for event in self._watch.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=REPLICA_SELECTOR,
+                    resource_version=self._version,
+                    timeout_seconds=_WATCH_TIMEOUT_S,
+                ):
+                    if self._stop.is_set():
+                        return
+                    self._on_event(event["type"], self.api.sanitize_for_serialization(event["object"]))
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    with contextlib.suppress(TargetError):
+                        self._relist()
+                    continue
+                log.warning("pod watch in %s restarts after: %s", self.namespace, exc)
+                self._stop.wait(0.5)
+                with contextlib.suppress(TargetError):
+                    self._relist()
+
+    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "ERROR":
+            raise ApiException(status=pod.get("code", 500), reason=pod.get("message"))
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            self._version = pod["metadata"].get("resourceVersion") or self._version
+            if kind == "DELETED":
+                self._pods.pop(uid, None)
+                self._ever_ready.discard(uid)
+            else:
+                self._pods[uid] = pod
+                if is_ready(pod):
+                    self._ever_ready.add(uid)
+        self._changed(_service_of(pod))
+
+    def _changed(self, service: str | None) -> None:
+        if service is None:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._on_change, service)
+
+    # -- ComputeTarget ---------------------------------------------------------------------
+
+    def watch(self, on_change: OnChange) -> None:
+        self._on_change = on_change
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+
+    def replicas(self, service: str) -> list[ReplicaInfo]:
+        self.start()
+        with self._lock:
+            pods = [p for p in self._pods.values() if _service_of(p) == service]
+            ever_ready = set(self._ever_ready)
+        return replicas_of(pods, ever_ready)
+
+    async def apply(self, spec: GenerationSpec) -> None:
+        plan = spec.plan
+        if not isinstance(plan, KubernetesPlan) or plan.source is None:
+            raise TargetError(f"service {plan.service}: the Kubernetes target needs a KubernetesPlan with its source")
+        if plan.source.effective_namespace != self.namespace:
+            raise ConfigError(
+                f"service {plan.service}: namespace {plan.source.effective_namespace!r} is not the compute "
+                f"target's namespace {self.namespace!r}; leave namespace out or attach a target for it"
+            )
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._apply, plan.source, plan.generation, spec.replicas)
+
+    def _apply(self, src: m.ServiceSource, generation: int, replicas: int) -> None:
+        self.start()
+        config, deployment = generation_objects(src, generation, replicas)
+        ns = self.namespace
+        _upsert(
+            f"ConfigMap {config['metadata']['name']}",
+            lambda: self.core.create_namespaced_config_map(ns, config),
+            lambda: self.core.replace_namespaced_config_map(config["metadata"]["name"], ns, config),
+        )
+        name = deployment["metadata"]["name"]
+        _upsert(
+            f"Deployment {name}",
+            lambda: self.apps.create_namespaced_deployment(ns, deployment),
+            lambda: self.apps.patch_namespaced_deployment(name, ns, deployment),
+        )
+        log.info("deployment %s/%s applied with %d replicas", ns, name, replicas)
+
+    async def scale(self, service: str, generation: int, replicas: int, remove: Collection[str] = ()) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._scale, service, generation, replicas, tuple(remove))
+
+    def _scale(self, service: str, generation: int, replicas: int, remove: tuple[str, ...]) -> None:
+        ns, name = self.namespace, deployment_name(service, generation)
+        # Honoured where PodDeletionCost is on (1.22+ by default); otherwise the ReplicaSet
+        # still removes not-Ready pods first, then the newest.
+        cheapest = {"metadata": {"annotations": {DELETION_COST: "-1000"}}}
+        for pod in remove:
+            with contextlib.suppress(TargetError):
+                _call(f"annotate pod {pod}", lambda p=pod: self.core.patch_namespaced_pod(p, ns, cheapest))
+        _call(
+            f"scale Deployment {name}",
+            lambda: self.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}}),
+        )
+        log.info("deployment %s/%s scaled to %d", ns, name, replicas)
+
+    async def retire(self, service: str, generation: int, drain_s: float) -> None:
+        await asyncio.to_thread(self._retire, service, generation)
+
+    def _retire(self, service: str, generation: int) -> None:
+        ns = self.namespace
+        name = deployment_name(service, generation)
+        _delete(f"Deployment {name}", lambda: self.apps.delete_namespaced_deployment(name, ns, **_BACKGROUND))
+        config = generation_config_name(service, generation)
+        _delete(f"ConfigMap {config}", lambda: self.core.delete_namespaced_config_map(config, ns))
+
+    def publish(self, route: RouteEntry) -> None:
+        ns = self.namespace
+        pem = self._token_key_pem() if self._token_key_pem is not None and route.auth == "token" else None
+        config, secret = route_config_map(route, ns, pem), keys_secret(route, ns)
+        # The keys first: a router that sees the new route reads keys that are already there.
+        _upsert(
+            f"Secret {secret['metadata']['name']}",
+            lambda: self.core.create_namespaced_secret(ns, secret),
+            lambda: self.core.replace_namespaced_secret(secret["metadata"]["name"], ns, secret),
+        )
+        _upsert(
+            f"ConfigMap {config['metadata']['name']}",
+            lambda: self.core.create_namespaced_config_map(ns, config),
+            lambda: self.core.replace_namespaced_config_map(config["metadata"]["name"], ns, config),
+        )
+
+    def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
+        out: list[str] = []
+        for r in self.replicas(service):
+            if replica_id not in (None, r.id):
+                continue
+            try:
+                text = self.core.read_namespaced_pod_log(
+                    r.id, self.namespace, container="replica", tail_lines=tail_lines
+                )
+            except ApiException as exc:
+                text = f"(pod {r.id}: no log from the API: {exc.status} {exc.reason})\n"
+            except Exception as exc:  # the API server cannot reach a kubelet: a connection error
+                text = f"(pod {r.id}: no log from the API: {exc})\n"
+            out.append(f"--- pod {r.id} ({r.state.value})\n{text}")
+        return "".join(out)
+
+    async def delete(self, service: str, drain_s: float) -> None:
+        await asyncio.to_thread(self._delete_service, service)
+
+    def _delete_service(self, service: str) -> None:
+        ns = self.namespace
+        selector = f"{m.SERVICE_LABEL}={service},app.kubernetes.io/managed-by=modelfleet"
+        listed = _call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
+        for d in listed.items:
+            name = d.metadata.name
+            _delete(f"Deployment {name}", lambda n=name: self.apps.delete_namespaced_deployment(n, ns, **_BACKGROUND))
+        maps = _call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
+        for c in maps.items:
+            name = c.metadata.name
+            _delete(f"ConfigMap {name}", lambda n=name: self.core.delete_namespaced_config_map(n, ns))
+        secrets = _call("list Secrets", lambda: self.core.list_namespaced_secret(ns, label_selector=selector))
+        for s in secrets.items:
+            name = s.metadata.name
+            _delete(f"Secret {name}", lambda n=name: self.core.delete_namespaced_secret(n, ns))
+
+    def check_now(self, replica_id: str) -> None:
+        """The kubelet probes; the router sees the pod's Ready condition change."""
+
+    async def close(self, drain_s: float) -> None:
+        """Pods outlive this process; only the watch thread stops."""
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, _WATCH_TIMEOUT_S + 5)
+
+    # -- for status and tests --------------------------------------------------------------
+
+    def wait_for(self, service: str, check: Callable[[list[ReplicaInfo]], bool], timeout_s: float) -> bool:
+        """Poll this target's view of ``service`` until ``check`` holds (tests, scripts)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if check(self.replicas(service)):
+                return True
+            time.sleep(0.1)
+        return check(self.replicas(service))
+
+
+_BACKGROUND: dict[str, Any] = {"propagation_policy": "Background"}
+
+
+def _service_of(pod: dict[str, Any]) -> str | None:
+    return (pod.get("metadata", {}).get("labels") or {}).get(m.SERVICE_LABEL)
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ApiException as exc:
+        raise _api_error(what, exc) from exc
+    except OSError as exc:  # urllib3's connection errors are OSErrors
+        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
+
+
+def _api_error(what: str, exc: ApiException) -> TargetError:
+    try:
+        message = f": {json.loads(exc.body)['message']}"
+    except Exception:
+        message = ""
+    return TargetError(f"Kubernetes API: {what} failed: {exc.status} {exc.reason}{message}")
+
+
+def _upsert(what: str, create: Callable[[], Any], update: Callable[[], Any]) -> None:
+    try:
+        create()
+        return
+    except ApiException as exc:
+        if exc.status != 409:
+            raise _api_error(what, exc) from exc
+    except OSError as exc:
+        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
+    _call(what, update)
+
+
+def _delete(what: str, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _api_error(what, exc) from exc
+    except OSError as exc:
+        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
