@@ -127,7 +127,9 @@ class ServiceController:
         self._memory = Memory()
         # what was last handed out, so unchanged values are not written again
         self._route: RouteEntry | None = None
-        self._last_state: tuple[str, str | None] | None = None
+        self._last_state: tuple[str, str | None] | None = None  # the state to show
+        self._written: tuple[str, str | None] | None = None  # the state last written to the store
+        self._writing = asyncio.Lock()  # writes in order, each the latest (a pass and a note may overlap)
         self._scale_note: str | None = None
         self.scale_events = 0  # recorded since the daemon started (metrics)
         self.start_failures = 0  # scale-ups whose new replicas failed (the autoscaler backs off)
@@ -231,9 +233,8 @@ class ServiceController:
         except Exception:
             self._memory = before  # not switched: the next pass tries again
             raise
-        state = (HEALTHY, None)
-        await asyncio.to_thread(self._store.set_service_state, self.name, *state, serving_generation=action.new)
-        self._last_state = state
+        self._last_state = (HEALTHY, None)
+        await self._write_state(serving_generation=action.new)
         outcome = {"generation": action.new, "outcome": "succeeded", "replicas": self._desired_replicas}
         await asyncio.to_thread(self._store.add_event, self.name, "deployment", outcome)
         for generation in action.old:
@@ -284,7 +285,17 @@ class ServiceController:
         if self._last_state == (state, detail):
             return
         self._last_state = (state, detail)
-        await asyncio.to_thread(self._store.set_service_state, self.name, state, detail)
+        await self._write_state()
+
+    async def _write_state(self, serving_generation: int | None = None) -> None:
+        async with self._writing:
+            latest = self._last_state
+            if latest is None or (latest == self._written and serving_generation is None):
+                return
+            await asyncio.to_thread(
+                self._store.set_service_state, self.name, *latest, serving_generation=serving_generation
+            )
+            self._written = latest
 
     # -- scaling (called by control/autoscaler.py) -----------------------------------------
 
