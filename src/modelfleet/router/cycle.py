@@ -1,8 +1,9 @@
 """One request's life in the router, from its parsed head to its last answer byte.
 
 ``Cycle`` holds what lives as long as one request (request id, body bytes, chosen replica,
-upstream connection, flags); ``ReadGate`` is the client socket's backpressure, shared by the
-cycles of one connection. The connection (``proxy.ClientConnection``) creates a cycle once a
+upstream connection, flags). The client socket's backpressure (``ReadGate``) and what a cycle
+needs from its connection and router are in ``ports``. The connection
+(``proxy.ClientConnection``) creates a cycle once a
 request's headers are parsed and feeds it the body; the upstream connection
 (``upstream.UpstreamConn``) feeds it the replica's answer through the ``up_*`` methods.
 """
@@ -12,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from modelfleet.router.dispatch import Send
+from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ClientPort, ReadGate
 from modelfleet.router.routes import BUSY_HEADER, C_404, RESP_SKIP, Canned, ServiceState, status_line
 from modelfleet.router.upstream import UpstreamConn
 
-if TYPE_CHECKING:
-    from modelfleet.router.proxy import ClientConnection
-
-__all__ = ["Cycle", "ReadGate", "DRAIN", "PIPE", "UPLOAD", "WAIT"]
+__all__ = ["Cycle", "ReadGate", "DRAIN", "PIPE", "UPLOAD", "WAIT"]  # the gate's names, re-exported
 
 log = logging.getLogger("modelfleet.router")
 
@@ -29,31 +27,6 @@ REPLAY_LIMIT = 1024 * 1024  # body bytes kept so that a "busy" answer can be ret
 BUFFER_BEFORE_PAUSE = 64 * 1024  # body bytes held while waiting for a replica before pausing reads
 SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after an early error
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-WAIT, UPLOAD, PIPE, DRAIN = 1, 2, 4, 8  # why a client's socket is not read
-
-
-class ReadGate:
-    """Backpressure on the client socket: reads stop while any reason holds (waiting for a
-    replica with a body buffered, replica's socket full, an earlier request unanswered, the
-    client not reading its answers)."""
-
-    __slots__ = ("transport", "reasons")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.reasons = 0
-
-    def pause(self, reason: int) -> None:
-        if not self.reasons and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.reasons |= reason
-
-    def resume(self, reason: int) -> None:
-        if self.reasons & reason:
-            self.reasons &= ~reason
-            if not self.reasons and not self.transport.is_closing():
-                self.transport.resume_reading()
 
 
 class Cycle:
@@ -79,7 +52,7 @@ class Cycle:
 
     def __init__(
         self,
-        conn: ClientConnection,
+        conn: ClientPort,
         svc: ServiceState | None,
         method: bytes,
         target: bytes,

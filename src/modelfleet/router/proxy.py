@@ -39,18 +39,16 @@ import httptools
 
 from modelfleet.errors import ConfigError
 from modelfleet.router.auth import AuthFailures, AuthResult
-from modelfleet.router.cycle import DRAIN, PIPE, UPLOAD, WAIT, Cycle, ReadGate
+from modelfleet.router.cycle import Cycle
 from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.ids import MSG_MSID, MSG_XID, RequestIds
+from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ReadGate
 from modelfleet.router.routes import (
     C_400,
     C_400_SMUGGLING,
     C_401_INVALID,
     C_401_MISSING,
-    C_404,
-    C_405_ROOT,
     C_408,
-    C_HEALTH,
     H_AUTH,
     H_CLID,
     H_EXPECT,
@@ -65,6 +63,7 @@ from modelfleet.router.routes import (
     ServiceState,
     Upstream,
     error_answer,
+    route,
 )
 from modelfleet.router.upstream import Pool
 from modelfleet.telemetry.counters import ServiceMetrics
@@ -78,7 +77,6 @@ log = logging.getLogger("modelfleet.router")
 _access = logging.getLogger("modelfleet.router.access")
 
 LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
-_SERVICE_PREFIX = b"/api/v1/service/"
 
 
 # -- per connection --------------------------------------------------------------------
@@ -259,43 +257,23 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused
         ids = router.ids.lines(ms_id, x_id, client_id)
 
-        canned: Canned | None = None
-        svc: ServiceState | None = None
-        target = b""
         if ids.__class__ is not bytes:
-            canned = router.c431_ids[ids.message]  # type: ignore[union-attr]
+            svc = None
+            canned: Canned | None = router.c431_ids[ids.message]  # type: ignore[union-attr]
             rids: bytes = ids.lines  # type: ignore[union-attr]
-        elif path.startswith(_SERVICE_PREFIX):
-            rids = ids  # type: ignore[assignment]
-            rest = path[16:]
-            cut = rest.find(b"/")
-            svc = router.services.get(rest[:cut]) if cut > 0 else None
-            if svc is None:
-                canned = C_404
-            else:
-                tail = rest[cut:]
-                if tail == b"/score":
-                    if method != b"POST" and method != b"GET":
-                        canned = svc.c405_score
-                    elif svc.route.auth is not None:
-                        result = svc.route.auth.check(auth)
-                        if result is not AuthResult.OK:
-                            canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
-                            router.auth_failures.record(self.peer_host(), result)
-                            svc.metrics.auth_failed(result is AuthResult.MISSING)
-                elif tail == b"/swagger.json":
-                    if method != b"GET":
-                        canned = svc.c405_swagger
-                else:
-                    canned = C_404
-                if canned is None:
-                    if length > svc.route.max_body_bytes:
-                        canned = svc.c413
-                    else:
-                        target = tail if q < 0 else tail + url[q:]
+            target = b""
         else:
             rids = ids  # type: ignore[assignment]
-            canned = (C_HEALTH if method == b"GET" else C_405_ROOT) if path == b"/" else C_404
+            decision = route(method, path, length, router.services)
+            svc = decision.service
+            canned = decision.answer
+            if decision.check_auth:
+                result = svc.route.auth.check(auth)  # type: ignore[union-attr]
+                if result is not AuthResult.OK:
+                    canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
+                    router.auth_failures.record(self.peer_host(), result)
+                    svc.metrics.auth_failed(result is AuthResult.MISSING)  # type: ignore[union-attr]
+            target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
 
         cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
         cycle.canned = canned

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
 from modelfleet.spec.names import validate_service_name
 from modelfleet.telemetry.counters import ServiceMetrics
-
-if TYPE_CHECKING:
-    from modelfleet.router.cycle import Cycle
 
 __all__ = [
     "BUSY_HEADER",
@@ -39,10 +36,12 @@ __all__ = [
     "REQ_SPECIAL",
     "RESP_SKIP",
     "Canned",
+    "Decision",
     "ServiceRoute",
     "ServiceState",
     "Upstream",
     "error_answer",
+    "route",
     "status_line",
 ]
 
@@ -166,6 +165,12 @@ C_401_MISSING = error_answer(401, "missing", [("www-authenticate", "Bearer")])
 C_401_INVALID = error_answer(401, "invalid", [("www-authenticate", "Bearer")])
 
 
+class Timed(Hashable, Protocol):
+    """A request on a replica, as the scoring timeout sees it (``cycle.Cycle``)."""
+
+    def timed_out(self) -> None: ...
+
+
 class ServiceState:
     """Everything the router keeps per service, from set_service to remove_service."""
 
@@ -181,7 +186,7 @@ class ServiceState:
         # Scoring timeout: requests on a replica, oldest first, with the time each was sent.
         # One timer per service, armed for the oldest, instead of one per request (a timer
         # handle costs ~2 us; an OrderedDict entry ~0.2 us). Sent order is deadline order.
-        self.sending: OrderedDict[Cycle, float] = OrderedDict()
+        self.sending: OrderedDict[Timed, float] = OrderedDict()
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.drains: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self.removed = False
@@ -198,7 +203,7 @@ class ServiceState:
         self.c405_swagger = error_answer(
             405, f"only GET is allowed on /api/v1/service/{n}/swagger.json", [("allow", "GET")]
         )
-        self.c413 = error_answer(
+        self.c413 = c413 = error_answer(
             413,
             f"request body is larger than the {r.max_body_bytes} bytes service '{n}' accepts; send a "
             "smaller payload or raise the service's body limit",
@@ -220,6 +225,14 @@ class ServiceState:
             f"service '{n}' did not answer within scoring_timeout_ms ({round(r.timeout_s * 1000)} ms); "
             "raise scoring_timeout_ms or make run() faster",
         )
+        # What route() decides for this service, built once (no allocation per request).
+        auth = r.auth is not None
+        self.d_score = Decision(self, None, auth, b"/score")
+        self.d_score_413 = Decision(self, c413, auth, b"")
+        self.d_swagger = Decision(self, None, False, b"/swagger.json")
+        self.d_swagger_413 = Decision(self, c413, False, b"")
+        self.d_405_score = Decision(self, self.c405_score, False, b"")
+        self.d_405_swagger = Decision(self, self.c405_swagger, False, b"")
 
     def update(self, route: ServiceRoute) -> None:
         self.route = route
@@ -288,3 +301,61 @@ def status_line(status: int, reason: bytes) -> bytes:
         if len(_status_lines) < 128:
             _status_lines[(status, reason)] = line
     return line
+
+
+# -- routing -------------------------------------------------------------------------------
+
+SERVICE_PREFIX = b"/api/v1/service/"
+
+
+class Decision:
+    """What a request's head decides before any I/O: the service (or ``None``), the answer the
+    router gives itself (or ``None``: forward it to a replica, at ``path``), and whether the
+    service's credentials must be checked first (a failed check answers 401 instead)."""
+
+    __slots__ = ("service", "answer", "check_auth", "path")
+
+    def __init__(self, service: ServiceState | None, answer: Canned | None, check_auth: bool, path: bytes) -> None:
+        self.service = service
+        self.answer = answer
+        self.check_auth = check_auth
+        self.path = path
+
+    def __repr__(self) -> str:
+        name = self.service.route.name if self.service is not None else None
+        status = self.answer.status if self.answer is not None else None
+        return f"<Decision service={name} answer={status} check_auth={self.check_auth} path={self.path!r}>"
+
+
+D_404 = Decision(None, C_404, False, b"")
+D_HEALTH = Decision(None, C_HEALTH, False, b"")
+D_405_ROOT = Decision(None, C_405_ROOT, False, b"")
+
+
+def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, ServiceState]) -> Decision:
+    """Where a request goes, from its method, path (no query string), Content-Length (-1 when
+    absent) and the services by name. Pure: the same inputs give the same decision.
+
+    ``GET /``: health. ``POST|GET /api/v1/service/<name>/score``: the service's replicas, after
+    its credentials. ``GET /api/v1/service/<name>/swagger.json``: a replica, no credentials.
+    Another method on those paths: 405; any other path or unknown name: 404; a body declared
+    larger than the service accepts: 413 (after the credentials, on /score)."""
+    if path.startswith(SERVICE_PREFIX):
+        rest = path[16:]
+        cut = rest.find(b"/")
+        svc = table.get(rest[:cut]) if cut > 0 else None
+        if svc is None:
+            return D_404
+        tail = rest[cut:]
+        if tail == b"/score":
+            if method != b"POST" and method != b"GET":
+                return svc.d_405_score
+            return svc.d_score_413 if length > svc.route.max_body_bytes else svc.d_score
+        if tail == b"/swagger.json":
+            if method != b"GET":
+                return svc.d_405_swagger
+            return svc.d_swagger_413 if length > svc.route.max_body_bytes else svc.d_swagger
+        return D_404
+    if path == b"/":
+        return D_HEALTH if method == b"GET" else D_405_ROOT
+    return D_404
