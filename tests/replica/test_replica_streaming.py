@@ -29,16 +29,15 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def _lines_with_arrival(port: int, query: str) -> tuple[httpx.Response, list[tuple[float, str]]]:
-    """GET /score?query, streamed: each line of the answer with the time it arrived."""
+    """GET /score?query, streamed: each line of the answer with the time (epoch s) it arrived."""
     arrived: list[tuple[float, str]] = []
     with httpx.Client(timeout=30) as client, client.stream("GET", f"http://127.0.0.1:{port}/score?{query}") as resp:
-        started = time.monotonic()
         buffer = ""
         for text in resp.iter_text():
             buffer += text
             while "\n" in buffer:
                 line, buffer = buffer.split("\n", 1)
-                arrived.append((time.monotonic() - started, line))
+                arrived.append((time.time(), line))
     return resp, arrived
 
 
@@ -57,11 +56,7 @@ def test_chunks_arrive_as_they_are_produced(replica: Server) -> None:
     assert resp.headers["transfer-encoding"] == "chunked"
     assert (resp.headers["content-type"], resp.headers["x-stream"]) == ("text/plain", "yes")
     assert "content-length" not in resp.headers
-    assert [line.split(" at ")[0] for _, line in arrived] == [f"chunk {i}" for i in range(5)]
-    times = [t for t, _ in arrived]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(0.2 < gap < 1.5 for gap in gaps), gaps  # produced 0.4 s apart: not buffered to the end
-    assert times[-1] - times[0] > 1.2
+    _assert_streamed(arrived, 5, gap=0.4)
 
 
 def test_the_scoring_timeout_bounds_the_first_byte_only(replica: Server, tmp_path: Path) -> None:
@@ -156,10 +151,13 @@ def test_a_client_that_never_reads_is_cut_off_and_frees_the_slot(tmp_path: Path)
         assert server.stop() == 0
 
 
-def _assert_streamed(arrived: list[tuple[float, str]], count: int) -> None:
+def _assert_streamed(arrived: list[tuple[float, str]], count: int, gap: float) -> None:
+    """Each chunk reached the client soon after the script produced it (each line carries its
+    production time), and not all at the end: the arrivals are spread as the production was."""
     assert [line.split(" at ")[0] for _, line in arrived] == [f"chunk {i}" for i in range(count)]
-    times = [t for t, _ in arrived]
-    assert all(0.2 < b - a < 1.5 for a, b in zip(times, times[1:], strict=False)), times
+    delays = [when - float(line.split(" at ")[1]) for when, line in arrived]
+    assert all(-0.05 < delay < 1.0 for delay in delays), delays  # generous: the machine is shared
+    assert arrived[-1][0] - arrived[0][0] > (count - 1) * gap * 0.6
 
 
 def test_a_streamed_werkzeug_response_streams_too(tmp_path: Path) -> None:
@@ -169,7 +167,7 @@ def test_a_streamed_werkzeug_response_streams_too(tmp_path: Path) -> None:
         resp, arrived = _lines_with_arrival(server.port, "n=3&gap=0.4")
         assert (resp.status_code, resp.headers["transfer-encoding"]) == (207, "chunked")
         assert resp.headers["content-type"].startswith("text/event-stream")
-        _assert_streamed(arrived, 3)
+        _assert_streamed(arrived, 3, gap=0.4)
     finally:
         assert server.stop() == 0
 
@@ -185,7 +183,7 @@ def test_azmlinfsrv_streams_the_same_script_the_same_way(tmp_path: Path) -> None
             assert (resp.status_code, resp.headers["transfer-encoding"]) == (200, "chunked")
             assert (resp.headers["content-type"], resp.headers["x-stream"]) == ("text/plain", "yes")
             assert resp.headers["x-ms-run-function-failed"] == "False"
-            _assert_streamed(arrived, 4)
+            _assert_streamed(arrived, 4, gap=0.4)
     finally:
         reference.stop()
         assert ours.stop() == 0
