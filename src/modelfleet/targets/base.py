@@ -170,6 +170,9 @@ class ComputeTarget(Protocol):
       given drain time), and only then is it stopped. It is listed ``DRAINING`` until gone;
     - only the generation the route names is ever sent traffic, so a new generation can be
       started beside the serving one and switched to once all its replicas are Ready.
+
+    ``tests/test_target_contract.py`` checks these rules on every target; a new one adds a
+    driver there (how to let its replicas progress, what its router sends to).
     """
 
     def watch(self, on_change: OnChange) -> None:
