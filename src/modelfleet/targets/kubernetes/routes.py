@@ -15,6 +15,7 @@ cannot filter a list by label.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -43,6 +44,9 @@ def route_labels(service: str) -> dict[str, str]:
 def route_config_map(route: RouteEntry, namespace: str, token_key_pem: str | None = None) -> dict[str, Any]:
     """The ConfigMap that carries everything of ``route`` but its keys."""
     data = {k: v for k, v in asdict(route).items() if k not in _SECRET_FIELDS}
+    # A new key changes only the Secret, which the router cannot watch (RBAC: get by name);
+    # a digest of the keys here makes the ConfigMap change too, so the router reads them again.
+    data["keys_version"] = _keys_version(route)
     out = {ROUTE_KEY: json.dumps(data, sort_keys=True)}
     if token_key_pem and route.auth == "token":
         out[TOKEN_KEY] = token_key_pem
@@ -79,6 +83,7 @@ def route_from(config_map: Mapping[str, Any], secret: Mapping[str, Any] | None) 
     name = config_map.get("metadata", {}).get("name", "?")
     try:
         data = json.loads((config_map.get("data") or {})[ROUTE_KEY])
+        data.pop("keys_version", None)
         keys = {
             field: base64.b64decode(((secret or {}).get("data") or {}).get(key, "")).decode() or None
             for field, key in zip(_SECRET_FIELDS, ("primaryKey", "secondaryKey"), strict=True)
@@ -86,6 +91,11 @@ def route_from(config_map: Mapping[str, Any], secret: Mapping[str, Any] | None) 
         return RouteEntry(**data, **keys)
     except (KeyError, TypeError, ValueError) as exc:
         raise TargetError(f"ConfigMap {name}: {ROUTE_KEY} is missing or malformed ({exc})") from exc
+
+
+def _keys_version(route: RouteEntry) -> str:
+    keys = f"{route.primary_key or ''}\0{route.secondary_key or ''}".encode()
+    return hashlib.sha256(b"modelfleet-keys-version\0" + keys).hexdigest()[:16]
 
 
 def token_key_of(config_map: Mapping[str, Any]) -> str | None:

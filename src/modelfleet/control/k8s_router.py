@@ -1,0 +1,83 @@
+"""The in-cluster router process (v1's azureml-fe): the same ``Router`` as the local cluster,
+fed by watching the Kubernetes API instead of by a local target.
+
+    modelfleet router --kubernetes [--namespace NS] [--host ADDR] [--port 8080]
+                      [--kubeconfig FILE [--context NAME]]
+
+In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); elsewhere
+(tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
+the router's Role grants (``manifests.router_rules``): pods and ConfigMaps to list and
+watch, each service's Secret by name. Discovery is ``targets/kubernetes/discovery.py``.
+SIGTERM or SIGINT stops it: the listener closes, then the watches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+from kubernetes import client, config
+
+from modelfleet.errors import ConfigError
+from modelfleet.router.proxy import Router
+from modelfleet.targets.kubernetes.discovery import Discovery
+from modelfleet.targets.kubernetes.manifests import ROUTER_PORT
+
+log = logging.getLogger("modelfleet.router")
+
+
+def api_client(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
+    """A client from a kubeconfig file, or the pod's own ServiceAccount when there is none."""
+    if kubeconfig:
+        path = os.path.expanduser(kubeconfig)
+        if not os.path.isfile(path):
+            raise ConfigError(f"kubeconfig {kubeconfig!r} is not a file")
+        return config.new_client_from_config(config_file=path, context=context)
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as exc:
+        raise ConfigError(f"not in a pod ({exc}); pass --kubeconfig FILE") from exc
+    return client.ApiClient(configuration)
+
+
+async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> None:
+    router = Router()
+    bound = await router.start(host=host, port=port)
+    discovery = Discovery(api, namespace, router)
+    discovery.start()
+    log.info("router for namespace %s listening on %s:%d", namespace, host, bound)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        log.info("router stopping")
+        await router.stop()
+        await discovery.stop()
+        api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelfleet router", description="the router of a Kubernetes cluster")
+    parser.add_argument("--kubernetes", action="store_true", required=True, help="discover services through the API")
+    parser.add_argument("--namespace", default=os.environ.get("MODELFLEET_NAMESPACE") or "default")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=ROUTER_PORT)
+    parser.add_argument("--kubeconfig", help="authenticate as this kubeconfig says (default: the pod's account)")
+    parser.add_argument("--context", help="the kubeconfig's context (default: its current one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api = api_client(args.kubeconfig, args.context)
+    asyncio.run(serve(api, args.namespace, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""How the in-cluster router learns its services and their Ready pods: by watching the API.
+
+Two watches, each in a thread, as a small informer does (list, then watch from the list's
+resourceVersion, list again after 410 Gone or an error; a watch ends every minute and starts
+again, which also re-reads every service's keys):
+
+- route ConfigMaps (``routes.ROUTE_SELECTOR``): each says a service's serving generation,
+  auth kind and limits; the service's keys are then read from its Secret **by name** (the
+  router's Role grants ``get`` on those names only, never list or watch);
+- replica Pods (``target.REPLICA_SELECTOR``): ``pods.replicas_of`` turns them into replicas,
+  and the Ready ones of the serving generation are the router's upstreams.
+
+Everything reaches the router through ``targets/routing.RouterTable`` (the same object the
+local target uses), on the router's event loop: the router's data path imports no client.
+A pod going Terminating leaves the table at once (new requests go elsewhere; those in
+flight finish), as the local target's draining replicas do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from modelfleet.errors import TargetError
+from modelfleet.router.proxy import Router
+from modelfleet.targets.base import ReplicaState, RouteEntry
+from modelfleet.targets.kubernetes.manifests import secret_name
+from modelfleet.targets.kubernetes.pods import is_ready, replicas_of
+from modelfleet.targets.kubernetes.routes import ROUTE_SELECTOR, route_from, token_key_of
+from modelfleet.targets.kubernetes.target import REPLICA_SELECTOR
+from modelfleet.targets.routing import RouterTable
+
+__all__ = ["Discovery"]
+
+log = logging.getLogger("modelfleet.router.discovery")
+
+_WATCH_TIMEOUT_S = 60
+
+
+class Discovery:
+    """Feeds ``router`` from the API objects of ``namespace``. ``start`` on the router's loop."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, router: Router) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.table = RouterTable(router, token_key=self._token_key)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watches: list[watch.Watch] = []
+        self._lock = threading.Lock()
+        self._pods: dict[str, dict[str, Any]] = {}  # by uid
+        self._ever_ready: set[str] = set()
+        self._routes: dict[str, str] = {}  # service -> route ConfigMap resourceVersion applied
+        self._token_pem: str | None = None
+        self._listed = {"routes": threading.Event(), "pods": threading.Event()}
+
+    def __repr__(self) -> str:
+        return f"<Discovery namespace={self.namespace} services={sorted(self._routes)} pods={len(self._pods)}>"
+
+    @property
+    def synced(self) -> bool:
+        """Both lists were read once (the router then knows what the cluster held at start)."""
+        return all(e.is_set() for e in self._listed.values())
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for name, follow in (("routes", self._follow_routes), ("pods", self._follow_pods)):
+            t = threading.Thread(target=follow, name=f"discovery-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for w in list(self._watches):
+            w.stop()
+        for t in self._threads:
+            await asyncio.to_thread(t.join, _WATCH_TIMEOUT_S + 5)
+
+    # -- the two informers -------------------------------------------------------------------
+
+    def _informer(self, what: str, lister: Callable[..., Any], selector: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """("LISTED", {uid: object}) after each list, then (event type, object) per event."""
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = lister(self.namespace, label_selector=selector)
+                    version = listed.metadata.resource_version
+                    objs = [self.api.sanitize_for_serialization(o) for o in listed.items]
+                    yield "LISTED", {o["metadata"]["uid"]: o for o in objs}
+                w = watch.Watch()
+                self._watches.append(w)
+                try:
+                    for event in w.stream(
+                        lister,
+                        self.namespace,
+                        label_selector=selector,
+                        resource_version=version,
+                        timeout_seconds=_WATCH_TIMEOUT_S,
+                    ):
+                        if self._stop.is_set():
+                            return
+                        obj = self.api.sanitize_for_serialization(event["object"])
+                        if event["type"] == "ERROR":
+                            raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
+                        version = obj["metadata"].get("resourceVersion") or version
+                        yield event["type"], obj
+                finally:
+                    self._watches.remove(w)
+                yield "RESYNC", {}
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if not (isinstance(exc, ApiException) and exc.status == 410):
+                    log.warning("%s watch in %s restarts after: %s", what, self.namespace, exc)
+                    self._stop.wait(1.0)
+                version = None
+
+    def _follow_routes(self) -> None:
+        maps: dict[str, dict[str, Any]] = {}  # by service
+        for kind, obj in self._informer("route", self.core.list_namespaced_config_map, ROUTE_SELECTOR):
+            if kind == "LISTED":
+                fresh = {_service(o): o for o in obj.values()}
+                for gone in set(maps) - set(fresh):
+                    self._routes.pop(gone, None)
+                    self._call(self._remove, gone)
+                maps = fresh
+                changed = list(fresh.values())
+                self._routes.clear()  # a fresh list re-reads every service's keys
+            elif kind == "RESYNC":
+                self._routes.clear()
+                changed = list(maps.values())
+            elif kind == "DELETED":
+                maps.pop(_service(obj), None)
+                self._routes.pop(_service(obj), None)
+                self._call(self._remove, _service(obj))
+                changed = []
+            else:
+                maps[_service(obj)] = obj
+                changed = [obj]
+            for cm in changed:
+                self._read_route(cm)
+            if kind == "LISTED":
+                self._listed["routes"].set()
+
+    def _read_route(self, cm: dict[str, Any]) -> None:
+        service = _service(cm)
+        version = cm["metadata"].get("resourceVersion", "")
+        if self._routes.get(service) == version:
+            return
+        try:
+            secret = self.api.sanitize_for_serialization(
+                self.core.read_namespaced_secret(secret_name(service), self.namespace)
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("service %s: keys not readable (%s %s)", service, exc.status, exc.reason)
+                return
+            secret = None
+        try:
+            route = route_from(cm, secret)
+        except TargetError as exc:
+            log.warning("service %s: %s", service, exc.message)
+            return
+        pem = token_key_of(cm)
+        if pem:
+            self._token_pem = pem
+        self._routes[service] = version
+        self._call(self._publish, route)
+
+    def _follow_pods(self) -> None:
+        for kind, obj in self._informer("pod", self.core.list_namespaced_pod, REPLICA_SELECTOR):
+            with self._lock:
+                if kind == "LISTED":
+                    services = {_service(p) for p in (*self._pods.values(), *obj.values())}
+                    self._pods = dict(obj)
+                    self._ever_ready.update(uid for uid, p in obj.items() if is_ready(p))
+                elif kind == "RESYNC":
+                    continue
+                else:
+                    uid = obj["metadata"]["uid"]
+                    services = {_service(obj)}
+                    if kind == "DELETED":
+                        self._pods.pop(uid, None)
+                        self._ever_ready.discard(uid)
+                    else:
+                        self._pods[uid] = obj
+                        if is_ready(obj):
+                            self._ever_ready.add(uid)
+            for service in services:
+                self._call(self._sync, service)
+            if kind == "LISTED":
+                self._listed["pods"].set()
+
+    # -- on the router's loop ----------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _publish(self, route: RouteEntry) -> None:
+        try:
+            self.table.publish(route)
+        except Exception:
+            log.exception("service %s: route not applied", route.service)
+            return
+        log.info("service %s: route applied (serving generation %s)", route.service, route.serving_generation)
+        self._sync(route.service)
+
+    def _sync(self, service: str) -> None:
+        with self._lock:
+            pods = [p for p in self._pods.values() if _service(p) == service]
+            ever_ready = set(self._ever_ready)
+        live = [r for r in replicas_of(pods, ever_ready) if r.state is not ReplicaState.DRAINING]
+        self.table.sync(service, live)
+
+    def _remove(self, service: str) -> None:
+        self.table.remove(service)
+        log.info("service %s: removed (its route ConfigMap is gone)", service)
+
+    def _token_key(self) -> Any:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        if self._token_pem is None:
+            raise TargetError("a service uses tokens but no route ConfigMap carries the workspace's public key")
+        return load_pem_public_key(self._token_pem.encode())
+
+
+def _service(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata", {}).get("labels") or {}).get("modelfleet.io/service", ""))

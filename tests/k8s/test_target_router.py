@@ -1,0 +1,120 @@
+"""The in-cluster router, run as a process with the router's ServiceAccount and Role: it finds
+the service and its Ready pods through the API (no local target), checks the key itself, and
+follows scale-ups, key changes and deletion."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from k8s_control_plane import free_port, wait_for
+from k8s_services import event_loop, plan, serve_blobs, source
+from kubernetes import client
+from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
+from node_standin import NodeStandIn
+
+from modelfleet.store.registry import Store
+from modelfleet.targets.base import GenerationSpec, ReplicaState, RouteEntry
+from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.target import KubernetesTarget
+
+WHOAMI = Path(__file__).resolve().parent / "scripts" / "whoami"
+KEY, NEW_KEY, SECONDARY = "p" * 32, "n" * 32, "s" * 32
+
+
+def post(port: int, service: str, key: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/service/{service}/score", data=b"{}", headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+@pytest.mark.timeout(600)
+def test_the_router_discovers_pods_through_the_api_and_scores_with_a_key(
+    admin: client.ApiClient,
+    node: NodeStandIn,
+    namespace: str,
+    store: Store,
+    tmp_path: Path,
+    service_account_kubeconfig,
+):
+    # The router's ServiceAccount, Role (this service's Secret only) and RoleBinding, as generated.
+    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
+    for obj in m.router_objects(router_src)[:3]:
+        create_from_yaml_single_item(admin, obj)
+    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
+    port = free_port()
+    log = tmp_path / "router.log"
+    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+        src = source(store, tmp_path, namespace, blobs)
+        src = replace(src, snapshot=store.put_snapshot(WHOAMI), source_name="whoami")
+        target = KubernetesTarget(admin, namespace)
+        router = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet.control.k8s_router", "--kubernetes", "--namespace", namespace]
+            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            start = time.monotonic()
+            loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
+            target.publish(RouteEntry("scorer", 1, "key", primary_key=KEY, secondary_key=SECONDARY))
+            status, body = wait_for("a scored request", lambda: (r := post(port, "scorer", KEY))[0] == 200 and r)
+            print(f"apply + publish -> first request scored through the router: {time.monotonic() - start:.1f} s")
+            (first,) = [r.id for r in target.replicas("scorer")]
+            assert body == {"pod": first}
+            assert post(port, "scorer", SECONDARY)[0] == 200
+            assert post(port, "scorer", None)[0] == 401
+            assert post(port, "scorer", "x" * 32)[0] == 401
+            assert post(port, "other", KEY)[0] == 404
+
+            # scale up: the new pod is routed to once Ready (the discovery delay)
+            loop.run_until_complete(target.scale("scorer", 1, 2))
+
+            def new_ready() -> str | None:
+                rs = [r for r in target.replicas("scorer") if r.state is ReplicaState.READY and r.id != first]
+                return rs[0].id if rs else None
+
+            second = wait_for("the second pod Ready", new_ready, timeout=180)
+            ready_at = time.monotonic()
+            while post(port, "scorer", KEY)[1] != {"pod": second}:  # a request every few ms, bounded
+                assert time.monotonic() - ready_at < 60, "the new pod was never routed to"
+                time.sleep(0.01)
+            delay = time.monotonic() - ready_at
+            print(f"pod Ready (seen by the target's watch) -> first request routed to it: {delay * 1000:.0f} ms")
+
+            # a new primary key: the old one is refused once the router has read the Secret again
+            target.publish(RouteEntry("scorer", 1, "key", primary_key=NEW_KEY, secondary_key=SECONDARY))
+            wait_for("the old key refused", lambda: post(port, "scorer", KEY)[0] == 401, timeout=30)
+            assert post(port, "scorer", NEW_KEY)[0] == 200
+
+            # deleted: the route ConfigMap goes and the router answers 404
+            loop.run_until_complete(target.delete("scorer", 1.0))
+            wait_for("404 after deletion", lambda: post(port, "scorer", NEW_KEY)[0] == 404, timeout=60)
+            assert router.poll() is None, log.read_text()
+        finally:
+            router.send_signal(signal.SIGTERM)
+            try:
+                assert router.wait(timeout=30) == 0, log.read_text()[-3000:]
+            finally:
+                if router.poll() is None:
+                    router.kill()
+                    router.wait()
+            loop.run_until_complete(target.close(0))
+    text = log.read_text()
+    assert "Forbidden" not in text, "the router asked for something its Role does not grant:\n" + text[-3000:]
