@@ -125,7 +125,7 @@ def test_limits_come_from_flags_then_environment(tmp_path: Path) -> None:
         100,
         8190,
     )
-    assert (config.header_timeout_s, config.keep_alive_timeout_s) == (30.0, 5.0)
+    assert (config.header_timeout_s, config.keep_alive_timeout_s) == (20.0, 5.0)
     environ = {
         "MODELFLEET_LIMIT_REQUEST_LINE": "1000",
         "MODELFLEET_LIMIT_REQUEST_FIELDS": "20",

@@ -33,10 +33,11 @@ them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}``
 - ``--limit-request-field-size`` / ``MODELFLEET_LIMIT_REQUEST_FIELD_SIZE`` (default 8190 bytes
   for one ``name: value`` line; 431). The whole head is also bounded, by fields x (size + 2)
   + line, so memory per connection stays bounded while headers arrive.
-- ``--header-timeout`` / ``MODELFLEET_HEADER_TIMEOUT_S`` (default 30 s): a request whose head
-  has not fully arrived this long after its first byte, or whose body stalls this long, is
-  answered 408 and its connection closed (slowloris). gunicorn has no such timeout: a slow client
-  holds one of azmlinfsrv's sync workers until the worker timeout (300 s) kills it.
+- ``--header-timeout`` / ``MODELFLEET_HEADER_TIMEOUT_S`` (default 20 s, as the router): a request
+  whose head has not fully arrived this long after its first byte, or whose body stalls this
+  long, is answered 408 and its connection closed (slowloris). gunicorn has no such timeout: a
+  slow client holds one of azmlinfsrv's sync workers (and so, with one worker, every other
+  client) until the worker timeout (300 s) kills it.
 - ``--keep-alive`` / ``MODELFLEET_KEEP_ALIVE_S`` (default 5 s, uvicorn's): an idle keep-alive
   connection is closed after this long. Longer than the router's pool reuse window (1.5 s), so
   the router never sends on a connection the replica is closing.
@@ -67,7 +68,7 @@ MAX_BODY_BYTES = 100 * 1024 * 1024
 LIMIT_REQUEST_LINE = 4094
 LIMIT_REQUEST_FIELDS = 100
 LIMIT_REQUEST_FIELD_SIZE = 8190
-HEADER_TIMEOUT_S = 30.0
+HEADER_TIMEOUT_S = 20.0  # the router's too (Apache's RequestReadTimeout header=20)
 KEEP_ALIVE_S = 5.0
 SEND_TIMEOUT_S = 60.0
 SECRET_ENV = "MODELFLEET_REPLICA_SECRET"
