@@ -12,10 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from modelfleet.cli import cluster, data, envs, models, services, workspace
+from modelfleet.cli import cluster, dashboard, data, envs, models, services, workspace
 from modelfleet.errors import ModelfleetError
 
-COMMAND_GROUPS = (workspace, cluster, models, services, envs, data)
+COMMAND_GROUPS = (workspace, cluster, models, services, envs, data, dashboard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

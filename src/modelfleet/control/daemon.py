@@ -34,6 +34,7 @@ import modelfleet
 from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.credentials import signing_public_key
+from modelfleet.control.dashboard.server import DASHBOARD_PORT_SETTING, DashboardServer
 from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
@@ -60,6 +61,7 @@ class DaemonConfig:
     metrics_host: str = "127.0.0.1"  # Prometheus endpoint, no credentials: loopback by default
     metrics_port: int | None = None  # None: the stored port, else a free one (then stored)
     otlp_endpoint: str | None = None  # request timings of enable_app_insights services (else the logs)
+    dashboard: bool = True  # the live dashboard on 127.0.0.1 (control/dashboard), behind the admin token
 
 
 class Daemon:
@@ -104,6 +106,12 @@ class Daemon:
             AdminHandlers(self.status, self._sync, self.reconciler.delete, self._stopping.set),
         )
         admin.start()
+        self.dashboard: DashboardServer | None = None
+        dashboard_port = None
+        if self.config.dashboard:
+            self.dashboard = DashboardServer(self.router, self.reconciler, self.store, self.config.workspace, token)
+            dashboard_port = await self.dashboard.start(int(self.store.get_setting(DASHBOARD_PORT_SETTING) or 0))
+            self.store.set_setting(DASHBOARD_PORT_SETTING, str(dashboard_port))
         info = {
             "pid": os.getpid(),
             "modelfleet": modelfleet.__version__,
@@ -117,6 +125,7 @@ class Daemon:
             "http_port": http_port,
             "metrics_host": self.config.metrics_host,
             "metrics_port": metrics_port,
+            "dashboard_port": dashboard_port,
         }
         _write_private(self.paths.cluster_json, json.dumps(info))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,6 +142,8 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.paths.cluster_json.unlink()
         admin.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.autoscaler.stop()
         await self.reconciler.shutdown()
         await self.router.stop()
@@ -163,6 +174,7 @@ class Daemon:
             "router": self.router.stats(),
             "auth_failures": self.router.auth_failures.snapshot(),
             "autoscaler": self.autoscaler.status(),
+            "dashboard_uri": self.dashboard.uri if self.dashboard is not None else None,
         }
 
 
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus endpoint address (no credentials)")
     parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard (control/dashboard)")
     parser.add_argument("--detach", action="store_true", help="fork into the background once the lock is held")
     parser.add_argument("--log-file", type=Path, default=None, help="log here, rotated by size (else stderr)")
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES, help="rotate the log file at this size")
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         otlp_endpoint=traces_endpoint(os.environ),
+        dashboard=not args.no_dashboard,
     )
     paths = RuntimePaths(config.workspace / ".modelfleet" / "runtime")
     paths.root.mkdir(parents=True, exist_ok=True)
