@@ -27,6 +27,7 @@ from sqlalchemy import Connection, select, update
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store import snapshot as _snapshot
 from modelfleet.store.blobs import BlobStore
+from modelfleet.store.computes import ComputeTargets
 from modelfleet.store.db import Database, settings
 from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
 from modelfleet.store.services import SERVICE_STATES, ServiceRecord, Services
@@ -50,6 +51,7 @@ class Store:
         self.runtime_dir = root / META_DIR / "runtime"
         self._models = Models(db, self.blobs, name)
         self._services = Services(db, name)
+        self.computes = ComputeTargets(db, name)  # attached compute targets (computes.py)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
