@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -48,6 +49,16 @@ def missing_binaries(cache: Path) -> list[str]:
     if not (cache / ".complete").is_file():
         return [str(cache / ".complete")]
     return [b for b in BINARIES if not os.access(cache / "bin" / b, os.X_OK)]
+
+
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux, essential in Debian
+
+
+def die_with_parent(argv: list[str], signal_name: str = "TERM") -> list[str]:
+    """``argv`` run so that it gets ``signal_name`` when the thread that started it ends
+    (util-linux's ``setpriv --pdeathsig``, which then execs it: same pid): a test run killed
+    outright, with no fixture teardown, leaves no daemon behind."""
+    return [SETPRIV, "--pdeathsig", signal_name, "--", *argv]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
@@ -288,7 +299,8 @@ class ControlPlane:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here
         try:
             proc = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
+                # KILL: an API server whose etcd died with it waits on etcd after a TERM.
+                die_with_parent([str(self.bin_dir / name), *args], "KILL"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

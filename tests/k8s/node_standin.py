@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from k8s_control_plane import die_with_parent
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -460,7 +461,7 @@ class NodeStandIn:
             Path(cwd).mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(
-                argv,
+                die_with_parent(argv),  # started by the pod's thread, which lives as long as the pod
                 env=env,
                 cwd=cwd or pod.dir,
                 stdout=out,
