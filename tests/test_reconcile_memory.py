@@ -261,6 +261,26 @@ def test_restore_brings_back_services_but_not_failed_ones(store: Store) -> None:
     run(scenario)
 
 
+def test_a_restored_service_reads_transitioning_before_it_is_planned(store: Store) -> None:
+    seen: list[str] = []
+
+    def watching(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
+        seen.append(store.get_service(record.name).state)  # planning may take a while
+        return plan(store, record, spec)
+
+    async def scenario() -> None:
+        create(store, "svc", FIXED)
+        store.set_service_state("svc", HEALTHY, None, serving_generation=1)  # left by a killed daemon
+        reconciler = Reconciler(store, InMemoryTarget(auto_ready=True), watching)
+        await reconciler.restore()
+        await settle(reconciler.controllers["svc"])
+        assert seen == [TRANSITIONING]
+        assert store.get_service("svc").state == HEALTHY
+        await reconciler.shutdown()
+
+    run(scenario)
+
+
 def test_delete_removes_the_service_everywhere(store: Store) -> None:
     async def scenario() -> None:
         target = InMemoryTarget(auto_ready=True)

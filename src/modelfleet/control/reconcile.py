@@ -28,6 +28,7 @@ from typing import Any, Literal
 from modelfleet.control.decisions import (
     FAILED,
     HEALTHY,
+    TRANSITIONING,
     Action,
     Decision,
     Desired,
@@ -193,6 +194,12 @@ class ServiceController:
         generation = record.generation
         self._generation = generation
         log.info("service %s: rolling out generation %d", self.name, generation)
+        # said before planning (which may take a while): a state stored by an earlier daemon
+        # must not read Healthy while nothing serves
+        if self.serving_generation is None:
+            await self._show(TRANSITIONING, None)
+        else:
+            await self._show(HEALTHY, f"updating to generation {generation}")
         self._before_update = self._desired_replicas
         count = spec.initial_replicas()
         if spec.autoscale.enabled and self.serving_generation is not None:
