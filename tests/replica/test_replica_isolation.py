@@ -157,3 +157,15 @@ def test_the_secret_setting_is_checked_and_never_printed(tmp_path: Path) -> None
     assert config.secret == SECRET and SECRET not in repr(config)
     with pytest.raises(ConfigError, match="MODELFLEET_REPLICA_SECRET is set but empty"):
         parse_config(script, {"MODELFLEET_REPLICA_SECRET": ""}, str(tmp_path))
+
+
+def test_an_address_in_use_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "modelfleet.replica", "--entry_script", str(SCRIPTS / "plain_sum.py")]
+        done = subprocess.run([*argv, "--port", str(port)], env=base_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}:" in done.stderr
+    assert "Traceback" not in done.stderr
