@@ -66,8 +66,8 @@ def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
 
 def scrape(ws: Workspace) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     status = json.loads(cli(ws, "cluster", "status", "--output", "json").stdout)
-    assert status["metrics_uri"].startswith("http://127.0.0.1:")
-    text = httpx.get(status["metrics_uri"]).text
+    assert status["metricsUri"].startswith("http://127.0.0.1:")
+    text = httpx.get(status["metricsUri"]).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -170,7 +170,7 @@ def test_replica_restart_is_counted(ws: Workspace, service: Webservice) -> None:
 
 def test_collected_rows_equal_the_requests_after_a_graceful_stop(ws: Workspace, service: Webservice) -> None:
     stop_cluster(ws)
-    out = cli(ws, "data", "export", "-n", NAME, "-o", "-")
+    out = cli(ws, "data", "export", "-n", NAME, "--file", "-")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert all(set(r) == {"model", "version", "designation", "request_id", "time", "data"} for r in rows)
@@ -188,11 +188,11 @@ def test_collected_rows_equal_the_requests_after_a_graceful_stop(ws: Workspace, 
     assert set(predictions) == set(expected_out) | extra
     assert {(r["model"], r["version"]) for r in rows} == {(NAME, "0")}  # a service without models
 
-    only = cli(ws, "data", "export", "-n", NAME, "--designation", "predictions", "--format", "csv", "-o", "-")
+    only = cli(ws, "data", "export", "-n", NAME, "--designation", "predictions", "--format", "csv", "--file", "-")
     assert only.stdout.splitlines()[0] == "model,version,designation,request_id,time,data"
     assert len(only.stdout.splitlines()) == 1 + len(predictions)
-    assert cli(ws, "data", "export", "-n", NAME, "--since", "2999-01-01T00:00:00Z", "-o", "-").stdout == ""
+    assert cli(ws, "data", "export", "-n", NAME, "--since", "2999-01-01T00:00:00Z", "--file", "-").stdout == ""
     show = json.loads(cli(ws, "data", "show", "-n", NAME, "-o", "json").stdout)
     assert {p["designation"]: p["records"] for p in show} == {"inputs": len(inputs), "predictions": len(predictions)}
-    missing = cli(ws, "data", "export", "-n", "never-deployed", "-o", "-")
-    assert missing.returncode == 1 and "collect_model_data=True" in missing.stderr
+    missing = cli(ws, "data", "export", "-n", "never-deployed", "--file", "-")
+    assert missing.returncode == 1 and "--collect-model-data true" in missing.stderr

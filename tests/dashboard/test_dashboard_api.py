@@ -63,6 +63,7 @@ def row(client: httpx.Client) -> dict:
 def test_cluster_status_gives_the_dashboard_uri(ws: Workspace) -> None:
     status = json.loads(cli(ws, "cluster", "status", "-o", "json").stdout)
     assert status["dashboardUri"] == base_uri(login_link(ws)) + "/"
+    assert f"dashboard: {status['dashboardUri']}" in cli(ws, "cluster", "status").stdout
 
 
 def test_the_login_link_works_once_and_leaves_a_strict_httponly_cookie(ws: Workspace) -> None:

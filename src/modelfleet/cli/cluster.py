@@ -91,6 +91,8 @@ def cluster_status(args: argparse.Namespace) -> int:
         lines.append(f"  plain http: port {info['http_port']}")
     if data["metrics_uri"]:
         lines.append(f"  metrics: {data['metrics_uri']}")
+    if status.get("dashboard_uri"):
+        lines.append(f"  dashboard: {status['dashboard_uri']} (log in with `modelfleet dashboard`)")
     for name, svc in status["services"].items():
         routed = status["router"].get(name)
         load = (
