@@ -122,6 +122,9 @@ def test_logs_follow_streams_new_lines(ws: Workspace, service: Webservice) -> No
         [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "service", "logs", "-n", NAME, "--follow",
          "--replica", "0", "--num-lines", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # a shell's background job ignores SIGINT, and Python then installs no Ctrl-C handler:
+        # the follower gets the disposition a terminal would give it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
@@ -138,7 +141,7 @@ def test_logs_follow_streams_new_lines(ws: Workspace, service: Webservice) -> No
         wait_until(sent_and_seen, timeout=20, interval=0.5)
     finally:
         follower.send_signal(signal.SIGINT)
-        follower.wait(30)  # generous: the machine may be loaded; a hang still fails
+        follower.wait(10)
         reader.join(5)
         follower.stdout.close()  # type: ignore[union-attr]
     seen = [json.loads(line) for line in lines if '"request_id": "follow-' in line]
