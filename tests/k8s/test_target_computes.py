@@ -1,4 +1,5 @@
-"""Compute targets recorded in the workspace (``store/computes.py``): attach, get, list, detach."""
+"""Compute targets recorded in the workspace (``store/computes.py``): attach, get, list, detach;
+and each reconciler keeps to the services deployed to its own target."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import sqlite3
 
 import pytest
 
+from modelfleet.control.reconcile import Reconciler
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store.registry import Store
+from modelfleet.targets.memory import InMemoryTarget
 
 
 def test_attach_get_list_detach(store: Store):
@@ -44,3 +47,17 @@ def test_a_workspace_made_before_the_table_existed_gets_it_on_first_use(store: S
         assert reopened.computes.get("prod").kind == "kubernetes"
     finally:
         reopened.close()
+
+
+def test_a_reconciler_takes_only_the_services_of_its_compute_target(store: Store):
+    store.create_service("here", {"deploy": {}}, primary_key=None, secondary_key=None)
+    store.create_service("there", {"deploy": {}, "compute_target": "prod"}, primary_key=None, secondary_key=None)
+    local = Reconciler(store, InMemoryTarget())
+    prod = Reconciler(store, InMemoryTarget(), compute_target="prod")
+    assert {r.name: (local.owns(r), prod.owns(r)) for r in store.list_services()} == {
+        "here": (True, False),
+        "there": (False, True),
+    }
+    local.sync("there")  # the local cluster's daemon is asked about a Kubernetes service: not its own
+    prod.sync("here")
+    assert local.controllers == {} and prod.controllers == {}

@@ -61,6 +61,7 @@ __all__ = ["FAILED", "HEALTHY", "Planner", "Reconciler", "ServiceController", "p
 log = logging.getLogger("modelfleet.control")
 
 _RESYNC_S = 1.0
+COMPUTE_TARGET_KEY = "compute_target"  # in a service's stored config: the compute target it runs on
 _GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
 
 Planner = Callable[[Store, ServiceRecord, DeploySpec], ReplicaPlan]
@@ -367,12 +368,24 @@ class ServiceController:
 class Reconciler:
     """All services of one workspace on one compute target: controllers created, woken and removed."""
 
-    def __init__(self, store: Store, target: ComputeTarget, planner: Planner = plan_generation) -> None:
+    def __init__(
+        self,
+        store: Store,
+        target: ComputeTarget,
+        planner: Planner = plan_generation,
+        compute_target: str | None = None,
+    ) -> None:
         self._store = store
         self._planner = planner
         self.target = target
+        # Which services are this reconciler's: those whose config names this compute target
+        # (None: the local cluster's, which name none); others are left to their target's.
+        self.compute_target = compute_target
         self.controllers: dict[str, ServiceController] = {}
         target.watch(self._on_replica_change)
+
+    def owns(self, record: ServiceRecord) -> bool:
+        return (record.config.get(COMPUTE_TARGET_KEY) or None) == self.compute_target
 
     def _on_replica_change(self, service: str) -> None:
         controller = self.controllers.get(service)
@@ -389,11 +402,15 @@ class Reconciler:
         for record in records:
             if record.state == FAILED and record.serving_generation is None:
                 continue  # stays Failed until updated; retrying would fail the same way
-            self.sync(record.name)
+            if self.owns(record):
+                self.sync(record.name)
 
     def sync(self, name: str) -> None:
         controller = self.controllers.get(name)
         if controller is None:
+            with contextlib.suppress(NotFound):  # a short SQLite read, as refresh_route's
+                if not self.owns(self._store.get_service(name)):
+                    return
             controller = ServiceController(name, self._store, self.target, self._planner)
             self.controllers[name] = controller
             controller.start()
