@@ -69,8 +69,8 @@ def test_self_signed_tls_end_to_end(ws: Workspace, service: Webservice) -> None:
     ran = cli(ws, "service", "run", "-n", "secure", "-d", SUM_BODY)
     assert ran.stdout.strip() == "[55]"  # and so does the CLI
     info = status(ws)
-    cert = info["tls_cert_file"]
-    assert info["router_uri"].startswith("https://") and info["http_port"] is None
+    cert = info["tlsCertFile"]
+    assert info["routerUri"].startswith("https://") and info["httpPort"] is None
     assert Path(cert).is_file() and cert in cli(ws, "cluster", "status").stdout
     with httpx.Client(verify=strict_context(cert)) as client:
         response = client.post(service.scoring_uri, content=SUM_BODY, headers=auth(service))
@@ -93,19 +93,19 @@ def test_plain_http_is_off_when_tls_is_on(service: Webservice) -> None:
 def test_tls_choice_survives_a_restart_and_a_running_cluster_refuses_another(
     ws: Workspace, service: Webservice
 ) -> None:
-    uri, cert = service.scoring_uri, status(ws)["tls_cert_file"]
+    uri, cert = service.scoring_uri, status(ws)["tlsCertFile"]
     cert_bytes = Path(cert).read_bytes()
     restart(ws)  # no flags: the stored choice
     assert service.scoring_uri == uri and Path(cert).read_bytes() == cert_bytes
     assert service.run(SUM_BODY) == [55]
     other = cli(ws, "cluster", "start", "--no-tls", check=False)
     assert other.returncode == 1 and "modelfleet cluster stop" in other.stderr
-    assert status(ws)["router_uri"].startswith("https://")
+    assert status(ws)["routerUri"].startswith("https://")
 
 
 def test_plain_http_port_beside_tls_when_asked_for(ws: Workspace, service: Webservice) -> None:
     started = restart(ws, "--tls-self-signed", "--http-port", "0")
-    http_port = status(ws)["http_port"]
+    http_port = status(ws)["httpPort"]
     assert f"plain http also on port {http_port}" in started.stdout
     response = httpx.post(
         f"http://127.0.0.1:{http_port}/api/v1/service/secure/score", content=SUM_BODY, headers=auth(service)
@@ -131,12 +131,12 @@ def test_own_certificate_files_then_tls_off(ws: Workspace, service: Webservice, 
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     restart(ws, "--tls-cert", str(cert_file), "--tls-key", str(key_file))
-    assert status(ws)["tls_cert_file"] == str(cert_file)
+    assert status(ws)["tlsCertFile"] == str(cert_file)
     assert service.scoring_uri.startswith("https://localhost:")  # the name the certificate covers
     assert service.run(SUM_BODY) == [55]
     with httpx.Client(verify=ssl.create_default_context(cafile=str(cert_file))) as client:
         assert client.post(service.scoring_uri, content=SUM_BODY, headers=auth(service)).status_code == 200
 
     restart(ws, "--no-tls")
-    assert service.scoring_uri.startswith("http://127.0.0.1:") and status(ws)["tls_cert_file"] is None
+    assert service.scoring_uri.startswith("http://127.0.0.1:") and status(ws)["tlsCertFile"] is None
     assert httpx.post(service.scoring_uri, content=SUM_BODY, headers=auth(service)).json() == [55]

@@ -195,7 +195,7 @@ def test_env_cli_lists_prunes_and_writes_an_image_context(
 
     assert cli([*root, "env", "list", "-o", "json"]) == 0
     rows = {r["hash"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows[digest]["used_by"] == ["short-lived"] and rows[digest]["name"] == "short-lived"
+    assert rows[digest]["usedBy"] == ["short-lived"] and rows[digest]["name"] == "short-lived"
 
     assert cli([*root, "env", "image-context", "short-lived", str(tmp_path / "image")]) == 0
     assert f"image tag: modelfleet-env:{digest}" in capsys.readouterr().out

@@ -52,4 +52,4 @@ def test_setting_flags_reach_the_service_on_deploy_and_update(ws: Workspace, tmp
 
     refused = cli(ws, "service", "update", "-n", "by-flags", "--autoscale-target-utilization", "0", check=False)
     assert refused.returncode == 1
-    assert refused.stderr.strip() == "error: autoscale_target_utilization must be between 1 and 100 (got 0)"
+    assert refused.stderr.strip() == "error: --autoscale-target-utilization must be between 1 and 100 (got 0)"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.cli.common import add_output, print_output, shown, workspace
 from modelfleet.errors import Conflict
 
 
 def register(groups: Any) -> None:
-    cluster = groups.add_parser("cluster", help="the local cluster daemon").add_subparsers()
+    cluster = groups.add_parser("cluster", help="the local cluster daemon").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
     start = cluster.add_parser("start", help="start the local cluster (deploy does this on demand)")
     start.add_argument("--port", type=int, help="router port (default: the last one used, else a free one)")
     start.add_argument("--host", default="127.0.0.1", help="router address to bind (default 127.0.0.1)")
@@ -100,11 +102,11 @@ def cluster_status(args: argparse.Namespace) -> int:
             if routed
             else ", not routed"
         )
-        lines.append(f"  {name}: generation {svc['serving_generation']}{load}")
+        lines.append(f"  {name}: generation {shown(svc['serving_generation'])}{load}")
         for replica in svc["replicas"]:
             lines.append(
-                f"    {replica['id']}: {replica['state']} pid={replica['pid']} address={replica['address']} "
-                f"restarts={replica['restarts']}"
+                f"    {replica['id']}: {replica['state']} pid={shown(replica['pid'])} "
+                f"address={shown(replica['address'])} restarts={replica['restarts']}"
             )
     print_output(args, data, "\n".join(lines))
     return 0

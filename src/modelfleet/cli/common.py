@@ -19,10 +19,83 @@ def workspace(args: argparse.Namespace) -> Any:
 
 
 def print_output(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
-    if getattr(args, "output", "table") == "json" or text is None:
+    """``data`` as ``-o`` asks: JSON (keys in v1's camelCase, as ``az ml`` printed them),
+    TSV (one line per item, values only, as ``az -o tsv``), or the human ``text``."""
+    output = getattr(args, "output", "table")
+    data = camel(data)
+    if output == "json" or text is None:
         print(json.dumps(data, indent=2, default=str))
+    elif output == "tsv":
+        print(tsv(data))
     else:
         print(text)
+
+
+# Values under these keys are the user's own (tag names, variable names), or v1 JSON already.
+_OPAQUE = frozenset({"tags", "properties", "environment_variables", "deploymentConfig", "spec", "canonical"})
+# Dicts under these keys are keyed by names (services, replicas, clients): their values are
+# converted, the names not.
+_BY_NAME = frozenset({"services", "router", "autoscaler", "replicas", "by_client"})
+
+
+def camel(value: Any, parent: str | None = None) -> Any:
+    """``snake_case`` keys to ``camelCase``, leaving user data (tags, names) as it is."""
+    if isinstance(value, dict):
+        if parent in _OPAQUE:
+            return value
+        if parent in _BY_NAME:
+            return {k: camel(v) for k, v in value.items()}
+        return {_camel_key(k) if isinstance(k, str) else k: camel(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [camel(v, parent if parent in _OPAQUE else None) for v in value]
+    return value
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def tsv(data: Any) -> str:
+    """``az -o tsv``: a list is one line per item; a dict is one line of its values; nested
+    values as compact JSON, None as an empty field."""
+    rows = data if isinstance(data, list) else [data]
+    return "\n".join("\t".join(_field(v) for v in (row.values() if isinstance(row, dict) else [row])) for row in rows)
+
+
+def _field(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def shown(value: Any) -> str:
+    """A value in human output: ``-`` for nothing, never ``None``."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def key_values(data: dict[str, Any]) -> str:
+    """A dict as ``key: value`` lines for people (nested dicts indented)."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key not in _OPAQUE and key != "tags":
+            lines.append(f"{key}:")
+            lines.extend(f"  {line}" for line in key_values(value).splitlines())
+        else:
+            lines.append(f"{key}: {shown(value)}")
+    return "\n".join(lines)
 
 
 def pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -111,7 +184,8 @@ def _parse_value(s: Setting) -> Any:
             if s.kind == "number":
                 return float(text)
         except (KeyError, ValueError):
-            raise argparse.ArgumentTypeError(f"{s.flat} must be {_WORDS[s.kind]} (got {text!r})") from None
+            # argparse says which flag: "argument --auth-enabled: must be true or false (got 'maybe')"
+            raise argparse.ArgumentTypeError(f"must be {_WORDS[s.kind]} (got {text!r})") from None
         return text
 
     return parse
@@ -148,4 +222,10 @@ def deploy_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_output(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sub.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "tsv"],
+        default="table",
+        help="table (for people, default), json (camelCase keys, for scripts) or tsv (values only)",
+    )

@@ -12,21 +12,27 @@ from datetime import datetime, timezone
 from typing import Any
 
 from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.cli.completion import attach, service_names
 from modelfleet.errors import ConfigError, NotFound
 
 
 def register(groups: Any) -> None:
-    data = groups.add_parser("data", help="model data collected by services (collect_model_data)").add_subparsers()
+    data = groups.add_parser("data", help="model data collected by services (collect_model_data)").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
     show = data.add_parser("show", help="what was collected: records per model, version, designation and day")
     export = data.add_parser("export", help="the records themselves, oldest first")
     for sub in (show, export):
-        sub.add_argument("-n", "--name", required=True, help="service name")
+        attach(sub.add_argument("-n", "--name", required=True, help="service name"), service_names)
         sub.add_argument("--designation", help="only this designation (e.g. inputs, predictions)")
         sub.add_argument("--since", metavar="ISO", help="only records at or after this time (ISO 8601; UTC if no zone)")
     add_output(show)
     show.set_defaults(handler=data_show)
-    export.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
-    export.add_argument("-o", "--output-file", default="-", metavar="FILE", help="file to write; '-' (default): stdout")
+    export.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl",
+                        help="JSON lines (default), CSV, or Parquet (needs --file)")  # fmt: skip
+    # --file, not -o: -o is the output format on every other command
+    export.add_argument("--file", dest="output_file", default="-", metavar="FILE",
+                        help="file to write; '-' (default): stdout")  # fmt: skip
     export.set_defaults(handler=data_export)
 
 
@@ -47,8 +53,8 @@ def _root(args: argparse.Namespace) -> Any:
     root = service_data_dir(workspace(args).store.root / META_DIR, args.name)
     if not root.is_dir():
         raise NotFound(
-            f"no collected data for service {args.name!r}; deploy it with collect_model_data=True "
-            "(deploy_configuration or deploymentconfig.json dataCollection.storageEnabled) and score it"
+            f"no collected data for service {args.name!r}; deploy it with --collect-model-data true "
+            "(or dataCollection.storageEnabled in its deploymentconfig.json) and score it"
         )
     return root
 
@@ -72,7 +78,7 @@ def data_export(args: argparse.Namespace) -> int:
     records = read_records(_root(args), args.designation, _since(args.since))
     if args.output_file == "-":
         if args.format == "parquet":
-            raise ConfigError("--format parquet needs -o FILE (Parquet is a binary file format)")
+            raise ConfigError("--format parquet needs --file FILE (Parquet is a binary file format)")
         export(records, args.format, sys.stdout.buffer)
         sys.stdout.flush()
     else:

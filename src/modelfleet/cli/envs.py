@@ -13,19 +13,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.cli.common import add_output, print_output, shown, workspace
+from modelfleet.cli.completion import attach, environment_names
 from modelfleet.cli.env_audit import add_audit_command
 from modelfleet.errors import ConfigError, NotFound
 
 
 def register(groups: Any) -> None:
-    env = groups.add_parser("env", help="cached environments").add_subparsers()
+    env = groups.add_parser("env", help="cached environments").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
     listing = env.add_parser("list", help="the workspace's environments (--machine: the machine-wide cache's)")
     listing.add_argument("--machine", action="store_true", help="list the machine-wide cache instead")
     add_output(listing)
     listing.set_defaults(handler=env_list)
     show = env.add_parser("show", help="one environment: its specification, packages and users")
-    show.add_argument("name", metavar="NAME_OR_HASH")
+    name = show.add_argument("name", metavar="NAME_OR_HASH", help="environment name, or a hash prefix (6+ characters)")
+    attach(name, environment_names)
     add_output(show)
     show.set_defaults(handler=env_show)
     prune = env.add_parser("prune", help="remove the environments no service uses")
@@ -33,8 +37,8 @@ def register(groups: Any) -> None:
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     prune.set_defaults(handler=env_prune)
     image = env.add_parser("image-context", help="Dockerfile and build context, tagged with the environment's hash")
-    image.add_argument("name", metavar="NAME")
-    image.add_argument("out_dir", metavar="OUT_DIR")
+    attach(image.add_argument("name", metavar="NAME", help="environment name (or hash)"), environment_names)
+    image.add_argument("out_dir", metavar="OUT_DIR", help="new or empty folder to write the context into")
     image.add_argument("--repository", default="modelfleet-env", help="image repository (default modelfleet-env)")
     image.set_defaults(handler=env_image_context)
     config = env.add_parser("config", help="show or set where environments are cached and built from")
@@ -85,8 +89,8 @@ def env_list(args: argparse.Namespace) -> int:
         used = usage(ws.store)
         rows = [_row(e, sorted(used.get(e.hash, []))) for e in envs.list_cached(settings.workspace_cache, "workspace")]
     lines = [
-        f"{r['hash'][:12]}  {r['name']:<20} python {r['python']:<8} {r['packages']:>3} packages  "
-        f"used by: {', '.join(r['used_by']) or '-'}"
+        f"{r['hash'][:12]}  {r['name']:<20} python {shown(r['python']):<8} {r['packages']:>3} packages  "
+        f"used by: {shown(r['used_by'])}"
         for r in rows
     ]
     print_output(args, rows, "\n".join(lines) or "no environments")
@@ -116,7 +120,7 @@ def env_show(args: argparse.Namespace) -> int:
         for e in matches.values()
     ]
     text = "\n\n".join(
-        f"{d['hash']}\n  name: {d['name']}\n  python: {d['python']}\n  where: {d['where']} ({d['path']})\n"
+        f"{d['hash']}\n  name: {d['name']}\n  python: {shown(d['python'])}\n  where: {d['where']} ({d['path']})\n"
         f"  requirements: {', '.join(d['requirements']) or '-'}\n  installed: {', '.join(d['installed'])}\n"
         f"  used by: {', '.join(d['used_by']) or '-'}"
         for d in data
@@ -130,12 +134,16 @@ def env_prune(args: argparse.Namespace) -> int:
     from modelfleet.control.environments import usage
 
     ws, settings = _context(args)
+    if args.machine and settings.machine_cache is None:
+        raise ConfigError(
+            "this workspace keeps no machine-wide cache (env config --machine-cache none); drop --machine"
+        )
     in_use = set(usage(ws.store))
     if args.dry_run:
-        unused = [e for e in envs.list_cached(settings.workspace_cache, "workspace") if e.hash not in in_use]
-        for env in unused:
+        going = _would_prune(settings, in_use, args.machine)
+        for env in going:
             print(f"would remove {env.hash[:12]} {env.name} ({env.where})")
-        if not unused:
+        if not going:
             print("nothing to remove")
         return 0
     removed = envs.prune_workspace(settings, in_use)
@@ -146,6 +154,26 @@ def env_prune(args: argparse.Namespace) -> int:
     if not removed:
         print("nothing to remove")
     return 0
+
+
+def _would_prune(settings: Any, in_use: set[str], machine: bool) -> list[Any]:
+    """What ``env prune`` would remove: the workspace's unused environments, then (with
+    ``--machine``) the machine-wide ones that no workspace would link to once this
+    workspace's unused links are gone, as ``prune`` removes them in that order."""
+    from modelfleet import envs
+
+    unused = [e for e in envs.list_cached(settings.workspace_cache, "workspace") if e.hash not in in_use]
+    if not machine or settings.machine_cache is None:
+        return unused
+    unlinked = {e.hash for e in unused}
+    own = Path(settings.workspace_cache).resolve()
+    going = list(unused)
+    for env in envs.list_cached(settings.machine_cache, "machine"):
+        users = [u for u in envs.machine_users(settings.machine_cache, env.hash)
+                 if not (Path(u).resolve() == own and env.hash in unlinked)]  # fmt: skip
+        if not users:
+            going.append(env)
+    return going
 
 
 def env_image_context(args: argparse.Namespace) -> int:
@@ -195,5 +223,5 @@ def env_config(args: argparse.Namespace) -> int:
         "offline": settings.offline,
         "uv_cache": str(settings.uv_cache) if settings.uv_cache else None,
     }
-    print_output(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
+    print_output(args, data, "\n".join(f"{k}: {shown(v)}" for k, v in data.items()))
     return 0

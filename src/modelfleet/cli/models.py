@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -12,48 +11,57 @@ from modelfleet.cli.common import (
     add_output,
     deploy_config_from_args,
     inference_config_from_file,
+    key_values,
     models_from_refs,
     pairs,
     print_output,
+    shown,
     workspace,
 )
+from modelfleet.cli.completion import attach, model_names, model_refs
 from modelfleet.errors import ModelfleetError
 from modelfleet.spec import EnvironmentSpec
 
 
 def register(groups: Any) -> None:
-    model = groups.add_parser("model", help="registered models").add_subparsers()
+    model = groups.add_parser("model", help="registered models").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
     register = model.add_parser("register", help="register a file or folder as the next version")
-    register.add_argument("-n", "--name", required=True)
-    register.add_argument("-p", "--path", "--model-path", dest="path", required=True)
-    register.add_argument("-t", "--tag", action="append", help="KEY=VALUE, repeatable")
-    register.add_argument("--property", action="append", help="KEY=VALUE, repeatable")
-    register.add_argument("-d", "--description")
+    register.add_argument("-n", "--name", required=True, help="model name (a new name starts at version 1)")
+    register.add_argument("-p", "--path", "--model-path", dest="path", required=True,
+                          help="the file or folder to copy into the workspace")  # fmt: skip
+    register.add_argument("-t", "--tag", action="append", metavar="KEY=VALUE", help="a tag, repeatable")
+    register.add_argument("--property", action="append", metavar="KEY=VALUE", help="a property, repeatable")
+    register.add_argument("-d", "--description", help="what the model is")
     add_output(register)
     register.set_defaults(handler=model_register)
     listing = model.add_parser("list", help="registered models")
-    listing.add_argument("-n", "--name")
-    listing.add_argument("-l", "--latest", action="store_true")
+    attach(listing.add_argument("-n", "--name", help="only versions of this model"), model_names)
+    listing.add_argument("-l", "--latest", action="store_true", help="only the latest version of each model")
     add_output(listing)
     listing.set_defaults(handler=model_list)
     show = model.add_parser("show", help="one model version")
-    show.add_argument("-n", "--name", required=True)
-    show.add_argument("-v", "--version", type=int)
+    attach(show.add_argument("-n", "--name", required=True, help="model name"), model_names)
+    show.add_argument("-v", "--version", type=int, help="version (default: the latest)")
     add_output(show)
     show.set_defaults(handler=model_show)
     download = model.add_parser("download", help="copy a model version's files to a folder")
-    download.add_argument("-n", "--name", required=True)
-    download.add_argument("-v", "--version", type=int)
-    download.add_argument("-t", "--target-dir", default=".")
-    download.add_argument("--overwrite", action="store_true")
+    attach(download.add_argument("-n", "--name", required=True, help="model name"), model_names)
+    download.add_argument("-v", "--version", type=int, help="version (default: the latest)")
+    download.add_argument("-t", "--target-dir", default=".", help="folder to copy into (default: the current one)")
+    download.add_argument("--overwrite", action="store_true", help="replace files already in the target folder")
     download.set_defaults(handler=model_download)
     deploy = model.add_parser("deploy", help="deploy models as a service (v1 JSON config files)")
     deploy.add_argument("-n", "--name", required=True, help="service name")
-    deploy.add_argument("-m", "--model", action="append", required=True, help="MODEL:VERSION, repeatable")
-    deploy.add_argument("--ic", "--inference-config-file", dest="ic", required=True)
-    deploy.add_argument("--dc", "--deploy-config-file", dest="dc")
-    deploy.add_argument("--overwrite", action="store_true")
-    deploy.add_argument("--no-wait", action="store_true")
+    attach(deploy.add_argument("-m", "--model", action="append", required=True, metavar="MODEL:VERSION",
+                               help="a model to serve, repeatable"), model_refs)  # fmt: skip
+    deploy.add_argument("--ic", "--inference-config-file", dest="ic", required=True, metavar="FILE",
+                        help="a v1 inferenceconfig.json: entry script, source folder, environment")  # fmt: skip
+    deploy.add_argument("--dc", "--deploy-config-file", dest="dc", metavar="FILE",
+                        help="a v1 deploymentconfig.json: the settings (flags below override it)")  # fmt: skip
+    deploy.add_argument("--overwrite", action="store_true", help="replace a service of the same name")
+    deploy.add_argument("--no-wait", action="store_true", help="return at once; do not wait for the deployment")
     deploy.add_argument("--fail-on-vulnerable", action="store_true",
                         help="audit the environment first (pip-audit); refuse to deploy if vulnerable")  # fmt: skip
     deploy.add_argument("--no-audit", action="store_true",
@@ -81,7 +89,7 @@ def model_list(args: argparse.Namespace) -> int:
     from modelfleet.sdk.model import Model
 
     models = Model.list(workspace(args), name=args.name, latest=args.latest)
-    rows = [f"{m.name}:{m.version}  {json.dumps(m.tags)}" for m in models]
+    rows = [f"{m.name}:{m.version}  {shown(m.tags)}" for m in models]
     print_output(args, [m.serialize() for m in models], "\n".join(rows) or "no models")
     return 0
 
@@ -90,7 +98,7 @@ def model_show(args: argparse.Namespace) -> int:
     from modelfleet.sdk.model import Model
 
     model = Model(workspace(args), args.name, version=args.version)
-    print_output(args, model.serialize(), json.dumps(model.serialize(), indent=2, default=str))
+    print_output(args, model.serialize(), key_values(model.serialize()))
     return 0
 
 

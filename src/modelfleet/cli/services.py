@@ -16,21 +16,30 @@ from modelfleet.cli.common import (
     deploy_config_from_file,
     deploy_settings,
     inference_config_from_file,
+    key_values,
     models_from_refs,
+    pairs,
     print_output,
+    shown,
     workspace,
 )
+from modelfleet.cli.completion import attach, model_refs, service_names
 from modelfleet.errors import ConfigError
 from modelfleet.spec.deploy import BY_FLAT
 
+# settings that are metadata: changed without restarting replicas (sdk/service_meta.py)
+METADATA_SETTINGS = ("tags", "properties", "description")
+
 
 def register(groups: Any) -> None:
-    service = groups.add_parser("service", help="deployed services").add_subparsers()
-    svc_list = service.add_parser("list")
+    service = groups.add_parser("service", help="deployed services").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
+    svc_list = service.add_parser("list", help="the workspace's services, their state and scoring URI")
     add_output(svc_list)
     svc_list.set_defaults(handler=service_list)
     for verb, handler, help_text in [
-        ("show", service_show, "one service"),
+        ("show", service_show, "one service: state, URIs, models, tags and deployment settings"),
         ("logs", service_logs, "its replicas' logs"),
         ("get-keys", service_get_keys, "its primary and secondary keys"),
         ("regen-key", service_regen_key, "replace a key"),
@@ -40,30 +49,45 @@ def register(groups: Any) -> None:
         ("delete", service_delete, "drain and remove"),
     ]:
         sub = service.add_parser(verb, help=help_text)
-        sub.add_argument("-n", "--name", required=True)
+        attach(sub.add_argument("-n", "--name", required=True, help="service name"), service_names)
         sub.set_defaults(handler=handler)
         if verb in ("show", "get-keys", "get-access-token"):
             add_output(sub)
         if verb == "logs":
-            sub.add_argument("-l", "--num-lines", type=int, default=5000)
+            sub.add_argument("-l", "--num-lines", type=int, default=5000, help="lines to print (default 5000)")
             sub.add_argument(
                 "-f", "--follow", action="store_true", help="then print new lines as they come (Ctrl-C stops)"
             )
             sub.add_argument("--replica", type=int, metavar="N", help="replica N's log only")
         if verb == "regen-key":
-            sub.add_argument("-k", "--key", required=True, choices=["Primary", "Secondary"])
+            sub.add_argument(
+                "-k", "--key", required=True, choices=["Primary", "Secondary"], help="which key to replace"
+            )
             sub.add_argument("--set-key", help="use this value instead of a generated one")
         if verb == "run":
-            sub.add_argument("-d", "--input-data")
-            sub.add_argument("-f", "--input-file")
+            sub.add_argument("-d", "--input-data", metavar="JSON", help="the request body")
+            sub.add_argument("-f", "--input-file", metavar="FILE", help="a file holding the request body")
         if verb == "update":
-            sub.add_argument("-m", "--model", action="append")
-            sub.add_argument("--ic", "--inference-config-file", dest="ic")
-            sub.add_argument("--dc", "--deploy-config-file", dest="dc")
-            sub.add_argument("--no-wait", action="store_true")
+            attach(
+                sub.add_argument(
+                    "-m", "--model", action="append", metavar="MODEL:VERSION", help="the new models, repeatable"
+                ),
+                model_refs,
+            )
+            sub.add_argument("--ic", "--inference-config-file", dest="ic", metavar="FILE",
+                             help="a v1 inferenceconfig.json: new entry script, source or environment")  # fmt: skip
+            sub.add_argument("--dc", "--deploy-config-file", dest="dc", metavar="FILE",
+                             help="a v1 deploymentconfig.json: new settings")  # fmt: skip
+            sub.add_argument("--add-tag", action="append", metavar="KEY=VALUE",
+                             help="add or change a tag, repeatable (replicas are not restarted)")  # fmt: skip
+            sub.add_argument("--remove-tag", action="append", metavar="KEY",
+                             help="remove a tag, repeatable (replicas are not restarted)")  # fmt: skip
+            sub.add_argument("--add-property", action="append", metavar="KEY=VALUE",
+                             help="add a property, repeatable (replicas are not restarted)")  # fmt: skip
+            sub.add_argument("--no-wait", action="store_true", help="return at once; do not wait for the update")
             add_deploy_settings(sub, keys=False)
     events = service.add_parser("scale-events", help="when and why its replica count changed, oldest first")
-    events.add_argument("-n", "--name", required=True)
+    attach(events.add_argument("-n", "--name", required=True, help="service name"), service_names)
     add_output(events)
     events.set_defaults(handler=service_scale_events)
     plan = service.add_parser("plan", help="replicas needed for a load (v1's calculator)")
@@ -91,14 +115,15 @@ def service_list(args: argparse.Namespace) -> int:
     from modelfleet.sdk.webservice import Webservice
 
     services = Webservice.list(workspace(args))
-    rows = [f"{s.name}  {s.state}  {s.scoring_uri}" for s in services]
+    rows = [f"{s.name}  {s.state}  {shown(s.scoring_uri)}" for s in services]
     print_output(args, [s.serialize() for s in services], "\n".join(rows) or "no services")
     return 0
 
 
 def service_show(args: argparse.Namespace) -> int:
     data = _service(args).serialize()
-    print_output(args, data, json.dumps(data, indent=2, default=str))
+    text = {**data, "models": [f"{m['name']}:{m['version']}" for m in data["models"]]}
+    print_output(args, data, key_values(text))
     return 0
 
 
@@ -149,15 +174,34 @@ def service_run(args: argparse.Namespace) -> int:
 def service_update(args: argparse.Namespace) -> int:
     service = _service(args)
     ws = service.workspace
+    settings = deploy_settings(args)
+    metadata = {k: settings.pop(k) for k in METADATA_SETTINGS if k in settings}
+    _update_metadata(service, args, metadata)
     models = models_from_refs(ws, args.model) if args.model else None
     inference = inference_config_from_file(args.ic) if args.ic else None
+    if models is None and inference is None and not args.dc and not settings:
+        if not metadata and not (args.add_tag or args.remove_tag or args.add_property):
+            raise ConfigError("service update needs something to change: -m, --ic, --dc, a setting flag or a tag")
+        print(f"service {args.name}: metadata updated; its replicas were not restarted")
+        return 0
     spec = deploy_config_from_file(args.dc) if args.dc else service._spec()
-    settings = deploy_settings(args)
     spec = spec.replace(**settings) if settings else spec
     service._update(models, inference, spec)
     if not args.no_wait:
         service.wait_for_deployment(show_output=True)
     return 0
+
+
+def _update_metadata(service: Any, args: argparse.Namespace, metadata: dict[str, Any]) -> None:
+    """Tags, properties and description: recorded without touching the running replicas."""
+    if metadata:
+        service.update(**metadata)
+    if args.add_tag:
+        service.add_tags(pairs(args.add_tag, "--add-tag"))
+    if args.remove_tag:
+        service.remove_tags(args.remove_tag)
+    if args.add_property:
+        service.add_properties(pairs(args.add_property, "--add-property"))
 
 
 def service_delete(args: argparse.Namespace) -> int:

@@ -7,9 +7,11 @@ from typing import Any
 
 
 def register(groups: Any) -> None:
-    workspace = groups.add_parser("workspace", help="create a workspace").add_subparsers()
+    workspace = groups.add_parser("workspace", help="create a workspace").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
     create = workspace.add_parser("create", help="create a workspace folder")
-    create.add_argument("-n", "--name", required=True)
+    create.add_argument("-n", "--name", required=True, help="workspace name (v1 config.json's workspace_name)")
     create.add_argument("-p", "--path", help="folder (default: ./NAME)")
     create.set_defaults(handler=workspace_create)
 

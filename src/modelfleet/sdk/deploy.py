@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelfleet.errors import ConfigError, TargetError
 from modelfleet.sdk import service_meta
+from modelfleet.sdk.capacity import refuse_never_fits
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.service_config import build_config
 from modelfleet.sdk.webservice import KubernetesCompute, Webservice
@@ -49,6 +50,7 @@ def deploy_service(
             f"LocalWebservice.deploy_configuration(...) (got {type(spec).__name__})"
         )
     _refuse_unsupported(spec)
+    refuse_never_fits(spec)
     config = build_config(workspace, models, inference_config.to_spec(), spec)
     primary = secondary = None
     if spec.auth_enabled:

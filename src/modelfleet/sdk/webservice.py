@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
 from modelfleet.sdk import service_meta
+from modelfleet.sdk.capacity import refuse_never_fits
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.registered import RegisteredModel
@@ -351,6 +352,7 @@ class Webservice:
         self._save_metadata(service_meta.Metadata(new_tags, new_props, new_description))
 
     def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
+        refuse_never_fits(spec)
         record = self._record()
         new_models = (
             models
