@@ -166,7 +166,6 @@ def test_log_in_see_the_service_and_watch_it_scale_under_load(
         # the page updates itself from the event stream: no reload from here on
         wait_for(browser, lambda d: float(text_of(d, row + " td.rps") or 0) > 0)
         wait_for(browser, lambda d: int((text_of(d, row + " td.replicas") or "0/0").split("/")[1]) > 1)
-        screenshot(browser, tmp_path, "dashboard-overview.png")
 
         browser.find_element(By.CSS_SELECTOR, row + " td.name a").click()
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
@@ -177,6 +176,10 @@ def test_log_in_see_the_service_and_watch_it_scale_under_load(
         # a few more points on the charts before the picture (longer when it is for docs/)
         time.sleep(20 if os.environ.get("MODELFLEET_DASHBOARD_SCREENSHOTS") else 2)
         screenshot(browser, tmp_path, "dashboard-service.png")
+
+        browser.find_element(By.CSS_SELECTOR, "header nav a[href='#/']").click()
+        wait_for(browser, lambda d: (text_of(d, row + " td.replicas") or "").split("/") in (["2", "2"], ["3", "3"]))
+        screenshot(browser, tmp_path, "dashboard-overview.png")
     assert load.statuses and set(load.statuses) == {200}
 
 
