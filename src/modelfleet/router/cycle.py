@@ -29,6 +29,29 @@ SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+# -- the lifecycle of one request, as its client sees it ---------------------------------
+#
+#   WAITING ──begin──> ACTIVE ──replica's head forwarded──> STREAMING ──last byte──> DONE
+#      │                 │  └──────── router's own answer (401/404/413/502/503/504) ──> DONE
+#      └─ answered before its turn began (body too large) ─────────────────────────> DONE
+#   any state but DONE ──client left, or the stream was cut──> GONE
+#
+# WAITING: parsed, behind earlier requests on its connection. ACTIVE: first in line; queued
+# for a slot, connecting, or on a replica, and the client has no byte of its answer yet.
+# STREAMING: the replica's answer head went out, its body follows. DONE and GONE are final.
+# Which replica slot it holds is ``assigned`` (given back in ``_release`` only), orthogonal
+# to these states: a 504 is DONE while the slot stays held until the replica answers.
+WAITING, ACTIVE, STREAMING, DONE, GONE = range(5)
+STATE_NAMES = ("WAITING", "ACTIVE", "STREAMING", "DONE", "GONE")
+_NEXT = (
+    frozenset((ACTIVE, DONE, GONE)),  # from WAITING
+    frozenset((STREAMING, DONE, GONE)),  # from ACTIVE
+    frozenset((DONE, GONE)),  # from STREAMING
+    frozenset(),  # DONE
+    frozenset(),  # GONE
+)
+
+
 class Cycle:
     """One request and its answer.
 
@@ -46,8 +69,8 @@ class Cycle:
         "expect", "arrived", "canned", "status",
         "chunks", "buffered", "kept", "body_bytes", "body_done",
         "assigned", "up", "body_sent", "busy_seen", "aborting",
-        "answered", "streaming", "resp_chunked", "gone", "close_after", "head_out",
-        "started", "sent_at", "begun", "replayed",
+        "state", "resp_chunked", "close_after", "head_out",
+        "started", "sent_at", "replayed",
     )  # fmt: skip
 
     def __init__(
@@ -93,25 +116,34 @@ class Cycle:
         self.busy_seen = False  # the replica answered "busy"
         self.aborting = False  # we cut the upstream connection on purpose: not a replica fault
         # Answer to the client.
-        self.answered = False  # the client has its whole answer, or will get none
-        self.streaming = False  # replica's head sent to the client; body follows
+        self.state = WAITING  # see the diagram above; changed by _to() only
         self.resp_chunked = False
-        self.gone = False
         self.close_after = not keep_alive
         self.head_out: bytes | None = None  # answer head not yet written (goes with the body)
-        self.begun = False  # begin() ran: first in line, answered or on its way to a replica
         self.replayed = False  # sent again once on a fresh connection (see up_lost)
 
     def __repr__(self) -> str:
-        return f"<Cycle {self.method.decode()} {self.target.decode()} replica={self.assigned}>"
+        state = STATE_NAMES[self.state]
+        return f"<Cycle {self.method.decode()} {self.target.decode()} {state} replica={self.assigned}>"
+
+    def _to(self, state: int) -> None:
+        """The one place the state changes; a move the diagram does not have is a bug."""
+        if state not in _NEXT[self.state]:
+            raise RuntimeError(f"{self!r}: no transition {STATE_NAMES[self.state]} -> {STATE_NAMES[state]}")
+        self.state = state
+
+    @property
+    def answered(self) -> bool:
+        """The client has its whole answer, or will get none."""
+        return self.state >= DONE
 
     # -- client side -------------------------------------------------------------------
 
     def begin(self) -> None:
         """Now first in line on its connection: answer, or ask the dispatcher for a replica."""
-        self.begun = True
-        if self.answered:  # too large, or the client left, before it began
+        if self.state != WAITING:  # begun already, or answered (too large) / gone before its turn
             return
+        self._to(ACTIVE)
         if self.canned is not None:
             self.answer(self.canned)
             return
@@ -138,7 +170,7 @@ class Cycle:
     def body(self, data: bytes) -> None:
         n = len(data)
         self.body_bytes += n
-        if self.answered:
+        if self.state >= DONE:
             return  # answered early: drop the rest of the body
         svc = self.svc
         if svc is not None and self.body_bytes > svc.route.max_body_bytes and self.canned is None:
@@ -165,7 +197,7 @@ class Cycle:
 
     def body_end(self) -> None:
         self.body_done = True
-        if self.answered:
+        if self.state >= DONE:
             return
         up = self.up
         if up is not None and not self.body_sent:
@@ -194,22 +226,21 @@ class Cycle:
         self.close_after = True
         self.chunks = []
         self.kept = False
-        if self.answered:
+        if self.state >= DONE:
             return
         if self.up is not None and not self.body_sent:
             self.aborting = True  # the replica never sees a complete request
             self.up.abort()
         elif self.svc is not None and self.assigned is None:
             self.svc.dispatch.cancel(self)
-        if self.begun and self.conn.cycles and self.conn.cycles[0] is self:
+        if self.state == ACTIVE and self.conn.cycles and self.conn.cycles[0] is self:
             self.answer(canned)
 
     def client_gone(self) -> None:
-        self.gone = True
-        streaming, self.streaming = self.streaming, False
-        if self.answered:
+        if self.state >= DONE:
             return
-        self.answered = True
+        streaming = self.state == STREAMING
+        self._to(GONE)
         svc = self.svc
         if svc is not None and self.assigned is None:
             svc.dispatch.cancel(self)  # queued: leave the queue now, not at the deadline
@@ -226,9 +257,9 @@ class Cycle:
 
     def answer(self, canned: Canned) -> None:
         """Answer with a precomputed response (first in line only)."""
-        if self.answered:
+        if self.state >= DONE:
             return
-        self.answered = True
+        self._to(DONE)
         self.status = canned.status
         if self.up is not None:
             self.up.resume_reading()  # the replica's answer (504 case) is drained, never stalls
@@ -277,7 +308,7 @@ class Cycle:
                 if not self.router.stopping:
                     self.router.replica_failed(svc, self.assigned or "?", f"gone after a reset ({exc})")
                 self._release()
-                if not self.answered:
+                if self.state < DONE:
                     self.answer(svc.c502)
                 return
             self._release(refused=f"connect failed: {exc}")  # nothing sent: another replica
@@ -285,10 +316,10 @@ class Cycle:
         except asyncio.CancelledError:
             self._release()  # router stopping
             raise
-        if self.answered or self.canned is not None:  # the client left, or the body was refused
+        if self.state >= DONE or self.canned is not None:  # the client left, or the body was refused
             self.router.pool.put(conn, self.router.loop.time())
             self._release()
-            if not self.answered and self.conn.cycles and self.conn.cycles[0] is self:
+            if self.state < DONE and self.conn.cycles and self.conn.cycles[0] is self:
                 self.answer(self.canned)  # type: ignore[arg-type]
             return
         self._send(conn, host)
@@ -346,7 +377,7 @@ class Cycle:
             self._end_exchange()
             up.abort()
             self._release()
-            if not self.answered and self.svc is not None:
+            if self.state < DONE and self.svc is not None:
                 self.close_after = True
                 self.answer(self.svc.c502)
 
@@ -381,7 +412,7 @@ class Cycle:
         now = router.loop.time()
         if refused is not None and not router.stopping:
             router.replica_failed(svc, replica, refused)
-        if self.answered or router.stopping:
+        if self.state >= DONE or router.stopping:
             actions = d.finish(replica, now)
         elif busy:
             actions = d.busy(replica, self, now, self.arrived)
@@ -416,7 +447,7 @@ class Cycle:
         sent = svc.sending.pop(self, None)
         self.chunks = []
         self.kept = False
-        if self.answered:
+        if self.state >= DONE:
             return  # 504 already sent, or the client left: the answer is read and dropped
         if sent is not None and self.router.loop.time() - sent >= svc.route.timeout_s:
             # Late: the deadline passed but its timer had not run yet (the loop runs I/O
@@ -424,7 +455,7 @@ class Cycle:
             # its own "timeout" now; the client gets the router's 504 either way.
             self.timed_out()
             return
-        self.streaming = True
+        self._to(STREAMING)
         self.status = status
         conn = self.conn
         out = [status_line(status, reason)]
@@ -451,7 +482,7 @@ class Cycle:
         self.head_out = b"".join(out)
 
     def up_body(self, data: bytes) -> None:
-        if self.streaming:
+        if self.state == STREAMING:
             head = self.head_out or b""
             self.head_out = None
             if self.resp_chunked:
@@ -465,7 +496,7 @@ class Cycle:
         """End of one read from the replica: the head must not wait for more."""
         if self.head_out is not None:
             head, self.head_out = self.head_out, None
-            if self.streaming:
+            if self.state == STREAMING:
                 self.conn.transport.write(head)
 
     def up_end(self, keep_alive: bool) -> None:
@@ -478,7 +509,7 @@ class Cycle:
         else:
             up.close()
         if self.busy_seen:
-            if self.kept and not self.answered:
+            if self.kept and self.state < DONE:
                 self._release(busy=True)  # back to the head of the queue, elsewhere or later
                 return
             self._release()
@@ -486,8 +517,7 @@ class Cycle:
             self.answer(self.svc.c503)  # type: ignore[union-attr]
             return
         self._release()
-        if self.streaming:
-            self.streaming = False
+        if self.state == STREAMING:
             head = self.head_out or b""
             self.head_out = None
             if self.resp_chunked:
@@ -495,7 +525,7 @@ class Cycle:
             elif head:
                 self.conn.transport.write(head)
             self._close_if_body_left()
-            self.answered = True
+            self._to(DONE)
             self.conn.answered(self)
 
     def up_lost(self, exc: BaseException | None) -> None:
@@ -532,10 +562,9 @@ class Cycle:
         self._release()
         if not failed:
             return
-        if self.streaming:
+        if self.state == STREAMING:
             # Head already forwarded: the only honest signal left is a cut connection.
-            self.streaming = False
-            self.answered = True
+            self._to(GONE)
             self.conn.transport.abort()
         else:
             self.answer(svc.c502)
@@ -549,7 +578,7 @@ class Cycle:
             and not up.answer_began
             and not self.replayed
             and not self.aborting
-            and not self.answered
+            and self.state < DONE
             and not self.busy_seen
             and self.kept  # the body so far is held (the rest, if any, follows on the new connection)
             and not self.router.stopping

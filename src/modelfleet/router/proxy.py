@@ -39,7 +39,7 @@ import httptools
 
 from modelfleet.errors import ConfigError
 from modelfleet.router.auth import AuthFailures, AuthResult
-from modelfleet.router.cycle import Cycle
+from modelfleet.router.cycle import DONE, WAITING, Cycle
 from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.ids import MSG_MSID, MSG_XID, RequestIds
 from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ReadGate
@@ -164,7 +164,7 @@ class ClientConnection(asyncio.Protocol):
             # in the same write as the head (one syscall, one packet).
             self._starting = False
             cycles = self.cycles
-            if len(cycles) == 1 and not cycles[0].begun:
+            if len(cycles) == 1 and cycles[0].state == WAITING:
                 cycles[0].begin()  # an answer given at once goes on through answered() -> advance()
             else:
                 self.advance()
@@ -292,7 +292,7 @@ class ClientConnection(asyncio.Protocol):
         cycle = self._cycle
         if cycle is not None:
             cycle.body_end()
-        if self.closing and (cycle is None or cycle.answered):
+        if self.closing and (cycle is None or cycle.state >= DONE):
             self.transport.close()
 
     # -- refusing ------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
             cycles = self.cycles
             while cycles:
                 head = cycles[0]
-                if head.begun:
+                if head.state != WAITING:
                     break
                 head.begin()
         finally:
