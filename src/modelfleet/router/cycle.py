@@ -43,7 +43,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # to these states: a 504 is DONE while the slot stays held until the replica answers.
 WAITING, ACTIVE, STREAMING, DONE, GONE = range(5)
 STATE_NAMES = ("WAITING", "ACTIVE", "STREAMING", "DONE", "GONE")
-_NEXT = (
+_NEXT: tuple[frozenset[int], ...] = (
     frozenset((ACTIVE, DONE, GONE)),  # from WAITING
     frozenset((STREAMING, DONE, GONE)),  # from ACTIVE
     frozenset((DONE, GONE)),  # from STREAMING
@@ -163,7 +163,7 @@ class Cycle:
         if action is None:
             self.router.arm(svc)  # queued
         elif action.__class__ is Send:
-            self.assign(action.replica)  # type: ignore[union-attr]
+            self.assign(action.replica)
         else:
             self.reject()
 
@@ -320,7 +320,7 @@ class Cycle:
             self.router.pool.put(conn, self.router.loop.time())
             self._release()
             if self.state < DONE and self.conn.cycles and self.conn.cycles[0] is self:
-                self.answer(self.canned)  # type: ignore[arg-type]
+                self.answer(self.canned)
             return
         self._send(conn, host)
 

@@ -62,7 +62,9 @@ class ClientPort(Protocol):
     """A client connection as a cycle sees it (``proxy.ClientConnection``). ``cycles`` holds
     the connection's cycles in arrival order ([0] is being served)."""
 
-    router: RouterPort
+    @property
+    def router(self) -> RouterPort: ...
+
     transport: asyncio.Transport
     gate: ReadGate
     cycles: deque[Any]

@@ -263,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
             rids: bytes = ids.lines  # type: ignore[union-attr]
             target = b""
         else:
-            rids = ids  # type: ignore[assignment]
+            rids = ids
             decision = route(method, path, length, router.services)
             svc = decision.service
             canned = decision.answer
@@ -725,7 +725,7 @@ class Router:
         """Carry out dispatch actions, then make sure a timer covers the queue."""
         for a in actions:
             if a.__class__ is Send:
-                a.req.assign(a.replica)  # type: ignore[attr-defined,union-attr]
+                a.req.assign(a.replica)  # type: ignore[attr-defined]
             else:
                 a.req.reject()  # type: ignore[attr-defined]
         if svc.dispatch.queued:
