@@ -131,10 +131,15 @@ def exchange(host: str, port: int, data: bytes) -> bytes:
     return received
 
 
-def assert_well_formed(received: bytes) -> None:
+def assert_well_formed(received: bytes, sent: bytes) -> None:
     if not received:
         return  # a clean close, or still waiting for the rest of an incomplete request
     assert received.startswith(b"HTTP/1.1 "), received[:200]
+    if b"HEAD " in sent:
+        # an answer to HEAD has its body's headers and no body, which a response parser
+        # cannot be told: a whole head is what can be checked
+        assert b"\r\n\r\n" in received, received[:300]
+        return
     answers = _Answers()
     parser = httptools.HttpResponseParser(answers)
     parser.feed_data(received)  # raises HttpParserError on a malformed answer
@@ -188,22 +193,29 @@ def replica() -> Iterator[str]:
             proc.wait(10)
 
 
+# A timeout raised inside hypothesis turns into a failure it then tries to shrink, without end:
+# past the bound, the thread method ends the run with every stack instead.
+BOUNDED = pytest.mark.timeout(400, method="thread")
+
+
+@BOUNDED
 @FUZZ
 @given(data=st.data())
 def test_router_answers_hostile_input_properly_and_keeps_serving(router: tuple[str, dict[str, str]], data) -> None:
     uri, headers = router
     parts = urlsplit(uri)
     sent = data.draw(hostile(parts.path.encode()))
-    assert_well_formed(exchange(parts.hostname or "127.0.0.1", parts.port or 80, sent))
+    assert_well_formed(exchange(parts.hostname or "127.0.0.1", parts.port or 80, sent), sent)
     still_serving(uri, headers)
 
 
+@BOUNDED
 @FUZZ
 @given(data=st.data())
 def test_replica_answers_hostile_input_properly_and_keeps_serving(replica: str, data) -> None:
     parts = urlsplit(replica)
     sent = data.draw(hostile(b"/score"))
     started = time.monotonic()
-    assert_well_formed(exchange(parts.hostname or "127.0.0.1", parts.port or 80, sent))
+    assert_well_formed(exchange(parts.hostname or "127.0.0.1", parts.port or 80, sent), sent)
     assert time.monotonic() - started < 30
     still_serving(replica, {})
