@@ -97,6 +97,14 @@ def test_no_cookie_or_a_forged_one_is_refused(ws: Workspace) -> None:
         assert forged_code.status_code == 401 and COOKIE not in forged_code.headers.get("set-cookie", "")
 
 
+def test_another_host_name_gets_nothing(ws: Workspace, client: httpx.Client) -> None:
+    port = client.base_url.port
+    for host in (f"rebound.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1"):
+        answer = client.get("/api/overview", headers={"Host": host})  # with a valid session cookie
+        assert answer.status_code == 421 and "unknown host" in answer.json()["message"], host
+    assert client.get("/api/overview", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
 def test_pages_forbid_framing_and_caching(client: httpx.Client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "uPlot.iife.min.js" in page.text

@@ -25,7 +25,7 @@ from modelfleet import Webservice, Workspace
 from modelfleet.control.dashboard.login import COOKIE
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -115,12 +115,25 @@ class Load:
 
 
 def wait_for(driver: webdriver.Chrome, condition, timeout: float = WAIT_S):  # type: ignore[no-untyped-def]
-    return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+    # the page redraws its tables each second, so an element found may be replaced before use
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(lambda d: condition(d))
 
 
 def text_of(driver: webdriver.Chrome, css: str) -> str | None:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else None
+    """The text of the first element ``css`` selects, read in one step (no stale reference)."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : null;"
+    return driver.execute_script(script, css)  # type: ignore[no-any-return]
+
+
+def click(driver: webdriver.Chrome, css: str) -> None:
+    """Click the element ``css`` selects, again if it was redrawn in between."""
+
+    def clicked(d: webdriver.Chrome) -> bool:
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    wait_for(driver, clicked, timeout=10)
 
 
 def screenshot(driver: webdriver.Chrome, folder: Path, name: str) -> Path:
@@ -167,17 +180,21 @@ def test_log_in_see_the_service_and_watch_it_scale_under_load(
         wait_for(browser, lambda d: float(text_of(d, row + " td.rps") or 0) > 0)
         wait_for(browser, lambda d: int((text_of(d, row + " td.replicas") or "0/0").split("/")[1]) > 1)
 
-        browser.find_element(By.CSS_SELECTOR, row + " td.name a").click()
+        click(browser, row + " td.name a")
         wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
         wait_for(browser, lambda d: float(text_of(d, "#service-rps") or 0) > 0)
         wait_for(browser, lambda d: int((text_of(d, "#service-replicas") or "0/0").split("/")[0]) > 1)
-        marker = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas .scale-marker.up"))[0]
-        assert "1 → " in marker.get_attribute("title") and "utilization" in marker.get_attribute("title")
+        up = "#chart-replicas .scale-marker.up"
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, up))
+        title = browser.execute_script("return document.querySelector(arguments[0]).title;", up)  # the hover text
+        assert "1 → " in title and "utilization" in title
+        click(browser, "#replica-table a.log-link")  # a replica's live log
+        wait_for(browser, lambda d: (text_of(d, "#log-title") or "").endswith("(live)") and text_of(d, "#log-text"))
         # a few more points on the charts before the picture (longer when it is for docs/)
         time.sleep(20 if os.environ.get("MODELFLEET_DASHBOARD_SCREENSHOTS") else 2)
         screenshot(browser, tmp_path, "dashboard-service.png")
 
-        browser.find_element(By.CSS_SELECTOR, "header nav a[href='#/']").click()
+        click(browser, "header nav a[href='#/']")
         wait_for(browser, lambda d: (text_of(d, row + " td.replicas") or "").split("/") in (["2", "2"], ["3", "3"]))
         screenshot(browser, tmp_path, "dashboard-overview.png")
     assert load.statuses and set(load.statuses) == {200}
@@ -187,9 +204,10 @@ def test_regenerate_key_button_asks_then_acts(ws: Workspace, browser: webdriver.
     service = Webservice(ws, SERVICE)
     old = service.get_keys()[1]
     browser.get(base_uri(login_link(ws)) + f"/#/service/{SERVICE}")  # the session cookie is still held
-    select = wait_for(browser, lambda d: d.find_elements(By.ID, "key-select"))[0]
-    select.find_element(By.XPATH, "option[text()='Secondary']").click()
-    browser.find_element(By.ID, "regen-key").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
+    click(browser, "#key-select option:nth-child(2)")  # Secondary
+    assert browser.execute_script("return document.getElementById('key-select').value;") == "Secondary"
+    click(browser, "#regen-key")
     alert = wait_for(browser, lambda d: _alert(d), timeout=10)
     assert "Regenerate the Secondary key" in alert.text
     alert.accept()

@@ -89,3 +89,12 @@ def test_the_ring_keeps_an_hour_at_most() -> None:
         h.record(float(t), {200: t}, buckets(b0=t), **NO_LOAD)
     assert len(h.samples) == 3600
     assert h.samples[0].time == 400.0
+
+
+def test_idle_seconds_share_one_bucket_tuple() -> None:
+    h = History()
+    for t in range(3):
+        h.record(float(t), {200: 5}, buckets(b0=5), **NO_LOAD)
+    first, second, third = h.samples
+    assert sum(first.buckets) == 5
+    assert second.buckets is third.buckets and not any(second.buckets)

@@ -112,7 +112,7 @@ class History:
             client_errors=client,
             server_errors=server,
             unavailable=unavailable,
-            buckets=tuple(_delta(b, a) for b, a in zip(buckets, last, strict=True)),
+            buckets=_interned(tuple(_delta(b, a) for b, a in zip(buckets, last, strict=True))),
             in_flight=in_flight,
             queued=queued,
             ready=ready,
@@ -133,6 +133,17 @@ class History:
             out.append(s)
         out.reverse()
         return out
+
+
+_IDLE: dict[int, tuple[int, ...]] = {}
+
+
+def _interned(buckets: tuple[int, ...]) -> tuple[int, ...]:
+    """An idle second's all-zero buckets, shared: an idle service's hour costs a pointer per
+    sample for them instead of a tuple (memory: about 0.4 MB an hour idle, 1 MB busy)."""
+    if any(buckets):
+        return buckets
+    return _IDLE.setdefault(len(buckets), buckets)
 
 
 def _delta(now: int, before: int) -> int:

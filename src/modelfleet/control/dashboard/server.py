@@ -14,8 +14,10 @@
     POST /api/services/<name>/regen-key {"key": "Primary"|"Secondary"}
     POST /api/services/<name>/replicas  {"replicas": N}
 
-Everything but /login and /static needs the session cookie (401 otherwise). A POST must
-carry JSON and, when the browser sends an Origin, come from this dashboard's own origin.
+Everything but /login and /static needs the session cookie (401 otherwise). A request must
+name this dashboard as its Host (127.0.0.1 or localhost and its port; else 421: a page whose
+name merely resolves here gets nothing). A POST must carry JSON and, when the browser sends
+an Origin, come from this dashboard's own origin.
 Responses forbid framing and caching; the page loads nothing from elsewhere.
 """
 
@@ -149,6 +151,9 @@ class DashboardServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.host not in (f"127.0.0.1:{self.port}", f"localhost:{self.port}"):
+            # another name that resolves here (DNS rebinding) gets nothing, not even the login page
+            return web.json_response({"message": f"unknown host {request.host!r}; use {self.uri}"}, status=421)
         if request.path in ("/login",) or request.path.startswith("/static/"):
             return await handler(request)
         if not self.sessions.valid(request.cookies.get(COOKIE), time.time()):

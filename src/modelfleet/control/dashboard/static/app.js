@@ -121,9 +121,10 @@ const CHARTS = [
   { id: "chart-replicas", title: "Replicas (markers: scale events)",
     keys: ["ready", "desired"], markers: true,
     series: [{ label: "ready", stroke: "#2a7" }, { label: "desired", stroke: "#777", dash: [4, 4] }] },
-  { id: "chart-queue", title: "Queue depth and in flight",
-    keys: ["queued", "in_flight"],
-    series: [{ label: "queued", stroke: "#a3c" }, { label: "in flight", stroke: "#37c" }] },
+  { id: "chart-queue", title: "Queue depth, in flight and 503s (no capacity in time)",
+    keys: ["queued", "in_flight", "unavailable"],
+    series: [{ label: "queued", stroke: "#a3c" }, { label: "in flight", stroke: "#37c" },
+      { label: "503/s", stroke: "#c33" }] },
 ];
 
 function placeMarkers(u) {
@@ -183,7 +184,7 @@ function renderService(detail) {
 
 function updateService(detail, initial) {
   if (!view || view.kind !== "service" || detail.name !== view.name) return;
-  if (!view.charts) { renderService(detail); return; }
+  if (!view.charts) return; // the first full view (with history) is still loading: it renders
   if (!initial) {
     const s = view.series;
     const last = s.time.length ? s.time[s.time.length - 1] : 0;
