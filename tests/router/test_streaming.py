@@ -102,3 +102,23 @@ def test_a_client_that_stops_reading_a_plain_answer_is_cut_off_and_frees_the_slo
     wait_for(lambda: rt.stats()["svc"]["in_flight"] == 0, timeout=10, what="the slot to be freed")
     with httpx.Client(timeout=10) as c:
         assert c.post(rt.url("svc"), content=BODY).status_code == 200
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_generator_and_frees_the_slot(
+    router: RouterThread, replicas: Callable[..., Server], tmp_path: Path
+) -> None:
+    replica = replicas("streaming.py")
+    assert replica.port is not None
+    serve_on(router, "svc", [replica.port])
+    marker = tmp_path / "closed"
+    url = router.url("svc") + f"?n=1000&gap=0.05&marker={marker}"
+    with httpx.Client(timeout=30) as c, c.stream("POST", url, content=b"x") as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("chunk 0")
+        assert next(lines).startswith("chunk 1")
+        assert router.stats()["svc"]["in_flight"] == 1
+    # The client closed its connection after two of 1,000 chunks (50 s of stream).
+    wait_for(marker.exists, timeout=15, what="the replica to end the generator")
+    wait_for(lambda: router.stats()["svc"]["in_flight"] == 0, timeout=10, what="the slot to be freed")
+    with httpx.Client(timeout=10) as c:
+        assert c.post(router.url("svc") + "?n=2", content=b"x").status_code == 200
