@@ -16,6 +16,7 @@ from modelfleet.errors import ConfigError
 from modelfleet.sdk.registered import RegisteredModel
 from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, EnvironmentSpec, InferenceSpec
+from modelfleet.spec.names import check_model_count
 
 
 def build_config(
@@ -23,6 +24,7 @@ def build_config(
 ) -> dict[str, Any]:
     if not isinstance(models, list | tuple) or not all(isinstance(m, RegisteredModel) for m in models):
         raise ConfigError("models must be a list of Model objects (e.g. [Model(ws, 'name')])")
+    check_model_count(len(models))  # before the source snapshot is stored
     if len({m.name for m in models}) != len(models):
         raise ConfigError("models must not hold two versions of the same model name (v1 lays them out by name)")
     return {
@@ -34,6 +36,7 @@ def build_config(
 
 
 def model_refs(models: Sequence[RegisteredModel]) -> list[dict[str, Any]]:
+    check_model_count(len(models))  # deploy and update both come through here
     return [{"name": m.name, "version": m.version} for m in models]
 
 

@@ -16,6 +16,8 @@ SERVICE_NAME_RULE = (
     "3-32 characters of lowercase letters, digits and dashes, starting with a letter and ending with a letter or digit"
 )
 MODEL_NAME_RULE = "1-255 letters, digits, dashes, periods or underscores, starting with a letter or digit"
+# v1: "up to 1,000 models per deployment" (one container serves them all).
+MAX_MODELS_PER_DEPLOYMENT = 1000
 
 # v1 ``webservice_name_validation``: 3-32 characters; the trailing dash is forbidden too.
 # Anchored, so that it means the same as a JSON Schema ``pattern`` (the admin API's OpenAPI).
@@ -61,3 +63,13 @@ def parse_model_ref(ref: str) -> tuple[str, int | None]:
     if not version.isdigit() or not version.isascii() or int(version) < 1:
         raise ConfigError(f"model version must be a whole number of at least 1, as in {name}:3 (got {ref!r})")
     return name, int(version)
+
+
+def check_model_count(count: int) -> None:
+    """v1's limit of ``MAX_MODELS_PER_DEPLOYMENT`` models in one deployment; ``ConfigError``
+    names the limit and the count asked for."""
+    if count > MAX_MODELS_PER_DEPLOYMENT:
+        raise ConfigError(
+            f"a deployment holds at most {MAX_MODELS_PER_DEPLOYMENT:,} models (v1's limit); got {count:,}: "
+            "split the models over several services"
+        )
