@@ -53,7 +53,13 @@ V1_PARAMETERS = [
     "blobfuse_enabled",
 ]
 # modelfleet's additions: keyword-only, with names of their own.
-ADDITIONS = ["autoscale_down_delay_seconds", "max_body_bytes", "compute_type"]
+ADDITIONS = [
+    "autoscale_down_delay_seconds",
+    "max_body_bytes",
+    "model_cache_size",
+    "model_cache_memory_gb",
+    "compute_type",
+]
 
 
 @pytest.mark.parametrize(

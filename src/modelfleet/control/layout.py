@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfleet.replica.models import CACHE_MEMORY_ENV, CACHE_SIZE_ENV
 from modelfleet.spec import DeploySpec
 from modelfleet.store.registry import META_DIR, Store
 from modelfleet.targets.isolation import MEMORY_LIMIT_ENV, memory_limit_note
@@ -77,6 +78,10 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         "SCORING_TIMEOUT_MS": str(deploy.scoring_timeout_ms),
         "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
     }
+    if deploy.model_cache_size is not None:  # models loaded on demand (replica/models.py)
+        environment[CACHE_SIZE_ENV] = str(deploy.model_cache_size)
+    if deploy.model_cache_memory_gb is not None:
+        environment[CACHE_MEMORY_ENV] = str(_bytes(deploy.model_cache_memory_gb))
     if deploy.memory_gb_limit is not None:  # enforced by the local target (targets/isolation.py)
         environment[MEMORY_LIMIT_ENV] = str(_bytes(deploy.memory_gb_limit))
     if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)

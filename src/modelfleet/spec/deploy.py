@@ -20,7 +20,9 @@ Where modelfleet differs from v1, on purpose:
 - ``autoscale_target_utilization`` is capped at 100 (v1 only required > 0).
 - Types are checked: ``True`` where an integer belongs, or the string ``"1"``, is an error.
 - Additions with names of their own: ``autoscale_down_delay_seconds`` (60), ``max_body_bytes``
-  (100 MiB), ``port`` (local only; v1's LocalWebservice setting).
+  (100 MiB), ``model_cache_size`` and ``model_cache_memory_gb`` (the bounds of a replica's
+  models loaded on demand, ``modelfleet.replica.models``; unbounded when not given), ``port``
+  (local only; v1's LocalWebservice setting).
 
 v1 JSON files are read as they are. Unknown keys are a ``ConfigError`` that names the key and the
 known ones. Keys v1 had that mean nothing here (Docker image steps, GPU base images, Spark,
@@ -171,6 +173,13 @@ class DeploySpec:
     blobfuse_enabled: bool = setting("bool", True, "blobfuseEnabled", "v1's model download setting (kept)")
     max_body_bytes: int = setting(
         "int", DEFAULT_MAX_BODY_BYTES, "maxBodyBytes", "largest request body the router accepts (bytes)", lo=1
+    )
+    # Models loaded on demand (``modelfleet.replica.models.load``): the per-replica LRU's bounds.
+    model_cache_size: int | None = setting(
+        "int", None, "modelCache.maxModels", "most models one replica keeps loaded (models.load)", lo=1
+    )
+    model_cache_memory_gb: float | None = setting(
+        "number", None, "modelCache.memoryInGB", "most memory (GB) of models one replica keeps loaded"
     )
     port: int | None = None
 
@@ -438,6 +447,8 @@ def aks_deploy_configuration(
     *,
     autoscale_down_delay_seconds: int | None = None,
     max_body_bytes: int | None = None,
+    model_cache_size: int | None = None,
+    model_cache_memory_gb: float | None = None,
     compute_type: str = "aks",
 ) -> DeploySpec:
     """v1 ``AksWebservice.deploy_configuration``: same parameters, order and defaults.
