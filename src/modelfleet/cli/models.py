@@ -68,6 +68,28 @@ def register(groups: Any) -> None:
                         help="skip the vulnerability warning after deploying (pip-audit, when installed)")  # fmt: skip
     add_deploy_settings(deploy)
     deploy.set_defaults(handler=model_deploy)
+    package = model.add_parser("package", help="the service's image as a Dockerfile and build context (v1 package)")
+    attach(package.add_argument("-m", "--model", action="append", required=True, metavar="MODEL:VERSION",
+                                help="a model to put in the image, repeatable"), model_refs)  # fmt: skip
+    package.add_argument("--ic", "--inference-config-file", dest="ic", required=True, metavar="FILE",
+                         help="a v1 inferenceconfig.json: entry script, source folder, environment")  # fmt: skip
+    package.add_argument("--output-path", required=True, metavar="DIR",
+                         help="new or empty folder to write the Dockerfile and its context into")  # fmt: skip
+    package.add_argument("--image-name", help="the image name the Dockerfile suggests (default modelfleet-package)")
+    package.add_argument("--image-label", help="the image tag (default: the environment's hash, shortened)")
+    package.set_defaults(handler=model_package)
+    profile = model.add_parser("profile", help="measure CPU and memory on sample requests; recommend settings")
+    profile.add_argument("-n", "--name", required=True, help="profile name")
+    attach(profile.add_argument("-m", "--model", action="append", metavar="MODEL:VERSION",
+                                help="a model to serve, repeatable"), model_refs)  # fmt: skip
+    profile.add_argument("--ic", "--inference-config-file", dest="ic", required=True, metavar="FILE",
+                         help="a v1 inferenceconfig.json: entry script, source folder, environment")  # fmt: skip
+    profile.add_argument("--input-file", required=True, metavar="FILE",
+                         help="sample request bodies, one JSON document a line")  # fmt: skip
+    profile.add_argument("--cpu", type=float, help="cpu_cores of the temporary service (default 0.1)")
+    profile.add_argument("--memory-in-gb", type=float, help="memory_gb of the temporary service (default 0.5)")
+    add_output(profile)
+    profile.set_defaults(handler=model_profile)
 
 
 def model_register(args: argparse.Namespace) -> int:
@@ -157,3 +179,43 @@ def known_vulnerabilities(ws: Any, environment: EnvironmentSpec) -> str | None:
     listed = "; ".join(f"{f.package} {f.version} ({f.id}, fixed in {', '.join(f.fix_versions) or 'none yet'})"
                        for f in report.findings)  # fmt: skip
     return f"environment {environment.name!r} has {len(report.findings)} known vulnerabilities: {listed}"
+
+
+def model_package(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.model import Model
+
+    ws = workspace(args)
+    package = Model.package(
+        ws,
+        models_from_refs(ws, args.model),
+        inference_config_from_file(args.ic),
+        generate_dockerfile=True,
+        image_name=args.image_name,
+        image_label=args.image_label,
+    )
+    package.save(args.output_path)
+    print(f"wrote {args.output_path}/Dockerfile and its build context")
+    print(f"build it: docker build -t {package.image} {args.output_path}")
+    return 0
+
+
+def model_profile(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.model import Model
+
+    ws = workspace(args)
+    details = Model.profile(
+        ws,
+        args.name,
+        models_from_refs(ws, args.model or []),
+        inference_config_from_file(args.ic),
+        args.input_file,
+        cpu=args.cpu,
+        memory_in_gb=args.memory_in_gb,
+    ).get_details()
+    text = (
+        f"{details['name']}: {details['state']}, {details['successQueries']} of {details['totalQueries']} requests "
+        f"answered; peak {details['maxUtilizedCpu']} CPUs, {details['maxUtilizedMemoryInGB']} GB\n"
+        f"recommended: --cpu-cores {details['recommendedCpu']} --memory-gb {details['recommendedMemoryInGB']}"
+    )
+    print_output(args, details, text)
+    return 0
