@@ -21,8 +21,9 @@ _EXPORTS = {
     "Webservice": "modelfleet.sdk.webservice",
     "AksWebservice": "modelfleet.sdk.webservice",
     "LocalWebservice": "modelfleet.sdk.webservice",
-    "KubernetesCompute": "modelfleet.sdk.webservice",
-    "AksCompute": "modelfleet.sdk.webservice",
+    "KubernetesCompute": "modelfleet.sdk.compute",
+    "AksCompute": "modelfleet.sdk.compute",
+    "ComputeTarget": "modelfleet.sdk.compute",
 }
 
 __all__ = sorted(_EXPORTS)

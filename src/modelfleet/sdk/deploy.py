@@ -2,7 +2,9 @@
 
 Everything is checked before anything is written: the service name, the settings, the
 models, the entry script and its folder (``service_config.py``). Then the config goes into
-the workspace and the local cluster (started on demand) is told to reconcile the service.
+the workspace and the local cluster (started on demand) is told to reconcile the service;
+with ``deployment_target`` (an attached Kubernetes cluster, ``sdk/compute.py``) the config
+names it, and that target's controller (started on demand) reconciles the service instead.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from modelfleet.errors import ConfigError, TargetError
+from modelfleet.errors import ConfigError
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
+from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, deployment_target_of
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.service_config import build_config
-from modelfleet.sdk.webservice import KubernetesCompute, Webservice
+from modelfleet.sdk.webservice import Webservice
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, validate_service_name
 
 if TYPE_CHECKING:
@@ -36,11 +39,7 @@ def deploy_service(
     show_output: bool = False,
 ) -> Webservice:
     validate_service_name(name)
-    if isinstance(deployment_target, KubernetesCompute):
-        raise TargetError(
-            "deploying to a Kubernetes cluster is not available yet; leave deployment_target out "
-            "to deploy to the local cluster"
-        )
+    target = deployment_target_of(workspace, deployment_target)  # None: the local cluster
     if inference_config is None:
         raise ConfigError("Model.deploy needs inference_config=InferenceConfig(entry_script=..., ...)")
     spec = deployment_config if deployment_config is not None else aks_deploy_configuration()
@@ -50,8 +49,11 @@ def deploy_service(
             f"LocalWebservice.deploy_configuration(...) (got {type(spec).__name__})"
         )
     _refuse_unsupported(spec)
-    refuse_never_fits(spec)
+    if target is None:  # a cluster's nodes are not this machine
+        refuse_never_fits(spec)
     config = build_config(workspace, models, inference_config.to_spec(), spec)
+    if target is not None:
+        config[COMPUTE_TARGET_KEY] = target.name
     primary = secondary = None
     if spec.auth_enabled:
         primary = spec.primary_key or new_key()
@@ -61,9 +63,12 @@ def deploy_service(
     service_meta.save(
         workspace.store, name, service_meta.Metadata(dict(spec.tags), dict(spec.properties), spec.description)
     )
-    cluster = workspace.cluster()
-    cluster.ensure_running()
-    cluster.sync(name)
+    if target is not None:
+        target.ensure_controller()  # it follows the workspace: the new service is picked up within a second
+    else:
+        cluster = workspace.cluster()
+        cluster.ensure_running()
+        cluster.sync(name)
     service = Webservice(workspace, name)
     if show_output:
         service.wait_for_deployment(show_output=True)

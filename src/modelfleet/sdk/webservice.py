@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
+from modelfleet.sdk.compute import AksCompute, KubernetesCompute, service_target
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
 from modelfleet.sdk.registered import RegisteredModel
@@ -104,6 +105,9 @@ class Webservice:
         return list(self._record().config["models"])
 
     def _base_uri(self) -> str | None:
+        target = service_target(self.workspace, self._record().config)
+        if target is not None:  # the cluster's router, where the compute target says it is reached
+            return f"{target.router_uri}/api/v1/service/{self.name}" if target.router_uri else None
         store = self.workspace.store
         port = store.get_setting(ROUTER_PORT_SETTING)
         if port is None:
@@ -377,6 +381,11 @@ class Webservice:
         self._notify_cluster(start=True)
 
     def delete(self) -> None:
+        target = service_target(self.workspace, self._record().config)
+        if target is not None:  # its controller sees it gone and deletes its objects
+            self.workspace.store.delete_service(self.name)
+            target.ensure_controller()
+            return
         cluster = self.workspace.cluster()
         if cluster.info() is not None:
             cluster.delete(self.name)
@@ -407,6 +416,10 @@ class Webservice:
         }
 
     def _notify_cluster(self, start: bool = False) -> None:
+        target = service_target(self.workspace, self._record().config)
+        if target is not None:  # its controller reads the change within a second
+            target.ensure_controller()
+            return
         cluster = self.workspace.cluster()
         if start:
             cluster.ensure_running()
@@ -521,19 +534,5 @@ def _existing_service(workspace: WorkspaceBase, name: str) -> dict[str, Any] | N
 def _flavour(deploy: dict[str, Any]) -> type[Webservice]:
     return LocalWebservice if deploy.get("compute_type") == "local" else AksWebservice
 
-
-class KubernetesCompute:
-    """A Kubernetes cluster as a deployment target (v1: ``AksCompute``). Not available yet:
-    ``Model.deploy(..., deployment_target=KubernetesCompute(ws, name))`` says so."""
-
-    def __init__(self, workspace: WorkspaceBase, name: str) -> None:
-        self.workspace = workspace
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"KubernetesCompute(name={self.name!r})"
-
-
-AksCompute = KubernetesCompute
 
 __all__ = ["AksCompute", "AksWebservice", "KubernetesCompute", "LocalWebservice", "Webservice"]

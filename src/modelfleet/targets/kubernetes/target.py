@@ -316,6 +316,14 @@ class KubernetesTarget:
             name = s.metadata.name
             _delete(f"Secret {name}", lambda n=name: self.core.delete_namespaced_secret(n, ns))
 
+    def services(self) -> set[str]:
+        """The services that have objects in the namespace (route ConfigMaps, Deployments)."""
+        ns, selector = self.namespace, "app.kubernetes.io/managed-by=modelfleet"
+        deps = _call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
+        maps = _call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
+        found = {(o.metadata.labels or {}).get(m.SERVICE_LABEL) for o in [*deps.items, *maps.items]}
+        return {s for s in found if s}
+
     def check_now(self, replica_id: str) -> None:
         """The kubelet probes; the router sees the pod's Ready condition change."""
 

@@ -1,0 +1,196 @@
+"""Kubernetes from the command line.
+
+``modelfleet compute attach|list|show|detach``: the clusters a workspace deploys to.
+``modelfleet k8s manifests -n NAME``: a deployed service's objects as YAML, for GitOps.
+``modelfleet router --kubernetes``: the in-cluster router (what the router's pods run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from modelfleet.cli.common import add_output, print_output, workspace
+from modelfleet.errors import ConfigError
+
+
+def register(groups: Any) -> None:
+    _register_compute(groups)
+    _register_k8s(groups)
+    _register_router(groups)
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def _register_compute(groups: Any) -> None:
+    compute = groups.add_parser("compute", help="Kubernetes clusters attached to the workspace").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
+    attach = compute.add_parser("attach", help="attach a cluster as a compute target")
+    attach.add_argument("-n", "--name", required=True, help="the compute target's name (2-16 characters)")
+    attach.add_argument("--kubeconfig", default="~/.kube/config", help="kubeconfig file (default ~/.kube/config)")
+    attach.add_argument("--context", help="the kubeconfig's context (default: its current one)")
+    attach.add_argument("--namespace", default="default", help="where services go (default: default)")
+    attach.add_argument("--blob-store", help="http(s) URL the pods fetch models and source from")
+    attach.add_argument("--router-uri", help="where clients reach the router (the Service's address)")
+    attach.add_argument("--image", help="replica image for every service (default: repository:<environment hash>)")
+    attach.add_argument("--image-repository", help="repository of the replica images (default modelfleet-replica)")
+    attach.add_argument("--overwrite", action="store_true", help="replace a compute target of that name")
+    attach.set_defaults(handler=compute_attach)
+    listing = compute.add_parser("list", help="the attached compute targets")
+    add_output(listing)
+    listing.set_defaults(handler=compute_list)
+    show = compute.add_parser("show", help="one compute target's settings")
+    show.add_argument("-n", "--name", required=True, help="the compute target")
+    add_output(show)
+    show.set_defaults(handler=compute_show)
+    detach = compute.add_parser("detach", help="forget a cluster (its services' objects stay in it)")
+    detach.add_argument("-n", "--name", required=True, help="the compute target")
+    detach.set_defaults(handler=compute_detach)
+
+
+def compute_attach(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import KubernetesCompute
+
+    target = KubernetesCompute.attach(
+        workspace(args),
+        args.name,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        blob_store=args.blob_store,
+        router_uri=args.router_uri,
+        image=args.image,
+        image_repository=args.image_repository,
+        overwrite=args.overwrite,
+    )
+    print(f"attached compute target {target.name} (namespace {target.namespace})")
+    return 0
+
+
+def compute_list(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    data = [t.serialize() for t in ComputeTarget.list(workspace(args))]
+    lines = [
+        f"{d['name']}\t{d['computeType']}\t{d.get('namespace', 'default')}\t{d.get('kubeconfig', '-')}" for d in data
+    ]
+    print_output(args, data, "\n".join(["NAME\tTYPE\tNAMESPACE\tKUBECONFIG", *lines]))
+    return 0
+
+
+def compute_show(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    data = ComputeTarget(workspace(args), args.name).serialize()
+    print_output(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
+    return 0
+
+
+def compute_detach(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    ComputeTarget(workspace(args), args.name).detach()
+    print(f"detached compute target {args.name}")
+    return 0
+
+
+# --------------------------------------------------------------------------- k8s manifests
+
+
+def _register_k8s(groups: Any) -> None:
+    k8s = groups.add_parser("k8s", help="Kubernetes objects of the workspace's services").add_subparsers(
+        metavar="COMMAND", dest="subcommand", required=True
+    )
+    manifests = k8s.add_parser("manifests", help="print a service's objects (and the router's) as YAML")
+    manifests.add_argument("-n", "--name", required=True, help="the deployed service")
+    manifests.add_argument("--compute-target", help="take namespace, blob store and image from this target")
+    manifests.add_argument("--namespace", help="namespace (default: the target's, else default)")
+    manifests.add_argument("--blob-store", help="blob store URL the pods fetch from (default: the target's)")
+    manifests.add_argument("--image", help="replica image (default: the target's, else modelfleet-replica:<hash>)")
+    manifests.add_argument("--router-image", default="modelfleet-router:latest", help="the router's image")
+    manifests.add_argument(
+        "--load-balancer-type",
+        default="LoadBalancer",
+        choices=["LoadBalancer", "InternalLoadBalancer", "ClusterIP"],
+        help="how the router's Service is reached (v1's load_balancer_type)",
+    )
+    manifests.add_argument("--no-router", action="store_true", help="the service's objects only")
+    manifests.add_argument("--with-keys", action="store_true", help="put the service's keys in its Secret")
+    manifests.set_defaults(handler=k8s_manifests)
+
+
+def k8s_manifests(args: argparse.Namespace) -> int:
+    try:
+        import yaml
+    except ImportError as exc:  # PyYAML comes with the kubernetes extra
+        raise ConfigError("printing YAML needs PyYAML: pip install 'modelfleet[kubernetes]'") from exc
+    from modelfleet.control.k8s_controller import service_source
+    from modelfleet.spec import DeploySpec
+    from modelfleet.store.computes import ComputeRecord
+    from modelfleet.targets.kubernetes import manifests as m
+
+    ws = workspace(args)
+    store = ws.store
+    record = store.get_service(args.name)
+    spec = DeploySpec.from_dict(record.config["deploy"])
+    base = store.computes.get(args.compute_target) if args.compute_target else None
+    settings = dict(base.settings) if base else {}
+    for key in ("namespace", "blob_store", "image"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    if not settings.get("blob_store"):
+        raise ConfigError("pass --compute-target NAME or --blob-store URL: the pods fetch models and source from it")
+    compute = ComputeRecord(args.compute_target or "manifests", "kubernetes", settings, 0.0)
+    src = service_source(store, record, spec, compute)
+    if args.with_keys:
+        from dataclasses import replace
+
+        src = replace(src, primary_key=record.primary_key, secondary_key=record.secondary_key)
+    objects = m.service_objects(src)
+    if not args.no_router:
+        router = m.RouterSource(
+            image=args.router_image,
+            namespace=src.effective_namespace,
+            load_balancer_type=args.load_balancer_type,
+            secret_names=[m.secret_name(src.name)],
+        )
+        objects += m.router_objects(router)
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    if not args.with_keys and spec.auth_enabled:
+        print(
+            f"note: Secret {m.secret_name(src.name)} has no keys; fill it (or pass --with-keys)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- the router
+
+
+def _register_router(groups: Any) -> None:
+    router = groups.add_parser("router", help="run the in-cluster router (what the router's pods run)")
+    router.add_argument("--kubernetes", action="store_true", required=True, help="discover services through the API")
+    router.add_argument("--namespace", default=None, help="namespace to serve (default $MODELFLEET_NAMESPACE)")
+    router.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: the pod's)")
+    router.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+    router.add_argument("--kubeconfig", help="authenticate as this kubeconfig says (default: the pod's account)")
+    router.add_argument("--context", help="the kubeconfig's context")
+    router.set_defaults(handler=router_run)
+
+
+def router_run(args: argparse.Namespace) -> int:
+    from modelfleet.control import k8s_router
+
+    argv = ["--kubernetes", "--host", args.host]
+    for flag, value in (
+        ("--namespace", args.namespace),
+        ("--port", args.port),
+        ("--kubeconfig", args.kubeconfig),
+        ("--context", args.context),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return k8s_router.main(argv)

@@ -1,0 +1,304 @@
+"""The control plane of one attached Kubernetes compute target: the same ``Reconciler`` as the
+local cluster, with ``KubernetesTarget`` and a planner that makes pod templates.
+
+    python -m modelfleet.control.k8s_controller --workspace PATH --compute-target NAME [--detach]
+
+One process per (workspace, compute target), held by an exclusive lock on
+``runtime/k8s-<NAME>.lock`` (a second one exits at once); ``Model.deploy(...,
+deployment_target=target)`` starts it on demand (``ensure_controller``). Every second it
+reads the workspace: services whose config names this compute target get a controller (the
+reconciler then follows their changes by itself), and services gone from the workspace are
+deleted from the cluster, so ``service.delete()`` works whoever carries it out. Services of
+other targets are left alone. At start, objects of services the workspace no longer holds
+(deleted while no controller ran) are removed.
+
+The planner (``kubernetes_planner``) turns a stored service into ``manifests.ServiceSource``:
+the models and the snapshot by digest, fetched by each pod's init container from the blob
+store the compute target names (``blob_store``: a URL the pods can reach), and the image
+tagged with the environment's hash. A compute target without a blob store is refused with a
+message saying why: blobs on a laptop's disk are out of a cluster's reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from modelfleet.control.credentials import signing_public_key
+from modelfleet.control.k8s_router import api_client
+from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
+from modelfleet.envs.canonical import canonicalize
+from modelfleet.errors import ConfigError, TargetError
+from modelfleet.spec import DeploySpec, EnvironmentSpec
+from modelfleet.store.computes import ComputeRecord
+from modelfleet.store.registry import ServiceRecord, Store
+from modelfleet.targets.base import Probe, ReplicaPlan
+from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.target import KubernetesPlan, KubernetesTarget
+
+log = logging.getLogger("modelfleet.control.k8s")
+
+DEFAULT_IMAGE_REPOSITORY = "modelfleet-replica"
+_PASS_S = 1.0
+_START_TIMEOUT_S = 30.0
+
+
+def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
+    settings = compute.settings
+    blob_store = settings.get("blob_store")
+    if not blob_store:
+        raise ConfigError(
+            f"compute target {compute.name} has no blob_store: its pods fetch models and source from a blob store "
+            "they can reach (an http(s):// URL serving the workspace's blobs), and this workspace's blobs are on "
+            "this machine's disk; attach it again with blob_store=URL"
+        )
+    config = record.config
+    models = []
+    for ref in config.get("models", []):
+        model = store.get_model(ref["name"], int(ref["version"]))
+        files = tuple(m.ModelFile(f.relpath, f.digest) for f in model.files)
+        models.append(m.ModelLayout(model.name, model.version, files))
+    inference = config["inference"]
+    env = config.get("environment") or {"name": "default"}
+    image = settings.get("image") or (
+        f"{settings.get('image_repository') or DEFAULT_IMAGE_REPOSITORY}:"
+        f"{canonicalize(EnvironmentSpec.from_dict(env)).hash}"
+    )
+    return m.ServiceSource(
+        name=record.name,
+        deploy=spec,
+        image=image,
+        entry_script=inference["entry_script"],
+        blob_store=blob_store,
+        models=tuple(models),
+        snapshot=inference.get("snapshot"),
+        source_name=inference.get("source_name") or "source",
+        environment_variables=dict(env.get("environment_variables") or {}),
+        namespace=settings.get("namespace") or "default",
+    )
+
+
+def kubernetes_planner(compute: ComputeRecord) -> Planner:
+    def plan(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
+        src = service_source(store, record, spec, compute)
+        return KubernetesPlan(
+            service=record.name,
+            generation=record.generation,
+            python="python",  # the image's; the pod spec says how the replica starts
+            app_root=Path(m.APP_ROOT),
+            entry_script=Path(m.APP_ROOT) / src.source_name / src.entry_script,
+            environment=m.replica_environment(src),
+            max_concurrent=spec.replica_max_concurrent_requests,
+            probe=Probe(
+                period_s=float(spec.liveness.period_seconds),
+                timeout_s=float(spec.liveness.timeout_seconds),
+                failure_threshold=spec.liveness.failure_threshold,
+                startup_deadline_s=float(spec.liveness.initial_delay_seconds),
+            ),
+            source=src,
+        )
+
+    return plan
+
+
+def runs_on(record: ServiceRecord) -> str | None:
+    """The compute target a service was deployed to; None for the local cluster."""
+    value = record.config.get(COMPUTE_TARGET_KEY)
+    return str(value) if value else None
+
+
+class KubernetesController:
+    def __init__(self, store: Store, compute: ComputeRecord, target: KubernetesTarget) -> None:
+        self.store = store
+        self.compute = compute
+        self.target = target
+        self.reconciler = Reconciler(store, target, kubernetes_planner(compute), compute_target=compute.name)
+
+    def _mine(self) -> set[str]:
+        return {r.name for r in self.store.list_services() if runs_on(r) == self.compute.name}
+
+    async def collect_orphans(self) -> None:
+        """Remove the objects of services this workspace no longer holds."""
+        mine = await asyncio.to_thread(self._mine)
+        found = await asyncio.to_thread(self.target.services)
+        for service in sorted(found - mine):
+            log.info("service %s: not in the workspace any more; removing its objects", service)
+            await self.target.delete(service, 0.0)
+
+    async def run_pass(self) -> None:
+        mine = await asyncio.to_thread(self._mine)
+        known = set(self.reconciler.controllers)
+        for name in sorted(mine - known):
+            log.info("service %s: following it", name)
+            self.reconciler.sync(name)
+        for name in sorted(known - mine):
+            log.info("service %s: deleted from the workspace; deleting it from the cluster", name)
+            await self.reconciler.delete(name)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.collect_orphans()
+        while not stopping.is_set():
+            try:
+                await self.run_pass()
+            except Exception:
+                log.exception("compute target %s: pass failed", self.compute.name)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), _PASS_S)
+        # Pods outlive this process: only the controllers and the watch stop.
+        controllers = list(self.reconciler.controllers.values())
+        self.reconciler.controllers.clear()
+        await asyncio.gather(*(c.close() for c in controllers))
+        await self.target.close(0.0)
+
+
+def _token_key_pem(root: Path) -> str:
+    key = signing_public_key(root)
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+async def serve(store: Store, compute: ComputeRecord) -> None:
+    settings = compute.settings
+    api = api_client(settings.get("kubeconfig"), settings.get("context"))
+    target = KubernetesTarget(api, settings.get("namespace") or "default", lambda: _token_key_pem(store.root))
+    controller = KubernetesController(store, compute, target)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info("compute target %s: reconciling namespace %s", compute.name, target.namespace)
+    try:
+        await controller.run(stopping)
+    finally:
+        api.close()
+
+
+def lock_path(store: Store, compute: str) -> Path:
+    return store.runtime_dir / f"k8s-{compute}.lock"
+
+
+def log_path(store: Store, compute: str) -> Path:
+    return store.runtime_dir / f"k8s-{compute}.log"
+
+
+def running_pid(store: Store, compute: str) -> int | None:
+    """The pid of the controller holding the lock, or None when none runs."""
+    path = lock_path(store, compute)
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+
+def ensure_controller(store: Store, compute: str) -> int:
+    """Start the compute target's controller unless one runs; returns its pid."""
+    pid = running_pid(store, compute)
+    if pid is not None:
+        return pid
+    store.runtime_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "modelfleet.control.k8s_controller", "--workspace", str(store.root)]
+    argv += ["--compute-target", compute, "--detach"]
+    with open(log_path(store, compute), "ab") as out:
+        # it forks into the background; this returns once it holds the lock, or has failed
+        subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            timeout=_START_TIMEOUT_S,
+            check=False,
+        )
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pid = running_pid(store, compute)
+        if pid is not None and pid > 0:
+            return pid
+        time.sleep(0.05)
+    raise TargetError(f"the controller of compute target {compute} did not start; see {log_path(store, compute)}")
+
+
+def stop_controller(store: Store, compute: str, timeout: float = 30.0) -> bool:
+    """SIGTERM to the running controller, and wait until it has gone; False when none ran."""
+    pid = running_pid(store, compute)
+    if pid is None or pid <= 0:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(store, compute) is None:
+            return True
+        time.sleep(0.05)
+    raise TargetError(f"the controller of compute target {compute} (pid {pid}) did not stop in {timeout:.0f} s")
+
+
+def _detach() -> None:
+    """Fork; the parent exits at once and the child leads a session of its own. The starter
+    (``ensure_controller``) then waits for the lock file to name the child."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
+def _lock(fd: int) -> bool:
+    # A moment's retry: running_pid() elsewhere may hold the lock shared for an instant.
+    for _ in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.05)
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelfleet-k8s-controller", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", required=True, type=Path)
+    parser.add_argument("--compute-target", required=True)
+    parser.add_argument("--detach", action="store_true", help="fork into the background once the lock is held")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.detach:  # before the store is opened: no database connection crosses the fork
+        _detach()
+    store = Store.open(args.workspace)
+    try:
+        compute = store.computes.get(args.compute_target)
+        path = lock_path(store, compute.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not _lock(fd):
+            log.info("a controller for %s already runs", compute.name)
+            os.close(fd)
+            return 0
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            asyncio.run(serve(store, compute))
+        finally:
+            os.close(fd)
+        return 0
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""``Model.deploy(..., deployment_target=KubernetesCompute.attach(...))`` end to end, on the real
+control plane with the node stand-in: the SDK records the service, the compute target's
+controller (a process the SDK starts) reconciles it into a Deployment, the router (a process
+with the router's ServiceAccount) finds its pod through the API and scores it with the key;
+an update rolls a new generation; ``service.delete()`` removes every object."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from k8s_control_plane import ControlPlane, free_port, wait_for
+from k8s_services import SCRIPTS, serve_blobs
+from kubernetes import client
+from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
+from node_standin import NodeStandIn
+
+from modelfleet import AksCompute, AksWebservice, ComputeTarget, InferenceConfig, KubernetesCompute, Model, Workspace
+from modelfleet.errors import ConfigError, NotFound
+from modelfleet.targets.kubernetes import manifests as m
+
+
+def post(uri: str, key: str | None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(uri, data=b"{}", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, None
+
+
+def test_attach_by_name_and_v1_form(tmp_path: Path, control_plane: ControlPlane):
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    kubeconfig = str(control_plane.admin_kubeconfig)
+    config = AksCompute.attach_configuration(kubeconfig=kubeconfig, namespace="models", blob_store="http://b:1")
+    target = ComputeTarget.attach(ws, "prod", config)
+    assert isinstance(target, KubernetesCompute) and target.namespace == "models"
+    assert ComputeTarget(ws, "prod") == target
+    assert [t.name for t in ComputeTarget.list(ws)] == ["prod"]
+    with pytest.raises(ConfigError, match="kubeconfig '/nope' is not a file"):
+        KubernetesCompute.attach(ws, "dev", kubeconfig="/nope")
+    with pytest.raises(ConfigError, match="namespace must be a DNS label"):
+        KubernetesCompute.attach(ws, "dev", kubeconfig=kubeconfig, namespace="Models")
+    target.detach()
+    with pytest.raises(NotFound, match='no compute target "prod"'):
+        ComputeTarget(ws, "prod")
+
+
+@pytest.mark.timeout(600)
+def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
+    admin: client.ApiClient,
+    node: NodeStandIn,
+    namespace: str,
+    control_plane: ControlPlane,
+    service_account_kubeconfig,
+    tmp_path: Path,
+):
+    apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
+    for obj in m.router_objects(router_src)[:3]:  # ServiceAccount, Role, RoleBinding
+        create_from_yaml_single_item(admin, obj)
+    router_kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
+    port = free_port()
+    log = tmp_path / "router.log"
+    with serve_blobs(ws.store) as blobs, open(log, "wb") as out:
+        router = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
+            + ["--kubeconfig", str(router_kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        target = KubernetesCompute.attach(
+            ws,
+            "prod",
+            kubeconfig=str(control_plane.admin_kubeconfig),
+            namespace=namespace,
+            blob_store=blobs,
+            router_uri=f"http://127.0.0.1:{port}",
+        )
+        try:
+            weights = tmp_path / "weights.json"
+            weights.write_text(json.dumps({"w": [1, 2, 3]}))
+            model = Model.register(ws, model_path=str(weights), model_name="weights")
+            ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "read_model"))
+            dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
+            start = time.monotonic()
+            service = Model.deploy(ws, "scorer", [model], ic, dc, deployment_target=target)
+            print(f"Model.deploy returned after {time.monotonic() - start:.1f} s")
+            service.wait_for_deployment(timeout_sec=180)
+            healthy = time.monotonic() - start
+            assert service.state == "Healthy", service.error
+            assert service.scoring_uri == f"http://127.0.0.1:{port}/api/v1/service/scorer/score"
+            primary, _ = service.get_keys()
+            wait_for("a scored request", lambda: post(service.scoring_uri, primary)[0] == 200, timeout=60)
+            routed = time.monotonic() - start
+            print(
+                f"Model.deploy -> Healthy: {healthy:.1f} s; -> first request scored through the router: {routed:.1f} s"
+            )
+            assert post(service.scoring_uri, primary)[1] == {"model": {"w": [1, 2, 3]}}
+            assert post(service.scoring_uri, None)[0] == 401
+            (dep,) = apps.list_namespaced_deployment(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+            assert dep.metadata.name == "scorer-g1"
+
+            # the local cluster's daemon was never needed
+            assert ws.cluster().info() is None
+
+            uri = service.scoring_uri
+            service.delete()
+            with pytest.raises(NotFound):
+                service.state  # noqa: B018 - the property reads the workspace
+            sel = f"{m.SERVICE_LABEL}=scorer"
+            wait_for(
+                "every object of the service gone",
+                lambda: (
+                    not (
+                        apps.list_namespaced_deployment(namespace, label_selector=sel).items
+                        or core.list_namespaced_config_map(namespace, label_selector=sel).items
+                        or core.list_namespaced_secret(namespace, label_selector=sel).items
+                        or core.list_namespaced_pod(namespace, label_selector=sel).items
+                    )
+                ),
+                timeout=120,
+            )
+            wait_for("404 from the router", lambda: post(uri, primary)[0] == 404, timeout=60)
+        finally:
+            target.stop_controller()
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(timeout=30)
+            finally:
+                if router.poll() is None:
+                    router.kill()
+                    router.wait()
