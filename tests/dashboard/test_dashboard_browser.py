@@ -203,7 +203,10 @@ def test_log_in_see_the_service_and_watch_it_scale_under_load(
 def test_regenerate_key_button_asks_then_acts(ws: Workspace, browser: webdriver.Chrome) -> None:
     service = Webservice(ws, SERVICE)
     old = service.get_keys()[1]
-    browser.get(base_uri(login_link(ws)) + f"/#/service/{SERVICE}")  # the session cookie is still held
+    link = login_link(ws)
+    browser.get(link)
+    wait_for(browser, lambda d: "/login" not in d.current_url)
+    browser.get(base_uri(link) + f"/#/service/{SERVICE}")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
     click(browser, "#key-select option:nth-child(2)")  # Secondary
     assert browser.execute_script("return document.getElementById('key-select').value;") == "Secondary"
