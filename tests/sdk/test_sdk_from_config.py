@@ -58,6 +58,13 @@ def test_a_broken_v1_config_json_is_a_clear_error(tmp_path: Path, content: str, 
         Workspace.from_config(tmp_path)
 
 
+def test_another_tools_config_json_is_passed_over(tmp_path: Path) -> None:
+    ws = Workspace.create("fleet", tmp_path / "fleet")
+    project = tmp_path / "fleet" / "web"
+    _config(project, {"compilerOptions": {"strict": True}})
+    assert Workspace.from_config(project).path == ws.path
+
+
 def test_cli_finds_its_workspace_through_config_json_and_says_one_line_when_none(tmp_path: Path) -> None:
     Workspace.create("fleet", tmp_path / "fleet")
     _config(tmp_path, V1_CONFIG)

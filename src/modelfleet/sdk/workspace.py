@@ -60,7 +60,7 @@ class Workspace(WorkspaceBase):
             if (folder / WORKSPACE_MARKER).is_file():
                 return cls.get(folder)
             for candidate in (folder / file_name, folder / ".azureml" / file_name, folder / "aml_config" / file_name):
-                if candidate.is_file():
+                if candidate.is_file() and _looks_like_v1_config(candidate):
                     return cls._from_v1_config(candidate)
         raise NotFound(
             f"no modelfleet workspace and no {file_name} in {start} or any folder above it; "
@@ -111,3 +111,16 @@ class Workspace(WorkspaceBase):
     @property
     def webservices(self) -> dict[str, Webservice]:
         return {s.name: s for s in Webservice.list(self)}
+
+
+_V1_CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
+
+
+def _looks_like_v1_config(path: Path) -> bool:
+    """A config.json found while looking upward is v1's when it holds any of v1's keys (or
+    cannot be read as JSON, which is said); another tool's config.json is passed over."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return not isinstance(data, dict) or any(key in data for key in _V1_CONFIG_KEYS)
