@@ -11,11 +11,11 @@ calls the pure ``decide`` and, when the count should change, has the service's c
 The controller records each change as a scale event and logs it. With autoscaling off the
 loop leaves the service alone, so ``num_replicas`` is held.
 
-The machine's room (a documented rule, like a Kubernetes node's allocatable): replicas
-reserve what they request. A replica fits when the ``cpu_cores`` of every replica on this
-cluster (all services, starting and draining ones included) plus its own stay within this
-machine's CPU count, and the same for ``memory_gb`` against its total memory. Both are read
-once when the daemon starts. The daemon and router reserve nothing. When a rise does not fit,
+The machine's room is ``control/room.py``'s accounting, the same every deploy and update is
+checked against (a documented rule, like a Kubernetes node's allocatable): replicas reserve
+what they request, and a replica fits when the ``cpu_cores`` (``memory_gb``, ``gpu_cores``) of
+every replica on this cluster plus its own stay within what the machine has, read once when
+the daemon starts. The daemon and router reserve nothing. When a rise does not fit,
 the count goes as far as fits, the service's state detail says why (it stays Healthy), and
 one scale event records it (``from`` == ``to`` when nothing fitted); the loop does not start
 replicas that cannot fit, and says nothing more until the room changes back.
@@ -31,14 +31,17 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelfleet.control.room import Capacity, Holding, holdings, machine_capacity, used_by
+from modelfleet.control.room import room_for as _room_for
 from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, decide
 from modelfleet.spec import DeploySpec
 from modelfleet.targets.base import ReplicaInfo
+
+__all__ = ["FAILED_START_BACKOFF_S", "Autoscaler", "Capacity", "machine_capacity", "room_for"]
 
 log = logging.getLogger("modelfleet.autoscaler")
 
@@ -63,6 +66,7 @@ class Scalable(Protocol):
     @property
     def start_failures(self) -> int: ...
     def replicas(self) -> list[ReplicaInfo]: ...
+    def holding(self) -> Holding | None: ...
     async def scale_to(self, count: int, reason: str, utilization: float | None) -> int: ...
     async def note_scaling(self, note: str | None, event: tuple[int, str, float | None] | None = None) -> None: ...
 
@@ -72,28 +76,6 @@ class Services(Protocol):
 
     @property
     def controllers(self) -> Mapping[str, Scalable]: ...
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """What this machine offers replicas: CPUs and memory in GB."""
-
-    cpus: float
-    memory_gb: float
-
-
-def machine_capacity() -> Capacity:
-    """This machine's CPU count and total memory (``/proc/meminfo``, else sysconf)."""
-    memory_gb = 0.0
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                memory_gb = int(line.split()[1]) / (1024 * 1024)
-                break
-    if not memory_gb:
-        with contextlib.suppress(ValueError, OSError):
-            memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return Capacity(cpus=float(os.cpu_count() or 1), memory_gb=memory_gb or math.inf)
 
 
 def room_for(capacity: Capacity, used_cpus: float, used_memory_gb: float, cpu_cores: float, memory_gb: float) -> int:
@@ -246,20 +228,12 @@ class Autoscaler:
     # -- the machine's room ----------------------------------------------------------------
 
     def _requested(self) -> tuple[float, float]:
-        """CPU cores and memory GB requested by every replica of the cluster."""
-        cpus = memory = 0.0
-        for controller in self._reconciler.controllers.values():
-            spec = controller.spec
-            if spec is None:
-                continue
-            n = len(controller.replicas())
-            cpus += n * spec.cpu_cores
-            memory += n * spec.memory_gb
-        return cpus, memory
+        """CPU cores and memory GB requested by every replica of the cluster (``control/room.py``)."""
+        used = used_by(holdings(self._reconciler.controllers.values()))
+        return used.cpus, used.memory_gb
 
     def _room(self, controller: Scalable, spec: DeploySpec) -> int:
-        cpus, memory = self._requested()
-        return room_for(self.capacity, cpus, memory, spec.cpu_cores, spec.memory_gb)
+        return _room_for(self.capacity, used_by(holdings(self._reconciler.controllers.values())), spec)
 
     def _capacity_reason(self, decision: Decision, spec: DeploySpec, room: int, current: int) -> str:
         cpus, memory = self._requested()

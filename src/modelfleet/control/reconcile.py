@@ -43,6 +43,7 @@ from modelfleet.control.decisions import (
 )
 from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import limits_note, prepare_app, remove_generation
+from modelfleet.control.room import Capacity, Holding, holdings, machine_capacity, refusal
 from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.registry import ServiceRecord, Store
@@ -66,6 +67,8 @@ _GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
 
 Planner = Callable[[Store, ServiceRecord, DeploySpec], ReplicaPlan]
 """Builds a generation's template (blocking; run in a thread). Raises ModelfleetError when it cannot."""
+RoomCheck = Callable[[str, DeploySpec, int], "str | None"]
+"""Why a generation of ``count`` replicas of a spec does not fit on the machine, or None."""
 
 
 def plan_generation(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
@@ -110,8 +113,18 @@ def route_for(record: ServiceRecord, spec: DeploySpec, memory: Memory, generatio
 
 
 class ServiceController:
-    def __init__(self, name: str, store: Store, target: ComputeTarget, planner: Planner = plan_generation) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        target: ComputeTarget,
+        planner: Planner = plan_generation,
+        room: RoomCheck | None = None,
+    ) -> None:
         self.name = name
+        self._room = room  # None: the target's own scheduler decides (Kubernetes)
+        self._claimed = 0  # replicas a generation being planned asked for (held from its check on)
+        self._held_spec: DeploySpec | None = None  # the spec of the last generation that fitted
         self._store = store
         self._target = target
         self._planner = planner
@@ -161,6 +174,15 @@ class ServiceController:
     def replicas(self) -> list[ReplicaInfo]:
         return self._target.replicas(self.name)
 
+    def holding(self) -> Holding | None:
+        """The machine's room this service holds (``control/room.py``: replicas it runs, should
+        run or was asked to run, at the spec of its last generation that fitted; a refused
+        update changes nothing)."""
+        if self._held_spec is None:
+            return None
+        running = sum(1 for r in self.replicas() if r.state != ReplicaState.STOPPED)
+        return Holding.of(self.name, self._held_spec, max(running, self._desired_replicas, self._claimed))
+
     # -- the loop ------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -207,13 +229,20 @@ class ServiceController:
             # an update keeps the autoscaled count, within the (maybe new) min and max
             scale = spec.autoscale
             count = min(max(self._desired_replicas, scale.min_replicas), scale.max_replicas)
+        # checked and claimed with no await between: two deploys at once cannot both take the last room
+        why = self._room(self.name, spec, count) if self._room is not None else None
+        if why is not None:
+            await self._carry_out(Fail(generation, why), spec)
+            return
+        self._claimed, self._held_spec = count, spec
         try:
             plan = await asyncio.to_thread(self._planner, self._store, record, spec)
         except ModelfleetError as exc:
+            self._claimed = 0
             await self._carry_out(Fail(generation, str(exc)), spec)
             return
         self._plans[generation] = plan
-        self._desired_replicas = count
+        self._desired_replicas, self._claimed = count, 0
 
     async def _carry_out(self, action: Action, spec: DeploySpec) -> None:
         drain_s = spec.scoring_timeout_ms / 1000.0
@@ -374,8 +403,12 @@ class Reconciler:
         target: ComputeTarget,
         planner: Planner = plan_generation,
         compute_target: str | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self._store = store
+        # The local cluster checks every deploy and update against this machine's room
+        # (``control/room.py``); another target's scheduler places its own replicas.
+        self.capacity = capacity if capacity is not None or compute_target is not None else machine_capacity()
         self._planner = planner
         self.target = target
         # Which services are this reconciler's: those whose config names this compute target
@@ -411,12 +444,17 @@ class Reconciler:
             with contextlib.suppress(NotFound):  # a short SQLite read, as refresh_route's
                 if not self.owns(self._store.get_service(name)):
                     return
-            controller = ServiceController(name, self._store, self.target, self._planner)
+            room = self._refusal if self.capacity is not None else None
+            controller = ServiceController(name, self._store, self.target, self._planner, room)
             self.controllers[name] = controller
             controller.start()
         else:
             controller.refresh_route()
             controller.wake()
+
+    def _refusal(self, service: str, spec: DeploySpec, replicas: int) -> str | None:
+        assert self.capacity is not None
+        return refusal(self.capacity, service, spec, replicas, holdings(self.controllers.values(), exclude=service))
 
     async def delete(self, name: str) -> None:
         controller = self.controllers.pop(name, None)
