@@ -90,6 +90,13 @@ def test_usage_and_failure_errors_are_one_line_with_documented_codes(ws: Workspa
     assert "--name" in _one_line_error(cli(ws, "service", "show", check=False), 2)
     missing = _one_line_error(cli(ws, "service", "run", "-n", "x", "-f", str(tmp_path / "nope.json"), check=False), 1)
     assert "not found" in missing or "No such file" in missing
+    again = _one_line_error(cli(ws, "workspace", "create", "-n", "lang", "-p", str(ws.path), check=False), 1)
+    assert "modelfleet -w PATH" in again and "exist_ok" not in again
+    (tmp_path / "w.json").write_text("{}")
+    cli(ws, "model", "register", "-n", "w", "-p", str(tmp_path / "w.json"))
+    cli(ws, "model", "download", "-n", "w", "-t", str(tmp_path / "dl"))
+    twice = _one_line_error(cli(ws, "model", "download", "-n", "w", "-t", str(tmp_path / "dl"), check=False), 1)
+    assert "--overwrite" in twice and "--target-dir" in twice and "exist_ok" not in twice
 
 
 def _deploy_args(tmp_path: Path) -> list[str]:

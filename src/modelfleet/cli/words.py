@@ -12,6 +12,9 @@ import re
 from modelfleet.spec.deploy import SETTINGS
 
 _PHRASES = (
+    ("open it with Workspace.get(path), pass exist_ok=True, or choose", "use it with `modelfleet -w PATH`, or choose"),
+    ("pass exist_ok=True to overwrite it or choose another target_dir", "pass --overwrite, or another --target-dir"),
+    ("by calling `.get_logs()` on the webservice object.", "with `modelfleet service logs -n NAME`."),
     ("pass overwrite=True", "pass --overwrite"),
     ("overwrite=True", "--overwrite"),
     ("Workspace.create(name, path)", "`modelfleet workspace create -n NAME`"),
