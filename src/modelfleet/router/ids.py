@@ -58,11 +58,15 @@ class RequestIds:
     def new(self) -> bytes:
         return b"%s%012x" % (self._prefix, next(self._count))
 
+    def fresh_lines(self) -> bytes:
+        """The lines for a request that sent no id (the common case)."""
+        new = b"%s%012x" % (self._prefix, next(self._count))
+        return b"x-ms-request-id: " + new + b"\r\nx-request-id: " + new + b"\r\n"
+
     def lines(self, ms_id: bytes | None, x_id: bytes | None, client_id: bytes | None) -> bytes | IdsTooLong:
         """The request's id header lines (``x-ms-request-id`` first), or ``IdsTooLong``."""
-        if ms_id is None and x_id is None and client_id is None:  # the common case, first
-            new = b"%s%012x" % (self._prefix, next(self._count))
-            return b"x-ms-request-id: " + new + b"\r\nx-request-id: " + new + b"\r\n"
+        if ms_id is None and x_id is None and client_id is None:
+            return self.fresh_lines()
         if not x_id:
             x_id = None
         if not ms_id:

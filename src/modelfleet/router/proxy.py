@@ -41,7 +41,7 @@ from modelfleet.errors import ConfigError
 from modelfleet.router.auth import AuthFailures, AuthResult
 from modelfleet.router.cycle import DONE, WAITING, Cycle
 from modelfleet.router.dispatch import Action, Send
-from modelfleet.router.ids import MSG_MSID, MSG_XID, RequestIds
+from modelfleet.router.ids import MSG_MSID, MSG_XID, IdsTooLong, RequestIds
 from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ReadGate
 from modelfleet.router.routes import (
     C_400,
@@ -116,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         # Lives with the request being parsed (reset by on_message_begin).
         self._in_head = False
         self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
+        self._read_len = 0  # bytes of the read being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._cycle: Cycle | None = None  # receives this request's body bytes
@@ -136,6 +137,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.broken:
             return  # the error answer is arranged; the rest is dropped unread
+        self._read_len = len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -232,9 +234,18 @@ class ClientConnection(asyncio.Protocol):
         length = -1
         chunked = expect = False
         special = REQ_SPECIAL
-        size = len(url)
-        for name, value in self._headers:
-            size += len(name) + len(value)
+        headers = self._headers
+        if len(headers) > router.max_header_fields:
+            self.refuse(router.c431_count)
+            raise _Refused
+        # A head that came in one read no larger than the limit fits; one that spanned reads,
+        # or came in a larger read, is measured.
+        if (self._head_raw >= 0 or self._read_len > router.max_header_bytes) and len(url) + sum(
+            len(n) + len(v) for n, v in headers
+        ) > router.max_header_bytes:
+            self.refuse(router.c431_size)
+            raise _Refused
+        for name, value in headers:
             kind = special.get(name.lower(), H_FORWARD)
             if kind == H_FORWARD:
                 fields.append(name + b": " + value + b"\r\n")
@@ -252,10 +263,10 @@ class ClientConnection(asyncio.Protocol):
                 x_id = value
             elif kind == H_CLID:
                 client_id = value
-        if size > router.max_header_bytes or len(self._headers) > router.max_header_fields:
-            self.refuse(router.c431_size if size > router.max_header_bytes else router.c431_count)
-            raise _Refused
-        ids = router.ids.lines(ms_id, x_id, client_id)
+        if ms_id is None and x_id is None and client_id is None:
+            ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
+        else:
+            ids = router.ids.lines(ms_id, x_id, client_id)
 
         if ids.__class__ is not bytes:
             svc = None
