@@ -2,7 +2,8 @@
 control plane with the node stand-in: the SDK records the service, the compute target's
 controller (a process the SDK starts) reconciles it into a Deployment, the router (a process
 with the router's ServiceAccount) finds its pod through the API and scores it with the key;
-an update rolls a new generation; ``service.delete()`` removes every object."""
+an update rolls a new generation with no failed request; ``service.delete()`` removes every
+object."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -114,6 +116,36 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
 
             # the local cluster's daemon was never needed
             assert ws.cluster().info() is None
+
+            # an update rolls a second generation under traffic: no request fails
+            outcomes: list[int] = []
+            stop = threading.Event()
+
+            def traffic() -> None:  # one request at a time, bounded by the test's own deadline
+                deadline = time.monotonic() + 240
+                while not stop.is_set() and time.monotonic() < deadline:
+                    outcomes.append(post(service.scoring_uri, primary)[0])
+
+            sender = threading.Thread(target=traffic)
+            sender.start()
+            try:
+                service.update(scoring_timeout_ms=30000)
+                service.wait_for_deployment(timeout_sec=180)
+
+                def rolled() -> bool:
+                    names = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+                    pods = core.list_namespaced_pod(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+                    return names == ["scorer-g2"] and len(pods) == 1
+
+                wait_for("generation 1 retired and its pod gone", rolled, timeout=180)
+                time.sleep(1)  # traffic on generation 2 alone too
+            finally:
+                stop.set()
+                sender.join()
+            failed = [code for code in outcomes if code != 200]
+            print(f"update under traffic: {len(outcomes)} requests, {len(failed)} failed {sorted(set(failed))}")
+            assert outcomes and not failed
+            assert service.state == "Healthy"
 
             uri = service.scoring_uri
             service.delete()
