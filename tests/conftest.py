@@ -9,11 +9,38 @@ import pytest
 
 from modelfleet.store.registry import Store
 
+# The store suite (tests/test_store_*.py, tests/store/) runs once per metadata backend.
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    in_suite = module.startswith("test_store_") or Path(str(metafunc.definition.fspath)).parent.name == "store"
+    if in_suite and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", STORE_BACKENDS, indirect=True)
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A fresh workspace store on a real SQLite file."""
-    s = Store.create(tmp_path / "ws", "ws")
+def store_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL server for the session (tests/store/postgres.py); a database per test."""
+    from store.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path: Path, store_backend: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh workspace store: on a real SQLite file, or (store suite) a real PostgreSQL database."""
+    database = None
+    if store_backend == "postgresql":
+        database = request.getfixturevalue("postgres_server").new_database()
+    s = Store.create(tmp_path / "ws", "ws", database=database)
     try:
         yield s
     finally:

@@ -13,6 +13,13 @@ and :meth:`Database.write` retries the whole transaction a few times with backof
 is locked" is translated here and only here; past the budget it becomes ``StoreBusy``.
 Example: with a 5 s busy timeout and 4 attempts, a writer gives up after roughly 20 s of
 another process holding the lock, and says which file was locked.
+
+On PostgreSQL (a workspace a team shares) the same tables and the same two helpers apply:
+reads run at READ COMMITTED and writes at SERIALIZABLE, so "next version = max(version) + 1"
+is as safe as under SQLite's single writer. A write that loses a race with another machine's
+fails with a serialization failure (or a deadlock, or a unique violation) and is retried
+whole, with jittered backoff; nothing is committed by the loser, so versions stay gapless.
+The schema is Alembic's (``migrations/``, see :func:`migrate`) on both.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKeyConstraint,
@@ -39,14 +47,15 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from modelfleet.errors import StoreBusy
+from modelfleet.errors import ConfigError, StoreBusy
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# The newest revision under migrations/versions (a test checks they agree).
+SCHEMA_HEAD = "0002"
 
 metadata = MetaData()
 
@@ -77,7 +86,7 @@ model_files = Table(
     Column("version", Integer, primary_key=True),
     Column("relpath", String, primary_key=True),  # posix, starts with the model's root_name
     Column("digest", String, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),  # a model file may pass 2 GiB (PostgreSQL: int8)
     ForeignKeyConstraint(["name", "version"], ["models.name", "models.version"], ondelete="CASCADE"),
 )
 
@@ -115,86 +124,209 @@ settings = Table(
 )
 
 
+# PostgreSQL SQLSTATEs after which a whole write transaction is run again: serialization
+# failure, deadlock, unique violation (two writers inserting the same next version).
+_PG_RETRY = {"40001", "40P01", "23505"}
+
+
 def _is_locked(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "database is locked" in text or "database is busy" in text
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def database_url(value: str) -> URL:
+    """A workspace database URL, checked: ``sqlite:///PATH`` or ``postgresql+psycopg://...``.
+
+    A password in it is refused: the URL is written into workspace.json, which teammates copy
+    and commit; libpq reads the password from ``PGPASSWORD`` or ``~/.pgpass`` instead.
+    """
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"database {value!r} is not a database URL; use postgresql+psycopg://USER@HOST/DB or sqlite:///PATH"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # a bare postgresql:// means psycopg2 to SQLAlchemy
+        if url.password is not None:
+            raise ConfigError(
+                "the database URL holds a password, and it would be stored in the workspace's "
+                "workspace.json; remove it and set PGPASSWORD or a ~/.pgpass line instead"
+            )
+        if not url.host or not url.database:
+            raise ConfigError(f"database URL {url} must name a host and a database: postgresql+psycopg://USER@HOST/DB")
+        return url
+    if backend == "sqlite":
+        if not url.database:
+            raise ConfigError("a sqlite database URL must name a file: sqlite:///PATH")
+        return url
+    raise ConfigError(f"database backend {backend!r} is not supported; use postgresql+psycopg://... or sqlite:///PATH")
+
+
 class Database:
-    """One engine over one SQLite file; every access goes through :meth:`read` or :meth:`write`."""
+    """One engine over one workspace database; every access goes through :meth:`read` or :meth:`write`.
+
+    ``target`` is a SQLite file's path, or a database URL (see :func:`database_url`).
+    """
 
     def __init__(
         self,
-        path: Path,
+        target: Path | str | URL,
         *,
         busy_timeout_s: float = 5.0,
-        attempts: int = 4,
+        attempts: int | None = None,
     ) -> None:
-        self.path = path
-        self._attempts = attempts
+        url = target if isinstance(target, URL) else None
+        if isinstance(target, str):
+            url = database_url(target)
+        if url is not None and url.get_backend_name() == "sqlite":
+            target, url = Path(str(url.database)), None
         self._busy_timeout_s = busy_timeout_s
-        self.engine: Engine = create_engine(
-            URL.create("sqlite", database=str(path)),
-            connect_args={
-                "timeout": busy_timeout_s,
-                # The daemon may use the store from worker threads; the pool still hands
-                # each connection to one thread at a time.
-                "check_same_thread": False,
-                # Autocommit at the driver: we issue BEGIN ourselves (see _on_begin), so the
-                # sqlite3 module never starts a deferred transaction behind our back.
-                "isolation_level": None,
-            },
-        )
-        event.listen(self.engine, "connect", _on_connect)
-        event.listen(self.engine, "begin", _on_begin)
+        if url is None:
+            self.path: Path | None = Path(target)  # type: ignore[arg-type]
+            self.url = URL.create("sqlite", database=str(self.path))
+            self.is_postgres = False
+            # SQLite waits inside each attempt (busy timeout), so a few attempts suffice.
+            self._attempts = attempts or 4
+            self.engine: Engine = create_engine(
+                self.url,
+                connect_args={
+                    "timeout": busy_timeout_s,
+                    # The daemon may use the store from worker threads; the pool still hands
+                    # each connection to one thread at a time.
+                    "check_same_thread": False,
+                    # Autocommit at the driver: we issue BEGIN ourselves (see _on_begin), so the
+                    # sqlite3 module never starts a deferred transaction behind our back.
+                    "isolation_level": None,
+                },
+            )
+            event.listen(self.engine, "connect", _on_connect)
+            event.listen(self.engine, "begin", _on_begin)
+        else:
+            self.path = None
+            self.url = url
+            self.is_postgres = True
+            # A lost race costs one short transaction and is retried at once; many machines at
+            # once can lose several times in a row, so the budget is counted in attempts.
+            self._attempts = attempts or 30
+            self.engine = create_engine(
+                url,
+                pool_pre_ping=True,  # a server restarted under a long-lived daemon
+                connect_args={"connect_timeout": max(1, int(busy_timeout_s * 2))},
+            )
+
+    @property
+    def where(self) -> str:
+        """The database, for messages, with no credentials."""
+        return str(self.path) if self.path is not None else self.url.render_as_string(hide_password=True)
 
     @classmethod
-    def create(cls, path: Path) -> Database:
-        """Create the file owner-only (it holds service keys), switch it to WAL, make the tables."""
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
-        os.chmod(path, 0o600)
-        # WAL is a property of the file, set once, outside any transaction (hence not via the engine,
-        # whose connections always BEGIN first).
-        with contextlib.closing(sqlite3.connect(path, timeout=5.0, isolation_level=None)) as raw:
-            raw.execute("PRAGMA journal_mode=WAL")
-        db = cls(path)
-        db.write(_create_schema)
+    def create(cls, target: Path | str | URL) -> Database:
+        """Make the workspace's database (the SQLite file owner-only: it holds service keys) and its schema."""
+        if isinstance(target, Path):
+            fd = os.open(target, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+            os.chmod(target, 0o600)
+            # WAL is a property of the file, set once, outside any transaction (hence not via the
+            # engine, whose connections always BEGIN first).
+            with contextlib.closing(sqlite3.connect(target, timeout=5.0, isolation_level=None)) as raw:
+                raw.execute("PRAGMA journal_mode=WAL")
+        db = cls(target)
+        try:
+            db.migrate()
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def migrate(self) -> None:
+        """Bring the schema to this modelfleet's (Alembic head), in one write transaction.
+
+        The usual case, a schema already at head, costs one read and no import of Alembic.
+        """
+        if self.read(_revision) == SCHEMA_HEAD:
+            return
+        from modelfleet.store.migrations import upgrade
+
+        self.write(lambda conn: upgrade(conn, self.where))
 
     def close(self) -> None:
         self.engine.dispose()
 
     def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a deferred (read) transaction: under WAL it never waits for writers."""
-        return self._run(fn, "DEFERRED")
+        """Run ``fn`` in a read transaction: under WAL (and on PostgreSQL) it never waits for writers."""
+        return self._run(fn, write=False)
 
     def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction, retried whole while the file is locked.
+        """Run ``fn`` in one write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL:
+        SERIALIZABLE), retried whole while the database is locked or a race was lost.
 
         ``fn`` may run more than once, so it must do nothing but database work.
         """
-        return self._run(fn, "IMMEDIATE")
+        return self._run(fn, write=True)
 
-    def _run(self, fn: Callable[[Connection], T], mode: str) -> T:
+    def _connect(self, write: bool) -> Connection:
+        try:
+            conn = self.engine.connect()
+        except OperationalError as exc:
+            if self.is_postgres:
+                raise _unavailable(self.where, exc) from exc
+            raise
+        if self.is_postgres:
+            return conn.execution_options(isolation_level="SERIALIZABLE" if write else "READ COMMITTED")
+        return conn.execution_options(sqlite_begin="IMMEDIATE" if write else "DEFERRED")
+
+    def _run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
         started = time.monotonic()
         for attempt in range(1, self._attempts + 1):
             try:
-                with self.engine.connect().execution_options(sqlite_begin=mode) as conn, conn.begin():
+                with self._connect(write) as conn, conn.begin():
                     return fn(conn)
-            except OperationalError as exc:
-                if not _is_locked(exc):
+            except DBAPIError as exc:
+                if self.is_postgres:
+                    if _sqlstate(exc) not in _PG_RETRY:
+                        if exc.connection_invalidated or isinstance(exc, OperationalError):
+                            raise _unavailable(self.where, exc) from exc
+                        raise
+                    if attempt == self._attempts:
+                        raise StoreBusy(
+                            f"the workspace database {self.where} kept refusing a write as conflicting "
+                            f"with other writers ({attempt} attempts); retry"
+                        ) from exc
+                    time.sleep(random.uniform(0.0, 0.02) * attempt)
+                    continue
+                if not isinstance(exc, OperationalError) or not _is_locked(exc):
                     raise
                 if attempt == self._attempts:
                     waited = time.monotonic() - started
                     raise StoreBusy(
-                        f"the workspace database {self.path} stayed locked by another process for "
+                        f"the workspace database {self.where} stayed locked by another process for "
                         f"{waited:.0f} s ({attempt} attempts); retry, or stop the process holding it "
                         "(for example `modelfleet cluster stop`)"
                     ) from exc
                 # Jittered backoff so that two waiting writers do not retry in lockstep.
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
         raise AssertionError("unreachable")
+
+
+def _unavailable(where: str, exc: DBAPIError) -> StoreBusy:
+    """The shared database could not be reached or refused us: which one, and why."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return StoreBusy(
+        f"the workspace database {where} failed: {reason}; check that the server runs and is "
+        "reachable, and the user's password (PGPASSWORD or ~/.pgpass) and rights"
+    )
+
+
+def _revision(conn: Connection) -> str | None:
+    if not conn.dialect.has_table(conn, "alembic_version"):
+        return None
+    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
@@ -210,12 +342,3 @@ def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
 def _on_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _create_schema(conn: Connection) -> None:
-    # Inside BEGIN IMMEDIATE, so two processes creating at once cannot both issue CREATE TABLE.
-    metadata.create_all(conn)
-    conn.execute(
-        meta.insert().prefix_with("OR IGNORE"),
-        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-    )

@@ -3,7 +3,9 @@
 A workspace is a folder ``<root>`` holding ``<root>/.modelfleet/``::
 
     workspace.json   {"name": ..., "format": 1}; written last, so its presence means "complete"
-    metadata.db      SQLite in WAL mode, owner-only (0600): it holds service keys
+                     (format 2 adds "database": the URL of a shared PostgreSQL database, with
+                     no password: libpq takes it from PGPASSWORD or ~/.pgpass)
+    metadata.db      SQLite in WAL mode, owner-only (0600): it holds service keys (no shared database)
     blobs/           content-addressed files (model files, snapshot zips), see blobs.py
     runtime/         left to the control plane (sockets, pid files, replica folders)
 
@@ -28,13 +30,14 @@ from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store import snapshot as _snapshot
 from modelfleet.store.blobs import BlobStore
 from modelfleet.store.computes import ComputeTargets
-from modelfleet.store.db import Database, settings
+from modelfleet.store.db import Database, database_url, settings
 from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
 from modelfleet.store.services import SERVICE_STATES, ServiceRecord, Services
 
 __all__ = ["FORMAT", "META_DIR", "SERVICE_STATES", "ModelFile", "ModelRecord", "ServiceRecord", "Store"]
 
 FORMAT = 1
+SHARED_FORMAT = 2  # the workspace names a shared database: older modelfleets must not open it
 
 # v1: workspace names are 2-32 characters, alphanumeric first, then also '-' and '_'.
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
@@ -56,8 +59,11 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path, name: str, exist_ok: bool = False) -> Store:
+    def create(cls, root: Path, name: str, exist_ok: bool = False, *, database: str | None = None) -> Store:
+        """Make a workspace in ``root``; its metadata in ``<root>/.modelfleet/metadata.db``, or in
+        ``database`` (``postgresql+psycopg://USER@HOST/DB``, no password in it) that a team shares."""
         root = Path(root).expanduser().resolve()
+        url = database_url(database) if database is not None else None
         meta_dir = root / META_DIR
         if (meta_dir / "workspace.json").exists():
             if not exist_ok:
@@ -83,9 +89,12 @@ class Store:
         os.chmod(meta_dir, 0o700)  # mkdir's mode is filtered by the umask
         (meta_dir / "runtime").mkdir(exist_ok=True)
         BlobStore(meta_dir / "blobs").ensure()
-        db = Database.create(meta_dir / "metadata.db")
+        db = Database.create(meta_dir / "metadata.db" if url is None else url)
+        info: dict[str, Any] = {"name": name, "format": FORMAT}
+        if url is not None:
+            info.update(format=SHARED_FORMAT, database=url.render_as_string(hide_password=False))
         tmp = meta_dir / "workspace.json.tmp"
-        tmp.write_text(json.dumps({"name": name, "format": FORMAT}) + "\n")
+        tmp.write_text(json.dumps(info) + "\n")
         os.replace(tmp, meta_dir / "workspace.json")
         return cls(root, name, db)
 
@@ -104,15 +113,24 @@ class Store:
                 f"{marker} is not a valid workspace file ({exc}); it should read "
                 '{"name": ..., "format": 1}: restore it or create the workspace again'
             ) from exc
-        if fmt != FORMAT:
+        if fmt not in (FORMAT, SHARED_FORMAT):
             raise ConfigError(
-                f"workspace {root} has format {fmt!r}, and this modelfleet reads format {FORMAT}; "
-                "use the modelfleet version that created it"
+                f"workspace {root} has format {fmt!r}, and this modelfleet reads formats {FORMAT} and "
+                f"{SHARED_FORMAT}; use the modelfleet version that created it"
             )
-        db_path = meta_dir / "metadata.db"
-        if not db_path.is_file():
-            raise NotFound(f"workspace {root} has no metadata.db; it is incomplete: create it again")
-        return cls(root, name, Database(db_path))
+        if info.get("database"):
+            db = Database(database_url(str(info["database"])))
+        else:
+            db_path = meta_dir / "metadata.db"
+            if not db_path.is_file():
+                raise NotFound(f"workspace {root} has no metadata.db; it is incomplete: create it again")
+            db = Database(db_path)
+        try:
+            db.migrate()  # a workspace made by an older modelfleet is brought up to date here
+        except BaseException:
+            db.close()
+            raise
+        return cls(root, name, db)
 
     def close(self) -> None:
         self._db.close()
