@@ -29,6 +29,7 @@ from typing import Any
 from modelfleet.replica.models import CACHE_MEMORY_ENV, CACHE_SIZE_ENV
 from modelfleet.spec import DeploySpec
 from modelfleet.store.registry import META_DIR, Store
+from modelfleet.targets.gpus import GPUS_ENV
 from modelfleet.targets.isolation import MEMORY_LIMIT_ENV, memory_limit_note
 from modelfleet.telemetry.data_layout import service_data_dir
 
@@ -78,6 +79,8 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         "SCORING_TIMEOUT_MS": str(deploy.scoring_timeout_ms),
         "WORKER_COUNT": str(deploy.replica_max_concurrent_requests),
     }
+    if deploy.gpu_cores:  # the local target hands the replica its devices (targets/gpus.py)
+        environment[GPUS_ENV] = str(deploy.gpu_cores)
     if deploy.model_cache_size is not None:  # models loaded on demand (replica/models.py)
         environment[CACHE_SIZE_ENV] = str(deploy.model_cache_size)
     if deploy.model_cache_memory_gb is not None:

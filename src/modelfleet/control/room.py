@@ -24,13 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from modelfleet.spec import DeploySpec
+from modelfleet.targets.gpus import gpu_count
 
 _EPS = 1e-9
 _NAMED_HOLDERS = 5  # a refusal names this many of the biggest holders, then counts the rest
@@ -43,18 +42,6 @@ class Capacity:
     cpus: float
     memory_gb: float
     gpus: int = 0
-
-
-def gpu_count() -> int:
-    """The NVIDIA GPUs ``nvidia-smi -L`` lists (0 without nvidia-smi or when it fails)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return 0
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False)
-        if out.returncode == 0:
-            return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-    return 0
 
 
 def machine_capacity() -> Capacity:

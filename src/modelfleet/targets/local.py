@@ -60,6 +60,7 @@ from modelfleet.targets.base import (
     ReplicaState,
     RouteEntry,
 )
+from modelfleet.targets.gpus import GPUS_ENV, GpuPool, gpu_count
 from modelfleet.targets.routing import RouterTable
 from modelfleet.targets.sockets import SocketFolder
 from modelfleet.telemetry.logfiles import chain, tail
@@ -129,6 +130,7 @@ class _Replica:
     draining: bool = False  # being removed: no restart, no new requests
     stop_task: asyncio.Task[None] | None = None  # the one stop, once begun
     ever_ready: bool = False
+    gpus: tuple[int, ...] | None = None  # its devices, from the first launch until it stops
     check_now: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -150,6 +152,7 @@ class LocalTarget:
         token_key: Callable[[], EllipticCurvePublicKey] | None = None,
         *,
         unix_sockets: bool | None = None,
+        gpus: int | None = None,
     ) -> None:
         self._runtime_dir = runtime_dir
         self._table = RouterTable(router, token_key)
@@ -159,6 +162,7 @@ class LocalTarget:
         self._drains: set[asyncio.Task[None]] = set()
         self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
         self._sockets = SocketFolder(runtime_dir)
+        self._gpus = GpuPool(gpu_count() if gpus is None else gpus)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{r.info.id}={r.info.state.value}" for r in self._replicas.values())
@@ -311,6 +315,9 @@ class LocalTarget:
         if replica.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 replica.socket_path.unlink()
+        if replica.gpus:
+            self._gpus.give(replica.gpus)
+            replica.gpus = None
         if self._replicas.get(info.id) is replica:
             del self._replicas[info.id]
         log.info("replica %s stopped", info.id)
@@ -378,6 +385,11 @@ class LocalTarget:
                     stale.unlink()
         env = dict(os.environ)
         env.update(plan.environment)
+        if self._gpus.count:
+            devices = self._devices(replica)
+            if devices is None:
+                return False
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         env["PYTHONUNBUFFERED"] = "1"
         # Telemetry (replica/config.py): the replica appends to its log itself and rotates it at
         # MODELFLEET_LOG_MAX_BYTES (an environment variable of the service may change it);
@@ -420,6 +432,20 @@ class LocalTarget:
             await asyncio.sleep(0.05)
         info.detail = f"not ready within {plan.probe.startup_deadline_s:.0f} s (initial_delay_seconds)"
         return False
+
+    def _devices(self, replica: _Replica) -> tuple[int, ...] | None:
+        """The replica's GPUs (taken at its first launch); None, with the reason in its detail,
+        when too few are free (the room check counts them, but an update's new replicas wait
+        for none: the old generation's devices come free only after the new one is Ready)."""
+        if replica.gpus is None:
+            wanted = int(replica.plan.environment.get(GPUS_ENV) or 0)
+            replica.gpus = self._gpus.take(wanted)
+            if replica.gpus is None:
+                replica.info.detail = (
+                    f"asks for {wanted} GPUs and {self._gpus.free} of this machine's {self._gpus.count} are free"
+                )
+                return None
+        return replica.gpus
 
     async def _watch(self, replica: _Replica) -> str:
         proc, probe_spec, address = replica.proc, replica.plan.probe, replica.info.address
