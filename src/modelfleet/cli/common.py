@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,18 @@ def key_values(data: dict[str, Any]) -> str:
     """A dict as ``key: value`` lines for people (nested dicts indented)."""
     lines = []
     for key, value in data.items():
-        if isinstance(value, dict) and value and key not in _OPAQUE and key != "tags":
+        if isinstance(value, dict) and value and key not in ("tags", "properties"):
             lines.append(f"{key}:")
             lines.extend(f"  {line}" for line in key_values(value).splitlines())
+        elif key.endswith("Time") and isinstance(value, int | float) and not isinstance(value, bool):
+            lines.append(f"{key}: {_when(value)}")
         else:
             lines.append(f"{key}: {shown(value)}")
     return "\n".join(lines)
+
+
+def _when(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def pairs(values: list[str] | None, flag: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ _PHRASES = (
     ("by calling `.get_logs()` on the webservice object.", "with `modelfleet service logs -n NAME`."),
     ("pass overwrite=True", "pass --overwrite"),
     ("overwrite=True", "--overwrite"),
+    ("Workspace.create(name, path) or `modelfleet workspace create -n NAME`", "`modelfleet workspace create -n NAME`"),
     ("Workspace.create(name, path)", "`modelfleet workspace create -n NAME`"),
     ("Workspace.get(PATH)", "`modelfleet -w PATH`"),
     ("use get_keys()", "use `modelfleet service get-keys`"),
