@@ -53,6 +53,7 @@ __all__ = [
     "AuthResult",
     "KeyAuth",
     "TokenAuth",
+    "authenticate",
     "bearer_token",
     "issue_token",
     "token_audience",
@@ -74,7 +75,19 @@ class AuthResult(enum.Enum):
 
 
 class AuthCheck(Protocol):
-    def check(self, authorization: bytes | None) -> AuthResult: ...
+    """A service's credentials. ``now``: wall-clock epoch seconds (tokens expire); ``None``
+    lets the credentials read their own injected clock."""
+
+    def check(self, authorization: bytes | None, now: float | None = None) -> AuthResult: ...
+
+
+def authenticate(authorization: bytes | None, credentials: AuthCheck | None, now: float) -> AuthResult:
+    """The request's ``Authorization`` header value (``None`` when absent) against a service's
+    credentials (``None``: the service needs none) at wall-clock time ``now``: what the router
+    asks for every scoring request. No I/O, no clock read; the same inputs give the same answer."""
+    if credentials is None:
+        return AuthResult.OK
+    return credentials.check(authorization, now)
 
 
 def bearer_token(authorization: bytes | None) -> bytes | None:
@@ -103,7 +116,7 @@ class KeyAuth:
         # One tuple assignment: a request sees either the old pair or the new one, never half.
         self._keys = (_key(primary), _key(secondary))
 
-    def check(self, authorization: bytes | None) -> AuthResult:
+    def check(self, authorization: bytes | None, now: float | None = None) -> AuthResult:
         if not authorization:
             return AuthResult.MISSING
         token = bearer_token(authorization)
@@ -226,7 +239,7 @@ class TokenAuth:
         # token bytes -> (iat, exp) of tokens whose signature has been verified
         self._cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
 
-    def check(self, authorization: bytes | None) -> AuthResult:
+    def check(self, authorization: bytes | None, now: float | None = None) -> AuthResult:
         if not authorization:
             return AuthResult.MISSING
         token = bearer_token(authorization)
@@ -240,7 +253,8 @@ class TokenAuth:
             self._cache[token] = times
             if len(self._cache) > _TOKEN_CACHE_SIZE:
                 self._cache.popitem(last=False)  # the oldest verified token goes first
-        return AuthResult.OK if _in_time(times, self._clock(), self._skew_s) else AuthResult.INVALID
+        when = self._clock() if now is None else now
+        return AuthResult.OK if _in_time(times, when, self._skew_s) else AuthResult.INVALID
 
     def __repr__(self) -> str:
         return f"<TokenAuth aud={self._audience} cached={len(self._cache)}>"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from modelfleet.errors import ConfigError
-from modelfleet.router.auth import AuthFailures, AuthResult
+from modelfleet.router.auth import AuthFailures, AuthResult, authenticate
 from modelfleet.router.cycle import DONE, WAITING, Cycle
 from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.ids import MSG_MSID, MSG_XID, IdsTooLong, RequestIds
@@ -279,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
             svc = decision.service
             canned = decision.answer
             if decision.check_auth:
-                result = svc.route.auth.check(auth)  # type: ignore[union-attr]
+                result = authenticate(auth, svc.route.auth, router.wall_now)  # type: ignore[union-attr]
                 if result is not AuthResult.OK:
                     canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
                     router.auth_failures.record(self.peer_host(), result)
@@ -444,7 +444,9 @@ class Router:
 
     Timeouts are checked by one sweep per ``tick_s`` over the open connections (no timer
     per request); ``tick_s`` is at most 1 s and at most half of the shorter timeout.
-    ``clock`` is the monotonic clock used for timeouts (default: the event loop's).
+    ``clock`` is the monotonic clock used for timeouts (default: the event loop's);
+    ``wall_clock`` gives epoch seconds for token expiry, read once per tick (``wall_now``:
+    tokens carry whole seconds and 30 s of skew, so a per-request read buys nothing).
     """
 
     def __init__(
@@ -459,6 +461,7 @@ class Router:
         keep_alive_timeout_s: float = 75.0,
         send_timeout_s: float = 60.0,
         clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(max_header_bytes, int) or max_header_bytes < 1024:
             raise ConfigError(f"max_header_bytes must be an integer >= 1024 (got {max_header_bytes!r})")
@@ -482,6 +485,8 @@ class Router:
         self.send_timeout_s = float(send_timeout_s)
         self.tick_s = min(1.0, *(float(t) / 2 for t in timeouts.values()))
         self._clock = clock
+        self._wall_clock = wall_clock
+        self.wall_now = wall_clock()  # epoch seconds for token expiry, refreshed every tick
         self.clock: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
         self.c431_size = error_answer(
             431, f"the request line and headers are larger than the router's limit of {max_header_bytes} bytes"
@@ -556,6 +561,7 @@ class Router:
     def _tick(self) -> None:
         # The Date header is refreshed once a second, not formatted per answer.
         now = self.clock()
+        self.wall_now = self._wall_clock()
         if now - self._date_at >= 1.0 or not self.date_line:
             self._date_at = now
             self.date_line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
