@@ -2,25 +2,37 @@
 
 Shape (after uvicorn's httptools protocol): ``ClientConnection`` (this module) holds what
 lives as long as a client's TCP connection (transport, parser, read gate, the requests it sent
-and not yet answered); ``cycle.Cycle`` holds what lives as long as one request; ``routes``
-holds per-service state and the precomputed answers; ``upstream`` the keep-alive pool.
-Decisions come from ``dispatch.Dispatch`` as action values; the router only moves bytes,
-reads the clock (``loop.time()``) and runs timers.
+and not yet answered); ``cycle.Cycle`` holds what lives as long as one request (its states,
+WAITING -> ACTIVE -> STREAMING -> DONE or GONE, are drawn in cycle.py); ``routes`` holds
+per-service state, the precomputed answers and the pure ``route()``; ``auth.authenticate``
+checks credentials; ``ids`` makes request ids as azmlinfsrv does; ``upstream`` is the
+keep-alive pool; ``ports`` what a cycle needs from this module (no import cycles). Decisions
+come from ``dispatch.Dispatch`` as action values; the router only moves bytes, reads the
+clocks (``loop.time()``; the injected ``clock`` and ``wall_clock`` once per tick) and runs
+timers.
 
 A request's life:
-1. headers parsed -> route, auth, size check; failures answer a precomputed response.
+1. head parsed -> limits (431), request ids (431 past 100 characters), ``route()`` (404,
+   405, 413), ``authenticate()`` (401); failures answer a precomputed response, in order
+   with the requests pipelined before it (``advance`` begins them in a loop, never
+   recursively).
 2. ``Cycle.begin`` asks the dispatcher for a replica, waiting in the service's FIFO when none
-   has room; a replica that refuses the connection before the request is sent is reported
-   and another one tried.
+   has room (a failed service answers 503 at once); a replica that refuses the connection
+   before the request is sent is reported and another one tried.
 3. the request goes out on a pooled keep-alive connection, its body streamed with flow
-   control both ways; the answer streams back unchanged but for hop-by-hop headers.
+   control both ways; the answer streams back unchanged but for hop-by-hop headers, chunk by
+   chunk as the replica sends it.
 4. the slot is given back in ``Cycle._release`` only, once the replica answered or its
-   connection closed; a 504 (scoring timeout) or a client that left does not free it early.
+   connection closed; a 504 (scoring timeout) or a client that left does not free it early
+   (a client that left a streamed answer cuts it, so the replica's generator ends).
 
 Foreign failures (socket errors, httptools errors) are translated in this package and nowhere
-else: refused before sending -> retry elsewhere; lost or garbled after sending -> 502; too
-slow -> 504. A replica's own "busy" answer (503 + ``x-modelfleet-busy: 1``) puts the request
-back at the head of the queue (its body is kept for that up to ``cycle.REPLAY_LIMIT``).
+else: refused before sending -> retry elsewhere; a pooled connection reset before any answer
+byte -> sent again once on a new connection to the same replica (502 if it is gone); lost or
+garbled after sending -> 502; too slow -> 504; a malformed request (bad framing, smuggling) ->
+400 in its turn, then close. A replica's own "busy" answer (503 + ``x-modelfleet-busy: 1``)
+puts the request back at the head of the queue (its body is kept for that up to
+``cycle.REPLAY_LIMIT``). Header, keep-alive and send timeouts: see ``Router``.
 """
 
 from __future__ import annotations
