@@ -28,6 +28,7 @@ READ_COMMANDS = [
     "model show",
     "service list",
     "service show",
+    "service logs",
     "service get-keys",
     "service get-access-token",
     "service scale-events",
@@ -181,7 +182,10 @@ def test_read_commands_json_is_camel_case_tsv_is_values_and_people_never_see_non
     assert shown["scoringUri"] == service.scoring_uri and shown["tags"] == {"my_tag": "v"}  # user keys kept
     assert json.loads(cli(ws, "model", "show", "-n", "w", "-o", "json").stdout)["tags"] == {"snake_case_tag": "x"}
     assert cli(ws, "service", "get-keys", "-n", "svc", "-o", "tsv").stdout.strip() == "\t".join(service.get_keys())
+    logs = json.loads(cli(ws, "service", "logs", "-n", "svc", "-o", "json").stdout)
+    assert logs["name"] == "svc" and any("replica-0.log" in line for line in logs["lines"])
     listed = cli(ws, "service", "list", "-o", "tsv").stdout.splitlines()
+
     assert len(listed) == 1 and listed[0].split("\t")[:2] == ["svc", "Healthy"]
 
     # metadata through the CLI: no new generation, the same replicas

@@ -24,10 +24,10 @@ def print_output(args: argparse.Namespace, data: Any, text: str | None = None) -
     TSV (one line per item, values only, as ``az -o tsv``), or the human ``text``."""
     output = getattr(args, "output", "table")
     data = camel(data)
-    if output == "json" or text is None:
-        print(json.dumps(data, indent=2, default=str))
-    elif output == "tsv":
+    if output == "tsv":
         print(tsv(data))
+    elif output == "json" or text is None:
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(text)
 

@@ -51,7 +51,7 @@ def register(groups: Any) -> None:
         sub = service.add_parser(verb, help=help_text)
         attach(sub.add_argument("-n", "--name", required=True, help="service name"), service_names)
         sub.set_defaults(handler=handler)
-        if verb in ("show", "get-keys", "get-access-token"):
+        if verb in ("show", "get-keys", "get-access-token", "logs"):
             add_output(sub)
         if verb == "logs":
             sub.add_argument("-l", "--num-lines", type=int, default=5000, help="lines to print (default 5000)")
@@ -130,7 +130,14 @@ def service_show(args: argparse.Namespace) -> int:
 def service_logs(args: argparse.Namespace) -> int:
     service = _service(args)
     service._record()  # an unknown service is an error, not an empty log
-    sys.stdout.write(service.get_logs(num_lines=args.num_lines, replica=args.replica))
+    text = service.get_logs(num_lines=args.num_lines, replica=args.replica)
+    if args.output != "table":
+        if args.follow:
+            raise ConfigError("--follow prints lines as they come; it takes no -o json|tsv")
+        lines = text.splitlines()
+        print_output(args, {"name": args.name, "lines": lines} if args.output == "json" else lines, None)
+        return 0
+    sys.stdout.write(text)
     sys.stdout.flush()
     if args.follow:
         from modelfleet.telemetry.logfiles import follow
