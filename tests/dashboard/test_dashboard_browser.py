@@ -20,7 +20,7 @@ import httpx
 import pytest
 from dashboard_support import base_uri, login_link
 
-from e2e_support import deploy, stop_cluster
+from e2e_support import deploy, register_json_model, stop_cluster
 from modelfleet import Webservice, Workspace
 from modelfleet.control.dashboard.login import COOKIE
 
@@ -70,6 +70,7 @@ def chromium_present() -> None:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     workspace = Workspace.create("browser", tmp_path_factory.mktemp("ws"))
+    register_json_model(workspace, tmp_path_factory.mktemp("model"), "weights", 2.0)
     deploy(workspace, SERVICE, "slow", **SETTINGS)
     yield workspace
     stop_cluster(workspace)
@@ -209,11 +210,7 @@ def test_log_in_see_the_service_and_watch_it_scale_under_load(
 def test_regenerate_key_button_asks_then_acts(ws: Workspace, browser: webdriver.Chrome) -> None:
     service = Webservice(ws, SERVICE)
     old = service.get_keys()[1]
-    link = login_link(ws)
-    browser.get(link)
-    wait_for(browser, lambda d: "/login" not in d.current_url)
-    browser.get(base_uri(link) + f"/#/service/{SERVICE}")
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
+    open_service_page(ws, browser)
     click(browser, "#key-select option:nth-child(2)")  # Secondary
     assert browser.execute_script("return document.getElementById('key-select').value;") == "Secondary"
     click(browser, "#regen-key")
@@ -222,6 +219,36 @@ def test_regenerate_key_button_asks_then_acts(ws: Workspace, browser: webdriver.
     alert.accept()
     wait_for(browser, lambda d: (text_of(d, "#notice") or "") == "Secondary key regenerated")
     assert service.get_keys()[1] != old
+
+
+def test_set_replicas_says_it_sets_the_autoscale_bounds_and_cancel_changes_nothing(
+    ws: Workspace, browser: webdriver.Chrome
+) -> None:
+    before = Webservice(ws, SERVICE)._spec().autoscale
+    open_service_page(ws, browser)
+    browser.execute_script("document.getElementById('replicas-input').value = '2';")
+    click(browser, "#set-replicas")
+    alert = wait_for(browser, lambda d: _alert(d), timeout=10)
+    assert "Autoscaling is on: this sets its minimum and maximum to 2" in alert.text
+    alert.dismiss()
+    assert Webservice(ws, SERVICE)._spec().autoscale == before
+
+
+def test_environments_and_models_page(ws: Workspace, browser: webdriver.Chrome) -> None:
+    link = login_link(ws)
+    browser.get(link)
+    wait_for(browser, lambda d: "/login" not in d.current_url)
+    click(browser, "header nav a[href='#/environments']")
+    wait_for(browser, lambda d: text_of(d, "#models tbody tr td") == "weights")
+    assert browser.find_elements(By.CSS_SELECTOR, "#environments tbody tr")
+
+
+def open_service_page(ws: Workspace, browser: webdriver.Chrome) -> None:
+    link = login_link(ws)
+    browser.get(link)
+    wait_for(browser, lambda d: "/login" not in d.current_url)
+    browser.get(base_uri(link) + f"/#/service/{SERVICE}")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-replicas canvas"))
 
 
 def _alert(driver: webdriver.Chrome):  # type: ignore[no-untyped-def]
