@@ -124,7 +124,24 @@ class KubernetesController:
         self.store = store
         self.compute = compute
         self.target = target
+        self._adoptions: set[asyncio.Task[int]] = set()
         self.reconciler = Reconciler(store, target, kubernetes_planner(compute), compute_target=compute.name)
+        target.on_scaled = self._adopt
+
+    def _adopt(self, service: str, generation: int, replicas: int) -> None:
+        """The router's autoscaler patched a Deployment's scale: that count is the service's
+        from now on (a scale event is recorded), so the reconciler does not undo it."""
+        controller = self.reconciler.controllers.get(service)
+        if controller is None or controller.serving_generation != generation or controller.spec is None:
+            return
+        if not controller.spec.autoscale.enabled or replicas == controller.replica_count:
+            return
+        log.info("service %s: the router's autoscaler set %d replicas", service, replicas)
+        task = asyncio.get_running_loop().create_task(
+            controller.scale_to(replicas, "the router's autoscaler (deployments/scale)", None)
+        )
+        self._adoptions.add(task)
+        task.add_done_callback(self._adoptions.discard)
 
     def _mine(self) -> set[str]:
         return {r.name for r in self.store.list_services() if runs_on(r) == self.compute.name}

@@ -7,7 +7,9 @@ fed by watching the Kubernetes API instead of by a local target.
 In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); elsewhere
 (tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
 the router's Role grants (``manifests.router_rules``): pods and ConfigMaps to list and
-watch, each service's Secret by name. Discovery is ``targets/kubernetes/discovery.py``.
+watch, each service's Secret by name; ``deployments/scale`` to patch. Discovery is
+``targets/kubernetes/discovery.py``; autoscaling (by the pod holding the Lease) is
+``targets/kubernetes/scaler.py``.
 SIGTERM or SIGINT stops it: the listener closes, then the watches.
 """
 
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Sequence
 
 from kubernetes import client, config
@@ -26,6 +29,7 @@ from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
 from modelfleet.targets.kubernetes.discovery import Discovery
 from modelfleet.targets.kubernetes.manifests import ROUTER_PORT
+from modelfleet.targets.kubernetes.scaler import Scaler
 
 log = logging.getLogger("modelfleet.router")
 
@@ -50,6 +54,10 @@ async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> 
     bound = await router.start(host=host, port=port)
     discovery = Discovery(api, namespace, router)
     discovery.start()
+    # One router pod scales (the Lease holder); HOSTNAME is the pod's name in a pod.
+    identity = os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
+    scaler = Scaler(api, namespace, router, identity)
+    scaler.start(discovery.serving)
     log.info("router for namespace %s listening on %s:%d", namespace, host, bound)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -59,6 +67,7 @@ async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> 
         await stopping.wait()
     finally:
         log.info("router stopping")
+        await scaler.stop()
         await router.stop()
         await discovery.stop()
         api.close()

@@ -61,6 +61,9 @@ class Discovery:
         self._ever_ready: set[str] = set()
         self._routes: dict[str, str] = {}  # service -> route ConfigMap resourceVersion applied
         self._token_pem: str | None = None
+        # On the loop: each service's serving generation and its Ready replicas (the autoscaler's)
+        self._serving: dict[str, tuple[int, int]] = {}
+        self._generations: dict[str, int] = {}
         self._listed = {"routes": threading.Event(), "pods": threading.Event()}
 
     def __repr__(self) -> str:
@@ -216,6 +219,11 @@ class Discovery:
             log.exception("service %s: route not applied", route.service)
             return
         log.info("service %s: route applied (serving generation %s)", route.service, route.serving_generation)
+        if route.serving_generation is None:
+            self._generations.pop(route.service, None)
+            self._serving.pop(route.service, None)
+        else:
+            self._generations[route.service] = route.serving_generation
         self._sync(route.service)
 
     def _sync(self, service: str) -> None:
@@ -224,9 +232,19 @@ class Discovery:
             ever_ready = set(self._ever_ready)
         live = [r for r in replicas_of(pods, ever_ready) if r.state is not ReplicaState.DRAINING]
         self.table.sync(service, live)
+        generation = self._generations.get(service)
+        if generation is not None:
+            ready = sum(1 for r in live if r.generation == generation and r.state is ReplicaState.READY)
+            self._serving[service] = (generation, ready)
+
+    def serving(self, service: str) -> tuple[int, int] | None:
+        """The serving generation of ``service`` and how many of its replicas are Ready."""
+        return self._serving.get(service)
 
     def _remove(self, service: str) -> None:
         self.table.remove(service)
+        self._generations.pop(service, None)
+        self._serving.pop(service, None)
         log.info("service %s: removed (its route ConfigMap is gone)", service)
 
     def _token_key(self) -> Any:

@@ -115,6 +115,12 @@ class KubernetesTarget:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
+        # Replica counts this target asked for, by Deployment: a different spec.replicas seen
+        # on a Deployment was set by someone else (the router's autoscaler): ``on_scaled``.
+        self.on_scaled: Callable[[str, int, int], None] | None = None
+        self._asked: dict[str, int] = {}
+        self._deployments_watch: watch.Watch | None = None
+        self._deployments_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<KubernetesTarget namespace={self.namespace} pods={len(self._pods)}>"
@@ -129,6 +135,55 @@ class KubernetesTarget:
         self._relist()
         self._thread = threading.Thread(target=self._follow, name=f"k8s-pods-{self.namespace}", daemon=True)
         self._thread.start()
+        follow = self._follow_deployments
+        self._deployments_thread = threading.Thread(
+            target=follow, name=f"k8s-deployments-{self.namespace}", daemon=True
+        )
+        self._deployments_thread.start()
+
+    def _follow_deployments(self) -> None:
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = self.apps.list_namespaced_deployment(self.namespace, label_selector=REPLICA_SELECTOR)
+                    version = listed.metadata.resource_version
+                self._deployments_watch = watch.Watch()
+                for event in self._deployments_watch.stream(
+                    self.apps.list_namespaced_deployment,
+                    self.namespace,
+                    label_selector=REPLICA_SELECTOR,
+                    resource_version=version,
+                    timeout_seconds=_WATCH_TIMEOUT_S,
+                ):
+                    if self._stop.is_set():
+                        return
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        raise ApiException(status=410)
+                    version = obj.metadata.resource_version or version
+                    if event["type"] == "MODIFIED":
+                        self._seen_count(obj)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if not (isinstance(exc, ApiException) and exc.status == 410):
+                    log.warning("deployment watch in %s restarts after: %s", self.namespace, exc)
+                    self._stop.wait(0.5)
+                version = None
+
+    def _seen_count(self, deployment: Any) -> None:
+        name, replicas = deployment.metadata.name, deployment.spec.replicas
+        labels = deployment.metadata.labels or {}
+        asked = self._asked.get(name)
+        if asked is None or replicas is None or replicas == asked or self.on_scaled is None:
+            return
+        self._asked[name] = replicas
+        service, generation = labels.get(m.SERVICE_LABEL), labels.get(GENERATION_LABEL)
+        loop = self._loop
+        if service and generation and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.on_scaled, service, int(generation), int(replicas))
 
     def _relist(self) -> None:
         listed = _call(
@@ -230,6 +285,7 @@ class KubernetesTarget:
             lambda: self.core.replace_namespaced_config_map(config["metadata"]["name"], ns, config),
         )
         name = deployment["metadata"]["name"]
+        self._asked[name] = replicas
         _upsert(
             f"Deployment {name}",
             lambda: self.apps.create_namespaced_deployment(ns, deployment),
@@ -249,6 +305,7 @@ class KubernetesTarget:
         for pod in remove:
             with contextlib.suppress(TargetError):
                 _call(f"annotate pod {pod}", lambda p=pod: self.core.patch_namespaced_pod(p, ns, cheapest))
+        self._asked[name] = replicas
         _call(
             f"scale Deployment {name}",
             lambda: self.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}}),
@@ -330,10 +387,12 @@ class KubernetesTarget:
     async def close(self, drain_s: float) -> None:
         """Pods outlive this process; only the watch thread stops."""
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, _WATCH_TIMEOUT_S + 5)
+        for w in (self._watch, self._deployments_watch):
+            if w is not None:
+                w.stop()
+        for t in (self._thread, self._deployments_thread):
+            if t is not None:
+                await asyncio.to_thread(t.join, _WATCH_TIMEOUT_S + 5)
 
     # -- for status and tests --------------------------------------------------------------
 
