@@ -8,7 +8,15 @@
 ```
 
 Model files are read-only copies of the workspace's blobs (``Store.materialize_model``), so
-a replica that writes to one cannot change the stored model.
+a replica that writes to one cannot change the stored model. Each model version is copied once
+per service, into ``<service>/models/<name>/<version>/`` (written aside, then renamed into
+place, so a crash never leaves half a copy), and every generation's folder hard-links that
+copy's files: a redeploy that keeps most models lays out only the new ones (a registered
+version never changes). The generations of one service share those copies, as the replicas
+of one generation share theirs; other services and the blobs never do. A copy is reused only
+while every file still has the size, mode (0444) and modification time it was written with
+(``.<version>.json`` beside it): a replica that wrote to its model gets the next generation a
+fresh copy. A copy no generation links any more is removed with the last generation that used it.
 
 ``AZUREML_MODEL_DIR`` is the version folder when the service has one model, and
 ``azureml-models`` when it has several, so ``os.getenv("AZUREML_MODEL_DIR")`` and
@@ -21,19 +29,25 @@ The service config (written by the SDK, stored in the workspace) is a plain dict
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelfleet.replica.models import CACHE_MEMORY_ENV, CACHE_SIZE_ENV
 from modelfleet.spec import DeploySpec
+from modelfleet.spec.names import check_model_count
 from modelfleet.store.registry import META_DIR, Store
 from modelfleet.targets.gpus import GPUS_ENV
 from modelfleet.targets.isolation import MEMORY_LIMIT_ENV, memory_limit_note
 from modelfleet.telemetry.data_layout import service_data_dir
 
 MODELS_FOLDER = "azureml-models"
+SHARED_MODELS = "models"  # <service>/models/<name>/<version>: the copies generations link
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,10 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
     models_root = app_root / MODELS_FOLDER
     models_root.mkdir(parents=True)
     refs = config.get("models", [])
+    check_model_count(len(refs))
     for ref in refs:
-        record = store.get_model(ref["name"], int(ref["version"]))
-        dest = models_root / record.name / str(record.version)
-        dest.mkdir(parents=True)
-        store.materialize_model(record, dest)
+        name, version = ref["name"], int(ref["version"])
+        _link_tree(_service_copy(store, service, name, version), models_root / name / str(version))
 
     inference = config["inference"]
     source_name = inference.get("source_name") or "source"
@@ -105,3 +118,52 @@ def _bytes(gb: float) -> int:
 
 def remove_generation(runtime_dir: Path, service: str, generation: int) -> None:
     shutil.rmtree(generation_dir(runtime_dir, service, generation), ignore_errors=True)
+    _remove_unlinked_copies(runtime_dir / "services" / service / SHARED_MODELS)
+
+
+def _service_copy(store: Store, service: str, name: str, version: int) -> Path:
+    """The service's copy of model ``name:version``, laid out on first use."""
+    copy = store.runtime_dir / "services" / service / SHARED_MODELS / name / str(version)
+    manifest = copy.parent / f".{version}.json"
+    if copy.is_dir():
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(manifest.read_text()) == _manifest(copy):
+                return copy
+        shutil.rmtree(copy)  # changed since it was written: generations that link it keep their files
+    aside = copy.parent / f".{version}.{os.getpid()}.partial"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    store.materialize_model(store.get_model(name, version), aside)
+    manifest.write_text(json.dumps(_manifest(aside)))
+    os.rename(aside, copy)
+    return copy
+
+
+def _manifest(copy: Path) -> dict[str, list[int]]:
+    """Each file's size, mode and modification time: what a write or chmod would change."""
+    out = {}
+    for path in sorted(p for p in copy.rglob("*") if p.is_file()):
+        st = path.stat()
+        out[str(path.relative_to(copy))] = [st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+    return out
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    for folder, _dirs, files in os.walk(source):
+        here = dest / Path(folder).relative_to(source)
+        here.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            os.link(Path(folder) / file, here / file)
+
+
+def _remove_unlinked_copies(shared: Path) -> None:
+    """Remove model copies whose files no generation links any more (link count 1)."""
+    if not shared.is_dir():
+        return
+    for copy in [v for n in shared.iterdir() if n.is_dir() for v in n.iterdir() if v.is_dir()]:
+        files = [p for p in copy.rglob("*") if p.is_file()]
+        if all(p.stat().st_nlink == 1 for p in files):
+            shutil.rmtree(copy, ignore_errors=True)
+            (copy.parent / f".{copy.name}.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                copy.parent.rmdir()  # the model's folder, once its last version is gone
