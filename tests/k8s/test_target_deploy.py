@@ -25,7 +25,7 @@ from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
 from modelfleet import AksCompute, AksWebservice, ComputeTarget, InferenceConfig, KubernetesCompute, Model, Workspace
-from modelfleet.errors import ConfigError, NotFound
+from modelfleet.errors import ConfigError, DeploymentFailed, NotFound
 from modelfleet.targets.kubernetes import manifests as m
 
 
@@ -174,3 +174,32 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
                 if router.poll() is None:
                     router.kill()
                     router.wait()
+
+
+@pytest.mark.timeout(300)
+def test_a_service_whose_init_fails_on_the_cluster_ends_failed_with_the_reason(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str, control_plane: ControlPlane, tmp_path: Path
+):
+    apps = client.AppsV1Api(admin)
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    with serve_blobs(ws.store) as blobs:
+        target = KubernetesCompute.attach(
+            ws, "prod", kubeconfig=str(control_plane.admin_kubeconfig), namespace=namespace, blob_store=blobs
+        )
+        try:
+            weights = tmp_path / "w.json"
+            weights.write_text("{}")
+            model = Model.register(ws, model_path=str(weights), model_name="w")
+            ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "failing_init"))
+            dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
+            service = Model.deploy(ws, "broken", [model], ic, dc, deployment_target=target)
+            assert service.scoring_uri is None  # no router_uri attached: nothing to promise
+            with pytest.raises(DeploymentFailed):
+                service.wait_for_deployment(timeout_sec=180)
+            assert service.state == "Failed"
+            assert "container replica" in (service.error or ""), service.error
+            # the failed generation is retired: no pod is left crash-looping
+            wait_for("the failed Deployment gone", lambda: not apps.list_namespaced_deployment(namespace).items, 60)
+            service.delete()
+        finally:
+            target.stop_controller()

@@ -356,8 +356,9 @@ class Webservice:
         self._save_metadata(service_meta.Metadata(new_tags, new_props, new_description))
 
     def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
-        refuse_never_fits(spec)
         record = self._record()
+        if service_target(self.workspace, record.config) is None:  # a cluster's nodes are not this machine
+            refuse_never_fits(spec)
         new_models = (
             models
             if models is not None

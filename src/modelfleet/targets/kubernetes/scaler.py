@@ -50,17 +50,20 @@ class Lease:
     when it is free or expired, renew it while held; a conflicting write (409) means another
     pod got there first."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, identity: str, name: str = ROUTER_LEASE) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, identity: str, name: str = ROUTER_LEASE, duration_s: int = LEASE_S
+    ) -> None:
         self.coord = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.identity = identity
         self.name = name
+        self.duration_s = duration_s
         self.held = False
 
     def tick(self) -> bool:
         now = datetime.datetime.now(datetime.timezone.utc)
         spec = client.V1LeaseSpec(
-            holder_identity=self.identity, lease_duration_seconds=LEASE_S, renew_time=now, acquire_time=now
+            holder_identity=self.identity, lease_duration_seconds=self.duration_s, renew_time=now, acquire_time=now
         )
         try:
             lease = self.coord.read_namespaced_lease(self.name, self.namespace)
@@ -73,7 +76,7 @@ class Lease:
         current = lease.spec
         mine = current.holder_identity == self.identity
         renewed = current.renew_time or current.acquire_time
-        duration = current.lease_duration_seconds or LEASE_S
+        duration = current.lease_duration_seconds or self.duration_s
         expired = renewed is None or renewed + datetime.timedelta(seconds=duration) < now
         if not (mine or expired):
             self.held = False
