@@ -113,9 +113,7 @@ class DashboardServer:
             log.warning("dashboard port %d is taken; using a free one", port)  # a stale stored port
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self.port = int(self._runner.addresses[0][1])
         self._sampling = asyncio.get_running_loop().create_task(self.sampler.run(time.time))
         log.info("dashboard on http://127.0.0.1:%d/", self.port)
         return self.port
@@ -174,14 +172,14 @@ class DashboardServer:
         session = self.sessions.redeem(request.query.get("code", ""), time.time())
         if session is None:
             return _login_page("That login link is invalid, expired or already used.", 401)
-        response = web.HTTPSeeOther("/")  # the code leaves the address bar
+        response = web.Response(status=303, headers={"Location": "/"})  # the code leaves the address bar
         response.set_cookie(COOKIE, session, max_age=SESSION_TTL_S, path="/", httponly=True, samesite="Strict")
         response.headers.update(_HEADERS)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         self.sessions.end(request.cookies.get(COOKIE))
-        response = web.HTTPSeeOther("/")
+        response = web.Response(status=303, headers={"Location": "/"})
         response.del_cookie(COOKIE, path="/")
         return response
 
@@ -239,8 +237,8 @@ class DashboardServer:
                             since = detail["series"]["time"][-1]
                         await response.write(_event("service", detail))
                 await asyncio.sleep(1.0)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the page was closed
         finally:
             self.feeds -= 1
         return response
