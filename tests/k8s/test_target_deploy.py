@@ -8,6 +8,7 @@ object."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,11 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             assert post(service.scoring_uri, None)[0] == 401
             (dep,) = apps.list_namespaced_deployment(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
             assert dep.metadata.name == "scorer-g1"
+
+            # logs: each pod's state, then pods/log (which needs a kubelet: here the reason it failed)
+            logs = service.get_logs()
+            assert re.search(r"=== pod scorer-g1-\S+ \(generation 1, Ready, 0 restarts\) ===", logs), logs
+            assert "no log from the API" in logs  # the node stand-in serves no pods/log
 
             # the local cluster's daemon was never needed
             assert ws.cluster().info() is None

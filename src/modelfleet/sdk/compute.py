@@ -164,6 +164,21 @@ class KubernetesCompute:
         base = self.router_uri
         return f"{base}/api/v1/service/{service}/score" if base else None
 
+    def logs(self, service: str, num_lines: int = 5000) -> str:
+        """Each of the service's pods: its state and why it is not Ready, then its log."""
+        from kubernetes import client
+
+        from modelfleet.control.k8s_router import api_client
+        from modelfleet.targets.kubernetes.target import pod_logs, service_replicas
+
+        settings = self.settings
+        api = api_client(settings.get("kubeconfig"), settings.get("context"))
+        try:
+            replicas = service_replicas(api, self.namespace, service)
+            return pod_logs(client.CoreV1Api(api), self.namespace, replicas, None, num_lines)
+        finally:
+            api.close()
+
     def get_status(self) -> str:
         """v1's provisioning state: an attached cluster is there already."""
         return "Succeeded"

@@ -307,6 +307,9 @@ class Webservice:
         only. Rotated files (``replica-0.log.1`` ...) are read too, oldest first."""
         from modelfleet.telemetry.logfiles import chain, tail
 
+        target = service_target(self.workspace, self._record().config)
+        if target is not None:  # pods: their states and pods/log, through the API
+            return target.logs(self.name, num_lines)
         lines: list[str] = []
         for path in self.log_paths(replica):
             files = chain(path)

@@ -339,20 +339,7 @@ class KubernetesTarget:
         )
 
     def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
-        out: list[str] = []
-        for r in self.replicas(service):
-            if replica_id not in (None, r.id):
-                continue
-            try:
-                text = self.core.read_namespaced_pod_log(
-                    r.id, self.namespace, container="replica", tail_lines=tail_lines
-                )
-            except ApiException as exc:
-                text = f"(pod {r.id}: no log from the API: {exc.status} {exc.reason})\n"
-            except Exception as exc:  # the API server cannot reach a kubelet: a connection error
-                text = f"(pod {r.id}: no log from the API: {exc})\n"
-            out.append(f"--- pod {r.id} ({r.state.value})\n{text}")
-        return "".join(out)
+        return pod_logs(self.core, self.namespace, self.replicas(service), replica_id, tail_lines)
 
     async def delete(self, service: str, drain_s: float) -> None:
         await asyncio.to_thread(self._delete_service, service)
@@ -407,6 +394,35 @@ class KubernetesTarget:
 
 
 _BACKGROUND: dict[str, Any] = {"propagation_policy": "Background"}
+
+
+def service_replicas(api: client.ApiClient, namespace: str, service: str) -> list[ReplicaInfo]:
+    """A service's pods as replicas, read once (no watch): for one-off status and logs."""
+    core = client.CoreV1Api(api)
+    selector = f"{m.SERVICE_LABEL}={service},{REPLICA_SELECTOR}"
+    listed = _call("list pods", lambda: core.list_namespaced_pod(namespace, label_selector=selector))
+    return replicas_of([api.sanitize_for_serialization(p) for p in listed.items])
+
+
+def pod_logs(
+    core: client.CoreV1Api, namespace: str, replicas: list[ReplicaInfo], replica_id: str | None, tail_lines: int
+) -> str:
+    """Each pod's state (and why it is not Ready), then its replica container's log (pods/log,
+    which the kubelet serves: without one the reason it failed is shown instead)."""
+    out: list[str] = []
+    for r in replicas:
+        if replica_id not in (None, r.id):
+            continue
+        try:
+            text = core.read_namespaced_pod_log(r.id, namespace, container="replica", tail_lines=tail_lines)
+        except ApiException as exc:
+            text = f"(no log from the API: {exc.status} {exc.reason})\n"
+        except Exception as exc:  # the API server cannot reach a kubelet: a connection error
+            text = f"(no log from the API: {exc})\n"
+        detail = f": {r.detail}" if r.detail else ""
+        out.append(f"=== pod {r.id} (generation {r.generation}, {r.state.value}{detail}, {r.restarts} restarts) ===\n")
+        out.append(text if text.endswith("\n") or not text else text + "\n")
+    return "".join(out)
 
 
 def _service_of(pod: dict[str, Any]) -> str | None:
