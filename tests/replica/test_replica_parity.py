@@ -82,7 +82,6 @@ CASES: dict[str, list[tuple[str, str, bytes | None, dict[str, str]]]] = {
         ("POST", "/score", b"[1]", JSON),
         ("POST", "/score", b"", JSON),
         ("POST", "/score", b"{bad", JSON),
-        ("POST", "/score", b'{"data": "not a list"}', JSON),
         ("GET", "/score?data=[[1,2]]&scale=3", None, {}),
         ("GET", "/score?scale=3", None, {}),
         ("GET", "/swagger.json", None, {}),
@@ -221,3 +220,20 @@ def test_reference_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     fake.chmod(0o755)
     monkeypatch.setenv("MODELFLEET_REFERENCE_SERVER", str(fake))
     assert reference_server() == str(fake)
+
+
+def test_input_that_does_not_fit_the_schema_is_400_where_the_reference_says_500(
+    servers: dict[str, tuple[Server, Server]],
+) -> None:
+    """A documented difference (README): the caller's input, refused by @input_schema before
+    run() begins, is the caller's fault; an error raised inside run() stays a 500 on both."""
+    reference, ours = servers["schema_sum.py"]
+    wrong_type = b'{"data": "not a list"}'
+    assert request(reference.port, "POST", "/score", wrong_type, JSON).status == 500
+    answer = request(ours.port, "POST", "/score", wrong_type, JSON)
+    assert answer.status == 400
+    message = json.loads(answer.body)["message"]
+    assert message.startswith("Input does not fit run()'s input_schema: ValueError: Invalid input data type")
+    raised_in_run = b'{"data": [["a"]]}'  # fits the schema's shape; sum() raises inside run()
+    assert request(reference.port, "POST", "/score", raised_in_run, JSON).status == 500
+    assert request(ours.port, "POST", "/score", raised_in_run, JSON).status == 500

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -306,8 +307,29 @@ class Entry:
         try:
             result = self.run_function(**kwargs)
         except BaseException as ex:  # noqa: BLE001 - even SystemExit must not kill a worker thread
+            if self.plan.style == STYLE_SCHEMA and refused_by_input_schema(ex):
+                # the caller's input, not the script, is at fault (azmlinfsrv answers 500 here)
+                raise BadInput(f"Input does not fit run()'s input_schema: {type(ex).__name__}: {ex}") from ex
             raise RunFailed(ex, (time.perf_counter() - start) * 1000) from ex
         return result, (time.perf_counter() - start) * 1000
+
+
+def refused_by_input_schema(ex: BaseException) -> bool:
+    """Whether ``ex`` came from ``@input_schema`` turning the request into run()'s argument,
+    before run()'s own body began: the decorator's frame is followed by its deserializer,
+    not by the user's function."""
+    frames: list[tuple[str, str]] = []
+    tb = ex.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_frame.f_code.co_name))
+        tb = tb.tb_next
+    for (filename, name), deeper in zip(frames, frames[1:], strict=False):
+        if name == "decorator_input" and filename.endswith(_SCHEMA_DECORATORS):
+            return deeper[1] == "_deserialize_input_argument" and deeper[0].endswith(_SCHEMA_DECORATORS)
+    return False
+
+
+_SCHEMA_DECORATORS = os.path.join("inference_schema", "schema_decorators.py")
 
 
 def load_entry(path: str, make_request: Callable[[Call], Any]) -> Entry:
