@@ -42,6 +42,7 @@ from modelfleet.errors import ConfigError, ModelfleetError, NotFound
 from modelfleet.router.proxy import Router
 from modelfleet.spec.names import validate_service_name
 from modelfleet.store.registry import Store
+from modelfleet.telemetry.logfiles import chain, tail
 
 __all__ = ["DASHBOARD_PORT_SETTING", "DashboardServer"]
 
@@ -202,11 +203,13 @@ class DashboardServer:
         lines = _bounded_int(request.query.get("lines", "200"), "lines", 1, MAX_LOG_LINES)
         replica = request.query.get("replica")
         controller = self.sampler.reconciler.controllers.get(name)
-        ids = {r.id for r in controller.replicas()} if controller is not None else set()
-        if replica not in ids:
-            raise NotFound(f"service {name} has no replica {replica!r} (it has: {', '.join(sorted(ids)) or 'none'})")
-        target = self.sampler.reconciler.target
-        text = await asyncio.to_thread(target.logs, name, replica, lines)
+        # the replica list is read here, on the loop that changes it; only the files in a thread
+        paths = {r.id: r.log_path for r in controller.replicas()} if controller is not None else {}
+        if replica not in paths:
+            have = ", ".join(sorted(paths)) or "none"
+            raise NotFound(f"service {name} has no replica {replica!r} (it has: {have})")
+        path = paths[replica]
+        text = "".join(await asyncio.to_thread(lambda: tail(chain(path), lines))) if path is not None else ""
         return web.Response(text=text, content_type="text/plain")
 
     async def environments(self, request: web.Request) -> web.StreamResponse:
