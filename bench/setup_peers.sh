@@ -11,6 +11,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venvs="$here/.venvs"
 python="${PEER_PYTHON:-python3.11}"  # the peers' wheels all exist for 3.11
+# uv from PATH, else the project's virtual environment (a new shell has no venv active)
+uv="${UV:-$(command -v uv || echo "$here/../.venv/bin/uv")}"
 peers=("$@")
 [ ${#peers[@]} -eq 0 ] && peers=(azmlinfsrv litserve ray)
 
@@ -33,8 +35,8 @@ mkvenv() {  # name, command that proves it is installed, packages...
         return
     fi
     echo "bench: installing $name into $venvs/$name"
-    uv venv -q --python "$python" "$venvs/$name"
-    uv pip install -q --python "$venvs/$name/bin/python" "$@"
+    "$uv" venv -q --python "$python" "$venvs/$name"
+    "$uv" pip install -q --python "$venvs/$name/bin/python" "$@"
 }
 
 for p in "${peers[@]}"; do

@@ -359,10 +359,11 @@ def _run(command: list[str], settings: CacheSettings, report: _Reporter, *, show
         raise BuildError(f"cannot run {command[0]}: {exc.strerror}") from None
     lines: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip()
-        lines.append(line)
-        report.line(line, summary=not quiet and bool(_SUMMARY.match(line.strip())))
+    with proc.stdout:  # closed here, not left to the collector (a ResourceWarning in-process)
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            lines.append(line)
+            report.line(line, summary=not quiet and bool(_SUMMARY.match(line.strip())))
     code = proc.wait()
     if code != 0:
         tail = "\n".join(x for x in lines[-25:] if x.strip())
