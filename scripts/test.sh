@@ -24,6 +24,15 @@ export MODELFLEET_REFERENCE_SERVER="$PWD/.venv-reference/bin/azmlinfsrv"
 bash scripts/k8s-control-plane.sh
 export MODELFLEET_K8S_REQUIRED=1
 
+# Debian's headless Chromium and its driver (the same build) for the dashboard's browser tests;
+# the tests fail, not skip, without them.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    sudo_="" && [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends chromium chromium-driver
+fi
+export MODELFLEET_BROWSER_REQUIRED=1
+
 .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check -q src tests bench examples
 .venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
