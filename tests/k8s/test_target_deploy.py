@@ -42,6 +42,10 @@ def post(uri: str, key: str | None) -> tuple[int, object]:
         return 0, None
 
 
+def secret_rules(rbac: client.RbacAuthorizationV1Api, namespace: str) -> list:
+    return [r for r in rbac.read_namespaced_role(m.ROUTER_NAME, namespace).rules if "secrets" in r.resources]
+
+
 def test_attach_by_name_and_v1_form(tmp_path: Path, control_plane: ControlPlane):
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
     kubeconfig = str(control_plane.admin_kubeconfig)
@@ -70,8 +74,11 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
 ):
     apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
-    for obj in m.router_objects(router_src)[:3]:  # ServiceAccount, Role, RoleBinding
+    # The router's ServiceAccount, Role and RoleBinding, the Role listing no Secret yet: the
+    # compute target's controller adds each deployed service's Secret by name.
+    rbac = client.RbacAuthorizationV1Api(admin)
+    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace)
+    for obj in m.router_objects(router_src)[:3]:
         create_from_yaml_single_item(admin, obj)
     router_kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
     port = free_port()
@@ -113,6 +120,10 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             assert post(service.scoring_uri, primary)[1] == {"model": {"w": [1, 2, 3]}}
             assert post(service.scoring_uri, None)[0] == 401
             (dep,) = apps.list_namespaced_deployment(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+            secret_rules = [
+                r for r in rbac.read_namespaced_role(m.ROUTER_NAME, namespace).rules if "secrets" in r.resources
+            ]
+            assert [r.resource_names for r in secret_rules] == [["scorer-keys"]]
             assert dep.metadata.name == "scorer-g1"
 
             # logs: each pod's state, then pods/log (which needs a kubelet: here the reason it failed)
@@ -171,6 +182,13 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
                 timeout=120,
             )
             wait_for("404 from the router", lambda: post(uri, primary)[0] == 404, timeout=60)
+
+            def secret_rules() -> list:
+                return [
+                    r for r in rbac.read_namespaced_role(m.ROUTER_NAME, namespace).rules if "secrets" in r.resources
+                ]
+
+            wait_for("the deleted service's Secret gone from the router's Role", lambda: secret_rules() == [], 30)
         finally:
             target.stop_controller()
             router.send_signal(signal.SIGTERM)

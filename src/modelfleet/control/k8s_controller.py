@@ -53,6 +53,7 @@ log = logging.getLogger("modelfleet.control.k8s")
 DEFAULT_IMAGE_REPOSITORY = "modelfleet-replica"
 _PASS_S = 1.0
 _START_TIMEOUT_S = 30.0
+_ROLE_RECHECK_S = 30.0
 
 
 def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
@@ -125,6 +126,8 @@ class KubernetesController:
         self.compute = compute
         self.target = target
         self._adoptions: set[asyncio.Task[int]] = set()
+        self._role_for: set[str] | None = None  # the services the router's Role was last made for
+        self._role_at = 0.0
         self.reconciler = Reconciler(store, target, kubernetes_planner(compute), compute_target=compute.name)
         target.on_scaled = self._adopt
 
@@ -157,6 +160,12 @@ class KubernetesController:
     async def run_pass(self) -> None:
         mine = await asyncio.to_thread(self._mine)
         known = set(self.reconciler.controllers)
+        now = time.monotonic()
+        if mine != self._role_for or now - self._role_at >= _ROLE_RECHECK_S:
+            # before a new service publishes its route, since the router reads its Secret then;
+            # and now and again, for a router installed (or its Role replaced) since
+            await asyncio.to_thread(self.target.sync_router_role, mine)
+            self._role_for, self._role_at = mine, now
         for name in sorted(mine - known):
             log.info("service %s: following it", name)
             self.reconciler.sync(name)

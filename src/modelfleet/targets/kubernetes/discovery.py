@@ -42,6 +42,7 @@ __all__ = ["Discovery"]
 log = logging.getLogger("modelfleet.router.discovery")
 
 _WATCH_TIMEOUT_S = 60
+_RETRY_S = 1.0
 
 
 class Discovery:
@@ -60,6 +61,7 @@ class Discovery:
         self._pods: dict[str, dict[str, Any]] = {}  # by uid
         self._ever_ready: set[str] = set()
         self._routes: dict[str, str] = {}  # service -> route ConfigMap resourceVersion applied
+        self._latest: dict[str, dict[str, Any]] = {}  # service -> its route ConfigMap as last seen
         self._token_pem: str | None = None
         # On the loop: each service's serving generation and its Ready replicas (the autoscaler's)
         self._serving: dict[str, tuple[int, int]] = {}
@@ -150,6 +152,7 @@ class Discovery:
             else:
                 maps[_service(obj)] = obj
                 changed = [obj]
+            self._latest = dict(maps)
             for cm in changed:
                 self._read_route(cm)
             if kind == "LISTED":
@@ -166,7 +169,11 @@ class Discovery:
             )
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("service %s: keys not readable (%s %s)", service, exc.status, exc.reason)
+                # e.g. 403 until the Role lists this service's Secret: try again shortly
+                log.warning("service %s: keys not readable (%s %s); retrying", service, exc.status, exc.reason)
+                retry = threading.Timer(_RETRY_S, self._retry, (service,))
+                retry.daemon = True
+                retry.start()
                 return
             secret = None
         try:
@@ -179,6 +186,11 @@ class Discovery:
             self._token_pem = pem
         self._routes[service] = version
         self._call(self._publish, route)
+
+    def _retry(self, service: str) -> None:
+        cm = self._latest.get(service)
+        if cm is not None and not self._stop.is_set():
+            self._read_route(cm)
 
     def _follow_pods(self) -> None:
         for kind, obj in self._informer("pod", self.core.list_namespaced_pod, REPLICA_SELECTOR):

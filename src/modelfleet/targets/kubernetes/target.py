@@ -368,6 +368,25 @@ class KubernetesTarget:
         found = {(o.metadata.labels or {}).get(m.SERVICE_LABEL) for o in [*deps.items, *maps.items]}
         return {s for s in found if s}
 
+    def sync_router_role(self, services: Collection[str]) -> bool:
+        """Make the router's Role grant ``get`` on exactly these services' Secrets (RBAC cannot
+        filter by label, so the names are listed). False when no router is installed here."""
+        ns, rbac = self.namespace, client.RbacAuthorizationV1Api(self.api)
+        try:
+            role = rbac.read_namespaced_role(m.ROUTER_NAME, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _api_error(f"read Role {m.ROUTER_NAME}", exc) from exc
+        rules = m.router_rules([m.secret_name(s) for s in services])
+        current = self.api.sanitize_for_serialization(role).get("rules") or []
+        if current != rules:
+            body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "rules": rules}
+            body["metadata"] = self.api.sanitize_for_serialization(role.metadata)
+            _call(f"update Role {m.ROUTER_NAME}", lambda: rbac.replace_namespaced_role(m.ROUTER_NAME, ns, body))
+            log.info("Role %s/%s: Secrets of %s", ns, m.ROUTER_NAME, sorted(services) or "no service")
+        return True
+
     def check_now(self, replica_id: str) -> None:
         """The kubelet probes; the router sees the pod's Ready condition change."""
 
