@@ -1,0 +1,133 @@
+"""Issue 16: many services on one machine: what each replica costs, and how the cluster copes.
+
+For each count N (default 10 and 100): N services deployed one after another (the trivial
+``sum`` entry script, one replica each, ``cpu_cores=0.001``, ``memory_gb=0.02``, so that N fit
+the room check), then:
+
+- the time of the Nth deploy to Healthy, ``service list`` and ``cluster status`` (the CLI, as
+  a user runs it);
+- each replica's memory from ``/proc/<pid>/smaps_rollup``: PSS (shared pages split among the
+  processes sharing them) and USS (pages only it has), mean and median over all replicas;
+- every service answered once;
+- the daemon SIGKILLed (its replicas die with it) and started again: seconds until all N are
+  Healthy and answer again.
+
+    .venv/bin/python bench/many_services.py [--counts 10 100]
+
+Prints figures measured in one run; no pass/fail (the machine is shared). The script's ``init()``
+loads nothing, so a replica's PSS here is its cost before a user's model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
+
+SUM = Path(__file__).resolve().parent.parent / "tests" / "e2e_scripts" / "sum"
+BODY = '{"data": [[1, 2, 3]]}'
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, USS) of one process in KiB."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0])
+    return fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def _cli(ws: Workspace, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "modelfleet", "-w", str(ws.path), *args], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _all_answer(ws: Workspace, names: list[str]) -> int:
+    ok = 0
+    with requests.Session() as s:
+        for name in names:
+            service = ws.webservices[name]
+            headers = {"Authorization": f"Bearer {service.get_keys()[0]}", "Content-Type": "application/json"}
+            ok += s.post(service.scoring_uri, data=BODY, headers=headers, timeout=30).status_code == 200
+    return ok
+
+
+def _until_all_answer(ws: Workspace, names: list[str], deadline: float) -> int:
+    ok = 0
+    with requests.Session() as s:
+        for name in names:
+            service = ws.webservices[name]
+            headers = {"Authorization": f"Bearer {service.get_keys()[0]}", "Content-Type": "application/json"}
+            while time.perf_counter() < deadline:
+                try:
+                    if s.post(service.scoring_uri, data=BODY, headers=headers, timeout=30).status_code == 200:
+                        ok += 1
+                        break
+                except requests.ConnectionError:
+                    pass  # the router is not listening yet
+                time.sleep(0.1)
+    return ok
+
+
+def one(top: Path, n: int) -> None:
+    ws = Workspace.create(f"svc{n}", top / f"ws{n}")
+    ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
+    dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
+    names = [f"s{i:04d}" for i in range(n)]
+    try:
+        last = 0.0
+        for name in names:
+            started = time.perf_counter()
+            Model.deploy(ws, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
+            last = time.perf_counter() - started
+        listing, status = _cli(ws, "service", "list"), _cli(ws, "cluster", "status")
+        pids = [r["pid"] for s in ws.cluster().status()["services"].values() for r in s["replicas"] if r["pid"]]
+        pss, uss = zip(*(_memory_kib(p) for p in pids), strict=True)
+        answered = _all_answer(ws, names)
+        print(
+            f"{n:>5} services: deploy of the last {last:.2f} s, service list {listing:.2f} s, cluster status "
+            f"{status:.2f} s; {answered}/{n} answered"
+        )
+        print(
+            f"{n:>5} services: per replica PSS mean {statistics.mean(pss) / 1024:.1f} MiB, median "
+            f"{statistics.median(pss) / 1024:.1f} MiB; USS mean {statistics.mean(uss) / 1024:.1f} MiB "
+            f"({len(pids)} replicas, {sum(pss) / 1024**2:.2f} GiB PSS in all)"
+        )
+        info = ws.cluster().info()
+        assert info is not None
+        os.kill(int(info["pid"]), signal.SIGKILL)
+        started = time.perf_counter()
+        ws.cluster().ensure_running()
+        back = _until_all_answer(ws, names, started + 600)  # a stored Healthy may be stale: ask each
+        print(f"{n:>5} services: after SIGKILL of the daemon, {back}/{n} answering again in "
+              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    finally:
+        ws.cluster().stop(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[10, 100])
+    args = parser.parse_args()
+    top = Path(tempfile.mkdtemp(prefix="mf-bench-services-"))
+    try:
+        for n in args.counts:
+            one(top, n)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
