@@ -47,8 +47,9 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture
-def make_router() -> Iterator[Callable[..., RouterThread]]:
-    """Routers with the given constructor arguments; at the end each must hold no slot."""
+def make_router(upstreams: Callable[..., UpstreamProcess]) -> Iterator[Callable[..., RouterThread]]:
+    """Routers with the given constructor arguments; at the end each must hold no slot. (It
+    takes ``upstreams`` so that routers close before the upstreams stop.)"""
     made: list[RouterThread] = []
 
     def make(**kwargs: Any) -> RouterThread:

@@ -26,35 +26,6 @@ PRIMARY, SECONDARY = "primary-key-123", "secondary-key-456"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 
 
-@pytest.fixture
-def upstreams() -> Iterator[Callable[..., UpstreamProcess]]:
-    procs: list[UpstreamProcess] = []
-
-    def start(*args: str) -> UpstreamProcess:
-        p = UpstreamProcess(*args)
-        procs.append(p)
-        return p
-
-    try:
-        yield start
-    finally:
-        for p in procs:
-            p.stop()
-
-
-@pytest.fixture
-def router(upstreams: Callable[..., UpstreamProcess]) -> Iterator[RouterThread]:
-    rt = RouterThread()
-    try:
-        yield rt
-        st = rt.wait_idle()
-        for name, s in st.items():
-            assert s["in_flight"] == 0 and s["queued"] == 0, (name, s)
-            assert all(r["in_flight"] == 0 for r in s["replicas"].values()), (name, s)
-    finally:
-        rt.close()
-
-
 def serve(rt: RouterThread, name: str, ups: list[UpstreamProcess], **kw: object) -> ServiceRoute:
     route = ServiceRoute(name, **kw)  # type: ignore[arg-type]
     rt.call(lambda: rt.router.set_service(route))
