@@ -28,6 +28,15 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 
 
+def check_digest(digest: str, *, strict: bool = True) -> str | None:
+    """``digest`` if it is a sha256 in hex; else a ConfigError (or None when not ``strict``)."""
+    if isinstance(digest, str) and _DIGEST.match(digest) is not None:
+        return digest
+    if not strict:
+        return None
+    raise ConfigError(f"blob digest must be 64 lowercase hex characters (a sha256), got {digest!r}")
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -94,8 +103,7 @@ class BlobStore:
 
     def path(self, digest: str) -> Path:
         """The blob's file (read-only); NotFound when the store does not hold it."""
-        if _DIGEST.match(digest) is None:
-            raise ConfigError(f"blob digest must be 64 lowercase hex characters (a sha256), got {digest!r}")
+        check_digest(digest)
         where = self._where(digest)
         if not where.is_file():
             raise NotFound(

@@ -25,6 +25,7 @@ from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.spec.names import validate_model_name
 from modelfleet.store.blobs import BlobStore
 from modelfleet.store.db import Database, model_files, models
+from modelfleet.store.shared_blobs import SharedBlobStore
 
 META_DIR = ".modelfleet"  # the workspace's own folder (laid out in registry.py): never model content
 
@@ -56,7 +57,7 @@ class ModelRecord:
 class Models:
     """The models of one workspace (its database and blob store)."""
 
-    def __init__(self, db: Database, blobs: BlobStore, workspace_name: str) -> None:
+    def __init__(self, db: Database, blobs: BlobStore | SharedBlobStore, workspace_name: str) -> None:
         self._db = db
         self.blobs = blobs
         self.name = workspace_name

@@ -4,9 +4,11 @@ A workspace is a folder ``<root>`` holding ``<root>/.modelfleet/``::
 
     workspace.json   {"name": ..., "format": 1}; written last, so its presence means "complete"
                      (format 2 adds "database": the URL of a shared PostgreSQL database, with
-                     no password: libpq takes it from PGPASSWORD or ~/.pgpass)
+                     no password: libpq takes it from PGPASSWORD or ~/.pgpass; and/or
+                     "blob_store": az://, s3:// or file:// URL, credentials from the environment)
     metadata.db      SQLite in WAL mode, owner-only (0600): it holds service keys (no shared database)
-    blobs/           content-addressed files (model files, snapshot zips), see blobs.py
+    blobs/           content-addressed files (model files, snapshot zips), see blobs.py; with a
+                     shared blob store, its local read cache (shared_blobs.py)
     runtime/         left to the control plane (sockets, pid files, replica folders)
 
 ``Store`` opens and creates it, keeps its settings and source snapshots, and hands the rest
@@ -33,6 +35,7 @@ from modelfleet.store.computes import ComputeTargets
 from modelfleet.store.db import Database, database_url, settings
 from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
 from modelfleet.store.services import SERVICE_STATES, ServiceRecord, Services
+from modelfleet.store.shared_blobs import SharedBlobStore, parse_blob_store_url
 
 __all__ = ["FORMAT", "META_DIR", "SERVICE_STATES", "ModelFile", "ModelRecord", "ServiceRecord", "Store"]
 
@@ -46,11 +49,14 @@ _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
 class Store:
     """One open workspace. Make it with :meth:`create` or :meth:`open`; close it with :meth:`close`."""
 
-    def __init__(self, root: Path, name: str, db: Database) -> None:
+    def __init__(self, root: Path, name: str, db: Database, blob_store: str | None = None) -> None:
         self.root = root
         self.name = name
         self._db = db
-        self.blobs = BlobStore(root / META_DIR / "blobs")
+        self.blob_store_url = blob_store
+        local = BlobStore(root / META_DIR / "blobs")
+        # A shared store keeps the local folder as its read cache (shared_blobs.py).
+        self.blobs: BlobStore | SharedBlobStore = local if blob_store is None else SharedBlobStore(blob_store, local)
         self.runtime_dir = root / META_DIR / "runtime"
         self._models = Models(db, self.blobs, name)
         self._services = Services(db, name)
@@ -59,11 +65,23 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path, name: str, exist_ok: bool = False, *, database: str | None = None) -> Store:
+    def create(
+        cls,
+        root: Path,
+        name: str,
+        exist_ok: bool = False,
+        *,
+        database: str | None = None,
+        blob_store: str | None = None,
+    ) -> Store:
         """Make a workspace in ``root``; its metadata in ``<root>/.modelfleet/metadata.db``, or in
-        ``database`` (``postgresql+psycopg://USER@HOST/DB``, no password in it) that a team shares."""
+        ``database`` (``postgresql+psycopg://USER@HOST/DB``, no password in it) that a team shares;
+        its blobs in ``<root>/.modelfleet/blobs``, or in ``blob_store`` (``az://CONTAINER/PREFIX``,
+        ``s3://BUCKET/PREFIX``, ``file:///PATH``), with that folder as the local read cache."""
         root = Path(root).expanduser().resolve()
         url = database_url(database) if database is not None else None
+        if blob_store is not None:
+            parse_blob_store_url(blob_store)
         meta_dir = root / META_DIR
         if (meta_dir / "workspace.json").exists():
             if not exist_ok:
@@ -88,15 +106,21 @@ class Store:
         meta_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(meta_dir, 0o700)  # mkdir's mode is filtered by the umask
         (meta_dir / "runtime").mkdir(exist_ok=True)
-        BlobStore(meta_dir / "blobs").ensure()
+        local_blobs = BlobStore(meta_dir / "blobs")
+        if blob_store is None:
+            local_blobs.ensure()
+        else:
+            SharedBlobStore(blob_store, local_blobs).ensure()  # refuse a store we cannot reach now, not later
         db = Database.create(meta_dir / "metadata.db" if url is None else url)
         info: dict[str, Any] = {"name": name, "format": FORMAT}
         if url is not None:
             info.update(format=SHARED_FORMAT, database=url.render_as_string(hide_password=False))
+        if blob_store is not None:
+            info.update(format=SHARED_FORMAT, blob_store=blob_store)
         tmp = meta_dir / "workspace.json.tmp"
         tmp.write_text(json.dumps(info) + "\n")
         os.replace(tmp, meta_dir / "workspace.json")
-        return cls(root, name, db)
+        return cls(root, name, db, blob_store)
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -130,7 +154,7 @@ class Store:
         except BaseException:
             db.close()
             raise
-        return cls(root, name, db)
+        return cls(root, name, db, info.get("blob_store") or None)
 
     def close(self) -> None:
         self._db.close()
