@@ -26,9 +26,19 @@ class Workspace(WorkspaceBase):
     """
 
     @classmethod
-    def create(cls, name: str, path: str | os.PathLike[str] | None = None, exist_ok: bool = False) -> Workspace:
+    def create(
+        cls,
+        name: str,
+        path: str | os.PathLike[str] | None = None,
+        exist_ok: bool = False,
+        *,
+        database: str | None = None,
+        blob_store: str | None = None,
+    ) -> Workspace:
+        """``database`` (``postgresql+psycopg://USER@HOST/DB``) and ``blob_store`` (``az://``,
+        ``s3://``, ``file://``) make a workspace a team shares; by default both stay in the folder."""
         root = Path(path).expanduser() if path is not None else Path.cwd() / name
-        return cls(Store.create(root.resolve(), name, exist_ok=exist_ok))
+        return cls(Store.create(root.resolve(), name, exist_ok=exist_ok, database=database, blob_store=blob_store))
 
     @classmethod
     def get(cls, path: str | os.PathLike[str]) -> Workspace:

@@ -159,6 +159,16 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def backends(self) -> dict[str, str]:
+        """Where this workspace keeps its metadata and blobs, for people (no credentials in it)."""
+        return {
+            "name": self.name,
+            "path": str(self.root),
+            "database": self._db.where if self._db.is_postgres else f"sqlite:///{self._db.where}",
+            "blob_store": self.blob_store_url or f"file://{self.root / META_DIR / 'blobs'}",
+            "read_cache": str(self.root / META_DIR / "blobs") if self.blob_store_url else "",
+        }
+
     def __enter__(self) -> Store:
         return self
 
