@@ -124,3 +124,36 @@ def test_the_targets_per_generation_objects_validate_too(workspace: Workspace, t
     assert {"name": "config", "configMap": {"name": "scorer-g7-config"}} in volumes
     for obj in (config, deployment):
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
+
+
+def test_k8s_router_install_status_uninstall(tmp_path: Path, control_plane, admin, namespace: str):
+    from kubernetes import client
+
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    attach = ["-n", "prod", "--kubeconfig", str(control_plane.admin_kubeconfig), "--namespace", namespace]
+    assert cli(ws.path, "compute", "attach", *attach).returncode == 0
+    target = ["--compute-target", "prod"]
+    before = cli(ws.path, "k8s", "router", "status", *target)
+    assert before.returncode == 0 and before.stdout.startswith(f"no router in namespace {namespace}")
+
+    installed = cli(ws.path, "k8s", "router", "install", *target, "--image", "modelfleet-router:1", "--replicas", "1")
+    assert installed.returncode == 0, installed.stderr
+    kinds = ["ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"]
+    assert installed.stdout.splitlines() == [f"applied {k}/modelfleet-router" for k in kinds]
+    status = json.loads(cli(ws.path, "k8s", "router", "status", *target, "-o", "json").stdout)
+    assert (status["installed"], status["replicas"], status["serviceType"], status["ports"]) == (
+        True,
+        1,
+        "LoadBalancer",
+        [80],
+    )
+    again = cli(ws.path, "k8s", "router", "install", *target, "--image", "modelfleet-router:2", "--replicas", "2")
+    assert again.returncode == 0, again.stderr
+    dep = client.AppsV1Api(admin).read_namespaced_deployment("modelfleet-router", namespace)
+    assert (dep.spec.replicas, dep.spec.template.spec.containers[0].image) == (2, "modelfleet-router:2")
+
+    removed = cli(ws.path, "k8s", "router", "uninstall", *target)
+    assert removed.returncode == 0 and removed.stdout.splitlines() == [
+        f"deleted {k}/modelfleet-router" for k in reversed(kinds)
+    ]
+    assert json.loads(cli(ws.path, "k8s", "router", "status", *target, "-o", "json").stdout)["installed"] is False

@@ -2,6 +2,7 @@
 
 ``modelfleet compute attach|list|show|detach``: the clusters a workspace deploys to.
 ``modelfleet k8s manifests -n NAME``: a deployed service's objects as YAML, for GitOps.
+``modelfleet k8s router install|status|uninstall --compute-target NAME``: the cluster's router.
 ``modelfleet router --kubernetes``: the in-cluster router (what the router's pods run).
 """
 
@@ -120,6 +121,61 @@ def _register_k8s(groups: Any) -> None:
     manifests.add_argument("--no-router", action="store_true", help="the service's objects only")
     manifests.add_argument("--with-keys", action="store_true", help="put the service's keys in its Secret")
     manifests.set_defaults(handler=k8s_manifests)
+    router = k8s.add_parser("router", help="the cluster's router").add_subparsers(
+        metavar="COMMAND", dest="router_command", required=True
+    )
+    install = router.add_parser("install", help="create or update the router's objects in the target's namespace")
+    install.add_argument("--compute-target", required=True, help="the attached cluster")
+    install.add_argument("--image", required=True, help="the router's image")
+    install.add_argument("--replicas", type=int, default=2, help="router pods (default 2)")
+    install.add_argument(
+        "--load-balancer-type",
+        default="LoadBalancer",
+        choices=["LoadBalancer", "InternalLoadBalancer", "ClusterIP"],
+        help="how the router's Service is reached (v1's load_balancer_type)",
+    )
+    install.add_argument("--port", type=int, default=80, help="the Service's port (default 80)")
+    install.set_defaults(handler=k8s_router_install)
+    status = router.add_parser("status", help="the router's pods and the address its Service got")
+    status.add_argument("--compute-target", required=True, help="the attached cluster")
+    add_output(status)
+    status.set_defaults(handler=k8s_router_status)
+    uninstall = router.add_parser("uninstall", help="delete the router's objects")
+    uninstall.add_argument("--compute-target", required=True, help="the attached cluster")
+    uninstall.set_defaults(handler=k8s_router_uninstall)
+
+
+def k8s_router_install(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    target = ComputeTarget(workspace(args), args.compute_target)
+    for name in target.install_router(args.image, args.replicas, args.load_balancer_type, args.port):
+        print(f"applied {name}")
+    return 0
+
+
+def k8s_router_status(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    data = ComputeTarget(workspace(args), args.compute_target).router_status()
+    if not data["installed"]:
+        text = f"no router in namespace {data['namespace']}; install one with `modelfleet k8s router install`"
+    else:
+        address = ", ".join(data["loadBalancer"]) or "none assigned (yet)"
+        text = (
+            f"router: {data['readyReplicas']}/{data['replicas']} pods ready; Service {data['serviceType']} "
+            f"{data['clusterIP']} ports {data['ports']}; load balancer address: {address}"
+        )
+    print_output(args, data, text)
+    return 0
+
+
+def k8s_router_uninstall(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+
+    for name in ComputeTarget(workspace(args), args.compute_target).uninstall_router():
+        print(f"deleted {name}")
+    return 0
 
 
 def k8s_manifests(args: argparse.Namespace) -> int:

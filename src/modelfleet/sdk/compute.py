@@ -179,6 +179,69 @@ class KubernetesCompute:
         finally:
             api.close()
 
+    def _api(self) -> Any:
+        from modelfleet.control.k8s_router import api_client
+
+        settings = self.settings
+        return api_client(settings.get("kubeconfig"), settings.get("context"))
+
+    def _services(self) -> list[str]:
+        store = self.workspace.store
+        return sorted(r.name for r in store.list_services() if r.config.get(COMPUTE_TARGET_KEY) == self.name)
+
+    def install_router(
+        self, image: str, replicas: int = 2, load_balancer_type: str = "LoadBalancer", port: int = 80
+    ) -> list[str]:
+        """Create (or update) the cluster's router: ServiceAccount, Role (this target's services'
+        Secrets by name), RoleBinding, Deployment and Service; returns "Kind/name" of each."""
+        from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
+
+        from modelfleet.targets.kubernetes import manifests as m
+        from modelfleet.targets.kubernetes.target import upsert_object
+
+        source = m.RouterSource(
+            image=image,
+            namespace=self.namespace,
+            replicas=replicas,
+            load_balancer_type=load_balancer_type,
+            secret_names=[m.secret_name(s) for s in self._services()],
+            port=port,
+        )
+        api = self._api()
+        try:
+            done = []
+            for obj in m.router_objects(source):
+                upsert_object(api, obj, create_from_yaml_single_item)
+                done.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            return done
+        finally:
+            api.close()
+
+    def router_status(self) -> dict[str, Any]:
+        """The router's Deployment (replicas, ready) and Service (type, cluster IP, the address
+        a load balancer assigned) as the API reports them."""
+        from kubernetes import client
+
+        from modelfleet.targets.kubernetes.manifests import ROUTER_NAME
+        from modelfleet.targets.kubernetes.target import router_status
+
+        api = self._api()
+        try:
+            return router_status(client.AppsV1Api(api), client.CoreV1Api(api), self.namespace, ROUTER_NAME)
+        finally:
+            api.close()
+
+    def uninstall_router(self) -> list[str]:
+        from modelfleet.targets.kubernetes import manifests as m
+        from modelfleet.targets.kubernetes.target import delete_object
+
+        api = self._api()
+        try:
+            objects = m.router_objects(m.RouterSource(image="-", namespace=self.namespace))
+            return [f"{o['kind']}/{o['metadata']['name']}" for o in reversed(objects) if delete_object(api, o)]
+        finally:
+            api.close()
+
     def get_status(self) -> str:
         """v1's provisioning state: an attached cluster is there already."""
         return "Succeeded"
