@@ -12,7 +12,11 @@ the room check), then:
 - the daemon SIGKILLed (its replicas die with it) and started again: seconds until all N are
   Healthy and answer again.
 
-    .venv/bin/python bench/many_services.py [--counts 10 100]
+    .venv/bin/python bench/many_services.py [--counts 10 100] [--fork-server]
+
+``--fork-server`` starts the daemon with ``MODELFLEET_FORK_SERVER=1`` (``targets/forkserver.py``:
+replicas forked from a server per interpreter that imported the replica runtime once); run it
+with and without to compare.
 
 Prints figures measured in one run; no pass/fail (the machine is shared). The script's ``init()``
 loads nothing, so a replica's PSS here is its cost before a user's model.
@@ -120,7 +124,10 @@ def one(top: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--fork-server", action="store_true", help="replicas forked from a fork server")
     args = parser.parse_args()
+    os.environ["MODELFLEET_FORK_SERVER"] = "1" if args.fork_server else "0"  # the daemon inherits it
+    print(f"fork server: {'on' if args.fork_server else 'off'}")
     top = Path(tempfile.mkdtemp(prefix="mf-bench-services-"))
     try:
         for n in args.counts:

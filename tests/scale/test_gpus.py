@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import GenerationSpec, Probe, ReplicaPlan, ReplicaState
+from modelfleet.targets.forkserver import FORK_SERVER_ENV
 from modelfleet.targets.gpus import GPUS_ENV, GpuPool
 from modelfleet.targets.local import LocalTarget
 
@@ -56,7 +59,9 @@ def test_the_pool_hands_out_each_device_once() -> None:
     assert pool.free == 2 and pool.take(2) == (0, 1)
 
 
-def test_replicas_get_their_own_gpus_and_give_them_back(tmp_path: Path) -> None:
+def test_replicas_get_their_own_gpus_and_give_them_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FORK_SERVER_ENV, raising=False)  # exec'd: /proc/PID/environ is what it was given
+
     async def scenario() -> None:
         target = LocalTarget(tmp_path / "runtime", Router(), unix_sockets=False, gpus=2)
         try:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from modelfleet.replica.config import ReplicaConfig
 from modelfleet.router.proxy import Router, Upstream
-from modelfleet.targets import isolation
+from modelfleet.targets import forkserver, isolation
 from modelfleet.targets.base import (
     GenerationSpec,
     OnChange,
@@ -60,6 +60,7 @@ from modelfleet.targets.base import (
     ReplicaState,
     RouteEntry,
 )
+from modelfleet.targets.forkserver import ForkedProcess, ForkServers
 from modelfleet.targets.gpus import GPUS_ENV, GpuPool, gpu_count
 from modelfleet.targets.routing import RouterTable
 from modelfleet.targets.sockets import SocketFolder
@@ -124,7 +125,7 @@ class _Replica:
     plan: ReplicaPlan
     run_dir: Path
     socket_path: Path | None  # None: TCP on 127.0.0.1 (a runtime without --unix-socket)
-    proc: asyncio.subprocess.Process | None = None
+    proc: asyncio.subprocess.Process | ForkedProcess | None = None
     task: asyncio.Task[None] | None = None
     stopping: bool = False  # being stopped now: the supervisor ends
     draining: bool = False  # being removed: no restart, no new requests
@@ -163,6 +164,7 @@ class LocalTarget:
         self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
         self._sockets = SocketFolder(runtime_dir)
         self._gpus = GpuPool(gpu_count() if gpus is None else gpus)
+        self._forks = ForkServers(runtime_dir / "forkservers") if forkserver.enabled() else None
 
     def __repr__(self) -> str:
         states = ", ".join(f"{r.info.id}={r.info.state.value}" for r in self._replicas.values())
@@ -237,6 +239,8 @@ class LocalTarget:
             task.cancel()  # their replicas are stopped below, without waiting for a drain
         await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in list(self._replicas.values())))
         await asyncio.gather(*drains, return_exceptions=True)
+        if self._forks is not None:
+            await self._forks.close()
         self._sockets.remove()
 
     # -- the router's replica set ------------------------------------------------------------
@@ -402,18 +406,23 @@ class LocalTarget:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             log_file.write(f"--- {stamp} replica {info.id} starting (generation {info.generation})\n".encode())
             log_file.flush()
-            replica.proc = await asyncio.create_subprocess_exec(
-                *self._argv(replica),
-                cwd=plan.app_root,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                # its memory cgroup and its user (targets/isolation.py), then _die_with_parent
-                **isolation.spawn_options(
-                    plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent
-                ),
+            # its memory cgroup and its user (targets/isolation.py), then _die_with_parent
+            options = isolation.spawn_options(
+                plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent
             )
+            argv = self._argv(replica)
+            if self._forks is not None and self._forkable(plan):
+                replica.proc = await self._forks.spawn(plan.python, argv[3:], env, plan.app_root, log_file)
+            else:
+                replica.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=plan.app_root,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    **options,
+                )
         info.pid = replica.proc.pid
         deadline = time.monotonic() + plan.probe.startup_deadline_s
         while time.monotonic() < deadline and replica.live:
@@ -432,6 +441,13 @@ class LocalTarget:
             await asyncio.sleep(0.05)
         info.detail = f"not ready within {plan.probe.startup_deadline_s:.0f} s (initial_delay_seconds)"
         return False
+
+    @staticmethod
+    def _forkable(plan: ReplicaPlan) -> bool:
+        """Nothing must happen between fork and exec: no user to drop to, no cgroup to join."""
+        return (
+            not plan.environment.get(isolation.MEMORY_LIMIT_ENV) and isolation.replica_identity(plan.python)[0] is None
+        )
 
     def _devices(self, replica: _Replica) -> tuple[int, ...] | None:
         """The replica's GPUs (taken at its first launch); None, with the reason in its detail,
@@ -496,7 +512,7 @@ def _listening_address(replica: _Replica) -> str | None:
     return f"127.0.0.1:{text}" if text.isdigit() else None
 
 
-async def _terminate(proc: asyncio.subprocess.Process | None, grace_s: float) -> None:
+async def _terminate(proc: asyncio.subprocess.Process | ForkedProcess | None, grace_s: float) -> None:
     if proc is None or proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,158 @@
+"""A fork server: imports the replica runtime once, then forks each replica from itself.
+
+``python -m modelfleet.replica.forkserver FD`` (started by the local target, one per
+environment interpreter, ``targets/forkserver.py``). ``FD`` is its end of a Unix socket pair.
+Each request is one datagram: JSON ``{"argv", "env", "cwd"}`` with the replica's log file
+descriptor attached (SCM_RIGHTS). The server forks; the child takes the log as stdout and
+stderr, ``/dev/null`` as stdin, the working folder and the environment given, asks the kernel
+to kill it when the server dies, and runs ``modelfleet.replica.main(argv)`` as ``python -m
+modelfleet.replica`` would. The server answers ``{"pid"}`` and, when a child ends,
+``{"exit": pid, "status": code}`` (negative: the signal that ended it, as asyncio says).
+
+Why: an exec'd replica is a whole interpreter of its own (about 16 MiB PSS, nearly all of it
+private). A forked one shares the interpreter and the runtime's modules with the server and its
+siblings, copy-on-write (``gc.freeze()`` keeps the collector from touching, and so copying, the
+pages of objects imported before the fork); the user's ``init()`` runs after the fork.
+
+The server has no thread and no event loop (a fork copies neither safely); it waits in
+``select`` and reaps its children there. It ends when the other end of its socket closes.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+
+_PR_SET_PDEATHSIG = 1
+_MAX_REQUEST = 1 << 20
+
+
+def _preload() -> None:
+    # What every replica imports before the user's script: imported here once, shared by all.
+    # What a replica imports as it starts serving (found with -X importtime): no loop is made here.
+    import concurrent.futures.thread  # noqa: F401
+    import encodings.idna  # noqa: F401
+
+    import modelfleet.errors  # noqa: F401
+    import modelfleet.replica.app  # noqa: F401
+    import modelfleet.replica.config  # noqa: F401
+    import modelfleet.replica.entry  # noqa: F401
+    import modelfleet.replica.protocol  # noqa: F401
+    import modelfleet.replica.scoring  # noqa: F401
+    import modelfleet.replica.server  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, object], int] | None:
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
+    if not data:
+        return None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if len(fds) != 1:
+        raise ValueError("a request carries exactly one file descriptor (the replica's log)")
+    return json.loads(data), fds[0]
+
+
+def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None:
+    """In the forked child: become the replica. Never returns."""
+    code = 1
+    try:
+        sock.close()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the server died between fork and prctl
+            os._exit(1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        # unbuffered, as the exec'd replica's PYTHONUNBUFFERED=1
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        env = request["env"]
+        assert isinstance(env, dict)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        os.chdir(str(request["cwd"]))
+        argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+        sys.argv = ["modelfleet.replica", *argv]
+        gc.unfreeze()
+        from modelfleet.replica import main
+
+        code = main(argv)
+    except SystemExit as ex:
+        code = ex.code if isinstance(ex.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(OSError):
+            sock.send(json.dumps({"exit": pid, "status": code}).encode())
+
+
+def serve(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    _preload()
+    gc.collect()
+    gc.freeze()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd says a child ended
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [], 1.0)
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        _reap(sock)
+        if sock.fileno() not in ready:
+            continue
+        received = _receive(sock)
+        if received is None:
+            return 0  # the daemon closed its end
+        request, log_fd = received
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
+            _child(sock, request, log_fd)
+        os.close(log_fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+
+
+if __name__ == "__main__":
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the daemon's death ends the server
+    sys.exit(serve(int(sys.argv[1])))
