@@ -118,3 +118,58 @@ def test_the_router_discovers_pods_through_the_api_and_scores_with_a_key(
             loop.run_until_complete(target.close(0))
     text = log.read_text()
     assert "Forbidden" not in text, "the router asked for something its Role does not grant:\n" + text[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_the_router_checks_tokens_with_the_public_key_from_the_route(
+    admin: client.ApiClient,
+    node: NodeStandIn,
+    namespace: str,
+    store: Store,
+    tmp_path: Path,
+    service_account_kubeconfig,
+):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from modelfleet.router.auth import issue_token
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
+    for obj in m.router_objects(router_src)[:3]:
+        create_from_yaml_single_item(admin, obj)
+    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
+    port = free_port()
+    log = tmp_path / "router.log"
+    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+        src = replace(
+            source(store, tmp_path, namespace, blobs), snapshot=store.put_snapshot(WHOAMI), source_name="whoami"
+        )
+        target = KubernetesTarget(admin, namespace, token_key_pem=pem.decode)
+        router = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
+            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
+            target.publish(RouteEntry("scorer", 1, "token"))
+            token, _ = issue_token(key, "scorer", now=time.time())
+            wait_for("a request scored with a token", lambda: post(port, "scorer", token)[0] == 200)
+            other, _ = issue_token(key, "other", now=time.time())
+            assert post(port, "scorer", other)[0] == 401  # a token for another service
+            forged, _ = issue_token(ec.generate_private_key(ec.SECP256R1()), "scorer", now=time.time())
+            assert post(port, "scorer", forged)[0] == 401
+            assert post(port, "scorer", None)[0] == 401
+            loop.run_until_complete(target.delete("scorer", 1.0))
+        finally:
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(timeout=30)
+            finally:
+                if router.poll() is None:
+                    router.kill()
+                    router.wait()
+            loop.run_until_complete(target.close(0))
