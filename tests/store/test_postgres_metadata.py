@@ -52,13 +52,16 @@ def test_four_processes_registering_one_name_get_200_distinct_gapless_versions(
         assert all(len(r.files) == 1 for r in records)  # no version without its files
 
 
-def test_two_folders_naming_one_database_share_models_and_services(tmp_path: Path, postgres_server: Any) -> None:
+def test_two_folders_naming_one_database_share_models_and_services(
+    tmp_path: Path, postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = postgres_server.new_database()
     with Store.create(tmp_path / "alice", "team", database=url) as alice:
         model = tmp_path / "m.bin"
         model.write_bytes(b"m")
         alice.register_model("shared", model)
         alice.create_service("svc", {"x": 1}, primary_key="pk", secondary_key="sk")
+    monkeypatch.setenv("MODELFLEET_SECRET_KEY_FILE", str(tmp_path / "alice" / ".modelfleet" / "secret.key"))
     with Store.create(tmp_path / "bob", "team", database=url) as bob:  # the schema is there: kept
         assert bob.get_model("shared").version == 1
         assert bob.get_service("svc").primary_key == "pk"

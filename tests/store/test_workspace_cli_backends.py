@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +13,14 @@ from typing import Any
 from modelfleet.sdk.workspace import Workspace
 
 
-def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _cli(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "modelfleet", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -29,6 +30,9 @@ def test_two_folders_on_one_database_and_blob_store_see_each_others_models(
     database = postgres_server.new_database()
     objects = f"file://{tmp_path}/objects"
     for who in ("alice", "bob"):
+        if who == "bob":  # alice hands bob the team's key, which her create wrote; he puts it in place
+            (tmp_path / "bob" / ".modelfleet").mkdir(parents=True)
+            shutil.copy(tmp_path / "alice" / ".modelfleet" / "secret.key", tmp_path / "bob" / ".modelfleet")
         done = _cli(
             "workspace",
             "create",

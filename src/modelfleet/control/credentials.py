@@ -11,11 +11,18 @@ token (``Webservice.get_token``) or the daemon setting up a token-auth service. 
 creators are safe: each writes a private temporary file and hard-links it into place, which
 fails if the name exists, and the loser reads the winner's key. The key is never rotated
 automatically: rotating it (delete the file, restart the cluster) ends every token at once.
+
+In a workspace a team shares (its metadata in PostgreSQL), the signing key is the team's: it
+lives in the database's ``secrets`` table, encrypted with the team's key (store/secrets.py),
+made by whoever needs it first (the first insert wins), so a token from one teammate's
+``get_token()`` is accepted by the cluster another teammate runs. No file is written then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import secrets
 from pathlib import Path
@@ -24,10 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelfleet.errors import ConfigError
-from modelfleet.store.registry import META_DIR
+from modelfleet.store.registry import META_DIR, Store
 
 CREDENTIALS_FOLDER = "credentials"
 SIGNING_KEY_FILE = "token-signing-key.pem"
+SIGNING_KEY_SECRET = "token-signing-key"  # its name in a shared workspace's secrets table
 
 
 def credentials_dir(workspace_root: Path) -> Path:
@@ -61,25 +69,47 @@ def write_private(path: Path, data: bytes, *, replace: bool = True) -> bool:
             os.unlink(tmp)
 
 
-def signing_key(workspace_root: Path) -> ec.EllipticCurvePrivateKey:
-    """The workspace's token-signing private key, made on first use."""
-    path = credentials_dir(workspace_root) / SIGNING_KEY_FILE
-    if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_private(path, pem, replace=False)
+def _new_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+
+
+def _is_shared(workspace_root: Path) -> bool:
     try:
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        info = json.loads((Path(workspace_root) / META_DIR / "workspace.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and bool(info.get("database"))
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_pem(workspace_root: Path) -> bytes:
+    # Cached: the key never changes while a process runs (rotating it means a restart, as with the file).
+    with Store.open(workspace_root) as store:
+        return store.secrets.get_or_create(SIGNING_KEY_SECRET, lambda: _new_pem().decode("ascii")).encode("ascii")
+
+
+def signing_key(workspace_root: Path) -> ec.EllipticCurvePrivateKey:
+    """The workspace's token-signing private key, made on first use (the team's, in a shared workspace)."""
+    if _is_shared(workspace_root):
+        where = f"the secret {SIGNING_KEY_SECRET!r} of the shared workspace at {workspace_root}"
+        pem = _shared_pem(Path(workspace_root).resolve())
+    else:
+        path = credentials_dir(workspace_root) / SIGNING_KEY_FILE
+        if not path.exists():
+            write_private(path, _new_pem(), replace=False)
+        where, pem = str(path), path.read_bytes()
+    try:
+        loaded = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
         raise ConfigError(
-            f"the token-signing key {path} is not a readable unencrypted PEM private key; delete it "
+            f"the token-signing key {where} is not a readable unencrypted PEM private key; delete it "
             "and restart the cluster to make a new one (tokens issued so far stop working)"
         ) from None
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(loaded.curve, ec.SECP256R1):
         raise ConfigError(
-            f"the token-signing key {path} must be an EC P-256 key (ES256); delete it and restart "
+            f"the token-signing key {where} must be an EC P-256 key (ES256); delete it and restart "
             "the cluster to make a new one"
         )
     return loaded

@@ -34,6 +34,7 @@ from modelfleet.store.blobs import BlobStore
 from modelfleet.store.computes import ComputeTargets
 from modelfleet.store.db import Database, database_url, settings
 from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
+from modelfleet.store.secrets import SecretBox, Secrets, load_box, new_key_file
 from modelfleet.store.services import SERVICE_STATES, ServiceRecord, Services
 from modelfleet.store.shared_blobs import SharedBlobStore, parse_blob_store_url
 
@@ -49,7 +50,9 @@ _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
 class Store:
     """One open workspace. Make it with :meth:`create` or :meth:`open`; close it with :meth:`close`."""
 
-    def __init__(self, root: Path, name: str, db: Database, blob_store: str | None = None) -> None:
+    def __init__(
+        self, root: Path, name: str, db: Database, blob_store: str | None = None, box: SecretBox | None = None
+    ) -> None:
         self.root = root
         self.name = name
         self._db = db
@@ -59,7 +62,8 @@ class Store:
         self.blobs: BlobStore | SharedBlobStore = local if blob_store is None else SharedBlobStore(blob_store, local)
         self.runtime_dir = root / META_DIR / "runtime"
         self._models = Models(db, self.blobs, name)
-        self._services = Services(db, name)
+        self._services = Services(db, name, box)
+        self.secrets = Secrets(db, box or SecretBox(None))  # shared secrets (secrets.py)
         self.computes = ComputeTargets(db, name)  # attached compute targets (computes.py)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -111,7 +115,16 @@ class Store:
             local_blobs.ensure()
         else:
             SharedBlobStore(blob_store, local_blobs).ensure()  # refuse a store we cannot reach now, not later
+        box = SecretBox(None)
+        if url is not None:  # a shared database: its secrets are sealed with a key kept outside it
+            box = SecretBox(new_key_file(meta_dir), "the workspace's key")
         db = Database.create(meta_dir / "metadata.db" if url is None else url)
+        if url is not None:
+            try:
+                Secrets(db, box).write_keycheck()  # a teammate's later create checks their key here
+            except BaseException:
+                db.close()
+                raise
         info: dict[str, Any] = {"name": name, "format": FORMAT}
         if url is not None:
             info.update(format=SHARED_FORMAT, database=url.render_as_string(hide_password=False))
@@ -120,7 +133,7 @@ class Store:
         tmp = meta_dir / "workspace.json.tmp"
         tmp.write_text(json.dumps(info) + "\n")
         os.replace(tmp, meta_dir / "workspace.json")
-        return cls(root, name, db, blob_store)
+        return cls(root, name, db, blob_store, box)
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -149,12 +162,16 @@ class Store:
             if not db_path.is_file():
                 raise NotFound(f"workspace {root} has no metadata.db; it is incomplete: create it again")
             db = Database(db_path)
+        box = SecretBox(None)
         try:
             db.migrate()  # a workspace made by an older modelfleet is brought up to date here
+            if db.is_postgres:
+                box = _shared_box(meta_dir)
+                Secrets(db, box).verify_key()
         except BaseException:
             db.close()
             raise
-        return cls(root, name, db, info.get("blob_store") or None)
+        return cls(root, name, db, info.get("blob_store") or None, box)
 
     def close(self) -> None:
         self._db.close()
@@ -294,3 +311,14 @@ class Store:
                 conn.execute(settings.insert().values(key=key, value=value))
 
         self._db.write(tx)
+
+
+def _shared_box(meta_dir: Path) -> SecretBox:
+    box = load_box(meta_dir)
+    if not box.encrypts:
+        raise ConfigError(
+            "this workspace keeps its metadata in a shared database, and its service keys and signing key "
+            "are encrypted there with the team's key, which this machine lacks: set MODELFLEET_SECRET_KEY "
+            f"or MODELFLEET_SECRET_KEY_FILE, or copy the key file to {meta_dir / 'secret.key'} (mode 0600)"
+        )
+    return box

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, delete, select, update
 
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store.db import Database, events, services
+from modelfleet.store.secrets import SecretBox
 
 SERVICE_STATES = ("Transitioning", "Healthy", "Unhealthy", "Failed")
 
@@ -40,9 +41,11 @@ class ServiceRecord:
 class Services:
     """The services and events of one workspace (its database)."""
 
-    def __init__(self, db: Database, workspace_name: str) -> None:
+    def __init__(self, db: Database, workspace_name: str, box: SecretBox | None = None) -> None:
         self._db = db
         self.name = workspace_name
+        # Keys are sealed with the member's key in a shared database (secrets.py), plain in SQLite.
+        self._box = box or SecretBox(None)
 
     def create_service(
         self,
@@ -57,6 +60,7 @@ class Services:
         an existing one gets the new config and keys and its next generation."""
         config_json = _config_json(config)
         now = time.time()
+        sealed_primary, sealed_secondary = self._box.seal(primary_key), self._box.seal(secondary_key)
 
         def tx(conn: Connection) -> ServiceRecord:
             row = conn.execute(select(services).where(services.c.name == name)).first()
@@ -65,8 +69,8 @@ class Services:
                     services.insert().values(
                         name=name,
                         config=config_json,
-                        primary_key=primary_key,
-                        secondary_key=secondary_key,
+                        primary_key=sealed_primary,
+                        secondary_key=sealed_secondary,
                         generation=1,
                         serving_generation=None,
                         state="Transitioning",
@@ -86,8 +90,8 @@ class Services:
                     .where(services.c.name == name)
                     .values(
                         config=config_json,
-                        primary_key=primary_key,
-                        secondary_key=secondary_key,
+                        primary_key=sealed_primary,
+                        secondary_key=sealed_secondary,
                         generation=services.c.generation + 1,
                         state="Transitioning",
                         detail=None,
@@ -103,7 +107,7 @@ class Services:
 
     def list_services(self) -> list[ServiceRecord]:
         rows = self._db.read(lambda conn: conn.execute(select(services).order_by(services.c.name)).all())
-        return [_service_record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
         """Replace the config and bump the generation; the state goes back to Transitioning
@@ -122,9 +126,9 @@ class Services:
     ) -> ServiceRecord:
         values: dict[str, Any] = {}
         if primary_key is not None:
-            values["primary_key"] = primary_key
+            values["primary_key"] = self._box.seal(primary_key)
         if secondary_key is not None:
-            values["secondary_key"] = secondary_key
+            values["secondary_key"] = self._box.seal(secondary_key)
         return self._update_service(name, **values)
 
     def set_service_state(
@@ -180,7 +184,10 @@ class Services:
         row = conn.execute(select(services).where(services.c.name == name)).first()
         if row is None:
             raise self._service_not_found(name)
-        return _service_record(row)
+        return self._record(row)
+
+    def _record(self, row: Row[Any]) -> ServiceRecord:
+        return _service_record(row, self._box)
 
     def _service_not_found(self, name: str) -> NotFound:
         return NotFound(
@@ -203,12 +210,12 @@ def _now() -> float:
     return time.time()
 
 
-def _service_record(row: Row[Any]) -> ServiceRecord:
+def _service_record(row: Row[Any], box: SecretBox) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
         config=json.loads(row.config),
-        primary_key=row.primary_key,
-        secondary_key=row.secondary_key,
+        primary_key=box.open(row.primary_key),
+        secondary_key=box.open(row.secondary_key),
         generation=row.generation,
         serving_generation=row.serving_generation,
         state=row.state,
