@@ -5,9 +5,11 @@ follows scale-ups, key changes and deletion."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -165,6 +167,82 @@ def test_the_router_checks_tokens_with_the_public_key_from_the_route(
             assert post(port, "scorer", None)[0] == 401
             loop.run_until_complete(target.delete("scorer", 1.0))
         finally:
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(timeout=30)
+            finally:
+                if router.poll() is None:
+                    router.kill()
+                    router.wait()
+            loop.run_until_complete(target.close(0))
+
+
+@pytest.mark.timeout(300)
+def test_a_pod_killed_mid_traffic_costs_at_most_the_request_it_held(
+    admin: client.ApiClient,
+    node: NodeStandIn,
+    namespace: str,
+    store: Store,
+    tmp_path: Path,
+    service_account_kubeconfig,
+):
+    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
+    for obj in m.router_objects(router_src)[:3]:
+        create_from_yaml_single_item(admin, obj)
+    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
+    port = free_port()
+    log = tmp_path / "router.log"
+    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+        src = source(store, tmp_path, namespace, blobs)
+        src = replace(src, snapshot=store.put_snapshot(WHOAMI), source_name="whoami")
+        target = KubernetesTarget(admin, namespace)
+        router = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
+            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        stop = threading.Event()
+        codes: list[int] = []
+        try:
+            loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 2)))
+            target.publish(RouteEntry("scorer", 1, "key", primary_key=KEY, secondary_key=SECONDARY))
+
+            def both_serving() -> bool:
+                ready = [r for r in target.replicas("scorer") if r.state is ReplicaState.READY]
+                return len(ready) == 2 and {post(port, "scorer", KEY)[1].get("pod") for _ in range(6)} == {
+                    r.id for r in ready
+                }
+
+            wait_for("both pods Ready and routed to", both_serving)
+            victim = sorted(r.id for r in target.replicas("scorer"))[0]
+
+            def traffic() -> None:
+                deadline = time.monotonic() + 120
+                while not stop.is_set() and time.monotonic() < deadline:
+                    codes.append(post(port, "scorer", KEY)[0])
+
+            sender = threading.Thread(target=traffic)
+            sender.start()
+            time.sleep(0.5)
+            for pid in node.pod_pids()[victim]:
+                os.kill(pid, signal.SIGKILL)
+            killed_at = len(codes)
+
+            def recovered() -> bool:
+                (r,) = [r for r in target.replicas("scorer") if r.id == victim]
+                return r.state is ReplicaState.READY and r.restarts == 1
+
+            wait_for("the killed pod restarted and Ready again", recovered, timeout=120)
+            wait_for("the restarted pod routed to again", lambda: post(port, "scorer", KEY)[1] == {"pod": victim}, 30)
+            stop.set()
+            sender.join()
+            failed = [c for c in codes if c != 200]
+            print(f"pod killed mid-traffic: {len(codes)} requests ({killed_at} before the kill), failed: {failed}")
+            assert len(failed) <= 1, failed
+            loop.run_until_complete(target.delete("scorer", 1.0))
+        finally:
+            stop.set()
             router.send_signal(signal.SIGTERM)
             try:
                 router.wait(timeout=30)
