@@ -1,4 +1,4 @@
-"""``modelfleet workspace create`` and ``show``."""
+"""``modelfleet workspace create``, ``show`` and ``migrate``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def register(groups: Any) -> None:
     show = workspace.add_parser("show", help="print the workspace's name, folder and backends")
     common.add_output(show)
     show.set_defaults(handler=workspace_show)
+    migrate = workspace.add_parser(
+        "migrate", help="copy this folder workspace onto a shared database and/or blob store, then switch to them"
+    )
+    migrate.add_argument("--to-database", metavar="URL", help="an empty PostgreSQL database: postgresql+psycopg://...")
+    migrate.add_argument(
+        "--to-blob-store", metavar="URL", help="az://CONTAINER/PREFIX, s3://BUCKET/PREFIX or file:///PATH"
+    )
+    migrate.set_defaults(handler=workspace_migrate)
 
 
 def workspace_create(args: argparse.Namespace) -> int:
@@ -45,4 +53,15 @@ def workspace_show(args: argparse.Namespace) -> int:
     ws = common.workspace(args)
     info = ws.store.backends()
     common.print_output(args, info, common.key_values(info))
+    return 0
+
+
+def workspace_migrate(args: argparse.Namespace) -> int:
+    from modelfleet.store.migrate import migrate_workspace
+
+    ws = common.workspace(args)
+    copied = migrate_workspace(ws.store, to_database=args.to_database, to_blob_store=args.to_blob_store)
+    ws.store.close()
+    done = ", ".join(f"{n} {what}" for what, n in copied.items())
+    print(f"workspace {ws.name} copied and checked ({done}); it now uses the new backends")
     return 0

@@ -112,6 +112,15 @@ class BlobStore:
             )
         return where
 
+    def verify(self, digest: str) -> None:
+        """Re-hash the stored blob; a ConfigError says it is corrupt (the disk changed it)."""
+        got = _hash_file(self.path(digest))
+        if got != digest:
+            raise ConfigError(
+                f"blob {digest} in {self.root} now hashes to {got}: the file was changed on disk; "
+                "register that model again"
+            )
+
     def open(self, digest: str) -> BinaryIO:
         return open(self.path(digest), "rb")
 
