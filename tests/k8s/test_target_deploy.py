@@ -131,6 +131,25 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             assert re.search(r"=== pod scorer-g1-\S+ \(generation 1, Ready, 0 restarts\) ===", logs), logs
             assert "no log from the API" in logs  # the node stand-in serves no pods/log
 
+            # an HPA someone aims at the service's Deployment is reported, never obeyed or made
+            hpa = client.V1HorizontalPodAutoscaler(
+                metadata=client.V1ObjectMeta(name="someones-hpa"),
+                spec=client.V1HorizontalPodAutoscalerSpec(
+                    scale_target_ref=client.V1CrossVersionObjectReference(
+                        api_version="apps/v1", kind="Deployment", name="scorer-g1"
+                    ),
+                    min_replicas=1,
+                    max_replicas=5,
+                ),
+            )
+            autoscaling = client.AutoscalingV1Api(admin)
+            autoscaling.create_namespaced_horizontal_pod_autoscaler(namespace, hpa)
+            wait_for("the HPA reported", lambda: "HorizontalPodAutoscaler someones-hpa" in (service.error or ""), 30)
+            assert service.state == "Healthy"
+            assert any("someones-hpa" in e["reason"] for e in service.get_scale_events())
+            autoscaling.delete_namespaced_horizontal_pod_autoscaler("someones-hpa", namespace)
+            wait_for("the report cleared", lambda: "HorizontalPodAutoscaler" not in (service.error or ""), 30)
+
             # the local cluster's daemon was never needed
             assert ws.cluster().info() is None
 

@@ -54,6 +54,7 @@ DEFAULT_IMAGE_REPOSITORY = "modelfleet-replica"
 _PASS_S = 1.0
 _START_TIMEOUT_S = 30.0
 _ROLE_RECHECK_S = 30.0
+_HPA_RECHECK_S = 5.0
 
 
 def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
@@ -128,6 +129,8 @@ class KubernetesController:
         self._adoptions: set[asyncio.Task[int]] = set()
         self._role_for: set[str] | None = None  # the services the router's Role was last made for
         self._role_at = 0.0
+        self._hpa_at = 0.0
+        self._hpa_notes: dict[str, str | None] = {}
         self.reconciler = Reconciler(store, target, kubernetes_planner(compute), compute_target=compute.name)
         target.on_scaled = self._adopt
 
@@ -166,12 +169,32 @@ class KubernetesController:
             # and now and again, for a router installed (or its Role replaced) since
             await asyncio.to_thread(self.target.sync_router_role, mine)
             self._role_for, self._role_at = mine, now
+        if now - self._hpa_at >= _HPA_RECHECK_S:
+            self._hpa_at = now
+            await self._report_foreign_autoscalers()
         for name in sorted(mine - known):
             log.info("service %s: following it", name)
             self.reconciler.sync(name)
         for name in sorted(known - mine):
             log.info("service %s: deleted from the workspace; deleting it from the cluster", name)
             await self.reconciler.delete(name)
+
+    async def _report_foreign_autoscalers(self) -> None:
+        """modelfleet never creates an HPA; one aimed at a service's Deployment is said in its
+        state detail (``service.error``) and a scale event, until it is gone."""
+        found = await asyncio.to_thread(self.target.foreign_autoscalers)
+        for name, controller in self.reconciler.controllers.items():
+            note = (
+                f"{found[name]}: modelfleet scales this service itself (its autoscale settings); delete the HPA"
+                if name in found
+                else None
+            )
+            if note != self._hpa_notes.get(name):
+                event = (controller.replica_count, note, None) if note else None
+                await controller.note_scaling(note, event)
+                self._hpa_notes[name] = note
+                if note:
+                    log.warning("service %s: %s", name, note)
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self.collect_orphans()

@@ -368,6 +368,21 @@ class KubernetesTarget:
         found = {(o.metadata.labels or {}).get(m.SERVICE_LABEL) for o in [*deps.items, *maps.items]}
         return {s for s in found if s}
 
+    def foreign_autoscalers(self) -> dict[str, str]:
+        """HorizontalPodAutoscalers aimed at this target's Deployments, by service: modelfleet
+        scales its services itself, and an HPA would fight it over the replica count."""
+        hpas = _call(
+            "list HorizontalPodAutoscalers",
+            lambda: client.AutoscalingV1Api(self.api).list_namespaced_horizontal_pod_autoscaler(self.namespace),
+        )
+        out: dict[str, str] = {}
+        for hpa in hpas.items:
+            ref = hpa.spec.scale_target_ref
+            service, _, generation = (ref.name or "").rpartition("-g")
+            if ref.kind == "Deployment" and service and generation.isdigit():
+                out[service] = f"HorizontalPodAutoscaler {hpa.metadata.name} targets Deployment {ref.name}"
+        return out
+
     def sync_router_role(self, services: Collection[str]) -> bool:
         """Make the router's Role grant ``get`` on exactly these services' Secrets (RBAC cannot
         filter by label, so the names are listed). False when no router is installed here."""
