@@ -58,6 +58,15 @@ def test_attach_by_name_and_v1_form(tmp_path: Path, control_plane: ControlPlane)
         KubernetesCompute.attach(ws, "dev", kubeconfig="/nope")
     with pytest.raises(ConfigError, match="namespace must be a DNS label"):
         KubernetesCompute.attach(ws, "dev", kubeconfig=kubeconfig, namespace="Models")
+    # a cluster cannot reach blobs on this machine's disk: refused before anything is stored
+    bare = KubernetesCompute.attach(ws, "bare", kubeconfig=kubeconfig)
+    weights = tmp_path / "w.json"
+    weights.write_text("{}")
+    model = Model.register(ws, model_path=str(weights), model_name="w")
+    ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "read_model"))
+    with pytest.raises(ConfigError, match="compute target bare has no blob_store"):
+        Model.deploy(ws, "svc", [model], ic, AksWebservice.deploy_configuration(), deployment_target=bare)
+    assert ws.store.list_services() == []
     target.detach()
     with pytest.raises(NotFound, match='no compute target "prod"'):
         ComputeTarget(ws, "prod")

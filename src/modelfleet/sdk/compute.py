@@ -314,7 +314,14 @@ def deployment_target_of(workspace: WorkspaceBase, deployment_target: Any) -> Ku
             f"compute target {deployment_target.name} is attached to workspace {deployment_target.workspace.name}, "
             f"not {workspace.name}; attach it to this workspace too"
         )
-    return KubernetesCompute(workspace, deployment_target.name)
+    target = KubernetesCompute(workspace, deployment_target.name)
+    if not target.settings.get("blob_store"):
+        raise ConfigError(
+            f"compute target {target.name} has no blob_store: its pods fetch models and source from a blob "
+            "store they can reach, and this workspace's blobs are only on this machine's disk; serve them "
+            "(or copy them to an object store) and attach again with blob_store=URL, overwrite=True"
+        )
+    return target
 
 
 def service_target(workspace: WorkspaceBase, config: dict[str, Any]) -> KubernetesCompute | None:
