@@ -22,6 +22,17 @@ def register(groups: Any) -> None:
     tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key PEM file")
     tls.add_argument("--no-tls", action="store_true", help="plain http")
     tls.add_argument("--http-port", type=int, metavar="N", help="with TLS, also serve plain http on port N")
+    limits = start.add_argument_group("router limits (remembered across restarts; defaults as documented)")
+    limits.add_argument("--router-max-header-bytes", type=int, metavar="N",
+                        help="request line and headers together (default 65536); past it: 431")  # fmt: skip
+    limits.add_argument("--router-max-header-fields", type=int, metavar="N",
+                        help="header fields (default 100); past it: 431")  # fmt: skip
+    limits.add_argument("--router-header-timeout-s", type=float, metavar="S",
+                        help="a request head must arrive within this (default 20); past it: 408")  # fmt: skip
+    limits.add_argument("--router-keep-alive-timeout-s", type=float, metavar="S",
+                        help="an idle keep-alive connection is closed after this (default 75)")  # fmt: skip
+    limits.add_argument("--router-send-timeout-s", type=float, metavar="S",
+                        help="a client reading none of its answer this long is cut off (default 60)")  # fmt: skip
     start.set_defaults(handler=cluster_start)
     cluster.add_parser("stop", help="stop it; services come back on the next start").set_defaults(handler=cluster_stop)
     status = cluster.add_parser("status", help="daemon, router and replicas")
@@ -30,7 +41,7 @@ def register(groups: Any) -> None:
 
 
 def cluster_start(args: argparse.Namespace) -> int:
-    from modelfleet.control import tls
+    from modelfleet.control import router_limits, tls
 
     ws = workspace(args)
     cluster = ws.cluster()
@@ -43,6 +54,16 @@ def cluster_start(args: argparse.Namespace) -> int:
                 "then start it again with these flags"
             )
         tls.save(ws.store, wanted)
+    changes = {
+        field: getattr(args, flag) for flag, field in router_limits.FLAGS.items() if getattr(args, flag) is not None
+    }
+    if changes:
+        if cluster.info() is not None:
+            raise Conflict(
+                "the cluster is running with other router limits; stop it with `modelfleet cluster stop`, "
+                "then start it again with these flags"
+            )
+        router_limits.save(ws.store, changes)
     info = cluster.ensure_running(port=args.port, host=args.host)
     print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
     if info.get("tls_cert_file"):

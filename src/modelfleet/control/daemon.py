@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import modelfleet
+from modelfleet.control import router_limits
 from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.credentials import signing_public_key
@@ -74,7 +75,9 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.router = Router(on_replica_failed=self._on_replica_failed)
+        # limits as `cluster start --router-...` stored them (control/router_limits.py)
+        limits = router_limits.load(self.store).router_kwargs()
+        self.router = Router(on_replica_failed=self._on_replica_failed, **limits)
         port = self._choose_port()
         # TLS as stored by `cluster start` (control/tls.py); the certificate's dates need the clock
         tls = router_listeners(self.store, self.config.workspace, datetime.datetime.now(datetime.timezone.utc))
