@@ -66,7 +66,14 @@ def _process(argv: list[str], port: int, what: str) -> Iterator[Path]:
     log = folder / "log"
     with open(log, "wb") as out:
         # Its own process group, so the whole server (npm's node, moto's workers) ends with it.
-        proc = subprocess.Popen(argv, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # setpriv --pdeathsig: the server dies with the test process even if no teardown runs.
+        proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_listening(port, proc, what, log)
         yield folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ def test_a_model_registered_in_one_workspace_is_laid_out_from_the_store_in_anoth
         record = alice.register_model("m", weights)
         assert isinstance(alice.blobs, SharedBlobStore)
         assert len(_final_keys(alice.blobs)) == 2  # content-addressed: <prefix>/ab/cdef...
+    (tmp_path / "bob" / ".modelfleet").mkdir(parents=True)  # bob joins with the team's key (secrets.py)
+    shutil.copy(tmp_path / "alice" / ".modelfleet" / "secret.key", tmp_path / "bob" / ".modelfleet")
     with Store.create(tmp_path / "bob", "team", database=database, blob_store=blob_backend.url) as bob:
         cache = tmp_path / "bob" / ".modelfleet" / "blobs"
         assert not BlobStore(cache).has(record.files[0].digest)  # bob's cache starts empty
@@ -191,15 +194,20 @@ def test_a_missing_container_is_named_at_creation(
 
 
 def test_wrong_credentials_and_an_unreachable_store_are_named(
-    tmp_path: Path, azurite: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, azurite: Any, moto_s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wrong = azurite.env["AZURE_STORAGE_CONNECTION_STRING"].replace("AccountKey=Eby8", "AccountKey=AAAA")
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong)
-    with pytest.raises(BlobStoreError, match="could not reach the blob store az://c/p"):
-        SharedBlobStore("az://c/p", BlobStore(tmp_path / "a")).ensure()
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong.replace(f":{azurite.port}/", ":1/"))
-    with pytest.raises(BlobStoreError, match="could not reach the blob store az://c/p: .*reachable"):
-        SharedBlobStore("az://c/p", BlobStore(tmp_path / "b")).ensure()
+    good = azurite.env["AZURE_STORAGE_CONNECTION_STRING"]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", good)
+    SharedBlobStore("az://ccc/p", BlobStore(tmp_path / "a")).fs.mkdir("ccc")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", good.replace("AccountKey=Eby8", "AccountKey=AAAA"))
+    with pytest.raises(BlobStoreError, match="could not reach the blob store az://ccc/p: access denied"):
+        SharedBlobStore("az://ccc/p", BlobStore(tmp_path / "b")).ensure()
+    # Unreachable, on S3 (botocore gives up in seconds; Azure's SDK retries for over a minute).
+    for key, value in moto_s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    with pytest.raises(BlobStoreError, match="could not reach the blob store s3://bkt/p: .*Could not connect"):
+        SharedBlobStore("s3://bkt/p", BlobStore(tmp_path / "c")).ensure()
 
 
 @pytest.mark.parametrize(

@@ -97,8 +97,10 @@ class SharedBlobStore:
         with self._errors("reach"):
             if self.scheme == "file":
                 self.fs.makedirs(self.prefix, exist_ok=True)
-            elif not self.fs.exists(self.prefix.split("/", 1)[0]):
-                raise FileNotFoundError(self.prefix.split("/", 1)[0])
+            else:
+                # A listing, not exists(): adlfs answers exists() for a container it cannot read
+                # with True (and a warning), so a wrong key would pass unnoticed until the first upload.
+                self.fs.ls(self.prefix.split("/", 1)[0], detail=False)
 
     def put_file(self, path: Path, *, move: bool = False) -> str:
         digest = self.cache.put_file(path, move=move)
@@ -221,6 +223,11 @@ class SharedBlobStore:
                 "in the environment (see the README: blob stores)"
             ) from exc
         except Exception as exc:  # each library raises its own (aiohttp, botocore, azure.core)
+            if getattr(exc, "status_code", None) in (401, 403):  # azure.core's HttpResponseError
+                raise BlobStoreError(
+                    f"could not {doing} the blob store {self.url}: access denied ({str(exc).splitlines()[0]}); "
+                    "check the credentials in the environment (see the README: blob stores)"
+                ) from exc
             raise BlobStoreError(
                 f"could not {doing} the blob store {self.url}: {type(exc).__name__}: {exc}; check that it is "
                 "reachable and the credentials in the environment"
