@@ -31,8 +31,8 @@ def decide(method: str, path: str, length: int = -1) -> tuple[str | None, int | 
         ("GET", "/api/v1/service/keyed/swagger.json", -1, ("keyed", None, False, b"/swagger.json")),
         ("POST", "/api/v1/service/keyed/swagger.json", -1, ("keyed", 405, False, b"")),
         ("GET", "/api/v1/service/keyed/swagger.json", 101, ("keyed", 413, False, b"")),
-        ("GET", "/api/v1/service/keyed/other", -1, (None, 404, False, b"")),
-        ("GET", "/api/v1/service/keyed/score/", -1, (None, 404, False, b"")),
+        ("GET", "/api/v1/service/keyed/other", -1, ("keyed", 404, False, b"")),  # counted as the service's answer
+        ("GET", "/api/v1/service/keyed/score/", -1, ("keyed", 404, False, b"")),
         ("POST", "/api/v1/service/nope/score", -1, (None, 404, False, b"")),
         ("POST", "/api/v1/service//score", -1, (None, 404, False, b"")),
         ("POST", "/api/v1/service/keyed", -1, (None, 404, False, b"")),

@@ -233,6 +233,8 @@ class ServiceState:
         self.d_swagger_413 = Decision(self, c413, False, b"")
         self.d_405_score = Decision(self, self.c405_score, False, b"")
         self.d_405_swagger = Decision(self, self.c405_swagger, False, b"")
+        # another path under the service's prefix: 404, counted as the service's answer
+        self.d_404 = Decision(self, C_404, False, b"")
 
     def update(self, route: ServiceRoute) -> None:
         self.route = route
@@ -355,7 +357,7 @@ def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, Service
             if method != b"GET":
                 return svc.d_405_swagger
             return svc.d_swagger_413 if length > svc.route.max_body_bytes else svc.d_swagger
-        return D_404
+        return svc.d_404
     if path == b"/":
         return D_HEALTH if method == b"GET" else D_405_ROOT
     return D_404
