@@ -37,7 +37,7 @@ from pathlib import Path
 
 import requests
 
-from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
+from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
 
 SUM = Path(__file__).resolve().parent.parent / "tests" / "e2e_scripts" / "sum"
 BODY = '{"data": [[1, 2, 3]]}'
@@ -62,7 +62,7 @@ def _all_answer(ws: Workspace, names: list[str]) -> int:
     ok = 0
     with requests.Session() as s:
         for name in names:
-            service = ws.webservices[name]
+            service = Webservice(ws, name)
             headers = {"Authorization": f"Bearer {service.get_keys()[0]}", "Content-Type": "application/json"}
             ok += s.post(service.scoring_uri, data=BODY, headers=headers, timeout=30).status_code == 200
     return ok
@@ -72,7 +72,7 @@ def _until_all_answer(ws: Workspace, names: list[str], deadline: float) -> int:
     ok = 0
     with requests.Session() as s:
         for name in names:
-            service = ws.webservices[name]
+            service = Webservice(ws, name)
             headers = {"Authorization": f"Bearer {service.get_keys()[0]}", "Content-Type": "application/json"}
             while time.perf_counter() < deadline:
                 try:
@@ -99,16 +99,18 @@ def one(top: Path, n: int) -> None:
         listing, status = _cli(ws, "service", "list"), _cli(ws, "cluster", "status")
         pids = [r["pid"] for s in ws.cluster().status()["services"].values() for r in s["replicas"] if r["pid"]]
         pss, uss = zip(*(_memory_kib(p) for p in pids), strict=True)
-        answered = _all_answer(ws, names)
         print(
             f"{n:>5} services: deploy of the last {last:.2f} s, service list {listing:.2f} s, cluster status "
-            f"{status:.2f} s; {answered}/{n} answered"
+            f"{status:.2f} s",
+            flush=True,
         )
         print(
             f"{n:>5} services: per replica PSS mean {statistics.mean(pss) / 1024:.1f} MiB, median "
             f"{statistics.median(pss) / 1024:.1f} MiB; USS mean {statistics.mean(uss) / 1024:.1f} MiB "
-            f"({len(pids)} replicas, {sum(pss) / 1024**2:.2f} GiB PSS in all)"
+            f"({len(pids)} replicas, {sum(pss) / 1024**2:.2f} GiB PSS in all)",
+            flush=True,
         )
+        print(f"{n:>5} services: {_all_answer(ws, names)}/{n} answered", flush=True)
         info = ws.cluster().info()
         assert info is not None
         os.kill(int(info["pid"]), signal.SIGKILL)
