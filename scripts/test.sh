@@ -33,6 +33,17 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 export MODELFLEET_BROWSER_REQUIRED=1
 
+# PostgreSQL's server binaries (tests/store start their own cluster) and npm for Azurite, the
+# Azure Storage emulator, installed into a cache outside the clone.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] || ! command -v npm >/dev/null; then
+    sudo_="" && [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends postgresql nodejs npm
+fi
+AZ_PREFIX="${XDG_CACHE_HOME:-$HOME/.cache}/modelfleet/npm"
+[ -x "$AZ_PREFIX/node_modules/.bin/azurite-blob" ] || npm install --no-audit --no-fund --prefix "$AZ_PREFIX" azurite@3
+export MODELFLEET_AZURITE="$AZ_PREFIX/node_modules/.bin/azurite-blob"
+
 .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check -q src tests bench examples
 .venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
