@@ -35,6 +35,13 @@ def test_a_terminating_pod_is_draining():
     assert replicas_of([p])[0].state is ReplicaState.DRAINING
 
 
+def test_a_failed_pod_is_stopped_not_starting_forever():
+    # an evicted pod, or one its node refused: the ReplicaSet starts another in its place
+    p = pod("a", phase="Failed", reason="Evicted", message="low on memory", conditions=ready(False))
+    (r,) = replicas_of([p])
+    assert (r.state, r.detail) == (ReplicaState.STOPPED, "Evicted: low on memory")
+
+
 def test_a_crash_looping_replica_never_ready_is_init_failed_with_its_exit_status():
     statuses = [
         {

@@ -197,7 +197,7 @@ class KubernetesCompute:
         from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 
         from modelfleet.targets.kubernetes import manifests as m
-        from modelfleet.targets.kubernetes.target import upsert_object
+        from modelfleet.targets.kubernetes.router_install import upsert_object
 
         source = m.RouterSource(
             image=image,
@@ -223,7 +223,7 @@ class KubernetesCompute:
         from kubernetes import client
 
         from modelfleet.targets.kubernetes.manifests import ROUTER_NAME
-        from modelfleet.targets.kubernetes.target import router_status
+        from modelfleet.targets.kubernetes.router_install import router_status
 
         api = self._api()
         try:
@@ -233,7 +233,7 @@ class KubernetesCompute:
 
     def uninstall_router(self) -> list[str]:
         from modelfleet.targets.kubernetes import manifests as m
-        from modelfleet.targets.kubernetes.target import delete_object
+        from modelfleet.targets.kubernetes.router_install import delete_object
 
         api = self._api()
         try:

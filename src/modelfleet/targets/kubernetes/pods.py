@@ -7,6 +7,8 @@ JSON), ``ReplicaInfo`` out; both the target (``target.py``) and the in-cluster r
 The mapping (Kubernetes 1.20 and later all serve these fields):
 
 - ``metadata.deletionTimestamp`` set                   -> DRAINING (Terminating)
+- phase Failed or Succeeded (evicted, refused by the   -> STOPPED, detail: reason and message
+  node): the ReplicaSet replaces it
 - condition ``Ready`` True, ``status.podIP`` set       -> READY, address ``podIP:5001``
 - never Ready, and an init container or the replica    -> INIT_FAILED, detail: the container,
   container terminated with an error or waits in          its reason and exit code
@@ -111,6 +113,11 @@ def replica_of(pod: Mapping[str, Any], index: int, ever_ready: Collection[str]) 
     detail: str | None = None
     if meta.get("deletionTimestamp"):
         state = ReplicaState.DRAINING
+    elif status.get("phase") in ("Failed", "Succeeded"):
+        # terminal (evicted, or refused by the node): its ReplicaSet no longer counts it and
+        # starts another in its place
+        state = ReplicaState.STOPPED
+        detail = f"{status.get('reason') or status['phase']}: {status.get('message') or 'pod ended'}"
     elif is_ready(pod):
         state = ReplicaState.READY
     elif not was_ready and (failure := _start_failure(status)):

@@ -14,7 +14,7 @@ Each call maps onto API objects as ``base.ComputeTarget``'s docstring says, in o
     logs(S)          pods/log of the replica container
     delete(S)        every Deployment, ConfigMap (S-route too) and Secret labelled with the service
 
-``ApiException`` is translated into ``TargetError`` here and nowhere else. The blocking
+``ApiException`` becomes ``TargetError`` at one boundary (``api.py``). The blocking
 client runs in a thread for the async calls; ``publish`` writes at once (two small requests)
 because the reconciler expects a published key to be in force when it returns.
 
@@ -28,13 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
@@ -42,6 +41,7 @@ from kubernetes.client.rest import ApiException
 from modelfleet.errors import ConfigError, TargetError
 from modelfleet.targets.base import GenerationSpec, OnChange, ReplicaInfo, ReplicaPlan, RouteEntry
 from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.api import api_error, call, delete_if_present, upsert
 from modelfleet.targets.kubernetes.pods import GENERATION_LABEL, is_ready, replicas_of
 from modelfleet.targets.kubernetes.routes import keys_secret, route_config_map
 
@@ -52,7 +52,6 @@ log = logging.getLogger("modelfleet.targets.kubernetes")
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 REPLICA_SELECTOR = f"{m.COMPONENT_LABEL}=replica,app.kubernetes.io/managed-by=modelfleet"
 _WATCH_TIMEOUT_S = 60
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ class KubernetesTarget:
                 loop.call_soon_threadsafe(self.on_scaled, service, int(generation), int(replicas))
 
     def _relist(self) -> None:
-        listed = _call(
+        listed = call(
             "list pods", lambda: self.core.list_namespaced_pod(self.namespace, label_selector=REPLICA_SELECTOR)
         )
         pods = {p["metadata"]["uid"]: p for p in (self.api.sanitize_for_serialization(i) for i in listed.items)}
@@ -279,14 +278,14 @@ class KubernetesTarget:
         self.start()
         config, deployment = generation_objects(src, generation, replicas)
         ns = self.namespace
-        _upsert(
+        upsert(
             f"ConfigMap {config['metadata']['name']}",
             lambda: self.core.create_namespaced_config_map(ns, config),
             lambda: self.core.replace_namespaced_config_map(config["metadata"]["name"], ns, config),
         )
         name = deployment["metadata"]["name"]
         self._asked[name] = replicas
-        _upsert(
+        upsert(
             f"Deployment {name}",
             lambda: self.apps.create_namespaced_deployment(ns, deployment),
             lambda: self.apps.patch_namespaced_deployment(name, ns, deployment),
@@ -304,9 +303,9 @@ class KubernetesTarget:
         cheapest = {"metadata": {"annotations": {DELETION_COST: "-1000"}}}
         for pod in remove:
             with contextlib.suppress(TargetError):
-                _call(f"annotate pod {pod}", lambda p=pod: self.core.patch_namespaced_pod(p, ns, cheapest))
+                call(f"annotate pod {pod}", lambda p=pod: self.core.patch_namespaced_pod(p, ns, cheapest))
         self._asked[name] = replicas
-        _call(
+        call(
             f"scale Deployment {name}",
             lambda: self.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}}),
         )
@@ -318,21 +317,21 @@ class KubernetesTarget:
     def _retire(self, service: str, generation: int) -> None:
         ns = self.namespace
         name = deployment_name(service, generation)
-        _delete(f"Deployment {name}", lambda: self.apps.delete_namespaced_deployment(name, ns, **_BACKGROUND))
+        delete_if_present(f"Deployment {name}", lambda: self.apps.delete_namespaced_deployment(name, ns, **_BACKGROUND))
         config = generation_config_name(service, generation)
-        _delete(f"ConfigMap {config}", lambda: self.core.delete_namespaced_config_map(config, ns))
+        delete_if_present(f"ConfigMap {config}", lambda: self.core.delete_namespaced_config_map(config, ns))
 
     def publish(self, route: RouteEntry) -> None:
         ns = self.namespace
         pem = self._token_key_pem() if self._token_key_pem is not None and route.auth == "token" else None
         config, secret = route_config_map(route, ns, pem), keys_secret(route, ns)
         # The keys first: a router that sees the new route reads keys that are already there.
-        _upsert(
+        upsert(
             f"Secret {secret['metadata']['name']}",
             lambda: self.core.create_namespaced_secret(ns, secret),
             lambda: self.core.replace_namespaced_secret(secret["metadata"]["name"], ns, secret),
         )
-        _upsert(
+        upsert(
             f"ConfigMap {config['metadata']['name']}",
             lambda: self.core.create_namespaced_config_map(ns, config),
             lambda: self.core.replace_namespaced_config_map(config["metadata"]["name"], ns, config),
@@ -347,31 +346,33 @@ class KubernetesTarget:
     def _delete_service(self, service: str) -> None:
         ns = self.namespace
         selector = f"{m.SERVICE_LABEL}={service},app.kubernetes.io/managed-by=modelfleet"
-        listed = _call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
+        listed = call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
         for d in listed.items:
             name = d.metadata.name
-            _delete(f"Deployment {name}", lambda n=name: self.apps.delete_namespaced_deployment(n, ns, **_BACKGROUND))
-        maps = _call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
+            delete_if_present(
+                f"Deployment {name}", lambda n=name: self.apps.delete_namespaced_deployment(n, ns, **_BACKGROUND)
+            )
+        maps = call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
         for c in maps.items:
             name = c.metadata.name
-            _delete(f"ConfigMap {name}", lambda n=name: self.core.delete_namespaced_config_map(n, ns))
-        secrets = _call("list Secrets", lambda: self.core.list_namespaced_secret(ns, label_selector=selector))
+            delete_if_present(f"ConfigMap {name}", lambda n=name: self.core.delete_namespaced_config_map(n, ns))
+        secrets = call("list Secrets", lambda: self.core.list_namespaced_secret(ns, label_selector=selector))
         for s in secrets.items:
             name = s.metadata.name
-            _delete(f"Secret {name}", lambda n=name: self.core.delete_namespaced_secret(n, ns))
+            delete_if_present(f"Secret {name}", lambda n=name: self.core.delete_namespaced_secret(n, ns))
 
     def services(self) -> set[str]:
         """The services that have objects in the namespace (route ConfigMaps, Deployments)."""
         ns, selector = self.namespace, "app.kubernetes.io/managed-by=modelfleet"
-        deps = _call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
-        maps = _call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
+        deps = call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
+        maps = call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
         found = {(o.metadata.labels or {}).get(m.SERVICE_LABEL) for o in [*deps.items, *maps.items]}
         return {s for s in found if s}
 
     def foreign_autoscalers(self) -> dict[str, str]:
         """HorizontalPodAutoscalers aimed at this target's Deployments, by service: modelfleet
         scales its services itself, and an HPA would fight it over the replica count."""
-        hpas = _call(
+        hpas = call(
             "list HorizontalPodAutoscalers",
             lambda: client.AutoscalingV1Api(self.api).list_namespaced_horizontal_pod_autoscaler(self.namespace),
         )
@@ -392,13 +393,13 @@ class KubernetesTarget:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise _api_error(f"read Role {m.ROUTER_NAME}", exc) from exc
+            raise api_error(f"read Role {m.ROUTER_NAME}", exc) from exc
         rules = m.router_rules([m.secret_name(s) for s in services])
         current = self.api.sanitize_for_serialization(role).get("rules") or []
         if current != rules:
             body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "rules": rules}
             body["metadata"] = self.api.sanitize_for_serialization(role.metadata)
-            _call(f"update Role {m.ROUTER_NAME}", lambda: rbac.replace_namespaced_role(m.ROUTER_NAME, ns, body))
+            call(f"update Role {m.ROUTER_NAME}", lambda: rbac.replace_namespaced_role(m.ROUTER_NAME, ns, body))
             log.info("Role %s/%s: Secrets of %s", ns, m.ROUTER_NAME, sorted(services) or "no service")
         return True
 
@@ -430,72 +431,11 @@ class KubernetesTarget:
 _BACKGROUND: dict[str, Any] = {"propagation_policy": "Background"}
 
 
-_READERS = {
-    "ServiceAccount": ("CoreV1Api", "service_account"),
-    "Service": ("CoreV1Api", "service"),
-    "Role": ("RbacAuthorizationV1Api", "role"),
-    "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
-    "Deployment": ("AppsV1Api", "deployment"),
-}
-
-
-def upsert_object(api: client.ApiClient, obj: dict[str, Any], create: Callable[..., Any]) -> None:
-    """Create ``obj``; when it exists, patch it to what ``obj`` says (the router's objects)."""
-    kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
-    group, suffix = _READERS[kind]
-    api_class = getattr(client, group)(api)
-    try:
-        create(api, obj)
-    except Exception as exc:  # create_from_yaml wraps the API's errors in FailToCreateError
-        statuses = [e.status for e in getattr(exc, "api_exceptions", [])] or [getattr(exc, "status", None)]
-        if statuses != [409]:
-            raise TargetError(f"Kubernetes API: create {kind} {name} failed: {exc}") from exc
-        patch = getattr(api_class, f"patch_namespaced_{suffix}")
-        _call(f"update {kind} {name}", lambda: patch(name, ns, obj))
-
-
-def delete_object(api: client.ApiClient, obj: dict[str, Any]) -> bool:
-    """Delete ``obj`` by kind and name; False when it was not there."""
-    kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
-    group, suffix = _READERS[kind]
-    remove = getattr(getattr(client, group)(api), f"delete_namespaced_{suffix}")
-    try:
-        # The raw answer: 1.20 answers a Service's deletion with a Status, which this client
-        # would try (and fail) to read as a Service.
-        remove(name, ns, _preload_content=False).release_conn()
-        return True
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise _api_error(f"delete {kind} {name}", exc) from exc
-
-
-def router_status(apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
-    try:
-        dep = apps.read_namespaced_deployment(name, namespace)
-        svc = core.read_namespaced_service(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return {"installed": False, "namespace": namespace}
-        raise _api_error(f"read the router {name}", exc) from exc
-    ingress = (svc.status.load_balancer.ingress or []) if svc.status and svc.status.load_balancer else []
-    return {
-        "installed": True,
-        "namespace": namespace,
-        "replicas": dep.spec.replicas,
-        "readyReplicas": dep.status.ready_replicas or 0,
-        "serviceType": svc.spec.type,
-        "clusterIP": svc.spec.cluster_ip,
-        "ports": [p.port for p in svc.spec.ports or []],
-        "loadBalancer": [i.ip or i.hostname for i in ingress],
-    }
-
-
 def service_replicas(api: client.ApiClient, namespace: str, service: str) -> list[ReplicaInfo]:
     """A service's pods as replicas, read once (no watch): for one-off status and logs."""
     core = client.CoreV1Api(api)
     selector = f"{m.SERVICE_LABEL}={service},{REPLICA_SELECTOR}"
-    listed = _call("list pods", lambda: core.list_namespaced_pod(namespace, label_selector=selector))
+    listed = call("list pods", lambda: core.list_namespaced_pod(namespace, label_selector=selector))
     return replicas_of([api.sanitize_for_serialization(p) for p in listed.items])
 
 
@@ -522,42 +462,3 @@ def pod_logs(
 
 def _service_of(pod: dict[str, Any]) -> str | None:
     return (pod.get("metadata", {}).get("labels") or {}).get(m.SERVICE_LABEL)
-
-
-def _call(what: str, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except ApiException as exc:
-        raise _api_error(what, exc) from exc
-    except OSError as exc:  # urllib3's connection errors are OSErrors
-        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
-
-
-def _api_error(what: str, exc: ApiException) -> TargetError:
-    try:
-        message = f": {json.loads(exc.body)['message']}"
-    except Exception:
-        message = ""
-    return TargetError(f"Kubernetes API: {what} failed: {exc.status} {exc.reason}{message}")
-
-
-def _upsert(what: str, create: Callable[[], Any], update: Callable[[], Any]) -> None:
-    try:
-        create()
-        return
-    except ApiException as exc:
-        if exc.status != 409:
-            raise _api_error(what, exc) from exc
-    except OSError as exc:
-        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
-    _call(what, update)
-
-
-def _delete(what: str, fn: Callable[[], Any]) -> None:
-    try:
-        fn()
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _api_error(what, exc) from exc
-    except OSError as exc:
-        raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
