@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--context", help="the kubeconfig's context (default: its current one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api = api_client(args.kubeconfig, args.context)
+    # $KUBECONFIG before the pod's own account, as config.load_config() does (a node that
+    # cannot mount the account at its fixed path hands it over that way)
+    api = api_client(args.kubeconfig or os.environ.get("KUBECONFIG"), args.context)
     asyncio.run(serve(api, args.namespace, args.host, args.port))
     return 0
 

@@ -42,6 +42,9 @@ __all__ = ["Discovery"]
 log = logging.getLogger("modelfleet.router.discovery")
 
 _WATCH_TIMEOUT_S = 60
+# A stopped watch ends at its next event or timeout; its thread is a daemon, so stopping
+# waits only briefly for it rather than up to a minute (a pod's SIGTERM must end it fast).
+_STOP_WAIT_S = 2.0
 _RETRY_S = 1.0
 
 
@@ -88,7 +91,7 @@ class Discovery:
         for w in list(self._watches):
             w.stop()
         for t in self._threads:
-            await asyncio.to_thread(t.join, _WATCH_TIMEOUT_S + 5)
+            await asyncio.to_thread(t.join, _STOP_WAIT_S)
 
     # -- the two informers -------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ log = logging.getLogger("modelfleet.targets.kubernetes")
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 REPLICA_SELECTOR = f"{m.COMPONENT_LABEL}=replica,app.kubernetes.io/managed-by=modelfleet"
 _WATCH_TIMEOUT_S = 60
+# A stopped watch ends at its next event or timeout; its thread is a daemon, so stopping
+# waits only briefly for it rather than up to a minute (a pod's SIGTERM must end it fast).
+_STOP_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -414,7 +417,7 @@ class KubernetesTarget:
                 w.stop()
         for t in (self._thread, self._deployments_thread):
             if t is not None:
-                await asyncio.to_thread(t.join, _WATCH_TIMEOUT_S + 5)
+                await asyncio.to_thread(t.join, _STOP_WAIT_S)
 
     # -- for status and tests --------------------------------------------------------------
 
