@@ -47,4 +47,5 @@ export MODELFLEET_AZURITE="$AZ_PREFIX/node_modules/.bin/azurite-blob"
 .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check -q src tests bench examples
 .venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
+.venv/bin/mypy          # --strict over src/modelfleet (pyproject's [tool.mypy])
 .venv/bin/python -m pytest "$@"

@@ -37,7 +37,7 @@ class ClusterClient:
     def info(self) -> dict[str, Any] | None:
         """The running daemon's cluster.json, or None when no live daemon answers."""
         try:
-            info = json.loads(self.paths.cluster_json.read_text())
+            info: dict[str, Any] = json.loads(self.paths.cluster_json.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         if not _pid_alive(int(info.get("pid", 0))):
@@ -131,7 +131,8 @@ class ClusterClient:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             message = _message(exc.read()) or str(exc)
             if exc.code == 404:

@@ -10,8 +10,9 @@ Modules: ``entry`` (the script core, no HTTP); the HTTP side: ``server`` (proces
 ``protocol`` (one connection), ``shared`` (what every connection reads), ``limits``, ``app``
 (the v1 routes), ``scoring`` (run() on a worker, plain or streamed answers), ``stream``,
 ``ids``, ``access``, ``listen`` (Unix socket), ``responses`` (reply bytes), ``workers``
-(threads running run()), ``swagger``, ``models`` (models loaded on demand, an LRU); and ``compat`` with ``rawrequest``, ``rawresponse`` and
-``v1model`` (the ``azureml.*`` names v1 scripts import). Importing this package loads none of them.
+(threads running run()), ``swagger``, ``models`` (models loaded on demand, an LRU); and
+``compat`` with ``rawrequest``, ``rawresponse`` and ``v1model`` (the ``azureml.*`` names v1
+scripts import). Importing this package loads none of them.
 """
 
 from __future__ import annotations

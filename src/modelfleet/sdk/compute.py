@@ -19,6 +19,7 @@ workspace whose blobs are only on this machine's disk cannot be deployed to a cl
 
 from __future__ import annotations
 
+import builtins
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -185,13 +186,13 @@ class KubernetesCompute:
         settings = self.settings
         return api_client(settings.get("kubeconfig"), settings.get("context"))
 
-    def _services(self) -> list[str]:
+    def _services(self) -> builtins.list[str]:
         store = self.workspace.store
         return sorted(r.name for r in store.list_services() if r.config.get(COMPUTE_TARGET_KEY) == self.name)
 
     def install_router(
         self, image: str, replicas: int = 2, load_balancer_type: str = "LoadBalancer", port: int = 80
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Create (or update) the cluster's router: ServiceAccount, Role (this target's services'
         Secrets by name), RoleBinding, Deployment and Service; returns "Kind/name" of each."""
         from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
@@ -231,7 +232,7 @@ class KubernetesCompute:
         finally:
             api.close()
 
-    def uninstall_router(self) -> list[str]:
+    def uninstall_router(self) -> builtins.list[str]:
         from modelfleet.targets.kubernetes import manifests as m
         from modelfleet.targets.kubernetes.router_install import delete_object
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Row, Select, Table, func, select
 
 from modelfleet.errors import Conflict
 from modelfleet.store.blobs import BlobStore, check_digest
@@ -104,7 +105,7 @@ def _copy_rows(source: Database, conn: Connection, box: SecretBox) -> dict[str, 
     copied: dict[str, int] = {}
     for table in (*_PLAIN_TABLES, services):
         ordered = select(table).order_by(*table.primary_key.columns)  # events keep their order
-        rows = [dict(r._mapping) for r in source.read(lambda c, q=ordered: list(c.execute(q)))]
+        rows = [dict(r._mapping) for r in source.read(_all_rows(ordered))]
         if table is services:
             for row in rows:
                 row["primary_key"] = box.seal(row["primary_key"])
@@ -128,10 +129,18 @@ def _has(conn: Connection, table: Table) -> bool:
     return bool(conn.dialect.has_table(conn, table.name))
 
 
+def _all_rows(query: Select[Any]) -> Callable[[Connection], list[Row[Any]]]:
+    return lambda conn: list(conn.execute(query))
+
+
+def _scalar(query: Select[Any]) -> Callable[[Connection], Any]:
+    return lambda conn: conn.execute(query).scalar()
+
+
 def _check_rows(source: Database, target: Database) -> None:
     for table in (*_PLAIN_TABLES, services):
         count = select(func.count()).select_from(table)
-        before = source.read(lambda c, q=count: c.execute(q).scalar())
-        after = target.read(lambda c, q=count: c.execute(q).scalar())
+        before = source.read(_scalar(count))
+        after = target.read(_scalar(count))
         if before != after:
             raise Conflict(f"the copy of {table.name} has {after} rows, the source {before}; nothing changed")

@@ -232,10 +232,10 @@ def grant_access(
         _group(folder, identity.gid, stat.S_IXGRP)
     key = (app_root, app_root.stat().st_ino)
     if key not in _granted:  # an app folder is written once per generation (and rewritten whole)
-        for folder, _dirs, files in os.walk(app_root):
-            _group(Path(folder), identity.gid, stat.S_IRGRP | stat.S_IXGRP)
+        for walked, _dirs, files in os.walk(app_root):
+            _group(Path(walked), identity.gid, stat.S_IRGRP | stat.S_IXGRP)
             for name in files:
-                _group(Path(folder) / name, identity.gid, stat.S_IRGRP)
+                _group(Path(walked) / name, identity.gid, stat.S_IRGRP)
         _granted.add(key)
     for folder in writable:  # logs (it rotates its own), run (port and stats files), its socket's folder
         _group(folder, identity.gid, stat.S_IWGRP | stat.S_IXGRP)
@@ -245,10 +245,10 @@ def grant_access(
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
         _group(data.parent, identity.gid, stat.S_IXGRP)
-        for folder, _dirs, files in os.walk(data):
-            os.chown(folder, identity.uid, identity.gid)
+        for walked, _dirs, files in os.walk(data):
+            os.chown(walked, identity.uid, identity.gid)
             for name in files:
-                os.chown(Path(folder) / name, identity.uid, identity.gid)
+                os.chown(Path(walked) / name, identity.uid, identity.gid)
 
 
 def _group(path: Path, gid: int, bits: int) -> None:

@@ -177,7 +177,7 @@ class OtlpExporter:
             start = int(t.start * 1e9)
             queued = start + int(t.queue_s * 1e9)
             end = start + int(t.total_s * 1e9)
-            attrs = {
+            attrs: dict[str, str | int | float] = {
                 "modelfleet.service": t.service,
                 "modelfleet.request_id": t.request_id,
                 "http.response.status_code": t.status,

@@ -160,7 +160,9 @@ def service_objects(src: ServiceSource) -> list[dict[str, Any]]:
     return [_secret(src), config, _deployment(src, _digest(config["data"]))]
 
 
-def _meta(name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str] = ()) -> dict:
+def _meta(
+    name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if annotations:
         meta["annotations"] = dict(annotations)

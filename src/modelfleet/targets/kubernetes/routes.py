@@ -84,7 +84,7 @@ def route_from(config_map: Mapping[str, Any], secret: Mapping[str, Any] | None) 
     try:
         data = json.loads((config_map.get("data") or {})[ROUTE_KEY])
         data.pop("keys_version", None)
-        keys = {
+        keys: dict[str, Any] = {
             field: base64.b64decode(((secret or {}).get("data") or {}).get(key, "")).decode() or None
             for field, key in zip(_SECRET_FIELDS, ("primaryKey", "secondaryKey"), strict=True)
         }

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import threading
 import time
@@ -306,7 +307,7 @@ class KubernetesTarget:
         cheapest = {"metadata": {"annotations": {DELETION_COST: "-1000"}}}
         for pod in remove:
             with contextlib.suppress(TargetError):
-                call(f"annotate pod {pod}", lambda p=pod: self.core.patch_namespaced_pod(p, ns, cheapest))
+                call(f"annotate pod {pod}", functools.partial(self.core.patch_namespaced_pod, pod, ns, cheapest))
         self._asked[name] = replicas
         call(
             f"scale Deployment {name}",
@@ -353,16 +354,16 @@ class KubernetesTarget:
         for d in listed.items:
             name = d.metadata.name
             delete_if_present(
-                f"Deployment {name}", lambda n=name: self.apps.delete_namespaced_deployment(n, ns, **_BACKGROUND)
+                f"Deployment {name}", functools.partial(self.apps.delete_namespaced_deployment, name, ns, **_BACKGROUND)
             )
         maps = call("list ConfigMaps", lambda: self.core.list_namespaced_config_map(ns, label_selector=selector))
         for c in maps.items:
             name = c.metadata.name
-            delete_if_present(f"ConfigMap {name}", lambda n=name: self.core.delete_namespaced_config_map(n, ns))
+            delete_if_present(f"ConfigMap {name}", functools.partial(self.core.delete_namespaced_config_map, name, ns))
         secrets = call("list Secrets", lambda: self.core.list_namespaced_secret(ns, label_selector=selector))
         for s in secrets.items:
             name = s.metadata.name
-            delete_if_present(f"Secret {name}", lambda n=name: self.core.delete_namespaced_secret(n, ns))
+            delete_if_present(f"Secret {name}", functools.partial(self.core.delete_namespaced_secret, name, ns))
 
     def services(self) -> set[str]:
         """The services that have objects in the namespace (route ConfigMaps, Deployments)."""
