@@ -62,6 +62,7 @@ def register(groups: Any) -> None:
                         help="a v1 deploymentconfig.json: the settings (flags below override it)")  # fmt: skip
     deploy.add_argument("--overwrite", action="store_true", help="replace a service of the same name")
     deploy.add_argument("--no-wait", action="store_true", help="return at once; do not wait for the deployment")
+    deploy.add_argument("--compute-target", help="an attached Kubernetes cluster (default: the local cluster)")
     deploy.add_argument("--fail-on-vulnerable", action="store_true",
                         help="audit the environment first (pip-audit); refuse to deploy if vulnerable")  # fmt: skip
     deploy.add_argument("--no-audit", action="store_true",
@@ -148,7 +149,14 @@ def model_deploy(args: argparse.Namespace) -> int:
         vulnerable = known_vulnerabilities(ws, environment)
         if vulnerable:
             raise ModelfleetError(f"not deployed: {vulnerable} (--fail-on-vulnerable)")
-    service = Model.deploy(ws, args.name, models, inference_config, deploy_config, overwrite=args.overwrite)
+    target = None
+    if args.compute_target:
+        from modelfleet.sdk.compute import ComputeTarget
+
+        target = ComputeTarget(ws, args.compute_target)  # an unknown name: NotFound, nothing deployed
+    service = Model.deploy(
+        ws, args.name, models, inference_config, deploy_config, deployment_target=target, overwrite=args.overwrite
+    )
     if not args.no_wait:
         service.wait_for_deployment(show_output=True)
     print(f"scoring uri: {service.scoring_uri}")
