@@ -283,12 +283,14 @@ class ServiceController:
         self._memory = Memory(serving=serving, failed=action.generation, failure=action.reason)
         if serving is not None:
             self._desired_replicas = self._before_update
+        if serving is None:
+            # the state before the outcome: a caller that sees the outcome (wait_for_deployment)
+            # then reads Failed, never a Transitioning left over
+            await self._show(FAILED, action.reason)
         outcome = {"generation": action.generation, "outcome": "failed", "message": action.reason}
         await asyncio.to_thread(self._store.add_event, self.name, "deployment", outcome)
         self._publish_route()  # with nothing serving, the router says the service failed
         log.error("service %s: generation %d failed: %s", self.name, action.generation, action.reason)
-        if serving is None:
-            await self._show(FAILED, action.reason)
 
     async def _forget_gone_generations(self) -> None:
         """Remove the app folders of generations that have no replica left."""
