@@ -375,13 +375,14 @@ class NodeStandIn:
         return out
 
     def _read_with_retry(self, read: Callable[[], Any]) -> Any:
-        # The kubelet waits for a referenced ConfigMap or Secret to appear, as here.
+        # The kubelet waits for a referenced ConfigMap or Secret to appear, as here; a 403 is
+        # waited out too: the Node authorizer learns of a pod's binding a moment after it.
         deadline = time.monotonic() + 30
         while True:
             try:
                 return read()
             except ApiException as e:
-                if e.status != 404 or time.monotonic() > deadline:
+                if e.status not in (403, 404) or time.monotonic() > deadline:
                     raise PodFailed(f"cannot read a volume's source: {e.status} {e.reason}") from e
                 time.sleep(0.5)
 
