@@ -143,7 +143,10 @@ def test_an_unprivileged_replica_can_write_its_folders_and_nothing_of_the_store(
         log_path.touch()
         blob = store.blobs.path(record.files[0].digest)
         plan = ReplicaPlan("s", 1, "/usr/bin/python3", app, app / "score.py", {}, 1)
-        options = isolation.spawn_options(plan, "s-1-0", log_path, service_dir / "run", None, then=lambda: None)
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+        options = isolation.spawn_options(
+            plan, "s-1-0", log_path, service_dir / "run", None, then=lambda: None, env=env
+        )
         probe = f"""
 import os, json
 out = {{"uid": os.getuid()}}
@@ -162,10 +165,14 @@ attempt("read_db", lambda: open("{store.root / ".modelfleet" / "metadata.db"}", 
 attempt("write_run", lambda: open("{service_dir / "run" / "x.port"}", "w").write("1"))
 attempt("append_log", lambda: open("{log_path}", "a").write("hello"))
 attempt("rotate_log", lambda: os.rename("{log_path}", "{log_path}.1"))
+def cache_in_home():
+    os.makedirs(os.path.expanduser("~/.cache/lib"), exist_ok=True)
+    open(os.path.expanduser("~/.cache/lib/x"), "w").write("1")
+attempt("write_home_cache", cache_in_home)
 print(json.dumps(out))
 """
         done = subprocess.run(
-            ["/usr/bin/python3", "-c", probe], cwd=app, capture_output=True, text=True, timeout=30, **options
+            ["/usr/bin/python3", "-c", probe], cwd=app, capture_output=True, text=True, timeout=30, env=env, **options
         )
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout)
@@ -180,7 +187,9 @@ print(json.dumps(out))
             "write_run": "done",
             "append_log": "done",
             "rotate_log": "done",
+            "write_home_cache": "done",  # a HOME of its own, not the daemon's (root's) one
         }
+        assert env["HOME"] == str(service_dir / "run" / "home")
         assert blob.read_bytes() == b"weights"
         store.close()
     finally:

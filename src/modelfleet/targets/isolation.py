@@ -108,16 +108,24 @@ def spawn_options(
     run_dir: Path,
     socket_path: Path | None,
     then: Callable[[], None],
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the replica's ``create_subprocess_exec``: a ``preexec_fn`` that
     joins the replica's memory cgroup, drops to the replica's user, then calls ``then`` (which
-    must run last: a change of user clears PR_SET_PDEATHSIG). Notes what it did in the log."""
+    must run last: a change of user clears PR_SET_PDEATHSIG). Notes what it did in the log.
+    ``env``, the replica's environment, gets a ``HOME`` (and ``XDG_CACHE_HOME``) of its own when
+    it runs as another user: libraries that cache under ``~`` must not meet the daemon's home."""
     notes: list[str] = []
     identity, why_not = replica_identity(plan.python)
     if identity is not None:
         writable = [log_path.parent, run_dir] + ([socket_path.parent] if socket_path is not None else [])
         try:
             grant_access(identity, plan.app_root, log_path, writable, plan.environment.get(_DATA_DIR_ENV))
+            if env is not None:
+                home = run_dir / "home"
+                home.mkdir(mode=0o700, exist_ok=True)
+                os.chown(home, identity.uid, identity.gid)
+                env["HOME"], env["XDG_CACHE_HOME"] = str(home), str(home / ".cache")
         except OSError as exc:
             identity, why_not = None, f"could not give user {REPLICA_USER} access to the replica's folders ({exc})"
     if identity is not None:

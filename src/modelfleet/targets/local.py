@@ -408,7 +408,7 @@ class LocalTarget:
             log_file.flush()
             # its memory cgroup and its user (targets/isolation.py), then _die_with_parent
             options = isolation.spawn_options(
-                plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent
+                plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent, env=env
             )
             argv = self._argv(replica)
             if self._forks is not None and self._forkable(plan):
