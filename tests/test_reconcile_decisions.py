@@ -58,6 +58,15 @@ def test_nothing_to_do_while_new_replicas_start() -> None:
     assert decide(Desired(1, 2), Memory(), [rep(1, 0), rep(1, 1, STARTING)]) == Decision((), TRANSITIONING, None)
 
 
+def test_what_holds_a_starting_replica_back_is_the_state_detail() -> None:
+    why = "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+    pending = [rep(1, 0), rep(1, 1, STARTING, detail=why)]
+    assert decide(Desired(1, 2), Memory(), pending) == Decision((), TRANSITIONING, why)
+    # during an update the old generation serves on: Healthy, saying what the new one waits for
+    update = [rep(1, 0), rep(2, 0, STARTING, detail=why)]
+    assert decide(Desired(2, 1), serving(1), update) == Decision((), HEALTHY, f"updating to generation 2: {why}")
+
+
 def test_all_ready_replaces_and_is_healthy() -> None:
     assert decide(Desired(1, 2), Memory(), [rep(1, 0), rep(1, 1)]) == Decision((Replace(1, ()),), HEALTHY, None)
 

@@ -141,10 +141,12 @@ def decide(desired: Desired, memory: Memory, observed: Sequence[ReplicaInfo]) ->
             elif all(r.state is ReplicaState.READY for r in new):
                 old = tuple(sorted(g for g in live if g != gen))
                 return Decision((Replace(new=gen, old=old),), HEALTHY, None)
+            # what holds a starting replica back (a Pending pod: Unschedulable, an image pull)
+            waiting = next((r.detail for r in new if r.state is not ReplicaState.READY and r.detail), None)
             if serving is None:
-                state, detail = TRANSITIONING, None
+                state, detail = TRANSITIONING, waiting
             else:
-                state, detail = HEALTHY, f"updating to generation {gen}"
+                state, detail = HEALTHY, f"updating to generation {gen}" + (f": {waiting}" if waiting else "")
         actions += [Stop(g) for g in sorted(live) if g not in (gen, serving)]
         return Decision(tuple(actions), state, detail)
 
