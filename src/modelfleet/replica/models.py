@@ -101,23 +101,27 @@ class ModelCache:
             raise LookupError(f"model {name}:{version} is not deployed with this service (looked in {folder})")
         return folder, version
 
+    def _hit(self, key: tuple[str, int]) -> _Entry | None:
+        """The cached entry, marked most recently used and counted (call with the lock held)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return entry
+
     def load(self, name: str, version: int | None = None) -> Any:
         """The loaded model, from the cache or by the loader (see the module docstring)."""
         folder, version = self.path(name, version)
         key = (name, version)
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._hit(key)
             if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
                 return entry.model
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:  # one load per model at a time; the others find it cached
             with self._lock:
-                entry = self._entries.get(key)
+                entry = self._hit(key)
                 if entry is not None:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
                     return entry.model
                 self.misses += 1
             loader = self._loader or (lambda f: f)  # no loader: the folder itself

@@ -43,22 +43,6 @@ def save(store: Store, name: str, meta: Metadata) -> None:
     )
 
 
-def string_map(values: Any, what: str) -> dict[str, str]:
-    """v1 keeps tags and properties as strings; numbers and booleans become strings."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{what} must be a dict of str to str (got {type(values).__name__})")
-    out: dict[str, str] = {}
-    for key, value in values.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"{what} keys must be non-empty strings (got {key!r})")
-        if isinstance(value, bool | int | float):
-            value = str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{what}[{key!r}] must be a string (got {type(value).__name__})")
-        out[key] = value
-    return out
-
-
 def key_list(keys: Any, what: str) -> list[str]:
     if isinstance(keys, str) or not isinstance(keys, Iterable):
         raise ConfigError(f"{what} takes a list of keys (got {keys!r}); e.g. remove_tags(['stage'])")

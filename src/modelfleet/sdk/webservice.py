@@ -21,6 +21,7 @@ from modelfleet.sdk.service_config import build_config, model_refs
 from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, EnvironmentSpec, aks_deploy_configuration, local_deploy_configuration
 from modelfleet.spec.deploy import BY_FLAT
+from modelfleet.store.models import string_map
 from modelfleet.store.registry import ServiceRecord
 
 ROUTER_PORT_SETTING = "router_port"
@@ -135,7 +136,7 @@ class Webservice:
 
     def add_tags(self, tags: dict[str, str]) -> None:
         """Add or change tags; running replicas are not touched."""
-        new = service_meta.string_map(tags, "tags")
+        new = string_map(tags, "tags")
         meta = self._metadata()
         self._save_metadata(service_meta.Metadata({**meta.tags, **new}, meta.properties, meta.description))
 
@@ -148,7 +149,7 @@ class Webservice:
 
     def add_properties(self, properties: dict[str, str]) -> None:
         """Add or change properties; running replicas are not touched."""
-        new = service_meta.string_map(properties, "properties")
+        new = string_map(properties, "properties")
         meta = self._metadata()
         self._save_metadata(service_meta.Metadata(meta.tags, {**meta.properties, **new}, meta.description))
 
@@ -347,11 +348,9 @@ class Webservice:
         """v1's update semantics: ``tags`` replace the service's tags, ``properties`` are added
         to its properties, ``description`` replaces it."""
         meta = self._metadata()
-        new_tags = service_meta.string_map(tags, "tags") if tags is not None else meta.tags
+        new_tags = string_map(tags, "tags") if tags is not None else meta.tags
         new_props = (
-            {**meta.properties, **service_meta.string_map(properties, "properties")}
-            if properties is not None
-            else meta.properties
+            {**meta.properties, **string_map(properties, "properties")} if properties is not None else meta.properties
         )
         if description is not ... and description is not None and not isinstance(description, str):
             raise ConfigError(f"description must be a string (got {type(description).__name__})")

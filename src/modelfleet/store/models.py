@@ -72,8 +72,8 @@ class Models:
         description: str | None = None,
     ) -> ModelRecord:
         validate_model_name(name, "model_name")  # the one rule, from spec/names.py
-        clean_tags = _string_map(tags, "tags")
-        clean_props = _string_map(properties, "properties")
+        clean_tags = string_map(tags, "tags") if tags is not None else {}
+        clean_props = string_map(properties, "properties") if properties is not None else {}
         path = Path(path).expanduser()
         if path.is_file():
             kind: Literal["file", "folder"] = "file"
@@ -149,7 +149,7 @@ class Models:
         return [r for r in records if _matches(r.tags, tag_conds) and _matches(r.properties, prop_conds)]
 
     def add_model_tags(self, name: str, version: int, tags: Mapping[str, str]) -> ModelRecord:
-        new = _string_map(tags, "tags")
+        new = string_map(tags, "tags") if tags is not None else {}
         return self._update_model_map(name, version, "tags", lambda old: {**old, **new})
 
     def remove_model_tags(self, name: str, version: int, keys: Iterable[str]) -> ModelRecord:
@@ -160,7 +160,7 @@ class Models:
         )
 
     def add_model_properties(self, name: str, version: int, props: Mapping[str, str]) -> ModelRecord:
-        new = _string_map(props, "properties")
+        new = string_map(props, "properties") if props is not None else {}
 
         def merge(old: dict[str, str]) -> dict[str, str]:
             for key, value in new.items():
@@ -276,10 +276,9 @@ def _records(conn: Connection, rows: Sequence[Row[Any]]) -> list[ModelRecord]:
     ]
 
 
-def _string_map(values: Mapping[str, Any] | None, what: str) -> dict[str, str]:
-    """v1 stores tags and properties as strings; numbers and booleans are turned into strings."""
-    if values is None:
-        return {}
+def string_map(values: Any, what: str) -> dict[str, str]:
+    """v1 keeps tags and properties as strings; numbers and booleans become strings (the one
+    rule for models' and services' tags and properties)."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{what} must be a dict of str to str (got {type(values).__name__})")
     out: dict[str, str] = {}
