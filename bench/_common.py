@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import re
 import signal
 import socket
@@ -107,6 +108,20 @@ def cpu_seconds(pids: Iterable[int], skip_gone: bool = False) -> float:
             raise
         total += int(fields[11]) + int(fields[12])
     return total / tick
+
+
+def machine() -> str:
+    """The machine in one line, printed with every result: host, CPU, count, Python, OS."""
+    cpu = cpu_model(platform.processor() or platform.machine())
+    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()})"
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def cpu_model(default: str) -> str:

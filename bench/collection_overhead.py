@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpu_model, cpu_seconds, wrk_post_lua, wrk_rps_p50
+from _common import cpu_seconds, loadavg, machine, wrk_post_lua, wrk_rps_p50
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -40,18 +39,6 @@ def wrk(url: str, key: str, connections: int, seconds: int, script_dir: Path) ->
     script = script_dir / "post.lua"
     script.write_text(wrk_post_lua(BODY, {"Authorization": f"Bearer {key}"}))
     return wrk_rps_p50(url, connections, seconds, script)
-
-
-def machine() -> str:
-    cpu = cpu_model(platform.processor() or platform.machine())
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()})"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def main() -> int:

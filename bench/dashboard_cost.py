@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import cpu_model, cpu_seconds, wrk_post_lua, wrk_rps_p50
+from _common import cpu_seconds, loadavg, machine, wrk_post_lua, wrk_rps_p50
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -74,18 +73,6 @@ class Viewer(threading.Thread):
                         self.events += 1
                     if self.stopping.is_set():
                         return
-
-
-def machine() -> str:
-    cpu = cpu_model(platform.processor() or platform.machine())
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()})"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def main() -> int:
