@@ -5,15 +5,15 @@ and a scoring request to the pod's address is answered by the user's score.py.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from k8s_control_plane import free_port, wait_for
+from k8s_control_plane import wait_for
+from k8s_services import serve_blobs
 from kubernetes import client
 from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
@@ -27,29 +27,9 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "e2e_scripts"
 
 
 @pytest.fixture
-def blob_server(store: Store):
-    """The workspace's blob folder over HTTP on 127.0.0.1: a blob store the pods can reach."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(store.blobs.root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for("the blob server", lambda: _answers(url), timeout=30)
+def blob_server(store: Store) -> Iterator[str]:
+    with serve_blobs(store) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _source(store: Store, tmp_path: Path, namespace: str, blob_store: str) -> m.ServiceSource:
