@@ -170,16 +170,11 @@ def _fill(folder: Path) -> None:
             f.flush()
 
 
-def _dropped(ws: Workspace) -> float:
+def _counted(ws: Workspace, metric: str) -> float:
     info = ws.cluster().info()
     assert info is not None
     text = httpx.get(f"http://127.0.0.1:{info['metrics_port']}/metrics").text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "modelfleet_data_records_dropped_total"
-    )
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == metric)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
@@ -194,12 +189,19 @@ def test_full_disk_under_logs_and_collected_data_scoring_goes_on_and_drops_are_c
         for folder in folders:
             _fill(folder)
         with httpx.Client(timeout=30) as client:
+            # each request prints a line to the replica's log, and every 10th raises (a traceback)
             outcomes = [
-                client.post(service.scoring_uri, content=json.dumps({"i": i}), headers=auth(service)).status_code
+                client.post(
+                    service.scoring_uri,
+                    content=json.dumps({"i": i, "say": f"line {i}", "fail": i % 10 == 9}),
+                    headers=auth(service),
+                ).status_code
                 for i in range(300)
             ]
-        assert set(outcomes) == {200}
-        wait_until(lambda: _dropped(ws) > 0, timeout=30)
+        assert outcomes == [500 if i % 10 == 9 else 200 for i in range(300)]
+        wait_until(lambda: _counted(ws, "modelfleet_data_records_dropped_total") > 0, timeout=30)
+        # 300 printed lines and 30 tracebacks, none written: the log counts at least one per request
+        wait_until(lambda: _counted(ws, "modelfleet_log_lines_dropped_total") >= 300, timeout=30)
         assert Webservice(ws, "tight").state == "Healthy"
     finally:
         stop_cluster(ws)

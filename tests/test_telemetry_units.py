@@ -28,6 +28,7 @@ from modelfleet.telemetry.collected import export, partitions, read_records
 from modelfleet.telemetry.counters import ServiceMetrics
 from modelfleet.telemetry.logfiles import RotatingFile, chain, follow, tail
 from modelfleet.telemetry.metrics import FleetCollector, ReplicaView, ServiceView, registry_for
+from modelfleet.telemetry.replica_stats import StatsFile
 from modelfleet.telemetry.tracing import LogExporter, Tracer, traces_endpoint
 
 IDS = b"x-request-id: rid-%d\r\nx-ms-request-id: rid-%d\r\n"
@@ -55,7 +56,7 @@ def test_exposition_names_labels_and_cumulative_buckets(tmp_path: Path) -> None:
     m.answered(401)
     m.auth_failed(missing=True)
     stats = tmp_path / "r0.stats.json"
-    stats.write_text(json.dumps({"records": 7, "written": 5, "dropped": 2}))
+    stats.write_text(json.dumps({"records": 7, "written": 5, "dropped": 2, "log_lines_dropped": 9}))
     view = ServiceView(
         name="svc", metrics=m, in_flight=1, queued=2, ready=2, limit=1, scale_events=3,
         replicas=[ReplicaView("svc-1-0", in_flight=1, restarts=4, stats_file=stats)],
@@ -86,6 +87,7 @@ def test_exposition_names_labels_and_cumulative_buckets(tmp_path: Path) -> None:
         'modelfleet_data_records_total{replica="svc-1-0",service="svc"} 7.0',
         'modelfleet_data_records_written_total{replica="svc-1-0",service="svc"} 5.0',
         'modelfleet_data_records_dropped_total{replica="svc-1-0",service="svc"} 2.0',
+        'modelfleet_log_lines_dropped_total{replica="svc-1-0",service="svc"} 9.0',
         "modelfleet_trace_dropped_total 6.0",
     ]:
         assert expected in lines, expected
@@ -108,6 +110,27 @@ def test_rotation_worked_example(tmp_path: Path) -> None:
     assert (tmp_path / "r.log.2").read_bytes() == b"a" * 19 + b"\n"  # the first 90 bytes are gone
     assert all(p.stat().st_size <= 100 for p in chain(path))
     f.close()
+
+
+def test_a_full_disk_raises_unless_failures_are_counted(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    path = tmp_path / "r.log"
+    path.symlink_to("/dev/full")  # every write: ENOSPC
+    plain = RotatingFile(path, 1000, 2)
+    with pytest.raises(OSError, match="No space left"):
+        plain.write(b"one\n")
+    counted = RotatingFile(path, 1000, 2, count_failures=True)
+    assert counted.write(b"one\ntwo\n") == 8 and counted.write(b"three\n") == 6  # the caller goes on
+    assert counted.counts() == {
+        "log_lines_dropped": 3,
+        "log_write_errors": 2,
+        "log_last_error": f"writing {path}: No space left on device",
+    }
+    stats = StatsFile(tmp_path / "stats.json")
+    stats.add(counted.counts)
+    stats.write()
+    assert json.loads((tmp_path / "stats.json").read_text())["log_lines_dropped"] == 3
 
 
 def test_two_writers_on_one_file_rotate_once_and_lose_nothing(tmp_path: Path) -> None:
@@ -163,7 +186,9 @@ def test_follow_streams_new_lines_across_rotation(tmp_path: Path) -> None:
 
 
 def sink(tmp_path: Path, **kw: object) -> DataSink:
-    return DataSink(tmp_path / "data" / "svc", "svc-1-0", {"regressor": "3"}, stats_file=str(tmp_path / "s.json"), **kw)
+    return DataSink(
+        tmp_path / "data" / "svc", "svc-1-0", {"regressor": "3"}, stats_file=StatsFile(tmp_path / "s.json"), **kw
+    )
 
 
 def test_records_written_in_partitions_and_read_back(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from modelfleet.replica.swagger import SwaggerDocs
 from modelfleet.replica.workers import WorkerPool
 from modelfleet.telemetry import collect
 from modelfleet.telemetry.logfiles import RotatingFile
+from modelfleet.telemetry.replica_stats import StatsFile
 
 logger = logging.getLogger("modelfleet.replica")
 
@@ -53,6 +54,8 @@ class ReplicaServer:
         self.config = config
         self.app: App | None = None
         self.sink: collect.DataSink | None = None
+        # counters the daemon reads (collection, dropped log lines): started by serve()
+        self.stats = StatsFile(config.stats_file) if config.stats_file else None
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
         self._signals = 0
@@ -75,7 +78,7 @@ class ReplicaServer:
                 dict(config.models),
                 flush_interval_s=config.collect_flush_s,
                 max_pending=config.collect_max_pending,
-                stats_file=config.stats_file,
+                stats_file=self.stats,
             )
             collect.install_sink(self.sink)
             self.sink.start()
@@ -230,7 +233,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _rotate_output(config: ReplicaConfig) -> None:
+def _rotate_output(config: ReplicaConfig) -> RotatingFile:
     """Send this process's stdout and stderr to ``config.log_file``, rotated by size.
 
     Python-level writes (print, logging, tracebacks) go through a ``RotatingFile`` and so rotate
@@ -243,7 +246,10 @@ def _rotate_output(config: ReplicaConfig) -> None:
             with contextlib.suppress(OSError):
                 os.dup2(fd, target)
 
-    raw = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups, on_rotate=point_fds)
+    # a full disk drops and counts lines rather than failing the script's print() or a request
+    raw = RotatingFile(
+        config.log_file, config.log_max_bytes, config.log_backups, on_rotate=point_fds, count_failures=True
+    )
     point_fds(raw.fileno())
     stream = io.TextIOWrapper(
         io.BufferedWriter(raw),  # type: ignore[type-var]  # a RawIOBase, which typeshed's protocol misses
@@ -253,6 +259,7 @@ def _rotate_output(config: ReplicaConfig) -> None:
         write_through=True,
     )
     sys.stdout = sys.stderr = stream
+    return raw
 
 
 def _setup_logging() -> None:
@@ -267,14 +274,25 @@ def _setup_logging() -> None:
 def serve(config: ReplicaConfig) -> int:
     """Run a replica in the foreground: load, init, serve until a signal. Returns the exit status
     (3 when the script cannot be loaded or init() raised, with the traceback on stderr)."""
-    if config.log_file:
-        _rotate_output(config)
+    log = _rotate_output(config) if config.log_file else None
     _setup_logging()
     # With a rotated log, fd 2 always points at the current file (sys.stderr's own fd changes).
     faulthandler.enable(file=2) if config.log_file else faulthandler.enable()
     for flag in config.ignored:
         logger.warning("%s is accepted for compatibility with azmlinfsrv and has no effect here", flag)
     server = create_server(config)
+    if server.stats is not None:
+        if log is not None:
+            server.stats.add(log.counts)
+        server.stats.start()
+    try:
+        return _load_and_serve(server, config)
+    finally:
+        if server.stats is not None:
+            server.stats.close()
+
+
+def _load_and_serve(server: ReplicaServer, config: ReplicaConfig) -> int:
     try:
         server.load()
     except (ScriptError, InitFailed) as ex:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.telemetry.data_layout import INPUTS, PREDICTIONS, UNKNOWN_VERSION, safe_part
+from modelfleet.telemetry.replica_stats import StatsFile
 
 __all__ = ["DataSink", "ModelDataCollector", "current_sink", "install_sink", "set_request_ids"]
 
@@ -148,7 +149,7 @@ class DataSink:
         *,
         flush_interval_s: float = 1.0,
         max_pending: int = 10_000,
-        stats_file: str | None = None,
+        stats_file: StatsFile | None = None,
     ) -> None:
         self.root = Path(root)
         self.replica = safe_part(replica)
@@ -156,6 +157,8 @@ class DataSink:
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
         self.stats_file = stats_file
+        if stats_file is not None:
+            stats_file.add(self._counts)
         first = next(iter(self.models.items()), ("model", UNKNOWN_VERSION))
         self.auto_model, self.auto_version = first
         self.auto_inputs = True  # turned off when the script collects that designation itself
@@ -182,7 +185,6 @@ class DataSink:
         self._thread: threading.Thread | None = None
         self._flush_lock = threading.Lock()
         self._last_warning = 0.0
-        self._stats_written: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         s = self.stats
@@ -383,20 +385,12 @@ class DataSink:
                 "model data collection: %s; %d record(s) dropped so far (scoring goes on)", why, self.stats.dropped
             )
 
+    def _counts(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(), "pending": len(self._pending)}
+
     def _write_stats(self) -> None:
-        if not self.stats_file:
-            return
-        data = {**self.stats.as_dict(), "pending": len(self._pending), "pid": os.getpid()}
-        if data == self._stats_written:
-            return
-        tmp = f"{self.stats_file}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.stats_file)
-            self._stats_written = data
-        except OSError:
-            pass
+        if self.stats_file is not None:
+            self.stats_file.write()
 
 
 def _rid(ids: bytes) -> str:

@@ -13,6 +13,12 @@ Worked example: ``max_bytes=100, backups=2``. Writes of 60, 30 and 20 bytes: the
 make 110, so ``path`` (90 bytes) becomes ``path.1`` and the 20 bytes start a new ``path``.
 Two rotations later the first 90 bytes are in ``path.2``; the third rotation drops them.
 
+A full disk: by default a failed write raises ``OSError``, as any file's does. With
+``count_failures=True`` (the replica's own stdout and stderr, where an exception would reach
+the script's ``print`` and fail the request) the lines that could not be written are dropped
+and counted instead (``lines_dropped``, ``write_errors``, ``last_error``: ``counts()``), and
+writing resumes when there is room again.
+
 Only stdlib: the replica (in the user's environment) uses this for its own stdout/stderr.
 """
 
@@ -45,6 +51,7 @@ class RotatingFile(io.RawIOBase):
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
         on_rotate: Callable[[int], None] | None = None,
+        count_failures: bool = False,
     ) -> None:
         super().__init__()
         if max_bytes < 1 or backups < 1:
@@ -54,6 +61,10 @@ class RotatingFile(io.RawIOBase):
         self.backups = backups
         self.on_rotate = on_rotate
         self.rotations = 0
+        self.count_failures = count_failures
+        self.lines_dropped = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
         self._lock = threading.Lock()
         self._fd = self._open()
 
@@ -74,8 +85,31 @@ class RotatingFile(io.RawIOBase):
         with self._lock:
             if self._fd < 0:
                 raise ValueError("write to a closed RotatingFile")
+            try:
+                self._append(data)
+            except _PartlyWritten as exc:
+                if not self.count_failures:
+                    raise
+                self.write_errors += 1
+                self.lines_dropped += max(1, data.count(b"\n", exc.written))
+                self.last_error = f"writing {self.path}: {exc.strerror or exc}"
+        return n
+
+    def counts(self) -> dict[str, int | str | None]:
+        """What ``count_failures`` dropped, under the names the replica's stats file uses."""
+        return {
+            "log_lines_dropped": self.lines_dropped,
+            "log_write_errors": self.write_errors,
+            "log_last_error": self.last_error,
+        }
+
+    def _append(self, data: bytes) -> None:
+        """Write all of ``data``, rotating as needed; the lock is held. A failure part of the
+        way raises ``_PartlyWritten``, an ``OSError`` that says how much was written."""
+        n = len(data)
+        start = 0
+        try:
             size = os.fstat(self._fd).st_size
-            start = 0
             while start < n:
                 room = self.max_bytes - size
                 if n - start <= room:
@@ -88,18 +122,14 @@ class RotatingFile(io.RawIOBase):
                             size = 0
                             continue
                         end = data.find(b"\n", start) + 1 or n  # one line longer than max_bytes
-                self._write_all(data[start:end])
                 size += end - start
-                start = end
+                while start < end:
+                    start += os.write(self._fd, memoryview(data)[start:end])
                 if start < n:
                     self._rotate()
                     size = 0
-        return n
-
-    def _write_all(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise _PartlyWritten(exc.errno or 0, exc.strerror or str(exc), start) from exc
 
     def _rotate(self) -> None:
         lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -129,6 +159,12 @@ class RotatingFile(io.RawIOBase):
                 os.close(self._fd)
                 self._fd = -1
         super().close()
+
+
+class _PartlyWritten(OSError):
+    def __init__(self, errno: int, strerror: str, written: int) -> None:
+        super().__init__(errno, strerror)
+        self.written = written
 
 
 def chain(path: Path, backups: int = 99) -> list[Path]:

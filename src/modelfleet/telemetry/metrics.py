@@ -24,6 +24,8 @@ Metrics (``service`` label on all but the first; counters end in ``_total``):
 ``modelfleet_data_records_total``          counter    collected records accepted, per ``replica``
 ``modelfleet_data_records_written_total``  counter    ... written to the workspace
 ``modelfleet_data_records_dropped_total``  counter    ... dropped (buffer full, write failed)
+``modelfleet_log_lines_dropped_total``     counter    replica log lines not written (disk
+                                                      full), per ``replica``
 ``modelfleet_trace_dropped_total``         counter    request timings dropped (router-wide)
 =========================================  =========  =====================================
 
@@ -141,6 +143,11 @@ class FleetCollector(Collector):
                 ("dropped", "_dropped", "Collected model data records dropped (buffer full or write failed)"),
             )
         }
+        log_dropped = CounterMetricFamily(
+            "modelfleet_log_lines_dropped",
+            "Replica log lines that could not be written (disk full)",
+            labels=["service", "replica"],
+        )
         for view in self._services():
             name = view.name
             m = view.metrics
@@ -165,8 +172,10 @@ class FleetCollector(Collector):
                 if stats is not None:
                     for kind, family in data.items():
                         family.add_metric([name, r.id], int(stats.get(kind, 0)))
+                    log_dropped.add_metric([name, r.id], int(stats.get("log_lines_dropped", 0)))
         yield from (requests, duration, in_flight, queued, replicas, utilization, scale, auth, r_flight, r_restarts)
         yield from data.values()
+        yield log_dropped
         yield CounterMetricFamily(
             "modelfleet_trace_dropped", "Request timings dropped before export", value=self._trace_dropped()
         )
