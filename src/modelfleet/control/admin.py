@@ -16,6 +16,9 @@ over ``MAX_BODY_BYTES`` is refused from its Content-Length alone (413), and a ne
 malformed or chunked length gets 400; every read on the socket (request line, headers,
 body, the idle time between keep-alive requests) times out after ``IO_TIMEOUT_S``; the
 standard library already answers 431 to a header line over 64 KiB or more than 100 headers.
+At most ``MAX_CONNECTIONS`` connections are served at once (each holds a thread): one past
+that is answered 503 with ``Retry-After`` and closed without reading, so a flood of idle
+connections costs the daemon a bounded number of threads for at most ``IO_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ _DIGITS = re.compile(r"^[0-9]{1,18}$")
 # Calls are local and small: a client that has not sent its request line, headers or body
 # within this time is gone or hostile. Holds for idle keep-alive connections too.
 IO_TIMEOUT_S = 10.0
+# The SDK and CLI hold one connection per call; 32 is far above what a team's scripts use at once
+# and a thread each is cheap at that count.
+MAX_CONNECTIONS = 32
 _LINGER_S = 1.0
 _LINGER_BYTES = 1024 * 1024
 
@@ -69,6 +75,46 @@ class AdminHandlers:
         self.shutdown = shutdown
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them (see module docstring)."""
+
+    daemon_threads = True
+    _BUSY = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+    )
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            limit = self.max_connections
+            body = json.dumps({"error": f"the admin API serves at most {limit} connections at once; retry"})
+            with contextlib.suppress(OSError):
+                request.sendall(self._BUSY % (len(body), body.encode()))
+                # read what the client already sent (without waiting for more): closing with
+                # unread bytes would reset the connection and could lose the 503 on its way
+                request.setblocking(False)
+                while request.recv(65536):
+                    pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class AdminServer:
     def __init__(
         self,
@@ -78,6 +124,7 @@ class AdminServer:
         *,
         io_timeout_s: float = IO_TIMEOUT_S,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._loop = loop
         self._max_body_bytes = max_body_bytes
@@ -108,8 +155,7 @@ class AdminServer:
                     return lambda: server._handle(self, name[3:])
                 raise AttributeError(name)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedHTTPServer(("127.0.0.1", 0), Handler, max_connections)
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="admin-api", daemon=True)
 

@@ -129,17 +129,27 @@ class ClusterClient:
             method=method,
             headers={"Authorization": f"Bearer {token}", "Content-Length": "0"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                answer: dict[str, Any] = json.loads(response.read() or b"{}")
-                return answer
-        except urllib.error.HTTPError as exc:
-            message = _message(exc.read()) or str(exc)
-            if exc.code == 404:
-                raise NotFound(message) from None
-            raise ModelfleetError(message) from None
-        except (urllib.error.URLError, ConnectionError) as exc:
-            raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                    return answer
+            except urllib.error.HTTPError as exc:
+                message = _message(exc.read()) or str(exc)
+                if exc.code == 503 and exc.headers.get("Retry-After") and attempt < _BUSY_RETRIES:
+                    time.sleep(1.0)  # every connection of the admin API is taken (control/admin.py)
+                    continue
+                if exc.code == 404:
+                    raise NotFound(message) from None
+                raise ModelfleetError(message) from None
+            except (urllib.error.URLError, ConnectionError) as exc:
+                raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# a 503 with Retry-After (the admin API's connections are all taken) is tried again, once a
+# second, this many times: a burst of calls from a team's scripts waits instead of failing
+_BUSY_RETRIES = 10
 
 
 def mismatch(info: dict[str, Any]) -> str | None:
