@@ -8,7 +8,12 @@ A block is runnable when the line before its opening fence is ``<!-- runnable --
     modelfleet workspace create -n quickstart -p quickstart
     ```
 
-Each marked block runs with ``bash -euo pipefail`` in a fresh ``git clone`` of this
+Every shell block of the README must be marked: ``<!-- runnable -->``, or ``<!-- set-up -->``
+for the one that holds the set-up and test commands themselves (CI runs the test command; it
+is checked here to be the one ``.ci/run`` runs). Synopses (``[optional]`` parts, placeholders)
+are ``text`` blocks, so no command shown in a shell block goes unrun.
+
+Each runnable block runs with ``bash -euo pipefail`` in a fresh ``git clone`` of this
 repository (its committed state) whose ``.venv`` is this checkout's (the README's set-up
 command already run), with a PATH that does not hold the virtual environment (as a new shell
 has it) and a HOME of its own. A README with no marked block fails: nothing would be checked.
@@ -27,6 +32,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- runnable -->"
 _FENCE = re.compile(r"^```(bash|sh|shell|console)?\s*$")
+
+
+SET_UP = "<!-- set-up -->"
+
+
+def unmarked_shell_blocks(readme: str) -> list[int]:
+    """Line numbers of shell blocks with neither marker before them."""
+    lines = readme.splitlines()
+    fences = [i for i, line in enumerate(lines) if line.startswith("```")]
+    openings = fences[::2]  # fences alternate: opening, closing
+    return [
+        i + 1
+        for i in openings
+        if (match := _FENCE.match(lines[i]))
+        and match.group(1)
+        and (lines[i - 1].strip() if i else "") not in (MARKER, SET_UP)
+    ]
 
 
 def runnable_blocks(readme: str) -> list[tuple[int, str]]:
@@ -53,6 +75,24 @@ def test_the_marker_parser_finds_only_marked_shell_blocks() -> None:
     assert runnable_blocks(text) == [(7, "echo one"), (11, "echo two")]
     with pytest.raises(AssertionError, match="right before"):
         runnable_blocks(f"{MARKER}\n```python\nprint()\n```\n")
+
+
+def test_every_shell_block_of_the_readme_is_marked() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert unmarked_shell_blocks(readme) == [], "mark these README shell blocks runnable, or make them text synopses"
+    assert unmarked_shell_blocks("```bash\nls\n```\n```text\nmodelfleet [x]\n```\n") == [1]
+
+
+def test_the_set_up_block_names_the_scripts_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    lines = readme.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.strip() == SET_UP]
+    end = next(j for j in range(at + 2, len(lines)) if lines[j].startswith("```"))
+    commands = [line.split("#")[0].strip() for line in lines[at + 2 : end] if line.split("#")[0].strip()]
+    assert commands == ["./scripts/demo.sh", "./scripts/test.sh"]
+    for command in commands:
+        assert os.access(REPO / command, os.X_OK), f"{command} is not executable"
+    assert "./scripts/test.sh" in (REPO / ".ci" / "run").read_text()
 
 
 @pytest.fixture(scope="module")
