@@ -114,9 +114,10 @@ def _service(args: argparse.Namespace) -> Any:
 def service_list(args: argparse.Namespace) -> int:
     from modelfleet.sdk.webservice import Webservice
 
-    services = Webservice.list(workspace(args))
-    rows = [f"{s.name}  {s.state}  {shown(s.scoring_uri)}" for s in services]
-    print_output(args, [s.serialize() for s in services], "\n".join(rows) or "no services")
+    ws = workspace(args)
+    described = Webservice.serialize_all(ws, Webservice.list(ws))
+    rows = [f"{d['name']}  {d['state']}  {shown(d['scoringUri'])}" for d in described]
+    print_output(args, described, "\n".join(rows) or "no services")
     return 0
 
 

@@ -30,8 +30,17 @@ class Metadata:
 
 def current(store: Store, record: ServiceRecord) -> Metadata:
     events = store.list_events(record.name, kind=METADATA_EVENT)
-    if events:
-        latest = events[-1]
+    return _from(events[-1] if events else None, record)
+
+
+def current_of_all(store: Store, records: Iterable[ServiceRecord]) -> dict[str, Metadata]:
+    """``current`` of many services, with one query."""
+    latest = store.latest_events(METADATA_EVENT)
+    return {r.name: _from(latest.get(r.name), r) for r in records}
+
+
+def _from(latest: Mapping[str, Any] | None, record: ServiceRecord) -> Metadata:
+    if latest is not None:
         return Metadata(dict(latest["tags"]), dict(latest["properties"]), latest["description"])
     spec = DeploySpec.from_dict(record.config["deploy"])
     return Metadata(dict(spec.tags or {}), dict(spec.properties or {}), spec.description)

@@ -295,6 +295,9 @@ class Store:
     def list_events(self, service: str, kind: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         return self._services.list_events(service, kind, since)
 
+    def latest_events(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self._services.latest_events(kind)
+
     # -- settings --------------------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:

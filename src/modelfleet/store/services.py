@@ -180,6 +180,13 @@ class Services:
         rows = self._db.read(lambda conn: conn.execute(query).all())
         return [{"time": r.time, "kind": r.kind, **json.loads(r.data)} for r in rows]
 
+    def latest_events(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Each service's newest event of ``kind`` (services with none are absent): one query,
+        for listings of many services."""
+        query = select(events).where(events.c.kind == kind).order_by(events.c.time, events.c.id)
+        rows = self._db.read(lambda conn: conn.execute(query).all())
+        return {r.service: {"time": r.time, "kind": r.kind, **json.loads(r.data)} for r in rows}
+
     def _service(self, conn: Connection, name: str) -> ServiceRecord:
         row = conn.execute(select(services).where(services.c.name == name)).first()
         if row is None:
