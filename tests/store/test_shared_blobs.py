@@ -6,10 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -98,71 +94,6 @@ def test_a_corrupt_object_is_refused_on_download_and_not_cached(tmp_path: Path, 
         reader.path(digest)
     assert not reader.cache.has(digest)
     assert list(reader.cache.tmp_dir.iterdir()) == []
-
-
-_KILLED_UPLOAD = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    from modelfleet.store.blobs import BlobStore
-    from modelfleet.store.shared_blobs import SharedBlobStore
-
-    store = SharedBlobStore(sys.argv[1], BlobStore(Path(sys.argv[2])))
-    real_open = store.fs.open
-
-    def open_then_stall(key, mode="rb", **kw):
-        f = real_open(key, mode, **kw)
-        if "w" not in mode:
-            return f
-        real_write = f.write
-        written = [0]
-
-        def write(data):
-            real_write(data)
-            written[0] += len(data)
-            if written[0] >= 20 * 1024 * 1024:
-                f.flush()  # blocks already sent: the server holds part of the object
-                print("half", flush=True)
-                time.sleep(600)  # killed here
-
-        f.write = write
-        return f
-
-    store.fs.open = open_then_stall
-    store.put_file(Path(sys.argv[3]))
-    """
-)
-
-
-def test_an_upload_killed_midway_leaves_nothing_under_the_final_name_and_a_rerun_completes(
-    tmp_path: Path, blob_backend: BlobBackend
-) -> None:
-    big = tmp_path / "big.bin"
-    with open(big, "wb") as f:
-        for _ in range(10):
-            f.write(os.urandom(4 * 1024 * 1024))  # 40 MiB
-    digest = hashlib.sha256(big.read_bytes()).hexdigest()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_UPLOAD, blob_backend.url, str(tmp_path / "cache"), str(big)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, **blob_backend.env},
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"half"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    store = SharedBlobStore(blob_backend.url, BlobStore(tmp_path / "cache"))
-    assert not store.has(digest)
-    assert _final_keys(store) == []  # nothing half-written is visible under a final name
-    assert store.put_file(big) == digest  # the same put again completes
-    assert _final_keys(store) == [store._key(digest)]
-    assert store._hash_remote(store._key(digest)) == digest
-    if blob_backend.kind != "file":  # an uncommitted upload is never listed; a file:// one is a .tmp file
-        assert store.fs.find(store.prefix) == [store._key(digest)]
 
 
 def test_a_model_whose_upload_fails_is_not_registered(tmp_path: Path, blob_backend: BlobBackend) -> None:

@@ -6,12 +6,19 @@ read cache (a :class:`BlobStore`): whatever this machine put or fetched is read 
 so deploying an unchanged model does not download it again.
 
 A put hashes the file into the cache first (streamed, never whole in memory), then uploads
-the cached file to ``<prefix>/.tmp/<digest>.<random>`` in 8 MiB blocks, reads
-that object back to check its sha256, and only then copies it, server-side, to its final
-name and removes the temporary one. A reader therefore sees under a final name only bytes
-whose hash was checked; an interrupted put leaves at most a ``.tmp/`` object, never a wrong
-blob. A fetch streams the object into the cache's temporary folder, hashing as it goes, and
-installs it only if the hash matches its name.
+the cached file in blocks (8 MiB by default, one in memory at a time) to the temporary name
+``<prefix>/.tmp/<digest>``, assembles them there, reads that object back to check its sha256,
+and only then moves it to its final name (a server-side copy, or a rename on ``file://``) and
+removes everything of the upload. A reader therefore sees under a final name only bytes whose
+hash was checked. The temporary name depends only on the content, so a put killed midway and
+run again resumes: it finds the blocks the first run stored and sends only the others.
+``resumable.py`` says how each backend keeps them (Azure staged blocks, an S3 multipart upload,
+a partial file) and why those rather than part objects and a manifest. An upload that is never
+resumed leaves its blocks in ``.tmp/`` only: Azure drops them after 7 days; S3 keeps them until
+a lifecycle rule (``AbortIncompleteMultipartUpload``) or :meth:`SharedBlobStore.clean_uploads`
+removes them; on ``file://`` ``clean_uploads`` removes the partial file. A fetch streams the
+object into the cache's temporary folder, hashing as it goes, and installs it only if the hash
+matches its name.
 
 Credentials never live in the workspace: the URL names the container or bucket, and the
 libraries read their secrets from the environment (Azure: ``AZURE_STORAGE_CONNECTION_STRING``
@@ -25,8 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
-import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,10 +40,22 @@ from urllib.parse import urlsplit
 
 from modelfleet.errors import ConfigError, NotFound, StoreBusy
 from modelfleet.store.blobs import BlobStore, check_digest
+from modelfleet.store.resumable import (
+    MAX_BLOCK,
+    MIN_S3_BLOCK,
+    Progress,
+    ProgressFn,
+    Staging,
+    block_size_for,
+    clean_uploads,
+    plan_blocks,
+    staging_for,
+)
 
 SCHEMES = {"az": "azure", "abfs": "azure", "s3": "s3", "file": None}  # scheme -> modelfleet's extra
 _CHUNK = 4 * 1024 * 1024
-_UPLOAD_BLOCK = 8 * 1024 * 1024  # S3 parts must be at least 5 MiB
+UPLOAD_BLOCK = 8 * 1024 * 1024  # the default block size of an upload (S3 parts must be at least 5 MiB)
+STALE_UPLOAD_S = 7 * 24 * 3600  # clean_uploads' default: as long as Azure keeps uncommitted blocks
 
 
 class BlobStoreError(StoreBusy):
@@ -79,11 +97,28 @@ def _filesystem(scheme: str) -> Any:
 class SharedBlobStore:
     """The same methods as :class:`BlobStore`, over an fsspec file system, with a local read cache."""
 
-    def __init__(self, url: str, cache: BlobStore, *, fs: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        cache: BlobStore,
+        *,
+        fs: Any = None,
+        block_size: int = UPLOAD_BLOCK,
+        progress: ProgressFn | None = None,
+    ) -> None:
         self.url = url
         self.scheme, self.prefix = parse_blob_store_url(url)
+        smallest = MIN_S3_BLOCK if self.scheme == "s3" else 64 * 1024
+        if not smallest <= block_size <= MAX_BLOCK:
+            raise ConfigError(
+                f"block_size {block_size} is out of range for {self.scheme}:// blob stores: "
+                f"{smallest} to {MAX_BLOCK} bytes"
+            )
         self.cache = cache
         self.fs = fs if fs is not None else _filesystem(self.scheme)
+        self.block_size = block_size
+        self.progress = progress  # called after each block a put stores (a progress bar; tests)
+        self.last_upload: Progress | None = None  # how the last put went: bytes kept, bytes sent
         # What callers of BlobStore use for their own temporary files (snapshots).
         self.root = cache.root
         self.tmp_dir = cache.tmp_dir
@@ -135,41 +170,84 @@ class SharedBlobStore:
     def new_temp_path(self, suffix: str = "") -> Path:
         return self.cache.new_temp_path(suffix)
 
+    def clean_uploads(self, older_than_s: float = STALE_UPLOAD_S, *, now: float | None = None) -> int:
+        """Remove what puts that never resumed left in ``.tmp/`` (blocks, pending multipart
+        uploads, temporary objects) untouched for ``older_than_s`` seconds; a final blob is never
+        touched. Returns how many uploads it removed."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        with self._errors("clean up"):
+            return clean_uploads(self.scheme, self.fs, f"{self.prefix}/.tmp", cutoff)
+
     # internals
 
     def _key(self, digest: str) -> str:
         return f"{self.prefix}/{digest[:2]}/{digest[2:]}"
 
     def _upload(self, digest: str) -> None:
+        self.last_upload = None  # None after a put another put of the same bytes finished first
+        local = self.cache.path(digest)
+        size = local.stat().st_size
         final = self._key(digest)
         with self._errors("upload to"):
-            if self.fs.exists(final):
-                return  # content-addressed: what is there under this name has these bytes
-            tmp = f"{self.prefix}/.tmp/{digest}.{secrets.token_hex(8)}"
-            if self.scheme == "file":
-                self.fs.makedirs(f"{self.prefix}/.tmp", exist_ok=True)
+            if self.fs.exists(final):  # content-addressed: what is there under this name has these bytes
+                self.last_upload = Progress(digest, size, size, 0)
+                return
+            block = block_size_for(size, self.block_size)
             try:
-                self._stream_up(self.cache.path(digest), tmp)
-                got = self._hash_remote(tmp)
-                if got != digest:
-                    raise BlobStoreError(
-                        f"blob store {self.url}: the uploaded copy of blob {digest} reads back as {got}; "
-                        "nothing was registered: retry, and check the store's health"
-                    )
-                if self.scheme == "file":
-                    self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-                    os.replace(tmp, final)  # a rename: atomic on one file system
-                else:
-                    self.fs.copy(tmp, final)  # server-side; an object appears whole or not at all
-            finally:
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    self.fs.rm_file(tmp)
+                with staging_for(self.scheme, self.fs, f"{self.prefix}/.tmp/{digest}", block) as staging:
+                    if self.scheme == "file" and os.path.exists(final):
+                        staging.discard()  # another put of these bytes held the lock, and finished
+                        self.last_upload = Progress(digest, size, size, 0)
+                        return
+                    self.last_upload = self._upload_checked(staging, local, digest, plan_blocks(size, block))
+                    staging.promote(final)
+            except Exception:
+                # Another put of the same bytes may have finished first (and removed the blocks
+                # this one was using): then the blob is there, whole and checked.
+                with contextlib.suppress(Exception):
+                    self.fs.invalidate_cache(final)
+                    if self.fs.exists(final):
+                        return
+                raise
 
-    def _stream_up(self, local: Path, key: str) -> None:
-        # Written block by block (a block of S3's multipart upload, a staged Azure block): at most
-        # one block in memory, whatever the file's size, and nothing under ``key`` until close().
-        with open(local, "rb") as src, self.fs.open(key, "wb", block_size=_UPLOAD_BLOCK) as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
+    def _upload_checked(self, staging: Staging, local: Path, digest: str, blocks: list[tuple[int, int]]) -> Progress:
+        """Send the blocks the store lacks, assemble them, read the object back and check its
+        hash; on a mismatch send every block again, once, before giving up."""
+        size = blocks[-1][0] + blocks[-1][1]
+        if staging.assembled_size() == size:  # a put killed after assembling, before the move
+            done = Progress(digest, size, size, 0)
+        else:
+            done = self._send(staging, local, digest, blocks, staging.stored(blocks))
+        if staging.read_back() == digest:
+            return done
+        done = self._send(staging, local, digest, blocks, set())
+        got = staging.read_back()
+        if got != digest:
+            staging.discard()
+            raise BlobStoreError(
+                f"blob store {self.url}: the uploaded copy of blob {digest} reads back as {got}; "
+                "nothing was registered: retry, and check the store's health"
+            )
+        return done
+
+    def _send(
+        self, staging: Staging, local: Path, digest: str, blocks: list[tuple[int, int]], stored: set[int]
+    ) -> Progress:
+        size = blocks[-1][0] + blocks[-1][1]
+        done = Progress(digest, size, sum(blocks[i][1] for i in stored), 0)
+        if self.progress is not None:
+            self.progress(done)
+        with open(local, "rb") as src:
+            for index, (offset, length) in enumerate(blocks):
+                if index in stored or length == 0:
+                    continue
+                src.seek(offset)
+                staging.send(index, src.read(length))  # one block in memory, whatever the file's size
+                done = Progress(digest, size, done.stored + length, done.sent + length)
+                if self.progress is not None:
+                    self.progress(done)
+        staging.commit(blocks)
+        return done
 
     def _hash_remote(self, key: str) -> str:
         hasher = hashlib.sha256()
