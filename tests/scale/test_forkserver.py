@@ -81,10 +81,15 @@ def test_forked_replicas_serve_restart_fail_and_stop_like_execd_ones(
             assert len(servers) == 1 and servers != {os.getpid()}  # forked by one server, not by us
             (server,) = servers
             pids |= {server, *(r.pid for r in replicas if r.pid)}
+            secret = {"x-modelfleet-replica-secret": target.replica_secret("svc")}
             for r in replicas:
                 assert r.address is not None and await probe(r.address, 2.0)
+                # a forked replica gets its service's secret too: nothing scores it without
+                url = f"http://{r.address}/score"
+                refused = await asyncio.to_thread(requests.post, url, json={}, timeout=30)
+                assert refused.status_code == 403
                 # the service's environment reaches score.py (/proc/PID/environ shows the server's)
-                answer = await asyncio.to_thread(requests.post, f"http://{r.address}/score", json={}, timeout=30)
+                answer = await asyncio.to_thread(requests.post, url, json={}, headers=secret, timeout=30)
                 assert answer.json()["greeting"] == "hello"
             log = Path(replicas[0].log_path or "").read_text()
             assert "init() completed" in log  # its stdout and stderr go to its own log

@@ -26,6 +26,8 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a replica in the foreground; returns the process exit status."""
+    if os.environ.get("MODELFLEET_REPLICA_NOT_DUMPABLE") == "1":  # first: see replica/config.py
+        _not_dumpable()
     from modelfleet.errors import ConfigError
     from modelfleet.replica.config import parse_config
 
@@ -48,3 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modelfleet.replica.server import serve
 
     return serve(config)
+
+
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: this process's /proc files (environ, mem) belong to root and no
+    process of the same user may trace it. Linux only; elsewhere a line on stderr says so."""
+    import ctypes
+
+    try:
+        failed = ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0  # 4: PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        failed = True
+    if failed:
+        print("modelfleet serve: could not make the replica not dumpable (PR_SET_DUMPABLE)", file=sys.stderr)

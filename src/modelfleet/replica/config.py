@@ -47,7 +47,12 @@ them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}``
 - ``--unix-socket PATH``: listen on a Unix domain socket (mode 0600) instead of TCP.
 - ``MODELFLEET_REPLICA_SECRET``: when set, every request but ``GET /`` must carry it in
   ``x-modelfleet-replica-secret`` (403 otherwise); ``main`` removes it from the environment
-  before the script is loaded.
+  before the script is loaded. The local target gives each service its own, the Kubernetes
+  target puts it in the service's Secret (``replicaSecret``).
+- ``MODELFLEET_REPLICA_NOT_DUMPABLE=1``: ``main`` makes the process not dumpable
+  (``PR_SET_DUMPABLE`` 0) first thing, before the script is loaded, so that other processes
+  of the same user (a root daemon runs every service's replicas as ``nobody``) can neither
+  read its ``/proc/PID/environ``, where the secret still lies, nor trace it.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ HEADER_TIMEOUT_S = 20.0  # the router's too (Apache's RequestReadTimeout header=
 KEEP_ALIVE_S = 5.0
 SEND_TIMEOUT_S = 60.0
 SECRET_ENV = "MODELFLEET_REPLICA_SECRET"
+NOT_DUMPABLE_ENV = "MODELFLEET_REPLICA_NOT_DUMPABLE"
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,15 @@ _SECRET_RE = re.compile(rb"^[\x21-\x7e]{16,512}$")
 class Upstream:
     """One replica's address: TCP ``host:port``, or the Unix domain socket ``unix_path`` (the
     local cluster's replicas listen in its private directory; host and port then only name
-    it in logs). ``secret``: the cluster's shared secret, sent to the replica with every
-    request as ``x-modelfleet-replica-secret`` (for replicas that must listen on TCP, e.g.
-    Kubernetes pods); clients' own copies of that header are dropped, never forwarded."""
+    it in logs). ``secret``: the replica's service's own secret (never the same for two
+    services), sent to the replica with every request as ``x-modelfleet-replica-secret``
+    inside ``head_lines`` (built once per replica, in ``Router.set_replicas``). A replica
+    given one refuses every request but ``GET /`` without it, so neither a replica of another
+    service (local replicas of a root daemon all run as ``nobody`` and can reach each other's
+    sockets) nor another pod (Kubernetes replicas listen on TCP) can score it around the
+    router. The local target makes one per service, the Kubernetes target keeps it in the
+    service's Secret (``replicaSecret``). Clients' own copies of that header are dropped,
+    never forwarded."""
 
     id: str
     host: str

@@ -14,10 +14,21 @@ folders, its socket's folder and its collected-data folder, and its own log file
 nothing else: blobs, ``metadata.db`` and credentials are made owner-only, other services'
 data stay root's. ``nobody`` rather than a user of our own: nothing is added to the
 machine's user database (the price: other processes running as ``nobody`` share that group
-access to the runtime folders, not to the store). When the interpreter
-cannot be reached by ``nobody`` (it lives under ``/root``, mode 0700, say) the replica runs
-as root, and its log says why and what to change. Either way the replica's model files are
-its own read-only copies (``Store.materialize_model``), so a write never reaches a blob.
+access to the runtime folders, not to the store). When the interpreter cannot be reached
+by ``nobody`` (it lives under ``/root``, mode 0700, say) the replica runs as root, and its
+log says why and what to change. Either way the replica's model files are its own read-only
+copies (``Store.materialize_model``), so a write never reaches a blob.
+
+Replicas of different services all run as ``nobody``, so one can enter the socket folder
+and open another service's socket. What keeps it out is the other service's secret (the
+local target's ``replica_secret``, in the replica's ``MODELFLEET_REPLICA_SECRET``): without
+it every request but ``GET /`` is answered 403. So that one ``nobody`` process cannot read
+that secret out of another's ``/proc/PID/environ`` or memory, such a replica is told
+(:data:`NOT_DUMPABLE_ENV`) to make itself not dumpable (``PR_SET_DUMPABLE`` 0) before it
+loads the script: its ``/proc`` files then belong to root and it cannot be traced. (From
+exec until that call, the interpreter's start, it is still dumpable: a ``nobody`` process
+polling ``/proc`` at that moment could read the secret. Closing that window needs the secret
+passed another way than the environment, e.g. on an inherited socket.)
 
 Memory. ``memory_gb_limit`` (the limit; ``memory_gb`` is the request, as in v1 and
 Kubernetes) becomes a memory cgroup per replica, ``memory.max`` (cgroup v2) or
@@ -51,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfleet.replica.config import NOT_DUMPABLE_ENV
 from modelfleet.targets.base import ReplicaPlan
 
 log = logging.getLogger("modelfleet.targets.isolation")
@@ -114,7 +126,8 @@ def spawn_options(
     joins the replica's memory cgroup, drops to the replica's user, then calls ``then`` (which
     must run last: a change of user clears PR_SET_PDEATHSIG). Notes what it did in the log.
     ``env``, the replica's environment, gets a ``HOME`` (and ``XDG_CACHE_HOME``) of its own when
-    it runs as another user: libraries that cache under ``~`` must not meet the daemon's home."""
+    it runs as another user: libraries that cache under ``~`` must not meet the daemon's home,
+    and :data:`NOT_DUMPABLE_ENV` (other services' replicas run as the same user)."""
     notes: list[str] = []
     identity, why_not = replica_identity(plan.python)
     if identity is not None:
@@ -126,6 +139,7 @@ def spawn_options(
                 home.mkdir(mode=0o700, exist_ok=True)
                 os.chown(home, identity.uid, identity.gid)
                 env["HOME"], env["XDG_CACHE_HOME"] = str(home), str(home / ".cache")
+                env[NOT_DUMPABLE_ENV] = "1"
         except OSError as exc:
             identity, why_not = None, f"could not give user {REPLICA_USER} access to the replica's folders ({exc})"
     if identity is not None:

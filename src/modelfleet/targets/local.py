@@ -14,6 +14,15 @@ where the folder is, and the short one in /tmp used where a socket path would pa
 bytes). Where the router or the replica runtime cannot use Unix sockets, replicas listen on
 127.0.0.1 with port 0 and write the port they got to a file.
 
+Each service has a secret of its own (``replica_secret``): its replicas get it in
+``MODELFLEET_REPLICA_SECRET`` and refuse every request but ``GET /`` that lacks it, and the
+router sends it to them (``Upstream.secret``). A root daemon runs every service's replicas as
+``nobody`` (``targets/isolation.py``), so a replica of one service can open another's socket;
+without that service's secret it is answered 403. The secret is random and kept in memory
+only: replicas never outlive the daemon (PR_SET_PDEATHSIG, below; the fork server's replicas
+die with their server, and it with the daemon), so a restarted daemon starts every replica
+again with a new one, and nothing is written to disk that could leak it.
+
 Life of one replica (one supervising task each):
 
 1. launch: start the process, wait until ``GET /`` on its socket answers 200, at most
@@ -41,6 +50,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -49,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfleet.replica.config import ReplicaConfig
+from modelfleet.replica.config import SECRET_ENV, ReplicaConfig
 from modelfleet.router.proxy import Router, Upstream
 from modelfleet.targets import forkserver, isolation
 from modelfleet.targets.base import (
@@ -165,6 +175,7 @@ class LocalTarget:
         self._sockets = SocketFolder(runtime_dir)
         self._gpus = GpuPool(gpu_count() if gpus is None else gpus)
         self._forks = ForkServers(runtime_dir / "forkservers") if forkserver.enabled() else None
+        self._secrets: dict[str, str] = {}  # service -> its replicas' secret (see the module's doc)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{r.info.id}={r.info.state.value}" for r in self._replicas.values())
@@ -213,8 +224,17 @@ class LocalTarget:
         self._plans.pop((service, generation), None)
 
     def publish(self, route: RouteEntry) -> None:
-        self._table.publish(route)
+        self._table.publish(route, self.replica_secret(route.service).encode())
         self._sync_router(route.service)
+
+    def replica_secret(self, service: str) -> str:
+        """The secret the service's replicas require of every request but ``GET /``, made on
+        first use: 32 random bytes as urlsafe text (43 visible ASCII bytes), never the same for
+        two services. In memory only, for the daemon's life (see the module's doc)."""
+        secret = self._secrets.get(service)
+        if secret is None:
+            secret = self._secrets[service] = secrets.token_urlsafe(32)
+        return secret
 
     def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
         infos = [i for i in self.replicas(service) if replica_id in (None, i.id)]
@@ -227,6 +247,8 @@ class LocalTarget:
             del self._plans[key]
         ours = [r for r in self._replicas.values() if r.info.service == service]
         await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in ours))
+        if not any(r.info.service == service for r in self._replicas.values()):
+            self._secrets.pop(service, None)  # a service deployed again under this name gets a new one
 
     def check_now(self, replica_id: str) -> None:
         replica = self._replicas.get(replica_id)
@@ -402,6 +424,9 @@ class LocalTarget:
         env["MODELFLEET_LOG_FILE"] = str(info.log_path)
         env["MODELFLEET_REPLICA_ID"] = info.id
         env["MODELFLEET_STATS_FILE"] = str(stats_path(replica.run_dir, info.id))
+        # Set last, so no variable of the service's can replace it; exec'd and forked replicas
+        # alike read it from their environment (the fork server's children get ``env`` whole).
+        env[SECRET_ENV] = self.replica_secret(plan.service)
         with open(info.log_path, "ab") as log_file:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             log_file.write(f"--- {stamp} replica {info.id} starting (generation {info.generation})\n".encode())

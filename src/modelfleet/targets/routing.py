@@ -3,8 +3,9 @@
 ``RouterTable`` turns the reconciler's ``RouteEntry`` values into the router's own objects
 (``ServiceRoute`` with its key or token check) and keeps each service's replica set equal to
 the rule of ``targets/base.ComputeTarget``: the Ready, live replicas of the serving
-generation, reached by their address (a Unix socket path, or host:port). It hands the router
-a new set only when the set changed.
+generation, reached by their address (a Unix socket path, or host:port), each with its
+service's replica secret (``Upstream.secret``, given with ``publish``). It hands the router a
+new set only when the set, or the secret, changed.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ class RouterTable:
         self._routes: dict[str, RouteEntry] = {}
         self._auth: dict[str, KeyAuth | TokenAuth] = {}
         self._published: dict[str, tuple[str, ...]] = {}
+        self._secrets: dict[str, bytes | None] = {}  # service -> its replicas' secret
 
     def __repr__(self) -> str:
         return f"<RouterTable {self._published}>"
 
-    def publish(self, route: RouteEntry) -> None:
-        """The service's limits and auth, and whether it failed, applied to the router now."""
+    def publish(self, route: RouteEntry, replica_secret: bytes | None = None) -> None:
+        """The service's limits and auth, and whether it failed, applied to the router now.
+        ``replica_secret``: what the router sends the service's replicas (``Upstream.secret``);
+        a changed one reaches the router's replica set at the next ``sync``."""
         service = route.service
         self.router.set_service(
             ServiceRoute(
@@ -55,6 +59,9 @@ class RouterTable:
             # every replica failed init(): the router says the service failed, and why
             self.router.set_service_failed(service, route.failure)
         self._routes[service] = route
+        if self._secrets.get(service) != replica_secret:
+            self._secrets[service] = replica_secret
+            self._published.pop(service, None)  # same replicas, new head lines: hand them over again
 
     def drain_s(self, service: str) -> float:
         """How long a removed replica may take to finish (the service's scoring timeout)."""
@@ -73,7 +80,8 @@ class RouterTable:
         if self._published.get(service) == ids:
             return
         self._published[service] = ids
-        self.router.set_replicas(service, [upstream(r) for r in ready])
+        secret = self._secrets.get(service)
+        self.router.set_replicas(service, [upstream(r, secret) for r in ready])
 
     def remove(self, service: str) -> None:
         """New requests get 404, waiting ones 503; requests in flight finish."""
@@ -81,6 +89,7 @@ class RouterTable:
         self._routes.pop(service, None)
         self._auth.pop(service, None)
         self._published.pop(service, None)
+        self._secrets.pop(service, None)
 
     def _auth_for(self, route: RouteEntry) -> KeyAuth | TokenAuth | None:
         current = self._auth.get(route.service)
@@ -105,10 +114,10 @@ class RouterTable:
         return auth
 
 
-def upstream(info: ReplicaInfo) -> Upstream:
-    """Where the router reaches a replica, from its address."""
+def upstream(info: ReplicaInfo, secret: bytes | None = None) -> Upstream:
+    """Where the router reaches a replica, from its address, and the secret it sends it."""
     address = info.address or ""
     if address.startswith("/"):  # host and port then only name it in the router's logs
-        return Upstream(id=info.id, host="localhost", port=0, unix_path=address)
+        return Upstream(id=info.id, host="localhost", port=0, unix_path=address, secret=secret)
     host, port = address.rsplit(":", 1)
-    return Upstream(id=info.id, host=host, port=int(port))
+    return Upstream(id=info.id, host=host, port=int(port), secret=secret)
