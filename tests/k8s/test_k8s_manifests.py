@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,33 @@ def test_a_changed_setting_rolls_the_pods():
     before = m.service_objects(source())[2]["spec"]["template"]["metadata"]["annotations"]
     after = m.service_objects(source(scoring_timeout_ms=5000))[2]["spec"]["template"]["metadata"]["annotations"]
     assert before != after
+
+
+def test_the_replica_gets_its_secret_from_the_services_secret_and_nothing_else_holds_it():
+    given = replace(source(), environment_variables={"MODELFLEET_REPLICA_SECRET": "set-by-the-user-0123456789"})
+    secret, config, dep = m.service_objects(replace(given, replica_secret="r" * 43))
+    assert secret["stringData"][m.REPLICA_SECRET_KEY] == "r" * 43
+    (replica,) = dep["spec"]["template"]["spec"]["containers"]
+    [entry] = [e for e in replica["env"] if e["name"] == "MODELFLEET_REPLICA_SECRET"]  # the user's is dropped
+    assert entry == {
+        "name": "MODELFLEET_REPLICA_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "scorer-keys", "key": "replicaSecret"}},
+    }
+    assert "r" * 43 not in json.dumps(config) + json.dumps(dep)  # only a digest of it, in the pod template
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[m.REPLICA_SECRET_ANNOTATION] == m.replica_secret_digest("r" * 43)
+
+    # another one rolls the pods (they read it when they start)
+    other = m.service_objects(replace(given, replica_secret="q" * 43))[2]["spec"]["template"]["metadata"]
+    assert other["annotations"][m.REPLICA_SECRET_ANNOTATION] != annotations[m.REPLICA_SECRET_ANNOTATION]
+
+    # none given (printed manifests): none printed, and the pod still refers to the Secret's
+    secret, _, dep = m.service_objects(given)
+    assert m.REPLICA_SECRET_KEY not in secret["stringData"]
+    assert m.REPLICA_SECRET_ANNOTATION not in dep["spec"]["template"]["metadata"]["annotations"]
+    assert entry in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    with pytest.raises(ConfigError, match="replica_secret must be 16-512 characters"):
+        replace(given, replica_secret="short")
 
 
 def test_the_routers_role_grants_secrets_by_name_only():

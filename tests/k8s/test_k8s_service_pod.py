@@ -4,8 +4,10 @@ and a scoring request to the pod's address is answered by the user's score.py.""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -50,6 +52,7 @@ def _source(store: Store, tmp_path: Path, namespace: str, blob_store: str) -> m.
         ),
         snapshot=snapshot,
         source_name="read_model",
+        replica_secret=m.new_replica_secret(),  # what the Kubernetes target puts in Secret scorer-keys
     )
 
 
@@ -70,14 +73,12 @@ def test_a_generated_service_runs_and_scores(
     print(f"deployment created -> available: {time.monotonic() - start:.1f} s")
     (pod,) = core.list_namespaced_pod(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
     assert pod.status.init_container_statuses[0].state.terminated.exit_code == 0
-    req = urllib.request.Request(
-        f"http://{pod.status.pod_ip}:{m.REPLICA_PORT}/score",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert json.loads(r.read()) == {"model": {"w": [1, 2, 3]}}
+    # The pod answers only with the service's replica secret (Secret scorer-keys), as the router sends it.
+    data = core.read_namespaced_secret(m.secret_name("scorer"), namespace).data
+    secret = base64.b64decode(data[m.REPLICA_SECRET_KEY]).decode()
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        _score(pod.status.pod_ip, None)
+    assert _score(pod.status.pod_ip, secret) == {"model": {"w": [1, 2, 3]}}
 
     # A changed setting rolls the pod; with maxUnavailable 0 a Ready one is there throughout.
     old_pids = node.pod_pids()[pod.metadata.name]
@@ -95,7 +96,16 @@ def test_a_generated_service_runs_and_scores(
     new_pod = wait_for("the rolling update", rolled)
     env = {e.name: e.value for e in new_pod.spec.containers[0].env}
     assert env["SCORING_TIMEOUT_MS"] == "30000"
+    assert _score(new_pod.status.pod_ip, secret) == {"model": {"w": [1, 2, 3]}}  # the Secret's, unchanged
     wait_for("the old pod's processes to end", lambda: not any(Path(f"/proc/{pid}").exists() for pid in old_pids))
+
+
+def _score(pod_ip: str, secret: str | None) -> object:
+    headers = {"Content-Type": "application/json", **({"x-modelfleet-replica-secret": secret} if secret else {})}
+    url = f"http://{pod_ip}:{m.REPLICA_PORT}/score"
+    req = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def test_the_fetcher_refuses_a_blob_that_does_not_match_its_digest(tmp_path: Path):

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import time
+import urllib.error
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from modelfleet.targets.base import GenerationSpec, ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes import manifests as m
 from modelfleet.targets.kubernetes.pods import GENERATION_LABEL
 from modelfleet.targets.kubernetes.target import KubernetesTarget, deployment_name
+
+SECRET_HEADER = "x-modelfleet-replica-secret"
+
+
+def replica_secret_in(core: client.CoreV1Api, namespace: str, service: str) -> str:
+    """The replica secret in the service's Secret, as the API holds it."""
+    data = core.read_namespaced_secret(m.secret_name(service), namespace).data
+    return base64.b64decode(data[m.REPLICA_SECRET_KEY]).decode()
 
 
 def _selector(service: str) -> str:
@@ -52,8 +61,19 @@ def test_apply_scale_publish_retire_delete(
         (replica,) = wait_for("generation 1 Ready", lambda: _ready(target, "scorer", 1, 1), timeout=180)
         print(f"apply -> replica Ready: {time.monotonic() - start:.1f} s")
         assert replica.address == f"{replica.address.split(':')[0]}:{m.REPLICA_PORT}"
-        assert score(replica.address) == {"model": {"w": [1, 2, 3]}}
+        # the pod requires the service's secret, which apply put in Secret S-keys before the pod
+        secret_1 = replica_secret_in(core, namespace, "scorer")
+        assert secret_1 == target.replica_secret("scorer") and m.valid_replica_secret(secret_1)
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            score(replica.address)
+        assert score(replica.address, headers={SECRET_HEADER: secret_1}) == {"model": {"w": [1, 2, 3]}}
         dep = apps.read_namespaced_deployment(deployment_name("scorer", 1), namespace)
+        (env,) = [e for e in dep.spec.template.spec.containers[0].env if e.name == "MODELFLEET_REPLICA_SECRET"]
+        assert (env.value, env.value_from.secret_key_ref.name, env.value_from.secret_key_ref.key) == (
+            None,
+            "scorer-keys",
+            "replicaSecret",
+        )
         assert dep.spec.template.metadata.labels[GENERATION_LABEL] == "1"
         assert dep.spec.strategy.rolling_update.max_unavailable == 0
         run(asyncio.sleep(0.2))  # the watch's callbacks run on the loop
@@ -90,11 +110,28 @@ def test_apply_scale_publish_retire_delete(
         target.publish(RouteEntry("scorer", 1, "key", primary_key="q" * 32, secondary_key="s" * 32))
         secret = core.read_namespaced_secret(m.secret_name("scorer"), namespace)
         assert base64.b64decode(secret.data["primaryKey"]).decode() == "q" * 32
+        assert replica_secret_in(core, namespace, "scorer") == secret_1  # new keys, the same replica secret
 
         # a second generation beside the first, then the first retired
         run(target.apply(GenerationSpec(plan(src, 2), 1)))
-        wait_for("generation 2 Ready", lambda: _ready(target, "scorer", 2, 1), timeout=180)
+        (new,) = wait_for("generation 2 Ready", lambda: _ready(target, "scorer", 2, 1), timeout=180)
         assert len(target.replicas("scorer")) == 2
+        # an update keeps the secret: the new generation's pod takes what the router sends
+        assert replica_secret_in(core, namespace, "scorer") == secret_1
+        assert score(new.address, headers={SECRET_HEADER: secret_1}) == {"model": {"w": [1, 2, 3]}}
+        # a restarted daemon (a new target) finds it; another service gets its own
+        assert KubernetesTarget(admin, namespace).replica_secret("scorer") == secret_1
+        other = target.replica_secret("other")
+        assert other != secret_1 and replica_secret_in(core, namespace, "other") == other
+        # a Secret written before replica secrets keeps its keys and gains one
+        core.create_namespaced_secret(
+            namespace, {"metadata": {"name": "legacy-keys"}, "stringData": {"primaryKey": "k"}}
+        )
+        legacy = target.replica_secret("legacy")
+        data = core.read_namespaced_secret("legacy-keys", namespace).data
+        assert (
+            base64.b64decode(data["primaryKey"]) == b"k" and base64.b64decode(data["replicaSecret"]).decode() == legacy
+        )
         run(target.retire("scorer", 1, 5.0))
         wait_for("generation 1 gone", lambda: not [r for r in target.replicas("scorer") if r.generation == 1], 120)
         names = {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}

@@ -4,6 +4,8 @@ follows scale-ups, key changes and deletion."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import signal
@@ -23,9 +25,11 @@ from kubernetes import client
 from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
+from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
 from modelfleet.targets.base import GenerationSpec, ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.discovery import Discovery
 from modelfleet.targets.kubernetes.target import KubernetesTarget
 
 WHOAMI = Path(__file__).resolve().parent / "scripts" / "whoami"
@@ -250,4 +254,54 @@ def test_a_pod_killed_mid_traffic_costs_at_most_the_request_it_held(
                 if router.poll() is None:
                     router.kill()
                     router.wait()
+            loop.run_until_complete(target.close(0))
+
+
+@pytest.mark.timeout(300)
+def test_the_routers_upstreams_carry_each_services_own_replica_secret_across_an_update(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str, store: Store, tmp_path: Path
+):
+    core = client.CoreV1Api(admin)
+    router = Router()
+    with serve_blobs(store) as blobs, event_loop() as loop:
+        target = KubernetesTarget(admin, namespace)
+
+        async def start() -> Discovery:
+            discovery = Discovery(admin, namespace, router)
+            discovery.start()
+            return discovery
+
+        discovery = loop.run_until_complete(start())
+        sources = {name: replace(source(store, tmp_path, namespace, blobs), name=name) for name in ("scorer", "other")}
+        try:
+            for name, src in sources.items():
+                loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
+                target.publish(RouteEntry(name, 1, "key", primary_key=KEY, secondary_key=SECONDARY))
+
+            def upstreams(service: str, generation: int) -> list | None:
+                loop.run_until_complete(asyncio.sleep(0.05))  # the discovery's callbacks run on the loop
+                state = router.services.get(service.encode())
+                if state is None:
+                    return None
+                ups = [(u, head) for u, _, head in state.addresses.values()]
+                return ups if len(ups) == 1 and ups[0][0].id.startswith(f"{service}-g{generation}-") else None
+
+            secrets = {}
+            for name in sources:
+                data = core.read_namespaced_secret(m.secret_name(name), namespace).data
+                secrets[name] = base64.b64decode(data[m.REPLICA_SECRET_KEY])
+                [(up, head)] = wait_for(f"{name}'s pod in the router", lambda n=name: upstreams(n, 1), timeout=180)
+                assert up.secret == secrets[name]
+                assert b"x-modelfleet-replica-secret: " + secrets[name] + b"\r\n" in head  # built once, sent each time
+            assert secrets["scorer"] != secrets["other"]
+
+            # an update: the new generation's pod is sent the same secret, which it was started with
+            loop.run_until_complete(target.apply(GenerationSpec(plan(sources["scorer"], 2), 1)))
+            target.publish(RouteEntry("scorer", 2, "key", primary_key=KEY, secondary_key=SECONDARY))
+            [(up, _)] = wait_for("generation 2 in the router", lambda: upstreams("scorer", 2), timeout=180)
+            assert up.secret == secrets["scorer"]
+            for name in sources:
+                loop.run_until_complete(target.delete(name, 1.0))
+        finally:
+            loop.run_until_complete(discovery.stop())
             loop.run_until_complete(target.close(0))

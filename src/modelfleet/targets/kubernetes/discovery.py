@@ -5,8 +5,10 @@ resourceVersion, list again after 410 Gone or an error; a watch ends every minut
 again, which also re-reads every service's keys):
 
 - route ConfigMaps (``routes.ROUTE_SELECTOR``): each says a service's serving generation,
-  auth kind and limits; the service's keys are then read from its Secret **by name** (the
-  router's Role grants ``get`` on those names only, never list or watch);
+  auth kind and limits; the service's keys, and the secret its pods require
+  (``replicaSecret``, which becomes every upstream's ``Upstream.secret``), are then read
+  from its Secret **by name** (the router's Role grants ``get`` on those names only, never
+  list or watch);
 - replica Pods (``target.REPLICA_SELECTOR``): ``pods.replicas_of`` turns them into replicas,
   and the Ready ones of the serving generation are the router's upstreams.
 
@@ -33,7 +35,7 @@ from modelfleet.router.proxy import Router
 from modelfleet.targets.base import ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes.manifests import secret_name
 from modelfleet.targets.kubernetes.pods import is_ready, replicas_of
-from modelfleet.targets.kubernetes.routes import ROUTE_SELECTOR, route_from, token_key_of
+from modelfleet.targets.kubernetes.routes import ROUTE_SELECTOR, replica_secret_of, route_from, token_key_of
 from modelfleet.targets.kubernetes.target import REPLICA_SELECTOR
 from modelfleet.targets.routing import RouterTable
 
@@ -181,6 +183,7 @@ class Discovery:
             secret = None
         try:
             route = route_from(cm, secret)
+            replica_secret = replica_secret_of(secret)
         except TargetError as exc:
             log.warning("service %s: %s", service, exc.message)
             return
@@ -188,7 +191,7 @@ class Discovery:
         if pem:
             self._token_pem = pem
         self._routes[service] = version
-        self._call(self._publish, route)
+        self._call(self._publish, route, replica_secret.encode() if replica_secret is not None else None)
 
     def _retry(self, service: str) -> None:
         cm = self._latest.get(service)
@@ -227,9 +230,9 @@ class Discovery:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(fn, *args)
 
-    def _publish(self, route: RouteEntry) -> None:
+    def _publish(self, route: RouteEntry, replica_secret: bytes | None) -> None:
         try:
-            self.table.publish(route)
+            self.table.publish(route, replica_secret)
         except Exception:
             log.exception("service %s: route not applied", route.service)
             return

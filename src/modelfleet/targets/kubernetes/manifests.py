@@ -8,8 +8,12 @@ as YAML for GitOps. Only API versions that Kubernetes 1.20 and 1.37 both serve a
 
 Per service (name ``S``)::
 
-    Deployment S           the replicas; rolling update with maxUnavailable 0, readiness-gated
-    Secret     S-keys      primaryKey, secondaryKey (the router reads it by name)
+    Deployment S           the replicas; rolling update with maxUnavailable 0, readiness-gated;
+                           the replica container's MODELFLEET_REPLICA_SECRET comes from
+                           S-keys' replicaSecret (secretKeyRef)
+    Secret     S-keys      primaryKey, secondaryKey, replicaSecret (the router reads it by
+                           name, and sends replicaSecret to the service's pods, which refuse
+                           every request but ``GET /`` without it: no other pod can score them)
     ConfigMap  S-config    settings.json (the deploy spec, no keys), layout.json (the files
                            the init container fetches by content hash and where they go)
 
@@ -21,6 +25,16 @@ The pod lays the app out as the local target does (``control/layout.py``)::
 
 Every pod reads its own IP from the downward API and binds it (``$(MODELFLEET_POD_IP)``), which
 a real pod and the test suite's node stand-in (one loopback address per pod) both honour.
+
+``replicaSecret`` is one per service and must not change while its pods run: a pod reads it
+when it starts, the router when it reads the Secret, and a pod and router that disagree mean
+403 for every request. The Kubernetes target makes it once and reuses the Secret's value for
+every later generation (``KubernetesTarget.replica_secret``); the pod template carries a
+digest of it (``modelfleet.io/replica-secret``), so that pods started with another value are
+rolled rather than left refusing the router. Where ``ServiceSource`` has none (printed
+manifests, which hold no secret unless asked) the Secret is printed without it and the pods
+wait (the kubelet says the key is missing) until one is put there, e.g.
+``kubectl patch secret S-keys -p '{"stringData": {"replicaSecret": "<32+ random characters>"}}'``.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +55,10 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "modelfleet"}
 SERVICE_LABEL = "modelfleet.io/service"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 CONFIG_HASH_ANNOTATION = "modelfleet.io/config-hash"
+REPLICA_SECRET_ANNOTATION = "modelfleet.io/replica-secret"  # a digest of it, never the secret
+REPLICA_SECRET_KEY = "replicaSecret"  # in Secret S-keys
+REPLICA_SECRET_ENV = "MODELFLEET_REPLICA_SECRET"  # replica/config.py SECRET_ENV
+_REPLICA_SECRET_RE = re.compile(r"^[\x21-\x7e]{16,512}$")  # what the router's Upstream accepts
 TAGS_ANNOTATION = "modelfleet.io/tags"
 DESCRIPTION_ANNOTATION = "modelfleet.io/description"
 AZURE_INTERNAL_LB_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-internal"
@@ -101,9 +121,13 @@ class ServiceSource:
     primary_key: str | None = field(default=None, repr=False)
     secondary_key: str | None = field(default=None, repr=False)
     namespace: str = "default"
+    # What the router sends this service's pods (Secret S-keys, replicaSecret); None: left out
+    replica_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_service_name(self.name)
+        if self.replica_secret is not None and not valid_replica_secret(self.replica_secret):
+            raise ConfigError("replica_secret must be 16-512 characters of visible ASCII (no spaces)")
         if self.name == ROUTER_NAME:
             raise ConfigError(f"service name {ROUTER_NAME!r} is the router's own Deployment; choose another")
         for what in ("image", "entry_script", "blob_store", "source_name"):
@@ -141,6 +165,19 @@ class RouterSource:
 
 def secret_name(service: str) -> str:
     return f"{service}-keys"
+
+
+def new_replica_secret() -> str:
+    """32 random bytes as urlsafe text (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def valid_replica_secret(value: str) -> bool:
+    return bool(_REPLICA_SECRET_RE.match(value))
+
+
+def replica_secret_digest(value: str) -> str:
+    return hashlib.sha256(b"modelfleet-replica-secret\0" + value.encode()).hexdigest()[:16]
 
 
 def config_map_name(service: str) -> str:
@@ -181,7 +218,12 @@ def _annotations(deploy: DeploySpec) -> dict[str, str]:
 
 
 def _secret(src: ServiceSource) -> dict[str, Any]:
-    data = {k: v for k, v in (("primaryKey", src.primary_key), ("secondaryKey", src.secondary_key)) if v}
+    pairs = (
+        ("primaryKey", src.primary_key),
+        ("secondaryKey", src.secondary_key),
+        (REPLICA_SECRET_KEY, src.replica_secret),
+    )
+    data = {k: v for k, v in pairs if v}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -295,12 +337,21 @@ def replica_environment(src: ServiceSource) -> dict[str, str]:
     return env
 
 
+def _replica_secret_env(service: str) -> dict[str, Any]:
+    ref = {"name": secret_name(service), "key": REPLICA_SECRET_KEY}
+    return {"name": REPLICA_SECRET_ENV, "valueFrom": {"secretKeyRef": ref}}
+
+
 def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
     deploy = src.deploy
     ns = src.effective_namespace
     labels = service_labels(src.name)
     selector = {SERVICE_LABEL: src.name, **MANAGED_BY}
     env = replica_environment(src)
+    env.pop(REPLICA_SECRET_ENV, None)  # the Secret's, never a variable of the service's
+    template_annotations = {CONFIG_HASH_ANNOTATION: config_hash}
+    if src.replica_secret is not None:
+        template_annotations[REPLICA_SECRET_ANNOTATION] = replica_secret_digest(src.replica_secret)
     volumes = [
         {"name": "app", "emptyDir": {}},
         {"name": "config", "configMap": {"name": config_map_name(src.name)}},
@@ -334,7 +385,7 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
             "--access-log",
         ],
         "workingDir": APP_ROOT,
-        "env": [{"name": k, "value": v} for k, v in env.items()] + _pod_ip_env(),
+        "env": [{"name": k, "value": v} for k, v in env.items()] + _pod_ip_env() + [_replica_secret_env(src.name)],
         "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
         "resources": resources(deploy),
         **probes(deploy),
@@ -352,7 +403,7 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+                "metadata": {"labels": labels, "annotations": template_annotations},
                 "spec": {
                     "automountServiceAccountToken": False,  # replicas never call the API
                     "terminationGracePeriodSeconds": grace,

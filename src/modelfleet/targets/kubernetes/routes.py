@@ -5,7 +5,9 @@ Pure. ``publish`` writes two objects per service; the router (``discovery.py``) 
     ConfigMap S-route   route.json: serving generation, auth kind, limits, failure (no keys);
                         token-key.pem: the workspace's public key when tokens are used
                         (labels: managed-by modelfleet, the service, component "route")
-    Secret    S-keys    primaryKey, secondaryKey (read by name: the router's Role lists it)
+    Secret    S-keys    primaryKey, secondaryKey (read by name: the router's Role lists it);
+                        replicaSecret, which the router sends the service's pods
+                        (``Upstream.secret``) and which ``publish`` carries over unchanged
 
 The router watches the route ConfigMaps by label (RBAC may grant list/watch on ConfigMaps)
 and reads each service's Secret by name, since RBAC can grant ``get`` on named Secrets but
@@ -23,7 +25,15 @@ from typing import Any
 
 from modelfleet.errors import TargetError
 from modelfleet.targets.base import RouteEntry
-from modelfleet.targets.kubernetes.manifests import COMPONENT_LABEL, MANAGED_BY, SERVICE_LABEL, secret_name
+from modelfleet.targets.kubernetes.manifests import (
+    COMPONENT_LABEL,
+    MANAGED_BY,
+    REPLICA_SECRET_KEY,
+    SERVICE_LABEL,
+    replica_secret_digest,
+    secret_name,
+    valid_replica_secret,
+)
 
 ROUTE_COMPONENT = "route"
 ROUTE_KEY = "route.json"
@@ -41,12 +51,14 @@ def route_labels(service: str) -> dict[str, str]:
     return {**MANAGED_BY, SERVICE_LABEL: service, COMPONENT_LABEL: ROUTE_COMPONENT}
 
 
-def route_config_map(route: RouteEntry, namespace: str, token_key_pem: str | None = None) -> dict[str, Any]:
+def route_config_map(
+    route: RouteEntry, namespace: str, token_key_pem: str | None = None, replica_secret: str | None = None
+) -> dict[str, Any]:
     """The ConfigMap that carries everything of ``route`` but its keys."""
     data = {k: v for k, v in asdict(route).items() if k not in _SECRET_FIELDS}
     # A new key changes only the Secret, which the router cannot watch (RBAC: get by name);
     # a digest of the keys here makes the ConfigMap change too, so the router reads them again.
-    data["keys_version"] = _keys_version(route)
+    data["keys_version"] = _keys_version(route, replica_secret)
     out = {ROUTE_KEY: json.dumps(data, sort_keys=True)}
     if token_key_pem and route.auth == "token":
         out[TOKEN_KEY] = token_key_pem
@@ -62,9 +74,12 @@ def route_config_map(route: RouteEntry, namespace: str, token_key_pem: str | Non
     }
 
 
-def keys_secret(route: RouteEntry, namespace: str) -> dict[str, Any]:
-    """The service's Secret (the name and labels ``manifests.py`` gives it) with its keys."""
+def keys_secret(route: RouteEntry, namespace: str, replica_secret: str | None = None) -> dict[str, Any]:
+    """The service's Secret (the name and labels ``manifests.py`` gives it) with its keys and,
+    given one, the secret its pods require (which must be the one they started with)."""
     keys = {"primaryKey": route.primary_key or "", "secondaryKey": route.secondary_key or ""}
+    if replica_secret is not None:
+        keys[REPLICA_SECRET_KEY] = replica_secret
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -93,8 +108,25 @@ def route_from(config_map: Mapping[str, Any], secret: Mapping[str, Any] | None) 
         raise TargetError(f"ConfigMap {name}: {ROUTE_KEY} is missing or malformed ({exc})") from exc
 
 
-def _keys_version(route: RouteEntry) -> str:
+def replica_secret_of(secret: Mapping[str, Any] | None) -> str | None:
+    """The replica secret in a Secret as the API returns it (``data``, base64), or None when it
+    has none; a value the replicas could not have been given is an error."""
+    raw = ((secret or {}).get("data") or {}).get(REPLICA_SECRET_KEY)
+    if raw is None:
+        return None
+    try:
+        value = base64.b64decode(raw).decode("ascii")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TargetError(f"Secret {REPLICA_SECRET_KEY} is not base64 ASCII ({exc})") from exc
+    if not valid_replica_secret(value):
+        raise TargetError(f"Secret {REPLICA_SECRET_KEY} must be 16-512 characters of visible ASCII")
+    return value
+
+
+def _keys_version(route: RouteEntry, replica_secret: str | None = None) -> str:
     keys = f"{route.primary_key or ''}\0{route.secondary_key or ''}".encode()
+    if replica_secret is not None:  # a digest of a digest: nothing of the secret shows here
+        keys += b"\0" + replica_secret_digest(replica_secret).encode()
     return hashlib.sha256(b"modelfleet-keys-version\0" + keys).hexdigest()[:16]
 
 

@@ -11,6 +11,9 @@ Each call maps onto API objects as ``base.ComputeTarget``'s docstring says, in o
     retire(...)      DELETE Deployment S-g<N> and its ConfigMap (pods go Terminating: DRAINING)
     replicas(S)      pods by label, from a watch kept in a thread (``pods.replicas_of``)
     publish(route)   ConfigMap S-route and Secret S-keys (``routes.py``), read by the router
+    replica_secret   Secret S-keys' replicaSecret, read (or made, once) before a Deployment or
+                     the keys are written, and kept: every generation's pods and the router
+                     get the same one, so an update never meets a pod with another
     logs(S)          pods/log of the replica container
     delete(S)        every Deployment, ConfigMap (S-route too) and Secret labelled with the service
 
@@ -26,6 +29,7 @@ reconciler's ``ReplicaPlan`` plus the ``manifests.ServiceSource`` it was made fr
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import functools
@@ -33,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import client, watch
@@ -44,7 +48,7 @@ from modelfleet.targets.base import GenerationSpec, OnChange, ReplicaInfo, Repli
 from modelfleet.targets.kubernetes import manifests as m
 from modelfleet.targets.kubernetes.api import api_error, call, delete_if_present, upsert
 from modelfleet.targets.kubernetes.pods import GENERATION_LABEL, is_ready, replicas_of
-from modelfleet.targets.kubernetes.routes import keys_secret, route_config_map
+from modelfleet.targets.kubernetes.routes import keys_secret, replica_secret_of, route_config_map
 
 __all__ = ["DELETION_COST", "KubernetesPlan", "KubernetesTarget", "deployment_name", "generation_objects"]
 
@@ -124,6 +128,8 @@ class KubernetesTarget:
         self._asked: dict[str, int] = {}
         self._deployments_watch: watch.Watch | None = None
         self._deployments_thread: threading.Thread | None = None
+        self._replica_secrets: dict[str, str] = {}  # service -> Secret S-keys' replicaSecret, as read or made
+        self._replica_secrets_lock = threading.Lock()  # apply (a thread) and publish (the loop) both ask
 
     def __repr__(self) -> str:
         return f"<KubernetesTarget namespace={self.namespace} pods={len(self._pods)}>"
@@ -280,6 +286,8 @@ class KubernetesTarget:
 
     def _apply(self, src: m.ServiceSource, generation: int, replicas: int) -> None:
         self.start()
+        # The Secret's replicaSecret exists before any pod that refers to it is made.
+        src = replace(src, replica_secret=self.replica_secret(src.name))
         config, deployment = generation_objects(src, generation, replicas)
         ns = self.namespace
         upsert(
@@ -325,10 +333,55 @@ class KubernetesTarget:
         config = generation_config_name(service, generation)
         delete_if_present(f"ConfigMap {config}", lambda: self.core.delete_namespaced_config_map(config, ns))
 
+    def replica_secret(self, service: str) -> str:
+        """The secret ``service``'s pods require (Secret S-keys, ``replicaSecret``): the one the
+        Secret holds, else a new one written there (the Secret made if need be). Read once per
+        service and kept, so that every later write of the Secret carries the same value."""
+        with self._replica_secrets_lock:
+            known = self._replica_secrets.get(service)
+            if known is None:
+                known = self._replica_secrets[service] = self._read_or_make_replica_secret(service)
+            return known
+
+    def _read_or_make_replica_secret(self, service: str) -> str:
+        ns, name = self.namespace, m.secret_name(service)
+        what = f"Secret {name}"
+        for _ in range(3):  # another writer may create the Secret between our read and create
+            try:
+                found = self.api.sanitize_for_serialization(self.core.read_namespaced_secret(name, ns))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise api_error(what, exc) from exc
+                found = None
+            except OSError as exc:
+                raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
+            value = replica_secret_of(found)
+            if value is not None:
+                break
+            value = m.new_replica_secret()
+            if found is not None:  # a Secret from before replica secrets: the value is added to it
+                patch = {"data": {m.REPLICA_SECRET_KEY: base64.b64encode(value.encode()).decode()}}
+                call(what, functools.partial(self.core.patch_namespaced_secret, name, ns, patch))
+                break
+            body = keys_secret(RouteEntry(service, None, None), ns, value)
+            try:
+                self.core.create_namespaced_secret(ns, body)
+                break
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise api_error(what, exc) from exc
+            except OSError as exc:
+                raise TargetError(f"Kubernetes API: {what} failed: cannot reach the API server ({exc})") from exc
+        else:
+            raise TargetError(f"Kubernetes API: {what} failed: created and deleted by someone else meanwhile")
+        return value
+
     def publish(self, route: RouteEntry) -> None:
         ns = self.namespace
         pem = self._token_key_pem() if self._token_key_pem is not None and route.auth == "token" else None
-        config, secret = route_config_map(route, ns, pem), keys_secret(route, ns)
+        replica_secret = self.replica_secret(route.service)
+        config = route_config_map(route, ns, pem, replica_secret)
+        secret = keys_secret(route, ns, replica_secret)
         # The keys first: a router that sees the new route reads keys that are already there.
         upsert(
             f"Secret {secret['metadata']['name']}",
@@ -349,6 +402,7 @@ class KubernetesTarget:
 
     def _delete_service(self, service: str) -> None:
         ns = self.namespace
+        self._replica_secrets.pop(service, None)  # its Secret goes below; a new service gets a new one
         selector = f"{m.SERVICE_LABEL}={service},app.kubernetes.io/managed-by=modelfleet"
         listed = call("list Deployments", lambda: self.apps.list_namespaced_deployment(ns, label_selector=selector))
         for d in listed.items:
