@@ -18,7 +18,10 @@ Each service has a secret of its own (``replica_secret``): its replicas get it i
 ``MODELFLEET_REPLICA_SECRET`` and refuse every request but ``GET /`` that lacks it, and the
 router sends it to them (``Upstream.secret``). A root daemon runs every service's replicas as
 ``nobody`` (``targets/isolation.py``), so a replica of one service can open another's socket;
-without that service's secret it is answered 403. The secret is random and kept in memory
+without that service's secret it is answered 403, and it cannot read that secret from the
+other replica's ``/proc`` (it is not dumpable). A daemon run by an ordinary user runs every
+replica as that user, who owns the workspace and its keys anyway: there the services are not
+walled off from each other, only from other users. The secret is random and kept in memory
 only: replicas never outlive the daemon (PR_SET_PDEATHSIG, below; the fork server's replicas
 die with their server, and it with the daemon), so a restarted daemon starts every replica
 again with a new one, and nothing is written to disk that could leak it.
