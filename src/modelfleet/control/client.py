@@ -21,7 +21,7 @@ from typing import Any
 
 import modelfleet
 from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
-from modelfleet.errors import ClusterUnavailable, ModelfleetError, NotFound
+from modelfleet.errors import ClusterUnavailable, Conflict, ModelfleetError, NotFound
 
 _START_TIMEOUT_S = 30.0
 _ANY_VERSION = ("/v1/status", "/v1/shutdown")  # what any daemon answers: look, and stop
@@ -141,6 +141,8 @@ class ClusterClient:
                     continue
                 if exc.code == 404:
                     raise NotFound(message) from None
+                if exc.code == 409:
+                    raise Conflict(message) from None
                 raise ModelfleetError(message) from None
             except (urllib.error.URLError, ConnectionError) as exc:
                 raise ClusterUnavailable(f"the local cluster's admin API did not answer: {exc}") from None

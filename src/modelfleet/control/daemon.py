@@ -1,11 +1,13 @@
 """The local cluster daemon: the composition root of the control plane.
 
-One per workspace (an exclusive lock on ``runtime/daemon.lock`` makes a second one exit at
-once). It builds the store, the router, the local target and the reconciler; serves the
-admin API; restores every stored service; and on SIGTERM/SIGINT or an admin shutdown
+One per workspace folder (an exclusive lock on ``runtime/daemon.lock`` makes a second one exit
+at once). It builds the store, the router, the local target and the reconciler; serves the
+admin API; restores every stored local service (in a workspace a team shares, every one this
+folder's cluster owns: store/clusters.py); and on SIGTERM/SIGINT or an admin shutdown
 stops in order: admin API, services (drain, then stop replicas), router.
 
-The router's port is kept in the workspace so that scoring URIs survive a restart.
+The router's port is kept in the workspace so that scoring URIs survive a restart (in a shared
+workspace, as this cluster's own setting: each teammate's cluster has its ports).
 
     python -m modelfleet.control.daemon --workspace PATH [--port N] [--host 127.0.0.1]
         [--log-file PATH [--log-max-bytes N] [--log-backups N]]
@@ -89,7 +91,8 @@ class Daemon:
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
         root = self.store.root
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
-        self.reconciler = Reconciler(self.store, target)
+        # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
+        self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
         self.autoscaler = Autoscaler(self.reconciler, self.router.stats, machine_capacity())
         self.telemetry = ClusterTelemetry(
             self.router, self.reconciler, self.store.runtime_dir, self.config.otlp_endpoint
@@ -117,6 +120,7 @@ class Daemon:
             self.store.set_setting(DASHBOARD_PORT_SETTING, str(dashboard_port))
         info = {
             "pid": os.getpid(),
+            "cluster": self.store.cluster_id,
             "modelfleet": modelfleet.__version__,
             "protocol": DAEMON_PROTOCOL,
             "admin_port": admin.port,
@@ -173,6 +177,7 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "workspace": str(self.config.workspace),
+            "cluster": self.store.cluster_id,
             "services": self.reconciler.status(),
             "router": self.router.stats(),
             "auth_failures": self.router.auth_failures.snapshot(),

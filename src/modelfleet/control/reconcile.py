@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable
@@ -406,6 +407,7 @@ class Reconciler:
         planner: Planner = plan_generation,
         compute_target: str | None = None,
         capacity: Capacity | None = None,
+        cluster: str | None = None,
     ) -> None:
         self._store = store
         # The local cluster checks every deploy and update against this machine's room
@@ -416,11 +418,34 @@ class Reconciler:
         # Which services are this reconciler's: those whose config names this compute target
         # (None: the local cluster's, which name none); others are left to their target's.
         self.compute_target = compute_target
+        # The local cluster's id (store/clusters.py): in a shared workspace it runs only the local
+        # services that record it as their owner, never a teammate's. None: every local service.
+        self.cluster = cluster
         self.controllers: dict[str, ServiceController] = {}
         target.watch(self._on_replica_change)
 
     def owns(self, record: ServiceRecord) -> bool:
-        return (record.config.get(COMPUTE_TARGET_KEY) or None) == self.compute_target
+        if (record.config.get(COMPUTE_TARGET_KEY) or None) != self.compute_target:
+            return False
+        if self.compute_target is not None or self.cluster is None or not self._store.shared:
+            return True  # a folder workspace has one local cluster: every local service is its
+        return record.cluster == self.cluster
+
+    def _adopt(self, record: ServiceRecord) -> ServiceRecord:
+        """A local service with no recorded owner (deployed before owners were recorded) becomes
+        this cluster's when it ran here before (its runtime folder is here), or, in a folder
+        workspace, always; the first claim wins. Others stay unowned: run by no daemon until
+        deployed again (``Model.deploy(..., overwrite=True)`` records the deployer's cluster)."""
+        if record.cluster is not None or self.cluster is None or self.compute_target is not None:
+            return record
+        if record.config.get(COMPUTE_TARGET_KEY):
+            return record
+        ran_here = (Path(self._store.runtime_dir) / "services" / record.name).is_dir()
+        if self._store.shared and not ran_here:
+            return record
+        owner = self._store.claim_service(record.name, self.cluster)
+        log.info("service %s: no owner recorded; now owned by %s", record.name, owner)
+        return dataclasses.replace(record, cluster=owner)
 
     def _on_replica_change(self, service: str) -> None:
         controller = self.controllers.get(service)
@@ -432,11 +457,14 @@ class Reconciler:
         self.target.check_now(replica_id)
 
     async def restore(self) -> None:
-        """Bring back every service recorded in the workspace (daemon start)."""
+        """Bring back every service of this compute target recorded in the workspace (daemon
+        start); for the local cluster of a shared workspace, only those it owns (``owns``)."""
         records = await asyncio.to_thread(self._store.list_services)
         for record in records:
             if record.state == FAILED and record.serving_generation is None:
                 continue  # stays Failed until updated; retrying would fail the same way
+            with contextlib.suppress(NotFound):
+                record = await asyncio.to_thread(self._adopt, record)
             if self.owns(record):
                 self.sync(record.name)
 
@@ -459,6 +487,10 @@ class Reconciler:
         return refusal(self.capacity, service, spec, replicas, holdings(self.controllers.values(), exclude=service))
 
     async def delete(self, name: str) -> None:
+        with contextlib.suppress(NotFound):  # refused before anything stops: another cluster runs it
+            refusal = self._store.foreign_refusal(await asyncio.to_thread(self._store.get_service, name), "deleted")
+            if refusal is not None and self.compute_target is None:
+                raise refusal
         controller = self.controllers.pop(name, None)
         drain_s = 0.0
         if controller is not None:

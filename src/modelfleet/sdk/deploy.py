@@ -58,7 +58,12 @@ def deploy_service(
     if spec.auth_enabled:
         primary = spec.primary_key or new_key()
         secondary = spec.secondary_key or new_key()
-    workspace.store.create_service(name, config, primary_key=primary, secondary_key=secondary, overwrite=overwrite)
+    # a local service is this folder's cluster's: only it runs it (store/clusters.py); in a shared
+    # workspace the store refuses to deploy over another cluster's
+    owner = workspace.store.cluster_id if target is None else None
+    workspace.store.create_service(
+        name, config, primary_key=primary, secondary_key=secondary, overwrite=overwrite, cluster=owner
+    )
     # a service deployed again over an old one starts from the tags it is deployed with
     service_meta.save(
         workspace.store, name, service_meta.Metadata(dict(spec.tags), dict(spec.properties), spec.description)

@@ -55,7 +55,7 @@ from modelfleet.errors import ConfigError, StoreBusy
 T = TypeVar("T")
 
 # The newest revision under migrations/versions (a test checks they agree).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 metadata = MetaData()
 
@@ -103,6 +103,9 @@ services = Table(
     Column("detail", Text),
     Column("created_time", Float, nullable=False),
     Column("updated_time", Float, nullable=False),
+    # the local cluster that runs it (store/clusters.py); None: another compute target's, or a
+    # local service deployed before owners were recorded
+    Column("cluster", String),
 )
 
 events = Table(

@@ -6,6 +6,9 @@ Order, so that a failure at any step leaves the workspace working as it was:
    read back and checked, see shared_blobs.py);
 2. the rows are copied into the new database, which must be empty (its schema is made here),
    with service keys and the token-signing key sealed with the team's key;
+   with this folder's local services recorded as its cluster's (clusters.py), its cluster's
+   settings (ports, scheme) stored as that cluster's, and its TLS certificate and key (when
+   the cluster serves TLS) sealed into the secrets, as the team's;
 3. the copy is checked: the same rows, and every blob a model names present in the new store;
 4. only then is workspace.json replaced (atomically) to name the new backends. The old
    ``metadata.db`` and ``blobs/`` stay in place (``blobs/`` goes on as the read cache).
@@ -23,6 +26,7 @@ from sqlalchemy import Connection, Row, Select, Table, func, select
 
 from modelfleet.errors import Conflict
 from modelfleet.store.blobs import BlobStore, check_digest
+from modelfleet.store.clusters import CLUSTER_SETTINGS, scoped_setting
 from modelfleet.store.computes import compute_targets
 from modelfleet.store.db import Database, database_url, events, model_files, models, services, settings
 from modelfleet.store.registry import META_DIR, SHARED_FORMAT, Store
@@ -58,12 +62,16 @@ def migrate_workspace(store: Store, *, to_database: str | None, to_blob_store: s
         box = SecretBox(new_key_file(meta_dir), "the workspace's key")
         target = Database.create(url)
         try:
-            copied = target.write(lambda conn: _copy_rows(store._db, conn, box))
+            cluster = store.cluster_id
+            copied = target.write(lambda conn: _copy_rows(store._db, conn, box, cluster))
             secrets = Secrets(target, box)
             secrets.write_keycheck()
             key_file = meta_dir / SIGNING_KEY_FILE
             if key_file.is_file():  # tokens issued so far stay valid
                 secrets.get_or_create("token-signing-key", lambda: key_file.read_text())
+            tls_pair = _tls_pair(store, meta_dir)
+            if tls_pair is not None:  # clients that trust the certificate go on trusting it
+                secrets.get_or_create(*tls_pair)
             _check_rows(store._db, target)
         finally:
             target.close()
@@ -95,7 +103,23 @@ def _local_digests(local: BlobStore) -> list[str]:
     return out
 
 
-def _copy_rows(source: Database, conn: Connection, box: SecretBox) -> dict[str, int]:
+def _tls_pair(store: Store, meta_dir: Path) -> tuple[str, Callable[[], str]] | None:
+    """(secret name, its value) of the TLS certificate and key the folder's cluster serves, as
+    control/tls.py keeps them in a shared workspace; None when it serves none."""
+    mode = store.get_setting("tls_mode")
+    if mode == "self-signed":
+        cert, key = meta_dir / "credentials" / "tls-cert.pem", meta_dir / "credentials" / "tls-key.pem"
+    elif mode == "files":
+        cert, key = Path(store.get_setting("tls_cert_file") or ""), Path(store.get_setting("tls_key_file") or "")
+    else:
+        return None
+    if not (cert.is_file() and key.is_file()):
+        return None
+    value = json.dumps({"cert": cert.read_text(), "key": key.read_text()})
+    return f"tls-{mode}", lambda: value
+
+
+def _copy_rows(source: Database, conn: Connection, box: SecretBox, cluster: str) -> dict[str, int]:
     for table in (*_PLAIN_TABLES, services):
         if conn.execute(select(func.count()).select_from(table)).scalar():
             raise Conflict(
@@ -110,6 +134,12 @@ def _copy_rows(source: Database, conn: Connection, box: SecretBox) -> dict[str, 
             for row in rows:
                 row["primary_key"] = box.seal(row["primary_key"])
                 row["secondary_key"] = box.seal(row["secondary_key"])
+                if row["cluster"] is None and not json.loads(row["config"]).get("compute_target"):
+                    row["cluster"] = cluster  # this folder's daemon ran it, and goes on running it
+        if table is settings:
+            for row in rows:
+                if row["key"] in CLUSTER_SETTINGS:  # its ports and scheme: this folder's cluster's
+                    row["key"] = scoped_setting(row["key"], cluster)
         if table is events:
             for row in rows:
                 row.pop("id")  # the new database numbers them

@@ -9,7 +9,8 @@ A workspace is a folder ``<root>`` holding ``<root>/.modelfleet/``::
     metadata.db      SQLite in WAL mode, owner-only (0600): it holds service keys (no shared database)
     blobs/           content-addressed files (model files, snapshot zips), see blobs.py; with a
                      shared blob store, its local read cache (shared_blobs.py)
-    runtime/         left to the control plane (sockets, pid files, replica folders)
+    runtime/         left to the control plane (sockets, pid files, replica folders), but for
+                     ``cluster-id``: this folder's local cluster (clusters.py)
 
 ``Store`` opens and creates it, keeps its settings and source snapshots, and hands the rest
 to one module per concern, with the same method names it always had: models (``models.py``:
@@ -31,6 +32,7 @@ from sqlalchemy import Connection, select, update
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store import snapshot as _snapshot
 from modelfleet.store.blobs import BlobStore
+from modelfleet.store.clusters import CLUSTER_SETTINGS, local_cluster_id, scoped_setting
 from modelfleet.store.computes import ComputeTargets
 from modelfleet.store.db import Database, database_url, settings
 from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
@@ -51,18 +53,29 @@ class Store:
     """One open workspace. Make it with :meth:`create` or :meth:`open`; close it with :meth:`close`."""
 
     def __init__(
-        self, root: Path, name: str, db: Database, blob_store: str | None = None, box: SecretBox | None = None
+        self,
+        root: Path,
+        name: str,
+        db: Database,
+        blob_store: str | None = None,
+        box: SecretBox | None = None,
+        *,
+        shared: bool | None = None,
     ) -> None:
         self.root = root
         self.name = name
         self._db = db
+        # A workspace a team shares: its database is not a file in this folder (workspace.json
+        # names one). Then several local clusters use it, one per folder (clusters.py).
+        self.shared = db.is_postgres if shared is None else shared
         self.blob_store_url = blob_store
         local = BlobStore(root / META_DIR / "blobs")
         # A shared store keeps the local folder as its read cache (shared_blobs.py).
         self.blobs: BlobStore | SharedBlobStore = local if blob_store is None else SharedBlobStore(blob_store, local)
         self.runtime_dir = root / META_DIR / "runtime"
+        self._cluster_id: str | None = None
         self._models = Models(db, self.blobs, name)
-        self._services = Services(db, name, box)
+        self._services = Services(db, name, box, (lambda: self.cluster_id) if self.shared else None)
         self.secrets = Secrets(db, box or SecretBox(None))  # shared secrets (secrets.py)
         self.computes = ComputeTargets(db, name)  # attached compute targets (computes.py)
 
@@ -133,7 +146,7 @@ class Store:
         tmp = meta_dir / "workspace.json.tmp"
         tmp.write_text(json.dumps(info) + "\n")
         os.replace(tmp, meta_dir / "workspace.json")
-        return cls(root, name, db, blob_store, box)
+        return cls(root, name, db, blob_store, box, shared=url is not None)
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -171,7 +184,7 @@ class Store:
         except BaseException:
             db.close()
             raise
-        return cls(root, name, db, info.get("blob_store") or None, box)
+        return cls(root, name, db, info.get("blob_store") or None, box, shared=bool(info.get("database")))
 
     def close(self) -> None:
         self._db.close()
@@ -194,6 +207,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.name!r} at {self.root}>"
+
+    @property
+    def cluster_id(self) -> str:
+        """The id of this folder's local cluster, made on first use (clusters.py)."""
+        if self._cluster_id is None:
+            self._cluster_id = local_cluster_id(self.runtime_dir, self.root)
+        return self._cluster_id
 
     # -- models (models.py) ------------------------------------------------------------------
 
@@ -262,9 +282,12 @@ class Store:
         primary_key: str | None,
         secondary_key: str | None,
         overwrite: bool = False,
+        cluster: str | None = None,
     ) -> ServiceRecord:
+        """``cluster``: the local cluster that will run it (``cluster_id``); None for another
+        compute target. In a shared workspace, another cluster's service is not overwritten."""
         return self._services.create_service(
-            name, config, primary_key=primary_key, secondary_key=secondary_key, overwrite=overwrite
+            name, config, primary_key=primary_key, secondary_key=secondary_key, overwrite=overwrite, cluster=cluster
         )
 
     def get_service(self, name: str) -> ServiceRecord:
@@ -289,6 +312,15 @@ class Store:
     def delete_service(self, name: str) -> None:
         self._services.delete_service(name)
 
+    def claim_service(self, name: str, cluster: str) -> str | None:
+        """Make ``cluster`` the owner of a service that has none (first claim wins); its owner after."""
+        return self._services.claim_service(name, cluster)
+
+    def foreign_refusal(self, record: ServiceRecord, action: str) -> Conflict | None:
+        """In a shared workspace, the error for ``action`` ("deleted", "updated") on another
+        local cluster's service; None when this folder may."""
+        return self._services.foreign_refusal(record, action)
+
     def add_event(self, service: str, kind: str, data: Mapping[str, Any], time: float | None = None) -> None:
         self._services.add_event(service, kind, data, time)
 
@@ -300,13 +332,22 @@ class Store:
 
     # -- settings --------------------------------------------------------------------------
 
-    def get_setting(self, key: str, default: str | None = None) -> str | None:
+    def get_setting(self, key: str, default: str | None = None, *, cluster: str | None = None) -> str | None:
+        """A setting; one that describes a local cluster (``clusters.CLUSTER_SETTINGS``: its ports,
+        scheme, URI host) is this folder's cluster's, or ``cluster``'s, in a shared workspace."""
+        key = self._setting_key(key, cluster)
         value = self._db.read(lambda conn: conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar())
         return default if value is None else value
+
+    def _setting_key(self, key: str, cluster: str | None) -> str:
+        if key in CLUSTER_SETTINGS and self.shared:
+            return scoped_setting(key, cluster or self.cluster_id)
+        return key
 
     def set_setting(self, key: str, value: str) -> None:
         if not isinstance(value, str):
             raise ConfigError(f"setting {key!r} must be a string (got {type(value).__name__})")
+        key = self._setting_key(key, None)
 
         def tx(conn: Connection) -> None:
             done = conn.execute(update(settings).where(settings.c.key == key).values(value=value)).rowcount

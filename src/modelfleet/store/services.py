@@ -4,13 +4,21 @@ A service's ``config`` is opaque to the store; each change of it bumps ``generat
 the control plane records the generation it serves in ``serving_generation``, so "is the
 latest config live?" is one comparison. Events (deployments, scaling, builds) are kept per
 service, oldest first, and go with it when it is deleted.
+
+A local service records the local cluster that owns it (``cluster``, see ``clusters.py``).
+In a workspace a team shares, a service owned by another folder's cluster is refused here,
+inside the same transaction as the change, when it would be deployed over, updated or
+deleted: only its owner runs it, so only its owner may replace or remove what it runs. Keys,
+tags and states stay writable by anyone (a regenerated key reaches the owner's router within
+its next pass). A service with no recorded owner (another compute target's, or one deployed
+before owners were recorded) is refused to no one.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,16 +44,26 @@ class ServiceRecord:
     detail: str | None
     created_time: float
     updated_time: float
+    cluster: str | None = None  # the local cluster that owns it (clusters.py); None: none recorded
 
 
 class Services:
     """The services and events of one workspace (its database)."""
 
-    def __init__(self, db: Database, workspace_name: str, box: SecretBox | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        workspace_name: str,
+        box: SecretBox | None = None,
+        local_cluster: Callable[[], str] | None = None,
+    ) -> None:
         self._db = db
         self.name = workspace_name
         # Keys are sealed with the member's key in a shared database (secrets.py), plain in SQLite.
         self._box = box or SecretBox(None)
+        # This folder's cluster id, in a shared workspace: other clusters' services are refused
+        # (see the module's docstring). None: a folder workspace, whose one cluster runs them all.
+        self._local_cluster = local_cluster
 
     def create_service(
         self,
@@ -55,9 +73,11 @@ class Services:
         primary_key: str | None,
         secondary_key: str | None,
         overwrite: bool = False,
+        cluster: str | None = None,
     ) -> ServiceRecord:
-        """Add the service's desired state (state Transitioning, generation 1). With ``overwrite``,
-        an existing one gets the new config and keys and its next generation."""
+        """Add the service's desired state (state Transitioning, generation 1), owned by the local
+        cluster ``cluster`` (None: another compute target's). With ``overwrite``, an existing one
+        gets the new config, keys and owner, and its next generation; another cluster's is refused."""
         config_json = _config_json(config)
         now = time.time()
         sealed_primary, sealed_secondary = self._box.seal(primary_key), self._box.seal(secondary_key)
@@ -77,14 +97,17 @@ class Services:
                         detail=None,
                         created_time=now,
                         updated_time=now,
+                        cluster=cluster,
                     )
                 )
             elif not overwrite:
+                where = f" (on the local cluster {row.cluster})" if self._foreign(row.cluster) else ""
                 raise Conflict(
-                    f'service "{name}" already exists in workspace "{self.name}"; pass overwrite=True '
+                    f'service "{name}" already exists in workspace "{self.name}"{where}; pass overwrite=True '
                     f"to replace it, or delete it first (`modelfleet service delete -n {name}`)"
                 )
             else:
+                self._refuse_foreign(name, row.cluster, "deployed over")
                 conn.execute(
                     update(services)
                     .where(services.c.name == name)
@@ -96,6 +119,7 @@ class Services:
                         state="Transitioning",
                         detail=None,
                         updated_time=now,
+                        cluster=cluster,
                     )
                 )
             return self._service(conn, name)
@@ -115,6 +139,7 @@ class Services:
         config_json = _config_json(config)
         return self._update_service(
             name,
+            guard="updated",
             config=config_json,
             generation=services.c.generation + 1,
             state="Transitioning",
@@ -145,9 +170,11 @@ class Services:
         """Remove the service and its event log (a later service of the same name starts afresh)."""
 
         def tx(conn: Connection) -> None:
-            gone = conn.execute(delete(services).where(services.c.name == name)).rowcount
-            if not gone:
+            owner = conn.execute(select(services.c.cluster).where(services.c.name == name)).first()
+            if owner is None:
                 raise self._service_not_found(name)
+            self._refuse_foreign(name, owner.cluster, "deleted")
+            conn.execute(delete(services).where(services.c.name == name))
             conn.execute(delete(events).where(events.c.service == name))
 
         self._db.write(tx)
@@ -201,8 +228,45 @@ class Services:
             f'service "{name}" not found in workspace "{self.name}"; list services with `modelfleet service list`'
         )
 
-    def _update_service(self, name: str, **values: Any) -> ServiceRecord:
+    # -- owners --------------------------------------------------------------------------
+
+    def claim_service(self, name: str, cluster: str) -> str | None:
+        """Record ``cluster`` as the owner of ``name`` if it has none yet (one writer wins);
+        the owner it has afterwards."""
+
+        def tx(conn: Connection) -> str | None:
+            conn.execute(
+                update(services).where(services.c.name == name, services.c.cluster.is_(None)).values(cluster=cluster)
+            )
+            owner = conn.execute(select(services.c.cluster).where(services.c.name == name)).first()
+            if owner is None:
+                raise self._service_not_found(name)
+            return owner.cluster  # type: ignore[no-any-return]
+
+        return self._db.write(tx)
+
+    def foreign_refusal(self, record: ServiceRecord, action: str) -> Conflict | None:
+        """The refusal to give when this folder asks for ``record`` to be ``action`` (e.g.
+        "deleted") and another local cluster owns it; None when it may."""
+        if not self._foreign(record.cluster):
+            return None
+        assert self._local_cluster is not None and record.cluster is not None
+        return _foreign_service(record.name, record.cluster, self._local_cluster(), action)
+
+    def _foreign(self, owner: str | None) -> bool:
+        return owner is not None and self._local_cluster is not None and owner != self._local_cluster()
+
+    def _refuse_foreign(self, name: str, owner: str | None, action: str) -> None:
+        if self._foreign(owner):
+            assert self._local_cluster is not None and owner is not None
+            raise _foreign_service(name, owner, self._local_cluster(), action)
+
+    def _update_service(self, name: str, guard: str | None = None, **values: Any) -> ServiceRecord:
         def tx(conn: Connection) -> ServiceRecord:
+            if guard is not None:
+                owner = conn.execute(select(services.c.cluster).where(services.c.name == name)).first()
+                if owner is not None:
+                    self._refuse_foreign(name, owner.cluster, guard)
             done = conn.execute(
                 update(services).where(services.c.name == name).values(updated_time=_now(), **values)
             ).rowcount
@@ -217,6 +281,14 @@ def _now() -> float:
     return time.time()
 
 
+def _foreign_service(name: str, owner: str, mine: str, action: str) -> Conflict:
+    return Conflict(
+        f'service "{name}" runs on another local cluster, {owner}, and can be {action} only from there '
+        f"(this folder's cluster is {mine}): run the command on that machine, in that folder, or ask its "
+        "owner; a new service of your own needs another name"
+    )
+
+
 def _service_record(row: Row[Any], box: SecretBox) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
@@ -229,6 +301,7 @@ def _service_record(row: Row[Any], box: SecretBox) -> ServiceRecord:
         detail=row.detail,
         created_time=row.created_time,
         updated_time=row.updated_time,
+        cluster=row.cluster,
     )
 
 
