@@ -3,7 +3,9 @@
 ```
 <workspace>/.modelfleet/credentials/        mode 0700
     token-signing-key.pem                   ES256 (P-256) private key, PKCS#8 PEM, mode 0600
-    tls-cert.pem, tls-key.pem               the self-signed certificate (see control/tls.py)
+    tls-cert.pem, tls-key.pem               the self-signed certificate (see control/tls.py); in a
+                                            shared workspace, local copies of the team's, kept in its
+                                            database
 ```
 
 The signing key is made on first use by whichever process needs it first: the SDK issuing a

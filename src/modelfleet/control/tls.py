@@ -19,6 +19,16 @@ fewer than 30 days are left. It is shaped like ``openssl req -x509`` output (CA 
 constraint, key identifiers), so that strict verifiers (Python 3.13's X509_STRICT, curl, Go)
 accept it as their trust anchor. The SDK and CLI trust it by themselves; other clients pass
 the file as their CA bundle (``modelfleet cluster status`` says where it is).
+
+In a workspace a team shares (its metadata in a database that workspace.json names), the TLS
+choice is the team's, and so is the material: the certificate and its private key live in the
+database's secrets table, sealed with the team's key like the service keys
+(``store/secrets.py``): ``tls-self-signed`` (made by the first cluster that needs it, renewed
+by the first that finds it within 30 days of expiry, in one transaction so that racing
+clusters agree) or ``tls-files`` (the pair ``cluster start --tls-cert/--tls-key`` read, copied
+in). Every teammate's cluster serves that one certificate, and every teammate's SDK and CLI
+trust it, read from the database; the files under ``credentials/`` are then local copies (the
+server's TLS library loads files), rewritten from the database at each daemon start.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +62,8 @@ SELF_SIGNED_KEY = "tls-key.pem"
 SELF_SIGNED_DAYS = 365
 RENEW_BEFORE_DAYS = 30
 _NO_PORT = ""
+# a shared workspace's TLS material, in its secrets table: {"cert": PEM, "key": PEM}, sealed
+SHARED_SECRETS = {"self-signed": "tls-self-signed", "files": "tls-files"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,12 @@ def load(store: Any) -> TlsSettings:
 
 
 def save(store: Any, settings: TlsSettings) -> None:
+    """Store the choice; in a shared workspace, the files of ``--tls-cert/--tls-key`` are copied
+    into the team's secrets too (their paths stay, as where they came from)."""
+    if settings.mode == "files" and _shared(store):
+        assert settings.cert_file is not None and settings.key_file is not None
+        pems = {"cert": settings.cert_file.read_text(), "key": settings.key_file.read_text()}
+        store.secrets.put(SHARED_SECRETS["files"], json.dumps(pems))
     store.set_setting(MODE_SETTING, settings.mode)
     store.set_setting(CERT_SETTING, str(settings.cert_file) if settings.mode == "files" else "")
     store.set_setting(KEY_SETTING, str(settings.key_file) if settings.mode == "files" else "")
@@ -142,7 +161,9 @@ def router_listeners(store: Any, workspace_root: Path, now: datetime.datetime) -
     if not settings.enabled:
         listeners = RouterListeners(None, None, None, "http", "127.0.0.1")
     else:
-        if settings.mode == "self-signed":
+        if _shared(store):  # the team's certificate, from the database
+            cert, key = _local_copies(credentials_dir(workspace_root), *_shared_material(store, settings.mode, now))
+        elif settings.mode == "self-signed":
             cert, key = ensure_self_signed(credentials_dir(workspace_root), now)
         else:
             assert settings.cert_file is not None and settings.key_file is not None
@@ -183,6 +204,63 @@ def ensure_self_signed(folder: Path, now: datetime.datetime) -> tuple[Path, Path
         write_private(key_path, key_pem)
         write_private(cert_path, cert_pem)
     return cert_path, key_path
+
+
+def _shared(store: Any) -> bool:
+    return bool(getattr(store, "shared", False))
+
+
+def _fresh(cert_pem: bytes, now: datetime.datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return False
+    return cert.not_valid_after_utc - now > datetime.timedelta(days=RENEW_BEFORE_DAYS)
+
+
+def _shared_material(store: Any, mode: str, now: datetime.datetime) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) of a shared workspace, the self-signed pair made or renewed."""
+    name = SHARED_SECRETS[mode]
+    if mode == "self-signed":
+
+        def keep(value: str) -> bool:
+            return _fresh(json.loads(value)["cert"].encode(), now)
+
+        def make() -> str:
+            cert_pem, key_pem = self_signed_certificate(now)
+            return json.dumps({"cert": cert_pem.decode("ascii"), "key": key_pem.decode("ascii")})
+
+        value: str | None = store.secrets.renew(name, keep, make)
+    else:
+        value = store.secrets.get(name)
+        if value is None:
+            raise ConfigError(
+                "this shared workspace uses TLS from files, and its certificate is not in the workspace "
+                "(it was chosen before modelfleet shared it); choose it again: `modelfleet cluster start "
+                "--tls-cert FILE --tls-key FILE`"
+            )
+    assert value is not None
+    pems = json.loads(value)
+    return pems["cert"].encode(), pems["key"].encode()
+
+
+def _local_copies(folder: Path, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+    """Write the shared certificate and key into ``folder`` (0600) for the server's TLS library,
+    leaving files that already hold them as they are."""
+    cert_path, key_path = folder / SELF_SIGNED_CERT, folder / SELF_SIGNED_KEY
+    for path, pem in ((key_path, key_pem), (cert_path, cert_pem)):
+        try:
+            same = path.read_bytes() == pem
+        except FileNotFoundError:
+            same = False
+        if not same:
+            write_private(path, pem)
+    return cert_path, key_path
+
+
+def _shared_certificate(store: Any, mode: str) -> bytes | None:
+    value = store.secrets.get(SHARED_SECRETS[mode])
+    return None if value is None else str(json.loads(value)["cert"]).encode()
 
 
 def self_signed_certificate(now: datetime.datetime, days: int = SELF_SIGNED_DAYS) -> tuple[bytes, bytes]:
@@ -263,6 +341,12 @@ def client_context(store: Any, workspace_root: Path) -> ssl.SSLContext:
     self-signed one, or the file given with --tls-cert (harmless when a public CA signed it)."""
     context = ssl.create_default_context()
     settings = load(store)
+    if settings.enabled and _shared(store):  # the team's certificate, read from the database
+        pem = _shared_certificate(store, settings.mode)
+        if pem is not None:
+            with contextlib.suppress(ssl.SSLError):
+                context.load_verify_locations(cadata=pem.decode("ascii"))
+        return context
     cert = settings.cert_file
     if settings.mode == "self-signed":
         cert = credentials_dir(workspace_root) / SELF_SIGNED_CERT
@@ -276,6 +360,14 @@ def client_context(store: Any, workspace_root: Path) -> ssl.SSLContext:
 def certificate_file(store: Any, workspace_root: Path) -> Path | None:
     """Where the router's certificate is, for other clients (None when TLS is off)."""
     settings = load(store)
+    if settings.enabled and _shared(store):  # a local copy of the team's certificate
+        pem = _shared_certificate(store, settings.mode)
+        if pem is None:
+            return None
+        path = credentials_dir(workspace_root) / SELF_SIGNED_CERT
+        if not path.is_file() or path.read_bytes() != pem:
+            write_private(path, pem)
+        return path
     if settings.mode == "self-signed":
         return credentials_dir(workspace_root) / SELF_SIGNED_CERT
     return settings.cert_file

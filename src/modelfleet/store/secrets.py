@@ -151,6 +151,34 @@ class Secrets:
         assert value is not None
         return value
 
+    def renew(self, name: str, keep: Callable[[str], bool], make: Callable[[], str]) -> str:
+        """The secret ``name`` while ``keep(value)`` holds; else (or when there is none) one made
+        with ``make`` replaces it. Read and replaced in one write transaction, so two machines
+        renewing at once agree on one value (the second sees the first's and keeps it)."""
+
+        def tx(conn: Connection) -> str:
+            stored = conn.execute(select(secrets_table.c.value).where(secrets_table.c.name == name)).scalar()
+            current = self.box.open(stored)
+            if current is not None and keep(current):
+                return current
+            made = make()
+            sealed = self.box.seal(made)
+            if stored is None:
+                conn.execute(secrets_table.insert().values(name=name, value=sealed, created_time=time.time()))
+            else:
+                conn.execute(
+                    secrets_table.update()
+                    .where(secrets_table.c.name == name)
+                    .values(value=sealed, created_time=time.time())
+                )
+            return made
+
+        return self._db.write(tx)
+
+    def put(self, name: str, value: str) -> None:
+        """Store ``value`` as the secret ``name``, replacing any."""
+        self.renew(name, lambda _current: False, lambda: value)
+
     def get(self, name: str) -> str | None:
         stored = self._db.read(
             lambda conn: conn.execute(select(secrets_table.c.value).where(secrets_table.c.name == name)).scalar()
