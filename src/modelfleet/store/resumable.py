@@ -37,6 +37,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ def plan_blocks(size: int, block_size: int) -> list[tuple[int, int]]:
 
 class Staging(Protocol):
     """One backend's way of keeping the blocks of an upload under the temporary name."""
+
+    in_order: bool  # whether blocks must be sent one at a time, in order (else several at once)
 
     def __enter__(self) -> Staging: ...
 
@@ -134,6 +137,8 @@ def _size_or_none(fs: Any, key: str) -> int | None:
 
 
 class AzureStaging:
+    in_order = False
+
     def __init__(self, fs: Any, key: str, block_size: int) -> None:
         from fsspec.asyn import sync
 
@@ -219,10 +224,13 @@ class AzureStaging:
 
 
 class S3Staging:
+    in_order = False
+
     def __init__(self, fs: Any, key: str, block_size: int) -> None:
         self.fs, self.key, self.block_size = fs, key, block_size
         self._bucket, self._name = key.split("/", 1)
         self._upload_id: str | None = None
+        self._starting = threading.Lock()  # the first two blocks must not start two uploads
         self._etags: dict[int, str] = {}  # part number -> ETag, for the completion
 
     def __enter__(self) -> S3Staging:
@@ -273,8 +281,9 @@ class S3Staging:
         return {n - 1 for n in usable}
 
     def send(self, index: int, data: bytes) -> None:
-        if self._upload_id is None:
-            self._upload_id = self._call("create_multipart_upload", Key=self._name)["UploadId"]
+        with self._starting:
+            if self._upload_id is None:
+                self._upload_id = self._call("create_multipart_upload", Key=self._name)["UploadId"]
         out = self._call("upload_part", Key=self._name, UploadId=self._upload_id, PartNumber=index + 1, Body=data)
         self._etags[index + 1] = out["ETag"]
 
@@ -310,6 +319,8 @@ class S3Staging:
 
 
 class FileStaging:
+    in_order = True  # so that what a killed put leaves is a prefix of the blob
+
     def __init__(self, key: str, block_size: int) -> None:
         self.key, self.block_size = key, block_size
         self._fd = -1

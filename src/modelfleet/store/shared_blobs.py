@@ -6,7 +6,7 @@ read cache (a :class:`BlobStore`): whatever this machine put or fetched is read 
 so deploying an unchanged model does not download it again.
 
 A put hashes the file into the cache first (streamed, never whole in memory), then uploads
-the cached file in blocks (8 MiB by default, one in memory at a time) to the temporary name
+the cached file in blocks (8 MiB by default, two in flight at a time) to the temporary name
 ``<prefix>/.tmp/<digest>``, assembles them there, reads that object back to check its sha256,
 and only then moves it to its final name (a server-side copy, or a rename on ``file://``) and
 removes everything of the upload. A reader therefore sees under a final name only bytes whose
@@ -34,6 +34,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -55,6 +56,7 @@ from modelfleet.store.resumable import (
 SCHEMES = {"az": "azure", "abfs": "azure", "s3": "s3", "file": None}  # scheme -> modelfleet's extra
 _CHUNK = 4 * 1024 * 1024
 UPLOAD_BLOCK = 8 * 1024 * 1024  # the default block size of an upload (S3 parts must be at least 5 MiB)
+UPLOAD_CONCURRENCY = 2  # blocks in flight at once by default: 16 MiB of memory at most
 STALE_UPLOAD_S = 7 * 24 * 3600  # clean_uploads' default: as long as Azure keeps uncommitted blocks
 
 
@@ -104,6 +106,7 @@ class SharedBlobStore:
         *,
         fs: Any = None,
         block_size: int = UPLOAD_BLOCK,
+        concurrency: int = UPLOAD_CONCURRENCY,
         progress: ProgressFn | None = None,
     ) -> None:
         self.url = url
@@ -114,9 +117,12 @@ class SharedBlobStore:
                 f"block_size {block_size} is out of range for {self.scheme}:// blob stores: "
                 f"{smallest} to {MAX_BLOCK} bytes"
             )
+        if not 1 <= concurrency <= 16:
+            raise ConfigError(f"concurrency {concurrency} is out of range: 1 to 16 blocks in flight")
         self.cache = cache
         self.fs = fs if fs is not None else _filesystem(self.scheme)
         self.block_size = block_size
+        self.concurrency = concurrency  # blocks in flight at once (az, s3): what hides round trips
         self.progress = progress  # called after each block a put stores (a progress bar; tests)
         self.last_upload: Progress | None = None  # how the last put went: bytes kept, bytes sent
         # What callers of BlobStore use for their own temporary files (snapshots).
@@ -233,19 +239,35 @@ class SharedBlobStore:
     def _send(
         self, staging: Staging, local: Path, digest: str, blocks: list[tuple[int, int]], stored: set[int]
     ) -> Progress:
+        """Send the blocks not in ``stored``, ``self.concurrency`` at a time (one where the
+        backend needs them in order), each read only when a slot is free: that many blocks in
+        memory at most. Then assemble them."""
         size = blocks[-1][0] + blocks[-1][1]
         done = Progress(digest, size, sum(blocks[i][1] for i in stored), 0)
         if self.progress is not None:
             self.progress(done)
-        with open(local, "rb") as src:
+        slots = 1 if staging.in_order else self.concurrency
+        in_flight: dict[Future[None], int] = {}
+
+        def settle(until: int) -> None:
+            nonlocal done
+            while len(in_flight) > until:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    length = in_flight.pop(future)
+                    future.result()
+                    done = Progress(digest, size, done.stored + length, done.sent + length)
+                    if self.progress is not None:
+                        self.progress(done)
+
+        with open(local, "rb") as src, ThreadPoolExecutor(slots, "blob-upload") as pool:
             for index, (offset, length) in enumerate(blocks):
                 if index in stored or length == 0:
                     continue
+                settle(slots - 1)
                 src.seek(offset)
-                staging.send(index, src.read(length))  # one block in memory, whatever the file's size
-                done = Progress(digest, size, done.stored + length, done.sent + length)
-                if self.progress is not None:
-                    self.progress(done)
+                in_flight[pool.submit(staging.send, index, src.read(length))] = length
+            settle(0)
         staging.commit(blocks)
         return done
 
