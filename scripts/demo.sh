@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[demo]"
+.venv/bin/python -m pip install -q --disable-pip-version-check uv  # uv: the same versions, much faster
+.venv/bin/uv pip install -q --python .venv/bin/python -e ".[demo]"
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python examples/demo/run_demo.py "$@"
