@@ -9,18 +9,23 @@ it verifies too. In the database the private key is sealed with the team's key, 
 
 from __future__ import annotations
 
+import datetime
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography import x509
 from sqlalchemy import text
 from team import two_members
 
 from e2e_support import SUM_BODY, cli, deploy
 from modelfleet.control import tls
 from modelfleet.store.db import Database
+from modelfleet.store.registry import Store
+from test_tls import handshake, make_cert
 
 
 def served_certificate(uri: str) -> str:
@@ -62,3 +67,54 @@ def test_a_teammates_cluster_serves_the_teams_certificate_and_every_client_trust
         key_body = "".join(key_pem.strip().splitlines()[1:-1])
         for name, value in rows.items():
             assert "PRIVATE KEY" not in value and key_body not in value, name
+
+
+def test_own_certificate_files_are_copied_in_and_a_renewal_is_agreed_on(tmp_path: Path, postgres_server: Any) -> None:
+    url = postgres_server.new_database()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with Store.create(tmp_path / "alice", "team", database=url) as alice:
+        (tmp_path / "bob" / ".modelfleet").mkdir(parents=True)
+        shutil.copy(tmp_path / "alice" / ".modelfleet" / "secret.key", tmp_path / "bob" / ".modelfleet")
+        with Store.create(tmp_path / "bob", "team", database=url) as bob:
+            cert, key = make_cert(tmp_path, [x509.DNSName("localhost")])
+            tls.save(alice, tls.requested(self_signed=False, cert=str(cert), key=str(key), off=False, http_port=None))
+            original = cert.read_bytes()
+            cert.unlink()
+            key.unlink()  # `cluster start --tls-cert/--tls-key` on Alice's machine: only the workspace has them now
+            served = tls.router_listeners(bob, bob.root, now)
+            assert served.cert_file is not None and served.cert_file.read_bytes() == original
+            assert handshake(served.context, tls.client_context(alice, alice.root), "localhost") == b"ping"
+
+            tls.save(alice, tls.TlsSettings(mode="self-signed"))
+            first = tls.router_listeners(alice, alice.root, now).cert_file
+            assert first is not None and first.read_bytes() != original
+            made_once = tls.router_listeners(bob, bob.root, now).cert_file
+            assert made_once is not None and made_once.read_bytes() == first.read_bytes()
+            later = now + datetime.timedelta(days=tls.SELF_SIGNED_DAYS - tls.RENEW_BEFORE_DAYS + 5)
+            renewed = tls.router_listeners(bob, bob.root, later).cert_file  # Bob's cluster renews it
+            assert renewed is not None
+            renewed_pem = renewed.read_bytes()
+            assert renewed_pem != original
+            again = tls.router_listeners(alice, alice.root, later).cert_file  # and Alice's serves Bob's renewal
+            assert again is not None and again.read_bytes() == renewed_pem
+
+
+def test_a_clusters_own_self_signed_certificate_becomes_the_teams_but_a_copy_of_files_does_not(
+    tmp_path: Path, postgres_server: Any
+) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with Store.create(tmp_path / "before", "team", database=postgres_server.new_database()) as store:
+        # a cluster that served its own self-signed certificate before modelfleet shared it
+        cert, _ = tls.ensure_self_signed(tls.credentials_dir(store.root), now)
+        served_before = cert.read_bytes()
+        tls.save(store, tls.TlsSettings(mode="self-signed"))
+        served = tls.router_listeners(store, store.root, now).cert_file
+        assert served is not None and served.read_bytes() == served_before  # clients that trust it go on
+    with Store.create(tmp_path / "files", "team", database=postgres_server.new_database()) as store:
+        own, own_key = make_cert(tmp_path, [x509.DNSName("localhost")])
+        tls.save(store, tls.requested(self_signed=False, cert=str(own), key=str(own_key), off=False, http_port=None))
+        tls.router_listeners(store, store.root, now)  # the local copy of the user's certificate
+        tls.save(store, tls.TlsSettings(mode="self-signed"))
+        served = tls.router_listeners(store, store.root, now).cert_file
+        assert served is not None and served.read_bytes() != own.read_bytes()
+        assert x509.load_pem_x509_certificate(served.read_bytes()).issuer.rfc4514_string().startswith("CN=localhost")

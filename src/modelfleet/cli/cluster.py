@@ -108,6 +108,8 @@ def cluster_status(args: argparse.Namespace) -> int:
         **status,
     }
     lines = [f"cluster: running (pid {info['pid']}), router {data['router_uri']}"]
+    if status.get("cluster"):  # its id: the owner recorded with the services it runs (store/clusters.py)
+        lines.append(f"  id: {status['cluster']}")
     if info.get("tls_cert_file"):
         lines.append(f"  certificate: {info['tls_cert_file']} (pass it to other clients as their CA bundle)")
     if info.get("http_port"):

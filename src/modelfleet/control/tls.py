@@ -62,6 +62,7 @@ SELF_SIGNED_KEY = "tls-key.pem"
 SELF_SIGNED_DAYS = 365
 RENEW_BEFORE_DAYS = 30
 _NO_PORT = ""
+_SELF_SIGNED_ORG = "modelfleet local cluster"
 # a shared workspace's TLS material, in its secrets table: {"cert": PEM, "key": PEM}, sealed
 SHARED_SECRETS = {"self-signed": "tls-self-signed", "files": "tls-files"}
 
@@ -162,7 +163,8 @@ def router_listeners(store: Any, workspace_root: Path, now: datetime.datetime) -
         listeners = RouterListeners(None, None, None, "http", "127.0.0.1")
     else:
         if _shared(store):  # the team's certificate, from the database
-            cert, key = _local_copies(credentials_dir(workspace_root), *_shared_material(store, settings.mode, now))
+            folder = credentials_dir(workspace_root)
+            cert, key = _local_copies(folder, *_shared_material(store, settings.mode, now, folder))
         elif settings.mode == "self-signed":
             cert, key = ensure_self_signed(credentials_dir(workspace_root), now)
         else:
@@ -218,8 +220,17 @@ def _fresh(cert_pem: bytes, now: datetime.datetime) -> bool:
     return cert.not_valid_after_utc - now > datetime.timedelta(days=RENEW_BEFORE_DAYS)
 
 
-def _shared_material(store: Any, mode: str, now: datetime.datetime) -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) of a shared workspace, the self-signed pair made or renewed."""
+def _made_here(cert_pem: bytes) -> bool:
+    """Whether a certificate is one ``self_signed_certificate`` made (not a user's, from files)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return cert.subject == cert.issuer and [o.value for o in orgs] == [_SELF_SIGNED_ORG]
+
+
+def _shared_material(store: Any, mode: str, now: datetime.datetime, folder: Path) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) of a shared workspace, the self-signed pair made or renewed.
+    The first one made adopts a fresh self-signed pair already in ``folder`` (a cluster that
+    served TLS before modelfleet shared it), so clients that trust that file go on trusting it."""
     name = SHARED_SECRETS[mode]
     if mode == "self-signed":
 
@@ -227,7 +238,13 @@ def _shared_material(store: Any, mode: str, now: datetime.datetime) -> tuple[byt
             return _fresh(json.loads(value)["cert"].encode(), now)
 
         def make() -> str:
-            cert_pem, key_pem = self_signed_certificate(now)
+            try:
+                cert_pem, key_pem = (folder / SELF_SIGNED_CERT).read_bytes(), (folder / SELF_SIGNED_KEY).read_bytes()
+                server_context(folder / SELF_SIGNED_CERT, folder / SELF_SIGNED_KEY)  # a pair that loads
+                if not (_fresh(cert_pem, now) and _made_here(cert_pem)):
+                    raise ValueError("expired, or the copy of a certificate from files")
+            except (OSError, ValueError, ConfigError):
+                cert_pem, key_pem = self_signed_certificate(now)
             return json.dumps({"cert": cert_pem.decode("ascii"), "key": key_pem.decode("ascii")})
 
         value: str | None = store.secrets.renew(name, keep, make)
@@ -268,7 +285,7 @@ def self_signed_certificate(now: datetime.datetime, days: int = SELF_SIGNED_DAYS
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "modelfleet local cluster"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _SELF_SIGNED_ORG),
             x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
         ]
     )
