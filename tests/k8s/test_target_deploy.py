@@ -174,7 +174,8 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             sender = threading.Thread(target=traffic)
             sender.start()
             try:
-                service.update(scoring_timeout_ms=30000)
+                # a new inference config too: the service stays on the cluster (it once became local)
+                service.update(scoring_timeout_ms=30000, inference_config=ic)
                 service.wait_for_deployment(timeout_sec=180)
 
                 def rolled() -> bool:
@@ -191,6 +192,7 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             print(f"update under traffic: {len(outcomes)} requests, {len(failed)} failed {sorted(set(failed))}")
             assert outcomes and not failed
             assert service.state == "Healthy"
+            assert ws.cluster().info() is None  # still the cluster's: no local daemon was started for it
 
             uri = service.scoring_uri
             service.delete()

@@ -43,6 +43,9 @@ def test_each_cluster_runs_only_its_own_services_and_refuses_a_teammates(tmp_pat
         # from Bob's folder, Alice's service can be read but not changed; the refusal names her cluster
         hers = Webservice(bob, "svc-a")
         assert hers.state == "Healthy"
+        # its URI names Alice's router (her cluster's port), and scoring through it from Bob's side works
+        assert hers.scoring_uri == svc_a.scoring_uri != svc_b.scoring_uri.replace("svc-b", "svc-a")
+        assert hers.run(SUM_BODY) == [55]
         for attempt in (lambda: hers.update(num_replicas=2), hers.delete, lambda: deploy(bob, "svc-a", "sum")):
             with pytest.raises(Conflict, match=f"another local cluster, {alice.store.cluster_id}"):
                 attempt()

@@ -115,7 +115,7 @@ def service_list(args: argparse.Namespace) -> int:
     from modelfleet.sdk.webservice import Webservice
 
     ws = workspace(args)
-    described = _with_owners(ws, Webservice.serialize_all(ws, Webservice.list(ws)))
+    described = Webservice.serialize_all(ws, Webservice.list(ws))
     rows = [f"{d['name']}  {d['state']}  {shown(d['scoringUri'])}" for d in described]
     if ws.store.shared:  # whose local cluster runs each (a teammate's, on their machine)
         rows = [f"{row}  {shown(d['cluster'])}" for row, d in zip(rows, described, strict=True)]
@@ -124,20 +124,10 @@ def service_list(args: argparse.Namespace) -> int:
 
 
 def service_show(args: argparse.Namespace) -> int:
-    service = _service(args)
-    data = _with_owners(service.workspace, [service.serialize()])[0]
+    data = _service(args).serialize()
     text = {**data, "models": [f"{m['name']}:{m['version']}" for m in data["models"]]}
     print_output(args, data, key_values(text))
     return 0
-
-
-def _with_owners(ws: Any, described: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each service's ``cluster``: the local cluster that owns and runs it (store/clusters.py;
-    None for another compute target's, or one deployed before owners were recorded)."""
-    if not described or "cluster" in described[0]:
-        return described
-    owners = {r.name: r.cluster for r in ws.store.list_services()}
-    return [{**d, "cluster": owners.get(d["name"])} for d in described]
 
 
 def service_logs(args: argparse.Namespace) -> int:

@@ -114,8 +114,14 @@ class Webservice:
         return list(self._record().config["models"])
 
     def _base_uri(self) -> str | None:
-        root = _router_root(self.workspace, self._record().config)
+        root = _router_root(self.workspace, self._record())
         return f"{root}/api/v1/service/{self.name}" if root else None
+
+    @property
+    def cluster(self) -> str | None:
+        """The local cluster that owns and runs this service (``host:folder#hex``; see the
+        README's shared workspace), or None for a service on another compute target."""
+        return self._record().cluster
 
     @property
     def scoring_uri(self) -> str | None:
@@ -368,7 +374,8 @@ class Webservice:
         )
         if inference_config is not None:
             inference = inference_config.to_spec()
-            config = build_config(self.workspace, new_models, inference, spec)
+            # what build_config does not make (the compute target) stays as it was
+            config = {**record.config, **build_config(self.workspace, new_models, inference, spec)}
         else:
             config = dict(record.config)
             config["deploy"] = spec.to_dict()
@@ -398,7 +405,7 @@ class Webservice:
     def serialize(self) -> dict[str, Any]:
         record = self._record()
         meta = service_meta.current(self.workspace.store, record)
-        return _serialized(record, _router_root(self.workspace, record.config), meta)
+        return _serialized(record, _router_root(self.workspace, record), meta)
 
     @staticmethod
     def serialize_all(workspace: WorkspaceBase, services: Sequence[Webservice]) -> list[dict[str, Any]]:
@@ -408,12 +415,12 @@ class Webservice:
         records = {r.name: r for r in workspace.store.list_services()}
         listed = [records[s.name] for s in services if s.name in records]
         metas = service_meta.current_of_all(workspace.store, listed)
-        roots: dict[Any, str | None] = {}  # by compute target (None: the local cluster)
+        roots: dict[Any, str | None] = {}  # by compute target, or by owning local cluster
         out = []
         for record in listed:
-            where = record.config.get(COMPUTE_TARGET_KEY)
+            where = (record.config.get(COMPUTE_TARGET_KEY), record.cluster)
             if where not in roots:
-                roots[where] = _router_root(workspace, record.config)
+                roots[where] = _router_root(workspace, record)
             out.append(_serialized(record, roots[where], metas[record.name]))
         return out
 
@@ -534,18 +541,20 @@ def _existing_service(workspace: WorkspaceBase, name: str) -> dict[str, Any] | N
         return None
 
 
-def _router_root(workspace: WorkspaceBase, config: dict[str, Any]) -> str | None:
-    """``scheme://host:port`` of the router that serves a service stored with ``config``, or
-    None while it is not known (no cluster has run yet; an attached cluster without its URI)."""
-    target = service_target(workspace, config)
+def _router_root(workspace: WorkspaceBase, record: ServiceRecord) -> str | None:
+    """``scheme://host:port`` of the router that serves ``record``'s service, or None while it
+    is not known (no cluster has run yet; an attached cluster without its URI). A local service
+    is served by its owning cluster's router (a teammate's, in a shared workspace)."""
+    target = service_target(workspace, record.config)
     if target is not None:  # the cluster's router, where the compute target says it is reached
         return target.router_uri or None
     store = workspace.store
-    port = store.get_setting(ROUTER_PORT_SETTING)
+    owner = record.cluster
+    port = store.get_setting(ROUTER_PORT_SETTING, cluster=owner)
     if port is None:
         return None
-    scheme = store.get_setting(ROUTER_SCHEME_SETTING) or "http"
-    host = store.get_setting(ROUTER_URI_HOST_SETTING) or "127.0.0.1"
+    scheme = store.get_setting(ROUTER_SCHEME_SETTING, cluster=owner) or "http"
+    host = store.get_setting(ROUTER_URI_HOST_SETTING, cluster=owner) or "127.0.0.1"
     return f"{scheme}://{host}:{port}"
 
 
@@ -569,6 +578,7 @@ def _serialized(record: ServiceRecord, router_root: str | None, meta: service_me
         "description": meta.description,
         "environment": record.config["environment"].get("name"),
         "deploymentConfig": spec.to_v1_json(),
+        "cluster": record.cluster,  # last: tsv consumers' columns stay where they were
     }
 
 
