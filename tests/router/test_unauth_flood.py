@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from modelfleet.router.auth import KeyAuth
 from router_upstream import Answers, RouterThread, UpstreamProcess, assert_idle, pipeline, serve_on
@@ -78,3 +79,52 @@ def test_a_flood_of_401s_is_counted_and_another_services_client_is_served(
     assert invalid == total
     assert router.call(lambda: router.router.services[b"served"].metrics.auth_invalid) == 0
     assert_idle(router)
+
+
+def _ask(sock: socket.socket, key: str) -> int:
+    """One request on a keep-alive connection; its status."""
+    sock.sendall(
+        b"POST /api/v1/service/guarded/score HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+        b"content-length: 2\r\n\r\n{}" % key.encode()
+    )
+    answers = Answers()
+    while not answers.done and (chunk := sock.recv(65536)):
+        answers.feed(chunk)
+    return answers.done[0][0]
+
+
+def test_a_connection_past_its_allowance_of_401s_is_read_once_a_pause_until_a_key_passes(
+    make_router: Callable[..., RouterThread], upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    pause_s = 1.5
+    router = make_router(bad_auth_allowance=5, bad_auth_pause_s=pause_s)
+    serve_on(router, "guarded", [upstreams().port], auth=KeyAuth("good-key", "good-key-2"))
+
+    def penalized() -> list[int]:
+        from modelfleet.router.ports import PENALTY
+
+        return router.call(lambda: sorted(c.bad_auth for c in router.router.connections if c.gate.reasons & PENALTY))
+
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as flooding:
+        assert [_ask(flooding, "wrong") for _ in range(5)] == [401] * 5
+        assert penalized() == []  # within the allowance: nothing slowed
+        assert _ask(flooding, "wrong") == 401  # the 6th: answered, then reads pause
+        assert penalized() == [6]
+        # the paused connection's next request waits out the pause; another client does not wait
+        flooding.sendall(
+            b"POST /api/v1/service/guarded/score HTTP/1.1\r\nhost: x\r\nauthorization: Bearer good-key\r\n"
+            b"content-length: 2\r\n\r\n{}"
+        )
+        with httpx.Client(timeout=10) as other:
+            r = other.post(router.url("guarded"), content=b"{}", headers={"authorization": "Bearer good-key"})
+            assert r.status_code == 200
+        flooding.settimeout(pause_s / 3)
+        with pytest.raises(TimeoutError):
+            flooding.recv(65536)  # nothing read, so nothing answered, while the pause lasts
+        flooding.settimeout(10)
+        answers = Answers()
+        while not answers.done and (chunk := flooding.recv(65536)):
+            answers.feed(chunk)
+        assert answers.done[0][0] == 200  # read after the pause, and a key that passes ends the streak
+        assert router.call(lambda: [c.bad_auth for c in router.router.connections]) in ([0], [0, 0])
+        assert _ask(flooding, "wrong") == 401 and penalized() == []  # a fresh allowance

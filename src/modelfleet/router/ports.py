@@ -15,15 +15,15 @@ from modelfleet.router.dispatch import Action
 from modelfleet.router.routes import Canned, ServiceState
 from modelfleet.router.upstream import Pool
 
-__all__ = ["DRAIN", "PIPE", "UPLOAD", "WAIT", "ClientPort", "ReadGate", "RouterPort"]
+__all__ = ["DRAIN", "PENALTY", "PIPE", "UPLOAD", "WAIT", "ClientPort", "ReadGate", "RouterPort"]
 
-WAIT, UPLOAD, PIPE, DRAIN = 1, 2, 4, 8  # why a client's socket is not read
+WAIT, UPLOAD, PIPE, DRAIN, PENALTY = 1, 2, 4, 8, 16  # why a client's socket is not read
 
 
 class ReadGate:
     """Backpressure on the client socket: reads stop while any reason holds (waiting for a
     replica with a body buffered, replica's socket full, an earlier request unanswered, the
-    client not reading its answers)."""
+    client not reading its answers, a flood of bad credentials being slowed down)."""
 
     __slots__ = ("transport", "reasons")
 

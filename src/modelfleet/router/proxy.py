@@ -54,7 +54,7 @@ from modelfleet.router.auth import AuthFailures, AuthResult, authenticate
 from modelfleet.router.cycle import DONE, WAITING, Cycle
 from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.ids import MSG_MSID, MSG_XID, IdsTooLong, RequestIds
-from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ReadGate
+from modelfleet.router.ports import DRAIN, PENALTY, PIPE, UPLOAD, WAIT, ReadGate
 from modelfleet.router.routes import (
     C_400,
     C_400_SMUGGLING,
@@ -125,6 +125,9 @@ class ClientConnection(asyncio.Protocol):
         self.drained = 0
         self.drained_seen = -1
         self.stalled = 0.0
+        # Requests refused 401 in a row; past the router's allowance each further one pauses
+        # reading for a while (Router docstring: a flood of bad credentials).
+        self.bad_auth = 0
         # Lives with the request being parsed (reset by on_message_begin).
         self._in_head = False
         self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
@@ -296,6 +299,11 @@ class ClientConnection(asyncio.Protocol):
                     canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
                     router.auth_failures.record(self.peer_host(), result)
                     svc.metrics.auth_failed(result is AuthResult.MISSING)  # type: ignore[union-attr]
+                    self.bad_auth += 1
+                    if self.bad_auth > router.bad_auth_allowance:
+                        self.slow_down()
+                elif self.bad_auth:
+                    self.bad_auth = 0
             target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
 
         cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
@@ -317,6 +325,14 @@ class ClientConnection(asyncio.Protocol):
             cycle.body_end()
         if self.closing and (cycle is None or cycle.state >= DONE):
             self.transport.close()
+
+    def slow_down(self) -> None:
+        """Read nothing more from this connection for the router's ``bad_auth_pause_s``: what
+        this read already holds is still answered, in order (a pipelined burst goes on after
+        the pause), and a client sending one request at a time gets one answer per pause."""
+        if not self.gate.reasons & PENALTY:
+            self.gate.pause(PENALTY)
+            self.router.loop.call_later(self.router.bad_auth_pause_s, self.gate.resume, PENALTY)
 
     # -- refusing ------------------------------------------------------------------------
 
@@ -454,6 +470,14 @@ class Router:
       A streamed answer is then cut at the replica too (its generator ends, its slot is
       freed); one with a length is drained so the connection can be reused.
 
+    A flood of bad credentials (issue 12: a keyed client of another service must keep its
+    latency while one connection after another sends wrong keys as fast as the router answers):
+    a connection whose last ``bad_auth_allowance`` (1,000) requests were all refused 401 is
+    read only once per ``bad_auth_pause_s`` (50 ms) from then on, until a request on it passes
+    authentication. A client with a wrong key still gets its answers, in order; a flood of
+    401s costs the router at most 20 requests a second per connection instead of all its CPU.
+    The allowance lets a pipelined burst of mistakes through at full speed.
+
     Timeouts are checked by one sweep per ``tick_s`` over the open connections (no timer
     per request); ``tick_s`` is at most 1 s and at most half of the shorter timeout.
     ``clock`` is the monotonic clock used for timeouts (default: the event loop's);
@@ -472,6 +496,8 @@ class Router:
         header_timeout_s: float = 20.0,
         keep_alive_timeout_s: float = 75.0,
         send_timeout_s: float = 60.0,
+        bad_auth_allowance: int = 1000,
+        bad_auth_pause_s: float = 0.05,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -487,8 +513,14 @@ class Router:
         for label, value in timeouts.items():
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{label} must be a number of seconds > 0 (got {value!r})")
+        if not isinstance(bad_auth_allowance, int) or bad_auth_allowance < 0:
+            raise ConfigError(f"bad_auth_allowance must be an integer >= 0 (got {bad_auth_allowance!r})")
+        if not isinstance(bad_auth_pause_s, (int, float)) or not 0 < bad_auth_pause_s <= 10:
+            raise ConfigError(f"bad_auth_pause_s must be a number of seconds in (0, 10] (got {bad_auth_pause_s!r})")
         # Settings, fixed at construction.
         self.on_replica_failed = on_replica_failed
+        self.bad_auth_allowance = bad_auth_allowance
+        self.bad_auth_pause_s = float(bad_auth_pause_s)
         self.access_log = access_log and _access.isEnabledFor(logging.INFO)  # decided once
         self.max_header_bytes = max_header_bytes
         self.max_header_fields = max_header_fields
