@@ -4,6 +4,7 @@ timeouts, and a daemon.log that rotates. Real sockets; the last test runs a real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e_support import pid_alive, wait_until
@@ -25,8 +27,9 @@ TOKEN = "t" * 43
 IO_TIMEOUT_S = 3.0  # the server's read timeout in these tests (10 s in the daemon)
 
 
-@pytest.fixture
-def admin() -> Iterator[AdminServer]:
+@contextlib.contextmanager
+def running_admin(**settings: Any) -> Iterator[AdminServer]:
+    """An admin API on its own loop whose status call answers {"ok": true}."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -35,7 +38,7 @@ def admin() -> Iterator[AdminServer]:
         return None
 
     handlers = AdminHandlers(lambda: {"ok": True}, lambda name: None, delete, lambda: None)
-    server = AdminServer(loop, TOKEN, handlers, io_timeout_s=IO_TIMEOUT_S)
+    server = AdminServer(loop, TOKEN, handlers, **settings)
     server.start()
     try:
         yield server
@@ -44,6 +47,12 @@ def admin() -> Iterator[AdminServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@pytest.fixture
+def admin() -> Iterator[AdminServer]:
+    with running_admin(io_timeout_s=IO_TIMEOUT_S) as server:
+        yield server
 
 
 def _exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
@@ -165,49 +174,36 @@ def test_idle_keep_alive_connections_are_closed(admin: AdminServer) -> None:
 
 
 def test_connections_past_the_limit_get_503_and_the_api_serves_again_when_they_go(tmp_path: Path) -> None:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def delete(name: str) -> None:
-        return None
-
-    handlers = AdminHandlers(lambda: {"ok": True}, lambda name: None, delete, lambda: None)
-    server = AdminServer(loop, TOKEN, handlers, io_timeout_s=30, max_connections=4)
-    server.start()
-    threads_before = threading.active_count()
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
-    try:
-        # four idle connections hold every slot (each would be cut off only after 30 s)
-        wait_until(lambda: threading.active_count() == threads_before + 4, timeout=5)
-        for _ in range(20):
-            status, headers, body = _exchange(server.port, _request("GET", "/v1/status", "Content-Length: 0\r\n"))
-            assert status == 503 and headers["retry-after"] == "1" and b"at most 4 connections" in body
-        assert threading.active_count() == threads_before + 4  # no thread per refused connection
-        # the SDK's client waits out a 503 (once a second) instead of failing the call
-        runtime = tmp_path / "runtime"
-        runtime.mkdir()
-        (runtime / "admin.token").write_text(TOKEN)
-        answers: list[dict[str, object]] = []
-        client = threading.Thread(
-            target=lambda: answers.append(
-                ClusterClient(tmp_path, runtime)._call("GET", "/v1/status", info={"admin_port": server.port})
+    with running_admin(io_timeout_s=30, max_connections=4) as server:
+        threads_before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        try:
+            # four idle connections hold every slot (each would be cut off only after 30 s)
+            wait_until(lambda: threading.active_count() == threads_before + 4, timeout=5)
+            for _ in range(20):
+                status, headers, body = _exchange(server.port, _request("GET", "/v1/status", "Content-Length: 0\r\n"))
+                assert status == 503 and headers["retry-after"] == "1" and b"at most 4 connections" in body
+            assert threading.active_count() == threads_before + 4  # no thread per refused connection
+            # the SDK's client waits out a 503 (once a second) instead of failing the call
+            runtime = tmp_path / "runtime"
+            runtime.mkdir()
+            (runtime / "admin.token").write_text(TOKEN)
+            answers: list[dict[str, object]] = []
+            client = threading.Thread(
+                target=lambda: answers.append(
+                    ClusterClient(tmp_path, runtime)._call("GET", "/v1/status", info={"admin_port": server.port})
+                )
             )
-        )
-        client.start()
-        time.sleep(1.5)
-        assert answers == []  # refused, waiting to try again
-        idle.pop().close()
-        client.join(10)
-        assert answers == [{"ok": True}]
-        _still_serves(server.port)
-    finally:
-        for sock in idle:
-            sock.close()
-        server.stop()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+            client.start()
+            time.sleep(1.5)
+            assert answers == []  # refused, waiting to try again
+            idle.pop().close()
+            client.join(10)
+            assert answers == [{"ok": True}]
+            _still_serves(server.port)
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_daemon_log_rotates_by_size_and_the_daemon_refuses_bad_lengths(tmp_path: Path) -> None:
