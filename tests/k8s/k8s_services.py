@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,15 +24,45 @@ from modelfleet.targets.kubernetes.target import KubernetesPlan
 SCRIPTS = Path(__file__).resolve().parent.parent / "e2e_scripts"
 
 
+# A private blob server: http.server that answers 403 unless the request carries the query
+# ``sig=<sig>`` (an Azure SAS token's signature field) and/or ``Authorization: Bearer <token>``;
+# it logs each request's path without its query, and every refusal.
+_PRIVATE = """
+import http.server, sys, urllib.parse
+port, root, sig, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        bearer = self.headers.get("Authorization")
+        ok = (not sig or q.get("sig") == [sig]) and (not token or bearer == "Bearer " + token)
+        print(("GET " if ok else "403 ") + url.path, flush=True)
+        if not ok:
+            self.send_error(403, "no valid credential")
+            return
+        super().do_GET()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
 @contextmanager
-def serve_blobs(store: Store) -> Iterator[str]:
-    """The workspace's blob folder over HTTP on 127.0.0.1: a blob store the pods can reach."""
+def serve_blobs(
+    store: Store, sig: str | None = None, token: str | None = None, log: Path | None = None
+) -> Iterator[str]:
+    """The workspace's blob folder over HTTP on 127.0.0.1: a blob store the pods can reach.
+    With ``sig`` and/or ``token``, a private one (``_PRIVATE``); ``log`` gets its request lines."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(store.blobs.root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if sig or token:
+        argv = [sys.executable, "-c", _PRIVATE, str(port), str(store.blobs.root), sig or "", token or ""]
+    else:
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        argv += ["--directory", str(store.blobs.root)]
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for("the blob server", lambda: _answers(url), timeout=30)
@@ -39,12 +70,16 @@ def serve_blobs(store: Store) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if log:
+            out.close()  # type: ignore[union-attr]
 
 
 def _answers(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=2).close()
         return True
+    except urllib.error.HTTPError:
+        return True  # a private server refusing: it is up
     except OSError:
         return False
 

@@ -7,7 +7,9 @@ What it does, as a kubelet would, from the objects in the API server and nothing
 - watches the Pods bound to it and runs each from its PodSpec: the init containers one after
   the other, then the containers, each a process with the container's ``command`` + ``args``
   (``$(VAR)`` expanded), ``env`` (values, ``fieldRef``, ``configMapKeyRef``,
-  ``secretKeyRef``) and ``workingDir``;
+  ``secretKeyRef``, ``optional`` ones left unset when missing) and ``workingDir``; an init
+  container that fails with ``terminationMessagePolicy: FallbackToLogsOnError`` gets its log's
+  tail as its termination message, as the kubelet does;
 - gives each pod its own loopback address 127.X.Y.N and sets it as ``status.podIP`` (X.Y from
   the test process's pid, so two test runs at once never share an address, and never
   127.0.0.x, where other tests listen); patches the
@@ -423,8 +425,14 @@ class NodeStandIn:
                 env[name] = (cm.data or {})[ref["key"]]
             elif "secretKeyRef" in src:
                 ref = src["secretKeyRef"]
-                secret = self.core.read_namespaced_secret(ref["name"], pod.namespace)
-                env[name] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
+                try:
+                    data = self.core.read_namespaced_secret(ref["name"], pod.namespace).data or {}
+                except ApiException as e:
+                    if e.status != 404 or not ref.get("optional"):
+                        raise
+                    data = {}
+                if ref["key"] in data or not ref.get("optional"):
+                    env[name] = base64.b64decode(data[ref["key"]]).decode()
             else:
                 raise PodFailed(f"env {name}: {sorted(src)} is not imitated")
         return env
@@ -506,6 +514,10 @@ class NodeStandIn:
         self._patch_status(pod)
         code = proc.wait()
         c.terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now()}
+        if code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            # the kubelet's fallback: the log's last 80 lines, at most 2048 bytes
+            tail = self.log_path(pod.namespace, pod.name, c.spec["name"]).read_bytes()[-2048:]
+            c.terminated["message"] = "\n".join(tail.decode(errors="replace").splitlines()[-80:])
         return code
 
     def _launch(self, pod: _Pod, c: _Container, mounts: dict[str, dict[str, str]]) -> None:

@@ -7,6 +7,7 @@ object."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -92,7 +93,9 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
     router_kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
     port = free_port()
     log = tmp_path / "router.log"
-    with serve_blobs(ws.store) as blobs, open(log, "wb") as out:
+    # a private blob store: it answers 403 unless each request carries the SAS token's signature
+    blob_log = tmp_path / "blobs.log"
+    with serve_blobs(ws.store, sig=SIG, log=blob_log) as blobs, open(log, "wb") as out:
         router = subprocess.Popen(
             [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
             + ["--kubeconfig", str(router_kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
@@ -105,6 +108,7 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             kubeconfig=str(control_plane.admin_kubeconfig),
             namespace=namespace,
             blob_store=blobs,
+            blob_store_sas=SAS,
             router_uri=f"http://127.0.0.1:{port}",
         )
         try:
@@ -128,6 +132,7 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             )
             assert post(service.scoring_uri, primary)[1] == {"model": {"w": [1, 2, 3]}}
             assert post(service.scoring_uri, None)[0] == 401
+            _the_credential_is_in_its_secret_only(admin, ws, namespace, blobs, blob_log)
             (dep,) = apps.list_namespaced_deployment(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
             secret_rules = [
                 r for r in rbac.read_namespaced_role(m.ROUTER_NAME, namespace).rules if "secrets" in r.resources
@@ -230,6 +235,44 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
                     router.wait()
 
 
+SIG = "c2lnbmF0dXJlLW9mLXRoZS10ZXN0"  # what the private blob server requires
+SAS = f"sv=2022-11-02&sr=c&sp=r&se=2099-01-01T00%3A00%3A00Z&sig={SIG}"
+
+
+def _the_credential_is_in_its_secret_only(
+    admin: client.ApiClient, ws: Workspace, namespace: str, blobs: str, blob_log: Path
+) -> None:
+    """The blob store's Secret holds the SAS token and the init container refers to it; no
+    ConfigMap, Deployment, workspace file, log or printed manifest holds it."""
+    core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+    secret = core.read_namespaced_secret(m.blob_secret_name(blobs), namespace)
+    assert base64.b64decode(secret.data["sas"]).decode() == SAS
+    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "modelfleet"
+    (dep,) = apps.list_namespaced_deployment(namespace, label_selector=f"{m.SERVICE_LABEL}=scorer").items
+    (init,) = dep.spec.template.spec.init_containers
+    refs = {e.name: e.value_from.secret_key_ref for e in init.env}
+    assert refs["MODELFLEET_BLOB_SAS"].name == secret.metadata.name and refs["MODELFLEET_BLOB_SAS"].optional
+    requests = re.findall(r"^(GET|403) /[0-9a-f]{2}/[0-9a-f]{62}$", blob_log.read_text(), re.MULTILINE)
+    assert requests and set(requests) == {"GET"}, requests  # the model and the snapshot, each with the SAS
+    printed = json.dumps(
+        [admin.sanitize_for_serialization(o) for o in core.list_namespaced_config_map(namespace).items]
+        + [admin.sanitize_for_serialization(dep)]
+    )
+    assert SIG not in printed
+    for path in Path(ws.path).rglob("*"):  # the workspace's database, settings and logs
+        assert not path.is_file() or SIG.encode() not in path.read_bytes(), path
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "k8s", "manifests", "-n", "scorer"]
+        + ["--compute-target", "prod", "--no-router"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert SIG not in done.stdout + done.stderr
+    assert f"Secret {secret.metadata.name} (left out here); create it with: kubectl -n {namespace}" in done.stderr
+
+
 @pytest.mark.timeout(300)
 def test_a_service_whose_init_fails_on_the_cluster_ends_failed_with_the_reason(
     admin: client.ApiClient, node: NodeStandIn, namespace: str, control_plane: ControlPlane, tmp_path: Path
@@ -254,6 +297,50 @@ def test_a_service_whose_init_fails_on_the_cluster_ends_failed_with_the_reason(
             assert "container replica" in (service.error or ""), service.error
             # the failed generation is retired: no pod is left crash-looping
             wait_for("the failed Deployment gone", lambda: not apps.list_namespaced_deployment(namespace).items, 60)
+            service.delete()
+        finally:
+            target.stop_controller()
+
+
+@pytest.mark.timeout(300)
+def test_a_private_blob_store_without_its_credential_fails_the_service_saying_why(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str, control_plane: ControlPlane, tmp_path: Path
+):
+    core = client.CoreV1Api(admin)
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    with serve_blobs(ws.store, sig=SIG) as blobs:
+        target = KubernetesCompute.attach(
+            ws, "prod", kubeconfig=str(control_plane.admin_kubeconfig), namespace=namespace, blob_store=blobs
+        )
+        try:
+            weights = tmp_path / "w.json"
+            weights.write_text("{}")
+            model = Model.register(ws, model_path=str(weights), model_name="w")
+            ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "read_model"))
+            dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
+            service = Model.deploy(ws, "locked", [model], ic, dc, deployment_target=target)
+            with pytest.raises(DeploymentFailed):
+                service.wait_for_deployment(timeout_sec=120)
+            # the fetcher's own line, through the pod's termination message, in service.error
+            error = service.error or ""
+            assert "init container fetch" in error and "HTTP Error 403" in error, error
+            assert "no credential was given" in error and f"from {blobs}/" in error, error
+            assert not core.list_namespaced_secret(
+                namespace, label_selector="app.kubernetes.io/component=blob-store"
+            ).items
+
+            # the credential given now (from the environment, say) goes into the Secret; the
+            # next generation's pods fetch with it
+            assert target.set_blob_store_credential(sas=SAS) == m.blob_secret_name(blobs)
+            assert target.settings["blob_store_auth"] == "sas"
+            service.update(scoring_timeout_ms=30000)
+            service.wait_for_deployment(timeout_sec=120)
+            assert service.state == "Healthy", service.error
+            target.set_blob_store_credential()  # neither: the Secret goes
+            assert not core.list_namespaced_secret(
+                namespace, label_selector="app.kubernetes.io/component=blob-store"
+            ).items
+            assert "blob_store_auth" not in target.settings
             service.delete()
         finally:
             target.stop_controller()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -35,6 +36,16 @@ def _register_compute(groups: Any) -> None:
     attach.add_argument("--context", help="the kubeconfig's context (default: its current one)")
     attach.add_argument("--namespace", default="default", help="where services go (default: default)")
     attach.add_argument("--blob-store", help="http(s) URL the pods fetch models and source from")
+    attach.add_argument(
+        "--blob-store-sas-env",
+        metavar="VAR",
+        help="environment variable holding a SAS token (query string) for a private blob store",
+    )
+    attach.add_argument(
+        "--blob-store-token-env",
+        metavar="VAR",
+        help="environment variable holding a bearer token for a blob store behind an auth proxy",
+    )
     attach.add_argument("--router-uri", help="where clients reach the router (the Service's address)")
     attach.add_argument("--image", help="replica image for every service (default: repository:<environment hash>)")
     attach.add_argument("--image-repository", help="repository of the replica images (default modelfleet-replica)")
@@ -55,6 +66,17 @@ def _register_compute(groups: Any) -> None:
 def compute_attach(args: argparse.Namespace) -> int:
     from modelfleet.sdk.compute import KubernetesCompute
 
+    # The credential is read from the environment, never from the command line (ps shows argv);
+    # it goes into a Secret in the cluster, not the workspace.
+    credentials = {}
+    for flag, var, key in (
+        ("--blob-store-sas-env", args.blob_store_sas_env, "blob_store_sas"),
+        ("--blob-store-token-env", args.blob_store_token_env, "blob_store_token"),
+    ):
+        if var is not None:
+            if not os.environ.get(var):
+                raise ConfigError(f"{flag}: environment variable {var} is not set or empty")
+            credentials[key] = os.environ[var]
     target = KubernetesCompute.attach(
         workspace(args),
         args.name,
@@ -66,6 +88,7 @@ def compute_attach(args: argparse.Namespace) -> int:
         image=args.image,
         image_repository=args.image_repository,
         overwrite=args.overwrite,
+        **credentials,
     )
     print(f"attached compute target {target.name} (namespace {target.namespace})")
     return 0
@@ -215,6 +238,15 @@ def k8s_manifests(args: argparse.Namespace) -> int:
         )
         objects += m.router_objects(router)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    if settings.get("blob_store_auth"):
+        # never printed: the credential is in the cluster only (and not in the workspace at all)
+        key = m.BLOB_SAS_KEY if "sas" in settings["blob_store_auth"] else m.BLOB_TOKEN_KEY
+        print(
+            f"note: the init container reads the blob store's credential from Secret "
+            f"{m.blob_secret_name(src.blob_store)} (left out here); create it with: "
+            f"{m.blob_secret_command(src.blob_store, src.effective_namespace, key)}",
+            file=sys.stderr,
+        )
     if not args.with_keys and spec.auth_enabled:
         print(
             f"note: Secret {m.secret_name(src.name)} has no keys; fill it (or pass --with-keys)",

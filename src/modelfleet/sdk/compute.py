@@ -14,19 +14,39 @@ LoadBalancer address or an Ingress host), since only the cluster knows it.
 
 ``blob_store`` is the URL the pods' init containers fetch models and source from (the
 workspace's blob folder served over HTTP, or an object store holding the same keys): a
-workspace whose blobs are only on this machine's disk cannot be deployed to a cluster.
+workspace whose blobs are only on this machine's disk cannot be deployed to a cluster, so a
+``file://`` URL is refused. A private store's credential is given at attach time (from the
+user's environment) and written straight into a Kubernetes Secret in the target's namespace
+(``manifests.blob_secret``); the workspace records only which form was given, never the value.
+The init container reads it through optional ``secretKeyRef`` entries and sends it with every blob
+request (``targets/kubernetes/fetch.py``). The forms, for what the stdlib fetcher can send
+without signing anything itself:
+
+- ``blob_store_sas``: a query string appended to each blob URL. For an ``az://container/prefix``
+  workspace, attach ``blob_store="https://<account>.blob.core.windows.net/<container>/<prefix>"``
+  (the same container and keys) and a SAS token with read permission on the container.
+- ``blob_store_token``: sent as ``Authorization: Bearer <token>``, for a blob server behind an
+  auth proxy (the workspace's blob folder served by one, or a proxy in front of an object store).
+
+S3 (``s3://``) needs request signing (SigV4), which the fetcher does not do: use a bucket (or
+prefix) with public read, or a proxy in front of it that checks a bearer token or answers
+with presigned URLs (a redirect to another host never carries the token). Either credential
+is refused with a plain ``http://`` URL unless it names a loopback address: it would travel
+in clear. ``set_blob_store_credential`` replaces (or removes) it later; pods started after
+that use the new one, running pods already hold their files.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, Conflict
 from modelfleet.store.computes import ComputeRecord, validate_compute_name
 
 if TYPE_CHECKING:
@@ -57,6 +77,8 @@ class KubernetesAttachConfiguration:
     router_uri: str | None = None
     image: str | None = None
     image_repository: str | None = None
+    blob_store_sas: str | None = field(default=None, repr=False)
+    blob_store_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kubeconfig is not None and not os.path.isfile(os.path.expanduser(self.kubeconfig)):
@@ -68,18 +90,86 @@ class KubernetesAttachConfiguration:
                 "namespace must be a DNS label: 1-63 lowercase letters, digits or '-', "
                 f"starting and ending with a letter or digit (got {self.namespace!r})"
             )
-        for name in ("blob_store", "router_uri"):
-            value = getattr(self, name)
-            if value is not None and urlsplit(value).scheme not in ("http", "https"):
-                raise ConfigError(f"{name} must be an http:// or https:// URL (got {value!r})")
+        if self.router_uri is not None and urlsplit(self.router_uri).scheme not in ("http", "https"):
+            raise ConfigError(f"router_uri must be an http:// or https:// URL (got {self.router_uri!r})")
+        check_blob_store(self.blob_store, self.blob_store_sas, self.blob_store_token)
+
+    @property
+    def blob_store_auth(self) -> str | None:
+        """Which credential forms were given ("sas", "token", "sas+token"), never their values."""
+        return "+".join(k for k, v in (("sas", self.blob_store_sas), ("token", self.blob_store_token)) if v) or None
 
     def settings(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["blob_store_sas"], out["blob_store_token"]  # into the cluster's Secret, never the workspace
+        out["blob_store_auth"] = self.blob_store_auth
         if self.kubeconfig is not None:
             out["kubeconfig"] = os.path.abspath(os.path.expanduser(self.kubeconfig))
         if self.router_uri:
             out["router_uri"] = self.router_uri.rstrip("/")
+        if self.blob_store:
+            out["blob_store"] = self.blob_store.rstrip("/")
         return {k: v for k, v in out.items() if v is not None}
+
+
+_SAS_RE = re.compile(r"^[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]{3,8192}$")  # URL query characters, no space or '#'
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]{8,8192}$")  # visible ASCII, no spaces
+
+
+def check_blob_store(url: str | None, sas: str | None = None, token: str | None = None) -> None:
+    """The pods' blob store and its credential, refused with what is allowed; no message ever
+    holds the credential."""
+    if url is None:
+        if sas or token:
+            raise ConfigError("blob_store_sas/blob_store_token need a blob_store (the https:// URL they are for)")
+        return
+    if not isinstance(url, str):
+        raise ConfigError(f"blob_store must be an http:// or https:// URL (got {type(url).__name__})")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file" or (not scheme and url.startswith("/")):
+        raise ConfigError(
+            f"blob_store {url!r} is on this machine's disk: the pods' init containers fetch models and source "
+            "from inside the cluster, where this machine's files are out of reach; serve the blobs over "
+            "https:// (or put them in an object store under the same keys) and pass that URL"
+        )
+    if scheme in ("az", "abfs"):
+        raise ConfigError(
+            f"blob_store {url!r}: pods reach an Azure container over https; pass "
+            f"blob_store='https://<account>.blob.core.windows.net/{parts.netloc}{parts.path}' (the same "
+            "container and keys) and, for a private container, blob_store_sas=<a SAS token with read permission>"
+        )
+    if scheme == "s3":
+        raise ConfigError(
+            f"blob_store {url!r}: the pods' fetcher does not sign S3 requests; pass the https:// URL of a "
+            "public-read bucket, or of a proxy in front of it that takes blob_store_token (a bearer token)"
+        )
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"blob_store must be an http:// or https:// URL (got {url!r})")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            "blob_store must carry no query, fragment or user:password (it is stored in the workspace in "
+            "clear): pass a SAS token as blob_store_sas, a bearer token as blob_store_token"
+        )
+    for name, value, pattern, what in (
+        ("blob_store_sas", sas, _SAS_RE, "a URL query string such as an Azure SAS token (sv=...&sig=...)"),
+        ("blob_store_token", token, _TOKEN_RE, "8-8192 visible ASCII characters, no spaces"),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not pattern.match(value.lstrip("?") if name == "blob_store_sas" else value):
+            raise ConfigError(f"{name} must be {what} (the value is not shown)")
+        if name == "blob_store_sas" and "=" not in value:
+            raise ConfigError(f"{name} must be {what} (the value is not shown)")
+        if scheme == "http" and not _loopback(parts.hostname):
+            raise ConfigError(
+                f"{name} would travel in clear with every blob request to the http:// blob_store {url!r}: "
+                "use an https:// blob_store (plain http:// is allowed only to a loopback address)"
+            )
+
+
+def _loopback(host: str | None) -> bool:
+    return bool(host) and (host in ("localhost", "::1") or str(host).startswith("127."))
 
 
 def _dns_label(value: str) -> bool:
@@ -117,9 +207,20 @@ class KubernetesCompute:
         router_uri: str | None = None,
         image: str | None = None,
         image_repository: str | None = None,
+        *,
+        blob_store_sas: str | None = None,
+        blob_store_token: str | None = None,
     ) -> KubernetesAttachConfiguration:
         return KubernetesAttachConfiguration(
-            kubeconfig, context, namespace, blob_store, router_uri, image, image_repository
+            kubeconfig,
+            context,
+            namespace,
+            blob_store,
+            router_uri,
+            image,
+            image_repository,
+            blob_store_sas=blob_store_sas,
+            blob_store_token=blob_store_token,
         )
 
     @classmethod
@@ -135,10 +236,22 @@ class KubernetesCompute:
         router_uri: str | None = None,
         image: str | None = None,
         image_repository: str | None = None,
+        blob_store_sas: str | None = None,
+        blob_store_token: str | None = None,
         overwrite: bool = False,
     ) -> KubernetesCompute:
+        """``blob_store_sas``/``blob_store_token``: a private blob store's credential (see the
+        module's docstring), written into a Secret in ``namespace`` now, never into the workspace."""
         config = cls.attach_configuration(
-            kubeconfig, context, namespace, blob_store, router_uri, image, image_repository
+            kubeconfig,
+            context,
+            namespace,
+            blob_store,
+            router_uri,
+            image,
+            image_repository,
+            blob_store_sas=blob_store_sas,
+            blob_store_token=blob_store_token,
         )
         return ComputeTarget.attach(workspace, name, config, overwrite=overwrite)
 
@@ -243,6 +356,21 @@ class KubernetesCompute:
         finally:
             api.close()
 
+    def set_blob_store_credential(self, sas: str | None = None, token: str | None = None) -> str:
+        """Write (or, with neither, remove) the blob store's credential Secret in the cluster;
+        returns the Secret's name. Pods started from now on fetch with it."""
+        settings = self.settings
+        check_blob_store(settings.get("blob_store"), sas, token)
+        name = _write_blob_secret(settings, sas, token)
+        auth = KubernetesAttachConfiguration(
+            None, blob_store=settings.get("blob_store"), blob_store_sas=sas, blob_store_token=token
+        ).blob_store_auth
+        settings.pop("blob_store_auth", None)
+        if auth:
+            settings["blob_store_auth"] = auth
+        self.workspace.store.computes.attach(self.name, KIND, settings, overwrite=True)
+        return name
+
     def get_status(self) -> str:
         """v1's provisioning state: an attached cluster is there already."""
         return "Succeeded"
@@ -292,12 +420,50 @@ class ComputeTarget:
                 "attach_configuration must come from KubernetesCompute.attach_configuration(...) "
                 f"(got {type(attach_configuration).__name__})"
             )
-        workspace.store.computes.attach(name, KIND, attach_configuration.settings(), overwrite=overwrite)
+        settings = attach_configuration.settings()
+        c = attach_configuration
+        if c.blob_store_auth:
+            validate_compute_name(name)
+            if not overwrite and name in {r.name for r in workspace.store.computes.list()}:
+                raise Conflict(
+                    f'compute target "{name}" is already attached to workspace "{workspace.name}"; '
+                    "detach it first, choose another name or pass overwrite=True"
+                )
+            _write_blob_secret(settings, c.blob_store_sas, c.blob_store_token)  # before it is recorded
+        workspace.store.computes.attach(name, KIND, settings, overwrite=overwrite)
         return KubernetesCompute(workspace, name)
 
     @staticmethod
     def list(workspace: WorkspaceBase) -> list[KubernetesCompute]:
         return KubernetesCompute.list(workspace)
+
+
+def _write_blob_secret(settings: dict[str, Any], sas: str | None, token: str | None) -> str:
+    """Create or replace the blob store's credential Secret (delete it when both are None)."""
+    from kubernetes import client
+
+    from modelfleet.control.k8s_router import api_client
+    from modelfleet.targets.kubernetes import manifests as m
+    from modelfleet.targets.kubernetes.api import delete_if_present, upsert
+
+    ns, store = str(settings.get("namespace") or "default"), str(settings["blob_store"])
+    body = m.blob_secret(store, ns, sas, token)
+    name = body["metadata"]["name"]
+    api = api_client(settings.get("kubeconfig"), settings.get("context"))
+    try:
+        core = client.CoreV1Api(api)
+        what = f"Secret {ns}/{name} (the blob store's credential)"
+        if not (sas or token):
+            delete_if_present(what, lambda: core.delete_namespaced_secret(name, ns))
+            return name
+        upsert(
+            what,
+            lambda: core.create_namespaced_secret(ns, body),
+            lambda: core.replace_namespaced_secret(name, ns, body),
+        )
+        return name
+    finally:
+        api.close()
 
 
 def deployment_target_of(workspace: WorkspaceBase, deployment_target: Any) -> KubernetesCompute | None:

@@ -17,6 +17,17 @@ Per service (name ``S``)::
     ConfigMap  S-config    settings.json (the deploy spec, no keys), layout.json (the files
                            the init container fetches by content hash and where they go)
 
+Per blob store (the URL the init containers fetch from; shared by every service using it)::
+
+    Secret     modelfleet-blobs-<digest of the URL>   sas and/or token: the private store's
+                           credential, written by ``KubernetesCompute.attach(...,
+                           blob_store_sas=... | blob_store_token=...)`` and never kept in the
+                           workspace; the init container reads it through optional
+                           secretKeyRefs (a public store has no Secret) as
+                           $MODELFLEET_BLOB_SAS / $MODELFLEET_BLOB_TOKEN (``fetch.py``).
+                           Printed manifests leave it out (``blob_secret_command`` says how
+                           to create it).
+
 The pod lays the app out as the local target does (``control/layout.py``)::
 
     /var/azureml-app/                    AML_APP_ROOT, an emptyDir filled by the init container
@@ -50,6 +61,7 @@ from typing import Any
 
 from modelfleet.errors import ConfigError
 from modelfleet.spec import DeploySpec, validate_model_name, validate_service_name
+from modelfleet.targets.kubernetes.fetch import SAS_ENV, TOKEN_ENV
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelfleet"}
 SERVICE_LABEL = "modelfleet.io/service"
@@ -66,6 +78,10 @@ AZURE_INTERNAL_LB_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-i
 ROUTER_NAME = "modelfleet-router"
 ROUTER_LEASE = "modelfleet-router"
 LOAD_BALANCER_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP")
+
+BLOB_STORE_ANNOTATION = "modelfleet.io/blob-store"
+BLOB_SAS_KEY = "sas"  # in the blob store's Secret: a query string appended to each blob URL
+BLOB_TOKEN_KEY = "token"  # ... and a bearer token sent with each blob request
 
 APP_ROOT = "/var/azureml-app"
 CONFIG_MOUNT = "/etc/modelfleet"
@@ -178,6 +194,47 @@ def valid_replica_secret(value: str) -> bool:
 
 def replica_secret_digest(value: str) -> str:
     return hashlib.sha256(b"modelfleet-replica-secret\0" + value.encode()).hexdigest()[:16]
+
+
+def blob_secret_name(blob_store: str) -> str:
+    """The Secret holding the credential of the blob store at that URL (one per store)."""
+    return f"modelfleet-blobs-{hashlib.sha256(blob_store.rstrip('/').encode()).hexdigest()[:12]}"
+
+
+def blob_secret(blob_store: str, namespace: str, sas: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The blob store's credential Secret (``BLOB_SAS_KEY``/``BLOB_TOKEN_KEY``); the caller
+    validated the values (``sdk/compute.py``)."""
+    data = {k: v for k, v in ((BLOB_SAS_KEY, (sas or "").lstrip("?")), (BLOB_TOKEN_KEY, token)) if v}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(
+            blob_secret_name(blob_store),
+            namespace,
+            {**MANAGED_BY, COMPONENT_LABEL: "blob-store"},
+            {BLOB_STORE_ANNOTATION: blob_store.rstrip("/")},
+        ),
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+def blob_secret_command(blob_store: str, namespace: str, key: str) -> str:
+    """How a GitOps user creates the blob store's Secret themselves (the value from $VAR)."""
+    name = blob_secret_name(blob_store)
+    return (
+        f'kubectl -n {namespace} create secret generic {name} --from-literal={key}="$BLOB_STORE_{key.upper()}" '
+        f"&& kubectl -n {namespace} label secret {name} app.kubernetes.io/managed-by=modelfleet "
+        f"{COMPONENT_LABEL}=blob-store"
+    )
+
+
+def _blob_credential_env(blob_store: str) -> list[dict[str, Any]]:
+    name = blob_secret_name(blob_store)
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": True}}}
+        for env, key in ((SAS_ENV, BLOB_SAS_KEY), (TOKEN_ENV, BLOB_TOKEN_KEY))
+    ]
 
 
 def config_map_name(service: str) -> str:
@@ -361,6 +418,9 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
         "image": src.image,
         "command": FETCH_COMMAND,
         "args": ["--blob-store", src.blob_store, "--layout", f"{CONFIG_MOUNT}/layout.json", "--dest", APP_ROOT],
+        "env": _blob_credential_env(src.blob_store),
+        # why a fetch failed (its last line on stderr) shows in the pod's status, so in service.error
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": resources(deploy),
         "volumeMounts": [
             {"name": "app", "mountPath": APP_ROOT},

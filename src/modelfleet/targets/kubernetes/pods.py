@@ -11,8 +11,8 @@ The mapping (Kubernetes 1.20 and later all serve these fields):
   node): the ReplicaSet replaces it
 - condition ``Ready`` True, ``status.podIP`` set       -> READY, address ``podIP:5001``
 - never Ready, and an init container or the replica    -> INIT_FAILED, detail: the container,
-  container terminated with an error or waits in          its reason and exit code
-  CrashLoopBackOff (init() raised, fetch failed)
+  container terminated with an error or waits in          its reason, exit code and the last
+  CrashLoopBackOff (init() raised, fetch failed)          line of its termination message
 - ``PodScheduled`` False (e.g. Unschedulable), or a    -> STARTING, detail: the reason and
   container waiting on ImagePullBackOff/ErrImagePull      message (shown in service.error)
 - Ready once, not Ready now                            -> UNHEALTHY (the kubelet restarts it)
@@ -68,12 +68,20 @@ def _failure(statuses: Iterable[Mapping[str, Any]], what: str) -> str | None:
         term = state.get("terminated") or {}
         waiting = (state.get("waiting") or {}).get("reason")
         if term and term.get("exitCode", 0) != 0:
-            return f"{what} {s.get('name')} exited with status {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+            said = f"{what} {s.get('name')} exited with status {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+            return said + _message(term)
         if waiting in _FAILING:
             code = last.get("exitCode")
             tail = f", last exit status {code}" if code is not None else ""
-            return f"{what} {s.get('name')}: {waiting} after {s.get('restartCount', 0)} restarts{tail}"
+            return f"{what} {s.get('name')}: {waiting} after {s.get('restartCount', 0)} restarts{tail}{_message(last)}"
     return None
+
+
+def _message(terminated: Mapping[str, Any]) -> str:
+    """The last line of a terminated container's message (its termination log, or with
+    ``FallbackToLogsOnError`` the tail of its log: the fetcher's one-line reason)."""
+    lines = [line for line in str(terminated.get("message") or "").splitlines() if line.strip()]
+    return f": {lines[-1].strip()[:500]}" if lines else ""
 
 
 def _start_failure(status: Mapping[str, Any]) -> str | None:
