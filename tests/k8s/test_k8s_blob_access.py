@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,6 +85,11 @@ def test_the_fetcher_refuses_to_send_a_credential_in_clear(tmp_path: Path, blobs
         fetch.fetch("http://blobs.example/ws", layout, tmp_path / "app", fetch.Credential(SAS, TOKEN))
     assert SIG not in str(caught.value) and TOKEN not in str(caught.value)
     assert repr(fetch.Credential(SAS, TOKEN)) == "Credential(sas=***, token=***)"
+    # a Secret made from a file ends in a newline: stripped; anything else unsendable is refused unshown
+    assert fetch.Credential(f" ?{SAS}\n", f"{TOKEN}\n").sas == SAS
+    with pytest.raises(fetch.FetchError, match="MODELFLEET_BLOB_TOKEN holds spaces") as caught:
+        fetch.fetch("https://blobs.example/ws", layout, tmp_path / "app", fetch.Credential(None, "two\nlines"))
+    assert "two" not in str(caught.value)
     with pytest.raises(fetch.FetchError, match="no query"):
         fetch.fetch(f"https://blobs.example/ws?{SAS}", layout, tmp_path / "app")
 
@@ -153,3 +159,16 @@ def test_attach_refuses_what_pods_cannot_use_saying_why(tmp_path: Path):
     done = cli("--blob-store", "http://blobs.internal", "--blob-store-sas-env", "TEAM_SAS", env=env)
     assert done.returncode != 0 and "would travel in clear" in done.stderr and SIG not in done.stderr
     assert [c.name for c in ws.store.computes.list()] == ["prod"]
+
+
+def test_a_redirect_to_another_host_never_carries_the_token():
+    # an auth proxy may answer with a presigned URL on the object store: followed, without the token
+    req = urllib.request.Request("https://proxy.example/ab/cd")
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    handler = fetch._Redirects()
+    elsewhere = handler.redirect_request(
+        req, None, 302, "Found", {}, "https://bucket.s3.example/ab/cd?X-Amz-Signature=s"
+    )
+    assert elsewhere is not None and not elsewhere.has_header("Authorization")
+    same = handler.redirect_request(req, None, 302, "Found", {}, "https://proxy.example/v2/ab/cd")
+    assert same is not None and same.get_header("Authorization") == f"Bearer {TOKEN}"

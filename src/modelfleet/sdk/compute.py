@@ -7,7 +7,8 @@
     Model.deploy(ws, "svc", [model], ic, dc, deployment_target=target)
 
 Attaching records the cluster in the workspace (``store/computes.py``); nothing is created in
-the cluster until a service is deployed to it. A service deployed to a Kubernetes target is
+the cluster until a service is deployed to it, except the blob store's credential Secret when
+one is given (below). A service deployed to a Kubernetes target is
 reconciled by that target's controller (``control/k8s_controller.py``, started on demand);
 its scoring URI is the router's (``router_uri``: what the router's Service was assigned, a
 LoadBalancer address or an Ingress host), since only the cluster knows it.
@@ -360,6 +361,8 @@ class KubernetesCompute:
         """Write (or, with neither, remove) the blob store's credential Secret in the cluster;
         returns the Secret's name. Pods started from now on fetch with it."""
         settings = self.settings
+        if not settings.get("blob_store"):
+            raise ConfigError(f"compute target {self.name} has no blob_store; attach it again with blob_store=URL")
         check_blob_store(settings.get("blob_store"), sas, token)
         name = _write_blob_secret(settings, sas, token)
         auth = KubernetesAttachConfiguration(

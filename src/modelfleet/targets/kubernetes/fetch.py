@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -73,8 +74,9 @@ class Credential:
     """A private blob store's credential: a query string (SAS) and/or a bearer token."""
 
     def __init__(self, sas: str | None = None, token: str | None = None) -> None:
-        self.sas = (sas or "").lstrip("?") or None
-        self.token = token or None
+        # a Secret made from a file often ends in a newline: surrounding whitespace is not part of it
+        self.sas = (sas or "").strip().lstrip("?") or None
+        self.token = (token or "").strip() or None
 
     def __repr__(self) -> str:  # never the values
         return f"Credential(sas={'***' if self.sas else None}, token={'***' if self.token else None})"
@@ -109,6 +111,9 @@ def check_base(base: str, credential: Credential) -> None:
             f"blob store URL must carry no query and no user:password (a credential comes from ${SAS_ENV} "
             f"or ${TOKEN_ENV})"
         )
+    for var, value in ((SAS_ENV, credential.sas), (TOKEN_ENV, credential.token)):
+        if value and not all("\x21" <= c <= "\x7e" for c in value):
+            raise FetchError(f"${var} holds spaces or control characters (the value is not shown)")
     if credential and parts.scheme == "http" and not is_loopback(parts.hostname):
         raise FetchError(
             f"a blob store credential (${SAS_ENV}/${TOKEN_ENV}) would travel in clear to {base}: "
@@ -160,7 +165,7 @@ def download(base: str, digest: str, target: Path, credential: Credential | None
                     while chunk := r.read(_CHUNK):
                         h.update(chunk)
                         out.write(chunk)
-            except OSError as e:  # URLError and HTTPError are OSErrors
+            except (OSError, http.client.HTTPException) as e:  # URLError and HTTPError are OSErrors
                 status = e.code if isinstance(e, urllib.error.HTTPError) else 0
                 why = credential.redact(str(e)) + _refused(status, credential)
                 raise FetchError(f"cannot fetch blob {digest} from {url}: {why}") from None
