@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import modelfleet
 from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
 
 SCRIPTS = Path(__file__).parent / "e2e_scripts"
@@ -124,3 +128,33 @@ def cli(ws: Workspace, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def system_python() -> str | None:
+    """An interpreter outside /root (which ``nobody`` cannot enter) of this Python version, or None."""
+    candidate = Path("/usr/bin/python3")
+    if not candidate.exists():
+        return None
+    version = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
+    return str(candidate) if version.stdout.decode().strip() == str(tuple(sys.version_info[:2])) else None
+
+
+@contextlib.contextmanager
+def root_daemon_with_nobody_replicas(name: str) -> Iterator[Workspace]:
+    """A workspace whose cluster daemon runs as root on ``system_python()`` in a folder every
+    user may enter (pytest's own tmp folder is 0700), so its replicas run as ``nobody``;
+    stopped and removed at the end. Needs root and ``system_python()``."""
+    top = Path(tempfile.mkdtemp(prefix=f"mf-{name}-"))
+    os.chmod(top, 0o755)
+    workspace = Workspace.create(name, top / "ws")
+    paths = [str(Path(modelfleet.__file__).parents[1]), *(p for p in sys.path if p.endswith("site-packages"))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    argv = [str(system_python()), "-m", "modelfleet.control.daemon", "--detach", "--workspace", str(workspace.path)]
+    argv += ["--log-file", str(workspace.path / ".modelfleet" / "runtime" / "daemon.log")]
+    try:
+        # the detached daemon keeps whatever output it was given open: give it none
+        subprocess.run(argv, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        yield workspace
+    finally:
+        stop_cluster(workspace)
+        shutil.rmtree(top, ignore_errors=True)

@@ -14,20 +14,14 @@ import json
 import os
 import pwd
 import re
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import requests
 
-import modelfleet
-from e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
+from e2e_support import SUM_BODY, deploy, root_daemon_with_nobody_replicas, stop_cluster, system_python, wait_until
 from modelfleet import Workspace
 
 SECRET_ENV = b"MODELFLEET_REPLICA_SECRET"
@@ -109,30 +103,13 @@ def test_a_replica_refuses_another_services_secret_and_none_and_the_router_gets_
     assert answer.status_code == 200 and answer.json() == [55]
 
 
-def _system_python() -> str | None:
-    """An interpreter outside /root (which nobody cannot enter) of this version."""
-    candidate = Path("/usr/bin/python3")
-    if not candidate.exists():
-        return None
-    version = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
-    return str(candidate) if version.stdout.decode().strip() == str(tuple(sys.version_info[:2])) else None
-
-
 @pytest.mark.skipif(
-    os.geteuid() != 0 or _system_python() is None, reason="needs root and a system python3 of this version"
+    os.geteuid() != 0 or system_python() is None, reason="needs root and a system python3 of this version"
 )
 @pytest.mark.timeout(300)
 def test_a_hostile_replica_running_as_nobody_cannot_score_or_read_another_services_replica() -> None:
     # A root daemon whose interpreter and workspace nobody can reach: its replicas run as nobody.
-    top = Path(tempfile.mkdtemp(prefix="mf-secret-"))
-    os.chmod(top, 0o755)
-    workspace = Workspace.create("hostile", top / "ws")
-    paths = [str(Path(modelfleet.__file__).parents[1]), *(p for p in sys.path if p.endswith("site-packages"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    argv = [str(_system_python()), "-m", "modelfleet.control.daemon", "--detach", "--workspace", str(workspace.path)]
-    argv += ["--log-file", str(workspace.path / ".modelfleet" / "runtime" / "daemon.log")]
-    try:
-        subprocess.run(argv, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    with root_daemon_with_nobody_replicas("hostile") as workspace:
         victim = deploy(workspace, "victim", "sum")
         snoop = deploy(workspace, "snoop", "snoop")
         services = workspace.cluster().status()["services"]
@@ -155,6 +132,3 @@ def test_a_hostile_replica_running_as_nobody_cannot_score_or_read_another_servic
 
         headers = {"Authorization": f"Bearer {victim.get_keys()[0]}", "Content-Type": "application/json"}
         assert requests.post(victim.scoring_uri, data=SUM_BODY, headers=headers, timeout=60).json() == [55]
-    finally:
-        stop_cluster(workspace)
-        shutil.rmtree(top, ignore_errors=True)

@@ -10,7 +10,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import modelfleet
-from e2e_support import deploy, stop_cluster, wait_until
+from e2e_support import deploy, root_daemon_with_nobody_replicas, stop_cluster, system_python, wait_until
 from modelfleet import Model, Workspace
 from modelfleet.errors import DeploymentFailed
 from modelfleet.store.registry import Store
@@ -79,28 +77,10 @@ def test_a_root_daemon_says_why_when_replicas_cannot_run_unprivileged(ws: Worksp
     service.delete()
 
 
-def _system_python() -> str | None:
-    """An interpreter outside /root that can load this virtual environment's packages."""
-    candidate = Path("/usr/bin/python3")
-    if not candidate.exists():
-        return None
-    version = subprocess.run([str(candidate), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
-    return str(candidate) if version.stdout.decode().strip() == str(tuple(sys.version_info[:2])) else None
-
-
-@pytest.mark.skipif(not ROOT or _system_python() is None, reason="needs root and a system python3 of this version")
+@pytest.mark.skipif(not ROOT or system_python() is None, reason="needs root and a system python3 of this version")
 def test_a_root_daemon_runs_replicas_as_nobody_who_cannot_touch_the_store() -> None:
-    # A daemon whose interpreter and workspace every user can reach (pytest's tmp folder is 0700).
-    top = Path(tempfile.mkdtemp(prefix="mf-iso-"))
-    os.chmod(top, 0o755)
-    workspace = Workspace.create("drop", top / "ws")
-    paths = [str(Path(modelfleet.__file__).parents[1]), *(p for p in sys.path if p.endswith("site-packages"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    argv = [str(_system_python()), "-m", "modelfleet.control.daemon", "--detach", "--workspace", str(workspace.path)]
-    argv += ["--log-file", str(workspace.path / ".modelfleet" / "runtime" / "daemon.log")]
-    try:
-        # the detached daemon keeps whatever output it was given open: give it none
-        subprocess.run(argv, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    with root_daemon_with_nobody_replicas("drop") as workspace:
+        top = workspace.path.parent
         (top / "weights.json").write_text(json.dumps({"weight": 3}))
         model = Model.register(workspace, model_path=top / "weights.json", model_name="w")
         service = deploy(workspace, "who", "tamper_model", models=[model])
@@ -119,9 +99,6 @@ def test_a_root_daemon_runs_replicas_as_nobody_who_cannot_touch_the_store() -> N
         meta = workspace.path / ".modelfleet"
         assert stat.S_IMODE((meta / "blobs").stat().st_mode) & 0o077 == 0
         assert stat.S_IMODE(meta.stat().st_mode) & 0o007 == 0  # nothing for other users
-    finally:
-        stop_cluster(workspace)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.mark.skipif(not ROOT or not Path("/usr/bin/python3").exists(), reason="needs root and /usr/bin/python3")
