@@ -8,6 +8,7 @@ object."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
@@ -17,7 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from k8s_control_plane import ControlPlane, free_port, wait_for
@@ -278,18 +281,9 @@ def test_a_service_whose_init_fails_on_the_cluster_ends_failed_with_the_reason(
     admin: client.ApiClient, node: NodeStandIn, namespace: str, control_plane: ControlPlane, tmp_path: Path
 ):
     apps = client.AppsV1Api(admin)
-    ws = Workspace.create(name="ws", path=tmp_path / "ws")
-    with serve_blobs(ws.store) as blobs:
-        target = KubernetesCompute.attach(
-            ws, "prod", kubeconfig=str(control_plane.admin_kubeconfig), namespace=namespace, blob_store=blobs
-        )
+    with _attached_bare(control_plane, namespace, tmp_path) as (ws, target, blobs):
         try:
-            weights = tmp_path / "w.json"
-            weights.write_text("{}")
-            model = Model.register(ws, model_path=str(weights), model_name="w")
-            ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "failing_init"))
-            dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
-            service = Model.deploy(ws, "broken", [model], ic, dc, deployment_target=target)
+            service = _deploy_one(ws, tmp_path, target, "broken", "failing_init")
             assert service.scoring_uri is None  # no router_uri attached: nothing to promise
             with pytest.raises(DeploymentFailed):
                 service.wait_for_deployment(timeout_sec=180)
@@ -307,18 +301,9 @@ def test_a_private_blob_store_without_its_credential_fails_the_service_saying_wh
     admin: client.ApiClient, node: NodeStandIn, namespace: str, control_plane: ControlPlane, tmp_path: Path
 ):
     core = client.CoreV1Api(admin)
-    ws = Workspace.create(name="ws", path=tmp_path / "ws")
-    with serve_blobs(ws.store, sig=SIG) as blobs:
-        target = KubernetesCompute.attach(
-            ws, "prod", kubeconfig=str(control_plane.admin_kubeconfig), namespace=namespace, blob_store=blobs
-        )
+    with _attached_bare(control_plane, namespace, tmp_path, sig=SIG) as (ws, target, blobs):
         try:
-            weights = tmp_path / "w.json"
-            weights.write_text("{}")
-            model = Model.register(ws, model_path=str(weights), model_name="w")
-            ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "read_model"))
-            dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
-            service = Model.deploy(ws, "locked", [model], ic, dc, deployment_target=target)
+            service = _deploy_one(ws, tmp_path, target, "locked", "read_model")
             with pytest.raises(DeploymentFailed):
                 service.wait_for_deployment(timeout_sec=120)
             # the fetcher's own line, through the pod's termination message, in service.error
@@ -344,3 +329,26 @@ def test_a_private_blob_store_without_its_credential_fails_the_service_saying_wh
             service.delete()
         finally:
             target.stop_controller()
+
+
+@contextlib.contextmanager
+def _attached_bare(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, **private: str
+) -> Iterator[tuple[Workspace, KubernetesCompute, str]]:
+    """A workspace with the cluster attached as "prod", its blobs served (``sig=``: privately),
+    with no router_uri and no blob-store credential."""
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    with serve_blobs(ws.store, **private) as blobs:
+        kubeconfig = str(control_plane.admin_kubeconfig)
+        target = KubernetesCompute.attach(ws, "prod", kubeconfig=kubeconfig, namespace=namespace, blob_store=blobs)
+        yield ws, target, blobs
+
+
+def _deploy_one(ws: Workspace, tmp_path: Path, target: KubernetesCompute, name: str, script: str) -> Any:
+    """``name`` with one replica of ``SCRIPTS/script`` and a model "w", deployed without waiting."""
+    weights = tmp_path / "w.json"
+    weights.write_text("{}")
+    model = Model.register(ws, model_path=str(weights), model_name="w")
+    ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / script))
+    dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)
+    return Model.deploy(ws, name, [model], ic, dc, deployment_target=target)
