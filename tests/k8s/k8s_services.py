@@ -1,20 +1,25 @@
 """What the Kubernetes target's tests share: a blob store the pods reach over HTTP, a
-service source built from the workspace, and a dedicated event loop."""
+service source built from the workspace, a dedicated event loop, and the in-cluster router run
+as a process with its own ServiceAccount."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from k8s_control_plane import free_port, wait_for
+from kubernetes import client
+from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 
 from modelfleet.spec import aks_deploy_configuration
 from modelfleet.store.registry import Store
@@ -119,6 +124,49 @@ def plan(src: m.ServiceSource, generation: int) -> KubernetesPlan:
         max_concurrent=src.deploy.replica_max_concurrent_requests,
         source=src,
     )
+
+
+@dataclass
+class RouterProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextmanager
+def router_process(
+    admin: client.ApiClient,
+    namespace: str,
+    service_account_kubeconfig: Callable[..., Path],
+    log: Path,
+    secret_names: Sequence[str] = (),
+    entry: Sequence[str] = ("modelfleet", "router"),
+) -> Iterator[RouterProcess]:
+    """The router as its generated ServiceAccount, Role (``secret_names``) and RoleBinding
+    allow, run as ``python -m <entry> --kubernetes`` on a free loopback port with its output in
+    ``log``; at the end SIGTERM (``proc.returncode`` then says how it ended), killed after 30 s."""
+    source = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=list(secret_names))
+    for obj in m.router_objects(source)[:3]:
+        create_from_yaml_single_item(admin, obj)
+    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *entry, "--kubernetes", "--namespace", namespace]
+            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield RouterProcess(port, proc, log)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 @contextmanager

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -17,14 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from k8s_control_plane import ControlPlane, free_port, wait_for
-from k8s_services import SCRIPTS, serve_blobs
+from k8s_control_plane import ControlPlane, wait_for
+from k8s_services import SCRIPTS, router_process, serve_blobs
 from kubernetes import client
-from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
 from modelfleet import AksWebservice, InferenceConfig, KubernetesCompute, Model, Workspace
-from modelfleet.targets.kubernetes import manifests as m
 
 
 def post(uri: str, key: str, body: bytes) -> int:
@@ -51,26 +46,18 @@ def test_the_router_scales_the_deployment_and_the_controller_adopts_it(
 ):
     apps = client.AppsV1Api(admin)
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["slow-keys"])
-    for obj in m.router_objects(router_src)[:3]:
-        create_from_yaml_single_item(admin, obj)
-    router_kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
-    port = free_port()
     log = tmp_path / "router.log"
-    with serve_blobs(ws.store) as blobs, open(log, "wb") as out:
-        router = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
-            + ["--kubeconfig", str(router_kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    with (
+        serve_blobs(ws.store) as blobs,
+        router_process(admin, namespace, service_account_kubeconfig, log, ["slow-keys"]) as router,
+    ):
         target = KubernetesCompute.attach(
             ws,
             "prod",
             kubeconfig=str(control_plane.admin_kubeconfig),
             namespace=namespace,
             blob_store=blobs,
-            router_uri=f"http://127.0.0.1:{port}",
+            router_uri=f"http://127.0.0.1:{router.port}",
         )
         stop = threading.Event()
         try:
@@ -124,10 +111,3 @@ def test_the_router_scales_the_deployment_and_the_controller_adopts_it(
         finally:
             stop.set()
             target.stop_controller()
-            router.send_signal(signal.SIGTERM)
-            try:
-                router.wait(timeout=30)
-            finally:
-                if router.poll() is None:
-                    router.kill()
-                    router.wait()

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_control_plane import ControlPlane, free_port, wait_for
-from k8s_services import SCRIPTS, serve_blobs
+from k8s_control_plane import ControlPlane, wait_for
+from k8s_services import SCRIPTS, router_process, serve_blobs
 from kubernetes import client
-from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
 from modelfleet import AksCompute, AksWebservice, ComputeTarget, InferenceConfig, KubernetesCompute, Model, Workspace
@@ -90,21 +88,13 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
     # The router's ServiceAccount, Role and RoleBinding, the Role listing no Secret yet: the
     # compute target's controller adds each deployed service's Secret by name.
     rbac = client.RbacAuthorizationV1Api(admin)
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace)
-    for obj in m.router_objects(router_src)[:3]:
-        create_from_yaml_single_item(admin, obj)
-    router_kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
-    port = free_port()
     log = tmp_path / "router.log"
     # a private blob store: it answers 403 unless each request carries the SAS token's signature
     blob_log = tmp_path / "blobs.log"
-    with serve_blobs(ws.store, sig=SIG, log=blob_log) as blobs, open(log, "wb") as out:
-        router = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
-            + ["--kubeconfig", str(router_kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    with (
+        serve_blobs(ws.store, sig=SIG, log=blob_log) as blobs,
+        router_process(admin, namespace, service_account_kubeconfig, log) as router,
+    ):
         target = KubernetesCompute.attach(
             ws,
             "prod",
@@ -112,7 +102,7 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             namespace=namespace,
             blob_store=blobs,
             blob_store_sas=SAS,
-            router_uri=f"http://127.0.0.1:{port}",
+            router_uri=f"http://127.0.0.1:{router.port}",
         )
         try:
             weights = tmp_path / "weights.json"
@@ -126,7 +116,7 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             service.wait_for_deployment(timeout_sec=180)
             healthy = time.monotonic() - start
             assert service.state == "Healthy", service.error
-            assert service.scoring_uri == f"http://127.0.0.1:{port}/api/v1/service/scorer/score"
+            assert service.scoring_uri == f"http://127.0.0.1:{router.port}/api/v1/service/scorer/score"
             primary, _ = service.get_keys()
             wait_for("a scored request", lambda: post(service.scoring_uri, primary)[0] == 200, timeout=60)
             routed = time.monotonic() - start
@@ -229,13 +219,6 @@ def test_model_deploy_to_an_attached_cluster_scores_through_the_router(
             wait_for("the deleted service's Secret gone from the router's Role", lambda: secret_rules() == [], 30)
         finally:
             target.stop_controller()
-            router.send_signal(signal.SIGTERM)
-            try:
-                router.wait(timeout=30)
-            finally:
-                if router.poll() is None:
-                    router.kill()
-                    router.wait()
 
 
 SIG = "c2lnbmF0dXJlLW9mLXRoZS10ZXN0"  # what the private blob server requires

@@ -9,8 +9,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,10 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from k8s_control_plane import free_port, wait_for
-from k8s_services import event_loop, plan, serve_blobs, source
+from k8s_control_plane import wait_for
+from k8s_services import event_loop, plan, router_process, serve_blobs, source
 from kubernetes import client
-from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
 from modelfleet.router.proxy import Router
@@ -60,22 +57,17 @@ def test_the_router_discovers_pods_through_the_api_and_scores_with_a_key(
     service_account_kubeconfig,
 ):
     # The router's ServiceAccount, Role (this service's Secret only) and RoleBinding, as generated.
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
-    for obj in m.router_objects(router_src)[:3]:
-        create_from_yaml_single_item(admin, obj)
-    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
-    port = free_port()
     log = tmp_path / "router.log"
-    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+    entry = ("modelfleet.control.k8s_router",)  # the module itself; the other tests use the CLI
+    with (
+        serve_blobs(store) as blobs,
+        event_loop() as loop,
+        router_process(admin, namespace, service_account_kubeconfig, log, ["scorer-keys"], entry) as router,
+    ):
+        port = router.port
         src = source(store, tmp_path, namespace, blobs)
         src = replace(src, snapshot=store.put_snapshot(WHOAMI), source_name="whoami")
         target = KubernetesTarget(admin, namespace)
-        router = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet.control.k8s_router", "--kubernetes", "--namespace", namespace]
-            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
         try:
             start = time.monotonic()
             loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
@@ -112,16 +104,10 @@ def test_the_router_discovers_pods_through_the_api_and_scores_with_a_key(
             # deleted: the route ConfigMap goes and the router answers 404
             loop.run_until_complete(target.delete("scorer", 1.0))
             wait_for("404 after deletion", lambda: post(port, "scorer", NEW_KEY)[0] == 404, timeout=60)
-            assert router.poll() is None, log.read_text()
+            assert router.proc.poll() is None, log.read_text()
         finally:
-            router.send_signal(signal.SIGTERM)
-            try:
-                assert router.wait(timeout=30) == 0, log.read_text()[-3000:]
-            finally:
-                if router.poll() is None:
-                    router.kill()
-                    router.wait()
             loop.run_until_complete(target.close(0))
+    assert router.proc.returncode == 0, log.read_text()[-3000:]  # SIGTERM: a clean stop
     text = log.read_text()
     assert "Forbidden" not in text, "the router asked for something its Role does not grant:\n" + text[-3000:]
 
@@ -142,23 +128,17 @@ def test_the_router_checks_tokens_with_the_public_key_from_the_route(
 
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
-    for obj in m.router_objects(router_src)[:3]:
-        create_from_yaml_single_item(admin, obj)
-    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
-    port = free_port()
     log = tmp_path / "router.log"
-    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+    with (
+        serve_blobs(store) as blobs,
+        event_loop() as loop,
+        router_process(admin, namespace, service_account_kubeconfig, log, ["scorer-keys"]) as router,
+    ):
+        port = router.port
         src = replace(
             source(store, tmp_path, namespace, blobs), snapshot=store.put_snapshot(WHOAMI), source_name="whoami"
         )
         target = KubernetesTarget(admin, namespace, token_key_pem=pem.decode)
-        router = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
-            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
         try:
             loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
             target.publish(RouteEntry("scorer", 1, "token"))
@@ -171,13 +151,6 @@ def test_the_router_checks_tokens_with_the_public_key_from_the_route(
             assert post(port, "scorer", None)[0] == 401
             loop.run_until_complete(target.delete("scorer", 1.0))
         finally:
-            router.send_signal(signal.SIGTERM)
-            try:
-                router.wait(timeout=30)
-            finally:
-                if router.poll() is None:
-                    router.kill()
-                    router.wait()
             loop.run_until_complete(target.close(0))
 
 
@@ -190,22 +163,16 @@ def test_a_pod_killed_mid_traffic_costs_at_most_the_request_it_held(
     tmp_path: Path,
     service_account_kubeconfig,
 ):
-    router_src = m.RouterSource(image="modelfleet-router:test", namespace=namespace, secret_names=["scorer-keys"])
-    for obj in m.router_objects(router_src)[:3]:
-        create_from_yaml_single_item(admin, obj)
-    kubeconfig = service_account_kubeconfig(namespace, m.ROUTER_NAME, create=False)
-    port = free_port()
     log = tmp_path / "router.log"
-    with serve_blobs(store) as blobs, event_loop() as loop, open(log, "wb") as out:
+    with (
+        serve_blobs(store) as blobs,
+        event_loop() as loop,
+        router_process(admin, namespace, service_account_kubeconfig, log, ["scorer-keys"]) as router,
+    ):
+        port = router.port
         src = source(store, tmp_path, namespace, blobs)
         src = replace(src, snapshot=store.put_snapshot(WHOAMI), source_name="whoami")
         target = KubernetesTarget(admin, namespace)
-        router = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", "router", "--kubernetes", "--namespace", namespace]
-            + ["--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
         stop = threading.Event()
         codes: list[int] = []
         try:
@@ -247,13 +214,6 @@ def test_a_pod_killed_mid_traffic_costs_at_most_the_request_it_held(
             loop.run_until_complete(target.delete("scorer", 1.0))
         finally:
             stop.set()
-            router.send_signal(signal.SIGTERM)
-            try:
-                router.wait(timeout=30)
-            finally:
-                if router.poll() is None:
-                    router.kill()
-                    router.wait()
             loop.run_until_complete(target.close(0))
 
 
