@@ -283,6 +283,10 @@ class NodeStandIn:
 
     def _delete_pod(self, pod: _Pod, grace: float) -> None:
         self._end_pod(pod, grace)
+        if self._stop.is_set():
+            # stop() ended the pod: the node goes away with the control plane, whose API may be
+            # gone already, and there is nobody left to confirm the deletion to
+            return
         # The kubelet confirms a graceful deletion by deleting with grace 0 once the containers ended.
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_pod(
