@@ -3,8 +3,10 @@
 Every error carries the HTTP status it maps to and a message that says what went wrong
 and what to do next: the field, the allowed values, the value found, the command to run.
 Foreign exceptions are translated into these at one boundary each (SQLite "database is
-locked" in ``store/db.py``, socket errors in ``router/proxy.py``, ``ApiException`` in
-``targets/kubernetes.py``); everything above those boundaries sees only this tree.
+locked" in ``store/db.py``, ``ApiException`` in ``targets/kubernetes/api.py``); everything
+above those boundaries sees only this tree. The data path answers its own errors (401, 405,
+502, 504, ...) as precomputed HTTP answers (``router/routes.py``, ``replica/limits.py``), not
+as exceptions: raising one per refused request would cost the hot path for nothing.
 
 Imports: stdlib only, so that router and replica processes can use it.
 """
@@ -46,36 +48,14 @@ class Conflict(ModelfleetError):
     http_status = 409
 
 
-class AuthError(ModelfleetError):
-    """Missing or invalid key/token. The message says only "missing" or "invalid"."""
-
-    http_status = 401
-
-
-class MethodNotAllowed(ModelfleetError):
-    http_status = 405
-
-
 class PayloadTooLarge(ModelfleetError):
     http_status = 413
-
-
-class ReplicaFailed(ModelfleetError):
-    """The replica failed after the request was sent to it (connection reset, bad answer)."""
-
-    http_status = 502
 
 
 class Overloaded(ModelfleetError):
     """No replica had capacity within ``max_request_wait_time``."""
 
     http_status = 503
-
-
-class ScoringTimeout(ModelfleetError):
-    """``scoring_timeout_ms`` passed before the replica answered."""
-
-    http_status = 504
 
 
 class BuildError(ModelfleetError):
