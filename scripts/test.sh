@@ -14,6 +14,9 @@ apt_needed=()
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_needed+=(chromium chromium-driver)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_needed+=(postgresql)
 command -v npm >/dev/null || apt_needed+=(nodejs npm)
+# tests/images: a real OCI registry for the image look-up, and skopeo to put an image into it (no engine)
+[ -x /usr/bin/docker-registry ] || apt_needed+=(docker-registry)
+command -v skopeo >/dev/null || apt_needed+=(skopeo)
 apt_log=$(mktemp)
 apt_pid=""
 if [ ${#apt_needed[@]} -gt 0 ]; then
@@ -55,6 +58,7 @@ export MODELFLEET_AZURITE="$AZ_PREFIX/node_modules/.bin/azurite-blob"
 # skip, when it is missing. After the apt-get above: its own first build uses apt-get too.
 bash scripts/k8s-control-plane.sh
 export MODELFLEET_K8S_REQUIRED=1
+export MODELFLEET_REGISTRY_REQUIRED=1
 
 .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check -q src tests bench examples
