@@ -25,7 +25,7 @@ from e2e_support import SUM_BODY, cli, deploy
 from modelfleet.control import tls
 from modelfleet.store.db import Database
 from modelfleet.store.registry import Store
-from test_tls import handshake, make_cert
+from tls_support import handshake, make_cert
 
 
 def served_certificate(uri: str) -> str:

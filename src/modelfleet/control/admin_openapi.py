@@ -1,5 +1,5 @@
 """The admin API's OpenAPI 3.0 document: served at ``GET /v1/openapi.json`` (behind the token,
-like every admin route) and what ``tests/test_admin_openapi.py`` fuzzes the daemon against."""
+like every admin route) and what ``tests/control/test_admin_openapi.py`` fuzzes the daemon against."""
 
 from __future__ import annotations
 

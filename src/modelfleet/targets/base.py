@@ -171,7 +171,7 @@ class ComputeTarget(Protocol):
     - only the generation the route names is ever sent traffic, so a new generation can be
       started beside the serving one and switched to once all its replicas are Ready.
 
-    ``tests/test_target_contract.py`` checks these rules on every target; a new one adds a
+    ``tests/targets/test_target_contract.py`` checks these rules on every target; a new one adds a
     driver there (how to let its replicas progress, what its router sends to).
     """
 

@@ -3,16 +3,11 @@ the data collector's writer and reader, request timings. Real files under tmp_pa
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import stat
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from e2e_support import wait_until
+from fs_support import read_only
 from modelfleet.errors import ConfigError
 from modelfleet.replica.config import parse_config
 from modelfleet.telemetry import collect
@@ -263,24 +259,6 @@ def test_full_disk_drops_and_counts(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (stats["written"], stats["dropped"]) == (0, 2) and stats["write_errors"] == 2
     assert "No space left" in stats["last_error"]
-
-
-@contextlib.contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """A folder nobody may create files in: chattr +i as root (root ignores modes), else 0555."""
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
-            pytest.skip("running as root and chattr +i is not available here")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-        try:
-            yield
-        finally:
-            folder.chmod(stat.S_IRWXU)
 
 
 def test_read_only_folder_drops_and_counts(tmp_path: Path) -> None:

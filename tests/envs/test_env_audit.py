@@ -22,9 +22,9 @@ from e2e_support import deploy, stop_cluster
 from modelfleet import Workspace
 from modelfleet.envs.audit import parse_report
 
-HERE = Path(__file__).parent
-ANSWER = json.loads((HERE / "data" / "pip_audit_answer.json").read_text())
-REPLAY = f"{sys.executable} {HERE / 'pip_audit_replay.py'}"
+TESTS = Path(__file__).parents[1]  # the replayed answer and the scripts are shared by all tests
+ANSWER = json.loads((TESTS / "data" / "pip_audit_answer.json").read_text())
+REPLAY = f"{sys.executable} {TESTS / 'pip_audit_replay.py'}"
 HTTPX_PIN = f"httpx=={version('httpx')}"
 
 
@@ -104,7 +104,7 @@ def test_usage_errors_are_one_line(ws: Workspace) -> None:
 def cli_deploy(ws: Workspace, tmp: Path, name: str, *flags: str) -> subprocess.CompletedProcess[str]:
     source = tmp / "app"
     source.mkdir(exist_ok=True)
-    (source / "score.py").write_text((HERE / "e2e_scripts" / "sum" / "score.py").read_text())
+    (source / "score.py").write_text((TESTS / "e2e_scripts" / "sum" / "score.py").read_text())
     ic = tmp / "inferenceconfig.json"
     ic.write_text(
         json.dumps({"entryScript": "score.py", "sourceDirectory": str(source), "environment": {"name": "e2e"}})

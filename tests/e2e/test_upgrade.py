@@ -53,7 +53,7 @@ def test_deploy_restarts_an_older_daemon_and_every_service_comes_back(ws: Worksp
         "import sys; sys.path.insert(0, sys.argv[2]); from e2e_support import deploy; "
         "from modelfleet import Workspace; deploy(Workspace.get(sys.argv[1]), 'added', 'sum')"
     )
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).parents[1])  # where e2e_support.py is
     result = subprocess.run([sys.executable, "-c", code, str(ws.path), tests_dir],
                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr

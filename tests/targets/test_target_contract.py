@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from e2e_support import SCRIPTS
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import (
     ComputeTarget,
@@ -32,7 +33,6 @@ from modelfleet.targets.base import (
 from modelfleet.targets.local import LocalTarget
 from modelfleet.targets.memory import InMemoryTarget
 
-SCRIPTS = Path(__file__).parent / "e2e_scripts"
 READY, DRAINING, INIT_FAILED = ReplicaState.READY, ReplicaState.DRAINING, ReplicaState.INIT_FAILED
 
 

@@ -22,13 +22,12 @@ from typing import Any
 
 import pytest
 
-from e2e_support import pid_alive
+from e2e_support import SCRIPTS, pid_alive
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import GenerationSpec, Probe, ReplicaInfo, ReplicaPlan, ReplicaState
 from modelfleet.targets.local import LocalTarget, probe, unix_sockets_supported
 from modelfleet.targets.sockets import SocketFolder
 
-SCRIPTS = Path(__file__).parent / "e2e_scripts"
 needs_sockets = pytest.mark.skipif(
     not unix_sockets_supported(), reason="the router or the replica runtime cannot use Unix sockets yet"
 )
