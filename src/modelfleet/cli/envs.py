@@ -1,9 +1,9 @@
-"""``modelfleet env list|show|prune|image-context|config|audit``: the environment caches.
+"""``modelfleet env list|show|prune|image-context|build-image|config|audit``: the environment caches.
 
 Environments are built by deploys (``Environment.from_pip_requirements`` and friends) into
 the machine-wide cache and linked into the workspace's; these commands look at them, remove
-the ones no service uses, write a hash-tagged image context for Kubernetes, and set where
-builds find packages (``config``).
+the ones no service uses, write and build hash-tagged images for Kubernetes (``env_image``),
+and set where builds find packages (``config``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from modelfleet.cli.common import add_output, print_output, shown, workspace
 from modelfleet.cli.completion import attach, environment_names
 from modelfleet.cli.env_audit import add_audit_command
+from modelfleet.cli.env_image import add_image_commands
 from modelfleet.errors import ConfigError, NotFound
 
 
@@ -36,11 +37,7 @@ def register(groups: Any) -> None:
     prune.add_argument("--machine", action="store_true", help="then the machine-wide ones no workspace links to")
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     prune.set_defaults(handler=env_prune)
-    image = env.add_parser("image-context", help="Dockerfile and build context, tagged with the environment's hash")
-    attach(image.add_argument("name", metavar="NAME", help="environment name (or hash)"), environment_names)
-    image.add_argument("out_dir", metavar="OUT_DIR", help="new or empty folder to write the context into")
-    image.add_argument("--repository", default="modelfleet-env", help="image repository (default modelfleet-env)")
-    image.set_defaults(handler=env_image_context)
+    add_image_commands(env)
     config = env.add_parser("config", help="show or set where environments are cached and built from")
     config.add_argument("--machine-cache", help="machine-wide cache folder, or 'none' to keep builds in the workspace")
     config.add_argument("--find-links", action="append", help="a folder of wheels offered to every build; repeatable")
@@ -174,30 +171,6 @@ def _would_prune(settings: Any, in_use: set[str], machine: bool) -> list[Any]:
         if not users:
             going.append(env)
     return going
-
-
-def env_image_context(args: argparse.Namespace) -> int:
-    from modelfleet import envs
-    from modelfleet.control.environments import specs_named
-
-    ws = workspace(args)
-    found = specs_named(ws.store, args.name)
-    if not found:
-        raise NotFound(
-            f"no environment named {args.name!r} in this workspace's services or cache; "
-            "deploy a service with it first, or see `modelfleet env list`"
-        )
-    if len(found) > 1:
-        raise ConfigError(
-            f"{len(found)} environments are named {args.name!r} (hashes {', '.join(h[:12] for h in found)}); "
-            "pass the hash instead of the name"
-        )
-    out_dir = Path(args.out_dir)
-    tag = envs.write_image_context(next(iter(found.values())), out_dir, args.repository)
-    print(f"wrote {out_dir / 'Dockerfile'} and its build context")
-    print(f"image tag: {tag}")
-    print(f"build it: docker build -t {tag} {out_dir}")
-    return 0
 
 
 def env_config(args: argparse.Namespace) -> int:
