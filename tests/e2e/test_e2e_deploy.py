@@ -233,13 +233,15 @@ def test_bad_setting_names_field_and_range(ws: Workspace) -> None:
         AksWebservice.deploy_configuration(cpu_cores=-1)
 
 
-def test_list_and_lookup(ws: Workspace, summer: Webservice) -> None:
+def test_list_and_lookup(ws: Workspace, summer: Webservice, tmp_path) -> None:
+    listed = register_json_model(ws, tmp_path, "listed", 1.0)
     names = {s.name for s in Webservice.list(ws)}
     assert "summer" in names
     again = Webservice(ws, "summer")
     assert isinstance(again, AksWebservice)
     assert again.scoring_uri == summer.scoring_uri
-    assert Model.list(ws, name="alpha")[0].name == "alpha"
+    [found] = Model.list(ws, name="listed")
+    assert (found.name, found.version, found.id) == ("listed", listed.version, listed.id)
 
 
 def test_delete_removes_service_and_its_processes(ws: Workspace) -> None:
