@@ -84,8 +84,11 @@ def test_requirements_file_builds_once_and_the_replica_runs_inside(
 ) -> None:
     (tmp_path / "wheels").symlink_to(wheels)
     requirements = tmp_path / "requirements.txt"
-    # a relative --find-links is relative to the file, as pip reads it
-    requirements.write_text("# the probe's packages\n--find-links wheels\nMF_Tiny.A==1.0\nmf-tiny-b >= 2.0  # newest\n")
+    # a relative --find-links is relative to the file, as pip reads it; "< 3" makes the hash this
+    # test's own (the other tests build a and b >= 2.0 too), so the build it watches is its own
+    requirements.write_text(
+        "# the probe's packages\n--find-links wheels\nMF_Tiny.A==1.0\nmf-tiny-b >= 2.0, < 3  # newest\n"
+    )
     env = Environment.from_pip_requirements("probe-env", requirements)
     digest = envs.canonicalize(env.to_spec()).hash
 
