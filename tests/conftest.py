@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from e2e_support import stop_cluster
+from modelfleet import Workspace
 from modelfleet.store.registry import Store
 
 # The store suite (tests/store/) runs once per metadata backend.
@@ -51,3 +53,12 @@ def store(tmp_path: Path, store_backend: str, request: pytest.FixtureRequest) ->
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def fresh_ws(tmp_path: Path) -> Iterator[Workspace]:
+    """A workspace of the test's own; its cluster, if the test started one, is stopped at the end
+    (for a test that stops or shuts down its cluster, which a module's shared one must not see)."""
+    workspace = Workspace.create("fresh", tmp_path / "ws")
+    yield workspace
+    stop_cluster(workspace)

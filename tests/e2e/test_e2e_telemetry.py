@@ -1,7 +1,9 @@
 """End to end: metrics, logs, request timings and collected model data of a deployed service.
 
-One cluster for the module; the tests run in order (the last one stops the cluster, as the
-collected-data promise is about a graceful stop).
+One cluster for the module and one service on it that has seen a known batch of requests, which
+the read-only tests count. Tests that add traffic, kill a replica or stop the cluster (the
+collected-data promise is about a graceful stop) use a service or workspace of their own, so the
+tests hold in any order.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     stop_cluster(workspace)
 
 
-@pytest.fixture(scope="module")
-def service(ws: Workspace) -> Webservice:
-    svc = deploy(ws, NAME, "telemetry", collect_model_data=True, enable_app_insights=True)
+def deploy_observed(ws: Workspace, name: str) -> Webservice:
+    return deploy(ws, name, "telemetry", collect_model_data=True, enable_app_insights=True)
+
+
+def observed(ws: Workspace) -> Webservice:
+    """The service NAME, sent the batch: 5 OK, 4 failing, 3 refused (401) and 3 unknown (404)."""
+    svc = deploy_observed(ws, NAME)
     key = svc.get_keys()[0]
     uri = svc.scoring_uri
     with httpx.Client() as client:
@@ -56,6 +62,11 @@ def service(ws: Workspace) -> Webservice:
         assert [post("nf-1", {}, url=base + "/nope"), post("nf-2", {}, url=base + "/other")] == [404, 404]
         assert post("nf-3", {}, url=base.replace(NAME, "nobody") + "/score") == 404
     return svc
+
+
+@pytest.fixture(scope="module")
+def service(ws: Workspace) -> Webservice:
+    return observed(ws)
 
 
 def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
@@ -117,9 +128,10 @@ def test_request_timings_go_to_the_service_log(ws: Workspace, service: Webservic
     assert "no-key-1" not in got  # a 401 never reached the dispatcher: nothing to time
 
 
-def test_logs_follow_streams_new_lines(ws: Workspace, service: Webservice) -> None:
+def test_logs_follow_streams_new_lines(ws: Workspace) -> None:
+    service = deploy_observed(ws, "followed")  # its requests would change the counts of NAME's
     follower = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "service", "logs", "-n", NAME, "--follow",
+        [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "service", "logs", "-n", service.name, "--follow",
          "--replica", "0", "--num-lines", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         # a shell's background job ignores SIGINT, and Python then installs no Ctrl-C handler:
@@ -149,15 +161,18 @@ def test_logs_follow_streams_new_lines(ws: Workspace, service: Webservice) -> No
 
     whole = service.get_logs(num_lines=10_000)
     assert "=== replica-0.log ===" in whole and "=== router.log ===" in whole
-    assert '"request_id": "ok-4"' in service.get_logs(num_lines=10_000, replica=0)
+    assert f'"request_id": "{seen[0]["request_id"]}"' in service.get_logs(num_lines=10_000, replica=0)
     assert "router.log" not in service.get_logs(replica=0)
 
 
-def test_replica_restart_is_counted(ws: Workspace, service: Webservice) -> None:
-    (replica,) = ws.cluster().status()["services"][NAME]["replicas"]
+def test_replica_restart_is_counted(ws: Workspace) -> None:
+    service = deploy_observed(ws, "restarted")  # NAME's replica must stay at 0 restarts
+    (replica,) = ws.cluster().status()["services"][service.name]["replicas"]
     os.kill(replica["pid"], signal.SIGKILL)
     wait_until(
-        lambda: sample(scrape(ws), "modelfleet_replica_restarts_total", service=NAME, replica=replica["id"]) == 1,
+        lambda: (
+            sample(scrape(ws), "modelfleet_replica_restarts_total", service=service.name, replica=replica["id"]) == 1
+        ),
         timeout=30,
         interval=0.2,
     )
@@ -171,9 +186,10 @@ def test_replica_restart_is_counted(ws: Workspace, service: Webservice) -> None:
     wait_until(scores, timeout=30, interval=0.2)
 
 
-def test_collected_rows_equal_the_requests_after_a_graceful_stop(ws: Workspace, service: Webservice) -> None:
-    stop_cluster(ws)
-    out = cli(ws, "data", "export", "-n", NAME, "--file", "-")
+def test_collected_rows_equal_the_requests_after_a_graceful_stop(fresh_ws: Workspace) -> None:
+    observed(fresh_ws)
+    stop_cluster(fresh_ws)
+    out = cli(fresh_ws, "data", "export", "-n", NAME, "--file", "-")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert all(set(r) == {"model", "version", "designation", "request_id", "time", "data"} for r in rows)
@@ -183,19 +199,14 @@ def test_collected_rows_equal_the_requests_after_a_graceful_stop(ws: Workspace, 
         rid: {"i": i, "fail": True} for i, rid in enumerate(BAD)
     }
     expected_out = {rid: {"double": 2 * i} for i, rid in enumerate(OK)}
-    # the requests of the earlier tests (follow, the check after the restart) were recorded too
-    extra = {rid for rid in inputs if rid not in expected_in}
-    assert {rid: inputs[rid] for rid in expected_in} == expected_in
-    assert {rid: predictions[rid] for rid in expected_out} == expected_out
-    assert all(inputs[rid] in ({"i": 21}, {"i": 1}) for rid in extra)
-    assert set(predictions) == set(expected_out) | extra
+    assert inputs == expected_in and predictions == expected_out  # the batch, and nothing else
     assert {(r["model"], r["version"]) for r in rows} == {(NAME, "0")}  # a service without models
 
-    only = cli(ws, "data", "export", "-n", NAME, "--designation", "predictions", "--format", "csv", "--file", "-")
+    only = cli(fresh_ws, "data", "export", "-n", NAME, "--designation", "predictions", "--format", "csv", "--file", "-")
     assert only.stdout.splitlines()[0] == "model,version,designation,request_id,time,data"
     assert len(only.stdout.splitlines()) == 1 + len(predictions)
-    assert cli(ws, "data", "export", "-n", NAME, "--since", "2999-01-01T00:00:00Z", "--file", "-").stdout == ""
-    show = json.loads(cli(ws, "data", "show", "-n", NAME, "-o", "json").stdout)
+    assert cli(fresh_ws, "data", "export", "-n", NAME, "--since", "2999-01-01T00:00:00Z", "--file", "-").stdout == ""
+    show = json.loads(cli(fresh_ws, "data", "show", "-n", NAME, "-o", "json").stdout)
     assert {p["designation"]: p["records"] for p in show} == {"inputs": len(inputs), "predictions": len(predictions)}
-    missing = cli(ws, "data", "export", "-n", "never-deployed", "--file", "-")
+    missing = cli(fresh_ws, "data", "export", "-n", "never-deployed", "--file", "-")
     assert missing.returncode == 1 and "--collect-model-data true" in missing.stderr
