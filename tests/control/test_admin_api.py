@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e_support import pid_alive, wait_until
 
+from e2e_support import pid_alive, wait_until
 from modelfleet.control.admin import MAX_BODY_BYTES, AdminHandlers, AdminServer
 from modelfleet.control.client import ClusterClient
 from modelfleet.control.paths import RuntimePaths

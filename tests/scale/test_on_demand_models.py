@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.e2e_support import stop_cluster
 
+from e2e_support import stop_cluster
 from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
 from modelfleet.errors import ConfigError
 from modelfleet.replica.models import ModelCache

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import requests
-from tests.e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
 
+from e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
 from modelfleet import Workspace
 from modelfleet.control.autoscaler import Autoscaler
 from modelfleet.control.decisions import FAILED, HEALTHY
