@@ -64,4 +64,8 @@ export MODELFLEET_REGISTRY_REQUIRED=1
 .venv/bin/ruff format --check -q src tests bench examples
 .venv/bin/lint-imports  # the one-way layering of pyproject's [tool.importlinter]
 .venv/bin/mypy          # --strict over src/modelfleet (pyproject's [tool.mypy])
+# pytest-randomly (the test extra) runs the tests in a new random order each time, so a test that
+# relies on what another left behind fails. The run's first lines say "Using --randomly-seed=N":
+# `./scripts/test.sh --randomly-seed=N` replays that order (--randomly-seed=last: the previous
+# run's); `-p no:randomly` runs them in file order.
 .venv/bin/python -m pytest "$@"
