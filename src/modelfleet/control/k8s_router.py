@@ -8,8 +8,8 @@ In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); 
 (tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
 the router's Role grants (``manifests.router_rules``): pods and ConfigMaps to list and
 watch, each service's Secret by name; ``deployments/scale`` to patch. Discovery is
-``targets/kubernetes/discovery.py``; autoscaling (by the pod holding the Lease) is
-``targets/kubernetes/scaler.py``.
+``targets/kubernetes/discovery.py``, the router pods' split of the replicas' slots
+``peers.py``; autoscaling (by the pod holding the Lease) is ``targets/kubernetes/scaler.py``.
 SIGTERM or SIGINT stops it: the listener closes, then the watches.
 """
 
@@ -52,10 +52,11 @@ def api_client(kubeconfig: str | None, context: str | None = None) -> client.Api
 async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> None:
     router = Router()
     bound = await router.start(host=host, port=port)
-    discovery = Discovery(api, namespace, router)
-    discovery.start()
-    # One router pod scales (the Lease holder); HOSTNAME is the pod's name in a pod.
+    # HOSTNAME is the pod's name in a pod: the router pods split the replicas' slots by it
+    # (peers.py), and one of them, the Lease holder, scales.
     identity = os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
+    discovery = Discovery(api, namespace, router, identity)
+    discovery.start()
     scaler = Scaler(api, namespace, router, identity)
     scaler.start(discovery.serving)
     log.info("router for namespace %s listening on %s:%d", namespace, host, bound)

@@ -12,6 +12,10 @@ again, which also re-reads every service's keys):
 - replica Pods (``target.REPLICA_SELECTOR``): ``pods.replicas_of`` turns them into replicas,
   and the Ready ones of the serving generation are the router's upstreams.
 
+A third watch follows the router's own pods (``peers.ROUTER_SELECTOR``): the Ready ones are
+the peers that split each replica's slots between them (``peers.py`` says how and why); a
+change of peers re-syncs every service.
+
 Everything reaches the router through ``targets/routing.RouterTable`` (the same object the
 local target uses), on the router's event loop: the router's data path imports no client.
 A pod going Terminating leaves the table at once (new requests go elsewhere; those in
@@ -25,6 +29,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from kubernetes import client, watch
@@ -34,6 +39,7 @@ from modelfleet.errors import TargetError
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes.manifests import secret_name
+from modelfleet.targets.kubernetes.peers import ROUTER_SELECTOR, expand, peers_of, shares
 from modelfleet.targets.kubernetes.pods import is_ready, replicas_of
 from modelfleet.targets.kubernetes.routes import ROUTE_SELECTOR, replica_secret_of, route_from, token_key_of
 from modelfleet.targets.kubernetes.target import REPLICA_SELECTOR
@@ -53,7 +59,7 @@ _RETRY_S = 1.0
 class Discovery:
     """Feeds ``router`` from the API objects of ``namespace``. ``start`` on the router's loop."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, router: Router) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, router: Router, identity: str | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
@@ -71,7 +77,11 @@ class Discovery:
         # On the loop: each service's serving generation and its Ready replicas (the autoscaler's)
         self._serving: dict[str, tuple[int, int]] = {}
         self._generations: dict[str, int] = {}
-        self._listed = {"routes": threading.Event(), "pods": threading.Event()}
+        self._listed = {"routes": threading.Event(), "pods": threading.Event(), "peers": threading.Event()}
+        # identity: this router's pod name; with None it is no peer and uses every slot
+        self.identity = identity
+        self._peers: list[str] = []
+        self._limits: dict[str, int] = {}  # on the loop: service -> replica_max_concurrent_requests
 
     def __repr__(self) -> str:
         return f"<Discovery namespace={self.namespace} services={sorted(self._routes)} pods={len(self._pods)}>"
@@ -83,7 +93,8 @@ class Discovery:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for name, follow in (("routes", self._follow_routes), ("pods", self._follow_pods)):
+        follows = (("routes", self._follow_routes), ("pods", self._follow_pods), ("peers", self._follow_peers))
+        for name, follow in follows:
             t = threading.Thread(target=follow, name=f"discovery-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -222,6 +233,32 @@ class Discovery:
             if kind == "LISTED":
                 self._listed["pods"].set()
 
+    def _follow_peers(self) -> None:
+        routers: dict[str, dict[str, Any]] = {}  # by uid
+        for kind, obj in self._informer("router pod", self.core.list_namespaced_pod, ROUTER_SELECTOR):
+            if kind == "LISTED":
+                routers = dict(obj)
+            elif kind == "DELETED":
+                routers.pop(obj["metadata"]["uid"], None)
+            elif kind != "RESYNC":
+                routers[obj["metadata"]["uid"]] = obj
+            peers = peers_of(routers.values())
+            with self._lock:
+                changed = peers != self._peers
+                self._peers = peers
+                services = {_service(p) for p in self._pods.values()}
+            if changed:
+                log.info("router peers: %s (this one: %s)", peers, self.identity)
+                for service in services:
+                    self._call(self._sync, service)
+            if kind == "LISTED":
+                self._listed["peers"].set()
+
+    def peers(self) -> list[str]:
+        """The router pods that share the replicas' slots (Ready, not Terminating), by name."""
+        with self._lock:
+            return list(self._peers)
+
     # -- on the router's loop ----------------------------------------------------------------
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
@@ -232,7 +269,9 @@ class Discovery:
 
     def _publish(self, route: RouteEntry, replica_secret: bytes | None) -> None:
         try:
-            self.table.publish(route, replica_secret)
+            # Each upstream is one slot (peers.expand), so the router's own limit is 1.
+            self.table.publish(replace(route, max_concurrent=1), replica_secret)
+            self._limits[route.service] = route.max_concurrent
         except Exception:
             log.exception("service %s: route not applied", route.service)
             return
@@ -248,12 +287,15 @@ class Discovery:
         with self._lock:
             pods = [p for p in self._pods.values() if _service(p) == service]
             ever_ready = set(self._ever_ready)
+            peers = list(self._peers)
         live = [r for r in replicas_of(pods, ever_ready) if r.state is not ReplicaState.DRAINING]
-        self.table.sync(service, live)
+        limit = self._limits.get(service, 1)
         generation = self._generations.get(service)
+        serving = [r for r in live if r.generation == generation and r.state is ReplicaState.READY and r.address]
+        owned = shares([r.id for r in serving], limit, peers, self.identity) if self.identity else None
+        self.table.sync(service, expand(serving, limit, owned))
         if generation is not None:
-            ready = sum(1 for r in live if r.generation == generation and r.state is ReplicaState.READY)
-            self._serving[service] = (generation, ready)
+            self._serving[service] = (generation, len(serving))
 
     def serving(self, service: str) -> tuple[int, int] | None:
         """The serving generation of ``service`` and how many of its replicas are Ready."""
@@ -263,6 +305,7 @@ class Discovery:
         self.table.remove(service)
         self._generations.pop(service, None)
         self._serving.pop(service, None)
+        self._limits.pop(service, None)
         log.info("service %s: removed (its route ConfigMap is gone)", service)
 
     def _token_key(self) -> Any:
