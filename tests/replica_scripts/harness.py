@@ -1,6 +1,6 @@
 """Helpers for the replica tests: start real replica (or azmlinfsrv) processes and talk HTTP.
 
-Imported by tests/test_replica_*.py as ``replica_scripts.harness``; no test lives here.
+Imported by tests/replica/test_replica_*.py as ``replica_scripts.harness``; no test lives here.
 """
 
 from __future__ import annotations
