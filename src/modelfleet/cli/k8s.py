@@ -49,6 +49,12 @@ def _register_compute(groups: Any) -> None:
     attach.add_argument("--router-uri", help="where clients reach the router (the Service's address)")
     attach.add_argument("--image", help="replica image for every service (default: repository:<environment hash>)")
     attach.add_argument("--image-repository", help="repository of the replica images (default modelfleet-replica)")
+    attach.add_argument(
+        "--image-registry",
+        help="registry of the environments' hash-tagged images (repository default modelfleet-env); "
+        "a deploy looks the tag up there and refuses on a miss, naming `env build-image`",
+    )
+    attach.add_argument("--image-build", choices=["kaniko"], help="on a miss, build the image in the cluster")
     attach.add_argument("--overwrite", action="store_true", help="replace a compute target of that name")
     attach.set_defaults(handler=compute_attach)
     listing = compute.add_parser("list", help="the attached compute targets")
@@ -87,6 +93,8 @@ def compute_attach(args: argparse.Namespace) -> int:
         router_uri=args.router_uri,
         image=args.image,
         image_repository=args.image_repository,
+        image_registry=args.image_registry,
+        image_build=args.image_build,
         overwrite=args.overwrite,
         **credentials,
     )

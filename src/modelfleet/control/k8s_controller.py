@@ -15,7 +15,8 @@ other targets are left alone. At start, objects of services the workspace no lon
 The planner (``kubernetes_planner``) turns a stored service into ``manifests.ServiceSource``:
 the models and the snapshot by digest, fetched by each pod's init container from the blob
 store the compute target names (``blob_store``: a URL the pods can reach), and the image
-tagged with the environment's hash. A compute target without a blob store is refused with a
+tagged with the environment's hash (with an ``image_registry``, looked up there first:
+``ImageCheck``). A compute target without a blob store is refused with a
 message saying why: blobs on a laptop's disk are out of a cluster's reach.
 """
 
@@ -27,12 +28,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -40,11 +44,14 @@ from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.k8s_router import api_client
 from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
 from modelfleet.envs.canonical import canonicalize
+from modelfleet.envs.image import DEFAULT_REPOSITORY, image_tag, image_variant, write_image_context
+from modelfleet.envs.registry import Credential, is_loopback, manifest_exists, parse_reference
 from modelfleet.errors import ConfigError, TargetError
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.computes import ComputeRecord
 from modelfleet.store.registry import ServiceRecord, Store
 from modelfleet.targets.base import Probe, ReplicaPlan
+from modelfleet.targets.kubernetes import kaniko
 from modelfleet.targets.kubernetes import manifests as m
 from modelfleet.targets.kubernetes.target import KubernetesPlan, KubernetesTarget
 
@@ -74,10 +81,7 @@ def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, comput
         models.append(m.ModelLayout(model.name, model.version, files))
     inference = config["inference"]
     env = config.get("environment") or {"name": "default"}
-    image = settings.get("image") or (
-        f"{settings.get('image_repository') or DEFAULT_IMAGE_REPOSITORY}:"
-        f"{canonicalize(EnvironmentSpec.from_dict(env)).hash}"
-    )
+    image = settings.get("image") or environment_image(settings, EnvironmentSpec.from_dict(env), spec.gpu_cores > 0)
     return m.ServiceSource(
         name=record.name,
         deploy=spec,
@@ -92,9 +96,72 @@ def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, comput
     )
 
 
-def kubernetes_planner(compute: ComputeRecord) -> Planner:
+def environment_image(settings: Mapping[str, Any], env: EnvironmentSpec, gpu: bool) -> str:
+    """The tag ``modelfleet env build-image NAME --registry R [--gpu]`` makes for ``env``:
+    ``R/<image_repository or modelfleet-env>:<hash>[-cuda]`` with an ``image_registry``, else
+    ``<image_repository or modelfleet-replica>:<hash>[-cuda]``."""
+    registry = settings.get("image_registry")
+    repository = settings.get("image_repository")
+    if registry:
+        repository = f"{str(registry).rstrip('/')}/{repository or DEFAULT_REPOSITORY}"
+    return image_tag(canonicalize(env).hash, repository or DEFAULT_IMAGE_REPOSITORY, image_variant(None, gpu))
+
+
+class ImageCheck:
+    """At deploy, with an ``image_registry``: is the service's image there? A miss refuses the
+    generation, naming the tag and the command that builds it, or (``image_build="kaniko"``)
+    starts an in-cluster build and goes on: the pods pull the image once the Job has pushed
+    it (until then the kubelet reports, and retries, the pull). A found tag is remembered, as
+    a pushed tag stays. ``credential``: for the look-up, from the controller's environment."""
+
+    def __init__(self, compute: ComputeRecord, credential: Credential | None = None) -> None:
+        self.compute = compute
+        self.credential = credential
+        self.found: set[str] = set()
+
+    def __call__(self, src: m.ServiceSource, env: EnvironmentSpec, gpu: bool) -> None:
+        settings = self.compute.settings
+        registry = settings.get("image_registry")
+        if not registry or settings.get("image") or src.image in self.found:
+            return
+        ref = parse_reference(src.image)
+        if manifest_exists(ref, self.credential):
+            self.found.add(src.image)
+            return
+        if settings.get("image_build") != "kaniko":
+            repository = src.image.rsplit(":", 1)[0].removeprefix(f"{str(registry).rstrip('/')}/")
+            command = f"modelfleet env build-image {shlex.quote(env.name)} --registry {registry} --push"
+            command += f" --repository {repository}" if repository != DEFAULT_REPOSITORY else ""
+            command += " --gpu" if gpu else ""
+            raise ConfigError(
+                f"image {src.image} is not in registry {registry}: build and push it with `{command}`, "
+                f'or attach {self.compute.name} with image_build="kaniko" to build it in the cluster'
+            )
+        with tempfile.TemporaryDirectory(prefix="modelfleet-kaniko-") as folder:
+            write_image_context(env, Path(folder) / "ctx", src.image.rsplit(":", 1)[0], gpu=gpu)
+            context = kaniko.context_archive(Path(folder) / "ctx")
+        insecure = is_loopback(ref.host)  # plain http, as the look-up spoke to it
+        build = kaniko.BuildSource(src.image, canonicalize(env).hash, context, src.effective_namespace, insecure)
+        api = api_client(settings.get("kubeconfig"), settings.get("context"))
+        try:
+            started = kaniko.start_build(api, build)
+        finally:
+            api.close()
+        log.info(
+            "service %s: image %s not in the registry; %s",
+            src.name,
+            src.image,
+            f"Job {kaniko.build_name(src.image)} builds it" if started else "its build Job runs already",
+        )
+
+
+def kubernetes_planner(compute: ComputeRecord, credential: Credential | None = None) -> Planner:
+    check_image = ImageCheck(compute, credential)
+
     def plan(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
         src = service_source(store, record, spec, compute)
+        env = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
+        check_image(src, env, spec.gpu_cores > 0)
         return KubernetesPlan(
             service=record.name,
             generation=record.generation,
@@ -122,7 +189,9 @@ def runs_on(record: ServiceRecord) -> str | None:
 
 
 class KubernetesController:
-    def __init__(self, store: Store, compute: ComputeRecord, target: KubernetesTarget) -> None:
+    def __init__(
+        self, store: Store, compute: ComputeRecord, target: KubernetesTarget, credential: Credential | None = None
+    ) -> None:
         self.store = store
         self.compute = compute
         self.target = target
@@ -131,7 +200,9 @@ class KubernetesController:
         self._role_at = 0.0
         self._hpa_at = 0.0
         self._hpa_notes: dict[str, str | None] = {}
-        self.reconciler = Reconciler(store, target, kubernetes_planner(compute), compute_target=compute.name)
+        self.reconciler = Reconciler(
+            store, target, kubernetes_planner(compute, credential), compute_target=compute.name
+        )
         target.on_scaled = self._adopt
 
     def _adopt(self, service: str, generation: int, replicas: int) -> None:
@@ -217,11 +288,11 @@ def _token_key_pem(root: Path) -> str:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-async def serve(store: Store, compute: ComputeRecord) -> None:
+async def serve(store: Store, compute: ComputeRecord, credential: Credential | None = None) -> None:
     settings = compute.settings
     api = api_client(settings.get("kubeconfig"), settings.get("context"))
     target = KubernetesTarget(api, settings.get("namespace") or "default", lambda: _token_key_pem(store.root))
-    controller = KubernetesController(store, compute, target)
+    controller = KubernetesController(store, compute, target, credential)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,6 +302,14 @@ async def serve(store: Store, compute: ComputeRecord) -> None:
         await controller.run(stopping)
     finally:
         api.close()
+
+
+def registry_credential(environ: Mapping[str, str]) -> Credential | None:
+    """The image registry's credential for the deploy's look-up, as ``env build-image`` takes
+    it: ``MODELFLEET_REGISTRY_USERNAME`` and ``MODELFLEET_REGISTRY_PASSWORD`` in the
+    environment of whoever starts the controller (``Model.deploy``); none: anonymous."""
+    user, password = environ.get("MODELFLEET_REGISTRY_USERNAME"), environ.get("MODELFLEET_REGISTRY_PASSWORD")
+    return Credential(user, password) if user and password else None
 
 
 def lock_path(store: Store, compute: str) -> Path:
@@ -341,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         try:
-            asyncio.run(serve(store, compute))
+            asyncio.run(serve(store, compute, registry_credential(os.environ)))
         finally:
             os.close(fd)
         return 0

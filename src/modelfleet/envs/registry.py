@@ -126,8 +126,9 @@ def manifest_exists(
 def _refused(ref: ImageRef, credential: Credential | None, who: str) -> str:
     if credential is None:
         return (
-            f"{who} of {ref.host} asks for a credential to read {ref.repository}; pass one "
-            "(--registry-username and the MODELFLEET_REGISTRY_PASSWORD environment variable)"
+            f"{who} of {ref.host} asks for a credential to read {ref.repository}; give one (env build-image: "
+            "--registry-username and $MODELFLEET_REGISTRY_PASSWORD; a deploy: $MODELFLEET_REGISTRY_USERNAME and "
+            "$MODELFLEET_REGISTRY_PASSWORD where Model.deploy runs)"
         )
     return (
         f"{who} of {ref.host} refused the credential of user {credential.username!r} for {ref.repository} "

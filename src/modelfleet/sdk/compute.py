@@ -80,6 +80,8 @@ class KubernetesAttachConfiguration:
     image_repository: str | None = None
     blob_store_sas: str | None = field(default=None, repr=False)
     blob_store_token: str | None = field(default=None, repr=False)
+    image_registry: str | None = None
+    image_build: str | None = None
 
     def __post_init__(self) -> None:
         if self.kubeconfig is not None and not os.path.isfile(os.path.expanduser(self.kubeconfig)):
@@ -94,6 +96,7 @@ class KubernetesAttachConfiguration:
         if self.router_uri is not None and urlsplit(self.router_uri).scheme not in ("http", "https"):
             raise ConfigError(f"router_uri must be an http:// or https:// URL (got {self.router_uri!r})")
         check_blob_store(self.blob_store, self.blob_store_sas, self.blob_store_token)
+        check_image_settings(self.image, self.image_registry, self.image_build)
 
     @property
     def blob_store_auth(self) -> str | None:
@@ -169,6 +172,30 @@ def check_blob_store(url: str | None, sas: str | None = None, token: str | None 
             )
 
 
+IMAGE_BUILDS = ("kaniko",)
+
+
+def check_image_settings(image: str | None, registry: str | None, build: str | None) -> None:
+    """``image_registry``: where the environments' hash-tagged images live; a deploy looks the
+    tag up there and, on a miss, refuses (naming ``modelfleet env build-image``) or, with
+    ``image_build="kaniko"``, builds it in the cluster."""
+    if registry is not None:
+        if not isinstance(registry, str) or not registry.strip("/") or "://" in registry or " " in registry:
+            raise ConfigError(
+                f"image_registry must be host[:port][/path] with no scheme, e.g. myacr.azurecr.io (got {registry!r})"
+            )
+        if image is not None:
+            raise ConfigError(
+                "image names one image for every service and image_registry a registry of hash-tagged ones; "
+                "give one of them"
+            )
+    if build is not None:
+        if build not in IMAGE_BUILDS:
+            raise ConfigError(f"image_build must be one of {', '.join(IMAGE_BUILDS)} or None (got {build!r})")
+        if registry is None:
+            raise ConfigError('image_build="kaniko" needs image_registry: the registry the Job pushes to')
+
+
 def _loopback(host: str | None) -> bool:
     return bool(host) and (host in ("localhost", "::1") or str(host).startswith("127."))
 
@@ -211,6 +238,8 @@ class KubernetesCompute:
         *,
         blob_store_sas: str | None = None,
         blob_store_token: str | None = None,
+        image_registry: str | None = None,
+        image_build: str | None = None,
     ) -> KubernetesAttachConfiguration:
         return KubernetesAttachConfiguration(
             kubeconfig,
@@ -222,6 +251,8 @@ class KubernetesCompute:
             image_repository,
             blob_store_sas=blob_store_sas,
             blob_store_token=blob_store_token,
+            image_registry=image_registry,
+            image_build=image_build,
         )
 
     @classmethod
@@ -240,9 +271,12 @@ class KubernetesCompute:
         blob_store_sas: str | None = None,
         blob_store_token: str | None = None,
         overwrite: bool = False,
+        image_registry: str | None = None,
+        image_build: str | None = None,
     ) -> KubernetesCompute:
         """``blob_store_sas``/``blob_store_token``: a private blob store's credential (see the
-        module's docstring), written into a Secret in ``namespace`` now, never into the workspace."""
+        module's docstring), written into a Secret in ``namespace`` now, never into the workspace.
+        ``image_registry``/``image_build``: see ``check_image_settings``."""
         config = cls.attach_configuration(
             kubeconfig,
             context,
@@ -253,6 +287,8 @@ class KubernetesCompute:
             image_repository,
             blob_store_sas=blob_store_sas,
             blob_store_token=blob_store_token,
+            image_registry=image_registry,
+            image_build=image_build,
         )
         return ComputeTarget.attach(workspace, name, config, overwrite=overwrite)
 
