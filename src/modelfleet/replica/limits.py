@@ -22,6 +22,14 @@ from __future__ import annotations
 
 from modelfleet.replica.config import ReplicaConfig
 from modelfleet.replica.responses import Reply, json_message
+from modelfleet.wire.server import (
+    FIELD_TOO_LARGE,
+    HEAD_TOO_LARGE,
+    LINE_TOO_LONG,
+    TOO_MANY_FIELDS,
+    HeadLimits,
+    parser_reason,
+)
 
 _JSON = b"Content-Type: application/json\r\n"
 
@@ -41,10 +49,10 @@ class Limits:
         self.header_timeout_s = config.header_timeout_s
         self.keep_alive_s = config.keep_alive_timeout_s
         self.send_timeout_s = config.send_timeout_s
-        # The URL length past which the request line may be too long (the longest method is
-        # about 20 bytes): below it on_url needs no arithmetic.
-        self.url_budget = max(0, self.request_line - 30)
         self.max_head_bytes = self.fields * (self.field_size + 2) + self.request_line + 4
+        self.head = HeadLimits(
+            head_bytes=self.max_head_bytes, fields=self.fields, field_size=self.field_size, line=self.request_line
+        )
 
         self.line_too_long = refusal(
             414,
@@ -77,7 +85,14 @@ class Limits:
             "(--header-timeout, MODELFLEET_HEADER_TIMEOUT_S); the connection is closed",
         )
 
+        # wire.server's refusal kinds -> the answers above
+        self.head_refusals = {
+            LINE_TOO_LONG: self.line_too_long,
+            TOO_MANY_FIELDS: self.too_many_fields,
+            FIELD_TOO_LARGE: self.field_too_large,
+            HEAD_TOO_LARGE: self.head_too_large,
+        }
+
     def parse_error(self, ex: Exception) -> Reply:
         """400 naming what the parser refused (its reasons are fixed strings, never input)."""
-        reason = str(ex).strip() or type(ex).__name__
-        return refusal(400, f"Invalid HTTP request: {reason}")
+        return refusal(400, f"Invalid HTTP request: {parser_reason(ex)}")

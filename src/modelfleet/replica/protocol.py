@@ -1,8 +1,10 @@
-"""One HTTP/1.1 connection: httptools parsing, pipelining, flow control, response writing.
+"""One HTTP/1.1 connection: pipelining, flow control, response writing.
 
-Written the way uvicorn's httptools protocol is. State is grouped by lifetime: the connection
-(transport, parser, the queue of pipelined requests, flow-control flags, the write lock and
-duplicated socket) and the request being parsed (url, headers, body so far); a finished request
+Written the way uvicorn's httptools protocol is. The parser, the request head being read and
+its limits are the wire layer's (``wire.server.ServerProtocol``, which the router's connections
+share); the answers' framing lines are ``wire.framing``'s. State here is grouped by lifetime:
+the connection (transport, the queue of pipelined requests, flow-control flags, the write lock
+and duplicated socket) and the request being parsed (its body so far); a finished request
 becomes a ``Request``, which lives until it is answered.
 
 Ordering. Requests on a connection are answered strictly in arrival order: while one is being
@@ -33,11 +35,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-import httptools
-
 from modelfleet.replica.entry import Call
 from modelfleet.replica.responses import Reply, get_status_line
 from modelfleet.replica.shared import Shared
+from modelfleet.wire.framing import CONTINUE, TITLE, connection
+from modelfleet.wire.server import UPGRADE, Refused, ServerProtocol
 
 if TYPE_CHECKING:
     from modelfleet.replica.stream import ChunkSender
@@ -104,39 +106,32 @@ class Request(Call):
         return f"<Request {self.method} {self.path}>"
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(ServerProtocol):
     """One client connection."""
 
     def __init__(self, shared: Shared, handle: Handler) -> None:
+        super().__init__(shared.limits.head)  # the parser and the head being read
         # -- connection lifetime
         self.shared = shared
         self.handle = handle  # answers a parsed request (app.App.handle)
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Request | Reply] = deque()
         self.busy = False  # the head request is being answered
         self.closed = False
         self.writable = True  # transport flow control
         self.paused_since = 0.0  # when writing paused (the client stopped reading)
         self.reading_paused = False
-        self.discarding = False  # after a refusal: drop input, then close
         self.eof = False
         self.idle_since = time.monotonic()
         self.wlock = threading.Lock()  # guards wfd and Request.claimed (see module docstring)
         self.wfd = -1
         self.stream: ChunkSender | None = None  # the streamed answer being sent (stream.py)
-        # -- the request being parsed
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # -- the request being parsed (its head: ServerProtocol's url and headers)
         self.body: list[bytes] = []
         self.size = 0
-        self.declared = 0
-        self.expect_continue = False
-        self.fields = 0
         # Timeouts (checked by ``expire`` once a second): when the head being read began (0 when
-        # no head is being read), the bytes read since then, and when bytes last arrived.
+        # no head is being read), and when bytes last arrived.
         self.head_since = 0.0
-        self.head_bytes = 0
         self.in_body = False
         self.last_read = self.idle_since
 
@@ -169,7 +164,7 @@ class HttpProtocol(asyncio.Protocol):
             # transport closes and the generator is ended.
             self.stream.lost()
             return None
-        if self.discarding:
+        if self.refused:
             self.close()
             return None
         # Keep the socket open to answer what was already received.
@@ -186,79 +181,60 @@ class HttpProtocol(asyncio.Protocol):
         self.next()
 
     def data_received(self, data: bytes) -> None:
-        if self.discarding:
+        if self.refused:
             return
         self.last_read = time.monotonic()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # no protocol upgrades here; the request itself is answered normally
-        except httptools.HttpParserError as ex:
-            if not self.discarding:  # a limit refused it first
-                self._refuse(self.shared.limits.parse_error(ex))
-        if self.head_since and not self.discarding:
-            # httptools buffers a header until it is complete: bound the head as it arrives.
-            self.head_bytes += len(data)
-            if self.head_bytes > self.shared.limits.max_head_bytes:
-                self._refuse(self.shared.limits.head_too_large)
+        self.feed(data)
         self.next()
 
-    # ---- httptools callbacks
+    # ---- what the wire layer refused
+    def refuse_head(self, kind: int) -> None:
+        self._refuse(self.shared.limits.head_refusals[kind])
+
+    def parse_failed(self, kind: int, exc: Exception) -> None:
+        if kind == UPGRADE:
+            return  # no protocol upgrades here; the request itself is answered normally
+        if not self.refused:
+            self._refuse(self.shared.limits.parse_error(exc))
+
+    def callback_failed(self, exc: Exception) -> None:
+        self._refuse(self.shared.limits.parse_error(exc))
+
+    # ---- httptools callbacks (on_url, on_header: ServerProtocol's)
     def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
+        super().on_message_begin()
         self.body = []
         self.size = 0
-        self.declared = 0
-        self.expect_continue = False
-        self.fields = 0
         self.head_since = self.last_read
-        self.head_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        limits = self.shared.limits
-        if len(self.url) > limits.url_budget and not self.discarding:
-            line = len(self.parser.get_method()) + len(self.url) + 10  # "METHOD URL HTTP/1.1"
-            if line > limits.request_line:
-                self._refuse(limits.line_too_long)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.discarding:
-            return
-        self.fields += 1
-        limits = self.shared.limits
-        if self.fields > limits.fields:
-            self._refuse(limits.too_many_fields)
-            return
-        if len(name) + len(value) + 4 > limits.field_size:  # "name: value\r\n", as gunicorn counts
-            self._refuse(limits.field_too_large)
-            return
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            try:
-                self.declared = int(value)
-            except ValueError:
-                self.declared = 0
-        elif size == 6 and name.lower() == b"expect":
-            self.expect_continue = value.lower() == b"100-continue"
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.head_since = 0.0
         self.in_body = True
-        if self.discarding:
+        if self.refused:
             return
+        if not self.head_fits():
+            raise Refused
+        declared = 0
+        expect_continue = False
+        for name, value in self.headers:
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+            elif size == 6 and name.lower() == b"expect":
+                expect_continue = value.lower() == b"100-continue"
         # A declared body over the limit is refused before any of it is read.
-        if self.declared > self.shared.max_body_bytes:
+        if declared > self.shared.max_body_bytes:
             self._refuse(self.shared.too_large)
-        elif self.expect_continue and not self.busy and not self.pending and self.transport is not None:
+        elif expect_continue and not self.busy and not self.pending and self.transport is not None:
             # curl and others wait (a second) for this before sending a large body. Only when
             # nothing else is being answered on this connection, so responses stay in order.
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.transport.write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        if self.discarding:
+        if self.refused:
             return
         self.size += len(body)
         if self.size > self.shared.max_body_bytes:  # chunked bodies are counted as they come
@@ -268,7 +244,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_body = False
-        if self.discarding:
+        if self.refused:
             return
         parser = self.parser
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
@@ -284,7 +260,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _refuse(self, reply: Reply) -> None:
         self.body = []
-        self.discarding = True
+        self.refused = True
         self.pending.append(reply)
 
     # ---- answering, on the loop
@@ -311,11 +287,8 @@ class HttpProtocol(asyncio.Protocol):
         parts = [get_status_line(reply.status), reply.headers]
         if ids:
             parts += (shared.server_header, req.ids, req.cors)
-        parts += (b"Content-Length: %d\r\n" % len(reply.body), shared.date)
-        if not req.keep_alive or shared.stopping:
-            parts.append(b"Connection: close\r\n")
-        elif req.http10:
-            parts.append(b"Connection: keep-alive\r\n")
+        parts += (TITLE.length % len(reply.body), shared.date)
+        parts.append(connection(TITLE, not req.keep_alive or shared.stopping, req.http10))
         parts.append(b"\r\n")
         if not req.head:
             parts.append(reply.body)
@@ -327,10 +300,9 @@ class HttpProtocol(asyncio.Protocol):
         shared = self.shared
         parts = [get_status_line(reply.status), reply.headers, shared.server_header, req.ids, req.cors]
         if req.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(TITLE.chunked)
         parts.append(shared.date)
-        if not req.keep_alive or shared.stopping:
-            parts.append(b"Connection: close\r\n")
+        parts.append(connection(TITLE, not req.keep_alive or shared.stopping))
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -409,9 +381,9 @@ class HttpProtocol(asyncio.Protocol):
         self.pending.clear()
         shared = self.shared
         head = get_status_line(reply.status) + reply.headers + shared.server_header
-        head += b"Content-Length: %d\r\n" % len(reply.body) + shared.date + b"Connection: close\r\n\r\n"
+        head += TITLE.length % len(reply.body) + shared.date + TITLE.close + b"\r\n"
         self.transport.write(head + reply.body)
-        self.discarding = True
+        self.refused = True
         with contextlib.suppress(OSError, RuntimeError):
             if self.transport.can_write_eof():
                 self.transport.write_eof()
@@ -443,7 +415,7 @@ class HttpProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        if self.closed or self.discarding:
+        if self.closed or self.refused:
             return
         if self.head_since:
             if now - self.head_since > limits.header_timeout_s:
