@@ -3,7 +3,7 @@
 ``Cycle`` holds what lives as long as one request (request id, body bytes, chosen replica,
 upstream connection, flags). The client socket's backpressure (``ReadGate``) and what a cycle
 needs from its connection and router are in ``ports``. The connection
-(``proxy.ClientConnection``) creates a cycle once a
+(``client.ClientConnection``) creates a cycle once a
 request's headers are parsed and feeds it the body; the upstream connection
 (``upstream.UpstreamConn``) feeds it the replica's answer through the ``up_*`` methods.
 """
@@ -18,6 +18,7 @@ from modelfleet.router.dispatch import Send
 from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ClientPort, ReadGate
 from modelfleet.router.routes import BUSY_HEADER, C_404, RESP_SKIP, Canned, ServiceState, status_line
 from modelfleet.router.upstream import UpstreamConn
+from modelfleet.wire.framing import CHUNKED, CONTINUE, LAST_CHUNK, LOWER, UNTIL_CLOSE, body_framing, chunk_size
 
 __all__ = ["Cycle", "ReadGate", "DRAIN", "PIPE", "UPLOAD", "WAIT"]  # the gate's names, re-exported
 
@@ -26,7 +27,10 @@ log = logging.getLogger("modelfleet.router")
 REPLAY_LIMIT = 1024 * 1024  # body bytes kept so that a "busy" answer can be retried elsewhere
 BUFFER_BEFORE_PAUSE = 64 * 1024  # body bytes held while waiting for a replica before pausing reads
 SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after an early error
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The router's framing lines (wire.framing, lower case), bound once for the hot path.
+_TE_CHUNKED = LOWER.chunked
+_LENGTH = LOWER.length
+_CLOSE = LOWER.close
 
 
 # -- the lifecycle of one request, as its client sees it ---------------------------------
@@ -182,7 +186,7 @@ class Cycle:
         up = self.up
         if up is not None:
             if self.chunked:
-                up.writelines([b"%x\r\n" % n, data, b"\r\n"])
+                up.writelines([chunk_size(n), data, b"\r\n"])
             else:
                 up.write(data)
             if self.kept:
@@ -205,7 +209,7 @@ class Cycle:
         up = self.up
         if up is not None and not self.body_sent:
             if self.chunked:
-                up.write(b"0\r\n\r\n")
+                up.write(LAST_CHUNK)
             self.body_sent = True
 
     def too_large(self) -> None:
@@ -339,11 +343,11 @@ class Cycle:
             self.aborting = False
             up.attach(self)
             if self.chunked:
-                framing = b"transfer-encoding: chunked\r\n"
+                framing = _TE_CHUNKED
             elif self.length >= 0:
-                framing = b"content-length: %d\r\n" % self.length
+                framing = _LENGTH % self.length
             elif self.method == b"POST":
-                framing = b"content-length: 0\r\n"
+                framing = _LENGTH % 0
             else:
                 framing = b""
             parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", host]  # host: the replica's head lines
@@ -352,7 +356,7 @@ class Cycle:
             if self.chunks:
                 if self.chunked:
                     for c in self.chunks:
-                        parts += (b"%x\r\n" % len(c), c, b"\r\n")
+                        parts += (chunk_size(len(c)), c, b"\r\n")
                 else:
                     parts += self.chunks
                 self.buffered = 0
@@ -360,7 +364,7 @@ class Cycle:
                     self.chunks = []
             if self.body_done:
                 if self.chunked:
-                    parts.append(b"0\r\n\r\n")
+                    parts.append(LAST_CHUNK)
                 self.body_sent = True
             up.write(b"".join(parts))
             client = self.conn
@@ -472,14 +476,15 @@ class Cycle:
                 has_length = True
             out.append(name + b": " + value + b"\r\n")
         out.append(self.rids)
-        if not has_length and status >= 200 and status != 204 and status != 304:
-            if conn.http11:
-                out.append(b"transfer-encoding: chunked\r\n")
+        if not has_length:
+            framing = body_framing(status, False, conn.http11)
+            if framing == CHUNKED:
+                out.append(_TE_CHUNKED)
                 self.resp_chunked = True
-            else:
+            elif framing == UNTIL_CLOSE:
                 self.close_after = True
         if self.close_after:
-            out.append(b"connection: close\r\n")
+            out.append(_CLOSE)
         out.append(b"\r\n")
         # Written with the first body bytes, or by up_flush at the end of this read.
         self.head_out = b"".join(out)
@@ -489,7 +494,7 @@ class Cycle:
             head = self.head_out or b""
             self.head_out = None
             if self.resp_chunked:
-                self.conn.transport.writelines([head, b"%x\r\n" % len(data), data, b"\r\n"])
+                self.conn.transport.writelines([head, chunk_size(len(data)), data, b"\r\n"])
             elif head:
                 self.conn.transport.writelines([head, data])
             else:
@@ -524,7 +529,7 @@ class Cycle:
             head = self.head_out or b""
             self.head_out = None
             if self.resp_chunked:
-                self.conn.transport.write(head + b"0\r\n\r\n")
+                self.conn.transport.write(head + LAST_CHUNK)
             elif head:
                 self.conn.transport.write(head)
             self._close_if_body_left()

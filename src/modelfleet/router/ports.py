@@ -1,7 +1,8 @@
-"""What a request's ``Cycle`` needs from the connection and the router it lives in, as
-protocols, so that ``cycle`` imports neither ``proxy`` nor anything above it (the modules of
-this package import one another one way only: routes/dispatch/upstream/auth <- ports <-
-cycle <- proxy). Also the client socket's read gate, shared by the cycles of one connection.
+"""What a request's ``Cycle`` needs from the connection and the router it lives in, and what
+a ``client.ClientConnection`` needs from the router, as protocols, so that ``cycle`` and
+``client`` import neither ``proxy`` nor anything above them (the modules of this package import
+one another one way only: routes/dispatch/upstream/auth/ids <- refusals/ports <- cycle <-
+client <- proxy). Also the client socket's read gate, shared by the cycles of one connection.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from modelfleet.router.auth import AuthFailures
 from modelfleet.router.dispatch import Action
+from modelfleet.router.ids import RequestIds
+from modelfleet.router.refusals import Refusals
 from modelfleet.router.routes import Canned, ServiceState
 from modelfleet.router.upstream import Pool
+from modelfleet.telemetry.counters import ServiceMetrics
 
-__all__ = ["DRAIN", "PENALTY", "PIPE", "UPLOAD", "WAIT", "ClientPort", "ReadGate", "RouterPort"]
+if TYPE_CHECKING:
+    from modelfleet.telemetry.tracing import Tracer
+
+__all__ = ["DRAIN", "PENALTY", "PIPE", "UPLOAD", "WAIT", "ClientPort", "FrontPort", "ReadGate", "RouterPort"]
 
 WAIT, UPLOAD, PIPE, DRAIN, PENALTY = 1, 2, 4, 8, 16  # why a client's socket is not read
 
@@ -58,8 +66,26 @@ class RouterPort(Protocol):
     def check_drains(self, svc: ServiceState) -> None: ...
 
 
+class FrontPort(RouterPort, Protocol):
+    """The router as a client connection sees it (``proxy.Router``): settings read per
+    request, the routing table, the clocks' last readings, and where answers are counted."""
+
+    refusals: Refusals
+    bad_auth_allowance: int
+    bad_auth_pause_s: float
+    access_log: bool
+    services: dict[bytes, ServiceState]
+    ids: RequestIds
+    wall_now: float  # epoch seconds, refreshed every tick
+    date_line: bytes  # "date: ...", refreshed every second
+    auth_failures: AuthFailures
+    unrouted: ServiceMetrics
+    tracer: Tracer | None
+    connections: set[Any]
+
+
 class ClientPort(Protocol):
-    """A client connection as a cycle sees it (``proxy.ClientConnection``). ``cycles`` holds
+    """A client connection as a cycle sees it (``client.ClientConnection``). ``cycles`` holds
     the connection's cycles in arrival order ([0] is being served)."""
 
     @property

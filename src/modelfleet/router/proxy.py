@@ -1,38 +1,16 @@
-"""The router's HTTP front end: every scoring request passes through here.
+"""The router: its services, their replicas, the listeners, and the timers and timeouts.
 
-Shape (after uvicorn's httptools protocol): ``ClientConnection`` (this module) holds what
-lives as long as a client's TCP connection (transport, parser, read gate, the requests it sent
-and not yet answered); ``cycle.Cycle`` holds what lives as long as one request (its states,
-WAITING -> ACTIVE -> STREAMING -> DONE or GONE, are drawn in cycle.py); ``routes`` holds
-per-service state, the precomputed answers and the pure ``route()``; ``auth.authenticate``
-checks credentials; ``ids`` makes request ids as azmlinfsrv does; ``upstream`` is the
-keep-alive pool; ``ports`` what a cycle needs from this module (no import cycles). Decisions
-come from ``dispatch.Dispatch`` as action values; the router only moves bytes, reads the
-clocks (``loop.time()``; the injected ``clock`` and ``wall_clock`` once per tick) and runs
-timers.
+``Router`` is what the control plane drives (``set_service``, ``set_replicas``, ``drain``,
+``remove_service``...) and what the connections read (``ports.FrontPort``): the routing table
+(``routes.ServiceState`` per service, its ``dispatch.Dispatch``), the upstream ``Pool``, the
+clocks (``loop.time()``; the injected ``clock`` and ``wall_clock`` once per tick) and every
+timer: each service's queue deadline and scoring timeout, and one tick that refreshes the Date
+line and sweeps the connections for header, keep-alive and send timeouts. Decisions come from
+``dispatch.Dispatch`` as action values; the router carries them out.
 
-A request's life:
-1. head parsed -> limits (431), request ids (431 past 100 characters), ``route()`` (404,
-   405, 413), ``authenticate()`` (401); failures answer a precomputed response, in order
-   with the requests pipelined before it (``advance`` begins them in a loop, never
-   recursively).
-2. ``Cycle.begin`` asks the dispatcher for a replica, waiting in the service's FIFO when none
-   has room (a failed service answers 503 at once); a replica that refuses the connection
-   before the request is sent is reported and another one tried.
-3. the request goes out on a pooled keep-alive connection, its body streamed with flow
-   control both ways; the answer streams back unchanged but for hop-by-hop headers, chunk by
-   chunk as the replica sends it.
-4. the slot is given back in ``Cycle._release`` only, once the replica answered or its
-   connection closed; a 504 (scoring timeout) or a client that left does not free it early
-   (a client that left a streamed answer cuts it, so the replica's generator ends).
-
-Foreign failures (socket errors, httptools errors) are translated in this package and nowhere
-else: refused before sending -> retry elsewhere; a pooled connection reset before any answer
-byte -> sent again once on a new connection to the same replica (502 if it is gone); lost or
-garbled after sending -> 502; too slow -> 504; a malformed request (bad framing, smuggling) ->
-400 in its turn, then close. A replica's own "busy" answer (503 + ``x-modelfleet-busy: 1``)
-puts the request back at the head of the queue (its body is kept for that up to
-``cycle.REPLAY_LIMIT``). Header, keep-alive and send timeouts: see ``Router``.
+A request's path through the router's modules is told in ``client`` (the connection that
+parses it, ``client.ClientConnection``, re-exported here) and ``cycle`` (its life until
+answered).
 """
 
 from __future__ import annotations
@@ -41,42 +19,17 @@ import asyncio
 import logging
 import ssl as _ssl
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import httptools
-
 from modelfleet.errors import ConfigError
-from modelfleet.router.auth import AuthFailures, AuthResult, authenticate
-from modelfleet.router.cycle import DONE, WAITING, Cycle
+from modelfleet.router.auth import AuthFailures
+from modelfleet.router.client import ClientConnection
 from modelfleet.router.dispatch import Action, Send
-from modelfleet.router.ids import MSG_MSID, MSG_XID, IdsTooLong, RequestIds
-from modelfleet.router.ports import DRAIN, PENALTY, PIPE, UPLOAD, WAIT, ReadGate
-from modelfleet.router.routes import (
-    C_400,
-    C_400_SMUGGLING,
-    C_401_INVALID,
-    C_401_MISSING,
-    C_408,
-    H_AUTH,
-    H_CLID,
-    H_EXPECT,
-    H_FORWARD,
-    H_LENGTH,
-    H_MSID,
-    H_TE,
-    H_XID,
-    REQ_SPECIAL,
-    Canned,
-    ServiceRoute,
-    ServiceState,
-    Upstream,
-    error_answer,
-    route,
-)
+from modelfleet.router.ids import RequestIds
+from modelfleet.router.refusals import Refusals
+from modelfleet.router.routes import ServiceRoute, ServiceState, Upstream
 from modelfleet.router.upstream import Pool
 from modelfleet.telemetry.counters import ServiceMetrics
 
@@ -87,362 +40,6 @@ __all__ = ["ClientConnection", "Router", "ServiceRoute", "Upstream"]
 
 log = logging.getLogger("modelfleet.router")
 _access = logging.getLogger("modelfleet.router.access")
-
-LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
-
-
-# -- per connection --------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing; the answer is already arranged."""
-
-
-class ClientConnection(asyncio.Protocol):
-    def __init__(self, router: Router) -> None:
-        # Lives with the router.
-        self.router = router
-        # Lives with the connection.
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpRequestParser(self)
-        self.gate: ReadGate = None  # type: ignore[assignment]
-        self.write_paused = False
-        self.cycles: deque[Cycle] = deque()  # received, not answered yet; [0] is being served
-        self.closing = False  # an answer said "connection: close"; drop further requests
-        self.broken = False  # refused (bad framing, headers too large): nothing more is parsed
-        self.http11 = True
-        self._advancing = False  # inside advance(): answers given meanwhile do not recurse
-        # Timeouts (Router._sweep): ``seq`` counts request heads begun; the sweep adds up the
-        # time it sees this connection owed nothing with ``seq`` unchanged (``quiet``). The
-        # header timeout applies while a head is arriving (or none came yet), the keep-alive
-        # timeout otherwise; neither runs while the router owes the client an answer. No clock
-        # is read per request.
-        self.seq = 0
-        self.seen = -1
-        self.quiet = 0.0
-        # Send timeout (Router._sweep): ``drained`` counts resume_writing calls; a connection
-        # paused for writing with no progress for send_timeout_s is cut.
-        self.drained = 0
-        self.drained_seen = -1
-        self.stalled = 0.0
-        # Requests refused 401 in a row; past the router's allowance each further one pauses
-        # reading for a while (Router docstring: a flood of bad credentials).
-        self.bad_auth = 0
-        # Lives with the request being parsed (reset by on_message_begin).
-        self._in_head = False
-        self._head_raw = 0  # bytes of reads that fell wholly inside this head (httptools buffers them)
-        self._read_len = 0  # bytes of the read being parsed
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._cycle: Cycle | None = None  # receives this request's body bytes
-        self._starting = False  # a request became first in line during this read (see data_received)
-
-    # -- asyncio callbacks -------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.gate = ReadGate(self.transport)
-        self.router.connections.add(self)
-
-    def peer_host(self) -> str:
-        """The client's address; looked up only when needed (a failed auth), not per connection."""
-        peer = self.transport.get_extra_info("peername")
-        return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-
-    def data_received(self, data: bytes) -> None:
-        if self.broken:
-            return  # the error answer is arranged; the rest is dropped unread
-        self._read_len = len(data)
-        try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if isinstance(exc, httptools.HttpParserCallbackError):
-                if self.broken:
-                    return  # a callback refused the request (_Refused): answered in order
-                log.exception("router bug while handling a request; closing the connection")
-                self.transport.abort()
-                return
-            why = str(exc)  # llhttp's words for the two framings together, or twice
-            smuggling = "can't be present with" in why or "Duplicate Content-Length" in why
-            self.refuse(C_400_SMUGGLING if smuggling else C_400)
-            return
-        if self._in_head:
-            if self._head_raw < 0:
-                self._head_raw = 0  # this head began in this read
-            else:
-                # The whole read fell inside one request head: httptools buffers an unfinished
-                # header line without calling back, so bound those bytes here.
-                self._head_raw += len(data)
-                if self._head_raw > self.router.max_header_bytes:
-                    self.refuse(self.router.c431_size)
-                    return
-        if self._starting:
-            # Begin only now, so a body that came in the same read goes out to the replica
-            # in the same write as the head (one syscall, one packet).
-            self._starting = False
-            cycles = self.cycles
-            if len(cycles) == 1 and cycles[0].state == WAITING:
-                cycles[0].begin()  # an answer given at once goes on through answered() -> advance()
-            else:
-                self.advance()
-
-    def eof_received(self) -> bool:
-        return False  # a client that stops sending has gone: answer nothing more
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.router.connections.discard(self)
-        cycles = self.cycles
-        while cycles:
-            cycles.popleft().client_gone()
-        if self._cycle is not None:
-            self._cycle.client_gone()
-            self._cycle = None
-
-    def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its requests too, or a pipeline
-        # of requests answered by the router itself would pile answers up in memory.
-        self.write_paused = True
-        self.gate.pause(DRAIN)
-        if self.cycles and self.cycles[0].up is not None:
-            self.cycles[0].up.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.drained += 1
-        self.gate.resume(DRAIN)
-        if self.cycles and self.cycles[0].up is not None:
-            self.cycles[0].up.resume_reading()
-
-    # -- httptools callbacks -----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._cycle = None
-        self._in_head = True
-        self._head_raw = -1  # "began in the current read" (see data_received)
-        self.seq += 1
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Sizes are checked once the head is complete (on_headers_complete); until then what
-        # httptools hands over is bounded by the reads that carry it (see data_received).
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        if self.closing:
-            return
-        router = self.router
-        parser = self.parser
-        method: bytes = parser.get_method()
-        url = self._url
-        q = url.find(b"?")
-        path = url if q < 0 else url[:q]
-        self.http11 = parser.get_http_version() == "1.1"
-        keep_alive = parser.should_keep_alive()
-
-        fields: list[bytes] = []
-        auth = ms_id = x_id = client_id = None
-        length = -1
-        chunked = expect = False
-        special = REQ_SPECIAL
-        headers = self._headers
-        if len(headers) > router.max_header_fields:
-            self.refuse(router.c431_count)
-            raise _Refused
-        # A head that came in one read no larger than the limit fits; one that spanned reads,
-        # or came in a larger read, is measured.
-        if (self._head_raw >= 0 or self._read_len > router.max_header_bytes) and len(url) + sum(
-            len(n) + len(v) for n, v in headers
-        ) > router.max_header_bytes:
-            self.refuse(router.c431_size)
-            raise _Refused
-        for name, value in headers:
-            kind = special.get(name.lower(), H_FORWARD)
-            if kind == H_FORWARD:
-                fields.append(name + b": " + value + b"\r\n")
-            elif kind == H_AUTH:
-                auth = value
-            elif kind == H_LENGTH:
-                length = int(value)  # httptools has validated it
-            elif kind == H_TE:
-                chunked = b"chunked" in value.lower()
-            elif kind == H_EXPECT:
-                expect = value.lower() == b"100-continue"
-            elif kind == H_MSID:
-                ms_id = value
-            elif kind == H_XID:
-                x_id = value
-            elif kind == H_CLID:
-                client_id = value
-        if ms_id is None and x_id is None and client_id is None:
-            ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
-        else:
-            ids = router.ids.lines(ms_id, x_id, client_id)
-
-        if ids.__class__ is not bytes:
-            svc = None
-            canned: Canned | None = router.c431_ids[ids.message]  # type: ignore[union-attr]
-            rids: bytes = ids.lines  # type: ignore[union-attr]
-            target = b""
-        else:
-            rids = ids
-            decision = route(method, path, length, router.services)
-            svc = decision.service
-            canned = decision.answer
-            if decision.check_auth:
-                result = authenticate(auth, svc.route.auth, router.wall_now)  # type: ignore[union-attr]
-                if result is not AuthResult.OK:
-                    canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
-                    router.auth_failures.record(self.peer_host(), result)
-                    svc.metrics.auth_failed(result is AuthResult.MISSING)  # type: ignore[union-attr]
-                    self.bad_auth += 1
-                    if self.bad_auth > router.bad_auth_allowance:
-                        self.slow_down()
-                elif self.bad_auth:
-                    self.bad_auth = 0
-            target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
-
-        cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
-        cycle.canned = canned
-        self._cycle = cycle
-        self.cycles.append(cycle)
-        if len(self.cycles) == 1:
-            self._starting = True
-        else:
-            self.gate.pause(PIPE)  # answers go out in order; hold further reads meanwhile
-
-    def on_body(self, body: bytes) -> None:
-        if self._cycle is not None:
-            self._cycle.body(body)
-
-    def on_message_complete(self) -> None:
-        cycle = self._cycle
-        if cycle is not None:
-            cycle.body_end()
-        if self.closing and (cycle is None or cycle.state >= DONE):
-            self.transport.close()
-
-    def slow_down(self) -> None:
-        """Read nothing more from this connection for the router's ``bad_auth_pause_s``: what
-        this read already holds is still answered, in order (a pipelined burst goes on after
-        the pause), and a client sending one request at a time gets one answer per pause."""
-        if not self.gate.reasons & PENALTY:
-            self.gate.pause(PENALTY)
-            self.router.loop.call_later(self.router.bad_auth_pause_s, self.gate.resume, PENALTY)
-
-    # -- refusing ------------------------------------------------------------------------
-
-    def refuse(self, canned: Canned) -> None:
-        """The request being parsed is malformed or over a limit: it gets ``canned`` after the
-        answers owed before it, then the connection closes; nothing more is parsed."""
-        if self.broken:
-            return
-        self.broken = True
-        self._in_head = False
-        self._starting = False
-        cycle = self._cycle
-        self._cycle = None
-        if cycle is not None and cycle in self.cycles:
-            cycle.refuse(canned)  # its head was fine, its body is not
-        elif cycle is not None:
-            # Answered already (e.g. 401 while its body still came): nothing owed, just close.
-            if not self.cycles:
-                self.transport.close()
-            return
-        else:
-            rids = b"x-request-id: " + self.router.ids.new() + b"\r\n"
-            bad = Cycle(self, None, b"-", b"", [], rids, False, False, 0, False)
-            bad.canned = canned
-            bad.body_done = True
-            self.cycles.append(bad)
-        self.advance()
-
-    def expire(self) -> None:
-        """The header or keep-alive timeout passed (Router._sweep)."""
-        if self._in_head and not self.broken:
-            self.refuse(C_408)  # part of a head came: say why before closing
-        else:
-            self.transport.close()
-
-    # -- used by Cycle -----------------------------------------------------------------
-
-    def advance(self) -> None:
-        """Begin requests first in line, one after another. A request answered at once (by
-        the router itself) comes back through ``answered``, which only pops it: the loop
-        here begins the next, so a long pipeline of such requests never recurses."""
-        if self._advancing:
-            return
-        self._advancing = True
-        try:
-            cycles = self.cycles
-            while cycles:
-                head = cycles[0]
-                if head.state != WAITING:
-                    break
-                head.begin()
-        finally:
-            self._advancing = False
-
-    def write_canned(self, canned: Canned, rids: bytes, close: bool) -> None:
-        self.transport.write(
-            b"".join(
-                (
-                    canned.head,
-                    self.router.date_line,
-                    rids,
-                    b"connection: close\r\n\r\n" if close else b"\r\n",
-                    canned.body,
-                )
-            )
-        )
-
-    def answered(self, cycle: Cycle) -> None:
-        """``cycle``'s answer is fully written: go on with the next request or close."""
-        svc = cycle.svc
-        router = self.router
-        if svc is None:
-            router.unrouted.answered(cycle.status)  # GET /, unknown services
-        elif cycle.started:  # went through the dispatcher: timed
-            now = perf_counter()
-            svc.metrics.observe(cycle.status, now - cycle.started)
-            if svc.route.trace and router.tracer is not None:
-                router.tracer.add(svc.route.name, cycle.rids, cycle.status, cycle.started, cycle.sent_at, now)
-        else:
-            svc.metrics.answered(cycle.status)
-        if router.access_log:
-            _access.info(
-                "%s %s %d %s",
-                cycle.method.decode("latin-1"),
-                cycle.target.decode("latin-1") or "-",
-                cycle.status,
-                cycle.rids.split(b"\r\n", 1)[0].partition(b": ")[2].decode("latin-1"),
-            )
-        cycles = self.cycles
-        if cycles and cycles[0] is cycle:
-            cycles.popleft()
-        if cycle.close_after:
-            self.closing = True
-            if cycle.body_done:
-                self.transport.close()
-            else:
-                # Keep reading (and dropping) the body a little, so the client is not reset
-                # before it reads the answer; on_message_complete or the timer closes.
-                self.gate.resume(WAIT | PIPE | UPLOAD)
-                router.loop.call_later(LINGER_S, self.transport.close)
-                if self.broken and self.transport.can_write_eof():
-                    # Nothing more will be parsed: say so now (FIN); the client closes
-                    # its side once it has read the answer, and eof_received closes ours.
-                    self.transport.write_eof()
-            return
-        if cycles:
-            self.advance()
-        if len(cycles) <= 1:
-            self.gate.resume(PIPE)
-
 
 # -- the router --------------------------------------------------------------------------
 
@@ -532,13 +129,7 @@ class Router:
         self._wall_clock = wall_clock
         self.wall_now = wall_clock()  # epoch seconds for token expiry, refreshed every tick
         self.clock: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
-        self.c431_size = error_answer(
-            431, f"the request line and headers are larger than the router's limit of {max_header_bytes} bytes"
-        )
-        self.c431_count = error_answer(
-            431, f"the request has more than the router's limit of {max_header_fields} header fields"
-        )
-        self.c431_ids = {m: error_answer(431, m) for m in (MSG_XID, MSG_MSID)}
+        self.refusals = Refusals(max_header_bytes, max_header_fields)  # head limits and their 431s
         # Routing table and upstream connections; change through the methods below.
         self.services: dict[bytes, ServiceState] = {}
         self.pool = pool or Pool()
@@ -633,7 +224,7 @@ class Router:
                 conn.quiet = 0.0
                 continue
             conn.quiet += elapsed
-            head = conn._in_head or conn.seq == 0
+            head = conn.in_head or conn.seq == 0
             if conn.quiet >= (self.header_timeout_s if head else self.keep_alive_timeout_s):
                 expired.append(conn)
         for conn in expired:
