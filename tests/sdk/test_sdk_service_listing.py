@@ -4,34 +4,15 @@ exactly what ``serialize()`` of each service says. A real SQLite workspace; no c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import event
 
 from modelfleet import AksWebservice, InferenceConfig, Model, Webservice, Workspace
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.service_config import build_config
 from modelfleet.sdk.webservice import ROUTER_PORT_SETTING
+from store_statements import counted_statements
 
 SERVICES = 120
-
-
-@contextmanager
-def counted_statements(ws: Workspace) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    engine = ws.store._db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def _workspace(tmp_path: Path) -> Workspace:
@@ -54,7 +35,7 @@ def test_listing_reads_the_workspace_a_fixed_number_of_times(tmp_path: Path) -> 
     ws = _workspace(tmp_path)
     services = Webservice.list(ws)
     one_by_one = [s.serialize() for s in services]
-    with counted_statements(ws) as statements:
+    with counted_statements(ws.store) as statements:
         listed = Webservice.serialize_all(ws, Webservice.list(ws))
     assert listed == one_by_one  # the same answer as serialize(), metadata events included
     assert listed[7]["tags"] == {"changed": "yes"} and listed[7]["description"] == "described later"
@@ -62,7 +43,7 @@ def test_listing_reads_the_workspace_a_fixed_number_of_times(tmp_path: Path) -> 
     # services twice, metadata events, three router settings: 6 reads, each with its BEGIN
     # (before: 17 reads per service)
     assert len(statements) <= 12, f"{len(statements)} statements for {SERVICES} services"
-    with counted_statements(ws) as statements:
+    with counted_statements(ws.store) as statements:
         # svc-007 (7 % 3 == 1) had its tags replaced afterwards
         assert len(Webservice.list(ws, tags=[["n", "1"]])) == SERVICES // 3 - 1
     assert len(statements) <= 4, f"{len(statements)} statements to filter {SERVICES} services by tag"

@@ -62,6 +62,11 @@ __all__ = ["FAILED", "HEALTHY", "Planner", "Reconciler", "ServiceController", "p
 
 log = logging.getLogger("modelfleet.control")
 
+# A controller looks at its replicas every second even when nothing woke it (a missed wake
+# costs at most that). Its stored record is read again only when the record changed: the
+# reconciler asks the store once a second for every service's ``updated_time``
+# (``Reconciler._watch_records``), since one read per service per second took a whole core
+# at 1,000 services.
 _RESYNC_S = 1.0
 COMPUTE_TARGET_KEY = "compute_target"  # in a service's stored config: the compute target it runs on
 _GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
@@ -136,6 +141,7 @@ class ServiceController:
         # desired state as last read, and what decide() is told about it
         self.spec: DeploySpec | None = None
         self._record: ServiceRecord | None = None
+        self._record_stale = True  # read the stored record on the next pass
         self._generation: int | None = None  # the stored generation last planned
         self._desired_replicas = 0
         self._before_update = 0  # the serving count when an update began (kept if it fails)
@@ -161,6 +167,16 @@ class ServiceController:
         self._task = asyncio.create_task(self._run(), name=f"controller {self.name}")
 
     def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def record_stamp(self) -> float | None:
+        """The ``updated_time`` of the record this controller last read."""
+        return None if self._record is None else self._record.updated_time
+
+    def record_changed(self) -> None:
+        """The stored record moved since it was read: read it on the next pass, now."""
+        self._record_stale = True
         self._wake.set()
 
     async def close(self) -> None:
@@ -190,20 +206,24 @@ class ServiceController:
         while not self._closed:
             self._wake.clear()  # before the pass: a change reported during it runs another
             try:
-                await self.reconcile()
+                reread, self._record_stale = self._record_stale, False  # a change meanwhile marks it again
+                await self.reconcile(reread)
             except NotFound:
                 return  # deleted behind our back
             except Exception:
+                self._record_stale = True  # the pass may have failed before its read
                 log.exception("service %s: reconcile pass failed", self.name)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _RESYNC_S)
 
-    async def reconcile(self) -> Decision:
-        """One pass: read, plan, decide, act. Returns the decision (tests look at it)."""
+    async def reconcile(self, reread: bool = True) -> Decision:
+        """One pass: read, plan, decide, act. Returns the decision (tests look at it).
+        ``reread=False`` keeps the record last read (the loop's passes when it has not moved)."""
         async with self._lock:
-            record = await asyncio.to_thread(self._store.get_service, self.name)
-            spec = DeploySpec.from_dict(record.config["deploy"])
-            self._record, self.spec = record, spec
+            if reread or self._record is None or self.spec is None:
+                record = await asyncio.to_thread(self._store.get_service, self.name)
+                self._record, self.spec = record, DeploySpec.from_dict(record.config["deploy"])
+            record, spec = self._record, self.spec
             if record.generation != self._generation:
                 await self._plan(record, spec)
             self._publish_route()
@@ -422,6 +442,7 @@ class Reconciler:
         # services that record it as their owner, never a teammate's. None: every local service.
         self.cluster = cluster
         self.controllers: dict[str, ServiceController] = {}
+        self._watching: asyncio.Task[None] | None = None  # _watch_records, from the first sync on
         target.watch(self._on_replica_change)
 
     def owns(self, record: ServiceRecord) -> bool:
@@ -478,6 +499,8 @@ class Reconciler:
             controller = ServiceController(name, self._store, self.target, self._planner, room)
             self.controllers[name] = controller
             controller.start()
+            if self._watching is None:
+                self._watching = asyncio.create_task(self._watch_records(), name="service records")
         else:
             controller.refresh_route()
             controller.wake()
@@ -501,7 +524,28 @@ class Reconciler:
             await asyncio.to_thread(self._store.delete_service, name)
         await asyncio.to_thread(shutil.rmtree, Path(self._store.runtime_dir) / "services" / name, True)
 
+    async def _watch_records(self) -> None:
+        """Once a second, one query for every service's ``updated_time``; a controller whose
+        record moved (an update through another process or machine, a deletion) reads it again.
+        Changes made through the admin API reach their controller at once (``sync``)."""
+        while True:
+            await asyncio.sleep(_RESYNC_S)
+            try:
+                stamps = await asyncio.to_thread(self._store.service_stamps)
+            except Exception:
+                log.exception("reading the services' change times failed; trying again")
+                continue
+            for name, controller in list(self.controllers.items()):
+                seen = controller.record_stamp
+                if seen is not None and stamps.get(name) != seen:
+                    controller.record_changed()
+
     async def shutdown(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
         controllers = list(self.controllers.values())
         self.controllers.clear()
         await asyncio.gather(*(c.close() for c in controllers))

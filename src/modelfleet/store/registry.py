@@ -296,6 +296,9 @@ class Store:
     def list_services(self) -> list[ServiceRecord]:
         return self._services.list_services()
 
+    def service_stamps(self) -> dict[str, float]:
+        return self._services.service_stamps()
+
     def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
         return self._services.update_service_config(name, config)
 

@@ -133,6 +133,13 @@ class Services:
         rows = self._db.read(lambda conn: conn.execute(select(services).order_by(services.c.name)).all())
         return [self._record(r) for r in rows]
 
+    def service_stamps(self) -> dict[str, float]:
+        """Every service's ``updated_time``, which every change to its record moves: one small
+        query tells a daemon which of its services changed, where reading each record would
+        cost a query per service."""
+        rows = self._db.read(lambda conn: conn.execute(select(services.c.name, services.c.updated_time)).all())
+        return {row.name: row.updated_time for row in rows}
+
     def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
         """Replace the config and bump the generation; the state goes back to Transitioning
         until the control plane serves the new generation."""
@@ -236,7 +243,9 @@ class Services:
 
         def tx(conn: Connection) -> str | None:
             conn.execute(
-                update(services).where(services.c.name == name, services.c.cluster.is_(None)).values(cluster=cluster)
+                update(services)
+                .where(services.c.name == name, services.c.cluster.is_(None))
+                .values(cluster=cluster, updated_time=_now())
             )
             owner = conn.execute(select(services.c.cluster).where(services.c.name == name)).first()
             if owner is None:

@@ -172,6 +172,9 @@ class LocalTarget:
         self._table = RouterTable(router, token_key)
         self._on_change: OnChange = lambda service: None
         self._replicas: dict[str, _Replica] = {}
+        # The same replicas by service: every per-service question is asked once a second per
+        # service, so a scan of all replicas would cost O(services²) at 1,000 services.
+        self._by_service: dict[str, dict[str, _Replica]] = {}
         self._plans: dict[tuple[str, int], ReplicaPlan] = {}
         self._drains: set[asyncio.Task[None]] = set()
         self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
@@ -190,7 +193,7 @@ class LocalTarget:
         self._on_change = on_change
 
     def replicas(self, service: str) -> list[ReplicaInfo]:
-        return [r.info for r in self._replicas.values() if r.info.service == service]
+        return [r.info for r in self._of(service)]
 
     async def apply(self, spec: GenerationSpec) -> None:
         plan = spec.plan
@@ -198,7 +201,7 @@ class LocalTarget:
         await self.scale(plan.service, plan.generation, spec.replicas)
 
     async def scale(self, service: str, generation: int, replicas: int, remove: Collection[str] = ()) -> None:
-        mine = [r for r in self._replicas.values() if r.info.service == service and r.info.generation == generation]
+        mine = [r for r in self._of(service) if r.info.generation == generation]
         live = [r for r in mine if r.live]
         if replicas > len(live):
             plan = self._plans.get((service, generation))
@@ -217,11 +220,7 @@ class LocalTarget:
             self._drain(service, live[: len(live) - replicas], self._table.drain_s(service))
 
     async def retire(self, service: str, generation: int, drain_s: float) -> None:
-        victims = [
-            r
-            for r in self._replicas.values()
-            if r.info.service == service and r.info.generation == generation and r.live
-        ]
+        victims = [r for r in self._of(service) if r.info.generation == generation and r.live]
         if victims:
             self._drain(service, victims, drain_s)
         self._plans.pop((service, generation), None)
@@ -248,9 +247,8 @@ class LocalTarget:
         self._table.remove(service)  # new requests 404, waiting ones 503
         for key in [k for k in self._plans if k[0] == service]:
             del self._plans[key]
-        ours = [r for r in self._replicas.values() if r.info.service == service]
-        await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in ours))
-        if not any(r.info.service == service for r in self._replicas.values()):
+        await asyncio.gather(*(self._stop(r, STOP_GRACE_S) for r in self._of(service)))
+        if not self._by_service.get(service):
             self._secrets.pop(service, None)  # a service deployed again under this name gets a new one
 
     def check_now(self, replica_id: str) -> None:
@@ -268,11 +266,15 @@ class LocalTarget:
             await self._forks.close()
         self._sockets.remove()
 
+    def _of(self, service: str) -> list[_Replica]:
+        """The service's replicas (a copy: callers start and stop replicas while they iterate)."""
+        return list(self._by_service.get(service, {}).values())
+
     # -- the router's replica set ------------------------------------------------------------
 
     def _sync_router(self, service: str) -> None:
         """Hand the router the Ready, live replicas of the serving generation, when they changed."""
-        self._table.sync(service, (r.info for r in self._replicas.values() if r.info.service == service and r.live))
+        self._table.sync(service, (r.info for r in self._of(service) if r.live))
 
     def _changed(self, service: str) -> None:
         self._sync_router(service)
@@ -299,6 +301,7 @@ class LocalTarget:
         socket_path = self._sockets.path_for(replica_id) if self._unix else None
         replica = _Replica(info=info, plan=plan, run_dir=service_dir / "run", socket_path=socket_path)
         self._replicas[replica_id] = replica
+        self._by_service.setdefault(plan.service, {})[replica_id] = replica
         replica.task = asyncio.create_task(self._supervise(replica), name=f"supervise {replica_id}")
 
     def _drain(self, service: str, victims: list[_Replica], drain_s: float) -> None:
@@ -349,6 +352,10 @@ class LocalTarget:
             replica.gpus = None
         if self._replicas.get(info.id) is replica:
             del self._replicas[info.id]
+            ours = self._by_service[info.service]
+            del ours[info.id]
+            if not ours:
+                del self._by_service[info.service]
         log.info("replica %s stopped", info.id)
 
     # -- supervision ---------------------------------------------------------------------
