@@ -27,7 +27,10 @@ from modelfleet.store.registry import ServiceRecord
 ROUTER_PORT_SETTING = "router_port"
 ROUTER_SCHEME_SETTING = "router_scheme"
 ROUTER_URI_HOST_SETTING = "router_uri_host"  # written by the daemon: a name the TLS certificate covers
-_POLL_S = 0.2
+# wait_for_deployment polls the record: every 20 ms at first (a fork-served replica is Ready
+# in tens of milliseconds), backing off to every 200 ms for a long build. A poll is two short
+# reads of the workspace.
+_FIRST_POLL_S, _POLL_S = 0.02, 0.2
 
 
 class Webservice:
@@ -193,6 +196,7 @@ class Webservice:
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
         last = None
         progress = BuildProgress(self.name) if show_output else None
+        pause = _FIRST_POLL_S
         while True:
             record = self._record()
             outcome = self._outcome(record.generation)
@@ -217,7 +221,8 @@ class Webservice:
                     f"service {self.name} still {record.state} after {timeout_sec} s; "
                     f"see `modelfleet service logs -n {self.name}`"
                 )
-            time.sleep(_POLL_S)
+            time.sleep(pause)
+            pause = min(pause * 1.5, _POLL_S)
 
     def _outcome(self, generation: int) -> dict[str, Any] | None:
         for event in self.workspace.store.list_events(self.name, kind="deployment")[::-1]:
