@@ -17,8 +17,10 @@ What it does, as a kubelet would, from the objects in the API server and nothing
   ``httpGet`` readiness and liveness probes against that address;
 - restarts a container that exits (``restartPolicy: Always``), with a growing back-off, and a
   container whose liveness probe fails;
-- when a pod is deleted, stops its processes (SIGTERM, then SIGKILL after the grace period) and
-  removes the pod object, as the kubelet confirms a deletion.
+- when a pod is deleted, runs each running container's ``lifecycle.preStop`` hook (``exec``
+  as the container's own command would run, ``httpGet`` against the pod's address, or
+  ``sleep``), then stops its processes (SIGTERM, then SIGKILL when the grace period, which the
+  hooks count against, is over) and removes the pod object, as the kubelet confirms a deletion.
 
 What it imitates instead of doing: there is no image. ``image_python(image)`` (supplied by the
 test) names the Python interpreter an image stands for; ``python``/``python3`` as a command
@@ -107,10 +109,12 @@ class _Pod:
     containers: list[_Container] = field(default_factory=list)
     init_containers: list[_Container] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)  # its processes were signalled
     initialized: bool = False
     failure: str | None = None
     thread: threading.Thread | None = None
     deleting: bool = False
+    mounts: dict[str, dict[str, str]] = field(default_factory=dict)  # per container, once prepared
     status_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -282,7 +286,7 @@ class NodeStandIn:
         pod.thread.start()
 
     def _delete_pod(self, pod: _Pod, grace: float) -> None:
-        self._end_pod(pod, grace)
+        self._end_pod(pod, grace, pre_stop=True)
         if self._stop.is_set():
             # stop() ended the pod: the node goes away with the control plane, whose API may be
             # gone already, and there is nobody left to confirm the deletion to
@@ -295,10 +299,13 @@ class NodeStandIn:
                 body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.uid)),
             )
 
-    def _end_pod(self, pod: _Pod, grace: float) -> None:
+    def _end_pod(self, pod: _Pod, grace: float, pre_stop: bool = False) -> None:
         pod.stopping.set()
         deadline = time.monotonic() + grace
+        if pre_stop:
+            self._run_pre_stop_hooks(pod, deadline)
         _terminate(pod, deadline)
+        pod.ended.set()
         if pod.thread is not None and pod.thread is not threading.current_thread():
             pod.thread.join(timeout=10)
         _terminate(pod, deadline)  # anything the pod's thread started before it saw `stopping`
@@ -307,6 +314,48 @@ class NodeStandIn:
                 self._free_ips.append(pod.ip)
         if pod.ip:
             shutil.rmtree(pod.dir, ignore_errors=True)
+
+    def _run_pre_stop_hooks(self, pod: _Pod, deadline: float) -> None:
+        """As the kubelet: each running container's preStop hook, one container after the other,
+        before its SIGTERM and within the grace period; a failed hook is logged, not fatal."""
+        for c in pod.containers:
+            hook = (c.spec.get("lifecycle") or {}).get("preStop")
+            if not hook or c.proc is None or c.proc.poll() is not None:
+                continue
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                if "exec" in hook:
+                    self._exec_hook(pod, c, hook["exec"]["command"], left)
+                elif "httpGet" in hook:
+                    get = hook["httpGet"]
+                    port = _port_of(c.spec, get["port"])
+                    url = f"http://{pod.ip}:{port}{get.get('path', '/')}"
+                    _http_ok(url, left)
+                elif "sleep" in hook:
+                    time.sleep(min(float(hook["sleep"]["seconds"]), left))
+                else:
+                    log.warning("pod %s/%s: preStop %s is not imitated", pod.namespace, pod.name, sorted(hook))
+            except Exception as e:
+                log.warning("pod %s/%s: preStop of %s failed: %s", pod.namespace, pod.name, c.spec["name"], e)
+
+    def _exec_hook(self, pod: _Pod, c: _Container, command: list[str], timeout: float) -> None:
+        m = pod.mounts.get(c.spec["name"], {})
+        env = {k: _rewrite(v, m) for k, v in self._environment(pod, c).items()}
+        argv, cwd = self._argv(_Container({**c.spec, "command": command, "args": []}, False), env, m)
+        log.info("pod %s/%s: preStop of %s: %s", pod.namespace, pod.name, c.spec["name"], argv)
+        with open(self.log_path(pod.namespace, pod.name, c.spec["name"]), "ab") as out:
+            done = subprocess.run(
+                die_with_parent(argv),
+                env=env,
+                cwd=cwd or pod.dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"exit code {done.returncode}")
 
     def log_path(self, namespace: str, pod: str, container: str) -> Path:
         return self.workdir / f"{namespace}_{pod}" / "logs" / f"{container}.log"
@@ -325,6 +374,7 @@ class NodeStandIn:
     def _run_pod(self, pod: _Pod) -> None:
         try:
             mounts = self._prepare_volumes(pod)
+            pod.mounts = mounts
             self._patch_status(pod)
             for c in pod.init_containers:
                 while not pod.stopping.is_set():
@@ -348,6 +398,13 @@ class NodeStandIn:
             self._patch_status(pod)
         except Exception:
             log.exception("pod %s/%s: stand-in error", pod.namespace, pod.name)
+        finally:
+            # The containers die with this thread (die_with_parent: the parent-death signal
+            # follows the thread that started them), so it outlives the deletion's preStop
+            # hooks and SIGTERM; ending earlier would signal them at once, cutting requests
+            # in flight, as no kubelet does.
+            if pod.stopping.is_set():
+                pod.ended.wait(timeout=600)
 
     def _prepare_volumes(self, pod: _Pod) -> dict[str, dict[str, str]]:
         """Folders for the pod's volumes; returns, per container name, mount path -> folder."""
@@ -668,6 +725,16 @@ def _terminate(pod: _Pod, deadline: float) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=5)
+
+
+def _port_of(spec: dict[str, Any], port: int | str) -> int:
+    """A hook's or probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for p in spec.get("ports") or []:
+        if p.get("name") == port:
+            return int(p["containerPort"])
+    raise PodFailed(f"container {spec['name']}: no port named {port!r}")
 
 
 def _rewrite(value: str, mounts: dict[str, str]) -> str:

@@ -95,6 +95,12 @@ POD_IP_ENV = "MODELFLEET_POD_IP"
 FETCH_COMMAND = ["python", "-m", "modelfleet.targets.kubernetes.fetch"]
 REPLICA_COMMAND = ["python", "-m", "modelfleet.replica"]
 ROUTER_COMMAND = ["python", "-m", "modelfleet", "router", "--kubernetes"]
+# A replica pod being deleted keeps serving this long before its SIGTERM: every router drops a
+# Terminating pod from its table as soon as its watch says so, and anything still on its way
+# (a router whose watch lags, a request already sent) is answered rather than refused. An exec
+# hook, not preStop's own ``sleep`` (1.30 and later): 1.20 would drop that field.
+PRE_STOP_S = 3
+PRE_STOP_COMMAND = ["python", "-c", f"import time; time.sleep({PRE_STOP_S})"]
 
 
 @dataclass(frozen=True)
@@ -449,10 +455,12 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
         "resources": resources(deploy),
         **probes(deploy),
+        "lifecycle": {"preStop": {"exec": {"command": PRE_STOP_COMMAND}}},
         "volumeMounts": [{"name": "app", "mountPath": APP_ROOT}],
     }
-    # The router drains a removed pod; the grace period lets its longest request finish.
-    grace = math.ceil(deploy.scoring_timeout_ms / 1000) + 5
+    # The grace period counts from the deletion: the preStop wait, then the replica's own drain
+    # after SIGTERM (it stops accepting and answers what it holds, up to the scoring timeout).
+    grace = PRE_STOP_S + math.ceil(deploy.scoring_timeout_ms / 1000) + 5
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
