@@ -23,7 +23,8 @@ from modelfleet.targets.kubernetes import manifests as m
 # The newest three releases kubernetes-validate 1.37 ships schemas for (it has 1.35.0, 1.36.0
 # and 1.37.0 at the top of utils.all_versions()).
 SCHEMA_VERSIONS = ("1.35.0", "1.36.0", "1.37.0")
-API_VERSIONS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "coordination.k8s.io/v1"}
+# networking.k8s.io/v1 (the router's Ingress): served since 1.19
+API_VERSIONS = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "coordination.k8s.io/v1", "networking.k8s.io/v1"}
 
 MODEL = m.ModelLayout("regressor", 3, (m.ModelFile("model.pkl", "a" * 64), m.ModelFile("sub/vocab.txt", "b" * 64)))
 
@@ -64,11 +65,22 @@ ROUTERS = {
     )
     for lb in m.LOAD_BALANCER_TYPES
 }
+TLS_INGRESS = m.RouterSource(
+    image="registry.example/modelfleet-router:1",
+    load_balancer_type="ClusterIP",
+    secret_names=["scorer-keys"],
+    port=443,
+    tls_digest="0123456789abcdef",
+    ingress_class="nginx",
+    ingress_host="models.example.com",
+)
+TLS_SECRET = m.router_tls_secret("default", b"-----BEGIN CERTIFICATE-----\n", b"-----BEGIN PRIVATE KEY-----\n")
 
 
 def every_object() -> list[dict[str, Any]]:
     objs = [o for s in CASES.values() for o in m.service_objects(s)]
-    return objs + [o for r in ROUTERS.values() for o in m.router_objects(r)]
+    objs += [o for r in (*ROUTERS.values(), TLS_INGRESS) for o in m.router_objects(r)]
+    return [*objs, TLS_SECRET]
 
 
 def test_the_schema_versions_are_the_newest_three_shipped():
@@ -224,6 +236,8 @@ def test_the_1_20_api_server_accepts_every_object(admin: client.ApiClient, names
     # Server-side dry run: full validation, defaulting and admission, nothing stored or scheduled.
     objs = [o for o in m.service_objects(_in(namespace, CASES["limits-gpu-tags"]))]
     objs += m.router_objects(m.RouterSource(image="r:1", namespace=namespace, secret_names=["scorer-keys"]))
+    objs += m.router_objects(replace(TLS_INGRESS, namespace=namespace))[3:]  # Deployment, Service, Ingress
+    objs.append({**TLS_SECRET, "metadata": {**TLS_SECRET["metadata"], "namespace": namespace}})
     for obj in objs:
         created = create_from_yaml_single_item(admin, obj, dry_run="All")
         assert created.metadata.name == obj["metadata"]["name"], obj["kind"]

@@ -165,7 +165,14 @@ def _register_k8s(groups: Any) -> None:
         choices=["LoadBalancer", "InternalLoadBalancer", "ClusterIP"],
         help="how the router's Service is reached (v1's load_balancer_type)",
     )
-    install.add_argument("--port", type=int, default=80, help="the Service's port (default 80)")
+    install.add_argument("--port", type=int, default=None, help="the Service's port (default 443 with TLS, else 80)")
+    install.add_argument("--ssl-enabled", action="store_true", help="serve HTTPS (v1's ssl_enabled)")
+    install.add_argument("--ssl-cert-pem-file", help="the router's certificate (chain), PEM")
+    install.add_argument("--ssl-key-pem-file", help="its unencrypted private key, PEM")
+    install.add_argument("--ssl-cname", help="the name clients use (the certificate's); the Ingress's host")
+    install.add_argument(
+        "--ingress-class", help="also create an Ingress of this class (with --load-balancer-type ClusterIP)"
+    )
     install.set_defaults(handler=k8s_router_install)
     status = router.add_parser("status", help="the router's pods and the address its Service got")
     status.add_argument("--compute-target", required=True, help="the attached cluster")
@@ -180,8 +187,21 @@ def k8s_router_install(args: argparse.Namespace) -> int:
     from modelfleet.sdk.compute import ComputeTarget
 
     target = ComputeTarget(workspace(args), args.compute_target)
-    for name in target.install_router(args.image, args.replicas, args.load_balancer_type, args.port):
+    applied = target.install_router(
+        args.image,
+        args.replicas,
+        args.load_balancer_type,
+        args.port,
+        ssl_enabled=args.ssl_enabled,
+        ssl_cert_pem_file=args.ssl_cert_pem_file,
+        ssl_key_pem_file=args.ssl_key_pem_file,
+        ssl_cname=args.ssl_cname,
+        ingress_class=args.ingress_class,
+    )
+    for name in applied:
         print(f"applied {name}")
+    if target.router_uri:
+        print(f"scoring URIs start with {target.router_uri}")
     return 0
 
 
@@ -274,6 +294,8 @@ def _register_router(groups: Any) -> None:
     router.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
     router.add_argument("--kubeconfig", help="authenticate as this kubeconfig says (default: the pod's account)")
     router.add_argument("--context", help="the kubeconfig's context")
+    router.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (the router's TLS Secret)")
+    router.add_argument("--tls-key", help="... and this PEM private key")
     router.set_defaults(handler=router_run)
 
 
@@ -286,6 +308,8 @@ def router_run(args: argparse.Namespace) -> int:
         ("--port", args.port),
         ("--kubeconfig", args.kubeconfig),
         ("--context", args.context),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
     ):
         if value is not None:
             argv += [flag, str(value)]

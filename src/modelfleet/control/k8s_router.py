@@ -2,7 +2,7 @@
 fed by watching the Kubernetes API instead of by a local target.
 
     modelfleet router --kubernetes [--namespace NS] [--host ADDR] [--port 8080]
-                      [--kubeconfig FILE [--context NAME]]
+                      [--kubeconfig FILE [--context NAME]] [--tls-cert FILE --tls-key FILE]
 
 In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); elsewhere
 (tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
@@ -10,6 +10,9 @@ the router's Role grants (``manifests.router_rules``): pods and ConfigMaps to li
 watch, each service's Secret by name; ``deployments/scale`` to patch. Discovery is
 ``targets/kubernetes/discovery.py``, the router pods' split of the replicas' slots
 ``peers.py``; autoscaling (by the pod holding the Lease) is ``targets/kubernetes/scaler.py``.
+With ``--tls-cert``/``--tls-key`` (the router's ``kubernetes.io/tls`` Secret, mounted) it
+serves HTTPS only; a new certificate reaches the pods by a rollout (the Deployment's template
+carries its digest), not by re-reading the mounted files.
 SIGTERM or SIGINT stops it: the listener closes, then the watches.
 """
 
@@ -21,10 +24,13 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 from kubernetes import client, config
 
+from modelfleet.control.tls import server_context
 from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
 from modelfleet.targets.kubernetes.discovery import Discovery
@@ -49,9 +55,9 @@ def api_client(kubeconfig: str | None, context: str | None = None) -> client.Api
     return client.ApiClient(configuration)
 
 
-async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> None:
+async def serve(api: client.ApiClient, namespace: str, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     router = Router()
-    bound = await router.start(host=host, port=port)
+    bound = await router.start(host=host, port=port, ssl=tls)
     # HOSTNAME is the pod's name in a pod: the router pods split the replicas' slots by it
     # (peers.py), and one of them, the Lease holder, scales.
     identity = os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -59,7 +65,7 @@ async def serve(api: client.ApiClient, namespace: str, host: str, port: int) -> 
     discovery.start()
     scaler = Scaler(api, namespace, router, identity)
     scaler.start(discovery.serving)
-    log.info("router for namespace %s listening on %s:%d", namespace, host, bound)
+    log.info("router for namespace %s listening on %s://%s:%d", namespace, "https" if tls else "http", host, bound)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,12 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=ROUTER_PORT)
     parser.add_argument("--kubeconfig", help="authenticate as this kubeconfig says (default: the pod's account)")
     parser.add_argument("--context", help="the kubeconfig's context (default: its current one)")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="... and this unencrypted PEM private key")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = server_context(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # $KUBECONFIG before the pod's own account, as config.load_config() does (a node that
     # cannot mount the account at its fixed path hands it over that way)
     api = api_client(args.kubeconfig or os.environ.get("KUBECONFIG"), args.context)
-    asyncio.run(serve(api, args.namespace, args.host, args.port))
+    asyncio.run(serve(api, args.namespace, args.host, args.port, tls))
     return 0
 
 

@@ -341,15 +341,31 @@ class KubernetesCompute:
         return sorted(r.name for r in store.list_services() if r.config.get(COMPUTE_TARGET_KEY) == self.name)
 
     def install_router(
-        self, image: str, replicas: int = 2, load_balancer_type: str = "LoadBalancer", port: int = 80
+        self,
+        image: str,
+        replicas: int = 2,
+        load_balancer_type: str = "LoadBalancer",
+        port: int | None = None,
+        *,
+        ssl_enabled: bool = False,
+        ssl_cert_pem_file: str | None = None,
+        ssl_key_pem_file: str | None = None,
+        ssl_cname: str | None = None,
+        ingress_class: str | None = None,
     ) -> builtins.list[str]:
         """Create (or update) the cluster's router: ServiceAccount, Role (this target's services'
-        Secrets by name), RoleBinding, Deployment and Service; returns "Kind/name" of each."""
+        Secrets by name), RoleBinding, Deployment and Service (port 443 with TLS, else 80, unless
+        ``port``); with ``ssl_enabled``, a ``kubernetes.io/tls`` Secret from v1's certificate
+        files that the router serves HTTPS with; with ``ingress_class`` (and
+        ``load_balancer_type="ClusterIP"``), an Ingress for host ``ssl_cname``. The scoring URI
+        becomes https and ``ssl_cname`` when given. Returns "Kind/name" of each object."""
         from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 
         from modelfleet.targets.kubernetes import manifests as m
-        from modelfleet.targets.kubernetes.router_install import upsert_object
+        from modelfleet.targets.kubernetes.router_install import router_uri, tls_material, upsert_object
 
+        pair = tls_material(ssl_enabled, ssl_cert_pem_file, ssl_key_pem_file)
+        port = port if port is not None else (443 if pair else 80)
         source = m.RouterSource(
             image=image,
             namespace=self.namespace,
@@ -357,16 +373,25 @@ class KubernetesCompute:
             load_balancer_type=load_balancer_type,
             secret_names=[m.secret_name(s) for s in self._services()],
             port=port,
+            tls_digest=m.tls_digest(pair[0]) if pair else None,
+            ingress_class=ingress_class,
+            ingress_host=ssl_cname,
         )
         api = self._api()
         try:
             done = []
-            for obj in m.router_objects(source):
+            objects = ([m.router_tls_secret(self.namespace, *pair)] if pair else []) + m.router_objects(source)
+            for obj in objects:
                 upsert_object(api, obj, create_from_yaml_single_item)
                 done.append(f"{obj['kind']}/{obj['metadata']['name']}")
-            return done
         finally:
             api.close()
+        settings = self.settings
+        uri = router_uri(settings.get("router_uri"), pair is not None, ssl_cname, port, ingress_class is not None)
+        if uri and uri != settings.get("router_uri"):
+            settings["router_uri"] = uri
+            self.workspace.store.computes.attach(self.name, KIND, settings, overwrite=True)
+        return done
 
     def router_status(self) -> dict[str, Any]:
         """The router's Deployment (replicas, ready) and Service (type, cluster IP, the address
@@ -388,7 +413,15 @@ class KubernetesCompute:
 
         api = self._api()
         try:
-            objects = m.router_objects(m.RouterSource(image="-", namespace=self.namespace))
+            every = m.RouterSource(
+                image="-",
+                namespace=self.namespace,
+                load_balancer_type="ClusterIP",
+                tls_digest="-",
+                ingress_class="any",
+                ingress_host="any.example",
+            )
+            objects = [m.router_tls_secret(self.namespace, b"", b""), *m.router_objects(every)]
             return [f"{o['kind']}/{o['metadata']['name']}" for o in reversed(objects) if delete_object(api, o)]
         finally:
             api.close()

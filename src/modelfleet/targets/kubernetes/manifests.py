@@ -50,6 +50,7 @@ wait (the kubelet says the key is missing) until one is put there, e.g.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -78,6 +79,14 @@ AZURE_INTERNAL_LB_ANNOTATION = "service.beta.kubernetes.io/azure-load-balancer-i
 ROUTER_NAME = "modelfleet-router"
 ROUTER_LEASE = "modelfleet-router"
 LOAD_BALANCER_TYPES = ("LoadBalancer", "InternalLoadBalancer", "ClusterIP")
+# The router's TLS: a kubernetes.io/tls Secret (tls.crt, tls.key) mounted into its pods, and
+# the certificate's digest on the pod template, so a new certificate rolls the pods.
+ROUTER_TLS_SECRET = "modelfleet-router-tls"
+ROUTER_TLS_MOUNT = "/etc/modelfleet-tls"
+TLS_DIGEST_ANNOTATION = "modelfleet.io/tls-certificate"
+# ingress-nginx's way to say the backend speaks HTTPS; other controllers have their own
+INGRESS_BACKEND_HTTPS_ANNOTATION = "nginx.ingress.kubernetes.io/backend-protocol"
+_DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$")
 
 BLOB_STORE_ANNOTATION = "modelfleet.io/blob-store"
 BLOB_SAS_KEY = "sas"  # in the blob store's Secret: a query string appended to each blob URL
@@ -173,8 +182,29 @@ class RouterSource:
     load_balancer_type: str = "LoadBalancer"
     secret_names: Sequence[str] = ()
     port: int = 80
+    # TLS: the digest of the certificate in Secret ROUTER_TLS_SECRET (router_tls_secret makes
+    # it); None serves plain HTTP. An Ingress: its class and host (v1's ssl_cname).
+    tls_digest: str | None = None
+    ingress_class: str | None = None
+    ingress_host: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ingress_class is not None:
+            if not isinstance(self.ingress_class, str) or not _DNS_NAME_RE.match(self.ingress_class + ".x"):
+                raise ConfigError(
+                    f"ingress_class must be an IngressClass name, e.g. nginx (got {self.ingress_class!r})"
+                )
+            if self.load_balancer_type != "ClusterIP":
+                raise ConfigError(
+                    f'an Ingress goes with load_balancer_type="ClusterIP" (got {self.load_balancer_type!r}): '
+                    "the Ingress is the way in"
+                )
+            if self.ingress_host is None:
+                raise ConfigError("an Ingress needs its host: ssl_cname, e.g. models.example.com")
+        if self.ingress_host is not None and (
+            not isinstance(self.ingress_host, str) or not _DNS_NAME_RE.match(self.ingress_host)
+        ):
+            raise ConfigError(f"ssl_cname must be a DNS name such as models.example.com (got {self.ingress_host!r})")
         if self.load_balancer_type not in LOAD_BALANCER_TYPES:
             raise ConfigError(
                 f"load_balancer_type must be one of {', '.join(LOAD_BALANCER_TYPES)} (got {self.load_balancer_type!r})"
@@ -516,15 +546,23 @@ def router_rules(secret_names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def router_objects(src: RouterSource) -> list[dict[str, Any]]:
-    """ServiceAccount, Role, RoleBinding, Deployment and Service of the router."""
+    """ServiceAccount, Role, RoleBinding, Deployment and Service of the router, then its Ingress
+    when one is named (the TLS Secret is ``router_tls_secret``, made apart: it holds the key)."""
     ns = src.namespace
     labels = router_labels()
     meta = _meta(ROUTER_NAME, ns, labels)
     service_annotations = (
         {AZURE_INTERNAL_LB_ANNOTATION: "true"} if src.load_balancer_type == "InternalLoadBalancer" else {}
     )
-    http = {"httpGet": {"path": "/", "port": "http"}, "timeoutSeconds": 2}
-    return [
+    tls = src.tls_digest is not None
+    port_name = "https" if tls else "http"
+    probe = {"path": "/", "port": port_name, **({"scheme": "HTTPS"} if tls else {})}
+    http = {"httpGet": probe, "timeoutSeconds": 2}
+    tls_args = ["--tls-cert", f"{ROUTER_TLS_MOUNT}/tls.crt", "--tls-key", f"{ROUTER_TLS_MOUNT}/tls.key"]
+    tls_mounts = {"volumeMounts": [{"name": "tls", "mountPath": ROUTER_TLS_MOUNT, "readOnly": True}]}
+    tls_volumes = {"volumes": [{"name": "tls", "secret": {"secretName": ROUTER_TLS_SECRET}}]}
+    template_annotations = {"annotations": {TLS_DIGEST_ANNOTATION: src.tls_digest}} if tls else {}
+    objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -548,7 +586,7 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                 "selector": {"matchLabels": {COMPONENT_LABEL: "router", **MANAGED_BY}},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": labels, **template_annotations},
                     "spec": {
                         "serviceAccountName": ROUTER_NAME,
                         "containers": [
@@ -563,18 +601,21 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                                     f"$({POD_IP_ENV})",
                                     "--port",
                                     str(ROUTER_PORT),
+                                    *(tls_args if tls else []),
                                 ],
                                 "env": [
                                     *_pod_ip_env(),
                                     {"name": "MODELFLEET_NAMESPACE", "value": ns},
                                     {"name": "PYTHONUNBUFFERED", "value": "1"},
                                 ],
-                                "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                                "ports": [{"name": port_name, "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
                                 "livenessProbe": {**http, "periodSeconds": 10, "failureThreshold": 3},
                                 "readinessProbe": {**http, "periodSeconds": 2, "failureThreshold": 2},
+                                **(tls_mounts if tls else {}),
                             }
                         ],
+                        **(tls_volumes if tls else {}),
                     },
                 },
             },
@@ -586,7 +627,46 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
             "spec": {
                 "type": "ClusterIP" if src.load_balancer_type == "ClusterIP" else "LoadBalancer",
                 "selector": {COMPONENT_LABEL: "router", **MANAGED_BY},
-                "ports": [{"name": "http", "port": src.port, "targetPort": "http", "protocol": "TCP"}],
+                "ports": [{"name": port_name, "port": src.port, "targetPort": port_name, "protocol": "TCP"}],
             },
         },
     ]
+    if src.ingress_class is not None:
+        objects.append(_router_ingress(src, labels))
+    return objects
+
+
+def _router_ingress(src: RouterSource, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The Ingress the user names (its class) for host ``ssl_cname``, to the router's Service;
+    with TLS it presents the router's certificate too, and reaches the router over HTTPS."""
+    host = src.ingress_host
+    backend = {"service": {"name": ROUTER_NAME, "port": {"number": src.port}}}
+    spec: dict[str, Any] = {
+        "ingressClassName": src.ingress_class,
+        "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}],
+    }
+    annotations = {}
+    if src.tls_digest is not None:
+        spec["tls"] = [{"hosts": [host], "secretName": ROUTER_TLS_SECRET}]
+        annotations[INGRESS_BACKEND_HTTPS_ANNOTATION] = "HTTPS"
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _meta(ROUTER_NAME, src.namespace, labels, annotations),
+        "spec": spec,
+    }
+
+
+def router_tls_secret(namespace: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """The router's certificate and key as a ``kubernetes.io/tls`` Secret (what its pods mount)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": _meta(ROUTER_TLS_SECRET, namespace, router_labels()),
+        "data": {"tls.crt": base64.b64encode(cert_pem).decode(), "tls.key": base64.b64encode(key_pem).decode()},
+    }
+
+
+def tls_digest(cert_pem: bytes) -> str:
+    return hashlib.sha256(cert_pem).hexdigest()[:16]

@@ -1,19 +1,25 @@
 """The cluster's router installed from ``manifests.router_objects`` (``modelfleet k8s router
 install|status|uninstall``): each object created, or patched to the manifest when it exists;
-deleted by kind and name; the Deployment's readiness and the Service's address read back."""
+deleted by kind and name; the Deployment's readiness and the Service's address read back.
+TLS (v1's ``ssl_enabled``/``ssl_cert_pem_file``/``ssl_key_pem_file``/``ssl_cname``): the pair is
+checked here, before anything is written to the cluster, and goes into the router's
+``kubernetes.io/tls`` Secret; the scoring URI then says https and the certificate's name."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelfleet.errors import TargetError
+from modelfleet.errors import ConfigError, TargetError
 from modelfleet.targets.kubernetes.api import api_error, call
 
-__all__ = ["delete_object", "router_status", "upsert_object"]
+__all__ = ["delete_object", "router_status", "router_uri", "tls_material", "upsert_object"]
 
 _READERS = {
     "ServiceAccount": ("CoreV1Api", "service_account"),
@@ -21,6 +27,8 @@ _READERS = {
     "Role": ("RbacAuthorizationV1Api", "role"),
     "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
     "Deployment": ("AppsV1Api", "deployment"),
+    "Secret": ("CoreV1Api", "secret"),
+    "Ingress": ("NetworkingV1Api", "ingress"),
 }
 
 
@@ -74,3 +82,42 @@ def router_status(apps: client.AppsV1Api, core: client.CoreV1Api, namespace: str
         "ports": [p.port for p in svc.spec.ports or []],
         "loadBalancer": [i.ip or i.hostname for i in ingress],
     }
+
+
+def tls_material(enabled: bool, cert_file: str | None, key_file: str | None) -> tuple[bytes, bytes] | None:
+    """(certificate PEM, key PEM) when TLS is on, after checking that the key is the
+    certificate's; None when it is off."""
+    if not enabled:
+        if cert_file or key_file:
+            raise ConfigError("ssl_cert_pem_file and ssl_key_pem_file apply only with ssl_enabled=True")
+        return None
+    if not cert_file or not key_file:
+        raise ConfigError(
+            "ssl_enabled=True needs ssl_cert_pem_file and ssl_key_pem_file: the PEM files of the "
+            "router's certificate and of its unencrypted private key"
+        )
+    for field, path in (("ssl_cert_pem_file", cert_file), ("ssl_key_pem_file", key_file)):
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"{field}: {path} does not exist or is not a file")
+    cert, key = Path(cert_file).expanduser(), Path(key_file).expanduser()
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"ssl_cert_pem_file {cert_file} and ssl_key_pem_file {key_file} are not a PEM certificate and its "
+            f"unencrypted private key ({exc.reason or exc})"
+        ) from None
+    return cert.read_bytes(), key.read_bytes()
+
+
+def router_uri(current: str | None, tls: bool, cname: str | None, port: int, ingress: bool) -> str | None:
+    """Where clients reach the router after an install: ``ssl_cname`` when given (through an
+    Ingress on its default port, else on the Service's ``port``), else the attached
+    ``router_uri`` with its scheme set by ``tls``."""
+    scheme = "https" if tls else "http"
+    if cname:
+        default = 443 if tls else 80
+        return f"{scheme}://{cname}" if ingress or port == default else f"{scheme}://{cname}:{port}"
+    if not current:
+        return None
+    return f"{scheme}://{urlsplit(current).netloc}"
