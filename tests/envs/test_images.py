@@ -10,6 +10,7 @@ the generated file: that is the user's choice, and these tests use pinned tags.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,34 @@ def test_base_images_differ_in_the_tag_and_a_malformed_one_is_refused(tmp_path: 
     assert len(tags) == 4
     with pytest.raises(ConfigError, match="base_image must be an image reference"):
         write_image_context(spec, tmp_path / "e", base_image="ubuntu 24.04; rm -rf /")
+
+
+def test_the_dockerfiles_run_step_builds_a_working_environment_here(tmp_path: Path) -> None:
+    # What an engine would run, run here: the generated RUN step with /build and /opt/env moved
+    # into tmp_path and the packages from a local wheelhouse (no index). It ends with the
+    # image's own check, importing the replica and the fetcher through the .pth it wrote.
+    from wheels import runtime_wheelhouse
+
+    context = tmp_path / "ctx"
+    write_image_context(EnvironmentSpec(name="env"), context)
+    lines = (context / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith("\\"))
+    script = "\n".join(lines[start : end + 1]).removeprefix("RUN ")
+    env_dir = tmp_path / "opt-env"
+    script = script.replace("/opt/env", str(env_dir)).replace("/build", str(context))
+    wheels = runtime_wheelhouse(tmp_path / "wheels")
+    requirements = context / "requirements.txt"
+    requirements.write_text(f"--no-index\n--find-links {wheels}\n" + requirements.read_text())
+    path = os.pathsep.join([str(Path(sys.executable).parent), str(Path(sys.base_prefix) / "bin"), "/usr/bin", "/bin"])
+    env = {
+        "PATH": path,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(["/bin/sh", "-ec", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pth = list(env_dir.glob("lib/python*/site-packages/modelfleet-runtime.pth"))
+    assert [p.read_text().strip() for p in pth] == [str(env_dir / "modelfleet-runtime")]
+    assert not context.exists()  # the step removes its context, as in the image
