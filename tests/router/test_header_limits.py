@@ -9,12 +9,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
+from modelfleet.router.timeouts import ConnectionTimeouts
 from router_upstream import Answers, RouterThread, UpstreamProcess, serve_on
 
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
@@ -156,3 +158,41 @@ def test_limits_are_validated() -> None:
         Router(keep_alive_timeout_s=-1)
     with pytest.raises(ConfigError, match="send_timeout_s"):
         Router(send_timeout_s=float("nan"))
+
+
+@dataclass
+class Conn:
+    """A connection as the timeout sweep sees it (plain data; ``client.ClientConnection``'s fields)."""
+
+    write_paused: bool = False
+    drained: int = 0
+    drained_seen: int = -1
+    stalled: float = 0.0
+    cycles: list[object] = field(default_factory=list)
+    seq: int = 0
+    seen: int = -1
+    quiet: float = 0.0
+    in_head: bool = False
+
+
+def test_the_sweep_applies_each_timeout_to_the_connections_it_fits() -> None:
+    t = ConnectionTimeouts(header_timeout_s=2, keep_alive_timeout_s=5, send_timeout_s=3)
+    assert t.tick_s == 1.0
+    assert ConnectionTimeouts(0.5, 5, 3).tick_s == 0.25  # half the shortest
+    fresh = Conn()  # never sent a byte: the header timeout
+    owed = Conn(cycles=[object()], seq=1)  # an answer is owed: no timeout runs
+    idle = Conn(seq=1)  # answered, nothing new: the keep-alive timeout
+    heading = Conn(seq=2, in_head=True)  # a head begun: the header timeout
+    paused = Conn(write_paused=True, seq=1, cycles=[object()])
+    conns = [fresh, owed, idle, heading, paused]
+    assert t.sweep(conns, 1.0) == ([], [])  # first sight: seq counted, nothing expires
+    assert t.sweep(conns, 1.0) == ([], [])
+    assert t.sweep(conns, 1.5) == ([fresh, heading], [])  # quiet 2.5 s >= 2 s (fresh: from the first sweep)
+    heading.seq = 3  # another head begun: its quiet time starts again
+    assert t.sweep([heading, idle], 1.0) == ([], [])
+    assert t.sweep([heading, idle, paused], 2.0) == ([heading, idle], [paused])  # idle 5.5 s, paused 4.5 s
+    paused.drained += 1  # the client read something: the send timeout starts again
+    assert t.sweep([paused], 10.0) == ([], [])  # progress seen: stalled counts from this sweep
+    assert t.sweep([paused], 2.9) == ([], [])
+    assert t.sweep([paused], 0.1) == ([], [paused])
+    assert owed.quiet == 0.0 and t.sweep([owed], 100.0) == ([], [])

@@ -88,7 +88,7 @@ class ClientConnection(ServerProtocol):
         self.closing = False  # an answer said "connection: close"; drop further requests
         self.http11 = True
         self._advancing = False  # inside advance(): answers given meanwhile do not recurse
-        # Timeouts (Router._sweep): ``seq`` counts request heads begun; the sweep adds up the
+        # Timeouts (timeouts.ConnectionTimeouts.sweep): ``seq`` counts request heads begun; the sweep adds up the
         # time it sees this connection owed nothing with ``seq`` unchanged (``quiet``). The
         # header timeout applies while a head is arriving (or none came yet), the keep-alive
         # timeout otherwise; neither runs while the router owes the client an answer. No clock
@@ -96,7 +96,7 @@ class ClientConnection(ServerProtocol):
         self.seq = 0
         self.seen = -1
         self.quiet = 0.0
-        # Send timeout (Router._sweep): ``drained`` counts resume_writing calls; a connection
+        # Send timeout (the same sweep): ``drained`` counts resume_writing calls; a connection
         # paused for writing with no progress for send_timeout_s is cut.
         self.drained = 0
         self.drained_seen = -1
@@ -307,7 +307,7 @@ class ClientConnection(ServerProtocol):
         self.advance()
 
     def expire(self) -> None:
-        """The header or keep-alive timeout passed (Router._sweep)."""
+        """The header or keep-alive timeout passed (``timeouts.ConnectionTimeouts.sweep``)."""
         if self.in_head and not self.refused:
             self.refuse(C_408)  # part of a head came: say why before closing
         else:

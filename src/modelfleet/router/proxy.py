@@ -5,7 +5,7 @@
 (``routes.ServiceState`` per service, its ``dispatch.Dispatch``), the upstream ``Pool``, the
 clocks (``loop.time()``; the injected ``clock`` and ``wall_clock`` once per tick) and every
 timer: each service's queue deadline and scoring timeout, and one tick that refreshes the Date
-line and sweeps the connections for header, keep-alive and send timeouts. Decisions come from
+line and sweeps the connections for header, keep-alive and send timeouts (``timeouts``). Decisions come from
 ``dispatch.Dispatch`` as action values; the router carries them out.
 
 A request's path through the router's modules is told in ``client`` (the connection that
@@ -30,6 +30,7 @@ from modelfleet.router.dispatch import Action, Send
 from modelfleet.router.ids import RequestIds
 from modelfleet.router.refusals import Refusals
 from modelfleet.router.routes import ServiceRoute, ServiceState, Upstream
+from modelfleet.router.timeouts import ConnectionTimeouts
 from modelfleet.router.upstream import Pool
 from modelfleet.telemetry.counters import ServiceMetrics
 
@@ -102,14 +103,7 @@ class Router:
             raise ConfigError(f"max_header_bytes must be an integer >= 1024 (got {max_header_bytes!r})")
         if not isinstance(max_header_fields, int) or max_header_fields < 8:
             raise ConfigError(f"max_header_fields must be an integer >= 8 (got {max_header_fields!r})")
-        timeouts = {
-            "header_timeout_s": header_timeout_s,
-            "keep_alive_timeout_s": keep_alive_timeout_s,
-            "send_timeout_s": send_timeout_s,
-        }
-        for label, value in timeouts.items():
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"{label} must be a number of seconds > 0 (got {value!r})")
+        timeouts = ConnectionTimeouts(header_timeout_s, keep_alive_timeout_s, send_timeout_s)
         if not isinstance(bad_auth_allowance, int) or bad_auth_allowance < 0:
             raise ConfigError(f"bad_auth_allowance must be an integer >= 0 (got {bad_auth_allowance!r})")
         if not isinstance(bad_auth_pause_s, (int, float)) or not 0 < bad_auth_pause_s <= 10:
@@ -121,10 +115,8 @@ class Router:
         self.access_log = access_log and _access.isEnabledFor(logging.INFO)  # decided once
         self.max_header_bytes = max_header_bytes
         self.max_header_fields = max_header_fields
-        self.header_timeout_s = float(header_timeout_s)
-        self.keep_alive_timeout_s = float(keep_alive_timeout_s)
-        self.send_timeout_s = float(send_timeout_s)
-        self.tick_s = min(1.0, *(float(t) / 2 for t in timeouts.values()))
+        self.timeouts = timeouts
+        self.tick_s = timeouts.tick_s
         self._clock = clock
         self._wall_clock = wall_clock
         self.wall_now = wall_clock()  # epoch seconds for token expiry, refreshed every tick
@@ -204,29 +196,10 @@ class Router:
         self._tick_handle = self.loop.call_later(self.tick_s, self._tick)
 
     def _sweep(self, now: float) -> None:
-        """Cut connections quiet for longer than their header or keep-alive timeout."""
+        """Apply the header, keep-alive and send timeouts (``timeouts``)."""
         elapsed = now - self._swept_at
         self._swept_at = now
-        expired = []
-        stalled: list[ClientConnection] = []
-        for conn in self.connections:
-            if conn.write_paused:
-                if conn.drained != conn.drained_seen:
-                    conn.drained_seen = conn.drained
-                    conn.stalled = 0.0
-                else:
-                    conn.stalled += elapsed
-                    if conn.stalled >= self.send_timeout_s:
-                        stalled.append(conn)
-                        continue
-            if conn.cycles or conn.seq != conn.seen:
-                conn.seen = conn.seq
-                conn.quiet = 0.0
-                continue
-            conn.quiet += elapsed
-            head = conn.in_head or conn.seq == 0
-            if conn.quiet >= (self.header_timeout_s if head else self.keep_alive_timeout_s):
-                expired.append(conn)
+        expired, stalled = self.timeouts.sweep(self.connections, elapsed)
         for conn in expired:
             if not conn.transport.is_closing():
                 conn.expire()
