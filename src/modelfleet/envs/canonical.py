@@ -39,8 +39,9 @@ RUNTIME_REQUIREMENTS = (
     "inference-schema>=1.7",
     "uvloop>=0.19; sys_platform != 'win32'",
 )
-# The parts of the modelfleet package a replica may import (replica → telemetry → spec → errors).
-RUNTIME_FILES = ("__init__.py", "errors.py", "spec", "py.typed", "replica", "telemetry")
+# The parts of the modelfleet package a replica may import (replica → wire → telemetry → spec →
+# errors: the import-linter layers below the replica).
+RUNTIME_FILES = ("__init__.py", "errors.py", "spec", "py.typed", "replica", "wire", "telemetry")
 # v1's serving stack: modelfleet's runtime replaces it, and installing it would pull all of azureml-core.
 V1_SERVING_PACKAGES = frozenset({"azureml-defaults", "azureml-inference-server-http"})
 
