@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def _dockerfile_env(dockerfile: str, app_root: Path) -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in dockerfile.splitlines():
+    for line in dockerfile.replace("\\\n", " ").splitlines():  # an instruction may go on over lines
         if line.startswith("ENV "):
             for item in shlex.split(line[4:]):
                 key, _, value = item.partition("=")

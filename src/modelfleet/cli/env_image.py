@@ -47,7 +47,7 @@ def add_image_commands(env: Any) -> None:
 
 def _environment_arguments(sub: argparse.ArgumentParser) -> None:
     attach(sub.add_argument("name", metavar="NAME", help="environment name (or hash)"), environment_names)
-    sub.add_argument("--base-image", help="FROM this image (v1's environment.docker.base_image)")
+    sub.add_argument("--base-image", help="FROM this image (default: the environment's docker.base_image, v1's)")
     sub.add_argument("--gpu", action="store_true", help="the CUDA base image a service with gpu_cores gets")
 
 

@@ -104,7 +104,7 @@ def environment_image(settings: Mapping[str, Any], env: EnvironmentSpec, gpu: bo
     repository = settings.get("image_repository")
     if registry:
         repository = f"{str(registry).rstrip('/')}/{repository or DEFAULT_REPOSITORY}"
-    return image_tag(canonicalize(env).hash, repository or DEFAULT_IMAGE_REPOSITORY, image_variant(None, gpu))
+    return image_tag(canonicalize(env).hash, repository or DEFAULT_IMAGE_REPOSITORY, image_variant(env.base_image, gpu))
 
 
 class ImageCheck:
@@ -133,6 +133,7 @@ class ImageCheck:
             command = f"modelfleet env build-image {shlex.quote(env.name)} --registry {registry} --push"
             command += f" --repository {repository}" if repository != DEFAULT_REPOSITORY else ""
             command += " --gpu" if gpu else ""
+            command += f" --base-image {shlex.quote(env.base_image)}" if env.base_image else ""
             raise ConfigError(
                 f"image {src.image} is not in registry {registry}: build and push it with `{command}`, "
                 f'or attach {self.compute.name} with image_build="kaniko" to build it in the cluster'

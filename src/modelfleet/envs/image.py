@@ -81,7 +81,9 @@ def write_image_context(
 ) -> str:
     """Write ``Dockerfile``, ``requirements.txt``, the runtime copy, ``modelfleet-env.json`` and
     ``image-tag.txt`` into ``out_dir`` (new or empty); returns the tag. Local ``--find-links``
-    folders are copied in and pointed at from the requirements file."""
+    folders are copied in and pointed at from the requirements file. ``base_image``: the
+    environment's own (v1's ``docker.base_image``) unless given."""
+    base_image = base_image or spec.base_image
     canon = canonicalize(spec)
     base = base_image_for(canon, base_image, gpu)
     out_dir.mkdir(parents=True, exist_ok=True)

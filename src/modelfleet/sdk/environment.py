@@ -16,6 +16,7 @@ An environment is one of:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -39,12 +40,22 @@ class PythonSection:
 
 
 @dataclass
+class DockerSection:
+    """v1's ``env.docker``: only ``base_image`` is used, as the image a Kubernetes service's
+    image is built FROM (``modelfleet env build-image``); the local cluster runs no image."""
+
+    base_image: str | None = None
+    base_image_registry: object | None = None  # v1's ContainerRegistry; the compute target's registry is used
+
+
+@dataclass
 class Environment:
     """A replica's Python environment (v1: ``azureml.core.Environment``)."""
 
     name: str
     version: str | None = None
     python: PythonSection = field(default_factory=PythonSection)
+    docker: DockerSection = field(default_factory=DockerSection)
     environment_variables: dict[str, str] = field(default_factory=dict)
     pip_requirements: list[str] = field(default_factory=list)
 
@@ -86,6 +97,7 @@ class Environment:
                 version=self.version,
                 python_executable=python.interpreter_path or sys.executable,
                 environment_variables=dict(self.environment_variables),
+                base_image=self.docker.base_image,
             )
         if python.conda_dependencies is not None:
             spec = python.conda_dependencies.to_spec(self.name, dict(self.environment_variables))
@@ -97,12 +109,14 @@ class Environment:
                 python_version=spec.python_version,
                 environment_variables=spec.environment_variables,
                 conda_channels=spec.conda_channels,
+                base_image=self.docker.base_image,
             )
         return EnvironmentSpec(
             name=self.name,
             version=self.version,
             pip_requirements=tuple(self.pip_requirements),
             environment_variables=dict(self.environment_variables),
+            base_image=self.docker.base_image,
         )
 
     @staticmethod
@@ -188,4 +202,6 @@ class InferenceConfig:
     def to_spec(self) -> InferenceSpec:
         source = str(Path(self.source_directory).expanduser().resolve()) if self.source_directory else None
         environment = self.environment.to_spec() if self.environment is not None else None
+        if environment is not None and self.base_image and environment.base_image is None:  # v1's base_image=
+            environment = dataclasses.replace(environment, base_image=self.base_image)
         return InferenceSpec(entry_script=self.entry_script, source_directory=source, environment=environment)

@@ -26,7 +26,10 @@ class EnvironmentSpec:
     satisfy. Otherwise, with no requirements: the interpreter running modelfleet. With
     ``pip_requirements``: an environment built from them, on ``python_version`` when given.
     ``conda_only_packages`` are the conda (non-pip) dependencies of a v1 conda specification,
-    kept so the builder can try them with pip or say why it cannot.
+    kept so the builder can try them with pip or say why it cannot. ``base_image`` (v1's
+    ``environment.docker.base_image``) is the image a Kubernetes service's image is built
+    FROM (``envs/image.py``); the local cluster runs no image, and it is not part of the
+    environment's hash, so local caches are shared whatever it is.
     """
 
     name: str
@@ -37,6 +40,7 @@ class EnvironmentSpec:
     environment_variables: dict[str, str] = field(default_factory=dict)
     conda_only_packages: tuple[str, ...] = ()
     conda_channels: tuple[str, ...] = ()
+    base_image: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -48,6 +52,7 @@ class EnvironmentSpec:
             set_(self, "version", str(self.version))  # v1 files write "version": "1" or 1
         _opt_str("environment version", self.version)
         _opt_str("python_executable", self.python_executable)
+        _opt_str("docker base_image", self.base_image)
         for name in ("pip_requirements", "conda_only_packages", "conda_channels"):
             set_(self, name, _str_tuple(name, getattr(self, name)))
         if self.python_version is not None and (
@@ -131,8 +136,12 @@ class EnvironmentSpec:
     def from_v1_json(cls, d: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> EnvironmentSpec:
         """A v1 serialized ``Environment`` (the ``environment`` object of inferenceconfig.json).
         ``python.condaDependenciesFile`` is read relative to ``base_dir``."""
-        known_top = ["name", "version", "environmentVariables", "python", *_V1_IGNORED["environment"]]
+        known_top = ["name", "version", "environmentVariables", "python", "docker", *_V1_IGNORED["environment"]]
         d = _check_keys("environment", d, known_top)
+        docker = d.get("docker") or {}
+        if not isinstance(docker, Mapping):
+            raise ConfigError(f"environment.docker must be an object (got {_kind(docker)})")
+        base_image = docker.get("baseImage") or None
         if d.get("r"):
             raise ConfigError("environment.r: R environments are not supported by modelfleet")
         name = d.get("name")
@@ -159,13 +168,14 @@ class EnvironmentSpec:
                 version=d.get("version"),
                 python_executable=executable,
                 environment_variables=variables,
+                base_image=base_image,
             )
         conda: Mapping[str, Any] = py.get("condaDependencies") or {}
         if py.get("condaDependenciesFile"):
             path = Path(base_dir, py["condaDependenciesFile"])
             conda = parse_conda_yaml(_read(path, "environment.python.condaDependenciesFile"), str(path))
         spec = cls.from_conda(name, conda, variables)
-        return dataclasses.replace(spec, version=d.get("version"))
+        return dataclasses.replace(spec, version=d.get("version"), base_image=base_image)
 
 
 def _read(path: Path, what: str) -> str:

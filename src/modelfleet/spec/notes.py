@@ -11,12 +11,12 @@ _V1_IGNORED: dict[str, dict[str, str]] = {
     "inference": {
         "extraDockerfileSteps": "modelfleet builds no Docker image from it",
         "enableGpu": "GPUs are requested with gpu_cores in the deployment configuration",
-        "baseImage": "modelfleet builds no Docker image from it",
-        "baseImageRegistry": "modelfleet builds no Docker image from it",
+        "baseImage": "give it as the environment's docker.baseImage (a Kubernetes service's image is built FROM it)",
+        "baseImageRegistry": "registry credentials are the compute target's (image_registry)",
         "cudaVersion": "modelfleet builds no Docker image from it",
     },
     "environment": {
-        "docker": "modelfleet builds no Docker image from it",
+        "docker": "only docker.baseImage is used (a Kubernetes service's image is built FROM it)",
         "spark": "Spark packages are not installed",
         "databricks": "Databricks libraries are not installed",
         "inferencingStackVersion": "the scoring stack is modelfleet's own",
@@ -45,7 +45,7 @@ def v1_notes(d: Mapping[str, Any], kind: str) -> list[str]:
     env = d.get("environment")
     if isinstance(env, Mapping):
         docker = env.get("docker")
-        if isinstance(docker, Mapping) and (docker.get("enabled") or docker.get("baseDockerfile")):
+        if isinstance(docker, Mapping) and docker.get("baseDockerfile"):
             notes.append(f"environment.docker: ignored ({_V1_IGNORED['environment']['docker']})")
         for key in ("spark", "databricks"):
             section = env.get(key)
