@@ -23,7 +23,10 @@ is (v1's user-managed dependencies).
 
 Modules: ``canonical`` (the normal form and the hash), ``build`` (lookup, lock, uv build),
 ``cache`` (list and prune the cache folders), ``image`` (a hash-tagged image context for
-Kubernetes). This package imports ``spec``, ``errors`` and ``packaging``; never the store.
+Kubernetes, FROM the environment's ``base_image`` or a CUDA base for GPUs), ``registry`` (is
+a tag in an OCI registry: the look-up a deploy and ``env build-image`` make), ``builder``
+(the container builder on PATH, or the commands to run elsewhere). This package imports
+``spec``, ``errors`` and ``packaging``; never the store.
 """
 
 from __future__ import annotations
