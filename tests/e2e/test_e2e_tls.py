@@ -1,8 +1,10 @@
 """End to end: the router over TLS, started through the CLI, with clients that verify.
 
-One workspace walks through the TLS choices in order (each step restarts the cluster, whose
-restore brings the service back): self-signed, the choice kept across a restart, plain HTTP
-beside TLS when asked for, the user's own certificate files, and TLS off again.
+One workspace and one service go through the TLS choices (each change restarts the cluster,
+whose restore brings the service back): self-signed, the choice kept across a restart, plain
+HTTP beside TLS when asked for, the user's own certificate files, and TLS off again. A test that
+needs the self-signed router with no plain-HTTP port takes ``self_signed``, which restarts the
+cluster that way when an earlier test left another choice, so the tests hold in any order.
 """
 
 from __future__ import annotations
@@ -56,13 +58,29 @@ def strict_context(cafile: str) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="module")
-def service(ws: Workspace) -> Webservice:
+def self_signed_cert(ws: Workspace) -> str:
+    """Start the cluster with a self-signed certificate; that certificate's file."""
     started = cli(ws, "cluster", "start", "--tls-self-signed")
     assert "router https://127.0.0.1:" in started.stdout and "certificate: " in started.stdout
+    return str(status(ws)["tlsCertFile"])
+
+
+@pytest.fixture(scope="module")
+def service(ws: Workspace, self_signed_cert: str) -> Webservice:
     return deploy(ws, "secure", "sum")
 
 
-def test_self_signed_tls_end_to_end(ws: Workspace, service: Webservice) -> None:
+@pytest.fixture
+def self_signed(ws: Workspace, self_signed_cert: str, service: Webservice) -> Webservice:
+    """The service behind the self-signed router with no plain-HTTP port, as the module began."""
+    info = status(ws)
+    if (info["tlsCertFile"], info["httpPort"]) != (self_signed_cert, None):
+        restart(ws, "--tls-self-signed")
+    return service
+
+
+def test_self_signed_tls_end_to_end(ws: Workspace, self_signed: Webservice) -> None:
+    service = self_signed
     assert service.scoring_uri.startswith("https://127.0.0.1:")
     assert service.swagger_uri.startswith("https://127.0.0.1:")
     assert service.run(SUM_BODY) == [55]  # the SDK trusts the cluster's own certificate
@@ -79,20 +97,23 @@ def test_self_signed_tls_end_to_end(ws: Workspace, service: Webservice) -> None:
         assert refused.status_code == 401 and refused.json() == {"message": "missing"}
 
 
-def test_a_client_that_does_not_trust_the_certificate_is_refused(service: Webservice) -> None:
+def test_a_client_that_does_not_trust_the_certificate_is_refused(self_signed: Webservice) -> None:
+    service = self_signed
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.post(service.scoring_uri, content=SUM_BODY, headers=auth(service))  # system CAs only
 
 
-def test_plain_http_is_off_when_tls_is_on(service: Webservice) -> None:
+def test_plain_http_is_off_when_tls_is_on(self_signed: Webservice) -> None:
+    service = self_signed
     plain = service.scoring_uri.replace("https://", "http://")
     with pytest.raises(httpx.TransportError):
         httpx.post(plain, content=SUM_BODY, headers=auth(service), timeout=10)
 
 
 def test_tls_choice_survives_a_restart_and_a_running_cluster_refuses_another(
-    ws: Workspace, service: Webservice
+    ws: Workspace, self_signed: Webservice
 ) -> None:
+    service = self_signed
     uri, cert = service.scoring_uri, status(ws)["tlsCertFile"]
     cert_bytes = Path(cert).read_bytes()
     restart(ws)  # no flags: the stored choice
