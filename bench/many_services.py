@@ -10,7 +10,11 @@ the room check), then:
   processes sharing them) and USS (pages only it has), mean and median over all replicas;
 - every service answered once;
 - the daemon SIGKILLed (its replicas die with it) and started again: seconds until all N are
-  Healthy and answer again.
+  Healthy and answer again;
+- the router's CPU per request (the daemon's CPU seconds over a ``wrk -t1 -c8`` run on CPU 0,
+  divided by the requests wrk counted) scoring the first service, once while it is the only
+  one and again with all N deployed, and their ratio (the daemon's background work for N
+  services, probes and reconcile passes, counts against it).
 
     .venv/bin/python bench/many_services.py [--counts 10 100] [--fork-server]
 
@@ -37,6 +41,7 @@ from pathlib import Path
 
 import requests
 
+from _common import cpu_seconds, wrk_post_lua, wrk_rps_p50
 from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Webservice, Workspace
 
 SUM = Path(__file__).resolve().parent.parent / "tests" / "e2e_scripts" / "sum"
@@ -85,6 +90,19 @@ def _until_all_answer(ws: Workspace, names: list[str], deadline: float) -> int:
     return ok
 
 
+def _router_cost(ws: Workspace, name: str, folder: Path, seconds: int = 5) -> tuple[float, float]:
+    """(requests/s, daemon CPU µs per request) of a wrk run scoring ``name``."""
+    service = Webservice(ws, name)
+    script = folder / "score.lua"
+    script.write_text(wrk_post_lua(BODY, {"Authorization": f"Bearer {service.get_keys()[0]}"}))
+    info = ws.cluster().info()
+    assert info is not None
+    daemon = int(info["pid"])
+    before = cpu_seconds([daemon])
+    rps, _, count = wrk_rps_p50(service.scoring_uri, 8, seconds, script)
+    return rps, (cpu_seconds([daemon]) - before) / count * 1e6
+
+
 def one(top: Path, n: int) -> None:
     ws = Workspace.create(f"svc{n}", top / f"ws{n}")
     ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
@@ -92,10 +110,13 @@ def one(top: Path, n: int) -> None:
     names = [f"s{i:04d}" for i in range(n)]
     try:
         last = 0.0
+        alone: tuple[float, float] | None = None
         for name in names:
             started = time.perf_counter()
             Model.deploy(ws, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
             last = time.perf_counter() - started
+            if alone is None:
+                alone = _router_cost(ws, name, top)
         listing, status = _cli(ws, "service", "list"), _cli(ws, "cluster", "status")
         pids = [r["pid"] for s in ws.cluster().status()["services"].values() for r in s["replicas"] if r["pid"]]
         pss, uss = zip(*(_memory_kib(p) for p in pids), strict=True)
@@ -111,6 +132,13 @@ def one(top: Path, n: int) -> None:
             flush=True,
         )
         print(f"{n:>5} services: {_all_answer(ws, names)}/{n} answered", flush=True)
+        assert alone is not None
+        crowded = _router_cost(ws, names[0], top)
+        print(
+            f"{n:>5} services: router CPU per request {crowded[1]:.0f} µs ({crowded[0]:.0f} req/s) against "
+            f"{alone[1]:.0f} µs ({alone[0]:.0f} req/s) with one service: ratio {crowded[1] / alone[1]:.2f}",
+            flush=True,
+        )
         info = ws.cluster().info()
         assert info is not None
         os.kill(int(info["pid"]), signal.SIGKILL)
