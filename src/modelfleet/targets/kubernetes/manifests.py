@@ -63,6 +63,8 @@ from typing import Any
 from modelfleet.errors import ConfigError
 from modelfleet.spec import DeploySpec, validate_model_name, validate_service_name
 from modelfleet.targets.kubernetes.fetch import SAS_ENV, TOKEN_ENV
+from modelfleet.targets.kubernetes.router_scale import ANNOTATION as ROUTER_SCALE_ANNOTATION
+from modelfleet.targets.kubernetes.router_scale import RouterScaleSettings
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelfleet"}
 SERVICE_LABEL = "modelfleet.io/service"
@@ -182,6 +184,7 @@ class RouterSource:
     load_balancer_type: str = "LoadBalancer"
     secret_names: Sequence[str] = ()
     port: int = 80
+    max_replicas: int = 10  # the Lease holder scales the router out to this (router_scale.py)
     # TLS: the digest of the certificate in Secret ROUTER_TLS_SECRET (router_tls_secret makes
     # it); None serves plain HTTP. An Ingress: its class and host (v1's ssl_cname).
     tls_digest: str | None = None
@@ -554,6 +557,7 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
     service_annotations = (
         {AZURE_INTERNAL_LB_ANNOTATION: "true"} if src.load_balancer_type == "InternalLoadBalancer" else {}
     )
+    scale = RouterScaleSettings(min_replicas=src.replicas, max_replicas=max(src.replicas, src.max_replicas))
     tls = src.tls_digest is not None
     port_name = "https" if tls else "http"
     probe = {"path": "/", "port": port_name, **({"scheme": "HTTPS"} if tls else {})}
@@ -580,7 +584,7 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": meta,
+            "metadata": {**meta, "annotations": {ROUTER_SCALE_ANNOTATION: scale.annotation()}},
             "spec": {
                 "replicas": src.replicas,
                 "selector": {"matchLabels": {COMPONENT_LABEL: "router", **MANAGED_BY}},

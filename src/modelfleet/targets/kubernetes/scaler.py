@@ -14,6 +14,9 @@ current count (read once per refresh period). A new count is patched through the
 subresource (the router's Role grants ``patch`` on ``deployments/scale`` and nothing else that
 writes a Deployment); the workspace's controller adopts it (``control/k8s_controller.py``)
 and records the scale event.
+
+The holder also sizes the router Deployment itself (``router_scale.py``: out on routing time,
+in on CPU), from its own pod's loop lag and CPU, sampled on this loop's timer.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from modelfleet.errors import ConfigError
 from modelfleet.router.autoscale import Counts, ScaleSettings, ScaleState, decide
 from modelfleet.router.proxy import Router
 from modelfleet.spec import DeploySpec
-from modelfleet.targets.kubernetes.manifests import ROUTER_LEASE
+from modelfleet.targets.kubernetes import router_scale
+from modelfleet.targets.kubernetes.manifests import ROUTER_LEASE, ROUTER_NAME
 from modelfleet.targets.kubernetes.target import deployment_name, generation_config_name
 
 __all__ = ["Lease", "Scaler"]
@@ -43,6 +48,7 @@ log = logging.getLogger("modelfleet.router.scaler")
 SAMPLE_S = 0.25
 LEASE_S = 15
 RENEW_S = 5.0
+ROUTER_READ_S = 2.0  # how often the holder reads the router Deployment's size and settings
 
 
 class Lease:
@@ -121,6 +127,10 @@ class Scaler:
         self._services: dict[str, _Service] = {}
         self._task: asyncio.Task[None] | None = None
         self._renewed_at = -RENEW_S
+        self.probe = router_scale.LoadProbe()
+        self._router_load = router_scale.RouterScaleState()
+        self._router: tuple[int, router_scale.RouterScaleSettings | None] | None = None
+        self._router_read_at = -ROUTER_READ_S
 
     def start(self, serving: Any) -> None:
         """``serving(service) -> (generation, ready replicas) | None``, from discovery."""
@@ -139,7 +149,9 @@ class Scaler:
                 await self._step(time.monotonic())
             except Exception:
                 log.exception("autoscaler step failed")
+            self.probe.expect(SAMPLE_S)
             await asyncio.sleep(SAMPLE_S)
+            self.probe.sample(self._router_load)
 
     async def _step(self, now: float) -> None:
         if now - self._renewed_at >= RENEW_S:
@@ -152,6 +164,8 @@ class Scaler:
                 log.warning("lease %s not renewed: %s", ROUTER_LEASE, exc)
             if held != was:
                 log.info("lease %s %s by %s", ROUTER_LEASE, "held" if held else "not held", self.lease.identity)
+        if self.lease.held:
+            await self._scale_router(now)
         stats = self.router.stats()
         for name in [n for n in self._services if n not in stats]:
             del self._services[name]
@@ -175,6 +189,41 @@ class Scaler:
             decision, svc.state = decide(counts, svc.settings, svc.state, now)
             if decision.desired != svc.current and self.lease.held:
                 await self._scale(name, generation, svc, decision.desired, decision.reason, now)
+
+    async def _scale_router(self, now: float) -> None:
+        if now - self._router_read_at >= ROUTER_READ_S:
+            self._router_read_at = now
+            self._router = await asyncio.to_thread(self._read_router)
+        if self._router is None:
+            return
+        replicas, settings = self._router
+        if settings is None:
+            return
+        desired, reason = router_scale.decide(replicas, settings, self._router_load, now)
+        if desired == replicas:
+            return
+        body = {"spec": {"replicas": desired}}
+        try:
+            await asyncio.to_thread(self.apps.patch_namespaced_deployment_scale, ROUTER_NAME, self.namespace, body)
+        except ApiException as exc:
+            log.warning("router: scale to %d refused (%s %s)", desired, exc.status, exc.reason)
+            return
+        log.info("router: scaled %s %d -> %d: %s", ROUTER_NAME, replicas, desired, reason)
+        self._router = (desired, settings)
+
+    def _read_router(self) -> tuple[int, router_scale.RouterScaleSettings | None] | None:
+        try:
+            dep = self.apps.read_namespaced_deployment(ROUTER_NAME, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:  # 404: a router run beside the cluster, with no Deployment
+                log.warning("router: Deployment %s not readable (%s %s)", ROUTER_NAME, exc.status, exc.reason)
+            return None
+        try:
+            settings = router_scale.RouterScaleSettings.from_annotations(dep.metadata.annotations)
+        except ConfigError as exc:
+            log.warning("router: not scaling itself: %s", exc.message)
+            settings = None
+        return int(dep.spec.replicas or 0), settings
 
     def _load(self, service: str, generation: int) -> _Service:
         try:
