@@ -95,10 +95,11 @@ def test_the_lease_holder_scales_the_router_deployment_out_and_back_in(
             return int(apps.read_namespaced_deployment(m.ROUTER_NAME, namespace).spec.replicas)
 
         wait_for("scaled out on routing time", lambda: replicas() == 2, timeout=60)
-        assert "router: scaled modelfleet-router 1 -> 2" in log.read_text()
+        # the holder logs once its patch has returned, which may be after the test sees it
+        wait_for("the scale-out logged", lambda: "router: scaled modelfleet-router 1 -> 2" in log.read_text(), 10)
         back = RouterScaleSettings(min_replicas=1, max_replicas=2, out_lag_ms=1e9, in_cpu=100, **FAST)
         annotations = {"metadata": {"annotations": {ANNOTATION: back.annotation()}}}
         apps.patch_namespaced_deployment(m.ROUTER_NAME, namespace, annotations)
         wait_for("scaled back in on CPU", lambda: replicas() == 1, timeout=60)
-        assert "router: scaled modelfleet-router 2 -> 1" in log.read_text()
+        wait_for("the scale-in logged", lambda: "router: scaled modelfleet-router 2 -> 1" in log.read_text(), 10)
         assert router.proc.poll() is None
