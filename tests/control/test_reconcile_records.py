@@ -27,6 +27,15 @@ async def _until(condition, within_s: float) -> float:  # type: ignore[no-untype
     return time.monotonic() - started
 
 
+async def _serving(store: Store, target: InMemoryTarget, name: str = "svc") -> Reconciler:
+    """A reconciler whose ``name`` is deployed and serving its first generation."""
+    reconciler = Reconciler(store, target, plan, capacity=ROOMY)
+    create(store, name, FIXED)
+    reconciler.sync(name)
+    await _until(lambda: store.get_service(name).serving_generation == 1, 10)
+    return reconciler
+
+
 def test_idle_services_cost_one_query_a_second_not_one_per_service(store: Store) -> None:
     async def scenario() -> None:
         target = InMemoryTarget(auto_ready=True)
@@ -54,10 +63,7 @@ def test_a_record_changed_without_a_sync_is_picked_up_within_seconds(store: Stor
 
     async def scenario() -> None:
         target = InMemoryTarget(auto_ready=True)
-        reconciler = Reconciler(store, target, plan, capacity=ROOMY)
-        create(store, "svc", FIXED)
-        reconciler.sync("svc")
-        await _until(lambda: store.get_service("svc").serving_generation == 1, 10)
+        reconciler = await _serving(store, target)
         config = {"deploy": DeploySpec(num_replicas=3, autoscale=FIXED.autoscale).to_dict(), "version": 2}
         await asyncio.to_thread(store.update_service_config, "svc", config)
         took = await _until(lambda: store.get_service("svc").serving_generation == 2, 10)
@@ -72,10 +78,7 @@ def test_a_record_changed_without_a_sync_is_picked_up_within_seconds(store: Stor
 def test_a_record_deleted_without_a_sync_ends_its_controller(store: Store) -> None:
     async def scenario() -> None:
         target = InMemoryTarget(auto_ready=True)
-        reconciler = Reconciler(store, target, plan, capacity=ROOMY)
-        create(store, "svc", FIXED)
-        reconciler.sync("svc")
-        await _until(lambda: store.get_service("svc").serving_generation == 1, 10)
+        reconciler = await _serving(store, target)
         controller = reconciler.controllers["svc"]
         await asyncio.to_thread(store.delete_service, "svc")
         task = controller._task
