@@ -88,6 +88,24 @@ def test_parse_error_after_the_head_gets_400_then_close(
     assert httpx.post(router.url("svc"), content=BODY).status_code == 200
 
 
+def test_a_protocol_upgrade_gets_400_and_never_reaches_the_replica(
+    router: RouterThread, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    # httptools reports the upgrade after the request's head and end: the request is refused
+    # in its turn, not forwarded (the router speaks only HTTP/1.1).
+    up = upstreams()
+    serve_on(router, "svc", [up.port])
+    upgrade = b"GET /api/v1/service/svc/score HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+    answers, closed = exchange(router.port, upgrade)
+    assert [a[0] for a in answers] == [400] and closed
+    assert message(answers[0]) == "malformed HTTP request"
+    slow = SCORE + b"x-test-sleep-ms: 200\r\ncontent-length: %d\r\n\r\n" % len(BODY) + BODY
+    answers, closed = exchange(router.port, slow + upgrade)
+    assert [a[0] for a in answers] == [200, 400] and closed
+    assert_idle(router)
+    assert up.stats()["requests"] == 1  # only the slow one reached the replica
+
+
 class ResettingUpstream:
     """An HTTP server on 127.0.0.1 whose first connection answers one request, then, when the
     next request arrives on it, resets (SO_LINGER 0) without reading it: what a replica killed

@@ -79,7 +79,7 @@ def test_pipelined_requests_each_get_a_fresh_head() -> None:
     r = Recorder(LIMITS)
     assert r.feed(head(b"A: 1", b"Content-Length: 0") + head(b"B: 2", b"Content-Length: 0", target=b"/b"))
     assert [(h[1], h[2][0]) for h in r.heads] == [(b"/score", (b"A", b"1")), (b"/b", (b"B", b"2"))]
-    assert r.complete == 2
+    assert r.complete == 2 and r.seq == 2  # heads begun
 
 
 def test_exactly_the_field_limit_passes_one_more_is_refused() -> None:
@@ -114,13 +114,17 @@ def test_a_request_line_over_its_limit_is_refused_from_the_url() -> None:
 
 
 def test_without_a_line_or_field_limit_the_whole_head_limit_covers_both() -> None:
-    limits = HeadLimits(head_bytes=1024, fields=100)
-    # One field larger than the whole head's limit is refused as it is read...
+    limits = HeadLimits(head_bytes=1024, fields=3)
+    # Fields are counted, never measured one by one...
     r = Recorder(limits)
-    assert not r.feed(head(b"X: " + b"a" * 1024))  # 1 + 1024 bytes of name and value
-    assert r.refusals == [FIELD_TOO_LARGE]
-    # ...one that fits alone is measured with the URL once the head is complete: in a read
-    # larger than the limit,
+    assert not r.feed(head(b"A: 1", b"B: 2", b"C: 3", b"D: 4"))
+    assert r.refusals == [TOO_MANY_FIELDS]
+    # ...a field over the whole head's limit is over that limit,
+    r = Recorder(limits)
+    assert not r.feed(head(b"X: " + b"a" * 1024))
+    assert r.refusals == [HEAD_TOO_LARGE]
+    # ...and one that fits alone is measured with the URL once the head is complete: in a
+    # read larger than the limit,
     r = Recorder(limits)
     assert not r.feed(head(b"X: " + b"a" * 1021))  # 6 bytes of URL + 1022 > 1024
     assert r.refusals == [HEAD_TOO_LARGE] and r.heads == []

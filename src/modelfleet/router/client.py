@@ -88,12 +88,11 @@ class ClientConnection(ServerProtocol):
         self.closing = False  # an answer said "connection: close"; drop further requests
         self.http11 = True
         self._advancing = False  # inside advance(): answers given meanwhile do not recurse
-        # Timeouts (timeouts.ConnectionTimeouts.sweep): ``seq`` counts request heads begun; the sweep adds up the
-        # time it sees this connection owed nothing with ``seq`` unchanged (``quiet``). The
-        # header timeout applies while a head is arriving (or none came yet), the keep-alive
-        # timeout otherwise; neither runs while the router owes the client an answer. No clock
-        # is read per request.
-        self.seq = 0
+        # Timeouts (timeouts.ConnectionTimeouts.sweep): ServerProtocol's ``seq`` counts request
+        # heads begun; the sweep adds up the time it sees this connection owed nothing with
+        # ``seq`` unchanged (``quiet``). The header timeout applies while a head is arriving (or
+        # none came yet), the keep-alive timeout otherwise; neither runs while the router owes
+        # the client an answer. No clock is read per request.
         self.seen = -1
         self.quiet = 0.0
         # Send timeout (the same sweep): ``drained`` counts resume_writing calls; a connection
@@ -104,9 +103,8 @@ class ClientConnection(ServerProtocol):
         # Requests refused 401 in a row; past the router's allowance each further one pauses
         # reading for a while (Router docstring: a flood of bad credentials).
         self.bad_auth = 0
-        # Lives with the request being parsed (reset by on_message_begin; its head is
-        # ServerProtocol's url and headers).
-        self._cycle: Cycle | None = None  # receives this request's body bytes
+        # Lives with the request being parsed: ServerProtocol's url, headers, and ``current``,
+        # its Cycle (which receives its body bytes).
         self._starting = False  # a request became first in line during this read (see data_received)
 
     # -- asyncio callbacks -------------------------------------------------------------
@@ -144,9 +142,9 @@ class ClientConnection(ServerProtocol):
         cycles = self.cycles
         while cycles:
             cycles.popleft().client_gone()
-        if self._cycle is not None:
-            self._cycle.client_gone()
-            self._cycle = None
+        if self.current is not None:
+            self.current.client_gone()
+            self.current = None
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests too, or a pipeline
@@ -178,12 +176,7 @@ class ClientConnection(ServerProtocol):
         log.exception("router bug while handling a request; closing the connection")
         self.transport.abort()
 
-    # -- httptools callbacks (on_url, on_header: ServerProtocol's) ----------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._cycle = None
-        self.seq += 1
+    # -- httptools callbacks (on_message_begin, on_url, on_header: ServerProtocol's) -----
 
     def on_headers_complete(self) -> None:
         if self.closing:
@@ -253,7 +246,7 @@ class ClientConnection(ServerProtocol):
 
         cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
         cycle.canned = canned
-        self._cycle = cycle
+        self.current = cycle
         self.cycles.append(cycle)
         if len(self.cycles) == 1:
             self._starting = True
@@ -261,11 +254,12 @@ class ClientConnection(ServerProtocol):
             self.gate.pause(PIPE)  # answers go out in order; hold further reads meanwhile
 
     def on_body(self, body: bytes) -> None:
-        if self._cycle is not None:
-            self._cycle.body(body)
+        cycle: Cycle | None = self.current
+        if cycle is not None:
+            cycle.body(body)
 
     def on_message_complete(self) -> None:
-        cycle = self._cycle
+        cycle: Cycle | None = self.current
         if cycle is not None:
             cycle.body_end()
         if self.closing and (cycle is None or cycle.state >= DONE):
@@ -289,8 +283,8 @@ class ClientConnection(ServerProtocol):
         self.refused = True
         self.in_head = False
         self._starting = False
-        cycle = self._cycle
-        self._cycle = None
+        cycle: Cycle | None = self.current
+        self.current = None
         if cycle is not None and cycle in self.cycles:
             cycle.refuse(canned)  # its head was fine, its body is not
         elif cycle is not None:

@@ -6,9 +6,10 @@ list), holds the head to ``HeadLimits`` and sorts the parser's failures; the sub
 
 Limits. A request line longer than ``line``, more than ``fields`` header fields, or one field
 (``name: value\\r\\n``) longer than ``field_size`` is refused in the parser callback that sees
-it. The whole head (URL and fields) is bounded by ``head_bytes`` twice: while it arrives
-(httptools buffers an unfinished header line without calling back, so reads that fall wholly
-inside one head are added up) and once complete (``head_fits``: measured only when the head
+it (without a ``field_size``, as the router has none, a field costs only the count). The whole
+head (URL and fields) is bounded by ``head_bytes`` twice: while it arrives (httptools buffers
+an unfinished header line without calling back, so reads that fall wholly inside one head are
+added up) and once complete (``head_fits``: measured only when the head
 spanned reads or came in a read larger than the limit, so a head in one small read costs
 nothing). A refusal calls the subclass's ``refuse_head(kind)`` and stops the parser; nothing
 more is parsed on that connection (``refused``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import httptools
 
@@ -65,7 +67,8 @@ class Refused(Exception):
 
 
 class HeadLimits:
-    """The sizes a request head is held to (``None``: no limit of that kind of its own)."""
+    """The sizes a request head is held to (``None``: no limit of that kind of its own; the
+    whole head's covers it)."""
 
     __slots__ = ("line", "fields", "field_size", "head_bytes", "url_budget")
 
@@ -76,8 +79,7 @@ class HeadLimits:
                 raise ValueError(f"HeadLimits {label} must be an integer >= 1 or None (got {value!r})")
         self.head_bytes = head_bytes
         self.fields = fields
-        # A field larger than the whole head's limit is over that limit: one check serves both.
-        self.field_size = field_size if field_size is not None else head_bytes + 4
+        self.field_size = field_size
         self.line = line if line is not None else sys.maxsize
         # The URL length past which the request line may be too long (the longest method is
         # about 20 bytes): below it on_url needs no arithmetic.
@@ -96,9 +98,21 @@ class ServerProtocol(asyncio.Protocol):
 
     def __init__(self, limits: HeadLimits) -> None:
         self.limits = limits
-        self.parser = httptools.HttpRequestParser(self)
         self.refused = False  # a refusal is arranged: nothing more is parsed
-        # The head being read (reset by on_message_begin).
+        self.seq = 0  # request heads begun on this connection (the router's timeouts watch it)
+        # The limits read per callback, bound here (one attribute lookup on the hot path).
+        self._url_budget = limits.url_budget
+        self._max_fields = limits.fields
+        self._max_field = limits.field_size or 0
+        if limits.field_size is None:
+            # Fields are only counted (the whole head's limit bounds each of them): bound
+            # before the parser looks its callbacks up.
+            self.on_header = self._count_header  # type: ignore[method-assign]
+        self.parser = httptools.HttpRequestParser(self)
+        # The head being read (reset by on_message_begin). ``current`` is what the subclass made
+        # of it (the router's Cycle), kept until the next head begins: a failure the parser
+        # reports after the message (an upgrade) still belongs to it.
+        self.current: Any = None
         self.in_head = False
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -164,25 +178,33 @@ class ServerProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.current = None
         self.in_head = True
         self._head_raw = -1
+        self.seq += 1
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        limits = self.limits
-        if len(self.url) > limits.url_budget:
+        if len(self.url) > self._url_budget:
             line = len(self.parser.get_method()) + len(self.url) + 10  # "METHOD URL HTTP/1.1"
-            if line > limits.line:
+            if line > self.limits.line:
                 self.refuse_head(LINE_TOO_LONG)
                 raise Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
-        limits = self.limits
-        if len(headers) >= limits.fields:
+        if len(headers) >= self._max_fields:
             self.refuse_head(TOO_MANY_FIELDS)
             raise Refused
-        if len(name) + len(value) + 4 > limits.field_size:  # "name: value\r\n", as gunicorn counts
+        if len(name) + len(value) + 4 > self._max_field:  # "name: value\r\n", as gunicorn counts
             self.refuse_head(FIELD_TOO_LARGE)
+            raise Refused
+        headers.append((name, value))
+
+    def _count_header(self, name: bytes, value: bytes) -> None:
+        """``on_header`` without a per-field limit."""
+        headers = self.headers
+        if len(headers) >= self._max_fields:
+            self.refuse_head(TOO_MANY_FIELDS)
             raise Refused
         headers.append((name, value))
