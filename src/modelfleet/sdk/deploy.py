@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from modelfleet.errors import ConfigError
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
+from modelfleet.sdk.cluster_limits import refuse_unsupported_on_cluster
 from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, deployment_target_of
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.service_config import build_config
@@ -51,6 +52,8 @@ def deploy_service(
     _refuse_unsupported(spec)
     if target is None:  # a cluster's nodes are not this machine
         refuse_never_fits(spec)
+    else:
+        refuse_unsupported_on_cluster(spec, target.name)
     config = build_config(workspace, models, inference_config.to_spec(), spec)
     if target is not None:
         config[COMPUTE_TARGET_KEY] = target.name

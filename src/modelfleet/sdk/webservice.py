@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
+from modelfleet.sdk.cluster_limits import refuse_unsupported_on_cluster
 from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, AksCompute, KubernetesCompute, service_target
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.progress import BuildProgress
@@ -370,8 +371,11 @@ class Webservice:
 
     def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
         record = self._record()
-        if service_target(self.workspace, record.config) is None:  # a cluster's nodes are not this machine
+        target = service_target(self.workspace, record.config)
+        if target is None:  # a cluster's nodes are not this machine
             refuse_never_fits(spec)
+        else:
+            refuse_unsupported_on_cluster(spec, target.name)
         new_models = (
             models
             if models is not None
