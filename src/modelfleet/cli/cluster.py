@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from modelfleet.cli.common import add_output, print_output, shown, workspace
+from modelfleet.cli.common import add_output, cluster_client, print_output, shown, workspace
 from modelfleet.errors import Conflict
 
 
@@ -91,8 +91,7 @@ def cluster_stop(args: argparse.Namespace) -> int:
 
 
 def cluster_status(args: argparse.Namespace) -> int:
-    ws = workspace(args)
-    cluster = ws.cluster()
+    cluster = cluster_client(args)
     info = cluster.info()
     if info is None:
         print_output(args, {"running": False}, "cluster: not running")

@@ -19,6 +19,24 @@ def workspace(args: argparse.Namespace) -> Any:
     return Workspace.get(args.workspace) if args.workspace else Workspace.from_config()
 
 
+def cluster_client(args: argparse.Namespace) -> Any:
+    """The local cluster's client. A workspace folder is found without opening its store, so
+    that ``cluster status`` loads neither the SDK nor SQLAlchemy (measured here: 0.14 s of
+    imports against 0.7-1.0 s); a v1 config.json, or no workspace at all, goes the full way."""
+    from modelfleet.control.client import ClusterClient
+    from modelfleet.sdk.locate import find_upward
+    from modelfleet.store.folder import is_workspace, runtime_dir
+
+    if args.workspace:
+        root = Path(args.workspace).expanduser().resolve()
+        folder = root if is_workspace(root) else None
+    else:
+        folder, _ = find_upward(Path.cwd())
+    if folder is None:
+        return workspace(args).cluster()
+    return ClusterClient(folder, runtime_dir(folder))
+
+
 def print_output(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
     """``data`` as ``-o`` asks: JSON (keys in v1's camelCase, as ``az ml`` printed them),
     TSV (one line per item, values only, as ``az -o tsv``), or the human ``text``."""

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.errors import ConfigError, NotFound
+from modelfleet.sdk.locate import find_upward
 from modelfleet.sdk.model import Model
 from modelfleet.sdk.webservice import Webservice
 from modelfleet.sdk.workspace_base import WorkspaceBase
+from modelfleet.store.folder import is_workspace
 from modelfleet.store.registry import Store
-
-WORKSPACE_MARKER = Path(".modelfleet") / "workspace.json"
 
 
 class Workspace(WorkspaceBase):
@@ -63,15 +63,12 @@ class Workspace(WorkspaceBase):
         a local workspace needs no sign-in.
         """
         start = Path(path).expanduser().resolve() if path is not None else Path.cwd()
-        if start.is_file():
-            return cls._from_v1_config(start)
         file_name = _file_name or "config.json"
-        for folder in (start, *start.parents):
-            if (folder / WORKSPACE_MARKER).is_file():
-                return cls.get(folder)
-            for candidate in (folder / file_name, folder / ".azureml" / file_name, folder / "aml_config" / file_name):
-                if candidate.is_file() and _looks_like_v1_config(candidate):
-                    return cls._from_v1_config(candidate)
+        folder, v1_config = find_upward(start, file_name)
+        if folder is not None:
+            return cls.get(folder)
+        if v1_config is not None:
+            return cls._from_v1_config(v1_config)
         raise NotFound(
             f"no modelfleet workspace and no {file_name} in {start} or any folder above it; "
             "create one with Workspace.create(name, path) or `modelfleet workspace create -n NAME`"
@@ -101,7 +98,7 @@ class Workspace(WorkspaceBase):
                 raise ConfigError(f'"workspace_path" in {config_file} must be a folder path (got {attached!r})')
             candidates.insert(0, (config_file.parent / Path(attached).expanduser()).resolve())
         for folder in candidates:
-            if (folder / WORKSPACE_MARKER).is_file():
+            if is_workspace(folder):
                 ws = cls.get(folder)
                 if ws.name == name:
                     return ws
@@ -121,16 +118,3 @@ class Workspace(WorkspaceBase):
     @property
     def webservices(self) -> dict[str, Webservice]:
         return {s.name: s for s in Webservice.list(self)}
-
-
-_V1_CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
-
-
-def _looks_like_v1_config(path: Path) -> bool:
-    """A config.json found while looking upward is v1's when it holds any of v1's keys (or
-    cannot be read as JSON, which is said); another tool's config.json is passed over."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return True
-    return not isinstance(data, dict) or any(key in data for key in _V1_CONFIG_KEYS)

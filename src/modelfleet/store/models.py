@@ -25,9 +25,8 @@ from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.spec.names import validate_model_name
 from modelfleet.store.blobs import BlobStore
 from modelfleet.store.db import Database, model_files, models
+from modelfleet.store.folder import META_DIR
 from modelfleet.store.shared_blobs import SharedBlobStore
-
-META_DIR = ".modelfleet"  # the workspace's own folder (laid out in registry.py): never model content
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from modelfleet.store.blobs import BlobStore
 from modelfleet.store.clusters import CLUSTER_SETTINGS, local_cluster_id, scoped_setting
 from modelfleet.store.computes import ComputeTargets
 from modelfleet.store.db import Database, database_url, settings
-from modelfleet.store.models import META_DIR, ModelFile, ModelRecord, Models
+from modelfleet.store.folder import META_DIR, runtime_dir
+from modelfleet.store.models import ModelFile, ModelRecord, Models
 from modelfleet.store.secrets import SecretBox, Secrets, load_box, new_key_file
 from modelfleet.store.services import SERVICE_STATES, ServiceRecord, Services
 from modelfleet.store.shared_blobs import SharedBlobStore, parse_blob_store_url
@@ -72,7 +73,7 @@ class Store:
         local = BlobStore(root / META_DIR / "blobs")
         # A shared store keeps the local folder as its read cache (shared_blobs.py).
         self.blobs: BlobStore | SharedBlobStore = local if blob_store is None else SharedBlobStore(blob_store, local)
-        self.runtime_dir = root / META_DIR / "runtime"
+        self.runtime_dir = runtime_dir(root)
         self._cluster_id: str | None = None
         self._models = Models(db, self.blobs, name)
         self._services = Services(db, name, box, (lambda: self.cluster_id) if self.shared else None)
