@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelfleet.sdk.deploy import deploy_service
-from modelfleet.sdk.package import ModelPackage, package_models
-from modelfleet.sdk.profile import ModelProfile, profile_models
 from modelfleet.sdk.registered import RegisteredModel
 
 if TYPE_CHECKING:
     from modelfleet.sdk.environment import InferenceConfig
+    from modelfleet.sdk.package import ModelPackage
+    from modelfleet.sdk.profile import ModelProfile
     from modelfleet.sdk.webservice import Webservice
     from modelfleet.sdk.workspace_base import WorkspaceBase
     from modelfleet.spec import DeploySpec
@@ -57,6 +57,8 @@ class Model(RegisteredModel):
         ``package.save(path)`` copies it), for any environment, ``Environment("env")``
         included (its interpreter's packages, pinned). modelfleet builds no images: pass
         ``generate_dockerfile=True`` and run ``docker build`` on the saved folder."""
+        from modelfleet.sdk.package import package_models  # images and audits: not loaded by every CLI command
+
         return package_models(workspace, models, inference_config, generate_dockerfile, image_name, image_label)
 
     @staticmethod
@@ -77,6 +79,8 @@ class Model(RegisteredModel):
         latency percentiles). modelfleet has no v1 Dataset: ``input_dataset`` is a file of JSON
         lines (one request body a line) or a list of request bodies (strings, or values sent as
         JSON). ``cpu`` / ``memory_in_gb`` are the temporary service's settings."""
+        from modelfleet.sdk.profile import profile_models
+
         return profile_models(
             workspace,
             profile_name,
