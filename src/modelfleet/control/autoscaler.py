@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,13 +40,12 @@ from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleSt
 from modelfleet.spec import DeploySpec
 from modelfleet.targets.base import ReplicaInfo
 
-__all__ = ["FAILED_START_BACKOFF_S", "Autoscaler", "Capacity", "machine_capacity", "room_for"]
+__all__ = ["FAILED_START_BACKOFF_S", "Autoscaler", "Capacity", "machine_capacity"]
 
 log = logging.getLogger("modelfleet.autoscaler")
 
 SAMPLES_PER_REFRESH = 10
 FAILED_START_BACKOFF_S = 30.0
-_EPS = 1e-9
 
 
 class Scalable(Protocol):
@@ -76,14 +74,6 @@ class Services(Protocol):
 
     @property
     def controllers(self) -> Mapping[str, Scalable]: ...
-
-
-def room_for(capacity: Capacity, used_cpus: float, used_memory_gb: float, cpu_cores: float, memory_gb: float) -> int:
-    """How many more replicas requesting ``cpu_cores`` and ``memory_gb`` fit beside what is
-    already requested (never negative)."""
-    by_cpu = math.floor((capacity.cpus - used_cpus) / cpu_cores + _EPS)
-    by_memory = math.floor((capacity.memory_gb - used_memory_gb) / memory_gb + _EPS)
-    return max(0, min(by_cpu, by_memory))
 
 
 @dataclass

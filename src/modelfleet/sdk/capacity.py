@@ -8,7 +8,7 @@ already running is the control plane's accounting, not this check's.
 
 from __future__ import annotations
 
-from modelfleet.control.autoscaler import Capacity, machine_capacity, room_for
+from modelfleet.control.room import Capacity, Used, machine_capacity, room_for
 from modelfleet.errors import ConfigError
 from modelfleet.spec import DeploySpec
 
@@ -28,7 +28,7 @@ def refuse_never_fits(spec: DeploySpec, capacity: Capacity | None = None) -> Non
             f"ask for at most {memory:.1f}"
         )
     replicas = spec.initial_replicas()
-    fits = room_for(machine, 0.0, 0.0, spec.cpu_cores, spec.memory_gb)
+    fits = room_for(machine, Used(), spec.replace(gpu_cores=0))  # GPUs are checked on their own
     if replicas > fits:
         count = "autoscale_min_replicas" if spec.autoscale.enabled else "num_replicas"
         raise ConfigError(
