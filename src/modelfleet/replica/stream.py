@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Protocol
 
+from modelfleet.wire.framing import LAST_CHUNK, chunk
+
 MAX_QUEUED = 256 * 1024  # bytes handed to the loop and not yet given to the transport
 
 
@@ -71,7 +73,7 @@ class ChunkSender:
     def end(self) -> None:
         """The generator is exhausted: send the last chunk (HTTP/1.0: the close ends the body)."""
         if self.chunked:
-            self._put(b"0\r\n\r\n")
+            self._put(LAST_CHUNK)
 
     def abort(self) -> None:
         """End the answer early (the script raised mid-stream): close the connection without the
@@ -81,7 +83,7 @@ class ChunkSender:
         self.loop.call_soon_threadsafe(self.target.abort_stream)
 
     def _frame(self, data: bytes) -> bytes:
-        return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+        return chunk(data) if self.chunked else data
 
     def _put(self, data: bytes) -> bool:
         with self.cond:
