@@ -183,23 +183,18 @@ def test_update_replaces_replicas_with_no_failed_request(ws: Workspace) -> None:
     assert service.state == "Healthy"
 
 
-def test_failed_update_leaves_old_replicas_serving(ws: Workspace, summer: Webservice) -> None:
+def test_failed_update_leaves_old_replicas_serving(ws: Workspace) -> None:
+    # a service of its own: summer's replicas, which other tests count, stay as they are
+    service = deploy(ws, "kept-serving", "sum")
     ic = InferenceConfig(
         entry_script="score.py", source_directory=SCRIPTS / "failing_init", environment=Environment("e2e")
     )
-    summer.update(inference_config=ic)
+    service.update(inference_config=ic)
     with pytest.raises(DeploymentFailed, match="init"):
-        summer.wait_for_deployment(timeout_sec=60)
-    assert summer.state == "Healthy"
-    assert "still serving" in summer.error
-    assert summer.run(SUM_BODY) == [55]
-    # put the working script back for the tests that follow
-    summer.update(
-        inference_config=InferenceConfig(
-            entry_script="score.py", source_directory=SCRIPTS / "sum", environment=Environment("e2e")
-        )
-    )
-    summer.wait_for_deployment(timeout_sec=60)
+        service.wait_for_deployment(timeout_sec=60)
+    assert service.state == "Healthy"
+    assert "still serving" in service.error
+    assert service.run(SUM_BODY) == [55]
 
 
 def test_regenerated_key_refused_at_once(summer: Webservice) -> None:
