@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +13,6 @@ from modelfleet.store.registry import Store
 
 # The store suite (tests/store/) runs once per metadata backend.
 STORE_BACKENDS = ("sqlite", "postgresql")
-
-# tests/replica/test_replica_telemetry.py imports read_only from test_telemetry_units, which now
-# lives in tests/telemetry/ (read_only itself is in fs_support.py). That file belongs to the
-# replica's refactor; until it imports fs_support, this keeps it importable when tests/replica is
-# collected on its own or before tests/telemetry.
-sys.path.insert(1, str(Path(__file__).parent / "telemetry"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

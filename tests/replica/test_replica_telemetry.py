@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from e2e_support import wait_until
+from fs_support import read_only
 from modelfleet.telemetry.collected import read_records
 from modelfleet.telemetry.logfiles import chain
 from replica_scripts.harness import Server, request, start_replica
-from test_telemetry_units import read_only
 
 FLUSH_S = 0.2  # MODELFLEET_COLLECT_FLUSH_S for these replicas
 
