@@ -49,10 +49,11 @@ def test_idle_services_cost_one_query_a_second_not_one_per_service(store: Store)
         with counted_statements(store) as statements:
             await asyncio.sleep(3.2)
         reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-        # about three polls of every service's updated_time; reading each record every second
-        # would be 20 x 3 = 60
+        # about three polls of the services' count and summed updated_time (and the list of
+        # them when that moved); reading each record every second would be 20 x 3 = 60
         assert 2 <= len(reads) <= 5, reads
         assert all("updated_time" in s for s in reads), reads
+        assert sum("sum(services.updated_time)" in s for s in reads) >= 2, reads
         await reconciler.shutdown()
 
     asyncio.run(scenario())

@@ -300,6 +300,9 @@ class Store:
     def service_stamps(self) -> dict[str, float]:
         return self._services.service_stamps()
 
+    def service_stamps_summary(self) -> tuple[int, float | None]:
+        return self._services.service_stamps_summary()
+
     def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
         return self._services.update_service_config(name, config)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.store.db import Database, events, services
@@ -139,6 +139,14 @@ class Services:
         cost a query per service."""
         rows = self._db.read(lambda conn: conn.execute(select(services.c.name, services.c.updated_time)).all())
         return {row.name: row.updated_time for row in rows}
+
+    def service_stamps_summary(self) -> tuple[int, float | None]:
+        """(how many services, the sum of their ``updated_time``): one row that moves whenever
+        any service is created, changed or deleted (a sum, not the latest time: a teammate's
+        machine whose clock is behind still moves it)."""
+        query = select(func.count(), func.sum(services.c.updated_time)).select_from(services)
+        row = self._db.read(lambda conn: conn.execute(query).one())
+        return int(row[0]), row[1]
 
     def update_service_config(self, name: str, config: dict[str, Any]) -> ServiceRecord:
         """Replace the config and bump the generation; the state goes back to Transitioning
