@@ -11,6 +11,7 @@ the room check), then:
 - every service answered once;
 - the daemon SIGKILLed (its replicas die with it) and started again: seconds until all N are
   Healthy and answer again;
+- the idle daemon's CPU (10 s with no request);
 - the router's CPU per request (the daemon's CPU seconds over a ``wrk -t1 -c8`` run on CPU 0,
   divided by the requests wrk counted) scoring the first service, once while it is the only
   one and again with all N deployed, and their ratio (the daemon's background work for N
@@ -133,6 +134,12 @@ def one(top: Path, n: int) -> None:
         )
         print(f"{n:>5} services: {_all_answer(ws, names)}/{n} answered", flush=True)
         assert alone is not None
+        info = ws.cluster().info()
+        assert info is not None
+        before = cpu_seconds([int(info["pid"])])
+        time.sleep(10)
+        idle = (cpu_seconds([int(info["pid"])]) - before) / 10
+        print(f"{n:>5} services: the idle daemon uses {idle:.1%} of a core", flush=True)
         crowded = _router_cost(ws, names[0], top)
         print(
             f"{n:>5} services: router CPU per request {crowded[1]:.0f} µs ({crowded[0]:.0f} req/s) against "
