@@ -5,18 +5,17 @@ with images put in by skopeo from an OCI layout of a generated build context."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from registry_support import PASSWORD, USER, running_registry, skopeo_push, write_oci_layout
 
+from http_support import QuietHandler, serving
 from modelfleet.envs.image import write_image_context
 from modelfleet.envs.registry import Credential, RegistryAuthError, manifest_exists, parse_reference
 from modelfleet.errors import ConfigError, TargetError
 from modelfleet.spec import EnvironmentSpec
+from registry_support import PASSWORD, USER, running_registry, skopeo_push, write_oci_layout
 
 
 def pushed_context(tmp_path: Path, host: str, credential: tuple[str, str] | None = None) -> str:
@@ -73,24 +72,14 @@ def test_the_bearer_token_flow_as_acr_and_docker_hub_ask(tmp_path: Path) -> None
 def challenging(challenge: str) -> Iterator[str]:
     """A server that answers every request 401 with ``challenge``: a registry's first answer."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_HEAD(self) -> None:  # noqa: N802
             self.send_response(401)
             self.send_header("WWW-Authenticate", challenge)
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def test_a_credential_never_goes_to_a_plain_http_realm_off_this_machine() -> None:

@@ -3,10 +3,8 @@ OpenTelemetry packages are installed (``modelfleet[otel]``); skipped otherwise."
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
 from e2e_support import wait_until  # noqa: E402
+from http_support import QuietHandler, serving
 from modelfleet.telemetry.tracing import OtlpExporter, Tracer, make_exporter  # noqa: E402
 
 
@@ -23,7 +22,7 @@ from modelfleet.telemetry.tracing import OtlpExporter, Tracer, make_exporter  # 
 def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
     got: list[ExportTraceServiceRequest] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers["Content-Length"]))
             if self.path == "/v1/traces":
@@ -34,18 +33,8 @@ def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", got
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}/v1/traces", got
 
 
 def test_timings_become_a_span_with_queue_and_replica_children(
