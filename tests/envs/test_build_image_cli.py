@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from registry_support import running_registry, skopeo_push, write_oci_layout
 
 from modelfleet import envs
 from modelfleet.sdk.workspace import Workspace
 from modelfleet.spec import EnvironmentSpec
+from registry_support import running_registry, skopeo_push, write_oci_layout
 
 FAKE_BUILDER = """#!/bin/sh
 printf '%s\\n' "$*" >> "{record}"
