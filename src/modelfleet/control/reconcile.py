@@ -63,8 +63,7 @@ __all__ = ["FAILED", "HEALTHY", "Planner", "Reconciler", "ServiceController", "p
 log = logging.getLogger("modelfleet.control")
 
 # A controller looks at its replicas every second even when nothing woke it (a missed wake
-# costs at most that). Its stored record is read again only when the record changed: the
-# reconciler asks the store once a second for every service's ``updated_time``
+# costs at most that). Its stored record is read again only when the record changed
 # (``Reconciler._watch_records``), since one read per service per second took a whole core
 # at 1,000 services.
 _RESYNC_S = 1.0
@@ -531,9 +530,10 @@ class Reconciler:
         await asyncio.to_thread(shutil.rmtree, Path(self._store.runtime_dir) / "services" / name, True)
 
     async def _watch_records(self) -> None:
-        """Once a second, one query for every service's ``updated_time``; a controller whose
-        record moved (an update through another process or machine, a deletion) reads it again.
-        Changes made through the admin API reach their controller at once (``sync``)."""
+        """Once a second, the services' count and summed ``updated_time`` (one row), and when
+        that moved, every service's ``updated_time``: a controller whose record moved (an update
+        through another process or machine, a deletion) reads it again. Changes made through
+        the admin API reach their controller at once (``sync``)."""
         last_summary: tuple[int, float | None] | None = None
         while True:
             await asyncio.sleep(_RESYNC_S)
