@@ -264,7 +264,7 @@ class ServiceState:
 
 # -- header tables -------------------------------------------------------------------------
 
-H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID = range(9)
+H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE = range(10)
 # Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
 REQ_SPECIAL = {
     b"connection": H_DROP,
@@ -282,6 +282,7 @@ REQ_SPECIAL = {
     b"x-ms-request-id": H_MSID,
     b"x-request-id": H_XID,
     b"x-ms-client-request-id": H_CLID,
+    b"x-request-timeout-ms": H_DEADLINE,  # the caller's deadline; the replica gets what is left (cycle.py)
 }
 # Response headers not forwarded as they are.
 RESP_SKIP = frozenset(
