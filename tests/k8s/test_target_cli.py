@@ -4,9 +4,13 @@ every printed object (per generation too) validates against Kubernetes 1.37's sc
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -157,3 +161,105 @@ def test_k8s_router_install_status_uninstall(tmp_path: Path, control_plane, admi
         f"deleted {k}/modelfleet-router" for k in reversed(kinds)
     ]
     assert json.loads(cli(ws.path, "k8s", "router", "status", *target, "-o", "json").stdout)["installed"] is False
+
+
+def _manifests_with_tls_ingress_kaniko(ws: Workspace, tmp_path: Path, *extra: str) -> tuple[list, str, Path, Path]:
+    from test_router_tls import issue
+
+    kubeconfig = tmp_path / "kubeconfig"
+    attached = cli(
+        ws.path, "compute", "attach", "-n", "built", "--kubeconfig", str(kubeconfig), "--namespace", "models",
+        "--blob-store", "https://blobs.example/ws", "--image-registry", "registry.example", "--image-build", "kaniko",
+    )  # fmt: skip
+    assert attached.returncode == 0, attached.stderr
+    config = json.loads(cli(ws.path, "compute", "show", "-n", "built", "-o", "json").stdout)
+    assert config["imageBuild"] == "kaniko"
+    _, cert, key = issue(tmp_path)
+    done = cli(
+        ws.path, "k8s", "manifests", "-n", "scorer", "--compute-target", "built", "--load-balancer-type", "ClusterIP",
+        "--ssl-enabled", "--ssl-cert-pem-file", str(cert), "--ssl-key-pem-file", str(key),
+        "--ssl-cname", "models.example.com", "--ingress-class", "nginx", *extra,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(yaml.safe_load_all(done.stdout)), done.stdout + done.stderr, cert, key
+
+
+def test_k8s_manifests_print_the_kaniko_job_the_ingress_and_never_the_tls_key(workspace: Workspace, tmp_path: Path):
+    from test_router_tls import issue
+
+    from modelfleet.targets.kubernetes import kaniko
+    from modelfleet.targets.kubernetes import manifests as m
+
+    _store_service(workspace, tmp_path)
+    objects, printed, cert, key = _manifests_with_tls_ingress_kaniko(workspace, tmp_path)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    image = objects[4]["spec"]["template"]["spec"]["containers"][0]["image"]
+    build = kaniko.build_name(image)
+    assert image.startswith("registry.example/modelfleet-env:") and image.endswith("-cuda")  # gpu_cores=1
+    assert kinds == [
+        ("ConfigMap", build),  # the build first: it pushes the tag the Deployment pulls
+        ("Job", build),
+        ("Secret", "scorer-keys"),
+        ("ConfigMap", "scorer-config"),
+        ("Deployment", "scorer"),
+        ("ServiceAccount", "modelfleet-router"),
+        ("Role", "modelfleet-router"),
+        ("RoleBinding", "modelfleet-router"),
+        ("Deployment", "modelfleet-router"),
+        ("Service", "modelfleet-router"),
+        ("Ingress", "modelfleet-router"),
+    ]
+    job = objects[1]
+    assert f"--destination={image}" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    context = gzip.decompress(base64.b64decode(objects[0]["binaryData"][kaniko.CONTEXT_KEY]))
+    with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+        assert "Dockerfile" in tar.getnames()
+    router = objects[8]["spec"]["template"]
+    assert router["metadata"]["annotations"][m.TLS_DIGEST_ANNOTATION] == m.tls_digest(cert.read_bytes())
+    assert {"name": "tls", "secret": {"secretName": m.ROUTER_TLS_SECRET}} in router["spec"]["volumes"]
+    assert objects[9]["spec"]["ports"][0]["port"] == 443 and objects[9]["spec"]["type"] == "ClusterIP"
+    ingress = objects[10]["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"hosts": ["models.example.com"], "secretName": m.ROUTER_TLS_SECRET}]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+    # the key is nowhere in what was printed, nor the certificate's body (its Secret is left out)
+    key_body = "".join(key.read_text().splitlines()[1:-1])
+    assert key_body[:40] not in printed.replace("\n", "")
+    assert not [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == m.ROUTER_TLS_SECRET]
+    command = (
+        f"kubectl -n models create secret tls {m.ROUTER_TLS_SECRET} --cert={cert} --key={key} "
+        f"&& kubectl -n models label secret {m.ROUTER_TLS_SECRET} app.kubernetes.io/managed-by=modelfleet "
+        "app.kubernetes.io/component=router app.kubernetes.io/name=modelfleet-router"
+    )
+    assert f"(left out here: it holds the key); create it with: {command}\n" in printed
+    assert f"note: Job {build} builds and pushes {image}" in printed
+
+    # refused, naming the flag: a key that is not the certificate's, an Ingress without ClusterIP
+    (tmp_path / "other").mkdir()
+    _, other_cert, _ = issue(tmp_path / "other")
+    wrong = cli(
+        workspace.path, "k8s", "manifests", "-n", "scorer", "--blob-store", "https://b.example", "--ssl-enabled",
+        "--ssl-cert-pem-file", str(other_cert), "--ssl-key-pem-file", str(key),
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "are not a PEM certificate and its unencrypted private key" in wrong.stderr
+    assert wrong.stdout == ""
+    no_lb = cli(
+        workspace.path, "k8s", "manifests", "-n", "scorer", "--blob-store", "https://b.example",
+        "--ingress-class", "nginx", "--ssl-cname", "models.example.com",
+    )  # fmt: skip
+    assert no_lb.returncode == 1 and 'an Ingress goes with load_balancer_type="ClusterIP"' in no_lb.stderr
+
+
+@pytest.mark.timeout(600)  # may be the test that starts the control plane
+def test_the_printed_kaniko_job_tls_router_and_ingress_are_accepted_by_the_api_server(
+    workspace: Workspace, tmp_path: Path, admin, namespace: str
+):
+    from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
+
+    _store_service(workspace, tmp_path)
+    objects, _, _, _ = _manifests_with_tls_ingress_kaniko(workspace, tmp_path, "--namespace", namespace)
+    assert {o["metadata"]["namespace"] for o in objects} == {namespace}
+    for obj in objects:  # server-side dry run: validation, defaulting and admission, nothing stored
+        created = create_from_yaml_single_item(admin, obj, dry_run="All")
+        assert created.metadata.name == obj["metadata"]["name"], obj["kind"]

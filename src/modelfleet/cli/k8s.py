@@ -149,6 +149,15 @@ def _register_k8s(groups: Any) -> None:
         choices=["LoadBalancer", "InternalLoadBalancer", "ClusterIP"],
         help="how the router's Service is reached (v1's load_balancer_type)",
     )
+    manifests.add_argument("--replicas", type=int, default=2, help="router pods (default 2)")
+    manifests.add_argument("--port", type=int, default=None, help="the router Service's port (443 with TLS, else 80)")
+    manifests.add_argument("--ssl-enabled", action="store_true", help="the router serves HTTPS (v1's ssl_enabled)")
+    manifests.add_argument("--ssl-cert-pem-file", help="the router's certificate (chain), PEM")
+    manifests.add_argument("--ssl-key-pem-file", help="its private key, PEM: checked against it, never printed")
+    manifests.add_argument("--ssl-cname", help="the name clients use (the certificate's); the Ingress's host")
+    manifests.add_argument(
+        "--ingress-class", help="an Ingress of this class for --ssl-cname (with --load-balancer-type ClusterIP)"
+    )
     manifests.add_argument("--no-router", action="store_true", help="the service's objects only")
     manifests.add_argument("--with-keys", action="store_true", help="put the service's keys in its Secret")
     manifests.set_defaults(handler=k8s_manifests)
@@ -256,16 +265,15 @@ def k8s_manifests(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         src = replace(src, primary_key=record.primary_key, secondary_key=record.secondary_key)
-    objects = m.service_objects(src)
+    notes: list[str] = []
+    objects = _build_objects(record, spec, settings, src, notes) + m.service_objects(src)
     if not args.no_router:
-        router = m.RouterSource(
-            image=args.router_image,
-            namespace=src.effective_namespace,
-            load_balancer_type=args.load_balancer_type,
-            secret_names=[m.secret_name(src.name)],
-        )
-        objects += m.router_objects(router)
+        objects += _router_objects(args, src.effective_namespace, [m.secret_name(src.name)], notes)
+    elif args.ssl_enabled or args.ingress_class or args.ssl_cname:
+        raise ConfigError("--ssl-enabled, --ssl-cname and --ingress-class are the router's: drop --no-router")
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    for note in notes:
+        print(note, file=sys.stderr)
     if settings.get("blob_store_auth"):
         # never printed: the credential is in the cluster only (and not in the workspace at all)
         key = m.BLOB_SAS_KEY if "sas" in settings["blob_store_auth"] else m.BLOB_TOKEN_KEY
@@ -281,6 +289,61 @@ def k8s_manifests(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _build_objects(
+    record: Any, spec: Any, settings: dict[str, Any], src: Any, notes: list[str]
+) -> list[dict[str, Any]]:
+    """The Kaniko Job (and the ConfigMap with its context) that builds the service's image,
+    when the target says ``image_build="kaniko"``: applied first, it pushes the tag the
+    Deployment pulls (one Job per tag; an existing one is left as it is)."""
+    if settings.get("image_build") != "kaniko" or settings.get("image"):
+        return []
+    from modelfleet.control.k8s_controller import kaniko_build
+    from modelfleet.spec import EnvironmentSpec
+    from modelfleet.targets.kubernetes import kaniko
+
+    env = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
+    build = kaniko_build(env, src.image, spec.gpu_cores > 0, src.effective_namespace)
+    notes.append(
+        f"note: Job {kaniko.build_name(src.image)} builds and pushes {src.image} in the cluster (it pushes with "
+        f"Secret {kaniko.PUSH_SECRET} when there is one: kubectl -n {src.effective_namespace} create secret "
+        f"docker-registry {kaniko.PUSH_SECRET} ...); a deploy from the SDK skips it when the tag is in the registry"
+    )
+    return kaniko.build_objects(build)
+
+
+def _router_objects(
+    args: argparse.Namespace, namespace: str, secret_names: list[str], notes: list[str]
+) -> list[dict[str, Any]]:
+    """The router's objects as ``k8s router install`` makes them from the same settings; its
+    TLS Secret is left out (it holds the key) and the command that makes it goes to ``notes``."""
+    import shlex
+
+    from modelfleet.targets.kubernetes import manifests as m
+    from modelfleet.targets.kubernetes.router_install import tls_material
+
+    pair = tls_material(args.ssl_enabled, args.ssl_cert_pem_file, args.ssl_key_pem_file)
+    router = m.RouterSource(
+        image=args.router_image,
+        namespace=namespace,
+        replicas=args.replicas,
+        load_balancer_type=args.load_balancer_type,
+        secret_names=secret_names,
+        port=args.port if args.port is not None else (443 if pair else 80),
+        tls_digest=m.tls_digest(pair[0]) if pair else None,
+        ingress_class=args.ingress_class,
+        ingress_host=args.ssl_cname,
+    )
+    if pair:
+        cert, key = (
+            shlex.quote(os.path.abspath(os.path.expanduser(p))) for p in (args.ssl_cert_pem_file, args.ssl_key_pem_file)
+        )
+        notes.append(
+            f"note: the router serves HTTPS with Secret {m.ROUTER_TLS_SECRET} (left out here: it holds the key); "
+            f"create it with: {m.router_tls_secret_command(namespace, cert, key)}"
+        )
+    return m.router_objects(router)
 
 
 # --------------------------------------------------------------------------- the router

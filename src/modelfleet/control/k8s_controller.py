@@ -138,11 +138,7 @@ class ImageCheck:
                 f"image {src.image} is not in registry {registry}: build and push it with `{command}`, "
                 f'or attach {self.compute.name} with image_build="kaniko" to build it in the cluster'
             )
-        with tempfile.TemporaryDirectory(prefix="modelfleet-kaniko-") as folder:
-            write_image_context(env, Path(folder) / "ctx", src.image.rsplit(":", 1)[0], gpu=gpu)
-            context = kaniko.context_archive(Path(folder) / "ctx")
-        insecure = is_loopback(ref.host)  # plain http, as the look-up spoke to it
-        build = kaniko.BuildSource(src.image, canonicalize(env).hash, context, src.effective_namespace, insecure)
+        build = kaniko_build(env, src.image, gpu, src.effective_namespace)
         api = api_client(settings.get("kubeconfig"), settings.get("context"))
         try:
             started = kaniko.start_build(api, build)
@@ -154,6 +150,16 @@ class ImageCheck:
             src.image,
             f"Job {kaniko.build_name(src.image)} builds it" if started else "its build Job runs already",
         )
+
+
+def kaniko_build(env: EnvironmentSpec, tag: str, gpu: bool, namespace: str) -> kaniko.BuildSource:
+    """What an in-cluster build of ``tag`` for ``env`` is made from: the image context (as
+    ``env build-image`` writes it) as a .tar.gz; a loopback registry is spoken to in plain http."""
+    with tempfile.TemporaryDirectory(prefix="modelfleet-kaniko-") as folder:
+        write_image_context(env, Path(folder) / "ctx", tag.rsplit(":", 1)[0], gpu=gpu)
+        context = kaniko.context_archive(Path(folder) / "ctx")
+    insecure = is_loopback(parse_reference(tag).host)
+    return kaniko.BuildSource(tag, canonicalize(env).hash, context, namespace, insecure)
 
 
 def kubernetes_planner(compute: ComputeRecord, credential: Credential | None = None) -> Planner:

@@ -672,5 +672,15 @@ def router_tls_secret(namespace: str, cert_pem: bytes, key_pem: bytes) -> dict[s
     }
 
 
+def router_tls_secret_command(namespace: str, cert_file: str, key_file: str) -> str:
+    """How a GitOps user creates the router's TLS Secret themselves (the same name and labels
+    as ``router_tls_secret``); the paths are given shell-quoted."""
+    labels = " ".join(f"{k}={v}" for k, v in router_labels().items())
+    return (
+        f"kubectl -n {namespace} create secret tls {ROUTER_TLS_SECRET} --cert={cert_file} --key={key_file} "
+        f"&& kubectl -n {namespace} label secret {ROUTER_TLS_SECRET} {labels}"
+    )
+
+
 def tls_digest(cert_pem: bytes) -> str:
     return hashlib.sha256(cert_pem).hexdigest()[:16]
