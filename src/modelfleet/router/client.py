@@ -42,7 +42,7 @@ from collections import deque
 from time import perf_counter
 
 from modelfleet.router.auth import AuthResult, authenticate
-from modelfleet.router.cycle import DONE, WAITING, Cycle
+from modelfleet.router.cycle import DONE, WAITING, Cycle, bad_deadline, parse_deadline_ms
 from modelfleet.router.ids import IdsTooLong
 from modelfleet.router.ports import DRAIN, PENALTY, PIPE, UPLOAD, WAIT, FrontPort, ReadGate
 from modelfleet.router.routes import (
@@ -51,6 +51,7 @@ from modelfleet.router.routes import (
     C_408,
     H_AUTH,
     H_CLID,
+    H_DEADLINE,
     H_EXPECT,
     H_FORWARD,
     H_LENGTH,
@@ -194,7 +195,8 @@ class ClientConnection(ServerProtocol):
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
-        auth = ms_id = x_id = client_id = None
+        auth = ms_id = x_id = client_id = deadline_raw = None
+        deadline = 0.0
         length = -1
         chunked = expect = False
         special = REQ_SPECIAL
@@ -216,6 +218,8 @@ class ClientConnection(ServerProtocol):
                 x_id = value
             elif kind == H_CLID:
                 client_id = value
+            elif kind == H_DEADLINE:
+                deadline_raw = value
         if ms_id is None and x_id is None and client_id is None:
             ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
         else:
@@ -242,10 +246,24 @@ class ClientConnection(ServerProtocol):
                         self.slow_down()
                 elif self.bad_auth:
                     self.bad_auth = 0
+            if svc is not None and svc.endpoint is not None and canned is None:
+                # an endpoint: its version serves (versions.py); the answer names it
+                version, canned, line = svc.endpoint.pick(self.headers)
+                rids += line
+                if version is not None:
+                    svc = version
+            if deadline_raw is not None and svc is not None and canned is None:
+                ms = parse_deadline_ms(deadline_raw)
+                if ms is None:
+                    canned = bad_deadline(deadline_raw)
+                else:  # counted from now, the head's arrival; at most the scoring timeout
+                    deadline = router.loop.time() + min(ms / 1000.0, svc.route.timeout_s)
             target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
 
         cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
         cycle.canned = canned
+        if deadline_raw is not None and canned is None:
+            cycle.deadline = deadline
         self.current = cycle
         self.cycles.append(cycle)
         if len(self.cycles) == 1:

@@ -14,19 +14,78 @@ import asyncio
 import logging
 from time import perf_counter
 
-from modelfleet.router.dispatch import Send
+from modelfleet.router.dispatch import Reject, Send
 from modelfleet.router.ports import DRAIN, PIPE, UPLOAD, WAIT, ClientPort, ReadGate
-from modelfleet.router.routes import BUSY_HEADER, C_404, RESP_SKIP, Canned, ServiceState, status_line
+from modelfleet.router.routes import (
+    BUSY_HEADER,
+    C_404,
+    RESP_SKIP,
+    Canned,
+    ServiceState,
+    error_answer,
+    status_line,
+)
 from modelfleet.router.upstream import UpstreamConn
 from modelfleet.wire.framing import CHUNKED, CONTINUE, LAST_CHUNK, LOWER, UNTIL_CLOSE, body_framing, chunk_size
 
-__all__ = ["Cycle", "ReadGate", "DRAIN", "PIPE", "UPLOAD", "WAIT"]  # the gate's names, re-exported
+__all__ = [
+    "C_504_DEADLINE",
+    "C_504_QUEUED",
+    "DEADLINE_MAX_MS",
+    "Cycle",
+    "ReadGate",
+    "DRAIN",
+    "PIPE",
+    "UPLOAD",
+    "WAIT",
+    "bad_deadline",
+    "parse_deadline_ms",
+]  # the gate's names, re-exported
 
 log = logging.getLogger("modelfleet.router")
 
 REPLAY_LIMIT = 1024 * 1024  # body bytes kept so that a "busy" answer can be retried elsewhere
 BUFFER_BEFORE_PAUSE = 64 * 1024  # body bytes held while waiting for a replica before pausing reads
 SMALL_BODY_KEEPALIVE = 64 * 1024  # bodies up to this are read and dropped after an early error
+# -- the caller's deadline ---------------------------------------------------------------
+#
+# A request may carry ``x-request-timeout-ms: N``: the caller gives up after N ms. Its deadline
+# is the moment its head was parsed plus min(N, the service's scoring_timeout_ms). Queued past
+# it, the request is answered 504 (C_504_QUEUED) at that moment and never sent; sent before
+# it, the replica is told what is left (``x-request-timeout-ms: <remaining>``) and the router
+# answers 504 (C_504_DEADLINE) if the replica has not answered by then.
+DEADLINE_MAX_MS = 2**31 - 1
+DEADLINE_LINE = b"x-request-timeout-ms: %d\r\n"
+C_504_QUEUED = error_answer(
+    504,
+    "the caller's deadline (x-request-timeout-ms, or the service's scoring_timeout_ms if smaller) "
+    "passed while the request was queued for a replica; it was not sent to one",
+)
+C_504_DEADLINE = error_answer(
+    504,
+    "the caller's deadline (x-request-timeout-ms) passed before the replica answered",
+)
+
+
+def parse_deadline_ms(value: bytes) -> int | None:
+    """The header's value as milliseconds, or ``None`` when it is not a whole number from 1
+    to ``DEADLINE_MAX_MS``."""
+    v = value.strip()
+    if not v.isdigit() or len(v) > 10:
+        return None
+    ms = int(v)
+    return ms if 1 <= ms <= DEADLINE_MAX_MS else None
+
+
+def bad_deadline(value: bytes) -> Canned:
+    """The 400 for a malformed ``x-request-timeout-ms`` (built per bad request, not per request)."""
+    shown = value[:40].decode("latin-1")
+    return error_answer(
+        400,
+        f"x-request-timeout-ms must be a whole number of milliseconds from 1 to {DEADLINE_MAX_MS} (got {shown!r})",
+    )
+
+
 # The router's framing lines (wire.framing, lower case), bound once for the hot path.
 _TE_CHUNKED = LOWER.chunked
 _LENGTH = LOWER.length
@@ -74,7 +133,7 @@ class Cycle:
         "chunks", "buffered", "kept", "body_bytes", "body_done",
         "assigned", "up", "body_sent", "busy_seen", "aborting",
         "state", "resp_chunked", "close_after", "head_out",
-        "started", "sent_at", "replayed",
+        "started", "sent_at", "replayed", "deadline", "dl_timer",
     )  # fmt: skip
 
     def __init__(
@@ -125,6 +184,9 @@ class Cycle:
         self.close_after = not keep_alive
         self.head_out: bytes | None = None  # answer head not yet written (goes with the body)
         self.replayed = False  # sent again once on a fresh connection (see up_lost)
+        # The caller's deadline (loop time; 0.0: none) and its timer while on a replica.
+        self.deadline = 0.0
+        self.dl_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         state = STATE_NAMES[self.state]
@@ -166,13 +228,15 @@ class Cycle:
             self.conn.transport.write(CONTINUE)
         now = self.arrived = self.router.loop.time()
         self.started = perf_counter()
-        action = svc.dispatch.arrive(self, now)
+        action = svc.dispatch.arrive(self, now, self.deadline or None)
         if action is None:
             self.router.arm(svc)  # queued
         elif action.__class__ is Send:
             self.assign(action.replica)
-        else:
+        elif action.__class__ is Reject:
             self.reject()
+        else:
+            self.expired()
 
     def body(self, data: bytes) -> None:
         n = len(data)
@@ -250,7 +314,8 @@ class Cycle:
         self._to(GONE)
         svc = self.svc
         if svc is not None and self.assigned is None:
-            svc.dispatch.cancel(self)  # queued: leave the queue now, not at the deadline
+            if svc.dispatch.cancel(self):  # queued: leave the queue now, never sent
+                svc.metrics.drop("client_gone")
         elif self.up is not None and not self.body_sent:
             self.aborting = True  # a half-sent request can't be scored: let the replica go
             self.up.abort()
@@ -285,6 +350,13 @@ class Cycle:
         svc = self.svc
         assert svc is not None
         self.answer(svc.c503_failed or svc.c503)
+
+    def expired(self) -> None:
+        """The caller's deadline passed before the request was sent: 504 now, never sent."""
+        svc = self.svc
+        assert svc is not None
+        svc.metrics.drop("deadline")
+        self.answer(C_504_QUEUED)
 
     # -- replica side ------------------------------------------------------------------
 
@@ -329,6 +401,11 @@ class Cycle:
             if self.state < DONE and self.conn.cycles and self.conn.cycles[0] is self:
                 self.answer(self.canned)
             return
+        if self.deadline and self.router.loop.time() >= self.deadline:  # passed while connecting
+            self.router.pool.put(conn, self.router.loop.time())
+            self._release()
+            self.expired()
+            return
         self._send(conn, host)
 
     def _send(self, up: UpstreamConn, host: bytes) -> None:
@@ -352,6 +429,9 @@ class Cycle:
                 framing = b""
             parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", host]  # host: the replica's head lines
             parts += self.fields
+            if self.deadline:
+                left = self.deadline - loop.time()
+                parts.append(DEADLINE_LINE % max(1, int(left * 1000)))
             parts += (self.rids, framing, b"\r\n")
             if self.chunks:
                 if self.chunked:
@@ -372,11 +452,16 @@ class Cycle:
                 client.gate.resume(WAIT)
             if client.write_paused:
                 up.pause_reading()
-            now = loop.time()
-            svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
             self.sent_at = perf_counter()
-            if svc.deadline_timer is None:
-                self.router.arm_deadline(svc, now + svc.route.timeout_s)
+            if self.deadline:
+                # Its deadline comes before the scoring timeout would (it is at most arrival +
+                # scoring_timeout_ms): a timer of its own instead of the service's sent-order one.
+                self.dl_timer = loop.call_at(self.deadline, self.deadline_passed)
+            else:
+                now = loop.time()
+                svc.sending[self] = now  # the scoring timeout runs from here (Router._on_deadline)
+                if svc.deadline_timer is None:
+                    self.router.arm_deadline(svc, now + svc.route.timeout_s)
         except Exception:
             # A bug or a transport in a state we did not expect: the slot must not leak.
             log.exception("router bug while sending a request to replica %s; answering 502", self.assigned)
@@ -402,6 +487,15 @@ class Cycle:
             self.aborting = True  # the replica has no complete request to work on: cut it
             self.up.abort()
 
+    def deadline_passed(self) -> None:
+        """The caller's deadline passed while the replica works on the request: 504 now; the
+        slot stays held until the replica answers (as with the scoring timeout)."""
+        self.dl_timer = None
+        self.answer(C_504_DEADLINE)
+        if not self.body_sent and self.up is not None:
+            self.aborting = True  # the replica has no complete request to work on: cut it
+            self.up.abort()
+
     def _release(self, *, busy: bool = False, refused: str | None = None) -> None:
         """The one place a slot is given back (exactly once per assignment).
 
@@ -422,9 +516,9 @@ class Cycle:
         if self.state >= DONE or router.stopping:
             actions = d.finish(replica, now)
         elif busy:
-            actions = d.busy(replica, self, now, self.arrived)
+            actions = d.busy(replica, self, now, self.arrived, self.deadline or None)
         elif refused is not None:
-            actions = d.refused(replica, self, now, self.arrived)
+            actions = d.refused(replica, self, now, self.arrived, self.deadline or None)
         else:
             actions = d.finish(replica, now)
         router.apply(svc, actions)
@@ -434,6 +528,9 @@ class Cycle:
     def _end_exchange(self) -> None:
         if self.svc is not None:
             self.svc.sending.pop(self, None)
+        if self.dl_timer is not None:
+            self.dl_timer.cancel()
+            self.dl_timer = None
         up = self.up
         if up is not None:
             if up.exchange is self:
@@ -454,6 +551,12 @@ class Cycle:
         sent = svc.sending.pop(self, None)
         self.chunks = []
         self.kept = False
+        if self.dl_timer is not None:
+            self.dl_timer.cancel()
+            self.dl_timer = None
+            if self.state < DONE and self.router.loop.time() >= self.deadline:
+                self.deadline_passed()  # late: the timer was due but had not run yet
+                return
         if self.state >= DONE:
             return  # 504 already sent, or the client left: the answer is read and dropped
         if sent is not None and self.router.loop.time() - sent >= svc.route.timeout_s:

@@ -10,6 +10,8 @@ and returns action values; ``proxy.py`` performs them:
 - ``Send(req, replica)``: the request holds one slot of ``replica`` until ``finish`` (or
   ``busy``/``refused``) gives it back.
 - ``Reject(req)``: no replica had room before the deadline; answer 503 with Retry-After.
+- ``Expire(req)``: the caller's own deadline (``x-request-timeout-ms``) passed while it was
+  queued; answer 504 now. It was never sent to a replica.
 
 Rules (the invariants the tests check):
 
@@ -25,6 +27,11 @@ Rules (the invariants the tests check):
    a failure mark.
 5. A replica that answered "busy" (another router filled it) is skipped for
    ``busy_backoff_s``; one that failed is skipped until ``mark_healthy`` or ``set_replicas``.
+6. A request may carry a caller's deadline (``arrive(req, now, deadline)``). A waiter whose
+   caller's deadline comes before its queue deadline is expired (``Expire``) once
+   ``deadline <= now``, whatever its place in the queue; a request already past it on
+   arrival is expired at once. These deadlines are kept in a heap beside the FIFO (the FIFO
+   stays ordered by queue deadline), so ``next_wakeup`` and expiry stay O(log n).
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -35,12 +42,14 @@ have returned ``[Send(d, r1)]``. With nothing finished, ``expire(0.5)`` returns
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
 __all__ = [
     "Action",
     "Dispatch",
+    "Expire",
     "Reject",
     "Send",
     "Slot",
@@ -98,7 +107,22 @@ class Reject:
         return f"Reject({self.req!r})"
 
 
-Action = Send | Reject
+class Expire:
+    """Answer ``req`` with 504: its caller's deadline passed while it waited in the queue."""
+
+    __slots__ = ("req",)
+
+    def __init__(self, req: Hashable) -> None:
+        self.req = req
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expire) and other.req == self.req
+
+    def __repr__(self) -> str:
+        return f"Expire({self.req!r})"
+
+
+Action = Send | Reject | Expire
 Policy = Callable[[Sequence[Slot], int, float, int], int]
 _NOTHING: tuple[Action, ...] = ()
 
@@ -155,6 +179,10 @@ class Dispatch:
         # Waiting requests, oldest first: request -> deadline. OrderedDict gives O(1) pop at
         # the head, O(1) removal of a cancelled waiter and O(1) put-back at the head.
         self._queue: OrderedDict[Hashable, float] = OrderedDict()
+        # Callers' deadlines of waiters, earliest first: (deadline, seq, request). An entry
+        # whose request is no longer queued is dropped when it reaches the top (lazily).
+        self._due: list[tuple[float, int, Hashable]] = []
+        self._seq = 0
         self._turn = 0  # advances once per pick, rotating ties
         self.in_flight = 0  # sum of slot.in_flight, kept for the gauges
 
@@ -181,6 +209,11 @@ class Dispatch:
         if not self._queue:
             return None
         when = next(iter(self._queue.values()))
+        due = self._due
+        while due and due[0][2] not in self._queue:
+            heapq.heappop(due)
+        if due and due[0][0] < when:
+            when = due[0][0]
         for s in self._slots:
             if s.listed and not s.failed and s.in_flight < self.limit and s.busy_until < when:
                 when = s.busy_until
@@ -192,15 +225,20 @@ class Dispatch:
 
     # -- requests ----------------------------------------------------------------------
 
-    def arrive(self, req: Hashable, now: float) -> Action | None:
-        """A new request: ``Send`` at once, ``None`` (queued), or ``Reject`` when it may not wait."""
+    def arrive(self, req: Hashable, now: float, deadline: float | None = None) -> Action | None:
+        """A new request: ``Send`` at once, ``None`` (queued), ``Reject`` when it may not wait,
+        or ``Expire`` when its caller's ``deadline`` (monotonic seconds) has passed already."""
+        if deadline is not None and deadline <= now:
+            return Expire(req)
         if not self._queue:
             i = self._policy(self._slots, self.limit, now, self._turn)
             if i >= 0:
                 return self._assign(i, req)
         if self.max_wait_s <= 0:
             return Reject(req)
-        self._queue[req] = now + self.max_wait_s
+        self._queue[req] = until = now + self.max_wait_s
+        if deadline is not None and deadline < until:
+            self._push_due(req, deadline)
         return None
 
     def finish(self, replica_id: str, now: float) -> Sequence[Action]:
@@ -208,25 +246,33 @@ class Dispatch:
         self._release(replica_id)
         return self._serve(now) if self._queue else _NOTHING
 
-    def busy(self, replica_id: str, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
+    def busy(
+        self, replica_id: str, req: Hashable, now: float, arrived: float, deadline: float | None = None
+    ) -> Sequence[Action]:
         """The replica answered "busy": free the slot, back the replica off, put ``req`` back
-        at the head of the queue with its original deadline (``arrived + max_wait_s``)."""
+        at the head of the queue with its original deadline (``arrived + max_wait_s``, and
+        its caller's ``deadline`` if it has one)."""
         slot = self._release(replica_id)
         if slot is not None:
             slot.busy_until = now + self.busy_backoff_s
-        return self._requeue(req, now, arrived)
+        return self._requeue(req, now, arrived, deadline)
 
-    def refused(self, replica_id: str, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
+    def refused(
+        self, replica_id: str, req: Hashable, now: float, arrived: float, deadline: float | None = None
+    ) -> Sequence[Action]:
         """The replica refused the connection before the request was sent: free the slot,
         mark the replica failed, and put ``req`` back at the head for another replica."""
         slot = self._release(replica_id)
         if slot is not None:
             slot.failed = True
-        return self._requeue(req, now, arrived)
+        return self._requeue(req, now, arrived, deadline)
 
     def cancel(self, req: Hashable) -> bool:
         """A queued request's client went away: forget it. False when it was not queued."""
-        return self._queue.pop(req, None) is not None
+        found = self._queue.pop(req, None) is not None
+        if not self._queue:
+            self._due.clear()
+        return found
 
     def expire(self, now: float) -> Sequence[Action]:
         """Reject waiters past their deadline and hand others to replicas that opened up."""
@@ -290,6 +336,7 @@ class Dispatch:
         """The service is going away: reject every waiter."""
         out = [Reject(req) for req in self._queue]
         self._queue.clear()
+        self._due.clear()
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -314,14 +361,25 @@ class Dispatch:
             del self._by_id[s.id]
         return s
 
-    def _requeue(self, req: Hashable, now: float, arrived: float) -> Sequence[Action]:
-        self._queue[req] = arrived + self.max_wait_s
+    def _requeue(self, req: Hashable, now: float, arrived: float, deadline: float | None) -> Sequence[Action]:
+        self._queue[req] = until = arrived + self.max_wait_s
         self._queue.move_to_end(req, last=False)
+        if deadline is not None and deadline < until:
+            self._push_due(req, deadline)
         return self._serve(now)
+
+    def _push_due(self, req: Hashable, deadline: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._due, (deadline, self._seq, req))
 
     def _serve(self, now: float) -> list[Action]:
         out: list[Action] = []
         q = self._queue
+        due = self._due
+        while due and due[0][0] <= now:
+            req = heapq.heappop(due)[2]
+            if q.pop(req, None) is not None:
+                out.append(Expire(req))
         while q:
             req, deadline = next(iter(q.items()))
             if deadline <= now:
@@ -333,6 +391,8 @@ class Dispatch:
                 break
             del q[req]
             out.append(self._assign(i, req))
+        if not q:
+            due.clear()  # every entry left names a request no longer waiting
         return out
 
     def _forget_idle_unlisted(self) -> None:

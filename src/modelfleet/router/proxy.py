@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from modelfleet.errors import ConfigError
 from modelfleet.router.auth import AuthFailures
 from modelfleet.router.client import ClientConnection
-from modelfleet.router.dispatch import Action, Send
+from modelfleet.router.dispatch import Action, Reject, Send
 from modelfleet.router.ids import RequestIds
 from modelfleet.router.refusals import Refusals
 from modelfleet.router.routes import ServiceRoute, ServiceState, Upstream
 from modelfleet.router.timeouts import ConnectionTimeouts
 from modelfleet.router.upstream import Pool
+from modelfleet.router.versions import EndpointState, VersionShare
 from modelfleet.telemetry.counters import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -223,6 +224,7 @@ class Router:
         if svc is None:
             self.services[key] = ServiceState(route)
             log.info("service %s: added (max_concurrent=%d)", route.name, route.max_concurrent)
+            self._version_changed(key)
             return
         svc.update(route)
         self.apply(svc, svc.dispatch.configure(route.max_concurrent, route.max_wait_s, self._now()))
@@ -250,6 +252,25 @@ class Router:
             self.set_service_failed(service, None)
         self.apply(svc, d.set_replicas([u.id for u in ups], self._now()))
         log.info("service %s: replicas %s (%r)", service, [u.id for u in ups], d)
+        self._version_changed(service.encode())
+
+    def set_endpoint(self, route: ServiceRoute, versions: Sequence[VersionShare]) -> None:
+        """Create or update an endpoint (``versions.py``): ``route`` holds its auth and body limit,
+        ``versions`` its versions' services and shares; those services are set on their own."""
+        state = EndpointState(route.name, versions)
+        self.set_service(route)
+        front = self.services[route.name.encode()]
+        front.endpoint = state
+        state.refresh(self.services)
+        log.info("endpoint %s: versions %s", route.name, state.weights())
+
+    def _version_changed(self, key: bytes) -> None:
+        """A version's service changed (replicas, failure, presence): its endpoint re-weighs."""
+        cut = key.find(b":")
+        if cut > 0:
+            front = self.services.get(key[:cut])
+            if front is not None and front.endpoint is not None:
+                front.endpoint.refresh(self.services)
 
     def set_service_failed(self, service: str, reason: str | None) -> None:
         """The service cannot serve (e.g. every replica failed init()): new and waiting requests
@@ -259,6 +280,7 @@ class Router:
         if svc is None:
             return
         svc.set_failed(reason)
+        self._version_changed(service.encode())
         if reason is None:
             log.info("service %s: no longer marked failed", service)
             return
@@ -320,6 +342,7 @@ class Router:
         for _, fut in svc.drains:
             if not fut.done():
                 fut.set_result(None)
+        self._version_changed(service.encode())
         log.info("service %s: removed", service)
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -351,8 +374,10 @@ class Router:
         for a in actions:
             if a.__class__ is Send:
                 a.req.assign(a.replica)  # type: ignore[attr-defined]
-            else:
+            elif a.__class__ is Reject:
                 a.req.reject()  # type: ignore[attr-defined]
+            else:  # Expire: the caller's deadline passed while queued
+                a.req.expired()  # type: ignore[attr-defined]
         if svc.dispatch.queued:
             self.arm(svc)
 

@@ -27,7 +27,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 class ServiceMetrics:
     """What the router counts for one service (lives as long as its ``ServiceState``)."""
 
-    __slots__ = ("codes", "buckets", "count", "seconds", "auth_missing", "auth_invalid")
+    __slots__ = ("codes", "buckets", "count", "seconds", "auth_missing", "auth_invalid", "dropped")
 
     def __init__(self) -> None:
         self.codes: dict[int, int] = {}  # answers by HTTP status
@@ -38,6 +38,13 @@ class ServiceMetrics:
         self.seconds = 0.0
         self.auth_missing = 0  # 401: no Authorization header
         self.auth_invalid = 0  # 401: a key or token that does not verify
+        # Requests the router dropped before sending them to a replica, by reason:
+        # "deadline" (the caller's deadline passed while queued: 504), "client_gone" (the
+        # client disconnected while queued: no answer).
+        self.dropped: dict[str, int] = {}
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def auth_failed(self, missing: bool) -> None:
         if missing:

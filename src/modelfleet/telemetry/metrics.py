@@ -19,6 +19,8 @@ Metrics (``service`` label on all but the first; counters end in ``_total``):
                                                       replica_max_concurrent_requests)
 ``modelfleet_scale_events_total``          counter    replica count changes decided
 ``modelfleet_auth_failures_total``         counter    401s (``reason``: missing|invalid)
+``modelfleet_router_dropped_total``        counter    requests dropped while queued, never
+                                                      sent (``reason``: deadline|client_gone)
 ``modelfleet_replica_requests_in_flight``  gauge      per ``replica``
 ``modelfleet_replica_restarts_total``      counter    per ``replica``
 ``modelfleet_data_records_total``          counter    collected records accepted, per ``replica``
@@ -148,6 +150,11 @@ class FleetCollector(Collector):
             "Replica log lines that could not be written (disk full)",
             labels=["service", "replica"],
         )
+        dropped = CounterMetricFamily(
+            "modelfleet_router_dropped",
+            "Requests dropped while queued in the router, never sent to a replica (reason: deadline, client_gone)",
+            labels=["service", "reason"],
+        )
         for view in self._services():
             name = view.name
             m = view.metrics
@@ -165,6 +172,8 @@ class FleetCollector(Collector):
             scale.add_metric([name], view.scale_events)
             auth.add_metric([name, "missing"], m.auth_missing)
             auth.add_metric([name, "invalid"], m.auth_invalid)
+            for reason, n in sorted({"deadline": 0, "client_gone": 0, **m.dropped}.items()):
+                dropped.add_metric([name, reason], n)
             for r in view.replicas:
                 r_flight.add_metric([name, r.id], r.in_flight)
                 r_restarts.add_metric([name, r.id], r.restarts)
@@ -173,7 +182,8 @@ class FleetCollector(Collector):
                     for kind, family in data.items():
                         family.add_metric([name, r.id], int(stats.get(kind, 0)))
                     log_dropped.add_metric([name, r.id], int(stats.get("log_lines_dropped", 0)))
-        yield from (requests, duration, in_flight, queued, replicas, utilization, scale, auth, r_flight, r_restarts)
+        yield from (requests, duration, in_flight, queued, replicas, utilization, scale, auth, dropped)
+        yield from (r_flight, r_restarts)
         yield from data.values()
         yield log_dropped
         yield CounterMetricFamily(
