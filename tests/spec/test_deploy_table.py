@@ -58,6 +58,8 @@ ADDITIONS = [
     "max_body_bytes",
     "model_cache_size",
     "model_cache_memory_gb",
+    "max_batch_size",
+    "max_batch_delay_ms",
     "compute_type",
 ]
 

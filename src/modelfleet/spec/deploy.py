@@ -21,8 +21,10 @@ Where modelfleet differs from v1, on purpose:
 - Types are checked: ``True`` where an integer belongs, or the string ``"1"``, is an error.
 - Additions with names of their own: ``autoscale_down_delay_seconds`` (60), ``max_body_bytes``
   (100 MiB), ``model_cache_size`` and ``model_cache_memory_gb`` (the bounds of a replica's
-  models loaded on demand, ``modelfleet.replica.models``; unbounded when not given), ``port``
-  (local only; v1's LocalWebservice setting).
+  models loaded on demand, ``modelfleet.replica.models``; unbounded when not given),
+  ``max_batch_size`` and ``max_batch_delay_ms`` (dynamic batching: the script's
+  ``run_batch(items)``, ``modelfleet.replica.batching``; off at 1), ``port`` (local only; v1's
+  LocalWebservice setting).
 
 v1 JSON files are read as they are. Unknown keys are a ``ConfigError`` that names the key and the
 known ones. Keys v1 had that mean nothing here (Docker image steps, GPU base images, Spark,
@@ -181,6 +183,14 @@ class DeploySpec:
     model_cache_memory_gb: float | None = setting(
         "number", None, "modelCache.memoryInGB", "most memory (GB) of models one replica keeps loaded"
     )
+    # Dynamic batching (``modelfleet.replica.batching``): 1 is off. A batching replica admits
+    # replica_max_concurrent_requests x max_batch_size requests (``admitted_per_replica``).
+    max_batch_size: int = setting(
+        "int", 1, "batching.maxBatchSize", "requests gathered into one run_batch() call (1: off)", lo=1, hi=1024
+    )
+    max_batch_delay_ms: int = setting(
+        "int", 5, "batching.maxBatchDelayMs", "most ms a batch waits for more requests after its first", lo=0, hi=10000
+    )
     port: int | None = None
 
     def __post_init__(self) -> None:
@@ -231,6 +241,11 @@ class DeploySpec:
     def value(self, s: Setting) -> Any:
         """The value of setting ``s`` (one of ``SETTINGS``), nested or not."""
         return getattr(getattr(self, s.group) if s.group else self, s.name)
+
+    def admitted_per_replica(self) -> int:
+        """Requests one replica takes at once: replica_max_concurrent_requests calls of the
+        script, each of up to max_batch_size requests when batching."""
+        return self.replica_max_concurrent_requests * self.max_batch_size
 
     def initial_replicas(self) -> int:
         """Replicas to start: ``num_replicas`` when autoscale is off, else the autoscale minimum."""
@@ -449,6 +464,8 @@ def aks_deploy_configuration(
     max_body_bytes: int | None = None,
     model_cache_size: int | None = None,
     model_cache_memory_gb: float | None = None,
+    max_batch_size: int | None = None,
+    max_batch_delay_ms: int | None = None,
     compute_type: str = "aks",
 ) -> DeploySpec:
     """v1 ``AksWebservice.deploy_configuration``: same parameters, order and defaults.
