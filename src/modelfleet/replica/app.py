@@ -7,7 +7,8 @@ Routes, as azmlinfsrv answers them:
 - ``POST /score`` and ``GET /score`` (query string to run()), ``OPTIONS /score``; ``HEAD``
   wherever GET is allowed. Other methods: 405; other paths: 404 (both without request ids, as v1).
 - modelfleet's own: 503 "busy" with ``x-modelfleet-busy: 1`` when ``--max-concurrent`` requests
-  are running; 403 for any request but ``GET /`` without the router's secret, when the replica
+  are running (``--max-concurrent`` × ``--max-batch-size`` admitted when batching: batching.py);
+  403 for any request but ``GET /`` without the router's secret, when the replica
   has one (``MODELFLEET_REPLICA_SECRET``).
 
 ``App`` lives as long as the process: the loaded entry, swagger bytes, canned replies, the
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl
 
 from modelfleet.errors import Overloaded
 from modelfleet.replica import ids
+from modelfleet.replica.batching import Batcher
 from modelfleet.replica.entry import STYLE_RAWHTTP, Entry
 from modelfleet.replica.protocol import HttpProtocol, Request
 from modelfleet.replica.responses import HTML, MSG_NOT_ALLOWED, MSG_NOT_FOUND, Cors, Reply, json_message, json_reply
@@ -59,6 +61,23 @@ class App:
         self.in_flight = 0
         self.slots = threading.Lock()
         self.timeout_s = config.scoring_timeout_ms / 1000
+        # Dynamic batching: run_batch() calls at once stay --max-concurrent (and worker_count);
+        # requests admitted are that many times max_batch_size.
+        self.batcher: Batcher | None = None
+        self.admit = config.max_concurrent
+        if config.max_batch_size > 1 and entry.batch_function is not None:
+            self.batcher = Batcher(
+                entry,
+                self.scorer,
+                lambda: self.shared.loop,
+                lambda: self.pool,
+                self._release,
+                calls=config.worker_count,
+                max_size=config.max_batch_size,
+                delay_ms=config.max_batch_delay_ms,
+                timeout_ms=config.scoring_timeout_ms,
+            )
+            self.admit = config.max_concurrent * config.max_batch_size
         self.new_request_id = ids.RequestIds()
         # Where TCP is needed (Kubernetes pods), only the router, which adds this secret, may call.
         self.secret = config.secret.encode() if config.secret is not None else None
@@ -70,8 +89,8 @@ class App:
             503,
             _JSON + b"x-modelfleet-busy: 1\r\n",
             Overloaded(
-                f"replica busy: {config.max_concurrent} of {config.max_concurrent} requests running "
-                "(--max-concurrent); retry or send to another replica"
+                f"replica busy: {self.admit} of {self.admit} requests admitted "
+                f"(--max-concurrent{' x --max-batch-size' if self.batcher else ''}); retry or send to another replica"
             ).to_body(),
         )
         self.forbidden = Reply(
@@ -154,13 +173,15 @@ class App:
                 return conn.respond(req, self.score_options)
             if req.method == "HEAD":
                 return conn.respond(req, self.scorer.method_not_allowed)
-        limit = self.config.max_concurrent
+        limit = self.admit
         if limit and self.in_flight >= limit:
             return conn.respond(req, self.busy)
         loop = self.shared.loop
         assert self.pool is not None and loop is not None
         with self.slots:
             self.in_flight += 1
+        if self.batcher is not None:
+            return self.batcher.add(req)
         req.job = self.pool.submit(self.scorer.run, req, self._job_done)
         req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
 

@@ -45,6 +45,10 @@ them the answer is gunicorn's status (414, 431) with a JSON ``{"message": ...}``
   an answer for this long is cut off and what is buffered for it dropped; for a streamed answer
   the script's generator is ended too (stream.py), so such a client holds no slot.
 - ``--unix-socket PATH``: listen on a Unix domain socket (mode 0600) instead of TCP.
+- ``--max-batch-size`` / ``MODELFLEET_MAX_BATCH_SIZE`` (default 1: off) and
+  ``--max-batch-delay-ms`` / ``MODELFLEET_MAX_BATCH_DELAY_MS`` (default 5): dynamic batching,
+  the script's ``run_batch(items)`` called with up to that many concurrent requests, gathered
+  for at most that long after the first (``batching.py``; the deploy settings of the same names).
 - ``MODELFLEET_REPLICA_SECRET``: when set, every request but ``GET /`` must carry it in
   ``x-modelfleet-replica-secret`` (403 otherwise); ``main`` removes it from the environment
   before the script is loaded. The local target gives each service its own, the Kubernetes
@@ -77,6 +81,11 @@ HEADER_TIMEOUT_S = 20.0  # the router's too (Apache's RequestReadTimeout header=
 KEEP_ALIVE_S = 5.0
 SEND_TIMEOUT_S = 60.0
 SECRET_ENV = "MODELFLEET_REPLICA_SECRET"
+BATCH_SIZE_ENV = "MODELFLEET_MAX_BATCH_SIZE"
+BATCH_DELAY_ENV = "MODELFLEET_MAX_BATCH_DELAY_MS"
+MAX_BATCH_SIZE = 1024  # the deploy setting's bound too (spec/deploy.py)
+MAX_BATCH_DELAY_MS = 10_000
+DEFAULT_BATCH_DELAY_MS = 5
 NOT_DUMPABLE_ENV = "MODELFLEET_REPLICA_NOT_DUMPABLE"
 
 
@@ -93,6 +102,8 @@ class ReplicaConfig:
     port_file: str | None = None
     worker_count: int = 1
     max_concurrent: int = 0
+    max_batch_size: int = 1  # 1: no batching (batching.py)
+    max_batch_delay_ms: int = DEFAULT_BATCH_DELAY_MS
     scoring_timeout_ms: int = DEFAULT_SCORING_TIMEOUT_MS
     cors_origins: tuple[str, ...] = ()
     service_name: str = "ML service"
@@ -125,6 +136,8 @@ class ReplicaConfig:
         _check_range("port", self.port, 0, 65535)
         _check_range("worker_count", self.worker_count, 1, 1024)
         _check_range("max_concurrent", self.max_concurrent, 0, 1_000_000)
+        _check_range("max_batch_size", self.max_batch_size, 1, MAX_BATCH_SIZE)
+        _check_range("max_batch_delay_ms", self.max_batch_delay_ms, 0, MAX_BATCH_DELAY_MS)
         _check_range("scoring_timeout_ms", self.scoring_timeout_ms, 1, 10**12)
         _check_range("max_body_bytes", self.max_body_bytes, 1, 2**62)
         _check_range("MODELFLEET_LOG_MAX_BYTES", self.log_max_bytes, 1024, 2**50)
@@ -200,6 +213,17 @@ def _parser() -> argparse.ArgumentParser:
         dest="max_concurrent",
         default="0",
         help="answer 503 at once when this many requests are running (default 0: no limit, wait)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        dest="max_batch_size",
+        help=f"call run_batch(items) with up to this many concurrent requests (default 1: off; {BATCH_SIZE_ENV})",
+    )
+    p.add_argument(
+        "--max-batch-delay-ms",
+        dest="max_batch_delay_ms",
+        help="longest wait, from a batch's first request, for more to join it "
+        f"(default {DEFAULT_BATCH_DELAY_MS}; {BATCH_DELAY_ENV})",
     )
     p.add_argument("--access-log", dest="access_log", action="store_true", help="log one line per request")
     p.add_argument("--unix-socket", dest="unix_socket", help="listen on this Unix domain socket (mode 0600), not TCP")
@@ -285,6 +309,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> R
         port_file=os.path.join(cwd, args.port_file) if args.port_file else None,
         worker_count=_int_setting("worker_count", worker_raw),
         max_concurrent=_int_setting("max_concurrent", args.max_concurrent),
+        max_batch_size=_int_setting("max_batch_size", setting(args.max_batch_size, BATCH_SIZE_ENV, 1)),
+        max_batch_delay_ms=_int_setting(
+            "max_batch_delay_ms", setting(args.max_batch_delay_ms, BATCH_DELAY_ENV, DEFAULT_BATCH_DELAY_MS)
+        ),
         scoring_timeout_ms=_int_setting(
             "SCORING_TIMEOUT_MS", environ.get("SCORING_TIMEOUT_MS") or str(DEFAULT_SCORING_TIMEOUT_MS)
         ),

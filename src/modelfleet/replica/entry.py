@@ -13,6 +13,13 @@ How run() is called is decided once, at load (``analyse_run``), as azmlinfsrv do
   into a JSON object string (GET).
 
 A parameter named ``request_headers`` additionally receives the request headers as a dict.
+
+Dynamic batching (``batching.py``): a script may also define ``run_batch(items)``. Each item is
+what run()'s data parameter would get for that request: the body as text (plain run), the
+request object (``@rawhttp``), or, for ``@input_schema``, the dict of run()'s parameter names to
+the JSON values (the decorators are not applied: no type conversion, no schema check).
+``request_headers`` is not passed. ``Entry.item(call)`` builds one; ``Entry.batch_function``
+is run_batch or None.
 Contradictions (``@rawhttp`` with ``@input_schema``, ``*args``, no data parameter) are refused at
 load with a message that names the function and the fix.
 """
@@ -277,6 +284,8 @@ class Entry:
         self.init_function = init
         self.run_function = run
         self.plan = plan
+        batch = getattr(module, "run_batch", None)
+        self.batch_function: Callable[[list[Any]], Any] | None = batch if callable(batch) else None
         self.adapter: Callable[[Call], dict[str, Any]]
         if plan.style == STYLE_RAWHTTP:
             self.adapter = RawInput(plan.params[0].name, make_request)
@@ -293,6 +302,30 @@ class Entry:
             self.init_function()
         except BaseException as ex:  # noqa: BLE001 - SystemExit from init() is a failed init too
             raise InitFailed(f"init() in {self.path} raised {type(ex).__name__}: {ex}") from ex
+
+    def item(self, call: Call) -> Any:
+        """What run_batch() gets for this call (module docstring); raises BadInput,
+        UnsupportedInput or UnsupportedMethod as ``invoke`` does before run()."""
+        kwargs = self.adapter(call)
+        if self.plan.style == STYLE_SCHEMA:
+            return kwargs
+        return kwargs[self.plan.params[0].name]
+
+    def check_batching(self) -> None:
+        """ScriptError unless run_batch is defined and takes one list (batching is asked for)."""
+        batch = self.batch_function
+        if batch is None:
+            raise ScriptError(
+                f"{self.path} does not define run_batch(items), which max_batch_size > 1 needs; "
+                "define it (one answer per item, same order) or set max_batch_size to 1"
+            )
+        try:
+            inspect.signature(batch).bind([])
+        except (TypeError, ValueError) as ex:
+            raise ScriptError(
+                f"run_batch() in {self.path} cannot be called with one list of items ({ex}); "
+                "define it as `def run_batch(items):`"
+            ) from ex
 
     def invoke(self, call: Call) -> tuple[Any, float]:
         """Adapt the call, run run(), return (result, elapsed ms).

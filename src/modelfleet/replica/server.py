@@ -91,6 +91,13 @@ class ReplicaServer:
                 sys.path.append(folder)
         entry = load_entry(config.entry_script, compat.AMLRequest)
         logger.info("Loaded %s: run() style is %s", config.entry_script, entry.plan.style)
+        if config.max_batch_size > 1:  # before init(): a script that cannot batch fails fast
+            entry.check_batching()
+            logger.info(
+                "Dynamic batching: run_batch() with up to %d requests, gathered for up to %d ms",
+                config.max_batch_size,
+                config.max_batch_delay_ms,
+            )
         entry.init()
         logger.info("init() completed")
         swagger = SwaggerDocs(
@@ -98,6 +105,8 @@ class ReplicaServer:
         )
         self.app = App(Shared(config), entry, swagger)
         self.app.scorer.sink = self.sink
+        if self.app.batcher is not None and self.stats is not None:
+            self.stats.add(self.app.batcher.stats)  # batch sizes and busy calls (/metrics, autoscaler)
         return self.app
 
     async def serve(self) -> None:
