@@ -60,6 +60,8 @@ ADDITIONS = [
     "model_cache_memory_gb",
     "max_batch_size",
     "max_batch_delay_ms",
+    "scale_to_zero_after_seconds",
+    "cold_start_wait_ms",
     "compute_type",
 ]
 

@@ -23,8 +23,9 @@ Where modelfleet differs from v1, on purpose:
   (100 MiB), ``model_cache_size`` and ``model_cache_memory_gb`` (the bounds of a replica's
   models loaded on demand, ``modelfleet.replica.models``; unbounded when not given),
   ``max_batch_size`` and ``max_batch_delay_ms`` (dynamic batching: the script's
-  ``run_batch(items)``, ``modelfleet.replica.batching``; off at 1), ``port`` (local only; v1's
-  LocalWebservice setting).
+  ``run_batch(items)``, ``modelfleet.replica.batching``; off at 1), ``scale_to_zero_after_seconds``
+  (off) and ``cold_start_wait_ms`` (30000: scale to zero, README "Scale to zero"), ``port``
+  (local only; v1's LocalWebservice setting).
 
 v1 JSON files are read as they are. Unknown keys are a ``ConfigError`` that names the key and the
 known ones. Keys v1 had that mean nothing here (Docker image steps, GPU base images, Spark,
@@ -191,6 +192,16 @@ class DeploySpec:
     max_batch_delay_ms: int = setting(
         "int", 5, "batching.maxBatchDelayMs", "most ms a batch waits for more requests after its first", lo=0, hi=10000
     )
+    # Scale to zero (control/README "Scale to zero"): off when None; autoscale_min_replicas
+    # keeps v1's >= 1. While at zero the router holds requests max_request_wait_time +
+    # cold_start_wait_ms for the replica the first of them asks for.
+    scale_to_zero_after_seconds: int | None = setting(
+        "int", None, "scaleToZeroAfterSeconds", "seconds without a request before the last replica stops (off)",
+        lo=1, hi=86400,
+    )  # fmt: skip
+    cold_start_wait_ms: int = setting(
+        "int", 30000, "coldStartWaitMs", "ms more a request waits while a replica starts from zero", lo=0, hi=600000
+    )
     port: int | None = None
 
     def __post_init__(self) -> None:
@@ -217,6 +228,12 @@ class DeploySpec:
             )
         if not self.autoscale.enabled and self.num_replicas is None:
             raise ConfigError("autoscale disabled but num_replicas not provided; give num_replicas (at least 1)")
+        if self.scale_to_zero_after_seconds is not None and not self.autoscale.enabled:
+            raise ConfigError(
+                f"scale_to_zero_after_seconds={self.scale_to_zero_after_seconds} needs autoscaling: the "
+                "autoscaler stops the last replica and starts one again; drop num_replicas (autoscale_enabled=True) "
+                "or drop scale_to_zero_after_seconds"
+            )
         if self.auth_enabled and self.token_auth_enabled:
             raise ConfigError(
                 "cannot enable both key and token auth: auth_enabled and token_auth_enabled "
@@ -466,6 +483,8 @@ def aks_deploy_configuration(
     model_cache_memory_gb: float | None = None,
     max_batch_size: int | None = None,
     max_batch_delay_ms: int | None = None,
+    scale_to_zero_after_seconds: int | None = None,
+    cold_start_wait_ms: int | None = None,
     compute_type: str = "aks",
 ) -> DeploySpec:
     """v1 ``AksWebservice.deploy_configuration``: same parameters, order and defaults.
