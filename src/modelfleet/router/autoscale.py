@@ -34,6 +34,24 @@ at t=6.0). The last raw of 4 or more (5, at t=5.5) leaves the 60 s window after 
 the count goes 4 → 3 at t=65.75, 3 → 2 at t=66.75, 2 → 1 at t=67.75, and stays at 1 (the
 minimum).
 
+Scale to zero (``zero_after_s``, the service's ``scale_to_zero_after_seconds``; off when None).
+Utilization is undefined at 0 replicas (nothing to divide by), so these two rules use what
+the router saw instead: ``busy`` (requests in flight or held) and ``idle_s`` (seconds since a
+request last arrived, from the router's stats). They come before the steps above and skip
+the clamp to ``min_replicas`` (v1's >= 1 stays the floor of the rules above):
+
+- **1 → 0**: at ``min_replicas`` or fewer replicas, nothing busy now or over the refresh
+  period, and no request arrived for ``zero_after_s`` seconds: the count goes to 0.
+- **0 → 1**: at 0 replicas, a request held (``busy > 0``) or one arrived since the service went
+  to zero (``idle_s < zero_after_s``: it was at least that idle to get there, so a smaller
+  figure means an arrival, even one the router could not hold and answered 503): the count
+  goes to 1 at once, the first sample that sees it (no refresh period of waiting), within
+  the machine's room. From 1 replica on, the steps above apply as usual.
+
+Worked example (a test asserts it): ``zero_after_s`` 30, min 1, one replica, last request at
+t=0. At t=29.9 nothing changes; at t=30 the count goes 1 → 0. A request arrives at t=50 and
+waits in the router: the sample at t=50 (busy 1) goes 0 → 1.
+
 The replica calculator of v1's documentation, ``replicas_for``, is the same arithmetic
 planned ahead: replicas = ceil(target rps × request seconds ÷ target utilization ÷
 per-replica concurrency).
@@ -68,6 +86,7 @@ class Counts:
     current: int  # replicas the service has or is starting (the count last asked for)
     limit: int  # per-replica concurrency (replica_max_concurrent_requests)
     room: int | None = None  # how many more replicas fit on the machine; None: no limit known
+    idle_s: float | None = None  # seconds since a request last arrived at the router; None: unknown
 
 
 @dataclass(frozen=True)
@@ -79,16 +98,19 @@ class ScaleSettings:
     target: float  # 0.7 for autoscale_target_utilization=70
     refresh_s: float
     down_delay_s: float
+    zero_after_s: float | None = None  # scale_to_zero_after_seconds; None: never below min_replicas
 
     @classmethod
-    def from_spec(cls, spec: object) -> ScaleSettings:
-        """From a ``spec.AutoscaleSpec`` (duck-typed, so that this module imports nothing)."""
+    def from_spec(cls, spec: object, zero_after_s: float | None = None) -> ScaleSettings:
+        """From a ``spec.AutoscaleSpec`` (duck-typed, so that this module imports nothing) and
+        the service's ``scale_to_zero_after_seconds``."""
         return cls(
             min_replicas=spec.min_replicas,  # type: ignore[attr-defined]
             max_replicas=spec.max_replicas,  # type: ignore[attr-defined]
             target=spec.target_utilization / 100.0,  # type: ignore[attr-defined]
             refresh_s=float(spec.refresh_seconds),  # type: ignore[attr-defined]
             down_delay_s=float(spec.down_delay_seconds),  # type: ignore[attr-defined]
+            zero_after_s=None if zero_after_s is None else float(zero_after_s),
         )
 
 
@@ -162,8 +184,11 @@ def decide(counts: Counts, settings: ScaleSettings, state: ScaleState, now: floa
 
     desired, reason, limited_by = c.current, "", None
     util_text = "n/a (no ready replica)" if utilization is None else f"{utilization:.0%}"
+    zero = _to_or_from_zero(c, s, busy, samples)
+    if zero is not None:  # scale to zero's rules (module docstring): no clamp to the minimum
+        desired, reason = zero
     # 3. up at once, after about one refresh period above target
-    if above_since is not None and now - above_since >= s.refresh_s and raw > c.current:
+    elif above_since is not None and now - above_since >= s.refresh_s and raw > c.current:
         desired = raw
         reason = (
             f"utilization {util_text} above target {s.target:.0%} for {now - above_since:.1f} s: "
@@ -180,10 +205,10 @@ def decide(counts: Counts, settings: ScaleSettings, state: ScaleState, now: floa
                 f"(at most {held} replicas needed): one step down"
             )
     # 5. clamp
-    if desired > s.max_replicas:
+    if desired > s.max_replicas and zero is None:
         desired, limited_by = s.max_replicas, "max"
         reason += f"; capped at autoscale_max_replicas={s.max_replicas}" if reason else ""
-    if desired < s.min_replicas:
+    if desired < s.min_replicas and zero is None:
         desired, limited_by = s.min_replicas, "min"
         reason = reason or f"below autoscale_min_replicas={s.min_replicas}"
     if c.current > s.max_replicas and not reason:
@@ -203,6 +228,25 @@ def decide(counts: Counts, settings: ScaleSettings, state: ScaleState, now: floa
         mean_busy=mean_busy,
     )
     return decision, ScaleState(samples, above_since, down, last_change)
+
+
+def _to_or_from_zero(
+    c: Counts, s: ScaleSettings, busy: int, samples: tuple[tuple[float, int], ...]
+) -> tuple[int, str] | None:
+    """Scale to zero's two rules: (desired, reason) when one applies, else None."""
+    zero, idle = s.zero_after_s, c.idle_s
+    if zero is None:
+        return None
+    if c.current == 0:
+        if busy > 0:
+            return 1, f"{busy} request(s) held while scaled to zero: starting one replica"
+        if idle is not None and idle < zero:
+            return 1, f"a request arrived {idle:.1f} s ago while scaled to zero: starting one replica"
+        return 0, ""
+    quiet = busy == 0 and all(b == 0 for _, b in samples)
+    if c.current <= s.min_replicas and quiet and idle is not None and idle >= zero:
+        return 0, f"no request for {idle:.0f} s (scale_to_zero_after_seconds={zero:g}): scaling to zero"
+    return None
 
 
 def replicas_for(
