@@ -77,6 +77,10 @@ LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body thi
 class ClientConnection(ServerProtocol):
     """One client's TCP connection (its parser and the head being read: ``ServerProtocol``)."""
 
+    # A connection whose requests another router already authenticated (the Kubernetes router
+    # pods' peer port: targets/kubernetes/forward.py, which checks its own proof first).
+    trusted = False
+
     def __init__(self, router: FrontPort) -> None:
         super().__init__(router.refusals.limits)
         # Lives with the router.
@@ -235,7 +239,7 @@ class ClientConnection(ServerProtocol):
             decision = route(method, path, length, router.services)
             svc = decision.service
             canned = decision.answer
-            if decision.check_auth:
+            if decision.check_auth and not self.trusted:
                 result = authenticate(auth, svc.route.auth, router.wall_now)  # type: ignore[union-attr]
                 if result is not AuthResult.OK:
                     canned = C_401_MISSING if result is AuthResult.MISSING else C_401_INVALID
