@@ -32,6 +32,9 @@ Rules (the invariants the tests check):
    ``deadline <= now``, whatever its place in the queue; a request already past it on
    arrival is expired at once. These deadlines are kept in a heap beside the FIFO (the FIFO
    stays ordered by queue deadline), so ``next_wakeup`` and expiry stay O(log n).
+7. Scale to zero: a request that must wait while no replica is listed at all (the service is
+   at zero, or its first replica is starting) may wait ``max_wait_s + cold_wait_s``.
+   ``last_arrival`` is the ``now`` of the latest ``arrive`` (the autoscaler's idle time).
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -172,7 +175,9 @@ class Dispatch:
         self.limit = limit
         self.max_wait_s = max_wait_s
         self.busy_backoff_s = busy_backoff_s
+        self.cold_wait_s = 0.0  # extra wait while no replica is listed (scale to zero)
         self._policy = policy
+        self.last_arrival = 0.0  # ``now`` of the latest arrive (set at creation by the caller)
         # Replicas: the list is the pick order; the dict finds a slot by id.
         self._slots: list[Slot] = []
         self._by_id: dict[str, Slot] = {}
@@ -228,15 +233,19 @@ class Dispatch:
     def arrive(self, req: Hashable, now: float, deadline: float | None = None) -> Action | None:
         """A new request: ``Send`` at once, ``None`` (queued), ``Reject`` when it may not wait,
         or ``Expire`` when its caller's ``deadline`` (monotonic seconds) has passed already."""
+        self.last_arrival = now
         if deadline is not None and deadline <= now:
             return Expire(req)
         if not self._queue:
             i = self._policy(self._slots, self.limit, now, self._turn)
             if i >= 0:
                 return self._assign(i, req)
-        if self.max_wait_s <= 0:
+        wait = self.max_wait_s
+        if self.cold_wait_s and not any(s.listed for s in self._slots):
+            wait += self.cold_wait_s  # no replica at all: one is being started for it
+        if wait <= 0:
             return Reject(req)
-        self._queue[req] = until = now + self.max_wait_s
+        self._queue[req] = until = now + wait
         if deadline is not None and deadline < until:
             self._push_due(req, deadline)
         return None
@@ -321,12 +330,14 @@ class Dispatch:
         s.busy_until = 0.0
         return self._serve(now) if self._queue else _NOTHING
 
-    def configure(self, limit: int, max_wait_s: float, now: float) -> Sequence[Action]:
-        """New per-replica limit and wait. Waiters keep their place; their deadlines move by
-        the change in wait, so the queue stays ordered by deadline."""
+    def configure(self, limit: int, max_wait_s: float, now: float, cold_wait_s: float = 0.0) -> Sequence[Action]:
+        """New per-replica limit and wait (and the extra wait with no replica, rule 7). Waiters
+        keep their place; their deadlines move by the change in wait, so the queue stays
+        ordered by deadline."""
         shift = max_wait_s - self.max_wait_s
         self.limit = limit
         self.max_wait_s = max_wait_s
+        self.cold_wait_s = cold_wait_s
         if shift and self._queue:
             for req in self._queue:
                 self._queue[req] += shift

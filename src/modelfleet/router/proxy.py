@@ -222,7 +222,8 @@ class Router:
         key = route.name.encode()
         svc = self.services.get(key)
         if svc is None:
-            self.services[key] = ServiceState(route)
+            self.services[key] = svc = ServiceState(route)
+            svc.dispatch.last_arrival = self._now()  # idle from here until a request comes
             log.info("service %s: added (max_concurrent=%d)", route.name, route.max_concurrent)
             self._version_changed(key)
             return
@@ -346,14 +347,17 @@ class Router:
         log.info("service %s: removed", service)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per service: in_flight, queued, limit and each replica's in_flight and readiness."""
+        """Per service: in_flight, queued, limit, idle_s (seconds since a request last arrived)
+        and each replica's in_flight and readiness."""
         out: dict[str, dict[str, Any]] = {}
+        now = self._now()
         for svc in self.services.values():
             d = svc.dispatch
             out[svc.route.name] = {
                 "in_flight": d.in_flight,
                 "queued": d.queued,
                 "limit": d.limit,
+                "idle_s": now - d.last_arrival,  # since a request last arrived (scale to zero)
                 "replicas": {s.id: {"in_flight": s.in_flight, "ready": s.listed and not s.failed} for s in d.slots()},
             }
         return out
