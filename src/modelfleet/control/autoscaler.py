@@ -20,6 +20,12 @@ the count goes as far as fits, the service's state detail says why (it stays Hea
 one scale event records it (``from`` == ``to`` when nothing fitted); the loop does not start
 replicas that cannot fit, and says nothing more until the room changes back.
 
+Scale to zero (``scale_to_zero_after_seconds``): the router's ``idle_s`` (seconds since a
+request last arrived) goes into the decision, whose rules for 1 → 0 and 0 → 1 are in
+``router/autoscale.py``. The signal is the router's counters, nothing local: a router that
+reports ``queued`` and ``idle_s`` for a service at zero gets a replica started by whatever
+samples it (this loop here; the Kubernetes router's scaler could read the same counts).
+
 A rise whose new replicas fail to start (init() raised, say) is not retried for
 ``FAILED_START_BACKOFF_S`` from the first sample that sees it: the controller records why in a
 scale event and counts it (``start_failures``).
@@ -146,7 +152,7 @@ class Autoscaler:
                 self._tracked.pop(name, None)
                 continue
             tracked = self._tracked.setdefault(name, _Tracked(start_failures=controller.start_failures))
-            settings = ScaleSettings.from_spec(spec.autoscale)
+            settings = ScaleSettings.from_spec(spec.autoscale, spec.scale_to_zero_after_seconds)
             if now < tracked.next_sample:
                 continue
             tracked.next_sample = now + settings.refresh_s / SAMPLES_PER_REFRESH
@@ -174,6 +180,7 @@ class Autoscaler:
             current=controller.replica_count,
             limit=stats["limit"],
             room=room,
+            idle_s=stats.get("idle_s"),
         )
         decision, tracked.state = decide(counts, settings, tracked.state, now)
         tracked.last = decision

@@ -22,7 +22,10 @@ Rules, in order:
 3. Replicas of any other generation are stopped (``Stop``), drained first.
 4. The state: Transitioning while the first generation rolls out; Failed when it failed;
    Healthy when every replica of the serving generation is Ready (replicas still starting for
-   a scale-up are not counted); Unhealthy ("k of n replicas ready") otherwise.
+   a scale-up are not counted); Unhealthy ("k of n replicas ready") otherwise. A serving
+   generation scaled to zero (``scale_to_zero_after_seconds``: the only way the desired count
+   is 0) is Healthy with the detail "scaled to zero", and "scaled to zero; starting a replica"
+   while the first one comes back: it answers every request it can hold.
 
 Draining replicas are the target's business from the moment they are removed: they are
 ignored here. Worked example: generation 2 of a service serving generation 1 with two Ready
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from modelfleet.targets.base import ReplicaInfo, ReplicaState
 
 HEALTHY, UNHEALTHY, TRANSITIONING, FAILED = "Healthy", "Unhealthy", "Transitioning", "Failed"
+SCALED_TO_ZERO = "scaled to zero"  # the state detail of a Healthy service with no replica
 
 _GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
 
@@ -169,6 +173,10 @@ def decide(desired: Desired, memory: Memory, observed: Sequence[ReplicaInfo]) ->
     note = None
     if memory.failed == gen and memory.failure:
         note = f"update to generation {gen} failed: {memory.failure}; still serving generation {serving}"
+    if not failed and all(r.new for r in current) and (current or desired.replicas == 0):
+        # at zero, or its first replica starting again: nothing is wrong (scale to zero)
+        zero = SCALED_TO_ZERO if not current else f"{SCALED_TO_ZERO}; starting a replica"
+        return Decision(tuple(actions), HEALTHY, zero if note is None else f"{zero}; {note}")
     state, detail = _health(current, note)
     return Decision(tuple(actions), state, detail)
 
