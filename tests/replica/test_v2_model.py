@@ -1,0 +1,179 @@
+"""How a loaded entry script answers Open Inference Protocol calls (replica/v2.py), without
+sockets: an inference-schema script and an infer() script answer tritonclient's bodies, a
+script with neither says what it lacks, and the script's failures are 500s naming run() or
+infer()."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from inference_schema import schema_util
+from tritonclient.http._utils import _get_inference_request
+
+from modelfleet.replica.entry import Call, load_entry
+from modelfleet.replica.scoring import format_exception
+from modelfleet.replica.v2 import V2Model, v2_path
+
+SCHEMA_SCRIPT = """
+import numpy as np
+from inference_schema.schema_decorators import input_schema, output_schema
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+
+def init():
+    pass
+
+@input_schema("data", NumpyParameterType(np.array([[1.0, 2.0]], dtype=np.float32)))
+@output_schema(NumpyParameterType(np.array([1.0], dtype=np.float64)))
+def run(data):
+    if data[0][0] < 0:
+        raise RuntimeError("negative")
+    return data.sum(axis=1)
+"""
+
+INFER_SCRIPT = """
+import json
+
+def init():
+    pass
+
+def run(raw):
+    return json.loads(raw)
+
+def infer(inputs):
+    return {"doubled": inputs["x"] * 2, "count": [inputs["x"].size]}
+"""
+
+PLAIN_SCRIPT = """
+def init():
+    pass
+
+def run(raw):
+    return raw
+"""
+
+
+@pytest.fixture(autouse=True)
+def _forget_schemas():
+    """inference-schema registers run() by module and name, once per process (a replica loads one
+    script); these tests load several under the same name."""
+    yield
+    schema_util.__functions_schema__.clear()
+    schema_util.__versions__.clear()
+
+
+def model_of(tmp_path, source):
+    path = tmp_path / "score.py"
+    path.write_text(textwrap.dedent(source))
+    entry = load_entry(str(path), make_request=lambda call: call)
+    entry.init()
+    return V2Model(entry, format_exception)
+
+
+def infer_call(inputs, outputs=None):
+    body, header_length = _get_inference_request(
+        inputs,
+        request_id="q1",
+        outputs=outputs,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        custom_parameters=None,
+    )
+    headers = [(b"content-type", b"application/json")]
+    if header_length is not None:
+        headers.append((b"inference-header-content-length", str(header_length).encode()))
+    return Call("POST", "/v2/models/m/infer", b"", headers, body)
+
+
+def answer(reply):
+    header_length = None
+    for line in reply.headers.split(b"\r\n"):
+        if line.lower().startswith(b"inference-header-content-length:"):
+            header_length = int(line.split(b":")[1])
+    return triton.InferResult.from_response_body(reply.body, header_length=header_length)
+
+
+def data_input(array):
+    tensor = triton.InferInput("data", list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def test_a_schema_script_answers_with_its_declared_output(tmp_path):
+    model = model_of(tmp_path, SCHEMA_SCRIPT)
+    reply = model.infer(infer_call([data_input(np.array([[1, 2], [3, 4]], dtype=np.float32))]), "m", "2")
+    assert reply.status == 200
+    result = answer(reply)
+    np.testing.assert_array_equal(result.as_numpy("output_0"), [3.0, 7.0])
+    assert result.get_response()["model_version"] == "2" and result.get_response()["id"] == "q1"
+    meta = json.loads(model.metadata("m", "2").body)
+    assert meta["inputs"] == [{"name": "data", "datatype": "FP32", "shape": [-1, 2]}]
+
+
+def test_a_wrong_datatype_is_a_400_naming_the_input(tmp_path):
+    model = model_of(tmp_path, SCHEMA_SCRIPT)
+    tensor = triton.InferInput("data", [1, 2], "FP64")
+    tensor.set_data_from_numpy(np.array([[1, 2]], dtype=np.float64))
+    reply = model.infer(infer_call([tensor]), "m", None)
+    assert reply.status == 400
+    assert json.loads(reply.body)["error"] == "input 'data' must be FP32 (got FP64)"
+
+
+def test_run_raising_is_a_500_and_the_model_keeps_answering(tmp_path):
+    model = model_of(tmp_path, SCHEMA_SCRIPT)
+    failed = model.infer(infer_call([data_input(np.array([[-1, 0]], dtype=np.float32))]), "m", None)
+    assert failed.status == 500 and "run() raised" in json.loads(failed.body)["error"]
+    assert model.infer(infer_call([data_input(np.array([[1, 1]], dtype=np.float32))]), "m", None).status == 200
+
+
+def test_an_infer_script_gets_its_tensors_by_name_and_output_selection_works(tmp_path):
+    model = model_of(tmp_path, INFER_SCRIPT)
+    x = triton.InferInput("x", [3], "INT32")
+    x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
+    reply = model.infer(infer_call([x], outputs=[triton.InferRequestedOutput("doubled")]), "m", None)
+    result = answer(reply)
+    np.testing.assert_array_equal(result.as_numpy("doubled"), [2, 4, 6])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["doubled"]
+
+
+def test_a_script_with_neither_says_what_it_lacks(tmp_path):
+    model = model_of(tmp_path, PLAIN_SCRIPT)
+    for reply in (
+        model.metadata("m", None),
+        model.infer(infer_call([data_input(np.ones((1, 2), np.float32))]), "m", None),
+    ):
+        assert reply.status == 400
+        message = json.loads(reply.body)["error"]
+        assert "no inference-schema decorators" in message and "infer(inputs" in message
+
+
+def test_a_bad_header_length_is_refused(tmp_path):
+    model = model_of(tmp_path, INFER_SCRIPT)
+    call = infer_call([data_input(np.ones((1, 2), np.float32))])
+    reply = model.infer(
+        Call(call.method, call.path, b"", [(b"inference-header-content-length", b"ten")], call.body), "m", None
+    )
+    assert reply.status == 400 and "whole number of bytes" in json.loads(reply.body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "parsed"),
+    [
+        ("/v2/models/fraud", ("fraud", None, "")),
+        ("/v2/models/fraud/ready", ("fraud", None, "ready")),
+        ("/v2/models/fraud/infer", ("fraud", None, "infer")),
+        ("/v2/models/fraud/versions/3/infer", ("fraud", "3", "infer")),
+        ("/v2/models/fraud/versions/3", ("fraud", "3", "")),
+        ("/v2/models/fraud/explain", None),
+        ("/v2/models//infer", None),
+        ("/v2/health/live", None),
+    ],
+)
+def test_v2_paths(path, parsed):
+    assert v2_path(path) == parsed
