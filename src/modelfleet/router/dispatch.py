@@ -330,14 +330,17 @@ class Dispatch:
         s.busy_until = 0.0
         return self._serve(now) if self._queue else _NOTHING
 
-    def configure(self, limit: int, max_wait_s: float, now: float, cold_wait_s: float = 0.0) -> Sequence[Action]:
-        """New per-replica limit and wait (and the extra wait with no replica, rule 7). Waiters
-        keep their place; their deadlines move by the change in wait, so the queue stays
-        ordered by deadline."""
+    def configure(
+        self, limit: int, max_wait_s: float, now: float, cold_wait_s: float | None = None
+    ) -> Sequence[Action]:
+        """New per-replica limit and wait (and, unless None, the extra wait with no replica:
+        rule 7). Waiters keep their place; their deadlines move by the change in wait, so the
+        queue stays ordered by deadline."""
         shift = max_wait_s - self.max_wait_s
         self.limit = limit
         self.max_wait_s = max_wait_s
-        self.cold_wait_s = cold_wait_s
+        if cold_wait_s is not None:
+            self.cold_wait_s = cold_wait_s
         if shift and self._queue:
             for req in self._queue:
                 self._queue[req] += shift

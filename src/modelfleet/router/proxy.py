@@ -273,6 +273,18 @@ class Router:
             if front is not None and front.endpoint is not None:
                 front.endpoint.refresh(self.services)
 
+    def set_cold_wait(self, service: str, seconds: float) -> None:
+        """Scale to zero: how much longer than max_request_wait_time a request may wait while
+        the service has no replica at all (``cold_start_wait_ms``; 0 when scale to zero is off)."""
+        svc = self.services.get(service.encode())
+        if svc is None or svc.dispatch.cold_wait_s == seconds:
+            return
+        if not seconds >= 0:
+            raise ConfigError(f"cold_start_wait_ms must be >= 0 (got {seconds!r} s)")
+        d = svc.dispatch
+        self.apply(svc, d.configure(d.limit, d.max_wait_s, self._now(), cold_wait_s=float(seconds)))
+        log.info("service %s: requests wait up to %.1f s more while it has no replica", service, seconds)
+
     def set_service_failed(self, service: str, reason: str | None) -> None:
         """The service cannot serve (e.g. every replica failed init()): new and waiting requests
         get 503 saying so and why, without Retry-After. ``None`` clears it; so does

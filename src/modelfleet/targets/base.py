@@ -125,6 +125,7 @@ class RouteEntry:
     max_body_bytes: int = 100 * 1024 * 1024
     trace: bool = False
     failure: str | None = None
+    cold_wait_s: float = 0.0  # scale to zero: more a request may wait while no replica exists
 
 
 class ComputeTarget(Protocol):

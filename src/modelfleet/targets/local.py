@@ -227,6 +227,7 @@ class LocalTarget:
 
     def publish(self, route: RouteEntry) -> None:
         self._table.publish(route, self.replica_secret(route.service).encode())
+        self._table.router.set_cold_wait(route.service, route.cold_wait_s)  # scale to zero's hold
         self._sync_router(route.service)
 
     def replica_secret(self, service: str) -> str:
