@@ -20,6 +20,7 @@ _EXPORTS = {
     "CondaDependencies": "modelfleet.sdk.conda_dependencies",
     "Webservice": "modelfleet.sdk.webservice",
     "AksWebservice": "modelfleet.sdk.webservice",
+    "AksEndpoint": "modelfleet.sdk.webservice",
     "LocalWebservice": "modelfleet.sdk.webservice",
     "KubernetesCompute": "modelfleet.sdk.compute",
     "AksCompute": "modelfleet.sdk.compute",

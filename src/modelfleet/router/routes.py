@@ -20,7 +20,7 @@ from typing import Protocol
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
-from modelfleet.spec.names import validate_service_name
+from modelfleet.spec.names import is_version_service_name, validate_service_name
 from modelfleet.telemetry.counters import ServiceMetrics
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ServiceRoute",
     "ServiceState",
     "Upstream",
+    "Versions",
     "error_answer",
     "route",
     "status_line",
@@ -59,7 +60,8 @@ class ServiceRoute:
     trace: bool = False  # enable_app_insights: each request's timings go to the router's tracer
 
     def __post_init__(self) -> None:
-        validate_service_name(self.name)  # the one rule, from spec/names.py
+        if not is_version_service_name(self.name):  # an endpoint's version runs as "<endpoint>:<version>"
+            validate_service_name(self.name)  # the one rule, from spec/names.py
         if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
             raise ConfigError(f"replica_max_concurrent_requests must be an integer >= 1 (got {self.max_concurrent!r})")
         if not self.max_wait_s >= 0:
@@ -177,11 +179,24 @@ class Timed(Hashable, Protocol):
     def timed_out(self) -> None: ...
 
 
+class Versions(Protocol):
+    """An endpoint's versions (``versions.EndpointState``): which one serves a request."""
+
+    def pick(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[ServiceState | None, Canned | None, bytes]: ...
+    def refresh(self, services: Mapping[bytes, ServiceState]) -> None: ...
+
+
 class ServiceState:
-    """Everything the router keeps per service, from set_service to remove_service."""
+    """Everything the router keeps per service, from set_service to remove_service.
+
+    An endpoint's front (``versions``) is one too: its route holds the endpoint's auth and body
+    limit, and ``endpoint`` picks the version's service that serves each request. A version's
+    own service (``<endpoint>:<version>``) is reached only through its endpoint: its paths
+    answer 404 (decisions built so, nothing checked per request)."""
 
     def __init__(self, route: ServiceRoute) -> None:
         self.route = route
+        self.endpoint: Versions | None = None
         self.dispatch = Dispatch(route.name, route.max_concurrent, route.max_wait_s)
         # id -> (upstream, pool key, header lines added for it); holds listed replicas and retiring ones
         # that still have requests in flight.
@@ -241,6 +256,9 @@ class ServiceState:
         self.d_405_swagger = Decision(self, self.c405_swagger, False, b"")
         # another path under the service's prefix: 404, counted as the service's answer
         self.d_404 = Decision(self, C_404, False, b"")
+        if is_version_service_name(n):  # reached through its endpoint only
+            self.d_score = self.d_score_413 = self.d_swagger = self.d_swagger_413 = self.d_404
+            self.d_405_score = self.d_405_swagger = self.d_404
 
     def update(self, route: ServiceRoute) -> None:
         self.route = route
@@ -275,6 +293,7 @@ REQ_SPECIAL = {
     b"upgrade": H_DROP,
     b"host": H_DROP,
     SECRET_HEADER: H_DROP,  # only the router may send it
+    b"azureml-model-deployment": H_DROP,  # an endpoint's version: read by the router (versions.py), which sends its own
     b"authorization": H_AUTH,  # keys never reach the replica (or its logs)
     b"content-length": H_LENGTH,
     b"transfer-encoding": H_TE,
@@ -297,6 +316,7 @@ RESP_SKIP = frozenset(
         b"x-ms-request-id",
         b"x-request-id",
         b"x-ms-client-request-id",
+        b"azureml-model-deployment",  # an endpoint's answers carry the router's own (versions.py)
     ]
 )
 BUSY_HEADER = b"x-modelfleet-busy"

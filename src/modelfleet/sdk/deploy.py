@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, Conflict, NotFound
 from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
 from modelfleet.sdk.cluster_limits import refuse_unsupported_on_cluster
 from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, deployment_target_of
+from modelfleet.sdk.endpoint import deploy_endpoint
 from modelfleet.sdk.keys import check_key, new_key
 from modelfleet.sdk.service_config import build_config
-from modelfleet.sdk.webservice import Webservice
+from modelfleet.sdk.webservice import EndpointDeployConfig, Webservice
 from modelfleet.spec import DeploySpec, aks_deploy_configuration, validate_service_name
+from modelfleet.store.endpoints import is_endpoint_config
 
 if TYPE_CHECKING:
     from modelfleet.sdk.environment import InferenceConfig
@@ -39,7 +41,19 @@ def deploy_service(
     overwrite: bool = False,
     show_output: bool = False,
 ) -> Webservice:
+    if isinstance(deployment_config, EndpointDeployConfig):  # AksEndpoint.deploy_configuration(...)
+        return deploy_endpoint(
+            workspace,
+            name,
+            models,
+            inference_config,
+            deployment_config,
+            deployment_target=deployment_target,
+            overwrite=overwrite,
+            show_output=show_output,
+        )
     validate_service_name(name)
+    _refuse_endpoint_name(workspace, name)
     target = deployment_target_of(workspace, deployment_target)  # None: the local cluster
     if inference_config is None:
         raise ConfigError("Model.deploy needs inference_config=InferenceConfig(entry_script=..., ...)")
@@ -90,3 +104,16 @@ def _refuse_unsupported(spec: DeploySpec) -> None:
         value = getattr(spec, field_name)
         if value is not None:
             check_key(field_name, value)
+
+
+def _refuse_endpoint_name(workspace: WorkspaceBase, name: str) -> None:
+    """A service cannot take an endpoint's name, even with overwrite (its versions would be orphaned)."""
+    try:
+        record = workspace.store.get_service(name)
+    except NotFound:
+        return
+    if is_endpoint_config(record.config):
+        raise Conflict(
+            f'"{name}" is already an endpoint in workspace "{workspace.name}"; a service needs a name of its own '
+            f"(or delete the endpoint first: `modelfleet endpoint delete -n {name}`)"
+        )

@@ -32,7 +32,9 @@ class Model(RegisteredModel):
         overwrite: bool = False,
         show_output: bool = False,
     ) -> Webservice:
-        """Deploy ``models`` as service ``name`` to the local cluster (started if needed)."""
+        """Deploy ``models`` as service ``name`` to the local cluster (started if needed); with
+        ``AksEndpoint.deploy_configuration(version_name=...)``, as endpoint ``name`` with that
+        first version (an ``AksEndpoint`` is returned)."""
         return deploy_service(
             workspace,
             name,

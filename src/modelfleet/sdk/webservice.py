@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +24,22 @@ from modelfleet.sdk.service_config import build_config, model_refs
 from modelfleet.sdk.workspace_base import WorkspaceBase
 from modelfleet.spec import DeploySpec, EnvironmentSpec, aks_deploy_configuration, local_deploy_configuration
 from modelfleet.spec.deploy import BY_FLAT
+from modelfleet.spec.names import (
+    VERSION_SEPARATOR,
+    is_version_service_name,
+    validate_version_name,
+    version_service_name,
+)
+from modelfleet.store.endpoints import (
+    ENDPOINT_KEY,
+    check_versions,
+    default_version,
+    is_endpoint_config,
+    weights,
+    with_traffic,
+    with_version,
+    without_version,
+)
 from modelfleet.store.models import string_map
 from modelfleet.store.registry import ServiceRecord
 
@@ -271,11 +289,16 @@ class Webservice:
 
     def run(self, input_data: Any, timeout: float = 90.0) -> Any:
         """POST ``input_data`` to the scoring URI with this service's key; the decoded answer."""
+        return self._run(input_data, timeout)
+
+    def _run(self, input_data: Any, timeout: float, version: str | None = None) -> Any:
         uri = self.scoring_uri
         if uri is None:
             raise ModelfleetError(f"service {self.name} has no scoring URI yet; is the cluster running?")
         body = input_data if isinstance(input_data, str | bytes) else json.dumps(input_data)
         headers = {"Content-Type": "application/json"}
+        if version is not None:  # an endpoint's version, pinned (router/versions.py)
+            headers["azureml-model-deployment"] = version
         if self.auth_enabled:
             headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
         elif self.token_auth_enabled:
@@ -479,7 +502,10 @@ class Webservice:
         records = workspace.store.list_services()
         metas = service_meta.current_of_all(workspace.store, records) if tag_conds or prop_conds else {}
         for record in records:
-            service = _flavour(record.config["deploy"])._listed(workspace, record.name)
+            if is_version_service_name(record.name):
+                continue  # an endpoint's version: listed with its endpoint (AksEndpoint.versions)
+            flavour = AksEndpoint if is_endpoint_config(record.config) else _flavour(record.config["deploy"])
+            service = flavour._listed(workspace, record.name)
             if compute_type is not None:
                 spec = DeploySpec.from_dict(record.config["deploy"])
                 if _compute_type(spec).lower() != compute_type.lower():
@@ -506,6 +532,10 @@ class Webservice:
         if cls is Webservice:
             record = workspace.store.get_service(name)
             cls = _flavour(record.config["deploy"])
+            if is_endpoint_config(record.config):
+                cls = AksEndpoint
+            elif is_version_service_name(name):
+                cls = EndpointVersion
         return super().__new__(cls)
 
 
@@ -541,6 +571,368 @@ class LocalWebservice(Webservice):
     """v1's local deployment: one replica, auth off, on the local cluster."""
 
     deploy_configuration = staticmethod(local_deploy_configuration)
+
+
+# -- endpoints (v1's AksEndpoint) ------------------------------------------------------------
+#
+# Words: a *version* is an endpoint's named deployment ("blue", "green"); a *model version* is
+# a registered model's number. Storage and rules: store/endpoints.py; routing: router/versions.py.
+
+
+@dataclass(frozen=True)
+class EndpointDeployConfig:
+    """What ``AksEndpoint.deploy_configuration`` returns: an AksWebservice configuration (the
+    version's settings, and the endpoint's auth) with the version's name and share."""
+
+    spec: DeploySpec
+    version_name: str
+    traffic_percentile: float | None = None
+    is_default: bool | None = None
+    is_control_version_type: bool | None = None
+    mirror_percentile: float | None = None
+
+    def version_entry(self) -> dict[str, Any]:
+        return _version_entry(
+            self.traffic_percentile, self.is_default, self.mirror_percentile, self.is_control_version_type
+        )
+
+
+def endpoint_deploy_configuration(
+    version_name: str | None = None,
+    traffic_percentile: float | None = None,
+    is_default: bool | None = None,
+    is_control_version_type: bool | None = None,
+    *,
+    mirror_percentile: float | None = None,
+    **settings: Any,
+) -> EndpointDeployConfig:
+    """v1 ``AksEndpoint.deploy_configuration``: every ``AksWebservice.deploy_configuration``
+    setting (same names and defaults), plus the first version's ``version_name`` (required),
+    ``traffic_percentile``, ``is_default`` and ``is_control_version_type``. ``mirror_percentile``
+    (modelfleet) is refused above 0 for now: mirroring is not built yet."""
+    if version_name is None:
+        raise ConfigError("version_name is required: the name of the endpoint's first version, e.g. 'blue'")
+    validate_version_name(version_name)
+    spec = aks_deploy_configuration(**settings)
+    config = EndpointDeployConfig(
+        spec, version_name, traffic_percentile, is_default, is_control_version_type, mirror_percentile
+    )
+    check_versions(with_version({}, version_name, **_share_changes(config.version_entry()), create=True))
+    return config
+
+
+def _version_entry(
+    traffic_percentile: float | None,
+    is_default: bool | None,
+    mirror_percentile: float | None,
+    is_control_version_type: bool | None,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    if traffic_percentile is not None:
+        entry["traffic_percentile"] = traffic_percentile
+    if is_default is not None:
+        entry["is_default"] = is_default
+    if mirror_percentile is not None:
+        entry["mirror_percentile"] = mirror_percentile
+    if is_control_version_type is not None:
+        if not isinstance(is_control_version_type, bool):
+            raise ConfigError(f"is_control_version_type must be True or False (got {is_control_version_type!r})")
+        entry["is_control_version_type"] = is_control_version_type
+    return entry
+
+
+def _share_changes(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: entry[k] for k in ("traffic_percentile", "is_default", "mirror_percentile") if k in entry}
+
+
+def version_spec(spec: DeploySpec) -> DeploySpec:
+    """A version's own settings: auth is the endpoint's, so the version's service has none."""
+    return spec.replace(auth_enabled=False, token_auth_enabled=False, primary_key=None, secondary_key=None)
+
+
+def endpoint_config(spec: DeploySpec, versions: Mapping[str, Any]) -> dict[str, Any]:
+    """The endpoint's stored config (store/endpoints.py): its versions, its auth settings."""
+    return {ENDPOINT_KEY: {"versions": dict(versions)}, "deploy": spec.to_dict(), "models": [], "environment": {}}
+
+
+class AksEndpoint(AksWebservice):
+    """One scoring URI with named versions behind it (v1: ``azureml.core.webservice.AksEndpoint``).
+
+    ``AksEndpoint(ws, name)`` or ``Webservice(ws, name)`` looks it up. Each version is a
+    deployment of its own (models, inference config, replicas, autoscaling, limits); the router
+    splits the endpoint's requests between them by ``traffic_percentile``, the default version
+    taking what the others leave. Keys and tokens are the endpoint's.
+    """
+
+    deploy_configuration = staticmethod(endpoint_deploy_configuration)  # type: ignore[assignment]
+
+    def __init__(self, workspace: WorkspaceBase, name: str) -> None:
+        super().__init__(workspace, name)
+        if not is_endpoint_config(self._record().config):
+            raise NotFound(f'"{name}" is a service, not an endpoint; use Webservice(ws, "{name}")')
+
+    def _versions(self) -> dict[str, dict[str, Any]]:
+        return dict(self._record().config[ENDPOINT_KEY]["versions"])
+
+    @property
+    def versions(self) -> dict[str, EndpointVersion]:
+        """Version name -> the version (v1: ``versions``)."""
+        return {v: EndpointVersion._of(self, v) for v in sorted(self._versions())}
+
+    @property
+    def default_version(self) -> str:
+        return default_version(self._versions())
+
+    @property
+    def traffic(self) -> dict[str, float]:
+        """Each version's share of requests in percent while all are healthy (a version that is
+        not healthy gets none and its share goes to the default)."""
+        return weights(self._versions())
+
+    @property
+    def state(self) -> str:
+        """Transitioning while a version is; otherwise the default version's state, or
+        Unhealthy when the default is Healthy and another version is not."""
+        states = {
+            v: self.workspace.store.get_service(version_service_name(self.name, v)).state for v in self._versions()
+        }
+        if "Transitioning" in states.values():
+            return "Transitioning"
+        main = states[self.default_version]
+        if main != "Healthy":
+            return main
+        return "Healthy" if all(s == "Healthy" for s in states.values()) else "Unhealthy"
+
+    @property
+    def error(self) -> str | None:
+        errors = [f"{n}: {v.error}" for n, v in self.versions.items() if v.error and v.state != "Healthy"]
+        return "; ".join(errors) or None
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        return [m for v in self.versions.values() for m in v.models]
+
+    def create_version(
+        self,
+        version_name: str,
+        models: Sequence[RegisteredModel] | None = None,
+        inference_config: Any = None,
+        traffic_percentile: float | None = None,
+        is_default: bool | None = None,
+        is_control_version_type: bool | None = None,
+        *,
+        mirror_percentile: float | None = None,
+        **settings: Any,
+    ) -> EndpointVersion:
+        """Add a version with its own models, inference config and ``AksWebservice`` settings
+        (v1 names and defaults); it takes ``traffic_percentile`` percent of requests once it is
+        Healthy (``is_default=True``: what the others leave). Returns at once, as v1 did;
+        ``wait_for_deployment()`` waits for it."""
+        validate_version_name(version_name)
+        if models is None or inference_config is None:
+            raise ConfigError("create_version needs models=[...] and inference_config=InferenceConfig(...)")
+        record = self._record()
+        entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
+        versions = with_version(
+            record.config[ENDPOINT_KEY]["versions"], version_name, **_share_changes(entry), create=True
+        )
+        versions[version_name].update(entry)
+        spec = aks_deploy_configuration(**settings)
+        refuse_never_fits(spec)
+        internal = version_service_name(self.name, version_name)
+        config = build_config(self.workspace, list(models), inference_config.to_spec(), version_spec(spec))
+        store = self.workspace.store
+        store.create_service(
+            internal, config, primary_key=None, secondary_key=None, overwrite=True, cluster=record.cluster
+        )
+        service_meta.save(
+            store, internal, service_meta.Metadata(dict(spec.tags), dict(spec.properties), spec.description)
+        )
+        self._save_versions(versions)
+        return EndpointVersion._of(self, version_name)
+
+    def update_version(
+        self,
+        version_name: str,
+        models: Sequence[RegisteredModel] | None = None,
+        inference_config: Any = None,
+        traffic_percentile: float | None = None,
+        is_default: bool | None = None,
+        is_control_version_type: bool | None = None,
+        *,
+        mirror_percentile: float | None = None,
+        **settings: Any,
+    ) -> None:
+        """Change a version: its share or default-ness (the router follows at once, no replica
+        is touched), and/or its models, inference config or settings (its replicas are replaced
+        with no failed request, as ``Webservice.update`` does). ``None`` leaves a value as it is."""
+        record = self._record()
+        entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
+        versions = with_version(
+            record.config[ENDPOINT_KEY]["versions"], version_name, **_share_changes(entry), create=False
+        )
+        versions[version_name].update({k: v for k, v in entry.items() if k == "is_control_version_type"})
+        version = EndpointVersion._of(self, version_name)
+        for key in ("auth_enabled", "token_auth_enabled", "primary_key", "secondary_key"):
+            if key in settings:
+                raise ConfigError(f"{key} is the endpoint's, not a version's: use endpoint.update({key}=...)")
+        if models is not None or inference_config is not None or settings:
+            version.update(list(models) if models is not None else None, inference_config, **settings)
+        if versions != record.config[ENDPOINT_KEY]["versions"]:
+            self._save_versions(versions)
+
+    def delete_version(self, version_name: str) -> None:
+        """Remove a version: the router stops sending it requests at once, then its replicas
+        drain and stop. The default version and the only version cannot be deleted."""
+        record = self._record()
+        versions = without_version(record.config[ENDPOINT_KEY]["versions"], version_name)
+        self._save_versions(versions, deleted=version_name)
+
+    def set_traffic(self, shares: Mapping[str, float]) -> None:
+        """The whole split at once: ``{"blue": 90, "green": 10}``; versions left out get 0 and
+        the default takes what the others leave (``modelfleet endpoint traffic``)."""
+        self._save_versions(with_traffic(self._versions(), shares))
+
+    def _save_versions(self, versions: Mapping[str, Any], deleted: str | None = None) -> None:
+        record = self._record()
+        config = {**record.config, ENDPOINT_KEY: {**record.config[ENDPOINT_KEY], "versions": dict(versions)}}
+        store = self.workspace.store
+        store.update_service_config(self.name, config)
+        cluster = self.workspace.cluster()
+        if cluster.info() is not None:
+            cluster.sync(self.name)  # the daemon deletes a version no longer listed
+        elif deleted is not None:
+            with contextlib.suppress(NotFound):
+                store.delete_service(version_service_name(self.name, deleted))
+
+    def update(self, models: list[Any] | None = None, inference_config: Any = None, **settings: Any) -> None:
+        """v1 ``AksEndpoint.update``: the endpoint's own settings (``auth_enabled``,
+        ``token_auth_enabled``, ``enable_app_insights``, ``description``, ``tags``,
+        ``properties``). A version's models and settings change with ``update_version``."""
+        if models is not None or inference_config is not None:
+            raise ConfigError("an endpoint's models belong to its versions: use update_version(name, models=...)")
+        allowed = {"auth_enabled", "token_auth_enabled", "enable_app_insights", *service_meta.METADATA_SETTINGS}
+        unknown = sorted(set(settings) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]} is a version's setting: use update_version(name, {unknown[0]}=...); "
+                f"an endpoint takes {', '.join(sorted(allowed))}"
+            )
+        meta_changes = {k: settings.pop(k) for k in service_meta.METADATA_SETTINGS if k in settings}
+        if meta_changes:
+            self._update_metadata(**meta_changes)
+        if settings:
+            record = self._record()
+            spec = DeploySpec.from_dict(record.config["deploy"]).replace(**settings)
+            if spec.auth_enabled and not record.primary_key:
+                self.workspace.store.set_service_keys(self.name, primary_key=new_key(), secondary_key=new_key())
+            self.workspace.store.update_service_config(self.name, {**record.config, "deploy": spec.to_dict()})
+            self._notify_cluster(start=True)
+
+    def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
+        """Wait until every version's latest deployment or update is serving (DeploymentFailed
+        names the version that failed)."""
+        for version in self.versions.values():
+            version.wait_for_deployment(show_output, timeout_sec)
+
+    def get_logs(self, num_lines: int = 5000, init: bool = False, replica: int | None = None) -> str:
+        return "".join(f"=== version {n} ===\n{v.get_logs(num_lines, init, replica)}" for n, v in self.versions.items())
+
+    def get_scale_events(self) -> list[dict[str, Any]]:
+        return [{**e, "version": n} for n, v in self.versions.items() for e in v.get_scale_events()]
+
+    def delete(self) -> None:
+        """Delete the endpoint and every version (drained, then stopped)."""
+        record = self._record()
+        cluster = self.workspace.cluster()
+        if cluster.info() is not None:
+            cluster.delete(self.name)  # the daemon deletes the versions first
+            return
+        for version in record.config[ENDPOINT_KEY]["versions"]:
+            with contextlib.suppress(NotFound):
+                self.workspace.store.delete_service(version_service_name(self.name, version))
+        self.workspace.store.delete_service(self.name)
+
+    def serialize(self) -> dict[str, Any]:
+        out = super().serialize()
+        out["state"], out["error"], out["models"] = self.state, self.error, self.models
+        out["computeType"] = "AKSENDPOINT"
+        out["versions"] = {n: v.serialize() for n, v in self.versions.items()}
+        return out
+
+
+class EndpointVersion(AksWebservice):
+    """One version of an endpoint: a deployment with its own models, settings and replicas,
+    served through its endpoint's scoring URI (its ``name`` is the internal ``<endpoint>:<version>``)."""
+
+    endpoint_name: str
+    version_name: str
+
+    @classmethod
+    def _of(cls, endpoint: AksEndpoint, version: str) -> EndpointVersion:
+        out = cls._listed(endpoint.workspace, version_service_name(endpoint.name, version))
+        assert isinstance(out, EndpointVersion)
+        out.endpoint_name, out.version_name = endpoint.name, version
+        return out
+
+    def __init__(self, workspace: WorkspaceBase, name: str) -> None:
+        super().__init__(workspace, name)
+        self.endpoint_name, _, self.version_name = name.partition(VERSION_SEPARATOR)
+
+    def _entry(self) -> dict[str, Any]:
+        versions = self.workspace.store.get_service(self.endpoint_name).config[ENDPOINT_KEY]["versions"]
+        if self.version_name not in versions:
+            raise NotFound(f"endpoint {self.endpoint_name} has no version {self.version_name}")
+        return dict(versions[self.version_name])
+
+    @property
+    def traffic_percentile(self) -> float:
+        return float(self._entry().get("traffic_percentile", 0.0))
+
+    @property
+    def is_default(self) -> bool:
+        return bool(self._entry().get("is_default"))
+
+    @property
+    def is_control_version_type(self) -> bool:
+        return bool(self._entry().get("is_control_version_type"))
+
+    @property
+    def mirror_percentile(self) -> float:
+        return float(self._entry().get("mirror_percentile", 0.0))
+
+    def _base_uri(self) -> str | None:
+        root = _router_root(self.workspace, self._record())
+        return f"{root}/api/v1/service/{self.endpoint_name}" if root else None
+
+    def get_keys(self) -> tuple[str, str]:
+        return AksEndpoint(self.workspace, self.endpoint_name).get_keys()
+
+    def run(self, input_data: Any, timeout: float = 90.0) -> Any:
+        """Score through the endpoint, pinned to this version (``azureml-model-deployment``)."""
+        return AksEndpoint(self.workspace, self.endpoint_name)._run(input_data, timeout, self.version_name)
+
+    def delete(self) -> None:
+        AksEndpoint(self.workspace, self.endpoint_name).delete_version(self.version_name)
+
+    def _notify_cluster(self, start: bool = False) -> None:
+        cluster = self.workspace.cluster()
+        if start:
+            cluster.ensure_running()
+        elif cluster.info() is None:
+            return
+        cluster.sync(self.endpoint_name)  # the endpoint syncs its versions' services
+
+    def serialize(self) -> dict[str, Any]:
+        out = super().serialize()
+        out.update(
+            name=self.version_name,
+            endpoint=self.endpoint_name,
+            trafficPercentile=self.traffic_percentile,
+            isDefault=self.is_default,
+            isControlVersionType=self.is_control_version_type,
+        )
+        return out
 
 
 def _existing_service(workspace: WorkspaceBase, name: str) -> dict[str, Any] | None:
@@ -599,4 +991,13 @@ def _flavour(deploy: dict[str, Any]) -> type[Webservice]:
     return LocalWebservice if deploy.get("compute_type") == "local" else AksWebservice
 
 
-__all__ = ["AksCompute", "AksWebservice", "KubernetesCompute", "LocalWebservice", "Webservice"]
+__all__ = [
+    "AksCompute",
+    "AksEndpoint",
+    "AksWebservice",
+    "EndpointDeployConfig",
+    "EndpointVersion",
+    "KubernetesCompute",
+    "LocalWebservice",
+    "Webservice",
+]

@@ -1,4 +1,4 @@
-"""The name rules, written once: services (v1's), models, and ``name:version`` references.
+"""The name rules, written once: services (v1's), endpoint versions, models, and ``name:version`` references.
 
 Every layer that takes a name checks it here, so they cannot drift apart: the SDK and CLI
 before anything is stored, the store when a model is registered, the admin API on its
@@ -16,6 +16,15 @@ SERVICE_NAME_RULE = (
     "3-32 characters of lowercase letters, digits and dashes, starting with a letter and ending with a letter or digit"
 )
 MODEL_NAME_RULE = "1-255 letters, digits, dashes, periods or underscores, starting with a letter or digit"
+# An endpoint's version (v1 AksEndpoint's ``version_name``: "blue", "green"); not a model version.
+VERSION_NAME_RULE = (
+    "1-32 characters of lowercase letters, digits and dashes, starting with a letter and ending with a letter or digit"
+)
+VERSION_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,30}[a-z0-9])?$"
+_VERSION_NAME_RE = re.compile(VERSION_NAME_PATTERN)
+# Joins an endpoint's name and a version's into the internal service name the version runs as
+# ("fraud:blue"): a service name cannot hold it, so the two can never collide.
+VERSION_SEPARATOR = ":"
 # v1: "up to 1,000 models per deployment" (one container serves them all).
 MAX_MODELS_PER_DEPLOYMENT = 1000
 
@@ -29,6 +38,32 @@ _MODEL_NAME_RE = re.compile(r"[a-zA-Z0-9][-._a-zA-Z0-9]{0,254}")
 
 def is_service_name(name: object) -> bool:
     return isinstance(name, str) and _SERVICE_NAME_RE.fullmatch(name) is not None
+
+
+def is_version_name(name: object) -> bool:
+    return isinstance(name, str) and _VERSION_NAME_RE.fullmatch(name) is not None
+
+
+def is_version_service_name(name: object) -> bool:
+    """``<endpoint>:<version>``: the internal service an endpoint's version runs as (never a
+    name a user can give a service: service names hold no ``VERSION_SEPARATOR``)."""
+    if not isinstance(name, str):
+        return False
+    endpoint, sep, version = name.partition(VERSION_SEPARATOR)
+    return bool(sep) and is_service_name(endpoint) and is_version_name(version)
+
+
+def version_service_name(endpoint: str, version: str) -> str:
+    """The internal service name of ``endpoint``'s version ``version`` (both checked)."""
+    return f"{validate_service_name(endpoint)}{VERSION_SEPARATOR}{validate_version_name(version)}"
+
+
+def validate_version_name(name: object) -> str:
+    """An endpoint version's name (``VERSION_NAME_RULE``); ``ConfigError`` names it and the value."""
+    if not is_version_name(name):
+        raise ConfigError(f"version_name must be {VERSION_NAME_RULE} (got {name!r})")
+    assert isinstance(name, str)
+    return name
 
 
 def is_model_name(name: object) -> bool:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from modelfleet.router.auth import KeyAuth, TokenAuth
 from modelfleet.router.proxy import Router, ServiceRoute, Upstream
 from modelfleet.targets.base import ReplicaInfo, ReplicaState, RouteEntry
+from modelfleet.targets.endpoints import EndpointEntry
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -34,6 +35,7 @@ class RouterTable:
         self._auth: dict[str, KeyAuth | TokenAuth] = {}
         self._published: dict[str, tuple[str, ...]] = {}
         self._secrets: dict[str, bytes | None] = {}  # service -> its replicas' secret
+        self._endpoints: set[str] = set()  # endpoints (no replicas of their own)
 
     def __repr__(self) -> str:
         return f"<RouterTable {self._published}>"
@@ -43,17 +45,21 @@ class RouterTable:
         ``replica_secret``: what the router sends the service's replicas (``Upstream.secret``);
         a changed one reaches the router's replica set at the next ``sync``."""
         service = route.service
-        self.router.set_service(
-            ServiceRoute(
-                name=service,
-                auth=self._auth_for(route),
-                max_concurrent=route.max_concurrent,
-                max_wait_s=route.max_wait_s,
-                timeout_s=route.timeout_s,
-                max_body_bytes=route.max_body_bytes,
-                trace=route.trace,
-            )
+        front = ServiceRoute(
+            name=service,
+            auth=self._auth_for(route),
+            max_concurrent=route.max_concurrent,
+            max_wait_s=route.max_wait_s,
+            timeout_s=route.timeout_s,
+            max_body_bytes=route.max_body_bytes,
+            trace=route.trace,
         )
+        if isinstance(route, EndpointEntry):  # an endpoint: its versions' services serve it
+            self.router.set_endpoint(front, route.versions)
+            self._routes[service] = route
+            self._endpoints.add(service)
+            return
+        self.router.set_service(front)
         previous = self._routes.get(service)
         if route.failure != (previous.failure if previous else None):
             # every replica failed init(): the router says the service failed, and why
@@ -71,8 +77,8 @@ class RouterTable:
     def sync(self, service: str, live: Iterable[ReplicaInfo]) -> None:
         """``live``: the service's replicas that are neither draining nor stopping."""
         route = self._routes.get(service)
-        if route is None:
-            return  # the router has no such service yet; publish comes first
+        if route is None or service in self._endpoints:
+            return  # the router has no such service yet (publish comes first), or an endpoint
         ready = [
             r for r in live if r.generation == route.serving_generation and r.state is ReplicaState.READY and r.address
         ]
@@ -87,6 +93,7 @@ class RouterTable:
         """New requests get 404, waiting ones 503; requests in flight finish."""
         self.router.remove_service(service)
         self._routes.pop(service, None)
+        self._endpoints.discard(service)
         self._auth.pop(service, None)
         self._published.pop(service, None)
         self._secrets.pop(service, None)

@@ -1,0 +1,173 @@
+"""An endpoint's versions in the router: which version serves a request.
+
+An endpoint (v1's ``AksEndpoint``) is one scoring URI, ``/api/v1/service/<endpoint>/score``,
+with several *versions* behind it ("blue", "green"), each a service of its own that runs as
+``<endpoint>:<version>`` (its replicas, queue, limits and metrics are that service's). The
+endpoint's own ``ServiceState`` (the front) holds its auth and body limit; its ``endpoint``
+slot holds an :class:`EndpointState`, which picks the version after the credentials passed.
+
+The rule (``split`` and ``choose``, pure, tested in tests/endpoints/test_chooser.py):
+
+- a non-default version gets its ``traffic_percentile``; the default version takes what the
+  others leave (v1: "blue" default and "green" at 10 -> 90/10); shares are percentages and the
+  non-default ones add up to at most 100 (the store refuses more);
+- a version that is not healthy (no Ready replica, or failed) gets nothing and its share goes
+  to the default; when the default itself is not healthy the healthy others share all traffic
+  by their weights; when none is healthy the default gets everything (requests wait in its
+  queue as a service's do while it starts, then 503);
+- ``azureml-model-deployment: <version>`` (Azure ML v2's header) pins a version, whatever its
+  share or health; an unknown one is answered 404 naming it;
+- ``x-modelfleet-session: <key>`` makes the choice sticky: the key's CRC-32 stands for the random
+  draw, so a key goes to the same version while the shares and health stay as they are (and on
+  every router replica: CRC-32 is the same everywhere, unlike Python's ``hash``).
+
+Answers carry ``azureml-model-deployment: <version>`` (as v2's do), added to the request-id
+lines the router writes both ways, so the replica sees it too. The per-request work is a
+header scan, one random draw and a walk over a tuple of cumulative weights built when the
+shares or the health change (``refresh``), never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from random import random
+from zlib import crc32
+
+from modelfleet.errors import ConfigError
+from modelfleet.router.routes import Canned, ServiceState, error_answer
+
+__all__ = [
+    "PIN_HEADER",
+    "SESSION_HEADER",
+    "EndpointState",
+    "VersionShare",
+    "choose",
+    "healthy",
+    "split",
+]
+
+PIN_HEADER = b"azureml-model-deployment"
+SESSION_HEADER = b"x-modelfleet-session"
+_SCALE = 1.0 / 4294967296.0  # CRC-32 -> [0, 1)
+
+
+@dataclass(frozen=True)
+class VersionShare:
+    """One version as the router is told it: its name, the internal service it runs as, its
+    share of traffic in percent and whether it is the default (target-neutral plain data)."""
+
+    name: str
+    service: str
+    traffic_percentile: float
+    is_default: bool
+
+
+def split(shares: Sequence[tuple[float, bool, bool]]) -> tuple[float, ...]:
+    """Cumulative weights, one per version, from (traffic_percentile, is_default, healthy) each
+    (see the module's rule). The last one is the total (> 0 whenever there is a version)."""
+    default = next((i for i, s in enumerate(shares) if s[1]), 0)
+    weights = [pct if ok and not is_default else 0.0 for pct, is_default, ok in shares]
+    taken = sum(weights)
+    if shares and shares[default][2]:
+        weights[default] = max(0.0, 100.0 - taken)
+    if not any(w > 0 for w in weights) and shares:
+        weights[default] = 1.0  # nothing healthy (or every share 0 and the default down): the default
+    out: list[float] = []
+    total = 0.0
+    for w in weights:
+        total += w
+        out.append(total)
+    return tuple(out)
+
+
+def choose(cumulative: Sequence[float], draw: float) -> int:
+    """The version whose slice of ``[0, total)`` holds ``draw`` (in ``[0, 1)``) scaled to the total."""
+    x = draw * cumulative[-1]
+    last = len(cumulative) - 1
+    for i in range(last):
+        if x < cumulative[i]:
+            return i
+    return last
+
+
+def session_draw(key: bytes) -> float:
+    """A client's session key as a draw in ``[0, 1)``: the same key, the same draw, everywhere."""
+    return crc32(key) * _SCALE
+
+
+def healthy(svc: ServiceState | None) -> bool:
+    """The router's view of a version: it has a Ready replica listed and has not failed."""
+    if svc is None or svc.removed or svc.failed is not None:
+        return False
+    return any(s.listed for s in svc.dispatch.slots())
+
+
+class EndpointState:
+    """An endpoint's versions, their pre-built weights and answers (see the module's doc)."""
+
+    __slots__ = ("name", "versions", "by_name", "states", "cumulative", "lines", "c404_version", "c503_absent")
+
+    def __init__(self, name: str, versions: Sequence[VersionShare]) -> None:
+        defaults = [v.name for v in versions if v.is_default]
+        if not versions or len(defaults) != 1:
+            raise ConfigError(f"endpoint {name}: needs versions, exactly one of them the default (got {defaults})")
+        self.name = name
+        self.versions = tuple(versions)
+        self.by_name = {v.name.encode(): i for i, v in enumerate(self.versions)}
+        self.states: list[ServiceState | None] = [None] * len(self.versions)
+        self.lines = tuple(PIN_HEADER + b": " + v.name.encode() + b"\r\n" for v in self.versions)
+        self.cumulative: tuple[float, ...] = ()
+        names = ", ".join(v.name for v in self.versions)
+        self.c404_version = error_answer(
+            404,
+            f"endpoint '{name}' has no such version (header azureml-model-deployment); its versions are: {names}",
+        )
+        self.c503_absent = tuple(
+            error_answer(
+                503,
+                f"version '{v.name}' of endpoint '{name}' is not serving yet; retry later "
+                f"(`modelfleet endpoint show -n {name}`)",
+                [("retry-after", "1")],
+            )
+            for v in self.versions
+        )
+
+    def refresh(self, services: Mapping[bytes, ServiceState]) -> None:
+        """Look the versions' services up again and rebuild the weights (a version's replicas,
+        failure or presence changed, or the shares did)."""
+        self.states = [services.get(v.service.encode()) for v in self.versions]
+        self.cumulative = split(
+            [(v.traffic_percentile, v.is_default, healthy(s)) for v, s in zip(self.versions, self.states, strict=True)]
+        )
+
+    def weights(self) -> dict[str, float]:
+        """Each version's share of traffic now, in percent (status and tests)."""
+        out: dict[str, float] = {}
+        before = 0.0
+        total = self.cumulative[-1] if self.cumulative else 0.0
+        for v, c in zip(self.versions, self.cumulative, strict=True):
+            out[v.name] = round(100.0 * (c - before) / total, 6) if total else 0.0
+            before = c
+        return out
+
+    def pick(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[ServiceState | None, Canned | None, bytes]:
+        """(the version's service, None, its answer header line), or (None, the answer, the
+        line) when the request names an unknown version or the version is not in the router yet."""
+        pin = session = None
+        for name, value in headers:
+            n = name.lower()
+            if n == PIN_HEADER:
+                pin = value.strip()
+            elif n == SESSION_HEADER:
+                session = value
+        if pin is not None:
+            i = self.by_name.get(pin)
+            if i is None:
+                return None, self.c404_version, b""
+        else:
+            i = choose(self.cumulative, random() if session is None else session_draw(session))
+        svc = self.states[i]
+        if svc is None:
+            return None, self.c503_absent[i], self.lines[i]
+        return svc, None, self.lines[i]
