@@ -42,11 +42,13 @@ from modelfleet.control.decisions import (
     Stop,
     decide,
 )
+from modelfleet.control.endpoints import endpoint_entry, stale_versions, version_services
 from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import limits_note, prepare_app, remove_generation
 from modelfleet.control.room import Capacity, Holding, holdings, machine_capacity, refusal
 from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.spec import DeploySpec, EnvironmentSpec
+from modelfleet.store.endpoints import is_endpoint_config
 from modelfleet.store.registry import ServiceRecord, Store
 from modelfleet.targets.base import (
     ComputeTarget,
@@ -447,6 +449,7 @@ class Reconciler:
         # services that record it as their owner, never a teammate's. None: every local service.
         self.cluster = cluster
         self.controllers: dict[str, ServiceController] = {}
+        self._deleting: set[asyncio.Task[None]] = set()  # versions an endpoint no longer lists
         self._watching: asyncio.Task[None] | None = None  # _watch_records, from the first sync on
         target.watch(self._on_replica_change)
 
@@ -487,6 +490,10 @@ class Reconciler:
         start); for the local cluster of a shared workspace, only those it owns (``owns``)."""
         records = await asyncio.to_thread(self._store.list_services)
         for record in records:
+            if is_endpoint_config(record.config):  # its versions are services of their own
+                if self.owns(record):
+                    self.sync_endpoint(record)
+                continue
             if record.state == FAILED and record.serving_generation is None:
                 continue  # stays Failed until updated; retrying would fail the same way
             with contextlib.suppress(NotFound):
@@ -498,7 +505,11 @@ class Reconciler:
         controller = self.controllers.get(name)
         if controller is None:
             with contextlib.suppress(NotFound):  # a short SQLite read, as refresh_route's
-                if not self.owns(self._store.get_service(name)):
+                record = self._store.get_service(name)
+                if not self.owns(record):
+                    return
+                if is_endpoint_config(record.config):
+                    self.sync_endpoint(record)
                     return
             room = self._refusal if self.capacity is not None else None
             controller = ServiceController(name, self._store, self.target, self._planner, room)
@@ -514,11 +525,27 @@ class Reconciler:
         assert self.capacity is not None
         return refusal(self.capacity, service, spec, replicas, holdings(self.controllers.values(), exclude=service))
 
+    def sync_endpoint(self, record: ServiceRecord) -> None:
+        """An endpoint (``control/endpoints.py``): its route published, its versions' services
+        synced, versions it no longer lists deleted."""
+        spec = DeploySpec.from_dict(record.config["deploy"])
+        self.target.publish(endpoint_entry(record, route_for(record, spec, Memory(), None)))
+        for service in version_services(record):
+            self.sync(service)
+        for service in stale_versions(list(self.controllers), record):
+            task = asyncio.create_task(self.delete(service), name=f"delete {service}")
+            self._deleting.add(task)
+            task.add_done_callback(self._deleting.discard)
+
     async def delete(self, name: str) -> None:
+        record: ServiceRecord | None = None
         with contextlib.suppress(NotFound):  # refused before anything stops: another cluster runs it
-            refusal = self._store.foreign_refusal(await asyncio.to_thread(self._store.get_service, name), "deleted")
+            record = await asyncio.to_thread(self._store.get_service, name)
+            refusal = self._store.foreign_refusal(record, "deleted")
             if refusal is not None and self.compute_target is None:
                 raise refusal
+        if record is not None and is_endpoint_config(record.config):  # its versions first
+            await asyncio.gather(*(self.delete(service) for service in version_services(record)))
         controller = self.controllers.pop(name, None)
         drain_s = 0.0
         if controller is not None:
