@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelfleet.replica.config import BATCH_DELAY_ENV, BATCH_SIZE_ENV
 from modelfleet.replica.models import CACHE_MEMORY_ENV, CACHE_SIZE_ENV
 from modelfleet.spec import DeploySpec
 from modelfleet.spec.names import check_model_count
@@ -98,6 +99,9 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         environment[CACHE_SIZE_ENV] = str(deploy.model_cache_size)
     if deploy.model_cache_memory_gb is not None:
         environment[CACHE_MEMORY_ENV] = str(_bytes(deploy.model_cache_memory_gb))
+    if deploy.max_batch_size > 1:  # dynamic batching (replica/batching.py)
+        environment[BATCH_SIZE_ENV] = str(deploy.max_batch_size)
+        environment[BATCH_DELAY_ENV] = str(deploy.max_batch_delay_ms)
     if deploy.memory_gb_limit is not None:  # enforced by the local target (targets/isolation.py)
         environment[MEMORY_LIMIT_ENV] = str(_bytes(deploy.memory_gb_limit))
     if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)

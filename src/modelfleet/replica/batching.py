@@ -186,6 +186,7 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         """The counters, for the replica's stats file (telemetry/replica_stats.py)."""
         return {
+            "batch_size_bounds": list(BUCKETS),  # the upper bounds of the buckets but the last (+Inf)
             "batch_size_buckets": list(self.buckets),
             "batch_size_sum": self.items,
             "batch_count": self.batches,

@@ -6,6 +6,7 @@ before anything is written (``control/layout.py`` turns it into an app folder).
 
 from __future__ import annotations
 
+import ast
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -27,12 +28,46 @@ def build_config(
     check_model_count(len(models))  # before the source snapshot is stored
     if len({m.name for m in models}) != len(models):
         raise ConfigError("models must not hold two versions of the same model name (v1 lays them out by name)")
+    check_batching(inference, spec)
     return {
         "deploy": spec.to_dict(),
         "inference": snapshot_source(workspace, inference),
         "environment": (inference.environment or EnvironmentSpec(name="default")).to_dict(),
         "models": model_refs(models),
     }
+
+
+def check_batching(inference: InferenceSpec, spec: DeploySpec) -> None:
+    """``max_batch_size`` > 1 needs ``run_batch(items)`` in the entry script: refused here when the
+    script plainly has none (the name appears nowhere in it and nothing is star-imported). What
+    cannot be told from the text is checked by the replica at load (modelfleet.replica.batching)."""
+    if spec.max_batch_size <= 1:
+        return
+    source = Path(inference.source_directory) if inference.source_directory else None
+    script = source / inference.entry_script if source else Path(inference.entry_script).expanduser()
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return  # missing or unreadable: the snapshot's own checks (or the replica) say so
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = {node.name}
+        elif isinstance(node, ast.alias):
+            names = {node.asname or node.name.rpartition(".")[2], node.name}
+        elif isinstance(node, ast.Name):
+            names = {node.id}
+        elif isinstance(node, ast.Attribute):
+            names = {node.attr}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = {node.value}
+        else:
+            continue
+        if "run_batch" in names or "*" in names:
+            return
+    raise ConfigError(
+        f"max_batch_size={spec.max_batch_size} needs run_batch(items) in entry_script {inference.entry_script!r}, "
+        "which defines none; define it (one answer per item, same order) or leave max_batch_size at 1"
+    )
 
 
 def model_refs(models: Sequence[RegisteredModel]) -> list[dict[str, Any]]:

@@ -29,6 +29,11 @@ Metrics (``service`` label on all but the first; counters end in ``_total``):
 ``modelfleet_log_lines_dropped_total``     counter    replica log lines not written (disk
                                                       full), per ``replica``
 ``modelfleet_trace_dropped_total``         counter    request timings dropped (router-wide)
+``modelfleet_replica_batch_size``          histogram  requests per run_batch() call, per
+                                                      ``replica`` (dynamic batching only)
+``modelfleet_replica_batch_calls_busy``    gauge      run_batch() calls running, per ``replica``
+``modelfleet_replica_batch_deadline_``     counter    batched requests left out (504) at their
+``expired_total``                                     x-request-timeout-ms, per ``replica``
 =========================================  =========  =====================================
 
 Per-replica counters restart at 0 with the replica process, as any process's counters do.
@@ -155,6 +160,18 @@ class FleetCollector(Collector):
             "Requests dropped while queued in the router, never sent to a replica (reason: deadline, client_gone)",
             labels=["service", "reason"],
         )
+        labels = ["service", "replica"]
+        batch_size = HistogramMetricFamily(
+            "modelfleet_replica_batch_size", "Requests per run_batch() call (dynamic batching)", labels=labels
+        )
+        batch_busy = GaugeMetricFamily(
+            "modelfleet_replica_batch_calls_busy", "run_batch() calls running on this replica now", labels=labels
+        )
+        batch_expired = CounterMetricFamily(
+            "modelfleet_replica_batch_deadline_expired",
+            "Batched requests left out of their batch (504): x-request-timeout-ms passed first",
+            labels=labels,
+        )
         for view in self._services():
             name = view.name
             m = view.metrics
@@ -182,10 +199,15 @@ class FleetCollector(Collector):
                     for kind, family in data.items():
                         family.add_metric([name, r.id], int(stats.get(kind, 0)))
                     log_dropped.add_metric([name, r.id], int(stats.get("log_lines_dropped", 0)))
+                    if "batch_size_buckets" in stats:  # a batching replica (replica/batching.py)
+                        batch_size.add_metric([name, r.id], *_batch_buckets(stats))
+                        batch_busy.add_metric([name, r.id], int(stats.get("batch_calls_busy", 0)))
+                        batch_expired.add_metric([name, r.id], int(stats.get("batch_deadline_expired", 0)))
         yield from (requests, duration, in_flight, queued, replicas, utilization, scale, auth, dropped)
         yield from (r_flight, r_restarts)
         yield from data.values()
         yield log_dropped
+        yield from (batch_size, batch_busy, batch_expired)
         yield CounterMetricFamily(
             "modelfleet_trace_dropped", "Request timings dropped before export", value=self._trace_dropped()
         )
@@ -193,6 +215,16 @@ class FleetCollector(Collector):
 
 def _bound(value: float) -> str:
     return repr(float(value))
+
+
+def _batch_buckets(stats: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+    """A replica's batch-size counts per bucket (its stats file) as cumulative Prometheus buckets."""
+    bounds = [*stats.get("batch_size_bounds", []), float("inf")]
+    cumulative, buckets = 0, []
+    for bound, n in zip(bounds, stats["batch_size_buckets"], strict=False):
+        cumulative += int(n)
+        buckets.append(("+Inf" if bound == float("inf") else _bound(bound), cumulative))
+    return buckets, float(stats.get("batch_size_sum", 0))
 
 
 def _read_stats(path: Path | None) -> dict[str, Any] | None:
