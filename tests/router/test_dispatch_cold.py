@@ -35,3 +35,21 @@ def test_cold_wait_is_off_unless_configured() -> None:
     d = Dispatch("x", 1, 0.5)
     assert d.arrive("a", 0.0) is None
     assert d.next_wakeup() == 0.5
+
+
+def test_a_held_request_put_back_by_a_busy_replica_keeps_its_cold_wait() -> None:
+    d = Dispatch("x", 1, 0.5)
+    d.configure(1, 0.5, 0.0, cold_wait_s=30.0)
+    assert d.arrive("a", 0.0) is None
+    assert d.arrive("b", 0.0) is None
+    assert d.set_replicas(["r0"], 3.0) == [Send("a", "r0")]
+    assert d.finish("r0", 3.1) == [Send("b", "r0")]
+    # the replica said busy at 3.2 (its previous request not quite over): b waits on, not 503
+    assert not d.busy("r0", "b", 3.2, 0.0)
+    assert d.next_wakeup() == 3.2 + d.busy_backoff_s
+    assert d.expire(3.3) == [Send("b", "r0")]
+    # one that arrived once the replica was there has the usual wait
+    assert d.arrive("c", 4.0) is None
+    assert d.finish("r0", 4.1) == [Send("c", "r0")]
+    assert d.busy("r0", "c", 4.2, 4.0) == []
+    assert d.expire(4.5) == [Reject("c")]

@@ -35,6 +35,8 @@ Rules (the invariants the tests check):
 7. Scale to zero: a request that must wait while no replica is listed at all (the service is
    at zero, or its first replica is starting) may wait ``max_wait_s + cold_wait_s``.
    ``last_arrival`` is the ``now`` of the latest ``arrive`` (the autoscaler's idle time).
+   A request that arrived before the first replica was listed again and is put back by
+   ``busy``/``refused`` keeps that longer wait (``arrived + max_wait_s + cold_wait_s``).
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -178,6 +180,7 @@ class Dispatch:
         self.cold_wait_s = 0.0  # extra wait while no replica is listed (scale to zero)
         self._policy = policy
         self.last_arrival = 0.0  # ``now`` of the latest arrive (set at creation by the caller)
+        self._warm_since = float("-inf")  # when a replica was listed after none was (rule 7)
         # Replicas: the list is the pick order; the dict finds a slot by id.
         self._slots: list[Slot] = []
         self._by_id: dict[str, Slot] = {}
@@ -293,6 +296,8 @@ class Dispatch:
         """The replicas that may take new requests; others finish what they have."""
         wanted = list(dict.fromkeys(replica_ids))
         keep = set(wanted)
+        if wanted and not any(s.listed for s in self._slots):
+            self._warm_since = now  # requests that arrived before now were held cold
         for s in self._slots:
             if s.id not in keep:
                 s.listed = False
@@ -376,7 +381,10 @@ class Dispatch:
         return s
 
     def _requeue(self, req: Hashable, now: float, arrived: float, deadline: float | None) -> Sequence[Action]:
-        self._queue[req] = until = arrived + self.max_wait_s
+        until = arrived + self.max_wait_s
+        if arrived < self._warm_since:
+            until += self.cold_wait_s  # it was held while no replica existed (rule 7)
+        self._queue[req] = until
         self._queue.move_to_end(req, last=False)
         if deadline is not None and deadline < until:
             self._push_due(req, deadline)
