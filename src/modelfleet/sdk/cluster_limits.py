@@ -16,3 +16,12 @@ def refuse_unsupported_on_cluster(spec: DeploySpec, target: str) -> None:
             "collected records would not reach the workspace; deploy with collect_model_data=False, or to "
             "the local cluster"
         )
+    # Scale to zero holds requests in the router while a replica starts from none; the in-cluster
+    # router's scaler does not act on that signal yet (router/autoscale.py has the rules), so a
+    # Kubernetes service set to it would never come back from zero.
+    if spec.scale_to_zero_after_seconds is not None:
+        raise ConfigError(
+            f"scale_to_zero_after_seconds is not supported on Kubernetes compute target {target!r} yet: its "
+            "router does not start a replica for a service at zero; leave it out (autoscale_min_replicas "
+            "keeps at least 1), or deploy to the local cluster"
+        )
