@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from modelfleet.cli import cluster, completion, dashboard, data, envs, k8s, models, services, workspace
+from modelfleet.cli import cluster, completion, dashboard, data, endpoints, envs, k8s, models, services, workspace
 from modelfleet.cli.words import in_cli_words
 from modelfleet.errors import ModelfleetError
 
-COMMAND_GROUPS = (workspace, cluster, models, services, envs, data, completion, dashboard, k8s)
+COMMAND_GROUPS = (workspace, cluster, models, services, endpoints, envs, data, completion, dashboard, k8s)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 

@@ -35,7 +35,7 @@ def deploy_service(
     name: str,
     models: Sequence[RegisteredModel],
     inference_config: InferenceConfig | None,
-    deployment_config: DeploySpec | None,
+    deployment_config: DeploySpec | EndpointDeployConfig | None,
     *,
     deployment_target: Any = None,
     overwrite: bool = False,

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from modelfleet.sdk.environment import InferenceConfig
     from modelfleet.sdk.package import ModelPackage
     from modelfleet.sdk.profile import ModelProfile
-    from modelfleet.sdk.webservice import Webservice
+    from modelfleet.sdk.webservice import EndpointDeployConfig, Webservice
     from modelfleet.sdk.workspace_base import WorkspaceBase
     from modelfleet.spec import DeploySpec
 
@@ -27,7 +27,7 @@ class Model(RegisteredModel):
         name: str,
         models: Sequence[RegisteredModel],
         inference_config: InferenceConfig | None = None,
-        deployment_config: DeploySpec | None = None,
+        deployment_config: DeploySpec | EndpointDeployConfig | None = None,
         deployment_target: Any = None,
         overwrite: bool = False,
         show_output: bool = False,

@@ -728,16 +728,25 @@ class AksEndpoint(AksWebservice):
         (v1 names and defaults); it takes ``traffic_percentile`` percent of requests once it is
         Healthy (``is_default=True``: what the others leave). Returns at once, as v1 did;
         ``wait_for_deployment()`` waits for it."""
+        entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
+        return self._add_version(version_name, models, inference_config, aks_deploy_configuration(**settings), entry)
+
+    def _add_version(
+        self,
+        version_name: str,
+        models: Sequence[RegisteredModel] | None,
+        inference_config: Any,
+        spec: DeploySpec,
+        entry: dict[str, Any],
+    ) -> EndpointVersion:
         validate_version_name(version_name)
         if models is None or inference_config is None:
             raise ConfigError("create_version needs models=[...] and inference_config=InferenceConfig(...)")
         record = self._record()
-        entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
         versions = with_version(
             record.config[ENDPOINT_KEY]["versions"], version_name, **_share_changes(entry), create=True
         )
         versions[version_name].update(entry)
-        spec = aks_deploy_configuration(**settings)
         refuse_never_fits(spec)
         internal = version_service_name(self.name, version_name)
         config = build_config(self.workspace, list(models), inference_config.to_spec(), version_spec(spec))
