@@ -2,7 +2,8 @@
 two router pods run by the node stand-in from the generated Deployment, in front of replicas at
 ``replica_max_concurrent_requests=1``: below capacity no replica answers busy and no request
 gets 503; at capacity the only 503s are the queue limit's; a router pod deleted hands its slots
-to the survivor within seconds."""
+to the survivor within seconds. Then one replica at limit 1 behind two router pods: the router
+that owns no slot forwards to the one that does (``forward.py``), and no replica answers busy."""
 
 from __future__ import annotations
 
@@ -22,9 +23,18 @@ from kubernetes import client
 from kubernetes.utils.create_from_yaml import create_from_yaml_single_item
 from node_standin import NodeStandIn
 
+from modelfleet.errors import ConfigError
 from modelfleet.store.registry import Store
 from modelfleet.targets.base import GenerationSpec, ReplicaInfo, ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes import manifests as m
+from modelfleet.targets.kubernetes.forward import (
+    HOP_HEADER,
+    PER_SLOT,
+    ForwardUpstream,
+    forward_counts,
+    forward_upstreams,
+    peer_of,
+)
 from modelfleet.targets.kubernetes.peers import ROUTER_SELECTOR, expand, peers_of, shares
 from modelfleet.targets.kubernetes.target import KubernetesTarget
 
@@ -79,6 +89,38 @@ def test_peers_are_the_ready_router_pods_that_are_not_terminating():
 
     pods = [pod("b", True), pod("a", True), pod("c", False), pod("d", True, deleting=True)]
     assert peers_of(pods) == ["a", "b"]
+
+
+def test_a_router_owning_no_slot_forwards_to_the_peers_that_own_them():
+    # one replica at limit 1, two routers: one owns the slot, the other forwards to it
+    owner = next(me for me in ("a", "b") if shares(["r0"], 1, ["a", "b"], me))
+    other = "b" if owner == "a" else "a"
+    assert forward_counts(["r0"], 1, ["a", "b"], owner) is None  # it sends to its slot
+    assert forward_counts(["r0"], 1, ["a", "b"], other) == {owner: 1}
+    # a router that is no peer (not Ready yet) forwards to the owners of every slot
+    assert forward_counts(["r0", "r1"], 1, ["a", "b"], "c") == {"a": 1, "b": 1}
+    # the owner unreachable, or no replica: nothing to forward to; every slot is used, as before
+    assert forward_counts(["r0"], 1, ["a", "b"], other, frozenset({owner})) is None
+    assert forward_counts([], 1, ["a", "b"], other) is None
+    # three routers, three slots of one replica: every router owns one, none forwards
+    assert all(forward_counts(["r0"], 3, ["a", "b", "c"], me) is None for me in ("a", "b", "c"))
+
+
+def test_forward_upstreams_carry_the_secret_and_the_hop_header():
+    ups = forward_upstreams({"b": 1, "c": 2}, {"b": "10.0.0.2", "c": "10.0.0.3"}, b"s" * 43, "a", 8081)
+    assert len(ups) == 3 * PER_SLOT
+    assert [u.id for u in ups[:3]] == ["fwd:b#0", "fwd:c#0", "fwd:b#1"]  # spread before stacked
+    assert {(u.host, u.port) for u in ups} == {("10.0.0.2", 8081), ("10.0.0.3", 8081)}
+    head = ups[0].head_lines()
+    assert (
+        head == b"host: 10.0.0.2:8081\r\nx-modelfleet-replica-secret: " + b"s" * 43 + b"\r\n" + HOP_HEADER + b": a\r\n"
+    )
+    assert forward_upstreams({"b": 1}, {}, b"s" * 43, "a") == []  # no address known: none
+    assert (peer_of("fwd:router-7f-x#3"), peer_of("slow-g1-abc#0")) == ("router-7f-x", None)
+    with pytest.raises(ConfigError, match="forwarding needs the service's replica secret"):
+        ForwardUpstream(id="fwd:b#0", host="h", port=1, hop=b"a")
+    with pytest.raises(ConfigError, match="hop must be the forwarding router's pod name"):
+        ForwardUpstream(id="fwd:b#0", host="h", port=1, secret=b"s" * 43, hop=b"a b")
 
 
 # -- two router pods on the control plane ------------------------------------------------------
@@ -211,6 +253,97 @@ def test_two_router_pods_split_the_replicas_slots(
             pair = load([f"{routers[left]}:{m.ROUTER_PORT}"], 2, 2.0)
             assert sorted({c for c, _ in pair}) == [200]
             assert busy_answers(node, namespace, replicas) == before
+            loop.run_until_complete(target.delete("slow", 1.0))
+        finally:
+            loop.run_until_complete(target.close(0))
+
+
+def peer_post(address: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """A request straight to a router pod's peer port, as a forwarding router sends it."""
+    req = urllib.request.Request(
+        f"http://{address}/score", data=b'{"sleep": 0}', headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers)
+
+
+@pytest.mark.timeout(600)
+def test_a_router_pod_owning_no_slot_forwards_and_no_replica_answers_busy(
+    admin: client.ApiClient, node: NodeStandIn, namespace: str, store: Store, tmp_path: Path
+):
+    import base64
+
+    core = client.CoreV1Api(admin)
+    router = m.RouterSource(
+        image="modelfleet-router:test", namespace=namespace, replicas=2, secret_names=[m.secret_name("slow")]
+    )
+    for obj in m.router_objects(router):
+        create_from_yaml_single_item(admin, obj)
+    with serve_blobs(store) as blobs, event_loop() as loop:
+        src = source(store, tmp_path, namespace, blobs, name="slow", replica_max_concurrent_requests=1)
+        src = replace(src, snapshot=store.put_snapshot(SCRIPTS / "slow"), source_name="slow")
+        target = KubernetesTarget(admin, namespace)
+        try:
+            loop.run_until_complete(target.apply(GenerationSpec(plan(src, 1), 1)))
+            target.publish(RouteEntry("slow", 1, "key", primary_key=KEY, max_concurrent=1, max_wait_s=WAIT_S))
+            routers = wait_for("two router pods Ready", lambda: two(router_pods(core, namespace)), 180)
+            addresses = {n: f"{ip}:{m.ROUTER_PORT}" for n, ip in routers.items()}
+
+            def one_ready() -> list[str] | None:
+                ready = [r.id for r in target.replicas("slow") if r.state is ReplicaState.READY]
+                return ready if len(ready) == 1 else None
+
+            replicas = wait_for("the replica Ready", one_ready, timeout=180)
+            owner = next(n for n in routers if shares(replicas, 1, sorted(routers), n))
+            (other,) = set(routers) - {owner}
+            logs = {n: node.log_path(namespace, n, "router") for n in routers}
+            forwarding = f"service slow: this router owns no slot of it; forwarding to ['{owner}']"
+            wait_for("the other router forwarding", lambda: forwarding in logs[other].read_text(), 60)
+            wait_for(
+                "both routers scoring", lambda: all(post(a, {"sleep": 0})[0] == 200 for a in addresses.values()), 60
+            )
+            # the owner may have forwarded while it was not Ready itself (no peer yet); not now
+            text = logs[owner].read_text()
+            assert text.rfind("forwarding to") < text.rfind("no longer forwarded") or "forwarding to" not in text
+
+            # the client's key is checked at the first router: a wrong one never reaches the peer
+            bad = urllib.request.Request(
+                f"http://{addresses[other]}/api/v1/service/slow/score",
+                data=b"{}",
+                headers={"Authorization": "Bearer x"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(bad, timeout=30)
+            assert refused.value.code == 401
+
+            # Load from both routers on the one slot: the forwarded requests queue at the owner
+            # with its own, so the replica never answers busy; the only 503s are the queue limit's.
+            answers = load(list(addresses.values()), 1, 4.0)
+            busy = busy_answers(node, namespace, replicas)
+            refused_503 = [b for c, b in answers if c != 200]
+            print(f"one slot, two routers: {len(answers)} requests, {len(refused_503)} 503s, busy answers {busy}")
+            assert busy == 0
+            assert {c for c, _ in answers} <= {200, 503}
+            assert all("max_request_wait_time" in b for b in refused_503), refused_503[:3]
+            assert sum(c == 200 for c, _ in answers) >= len(answers) // 2
+
+            # The peer port itself: the service's secret and the hop header, or 401; with them
+            # no key is asked (the first router checked it); at a router that forwards the
+            # service itself, the busy answer (never forwarded twice).
+            secret = base64.b64decode(
+                core.read_namespaced_secret("slow-keys", namespace).data["replicaSecret"]
+            ).decode()
+            peer = {n: f"{ip}:{m.ROUTER_PEER_PORT}" for n, ip in routers.items()}
+            proof = {"x-modelfleet-replica-secret": secret, "x-modelfleet-forwarded-by": other}
+            assert peer_post(peer[owner], {"x-modelfleet-forwarded-by": other})[0] == 401
+            assert peer_post(peer[owner], {"x-modelfleet-replica-secret": secret})[0] == 401
+            assert peer_post(peer[owner], {**proof, "x-modelfleet-replica-secret": "w" * 43})[0] == 401
+            assert peer_post(peer[owner], proof)[0] == 200
+            status, headers = peer_post(peer[other], {**proof, "x-modelfleet-forwarded-by": owner})
+            assert (status, headers.get("x-modelfleet-busy")) == (503, "1")
             loop.run_until_complete(target.delete("slow", 1.0))
         finally:
             loop.run_until_complete(target.close(0))

@@ -359,6 +359,7 @@ def _register_router(groups: Any) -> None:
     router.add_argument("--context", help="the kubeconfig's context")
     router.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (the router's TLS Secret)")
     router.add_argument("--tls-key", help="... and this PEM private key")
+    router.add_argument("--peer-port", type=int, help="take requests forwarded by peer router pods on this port")
     router.set_defaults(handler=router_run)
 
 
@@ -373,6 +374,7 @@ def router_run(args: argparse.Namespace) -> int:
         ("--context", args.context),
         ("--tls-cert", args.tls_cert),
         ("--tls-key", args.tls_key),
+        ("--peer-port", args.peer_port),
     ):
         if value is not None:
             argv += [flag, str(value)]

@@ -3,6 +3,7 @@ fed by watching the Kubernetes API instead of by a local target.
 
     modelfleet router --kubernetes [--namespace NS] [--host ADDR] [--port 8080]
                       [--kubeconfig FILE [--context NAME]] [--tls-cert FILE --tls-key FILE]
+                      [--peer-port 8081]
 
 In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); elsewhere
 (tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
@@ -12,7 +13,9 @@ watch, each service's Secret by name; ``deployments/scale`` to patch. Discovery 
 ``peers.py``; autoscaling (by the pod holding the Lease) is ``targets/kubernetes/scaler.py``.
 With ``--tls-cert``/``--tls-key`` (the router's ``kubernetes.io/tls`` Secret, mounted) it
 serves HTTPS only; a new certificate reaches the pods by a rollout (the Deployment's template
-carries its digest), not by re-reading the mounted files.
+carries its digest), not by re-reading the mounted files. With ``--peer-port`` (the router's
+pods: 8081) it also takes requests forwarded by a peer router pod there
+(``targets/kubernetes/forward.py``), and forwards those of a service it owns no slot of.
 SIGTERM or SIGINT stops it: the listener closes, then the watches.
 """
 
@@ -34,6 +37,7 @@ from modelfleet.control.tls import server_context
 from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
 from modelfleet.targets.kubernetes.discovery import Discovery
+from modelfleet.targets.kubernetes.forward import PEER_PORT, PeerConnection
 from modelfleet.targets.kubernetes.manifests import ROUTER_PORT
 from modelfleet.targets.kubernetes.scaler import Scaler
 
@@ -55,13 +59,27 @@ def api_client(kubeconfig: str | None, context: str | None = None) -> client.Api
     return client.ApiClient(configuration)
 
 
-async def serve(api: client.ApiClient, namespace: str, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-    router = Router()
+async def serve(
+    api: client.ApiClient,
+    namespace: str,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    peer_port: int | None = None,
+) -> None:
+    # a peer's forwarding port that refuses is skipped for a while (discovery.replica_failed)
+    router = Router(on_replica_failed=lambda service, rid: discovery.replica_failed(service, rid))
     bound = await router.start(host=host, port=port, ssl=tls)
     # HOSTNAME is the pod's name in a pod: the router pods split the replicas' slots by it
     # (peers.py), and one of them, the Lease holder, scales.
     identity = os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
-    discovery = Discovery(api, namespace, router, identity)
+    discovery = Discovery(api, namespace, router, identity, peer_port or PEER_PORT)
+    peers = None
+    if peer_port is not None:
+        peers = await asyncio.get_running_loop().create_server(
+            lambda: PeerConnection(router, discovery), host, peer_port, backlog=2048
+        )
+        log.info("router takes forwarded requests on %s:%d", host, peer_port)
     discovery.start()
     scaler = Scaler(api, namespace, router, identity)
     scaler.start(discovery.serving)
@@ -74,6 +92,8 @@ async def serve(api: client.ApiClient, namespace: str, host: str, port: int, tls
         await stopping.wait()
     finally:
         log.info("router stopping")
+        if peers is not None:
+            peers.close()
         await scaler.stop()
         await router.stop()
         await discovery.stop()
@@ -90,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--context", help="the kubeconfig's context (default: its current one)")
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
     parser.add_argument("--tls-key", help="... and this unencrypted PEM private key")
+    parser.add_argument(
+        "--peer-port", type=int, default=None, help="take requests forwarded by peer router pods on this port"
+    )
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
@@ -98,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # $KUBECONFIG before the pod's own account, as config.load_config() does (a node that
     # cannot mount the account at its fixed path hands it over that way)
     api = api_client(args.kubeconfig or os.environ.get("KUBECONFIG"), args.context)
-    asyncio.run(serve(api, args.namespace, args.host, args.port, tls))
+    asyncio.run(serve(api, args.namespace, args.host, args.port, tls, args.peer_port))
     return 0
 
 

@@ -14,7 +14,8 @@ again, which also re-reads every service's keys):
 
 A third watch follows the router's own pods (``peers.ROUTER_SELECTOR``): the Ready ones are
 the peers that split each replica's slots between them (``peers.py`` says how and why); a
-change of peers re-syncs every service.
+change of peers re-syncs every service. A service this router owns no slot of is forwarded
+to the peers that own its slots (``forward.py``), at their pod IPs.
 
 Everything reaches the router through ``targets/routing.RouterTable`` (the same object the
 local target uses), on the router's event loop: the router's data path imports no client.
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -36,8 +38,16 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from modelfleet.errors import TargetError
-from modelfleet.router.proxy import Router
+from modelfleet.router.proxy import Router, Upstream
 from modelfleet.targets.base import ReplicaState, RouteEntry
+from modelfleet.targets.kubernetes.forward import (
+    PEER_PORT,
+    UNREACHABLE_S,
+    forward_counts,
+    forward_upstreams,
+    peer_of,
+    secret_digest,
+)
 from modelfleet.targets.kubernetes.manifests import secret_name
 from modelfleet.targets.kubernetes.peers import ROUTER_SELECTOR, expand, peers_of, shares
 from modelfleet.targets.kubernetes.pods import is_ready, replicas_of
@@ -45,7 +55,7 @@ from modelfleet.targets.kubernetes.routes import ROUTE_SELECTOR, replica_secret_
 from modelfleet.targets.kubernetes.target import REPLICA_SELECTOR
 from modelfleet.targets.routing import RouterTable
 
-__all__ = ["Discovery"]
+__all__ = ["Discovery", "ForwardingTable"]
 
 log = logging.getLogger("modelfleet.router.discovery")
 
@@ -56,14 +66,39 @@ _STOP_WAIT_S = 2.0
 _RETRY_S = 1.0
 
 
+class ForwardingTable(RouterTable):
+    """``RouterTable`` that can also hand a service's requests to peer routers."""
+
+    def secret(self, service: str) -> bytes | None:
+        return self._secrets.get(service)
+
+    def forward(self, service: str, upstreams: list[Upstream]) -> None:
+        """The service's requests go to ``upstreams`` (peer routers) until the next ``sync``
+        hands it replicas again."""
+        if service not in self._routes:
+            return
+        ids = tuple(u.id for u in upstreams)
+        if self._published.get(service) == ids:
+            return
+        self._published[service] = ids
+        self.router.set_replicas(service, upstreams)
+
+
 class Discovery:
     """Feeds ``router`` from the API objects of ``namespace``. ``start`` on the router's loop."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, router: Router, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        router: Router,
+        identity: str | None = None,
+        peer_port: int = PEER_PORT,
+    ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
-        self.table = RouterTable(router, token_key=self._token_key)
+        self.table = ForwardingTable(router, token_key=self._token_key)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -81,7 +116,13 @@ class Discovery:
         # identity: this router's pod name; with None it is no peer and uses every slot
         self.identity = identity
         self._peers: list[str] = []
+        self._peer_ips: dict[str, str] = {}  # peer -> its pod IP
         self._limits: dict[str, int] = {}  # on the loop: service -> replica_max_concurrent_requests
+        # On the loop: forwarding to peers (forward.py)
+        self.peer_port = peer_port
+        self._forwarding: dict[str, tuple[str, ...]] = {}  # service -> the peers it goes to
+        self._by_secret: dict[bytes, str] = {}  # secret_digest(replica secret) -> service
+        self._unreachable: dict[str, float] = {}  # peer -> until when (loop time) it is skipped
 
     def __repr__(self) -> str:
         return f"<Discovery namespace={self.namespace} services={sorted(self._routes)} pods={len(self._pods)}>"
@@ -243,9 +284,13 @@ class Discovery:
             elif kind != "RESYNC":
                 routers[obj["metadata"]["uid"]] = obj
             peers = peers_of(routers.values())
+            ips = {
+                str(p["metadata"]["name"]): str((p.get("status") or {}).get("podIP") or "") for p in routers.values()
+            }
             with self._lock:
-                changed = peers != self._peers
+                changed = peers != self._peers or any(self._peer_ips.get(p) != ips.get(p) for p in peers)
                 self._peers = peers
+                self._peer_ips = {p: ips[p] for p in peers if ips.get(p)}
                 services = {_service(p) for p in self._pods.values()}
             if changed:
                 log.info("router peers: %s (this one: %s)", peers, self.identity)
@@ -272,6 +317,9 @@ class Discovery:
             # Each upstream is one slot (peers.expand), so the router's own limit is 1.
             self.table.publish(replace(route, max_concurrent=1), replica_secret)
             self._limits[route.service] = route.max_concurrent
+            self._by_secret = {k: v for k, v in self._by_secret.items() if v != route.service}
+            if replica_secret is not None:
+                self._by_secret[secret_digest(replica_secret)] = route.service
         except Exception:
             log.exception("service %s: route not applied", route.service)
             return
@@ -292,10 +340,64 @@ class Discovery:
         limit = self._limits.get(service, 1)
         generation = self._generations.get(service)
         serving = [r for r in live if r.generation == generation and r.state is ReplicaState.READY and r.address]
-        owned = shares([r.id for r in serving], limit, peers, self.identity) if self.identity else None
-        self.table.sync(service, expand(serving, limit, owned))
+        ids = [r.id for r in serving]
+        owned = shares(ids, limit, peers, self.identity) if self.identity else None
+        upstreams = self._forward(service, ids, limit, peers) if self.identity and owned is None else None
+        if upstreams:
+            self.table.forward(service, upstreams)
+        else:
+            if self._forwarding.pop(service, None) is not None:
+                log.info("service %s: no longer forwarded (this router sends to replica slots)", service)
+            self.table.sync(service, expand(serving, limit, owned))
         if generation is not None:
             self._serving[service] = (generation, len(serving))
+
+    def _forward(self, service: str, ids: list[str], limit: int, peers: list[str]) -> list[Upstream] | None:
+        """Upstreams to the peers owning the service's slots, when this router owns none."""
+        secret = self.table.secret(service)
+        if secret is None or self.identity is None:
+            return None  # no proof to give a peer: the service's replicas take no secret
+        now = self._now()
+        unreachable = frozenset(p for p, until in self._unreachable.items() if until > now)
+        counts = forward_counts(ids, limit, peers, self.identity, unreachable)
+        with self._lock:
+            addresses = dict(self._peer_ips)
+        upstreams = forward_upstreams(counts or {}, addresses, secret, self.identity, self.peer_port)
+        if not upstreams:
+            return None
+        to = tuple(sorted({p for p in counts or {} if p in addresses}))
+        if self._forwarding.get(service) != to:
+            self._forwarding[service] = to
+            log.info("service %s: this router owns no slot of it; forwarding to %s", service, list(to))
+        return list(upstreams)
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    # -- what the peer port asks (forward.PeerDesk), on the loop ---------------------------
+
+    def service_for(self, digest: bytes) -> str | None:
+        return self._by_secret.get(digest)
+
+    def forwards(self, service: str) -> bool:
+        return service in self._forwarding
+
+    def replica_failed(self, service: str, replica_id: str) -> None:
+        """The router's report of an upstream that failed: a peer whose port refused is skipped
+        for ``UNREACHABLE_S`` (its services go to replica slots meanwhile), then tried again."""
+        peer = peer_of(replica_id)
+        if peer is None or self._loop is None:
+            return
+        if self._unreachable.get(peer, 0.0) > self._now():
+            return
+        log.warning("peer router %s unreachable; not forwarding to it for %.0f s", peer, UNREACHABLE_S)
+        self._unreachable[peer] = self._now() + UNREACHABLE_S
+        self._resync_forwarded()
+        self._loop.call_later(UNREACHABLE_S + 0.1, self._resync_forwarded)
+
+    def _resync_forwarded(self) -> None:
+        for service in list(self._limits):
+            self._sync(service)
 
     def serving(self, service: str) -> tuple[int, int] | None:
         """The serving generation of ``service`` and how many of its replicas are Ready."""
@@ -306,6 +408,8 @@ class Discovery:
         self._generations.pop(service, None)
         self._serving.pop(service, None)
         self._limits.pop(service, None)
+        self._forwarding.pop(service, None)
+        self._by_secret = {k: v for k, v in self._by_secret.items() if v != service}
         log.info("service %s: removed (its route ConfigMap is gone)", service)
 
     def _token_key(self) -> Any:

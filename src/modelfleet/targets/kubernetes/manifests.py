@@ -99,6 +99,7 @@ CONFIG_MOUNT = "/etc/modelfleet"
 MODELS_FOLDER = "azureml-models"
 REPLICA_PORT = 5001
 ROUTER_PORT = 8080
+ROUTER_PEER_PORT = 8081  # requests forwarded between router pods (forward.py's PEER_PORT)
 POD_IP_ENV = "MODELFLEET_POD_IP"
 
 # The init container's command line: the fetcher reads layout.json from the ConfigMap and
@@ -429,6 +430,9 @@ def replica_environment(src: ServiceSource) -> dict[str, str]:
         "WORKER_COUNT": str(src.deploy.replica_max_concurrent_requests),
         "PYTHONUNBUFFERED": "1",
     }
+    if src.deploy.max_batch_size > 1:  # dynamic batching (replica/batching.py, replica/config.py)
+        env["MODELFLEET_MAX_BATCH_SIZE"] = str(src.deploy.max_batch_size)
+        env["MODELFLEET_MAX_BATCH_DELAY_MS"] = str(src.deploy.max_batch_delay_ms)
     env.update(src.environment_variables)
     return env
 
@@ -605,6 +609,8 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                                     f"$({POD_IP_ENV})",
                                     "--port",
                                     str(ROUTER_PORT),
+                                    "--peer-port",
+                                    str(ROUTER_PEER_PORT),
                                     *(tls_args if tls else []),
                                 ],
                                 "env": [
@@ -612,7 +618,10 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                                     {"name": "MODELFLEET_NAMESPACE", "value": ns},
                                     {"name": "PYTHONUNBUFFERED", "value": "1"},
                                 ],
-                                "ports": [{"name": port_name, "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                                "ports": [
+                                    {"name": port_name, "containerPort": ROUTER_PORT, "protocol": "TCP"},
+                                    {"name": "peer", "containerPort": ROUTER_PEER_PORT, "protocol": "TCP"},
+                                ],
                                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
                                 "livenessProbe": {**http, "periodSeconds": 10, "failureThreshold": 3},
                                 "readinessProbe": {**http, "periodSeconds": 2, "failureThreshold": 2},
