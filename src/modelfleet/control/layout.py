@@ -104,9 +104,10 @@ def prepare_app(store: Store, service: str, generation: int, config: dict[str, A
         environment[BATCH_DELAY_ENV] = str(deploy.max_batch_delay_ms)
     if deploy.memory_gb_limit is not None:  # enforced by the local target (targets/isolation.py)
         environment[MEMORY_LIMIT_ENV] = str(_bytes(deploy.memory_gb_limit))
+    # the service's models: named in collected records, and the versions V2 paths may name (replica/v2.py)
+    environment["MODELFLEET_MODELS"] = ",".join(f"{r['name']}:{r['version']}" for r in refs) or f"{service}:0"
     if deploy.collect_model_data:  # the replica records inputs and predictions (telemetry/collect.py)
         environment["MODELFLEET_DATA_DIR"] = str(service_data_dir(store.root / META_DIR, service))
-        environment["MODELFLEET_MODELS"] = ",".join(f"{r['name']}:{r['version']}" for r in refs) or f"{service}:0"
     environment.update(config.get("environment", {}).get("environment_variables") or {})
     return AppLayout(app_root=app_root, entry_script=entry_script, environment=environment)
 

@@ -19,6 +19,7 @@ liveness and swagger are answered on the loop, so ``GET /`` answers while run() 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from modelfleet.replica.responses import HTML, MSG_NOT_ALLOWED, MSG_NOT_FOUND, C
 from modelfleet.replica.scoring import Scorer, format_exception
 from modelfleet.replica.shared import Shared
 from modelfleet.replica.swagger import SwaggerDocs
+from modelfleet.replica.v2 import V2Model, error_reply, v2_path
 from modelfleet.replica.workers import QUEUED, RUNNING, Job, WorkerPool
 
 logger = logging.getLogger("modelfleet.replica")
@@ -55,6 +57,9 @@ class App:
         self.cors = Cors(config.cors_origins) if config.cors_origins else None
         self.pool: WorkerPool | None = None  # started by ReplicaServer.serve, with the loop
         self.scorer = Scorer(shared, entry, self._release)
+        # Open Inference Protocol (V2) calls: /v2/models/<name>[/versions/<v>][/ready|/infer]
+        self.v2 = V2Model(entry, format_exception)
+        self.model_versions = {version for _, version in config.models}  # empty: any (modelfleet serve)
         # /score requests admitted and not yet finished. Workers release their slot before writing
         # a plain answer, so a client that sends its next request as soon as it has the answer
         # never finds the slot still taken; hence the lock.
@@ -120,11 +125,15 @@ class App:
         method = req.method
         if self.secret is not None and not (path == "/" and method == "GET") and not self._has_secret(req):
             return conn.respond(req, self.forbidden, ids=False)
+        v2 = None
         if path == "/score":
             if method not in ("POST", "GET", "OPTIONS", "HEAD"):
                 return conn.respond(req, self.not_allowed, ids=False)
         elif path == "/" or path == "/swagger.json":
             if method not in ("GET", "HEAD", "OPTIONS"):
+                return conn.respond(req, self.not_allowed, ids=False)
+        elif (v2 := v2_path(path)) is not None:
+            if method != ("POST" if v2[2] == "infer" else "GET"):
                 return conn.respond(req, self.not_allowed, ids=False)
         else:
             return conn.respond(req, self.not_found, ids=False)
@@ -137,6 +146,8 @@ class App:
             return conn.respond(req, error)
         if path == "/score":
             return self._score(conn, req)
+        if v2 is not None:
+            return self._v2(conn, req, *v2)
         if method == "OPTIONS":
             return conn.respond(req, self.options_reply)
         if path == "/":
@@ -184,6 +195,33 @@ class App:
             return self.batcher.add(req)
         req.job = self.pool.submit(self.scorer.run, req, self._job_done)
         req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
+
+    # ---- the Open Inference Protocol (V2) -------------------------------------------------
+
+    def _v2(self, conn: HttpProtocol, req: Request, name: str, version: str | None, action: str) -> None:
+        if version is not None and self.model_versions and version not in self.model_versions:
+            known = ", ".join(sorted(self.model_versions))
+            return conn.respond(req, error_reply(404, f"model '{name}' has no version {version}; it has {known}"))
+        if action == "":
+            return conn.respond(req, self.v2.metadata(name, version))
+        if action == "ready":  # a replica that answers has loaded its script: ready
+            return conn.respond(req, Reply(200, _JSON, json.dumps({"name": name, "ready": True}).encode()))
+        limit = self.admit
+        if limit and self.in_flight >= limit:
+            return conn.respond(req, self.busy)
+        loop = self.shared.loop
+        assert self.pool is not None and loop is not None
+        with self.slots:
+            self.in_flight += 1
+        req.job = self.pool.submit(lambda r: self._v2_infer(r, name, version), req, self._job_done)
+        req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
+
+    def _v2_infer(self, req: Request, name: str, version: str | None) -> Reply:
+        """The worker's part of a V2 infer call: answer, then give the slot back (as Scorer.run)."""
+        reply = self.v2.infer(req, name, version)
+        self._release(req)
+        req.conn.send_from_worker(req, reply)
+        return reply
 
     def _release(self, req: Request) -> None:
         with self.slots:

@@ -11,12 +11,14 @@ which headers cross the router as they are.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modelfleet import __version__
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
@@ -360,6 +362,57 @@ D_404 = Decision(None, C_404, False, b"")
 D_HEALTH = Decision(None, C_HEALTH, False, b"")
 D_405_ROOT = Decision(None, C_405_ROOT, False, b"")
 
+# The Open Inference Protocol (V2): the server's own health and metadata are the router's
+# answers; a model's (a service's) paths go to its replicas (replica/v2.py) after its
+# credentials, as /score does. ``<service>.<model>`` names one model of a multi-model service
+# (service names hold no dot).
+V2_PREFIX = b"/v2/models/"
+D_V2_LIVE = Decision(None, Canned(200, b'{"live": true}'), False, b"")
+D_V2_READY = Decision(None, Canned(200, b'{"ready": true}'), False, b"")
+D_V2_SERVER = Decision(
+    None,
+    Canned(
+        200,
+        json.dumps({"name": "modelfleet", "version": __version__, "extensions": ["binary_tensor_data"]}).encode(),
+    ),
+    False,
+    b"",
+)
+D_405_V2_GET = Decision(None, error_answer(405, "only GET is allowed on this V2 path", [("allow", "GET")]), False, b"")
+D_405_V2_INFER = Decision(
+    None, error_answer(405, "only POST is allowed on a V2 infer path", [("allow", "POST")]), False, b""
+)
+_V2_SERVER_PATHS = {b"/v2": D_V2_SERVER, b"/v2/health/live": D_V2_LIVE, b"/v2/health/ready": D_V2_READY}
+
+
+def route_v2(method: bytes, path: bytes, length: int, table: Mapping[bytes, ServiceState]) -> Decision:
+    """``route()`` for paths under ``/v2``: a new Decision for a model's path (the replica gets
+    the path as it came), a prebuilt one for the rest."""
+    server = _V2_SERVER_PATHS.get(path)
+    if server is not None:
+        return server if method == b"GET" else D_405_V2_GET
+    if not path.startswith(V2_PREFIX):
+        return D_404
+    rest = path[11:]
+    cut = rest.find(b"/")
+    name = rest if cut < 0 else rest[:cut]
+    svc = table.get(name.partition(b".")[0])
+    if svc is None or svc.d_score is svc.d_404:  # unknown, or an endpoint's version (reached through it)
+        return D_404
+    tail = b"" if cut < 0 else rest[cut:]
+    if tail.startswith(b"/versions/"):
+        version_cut = tail.find(b"/", 10)
+        tail = b"" if version_cut < 0 else tail[version_cut:]
+    if tail == b"/infer":
+        if method != b"POST":
+            return D_405_V2_INFER
+        return (
+            svc.d_score_413 if length > svc.route.max_body_bytes else Decision(svc, None, svc.d_score.check_auth, path)
+        )
+    if tail == b"" or tail == b"/ready":
+        return Decision(svc, None, svc.d_score.check_auth, path) if method == b"GET" else D_405_V2_GET
+    return svc.d_404
+
 
 def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, ServiceState]) -> Decision:
     """Where a request goes, from its method, path (no query string), Content-Length (-1 when
@@ -368,7 +421,8 @@ def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, Service
     ``GET /``: health. ``POST|GET /api/v1/service/<name>/score``: the service's replicas, after
     its credentials. ``GET /api/v1/service/<name>/swagger.json``: a replica, no credentials.
     Another method on those paths: 405; any other path or unknown name: 404; a body declared
-    larger than the service accepts: 413 (after the credentials, on /score)."""
+    larger than the service accepts: 413 (after the credentials, on /score). ``/v2``: the Open
+    Inference Protocol (``route_v2``)."""
     if path.startswith(SERVICE_PREFIX):
         rest = path[16:]
         cut = rest.find(b"/")
@@ -387,4 +441,6 @@ def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, Service
         return svc.d_404
     if path == b"/":
         return D_HEALTH if method == b"GET" else D_405_ROOT
+    if path.startswith(b"/v2"):
+        return route_v2(method, path, length, table)
     return D_404
