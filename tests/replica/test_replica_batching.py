@@ -18,6 +18,7 @@ import pytest
 from modelfleet.errors import ConfigError
 from modelfleet.replica.batching import BUCKETS, answer_error, bucket_of, deadline_of, due, split_expired
 from modelfleet.replica.config import parse_config
+from modelfleet.router.autoscale import Counts, ScaleSettings, ScaleState, batch_counts, decide
 from replica_scripts.harness import Answer, Server, request, start_replica
 
 SCRIPT = Path(__file__).resolve().parent / "batch_scripts" / "batch_ids.py"
@@ -282,3 +283,27 @@ def test_answer_error_names_the_counts() -> None:
 
 def test_batch_sizes_fall_in_power_of_two_buckets() -> None:
     assert [bucket_of(n) for n in (1, 2, 3, 8, 9, 1024, 1025)] == [0, 1, 2, 3, 4, 10, len(BUCKETS)]
+
+
+def test_a_batching_service_is_sampled_in_busy_calls_and_scales_on_them() -> None:
+    # replica_max_concurrent_requests 1, max_batch_size 32: the router's limit is 32 per replica
+    settings = ScaleSettings(min_replicas=1, max_replicas=10, target=0.7, refresh_s=1.0, down_delay_s=60.0)
+    router = Counts(in_flight=5, queued=0, ready=1, current=1, limit=32)
+    busy = [{"batch_calls_busy_mean": 1.0, "batch_waiting": 4}]  # its one call never rests
+    counts = batch_counts(router, busy, 32)
+    assert (counts.in_flight, counts.queued, counts.limit) == (32, 4, 32)  # a busy call counts as a full batch
+    state, decision = ScaleState(), None
+    for step in range(5):
+        decision, state = decide(counts, settings, state, now=step * 0.25)
+    assert decision is not None and decision.utilization == pytest.approx(36 / 32)
+    assert decision.desired == 2  # ceil(36 / (32 x 0.7))
+    # on the router's counts alone (5 requests of 32) the same replica looks 16 % busy
+    state = ScaleState()
+    for step in range(5):
+        decision, state = decide(router, settings, state, now=step * 0.25)
+    assert decision.desired == 1 and decision.utilization == pytest.approx(5 / 32)
+    # a report missing for a Ready replica, or no batching: the router's counts stand
+    assert batch_counts(Counts(5, 0, 2, 2, 32), busy, 32) == Counts(5, 0, 2, 2, 32)
+    assert batch_counts(router, busy, 1) == router
+    two = [{"batch_calls_busy_mean": 0.5, "batch_waiting": 0}, {"batch_calls_busy_mean": 0.25, "batch_waiting": 2}]
+    assert batch_counts(Counts(9, 3, 2, 2, 16), two, 16) == Counts(12, 5, 2, 2, 16)

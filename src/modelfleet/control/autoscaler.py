@@ -11,6 +11,10 @@ calls the pure ``decide`` and, when the count should change, has the service's c
 The controller records each change as a scale event and logs it. With autoscaling off the
 loop leaves the service alone, so ``num_replicas`` is held.
 
+A batching service (``max_batch_size`` > 1) is sampled in calls of ``run_batch`` rather than
+requests (``router/autoscale.batch_counts``), from what its Ready replicas report
+(``replica_reports``: their stats files, written about once a second).
+
 The machine's room is ``control/room.py``'s accounting, the same every deploy and update is
 checked against (a documented rule, like a Kubernetes node's allocatable): replicas reserve
 what they request, and a replica fits when the ``cpu_cores`` (``memory_gb``, ``gpu_cores``) of
@@ -42,7 +46,7 @@ from typing import Any, Protocol
 
 from modelfleet.control.room import Capacity, Holding, holdings, machine_capacity, used_by
 from modelfleet.control.room import room_for as _room_for
-from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, decide
+from modelfleet.router.autoscale import Counts, Decision, ScaleSettings, ScaleState, batch_counts, decide
 from modelfleet.spec import DeploySpec
 from modelfleet.targets.base import ReplicaInfo
 
@@ -102,9 +106,11 @@ class Autoscaler:
         stats: Callable[[], dict[str, dict[str, Any]]],
         capacity: Capacity,
         tick_s: float = 0.05,
+        replica_reports: Callable[[str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._reconciler = reconciler
         self._stats = stats  # the router's counters per service (``Router.stats``)
+        self._replica_reports = replica_reports  # a service's Ready replicas' own counters (batching)
         self.capacity = capacity
         self._tick_s = tick_s
         self._tracked: dict[str, _Tracked] = {}
@@ -182,6 +188,8 @@ class Autoscaler:
             room=room,
             idle_s=stats.get("idle_s"),
         )
+        if spec.max_batch_size > 1 and self._replica_reports is not None:
+            counts = batch_counts(counts, self._replica_reports(controller.name), spec.max_batch_size)
         decision, tracked.state = decide(counts, settings, tracked.state, now)
         tracked.last = decision
         if controller.start_failures != tracked.start_failures:

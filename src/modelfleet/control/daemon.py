@@ -93,9 +93,11 @@ class Daemon:
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
         self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
-        self.autoscaler = Autoscaler(self.reconciler, self.router.stats, machine_capacity())
         self.telemetry = ClusterTelemetry(
             self.router, self.reconciler, self.store.runtime_dir, self.config.otlp_endpoint
+        )
+        self.autoscaler = Autoscaler(
+            self.reconciler, self.router.stats, machine_capacity(), replica_reports=self.telemetry.replica_reports
         )
         stored_metrics = self.store.get_setting(METRICS_PORT_SETTING)
         metrics_port = await self.telemetry.start(

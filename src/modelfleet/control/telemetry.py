@@ -10,7 +10,10 @@ otherwise, and asks for no credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from pathlib import Path
+from typing import Any
 
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.router.proxy import Router
@@ -46,6 +49,22 @@ class ClusterTelemetry:
         await self.server.stop()
         await asyncio.to_thread(self.tracer.stop)
         self.exporter.close()
+
+    def replica_reports(self, service: str) -> list[dict[str, Any]]:
+        """The stats files of the service's Ready replicas, those that have one (the
+        autoscaler's view of a batching service: router/autoscale.batch_counts)."""
+        svc = self.router.services.get(service.encode())
+        if svc is None:
+            return []
+        run_dir = self.services_dir / service / "run"
+        out = []
+        for slot in svc.dispatch.slots():
+            if slot.listed and not slot.failed:
+                with contextlib.suppress(OSError, ValueError):
+                    data = json.loads(stats_path(run_dir, slot.id).read_text())
+                    if isinstance(data, dict):
+                        out.append(data)
+        return out
 
     def views(self) -> list[ServiceView]:
         """Every routed service's numbers, now (runs on the event loop, on scrape)."""

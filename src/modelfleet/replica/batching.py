@@ -27,9 +27,10 @@ caller has left): when N ms have passed since the request reached the replica an
 not formed yet, it is left out, answered 504 and counted (``deadline_expired``).
 
 Counters (``stats()``, written to the replica's stats file and exported by the daemon's
-``/metrics``): the histogram of batch sizes (``BUCKETS``), the calls busy now and their limit
-(the autoscaler's utilization for a batching service), and the requests left out at their
-deadline.
+``/metrics``): the histogram of batch sizes (``BUCKETS``), the calls busy now, their mean since
+the last report and their limit, the requests waiting for a batch (the last two are what the
+autoscaler counts for a batching service: ``router/autoscale.batch_counts``), and the requests
+left out at their deadline.
 
 The decisions (``due``, ``deadline_of``, ``split_expired``, ``answer_error``) are pure
 functions; ``Batcher`` moves requests between the loop and the workers.
@@ -166,6 +167,9 @@ class Batcher:
         self.timer: asyncio.TimerHandle | None = None
         # counters (stats())
         self.busy = 0  # calls of run_batch running now
+        self.busy_time = 0.0  # call-seconds so far, up to busy_at (perf_counter)
+        self.busy_at = time.perf_counter()
+        self.reported = (self.busy_at, 0.0)  # (when, busy_time) at the last stats()
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.batches = 0
         self.items = 0
@@ -184,8 +188,17 @@ class Batcher:
         return f"<Batcher waiting={len(self.pending)} busy={self.busy}/{self.calls} max_size={self.max_size}>"
 
     def stats(self) -> dict[str, Any]:
-        """The counters, for the replica's stats file (telemetry/replica_stats.py)."""
+        """The counters, for the replica's stats file (telemetry/replica_stats.py; its thread
+        calls this about once a second). ``batch_calls_busy_mean`` is the mean number of calls
+        running since the previous call of ``stats()``: what the autoscaler counts as busy."""
+        now = time.perf_counter()
+        total = self.busy_time + self.busy * (now - self.busy_at)
+        then, before = self.reported
+        self.reported = (now, total)
+        mean = (total - before) / (now - then) if now > then else float(self.busy)
         return {
+            "batch_calls_busy_mean": round(mean, 3),
+            "batch_waiting": len(self.pending),
             "batch_size_bounds": list(BUCKETS),  # the upper bounds of the buckets but the last (+Inf)
             "batch_size_buckets": list(self.buckets),
             "batch_size_sum": self.items,
@@ -238,6 +251,7 @@ class Batcher:
         pool, loop = self._pool_of(), self._loop_of()
         assert pool is not None and loop is not None
         size = len(batch.items)
+        self._account()
         self.busy += 1
         self.batches += 1
         self.items += size
@@ -247,8 +261,15 @@ class Batcher:
             item.req.job = job
         batch.timer = loop.call_later(self.timeout_s, self._check_timeout, batch, job)
 
+    def _account(self) -> None:
+        """Add the call-seconds since the last change of ``busy`` (before it changes)."""
+        now = time.perf_counter()
+        self.busy_time += self.busy * (now - self.busy_at)
+        self.busy_at = now
+
     def _done(self, job: Job) -> None:
         batch: _Batch = job.arg
+        self._account()
         self.busy -= 1
         if batch.timer is not None:
             batch.timer.cancel()

@@ -52,6 +52,16 @@ Worked example (a test asserts it): ``zero_after_s`` 30, min 1, one replica, las
 t=0. At t=29.9 nothing changes; at t=30 the count goes 1 → 0. A request arrives at t=50 and
 waits in the router: the sample at t=50 (busy 1) goes 0 → 1.
 
+A batching service (``max_batch_size`` B > 1, ``replica/batching.py``) is sampled by
+``batch_counts``: the router's limit per replica is then C × B requests (C =
+replica_max_concurrent_requests, the calls of ``run_batch`` at once), and busy counts each call
+the Ready replicas report running (their mean over the last second) as B requests, plus every
+request waiting for a batch in a replica or in the router's queue. So utilization is the share
+of the calls that are busy plus the waiting load in full batches, as v1's was the share of
+run() calls busy plus the queue: a replica whose one call never rests is at 100 % however small
+its batches, and scaling follows load. Without a report from every Ready replica the router's
+own counts stand (requests against C × B).
+
 The replica calculator of v1's documentation, ``replicas_for``, is the same arithmetic
 planned ahead: replicas = ceil(target rps × request seconds ÷ target utilization ÷
 per-replica concurrency).
@@ -60,7 +70,9 @@ per-replica concurrency).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = [
     "Counts",
@@ -68,6 +80,7 @@ __all__ = [
     "MaxWindow",
     "ScaleSettings",
     "ScaleState",
+    "batch_counts",
     "decide",
     "replicas_for",
 ]
@@ -163,6 +176,16 @@ class Decision:
     reason: str  # why ``desired`` differs from ``current`` (empty when it does not)
     limited_by: str | None = None  # "max", "min" or "capacity" when one of them cut the count
     mean_busy: float = 0.0  # the smoothed in-flight + queued
+
+
+def batch_counts(counts: Counts, reports: Sequence[Mapping[str, Any]], batch: int) -> Counts:
+    """A batching service's sample (module docstring): ``reports`` are the Ready replicas'
+    ``batch_calls_busy_mean`` and ``batch_waiting``; ``counts.limit`` is already C × ``batch``."""
+    if batch <= 1 or not reports or len(reports) < counts.ready:
+        return counts
+    busy = sum(float(r.get("batch_calls_busy_mean", 0.0)) for r in reports)
+    waiting = sum(int(r.get("batch_waiting", 0)) for r in reports)
+    return replace(counts, in_flight=round(busy * batch), queued=waiting + counts.queued)
 
 
 def decide(counts: Counts, settings: ScaleSettings, state: ScaleState, now: float) -> tuple[Decision, ScaleState]:

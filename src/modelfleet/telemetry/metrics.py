@@ -220,7 +220,8 @@ def _bound(value: float) -> str:
 def _batch_buckets(stats: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
     """A replica's batch-size counts per bucket (its stats file) as cumulative Prometheus buckets."""
     bounds = [*stats.get("batch_size_bounds", []), float("inf")]
-    cumulative, buckets = 0, []
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
     for bound, n in zip(bounds, stats["batch_size_buckets"], strict=False):
         cumulative += int(n)
         buckets.append(("+Inf" if bound == float("inf") else _bound(bound), cumulative))
