@@ -31,10 +31,11 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "e2e_scripts"
 
 # A private blob server: http.server that answers 403 unless the request carries the query
 # ``sig=<sig>`` (an Azure SAS token's signature field) and/or ``Authorization: Bearer <token>``;
-# it logs each request's path without its query, and every refusal.
+# it logs each request's path without its query, and every refusal. A PUT (an upload, as Azure's
+# Put Blob) needs ``sig=<write_sig>`` and stores the body under that path, inside the root only.
 _PRIVATE = """
-import http.server, sys, urllib.parse
-port, root, sig, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+import http.server, os, sys, tempfile, urllib.parse
+port, root, sig, token, write_sig = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 class H(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
         super().__init__(*a, directory=root, **k)
@@ -48,6 +49,25 @@ class H(http.server.SimpleHTTPRequestHandler):
             self.send_error(403, "no valid credential")
             return
         super().do_GET()
+    def do_PUT(self):
+        url = urllib.parse.urlsplit(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        parts = [p for p in urllib.parse.unquote(url.path).split("/") if p]
+        ok = bool(write_sig) and q.get("sig") == [write_sig] and ".." not in parts and parts
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        print(("PUT " if ok else "403 PUT ") + url.path, flush=True)
+        if not ok:
+            self.send_error(403, "no valid write credential")
+            return
+        path = os.path.join(root, *parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, path)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *a):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
@@ -56,13 +76,19 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 
 @contextmanager
 def serve_blobs(
-    store: Store, sig: str | None = None, token: str | None = None, log: Path | None = None
+    store: Store,
+    sig: str | None = None,
+    token: str | None = None,
+    log: Path | None = None,
+    write_sig: str | None = None,
 ) -> Iterator[str]:
     """The workspace's blob folder over HTTP on 127.0.0.1: a blob store the pods can reach.
-    With ``sig`` and/or ``token``, a private one (``_PRIVATE``); ``log`` gets its request lines."""
+    With ``sig`` and/or ``token``, a private one (``_PRIVATE``); with ``write_sig``, one that
+    takes uploads (PUT with that SAS signature); ``log`` gets its request lines."""
     port = free_port()
-    if sig or token:
+    if sig or token or write_sig:
         argv = [sys.executable, "-c", _PRIVATE, str(port), str(store.blobs.root), sig or "", token or ""]
+        argv.append(write_sig or "")
     else:
         argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
         argv += ["--directory", str(store.blobs.root)]

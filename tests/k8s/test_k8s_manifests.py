@@ -58,6 +58,7 @@ CASES = {
         success_threshold=2,
         namespace="models",
     ),
+    "collects": source(collect_model_data=True),  # the "ship" sidecar and its data folder
 }
 ROUTERS = {
     lb: m.RouterSource(
@@ -235,6 +236,8 @@ def test_bad_input_is_refused_with_a_clear_message():
 def test_the_1_20_api_server_accepts_every_object(admin: client.ApiClient, namespace: str):
     # Server-side dry run: full validation, defaulting and admission, nothing stored or scheduled.
     objs = [o for o in m.service_objects(_in(namespace, CASES["limits-gpu-tags"]))]
+    objs += m.service_objects(replace(_in(namespace, CASES["collects"]), name="collects"))
+    objs.append(m.upload_secret("https://blobs.example/ws", namespace, sas="sv=1&sig=x"))
     objs += m.router_objects(m.RouterSource(image="r:1", namespace=namespace, secret_names=["scorer-keys"]))
     objs += m.router_objects(replace(TLS_INGRESS, namespace=namespace))[3:]  # Deployment, Service, Ingress
     objs.append({**TLS_SECRET, "metadata": {**TLS_SECRET["metadata"], "namespace": namespace}})

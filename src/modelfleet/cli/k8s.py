@@ -161,6 +161,16 @@ def _register_k8s(groups: Any) -> None:
     manifests.add_argument("--no-router", action="store_true", help="the service's objects only")
     manifests.add_argument("--with-keys", action="store_true", help="put the service's keys in its Secret")
     manifests.set_defaults(handler=k8s_manifests)
+    upload = k8s.add_parser(
+        "upload-credential",
+        help="the pods' write credential for the blob store (collected model data); neither flag removes it",
+    )
+    upload.add_argument("--compute-target", required=True, help="the attached cluster")
+    upload.add_argument(
+        "--sas-env", metavar="VAR", help="environment variable holding a SAS token with write permission"
+    )
+    upload.add_argument("--token-env", metavar="VAR", help="environment variable holding a bearer token")
+    upload.set_defaults(handler=k8s_upload_credential)
     router = k8s.add_parser("router", help="the cluster's router").add_subparsers(
         metavar="COMMAND", dest="router_command", required=True
     )
@@ -190,6 +200,23 @@ def _register_k8s(groups: Any) -> None:
     uninstall = router.add_parser("uninstall", help="delete the router's objects")
     uninstall.add_argument("--compute-target", required=True, help="the attached cluster")
     uninstall.set_defaults(handler=k8s_router_uninstall)
+
+
+def k8s_upload_credential(args: argparse.Namespace) -> int:
+    from modelfleet.sdk.compute import ComputeTarget
+    from modelfleet.sdk.k8s_uploads import set_upload_credential
+
+    # read from the environment, never from the command line (ps shows argv)
+    values: dict[str, str | None] = {"sas": None, "token": None}
+    for flag, var, key in (("--sas-env", args.sas_env, "sas"), ("--token-env", args.token_env, "token")):
+        if var is not None:
+            if not os.environ.get(var):
+                raise ConfigError(f"{flag}: environment variable {var} is not set or empty")
+            values[key] = os.environ[var]
+    name = set_upload_credential(ComputeTarget(workspace(args), args.compute_target), **values)
+    done = "written" if values["sas"] or values["token"] else "removed"
+    print(f"upload credential {done}: Secret {name} (pods started from now on use it)")
+    return 0
 
 
 def k8s_router_install(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.k8s_router import api_client
+from modelfleet.control.k8s_uploads import sync_uploads
 from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
 from modelfleet.envs.canonical import canonicalize
 from modelfleet.envs.image import DEFAULT_REPOSITORY, image_tag, image_variant, write_image_context
@@ -62,6 +63,7 @@ _PASS_S = 1.0
 _START_TIMEOUT_S = 30.0
 _ROLE_RECHECK_S = 30.0
 _HPA_RECHECK_S = 5.0
+_UPLOADS_S = 2.0  # how often the pods' uploaded model data is laid into the workspace
 
 
 def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
@@ -206,6 +208,7 @@ class KubernetesController:
         self._role_for: set[str] | None = None  # the services the router's Role was last made for
         self._role_at = 0.0
         self._hpa_at = 0.0
+        self._uploads_at = 0.0
         self._hpa_notes: dict[str, str | None] = {}
         self.reconciler = Reconciler(
             store, target, kubernetes_planner(compute, credential), compute_target=compute.name
@@ -250,12 +253,29 @@ class KubernetesController:
         if now - self._hpa_at >= _HPA_RECHECK_S:
             self._hpa_at = now
             await self._report_foreign_autoscalers()
+        if now - self._uploads_at >= _UPLOADS_S:
+            self._uploads_at = now
+            await self._sync_uploads()
         for name in sorted(mine - known):
             log.info("service %s: following it", name)
             self.reconciler.sync(name)
         for name in sorted(known - mine):
             log.info("service %s: deleted from the workspace; deleting it from the cluster", name)
             await self.reconciler.delete(name)
+
+    async def _sync_uploads(self) -> None:
+        """The model data the pods of services that collect it uploaded, into the workspace's
+        data folder (``k8s_uploads.py``): ``modelfleet data export`` reads it from there."""
+        for name, controller in list(self.reconciler.controllers.items()):
+            if controller.spec is None or not controller.spec.collect_model_data:
+                continue
+            try:
+                added = await asyncio.to_thread(sync_uploads, self.store, name)
+            except Exception as exc:  # the blob store unreachable: try again next time
+                log.warning("service %s: uploaded model data not read (%s)", name, exc)
+                continue
+            if added:
+                log.info("service %s: %d bytes of model data from its pods", name, added)
 
     async def _report_foreign_autoscalers(self) -> None:
         """modelfleet never creates an HPA; one aimed at a service's Deployment is said in its

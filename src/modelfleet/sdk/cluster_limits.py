@@ -8,14 +8,8 @@ from modelfleet.spec import DeploySpec
 
 
 def refuse_unsupported_on_cluster(spec: DeploySpec, target: str) -> None:
-    # The replica writes collected records to a folder of the local workspace; a pod has no such
-    # folder, and nothing ships its records to the workspace's blob store yet: they would be lost.
-    if spec.collect_model_data:
-        raise ConfigError(
-            f"collect_model_data=True is not supported on Kubernetes compute target {target!r} yet: a pod's "
-            "collected records would not reach the workspace; deploy with collect_model_data=False, or to "
-            "the local cluster"
-        )
+    # collect_model_data is supported: a pod's "ship" sidecar uploads its records to the blob
+    # store and the target's controller lays them into the workspace (targets/kubernetes/ship.py).
     # Scale to zero holds requests in the router while a replica starts from none; the in-cluster
     # router's scaler does not act on that signal yet (router/autoscale.py has the rules), so a
     # Kubernetes service set to it would never come back from zero.

@@ -65,6 +65,8 @@ from modelfleet.spec import DeploySpec, validate_model_name, validate_service_na
 from modelfleet.targets.kubernetes.fetch import SAS_ENV, TOKEN_ENV
 from modelfleet.targets.kubernetes.router_scale import ANNOTATION as ROUTER_SCALE_ANNOTATION
 from modelfleet.targets.kubernetes.router_scale import RouterScaleSettings
+from modelfleet.targets.kubernetes.ship import SAS_ENV as UPLOAD_SAS_ENV
+from modelfleet.targets.kubernetes.ship import TOKEN_ENV as UPLOAD_TOKEN_ENV
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelfleet"}
 SERVICE_LABEL = "modelfleet.io/service"
@@ -95,6 +97,9 @@ BLOB_SAS_KEY = "sas"  # in the blob store's Secret: a query string appended to e
 BLOB_TOKEN_KEY = "token"  # ... and a bearer token sent with each blob request
 
 APP_ROOT = "/var/azureml-app"
+DATA_MOUNT = "/var/modelfleet-data"  # collected model data, shipped by the "ship" sidecar (ship.py)
+TELEMETRY_PREFIX = "telemetry"  # under the blob store: <prefix>/<service>/data/...
+SHIP_COMMAND = ["python", "-m", "modelfleet.targets.kubernetes.ship"]
 CONFIG_MOUNT = "/etc/modelfleet"
 MODELS_FOLDER = "azureml-models"
 REPLICA_PORT = 5001
@@ -269,6 +274,65 @@ def blob_secret_command(blob_store: str, namespace: str, key: str) -> str:
     )
 
 
+def upload_secret_name(blob_store: str) -> str:
+    """The Secret holding the pods' write credential for the blob store at that URL: what the
+    "ship" sidecar uploads collected data with (``ship.py``); apart from the read one, which
+    every init container gets."""
+    return f"modelfleet-upload-{hashlib.sha256(blob_store.rstrip('/').encode()).hexdigest()[:12]}"
+
+
+def upload_secret(blob_store: str, namespace: str, sas: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The write credential's Secret (``BLOB_SAS_KEY``/``BLOB_TOKEN_KEY``); the caller
+    validated the values (``upload_credential.py``)."""
+    data = {k: v for k, v in ((BLOB_SAS_KEY, (sas or "").lstrip("?")), (BLOB_TOKEN_KEY, token)) if v}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(
+            upload_secret_name(blob_store),
+            namespace,
+            {**MANAGED_BY, COMPONENT_LABEL: "blob-upload"},
+            {BLOB_STORE_ANNOTATION: blob_store.rstrip("/")},
+        ),
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+def telemetry_prefix(service: str) -> str:
+    """Where a service's pods upload collected model data, under the blob store."""
+    return f"{TELEMETRY_PREFIX}/{service}/data"
+
+
+def _ship_container(src: ServiceSource, grace_s: int) -> dict[str, Any]:
+    """The sidecar that uploads the replica's collected data (``ship.py``)."""
+    name = upload_secret_name(src.blob_store)
+    credential = [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": True}}}
+        for env, key in ((UPLOAD_SAS_ENV, BLOB_SAS_KEY), (UPLOAD_TOKEN_ENV, BLOB_TOKEN_KEY))
+    ]
+    return {
+        "name": "ship",
+        "image": src.image,
+        "command": SHIP_COMMAND,
+        "args": [
+            "--blob-store",
+            src.blob_store,
+            "--prefix",
+            telemetry_prefix(src.name),
+            "--dir",
+            DATA_MOUNT,
+            "--replica",
+            f"http://$({POD_IP_ENV}):{REPLICA_PORT}/",
+            "--grace",
+            str(max(1, grace_s - 2)),
+        ],
+        "env": [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *credential],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}],
+    }
+
+
 def _blob_credential_env(blob_store: str) -> list[dict[str, Any]]:
     name = blob_secret_name(blob_store)
     return [
@@ -429,7 +493,11 @@ def replica_environment(src: ServiceSource) -> dict[str, str]:
         "SCORING_TIMEOUT_MS": str(src.deploy.scoring_timeout_ms),
         "WORKER_COUNT": str(src.deploy.replica_max_concurrent_requests),
         "PYTHONUNBUFFERED": "1",
+        # the service's models: named in collected records (as control/layout.py sets it)
+        "MODELFLEET_MODELS": ",".join(f"{ml.name}:{ml.version}" for ml in src.models) or f"{src.name}:0",
     }
+    if src.deploy.collect_model_data:  # the replica records inputs and predictions; "ship" uploads them
+        env["MODELFLEET_DATA_DIR"] = DATA_MOUNT
     if src.deploy.max_batch_size > 1:  # dynamic batching (replica/batching.py, replica/config.py)
         env["MODELFLEET_MAX_BATCH_SIZE"] = str(src.deploy.max_batch_size)
         env["MODELFLEET_MAX_BATCH_DELAY_MS"] = str(src.deploy.max_batch_delay_ms)
@@ -493,11 +561,16 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
         "resources": resources(deploy),
         **probes(deploy),
         "lifecycle": {"preStop": {"exec": {"command": PRE_STOP_COMMAND}}},
-        "volumeMounts": [{"name": "app", "mountPath": APP_ROOT}],
+        "volumeMounts": [{"name": "app", "mountPath": APP_ROOT}]
+        + ([{"name": "data", "mountPath": DATA_MOUNT}] if deploy.collect_model_data else []),
     }
     # The grace period counts from the deletion: the preStop wait, then the replica's own drain
     # after SIGTERM (it stops accepting and answers what it holds, up to the scoring timeout).
     grace = PRE_STOP_S + math.ceil(deploy.scoring_timeout_ms / 1000) + 5
+    containers = [replica]
+    if deploy.collect_model_data:
+        volumes.append({"name": "data", "emptyDir": {}})
+        containers.append(_ship_container(src, grace))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -513,7 +586,7 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
                     "automountServiceAccountToken": False,  # replicas never call the API
                     "terminationGracePeriodSeconds": grace,
                     "initContainers": [init],
-                    "containers": [replica],
+                    "containers": containers,
                     "volumes": volumes,
                 },
             },

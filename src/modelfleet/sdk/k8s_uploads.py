@@ -1,0 +1,39 @@
+"""The pods' write credential for a Kubernetes compute target's blob store, with which the
+pods of a service deployed with ``collect_model_data=True`` upload what they collect
+(``targets/kubernetes/ship.py``; the workspace reads it back: ``control/k8s_uploads.py``).
+
+    from modelfleet.sdk.k8s_uploads import set_upload_credential
+    set_upload_credential(target, sas=os.environ["TEAM_WRITE_SAS"])   # or token=...; neither removes it
+
+It goes into a Secret in the target's namespace and nowhere else
+(``targets/kubernetes/upload_credential.py``); the workspace records which form was given
+(``compute show``: ``blob_store_upload_auth``).
+"""
+
+from __future__ import annotations
+
+from modelfleet.sdk.compute import KIND, KubernetesCompute
+
+__all__ = ["set_upload_credential"]
+
+
+def set_upload_credential(target: KubernetesCompute, sas: str | None = None, token: str | None = None) -> str:
+    """Write (or, with neither, remove) the pods' upload credential; returns the Secret's name.
+    Pods started from now on upload with it."""
+    from modelfleet.control.k8s_router import api_client
+    from modelfleet.targets.kubernetes.upload_credential import auth_of, check_upload_credential, write_upload_secret
+
+    settings = target.settings
+    blob_store = settings.get("blob_store")
+    check_upload_credential(blob_store, sas, token)
+    api = api_client(settings.get("kubeconfig"), settings.get("context"))
+    try:
+        name = write_upload_secret(api, target.namespace, str(blob_store), sas, token)
+    finally:
+        api.close()
+    settings.pop("blob_store_upload_auth", None)
+    auth = auth_of(sas, token)
+    if auth:
+        settings["blob_store_upload_auth"] = auth
+    target.workspace.store.computes.attach(target.name, KIND, settings, overwrite=True)
+    return name
