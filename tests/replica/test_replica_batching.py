@@ -151,6 +151,42 @@ def together(port: int, bodies: list[dict[str, object]]) -> list[Answer]:
     return out  # type: ignore[return-value]
 
 
+def test_the_batching_example_answers_each_request_with_its_own_rows(tmp_path: Path) -> None:
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "examples" / "demo"))
+    try:
+        from train import train  # the demo's Ridge regression on the diabetes data
+    finally:
+        sys.path.pop(0)
+    train(tmp_path / "model")
+    server = start_replica(
+        root / "examples" / "batching" / "score.py",
+        tmp_path,
+        args=["--model_dir", str(tmp_path / "model"), "--max-batch-size", "3", "--max-batch-delay-ms", "1000"],
+    )
+    try:
+        one, two = [[0.01] * 10], [[0.02] * 10, [-0.03] * 10]
+        bodies: list[dict[str, object]] = [{"data": one}, {"rows": "none"}, {"data": two}]
+        got = together(server.port, bodies)
+        assert [a.status for a in got] == [200, 500, 200]
+        assert all(a.headers["x-modelfleet-batch-size"] == "3" for a in got)
+        assert "KeyError" in json.loads(got[1].body)["message"]
+        unbatched = start_replica(
+            root / "examples" / "batching" / "score.py", tmp_path, args=["--model_dir", str(tmp_path / "model")]
+        )
+        try:
+            for answer, body in ((got[0], bodies[0]), (got[2], bodies[2])):
+                alone = score(unbatched.port, body)
+                assert json.loads(answer.body) == pytest.approx(json.loads(alone.body))  # run() per request
+                assert len(json.loads(answer.body)) == len(body["data"])  # type: ignore[arg-type]
+        finally:
+            assert unbatched.stop() == 0
+    finally:
+        assert server.stop() == 0
+
+
 def test_an_item_whose_deadline_passed_before_its_batch_formed_is_left_out(tmp_path: Path) -> None:
     seen = tmp_path / "seen"
     server, stats = start(
