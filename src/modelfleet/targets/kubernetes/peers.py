@@ -29,12 +29,11 @@ its own (``<pod>#<k>``, the same address) under a per-upstream limit of 1, throu
 ``RouterTable``/``Router.set_replicas`` as before, so ``router/dispatch.py`` needs no per-upstream
 limit.
 
-Not covered, and said where it shows: a router that owns no slot of a service (fewer slots in
-all than routers, e.g. one replica at limit 1 behind two routers) or is not itself a peer (not
-Ready yet, Terminating, or run beside the cluster) sends to every slot as before, and its
-collisions are settled by the replica's busy answer. Forwarding such a request to a peer that
-owns a slot would close that gap; the router's request line to an upstream is the replica's
-path (``/score``), so that needs a peer listener the router does not have yet.
+A router that owns no slot of a service (fewer slots in all than routers, e.g. one replica at
+limit 1 behind two routers), or is not itself a peer (not Ready yet, Terminating, run beside
+the cluster), forwards the service's requests to the peers that own its slots
+(``forward.py``); only with no reachable owner does it send to every slot as before, its
+collisions then settled by the replica's busy answer.
 """
 
 from __future__ import annotations
