@@ -24,7 +24,7 @@ request of the batch is answered 500 and the call interrupted, as run()'s is.
 
 Deadlines. A request may carry ``x-request-timeout-ms: N`` (the router forwards the time its
 caller has left): when N ms have passed since the request reached the replica and its batch is
-not formed yet, it is left out, answered 504 and counted (``deadline_expired``).
+not formed yet, it is left out, answered 504 at that moment and counted (``deadline_expired``).
 
 Counters (``stats()``, written to the replica's stats file and exported by the daemon's
 ``/metrics``): the histogram of batch sizes (``BUCKETS``), the calls busy now, their mean since
@@ -120,11 +120,12 @@ def bucket_of(size: int) -> int:
 
 
 class _Item:
-    __slots__ = ("req", "deadline")
+    __slots__ = ("req", "deadline", "timer")
 
     def __init__(self, req: Request, deadline: float | None) -> None:
         self.req = req
         self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None  # answers it at its deadline while it waits
 
 
 class _Batch:
@@ -212,8 +213,24 @@ class Batcher:
 
     def add(self, req: Request) -> None:
         """An admitted request (its slot taken) joins the queue."""
-        self.pending.append(_Item(req, deadline_of(req.headers, req.t0)))
+        item = _Item(req, deadline_of(req.headers, req.t0))
+        self.pending.append(item)
+        if item.deadline is not None:
+            loop = self._loop_of()
+            assert loop is not None
+            item.timer = loop.call_later(max(0.0, item.deadline - time.perf_counter()), self._expire, item)
         if self.timer is None or len(self.pending) >= self.max_size:
+            self.pump()
+
+    def _expire(self, item: _Item) -> None:
+        """Its deadline passed while it waited (every call busy): answered now, not when a call frees."""
+        item.timer = None
+        try:
+            self.pending.remove(item)
+        except ValueError:
+            return  # taken into a batch meanwhile
+        self._answer_expired(item.req)
+        if self.pending and self.timer is None:
             self.pump()
 
     def pump(self) -> None:
@@ -231,6 +248,10 @@ class Batcher:
                 self.timer = loop.call_later(oldest + self.delay_s - now, self.pump)
                 return
             taken = [pending.popleft() for _ in range(min(self.max_size, len(pending)))]
+            for item in taken:
+                if item.timer is not None:
+                    item.timer.cancel()
+                    item.timer = None
             live, expired = split_expired([item.deadline for item in taken], now)
             for i in expired:
                 self._answer_expired(taken[i].req)
