@@ -207,3 +207,19 @@ def test_records_collected_by_a_pod_appear_in_the_workspace_export(
             service.delete()
         finally:
             target.stop_controller()
+
+
+def test_segments_in_a_shared_blob_store_are_read_through_its_filesystem(tmp_path: Path):
+    # A team's workspace keeps its blobs in an object store (here file://, through fsspec as
+    # az:// and s3:// are): the pods' segments are read from there, not from the local cache.
+    shared = tmp_path / "shared"
+    ws = Workspace.create(name="ws", path=tmp_path / "ws", blob_store=f"file://{shared}")
+    lines = _line(0) + _line(1) + _line(2)
+    for offset, part in ((0, lines[:100]), (100, lines[100:])):
+        seg = shared / segment_key(m.telemetry_prefix("scorer"), f"{PART}/scorer-abc.jsonl", offset)
+        seg.parent.mkdir(parents=True, exist_ok=True)
+        seg.write_bytes(part)
+    assert not (ws.store.blobs.root / "telemetry").exists()
+    assert sync_uploads(ws.store, "scorer") == len(lines)
+    records = read_records(service_data_dir(ws.store.root / META_DIR, "scorer"))
+    assert [r["request_id"] for r in records] == ["r0", "r1", "r2"]
