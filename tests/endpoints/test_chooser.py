@@ -136,3 +136,11 @@ def test_a_version_service_is_reached_only_through_its_endpoint() -> None:
     assert route(b"POST", b"/api/v1/service/fraud:blue/score", 2, services).answer.status == 404  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="service name"):
         ServiceRoute("fraud:Blue!")
+
+
+def test_a_version_scaled_to_zero_keeps_its_share() -> None:
+    state, services = _endpoint(green_ready=False)
+    assert state.weights()["green"] == 0.0
+    services[b"fraud:green"].dispatch.cold_wait_s = 30.0  # scale to zero: the router holds its requests
+    state.refresh(services)
+    assert state.weights() == {"blue": 90.0, "green": 10.0}

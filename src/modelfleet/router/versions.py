@@ -12,7 +12,8 @@ The rule (``split`` and ``choose``, pure, tested in tests/endpoints/test_chooser
   others leave (v1: "blue" default and "green" at 10 -> 90/10); shares are percentages and the
   non-default ones add up to at most 100 (the store refuses more);
 - a version that is not healthy (no Ready replica, or failed) gets nothing and its share goes
-  to the default; when the default itself is not healthy the healthy others share all traffic
+  to the default; one that scales to zero keeps its share at zero replicas (the router holds
+  its requests while a replica starts, as for a service); when the default itself is not healthy the healthy others share all traffic
   by their weights; when none is healthy the default gets everything (requests wait in its
   queue as a service's do while it starts, then 503);
 - ``azureml-model-deployment: <version>`` (Azure ML v2's header) pins a version, whatever its
@@ -97,10 +98,12 @@ def session_draw(key: bytes) -> float:
 
 
 def healthy(svc: ServiceState | None) -> bool:
-    """The router's view of a version: it has a Ready replica listed and has not failed."""
+    """The router's view of a version: it has a Ready replica listed, or it scales to zero (with
+    no replica the router holds its requests while one starts), and it has not failed."""
     if svc is None or svc.removed or svc.failed is not None:
         return False
-    return any(s.listed for s in svc.dispatch.slots())
+    d = svc.dispatch
+    return d.cold_wait_s > 0 or any(s.listed for s in d.slots())
 
 
 class EndpointState:
