@@ -284,6 +284,7 @@ class Router:
         d = svc.dispatch
         self.apply(svc, d.configure(d.limit, d.max_wait_s, self._now(), cold_wait_s=float(seconds)))
         log.info("service %s: requests wait up to %.1f s more while it has no replica", service, seconds)
+        self._version_changed(service.encode())  # a version at zero is still served (versions.healthy)
 
     def set_service_failed(self, service: str, reason: str | None) -> None:
         """The service cannot serve (e.g. every replica failed init()): new and waiting requests
