@@ -218,3 +218,26 @@ def test_create_and_delete_through_the_cli(ws: Workspace, tmp_path: Path) -> Non
     cli(ws, "endpoint", "delete", "-n", "solo")
     wait_until(lambda: not any(n.startswith("solo") for n in ws.cluster().status()["services"]), timeout=30)
     assert not any(r.name.startswith("solo") for r in ws.store.list_services())
+
+
+def test_token_auth_is_the_endpoints(ws: Workspace) -> None:
+    dc = AksEndpoint.deploy_configuration(version_name="v1", auth_enabled=False, token_auth_enabled=True, **FIXED)
+    endpoint = Model.deploy(ws, "tokened", [named_model(ws, "tokened")], ic(), dc)
+    endpoint.wait_for_deployment(timeout_sec=120)
+    token, _ = endpoint.get_token()
+    ok = httpx.post(endpoint.scoring_uri, content="{}", headers={"Authorization": f"Bearer {token}"})  # type: ignore[arg-type]
+    assert ok.status_code == 200 and ok.json() == "tokened" and ok.headers["azureml-model-deployment"] == "v1"
+    assert httpx.post(endpoint.scoring_uri, content="{}").status_code == 401  # type: ignore[arg-type]
+    endpoint.delete()
+
+
+def test_a_restarted_cluster_brings_the_endpoint_back(ws: Workspace, fraud: AksEndpoint) -> None:
+    keys, uri = fraud.get_keys(), fraud.scoring_uri
+    stop_cluster(ws)
+    ws.cluster().ensure_running()
+    wait_until(lambda: fraud.state == "Healthy", timeout=60)
+    assert fraud.scoring_uri == uri and fraud.get_keys() == keys
+    with client(fraud) as c:
+        wait_until(lambda: c.post(uri, content="{}").status_code == 200, timeout=30)  # type: ignore[arg-type]
+        counts = served(c, fraud, 300)
+    assert set(counts) == {"blue", "green"} and counts["blue"] > counts["green"], counts
