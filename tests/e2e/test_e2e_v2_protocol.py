@@ -6,6 +6,9 @@ datatype, a script that cannot serve V2) with a clear message."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -15,7 +18,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from e2e_support import SUM_BODY, deploy, register_json_model, stop_cluster
+from e2e_support import SUM_BODY, deploy, register_json_model, stop_cluster, wait_until
 from modelfleet import Webservice, Workspace
 
 
@@ -132,3 +135,116 @@ def test_wrong_methods_are_405(services):
         assert http.get(f"{base}/v2/models/schema/infer", headers=bearer(services["schema"])).status_code == 405
         assert http.post(f"{base}/v2/health/live").status_code == 405
         assert http.get(f"{base}/v2/nothing").status_code == 404
+
+
+# -- gRPC: tritonclient's gRPC client and a stub generated from the proto ------------------
+
+
+def grpc_client(service: Webservice):
+    import tritonclient.grpc as triton_grpc
+
+    assert service.grpc_address is not None
+    return triton_grpc, triton_grpc.InferenceServerClient(service.grpc_address)
+
+
+def grpc_rows(triton_grpc):
+    tensor = triton_grpc.InferInput("data", [2, 3], "FP32")
+    tensor.set_data_from_numpy(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    return tensor
+
+
+def test_grpc_health_metadata_and_infer(services):
+    service = services["schema"]
+    triton_grpc, c = grpc_client(service)
+    auth = {"authorization": f"Bearer {service.get_keys()[0]}"}
+    assert c.is_server_live() and c.is_server_ready()
+    assert "binary_tensor_data" in c.get_server_metadata().extensions
+    assert c.is_model_ready("schema", headers=auth)
+    meta = c.get_model_metadata("schema", headers=auth)
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("data", "FP32", [-1, 3])]
+    result = c.infer("schema", [grpc_rows(triton_grpc)], headers=auth, request_id="g-1")
+    np.testing.assert_array_equal(result.as_numpy("output_0"), [6.0, 15.0])
+    assert result.get_response().id == "g-1"
+
+
+def test_grpc_refusals_carry_the_grpc_status(services):
+    from tritonclient.utils import InferenceServerException as GrpcError
+
+    service = services["schema"]
+    triton_grpc, c = grpc_client(service)
+    with pytest.raises(GrpcError) as missing:
+        c.infer("schema", [grpc_rows(triton_grpc)])
+    assert missing.value.status() == "StatusCode.UNAUTHENTICATED"
+    auth = {"authorization": f"Bearer {service.get_keys()[0]}"}
+    wrong = triton_grpc.InferInput("data", [1, 3], "FP64")
+    wrong.set_data_from_numpy(np.ones((1, 3), dtype=np.float64))
+    with pytest.raises(GrpcError, match=r"input 'data' must be FP32") as bad:
+        c.infer("schema", [wrong], headers=auth)
+    assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(GrpcError) as unknown:
+        c.infer("nosuch", [grpc_rows(triton_grpc)], headers=auth)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_a_grpc_deadline_is_honoured(services):
+    service = services["tensors"]
+    triton_grpc, c = grpc_client(service)
+    auth = {"authorization": f"Bearer {service.get_keys()[0]}"}
+    x = triton_grpc.InferInput("x", [1], "INT64")
+    x.set_data_from_numpy(np.array([1], dtype=np.int64))
+    slow = triton_grpc.InferInput("sleep_s", [1], "FP64")
+    slow.set_data_from_numpy(np.array([2.0]))
+    from tritonclient.utils import InferenceServerException as GrpcError
+
+    started = time.monotonic()
+    with pytest.raises(GrpcError) as late:
+        c.infer("tensors", [x, slow], headers=auth, client_timeout=0.5)
+    assert late.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 1.9  # not the script's 2 s
+
+    def answers() -> bool:  # the replica finishes its 2 s (the router stopped waiting): free again
+        try:
+            c.infer("tensors", [x], headers=auth)
+        except GrpcError:
+            return False
+        return True
+
+    wait_until(answers, timeout=10, interval=0.2)
+
+
+STUB_CLIENT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import grpc, grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as rpc
+stub = rpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[2]))
+request = pb.ModelInferRequest(model_name="tensors")
+tensor = request.inputs.add(name="x", datatype="INT32", shape=[3])
+tensor.contents.int_contents.extend([5, 6, 7])
+answer = stub.ModelInfer(request, metadata=[("authorization", "Bearer " + sys.argv[3])], timeout=30)
+out = answer.outputs[0]
+print(out.name, out.datatype, list(out.shape), answer.raw_output_contents[0].hex())
+"""
+
+
+def test_a_stub_generated_from_the_proto_calls_it(services, tmp_path):
+    """The third client: grpcio-tools' stub from oip/proto/grpc_predict_v2.proto, with typed contents
+    (in a process of its own: its messages share full names with tritonclient's)."""
+    from modelfleet.oip import grpc_messages
+
+    proto_dir = grpc_messages.DESCRIPTOR_FILE.parent
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={tmp_path}",
+         f"--grpc_python_out={tmp_path}", str(proto_dir / "grpc_predict_v2.proto")],
+        check=True,
+    )  # fmt: skip
+    service = services["tensors"]
+    out = subprocess.run(
+        [sys.executable, "-c", STUB_CLIENT, str(tmp_path), service.grpc_address, service.get_keys()[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    out = out.stdout.split()
+    assert out[:3] == ["doubled", "INT32", "[3]"]
+    assert bytes.fromhex(out[-1]) == np.array([10, 12, 14], dtype="<i4").tobytes()

@@ -16,6 +16,9 @@ def register(groups: Any) -> None:
     start = cluster.add_parser("start", help="start the local cluster (deploy does this on demand)")
     start.add_argument("--port", type=int, help="router port (default: the last one used, else a free one)")
     start.add_argument("--host", default="127.0.0.1", help="router address to bind (default 127.0.0.1)")
+    start.add_argument(
+        "--grpc-port", type=int, help="the Open Inference Protocol's gRPC port (default: the last one, else a free one)"
+    )
     tls = start.add_argument_group("TLS (remembered across restarts; default: as last started, else off)")
     tls.add_argument("--tls-self-signed", action="store_true", help="https with a generated localhost certificate")
     tls.add_argument("--tls-cert", metavar="FILE", help="https with this certificate (chain) PEM file")
@@ -64,17 +67,23 @@ def cluster_start(args: argparse.Namespace) -> int:
                 "then start it again with these flags"
             )
         router_limits.save(ws.store, changes)
-    info = cluster.ensure_running(port=args.port, host=args.host)
+    info = cluster.ensure_running(port=args.port, host=args.host, grpc_port=args.grpc_port)
     print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
     if info.get("tls_cert_file"):
         print(f"certificate: {info['tls_cert_file']} (clients other than modelfleet pass it as their CA bundle)")
     if info.get("http_port"):
         print(f"plain http also on port {info['http_port']}")
+    if info.get("grpc_port"):
+        print(f"gRPC (Open Inference Protocol): {_grpc_address(info)}")
     return 0
 
 
 def _router_uri(info: dict[str, Any]) -> str:
     return f"{info.get('scheme', 'http')}://{info.get('uri_host') or info['router_host']}:{info['router_port']}"
+
+
+def _grpc_address(info: dict[str, Any]) -> str:
+    return f"{info.get('uri_host') or info['router_host']}:{info['grpc_port']}"
 
 
 def _metrics_uri(info: dict[str, Any]) -> str | None:
@@ -103,6 +112,7 @@ def cluster_status(args: argparse.Namespace) -> int:
         "router_uri": _router_uri(info),
         "tls_cert_file": info.get("tls_cert_file"),
         "http_port": info.get("http_port"),
+        "grpc_address": _grpc_address(info) if info.get("grpc_port") else None,
         "metrics_uri": _metrics_uri(info),
         **status,
     }
@@ -113,6 +123,8 @@ def cluster_status(args: argparse.Namespace) -> int:
         lines.append(f"  certificate: {info['tls_cert_file']} (pass it to other clients as their CA bundle)")
     if info.get("http_port"):
         lines.append(f"  plain http: port {info['http_port']}")
+    if data["grpc_address"]:
+        lines.append(f"  gRPC (Open Inference Protocol): {data['grpc_address']}")
     if data["metrics_uri"]:
         lines.append(f"  metrics: {data['metrics_uri']}")
     if status.get("dashboard_uri"):

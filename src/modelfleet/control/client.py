@@ -48,7 +48,9 @@ class ClusterClient:
             return None
         return info
 
-    def ensure_running(self, port: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
+    def ensure_running(
+        self, port: int | None = None, host: str = "127.0.0.1", grpc_port: int | None = None
+    ) -> dict[str, Any]:
         info = self.info()
         if info is not None and mismatch(info) is None:
             return info
@@ -63,6 +65,8 @@ class ClusterClient:
         argv += ["--log-file", str(self.paths.daemon_log)]  # the daemon rotates it by size
         if port is not None:
             argv += ["--port", str(port)]
+        if grpc_port is not None:
+            argv += ["--grpc-port", str(grpc_port)]
         with open(self.paths.daemon_log, "ab") as log_file:
             # the daemon forks itself into the background; this returns once it serves or has failed
             started = subprocess.run(

@@ -42,6 +42,7 @@ from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
+from modelfleet.router.grpc_front import GrpcFront
 from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
 from modelfleet.targets.local import LocalTarget
@@ -50,6 +51,7 @@ from modelfleet.telemetry.tracing import traces_endpoint
 log = logging.getLogger("modelfleet.daemon")
 
 ROUTER_PORT_SETTING = "router_port"
+GRPC_PORT_SETTING = "router_grpc_port"  # the Open Inference Protocol's gRPC API (router/grpc_front.py)
 # daemon.log: a busy cluster (or a flood of refused admin calls) must not fill the disk;
 # 10 MB x (1 + 5 backups) keeps days of ordinary lines and bounds the worst case at 60 MB.
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -61,6 +63,7 @@ class DaemonConfig:
     workspace: Path
     host: str = "127.0.0.1"
     port: int | None = None  # None: the stored port, else a free one (then stored)
+    grpc_port: int | None = None  # the same, for the gRPC API
     metrics_host: str = "127.0.0.1"  # Prometheus endpoint, no credentials: loopback by default
     metrics_port: int | None = None  # None: the stored port, else a free one (then stored)
     otlp_endpoint: str | None = None  # request timings of enable_app_insights services (else the logs)
@@ -89,6 +92,7 @@ class Daemon:
         if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
             http_port = await self.router.start(host=self.config.host, port=tls.http_port)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
+        grpc_port = await self._start_grpc()
         root = self.store.root
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
@@ -132,6 +136,7 @@ class Daemon:
             "uri_host": tls.uri_host,
             "tls_cert_file": str(tls.cert_file) if tls.cert_file else None,
             "http_port": http_port,
+            "grpc_port": grpc_port,
             "metrics_host": self.config.metrics_host,
             "metrics_port": metrics_port,
             "dashboard_port": dashboard_port,
@@ -155,6 +160,7 @@ class Daemon:
             await self.dashboard.stop()
         await self.autoscaler.stop()
         await self.reconciler.shutdown()
+        await self.grpc.stop(grace_s=0)
         await self.router.stop()
         await self.telemetry.stop()
         self.store.close()
@@ -165,6 +171,21 @@ class Daemon:
             return self.config.port
         stored = self.store.get_setting(ROUTER_PORT_SETTING)
         return int(stored) if stored else 0
+
+    async def _start_grpc(self) -> int:
+        """The gRPC API on its port (the one asked for, else the stored one, else a free one),
+        reaching the router through its private Unix listener."""
+        socket_path = self.paths.router_socket
+        socket_path.unlink(missing_ok=True)  # a killed daemon's
+        await self.router.start_unix(str(socket_path))
+        os.chmod(socket_path, 0o600)
+        self.grpc = GrpcFront((str(socket_path), -1), modelfleet.__version__)
+        port = self.config.grpc_port
+        if port is None:
+            port = int(self.store.get_setting(GRPC_PORT_SETTING) or 0)
+        grpc_port = await self.grpc.start(self.config.host, port)
+        self.store.set_setting(GRPC_PORT_SETTING, str(grpc_port))
+        return grpc_port
 
     def _on_replica_failed(self, service: str, replica_id: str) -> None:
         self.reconciler.on_replica_failed(service, replica_id)
@@ -247,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--grpc-port", type=int, default=None, help="the gRPC API's port (default: as last time)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus endpoint address (no credentials)")
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--no-dashboard", action="store_true", help="serve no dashboard (control/dashboard)")
@@ -260,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         workspace=args.workspace.resolve(),
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         otlp_endpoint=traces_endpoint(os.environ),

@@ -158,6 +158,14 @@ class Router:
         log.info("router listening on %s:%d%s", host, bound, " (TLS)" if ssl else "")
         return bound
 
+    async def start_unix(self, path: str) -> None:
+        """Listen on the Unix socket ``path`` too (private to this machine: the gRPC front's
+        way in, whatever the TCP listeners' TLS); it serves the same services."""
+        self.loop = asyncio.get_running_loop()
+        server = await self.loop.create_unix_server(lambda: ClientConnection(self), path, backlog=2048)
+        self._servers.append(server)
+        log.info("router listening on %s", path)
+
     async def stop(self) -> None:
         """Stop listening, cut client connections, then replica connections; every slot is
         given back and nothing is reported as a replica failure."""

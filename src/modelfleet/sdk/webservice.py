@@ -44,6 +44,7 @@ from modelfleet.store.models import string_map
 from modelfleet.store.registry import ServiceRecord
 
 ROUTER_PORT_SETTING = "router_port"
+GRPC_PORT_SETTING = "router_grpc_port"  # control/daemon.py writes it
 ROUTER_SCHEME_SETTING = "router_scheme"
 ROUTER_URI_HOST_SETTING = "router_uri_host"  # written by the daemon: a name the TLS certificate covers
 # wait_for_deployment polls the record: every 20 ms at first (a fork-served replica is Ready
@@ -154,6 +155,19 @@ class Webservice:
     def swagger_uri(self) -> str | None:
         base = self._base_uri()
         return f"{base}/swagger.json" if base else None
+
+    @property
+    def grpc_address(self) -> str | None:
+        """``host:port`` of the Open Inference Protocol's gRPC API that serves this service
+        (model name: the service's name), or None while not known or on a Kubernetes target."""
+        record = self._record()
+        if service_target(self.workspace, record.config) is not None:
+            return None  # the in-cluster router's gRPC port is not exposed yet
+        store = self.workspace.store
+        port = store.get_setting(GRPC_PORT_SETTING, cluster=record.cluster)
+        if port is None:
+            return None
+        return f"{store.get_setting(ROUTER_URI_HOST_SETTING, cluster=record.cluster) or '127.0.0.1'}:{port}"
 
     # -- v1 methods --------------------------------------------------------------------------
 
