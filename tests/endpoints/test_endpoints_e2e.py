@@ -159,7 +159,7 @@ def test_bad_input_is_refused_naming_the_field(ws: Workspace, fraud: AksEndpoint
     assert "fraud:extra" not in {r.name for r in ws.store.list_services()}
 
 
-def test_an_endpoint_cannot_take_a_services_name(ws: Workspace) -> None:
+def test_an_endpoint_cannot_take_a_services_name(ws: Workspace, fraud: AksEndpoint) -> None:
     Model.deploy(ws, "plain", [named_model(ws, "plain")], ic(), AksWebservice.deploy_configuration(**FIXED))
     dc = AksEndpoint.deploy_configuration(version_name="blue", **FIXED)
     with pytest.raises(Conflict, match='"plain" is already a service'):
@@ -202,6 +202,13 @@ def test_the_cli(ws: Workspace, fraud: AksEndpoint, tmp_path: Path) -> None:
     assert sorted(fraud.versions) == ["blue", "green"] and fraud.traffic == {"blue": 90.0, "green": 10.0}
     keys = json.loads(cli(ws, "endpoint", "get-keys", "-n", "fraud", "-o", "json").stdout)
     assert keys["primaryKey"] == fraud.get_keys()[0]
+    services = {d["name"]: d for d in json.loads(cli(ws, "service", "list", "-o", "json").stdout)}
+    assert services["fraud"]["state"] == "Healthy" and services["fraud"]["computeType"] == "AKSENDPOINT"
+    assert not any(":" in name for name in services)  # versions are listed with their endpoint
+    refused = cli(
+        ws, "service", "update", "-n", "fraud", "--num-replicas", "2", "--autoscale-enabled", "false", check=False
+    )
+    assert refused.returncode == 1 and "fraud is an endpoint" in refused.stderr
 
 
 def test_create_and_delete_through_the_cli(ws: Workspace, tmp_path: Path) -> None:

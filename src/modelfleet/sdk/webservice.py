@@ -468,6 +468,11 @@ class Webservice:
             if where not in roots:
                 roots[where] = _router_root(workspace, record)
             out.append(_serialized(record, roots[where], metas[record.name]))
+            if is_endpoint_config(record.config):  # its state and models are its versions'
+                endpoint = AksEndpoint._listed(workspace, record.name)
+                assert isinstance(endpoint, AksEndpoint)
+                out[-1].update(state=endpoint.state, error=endpoint.error, models=endpoint.models)
+                out[-1]["computeType"] = "AKSENDPOINT"
         return out
 
     def _notify_cluster(self, start: bool = False) -> None:
@@ -851,6 +856,12 @@ class AksEndpoint(AksWebservice):
                 self.workspace.store.set_service_keys(self.name, primary_key=new_key(), secondary_key=new_key())
             self.workspace.store.update_service_config(self.name, {**record.config, "deploy": spec.to_dict()})
             self._notify_cluster(start=True)
+
+    def _update(self, models: list[Any] | None, inference_config: Any, spec: DeploySpec) -> None:
+        raise ConfigError(
+            f"{self.name} is an endpoint: its models and settings belong to its versions; use "
+            f"update_version(name, ...) or `modelfleet endpoint version update -n {self.name} --version-name NAME`"
+        )
 
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Wait until every version's latest deployment or update is serving (DeploymentFailed
