@@ -734,19 +734,20 @@ class AksEndpoint(AksWebservice):
     def create_version(
         self,
         version_name: str,
+        *,
         models: Sequence[RegisteredModel] | None = None,
         inference_config: Any = None,
         traffic_percentile: float | None = None,
         is_default: bool | None = None,
         is_control_version_type: bool | None = None,
-        *,
         mirror_percentile: float | None = None,
         **settings: Any,
     ) -> EndpointVersion:
         """Add a version with its own models, inference config and ``AksWebservice`` settings
         (v1 names and defaults); it takes ``traffic_percentile`` percent of requests once it is
         Healthy (``is_default=True``: what the others leave). Returns at once, as v1 did;
-        ``wait_for_deployment()`` waits for it."""
+        ``wait_for_deployment()`` waits for it. Everything but the name is a keyword (v1's
+        positional order differs; a keyword means the same in both)."""
         entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
         return self._add_version(version_name, models, inference_config, aks_deploy_configuration(**settings), entry)
 
@@ -782,12 +783,12 @@ class AksEndpoint(AksWebservice):
     def update_version(
         self,
         version_name: str,
+        *,
         models: Sequence[RegisteredModel] | None = None,
         inference_config: Any = None,
         traffic_percentile: float | None = None,
         is_default: bool | None = None,
         is_control_version_type: bool | None = None,
-        *,
         mirror_percentile: float | None = None,
         **settings: Any,
     ) -> None:
