@@ -263,3 +263,26 @@ def test_the_printed_kaniko_job_tls_router_and_ingress_are_accepted_by_the_api_s
     for obj in objects:  # server-side dry run: validation, defaulting and admission, nothing stored
         created = create_from_yaml_single_item(admin, obj, dry_run="All")
         assert created.metadata.name == obj["metadata"]["name"], obj["kind"]
+
+
+def test_k8s_upload_credential_is_read_from_the_environment_and_refused_in_clear(workspace: Workspace, tmp_path: Path):
+    import os
+
+    kubeconfig = tmp_path / "kubeconfig"
+    attached = cli(
+        workspace.path, "compute", "attach", "-n", "clear", "--kubeconfig", str(kubeconfig),
+        "--blob-store", "http://blobs.example/ws",
+    )  # fmt: skip
+    assert attached.returncode == 0, attached.stderr
+    unset = cli(workspace.path, "k8s", "upload-credential", "--compute-target", "clear", "--sas-env", "H1_NOPE")
+    assert unset.returncode == 1 and "--sas-env: environment variable H1_NOPE is not set or empty" in unset.stderr
+    env = {**os.environ, "H1_WRITE_SAS": "sv=1&sp=cw&sig=c2VjcmV0LXNpZw"}
+    clear = subprocess.run(
+        [sys.executable, "-m", "modelfleet", "-w", str(workspace.path), "k8s", "upload-credential"]
+        + ["--compute-target", "clear", "--sas-env", "H1_WRITE_SAS"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert clear.returncode == 1 and "would travel in clear" in clear.stderr, clear.stderr
+    assert "c2VjcmV0LXNpZw" not in clear.stdout + clear.stderr
+    shown = json.loads(cli(workspace.path, "compute", "show", "-n", "clear", "-o", "json").stdout)
+    assert "blobStoreUploadAuth" not in shown
