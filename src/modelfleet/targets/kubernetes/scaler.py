@@ -233,7 +233,8 @@ class Scaler:
             log.warning("service %s: no autoscale settings for generation %d (%s)", service, generation, exc)
             return _Service(generation, None, 1)
         settings = ScaleSettings.from_spec(spec.autoscale) if spec.autoscale.enabled else None
-        return _Service(generation, settings, spec.replica_max_concurrent_requests)
+        # x max_batch_size when batching: the router's limit per replica (its pods report no busy calls yet)
+        return _Service(generation, settings, spec.admitted_per_replica())
 
     def _current(self, service: str, generation: int) -> int | None:
         try:
