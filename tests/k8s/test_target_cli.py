@@ -286,3 +286,31 @@ def test_k8s_upload_credential_is_read_from_the_environment_and_refused_in_clear
     assert "c2VjcmV0LXNpZw" not in clear.stdout + clear.stderr
     shown = json.loads(cli(workspace.path, "compute", "show", "-n", "clear", "-o", "json").stdout)
     assert "blobStoreUploadAuth" not in shown
+
+
+def test_k8s_manifests_of_a_collecting_service_print_its_sidecar_and_not_its_upload_secret(
+    workspace: Workspace, tmp_path: Path
+):
+    from modelfleet.targets.kubernetes import manifests as m
+
+    weights = tmp_path / "weights.json"
+    weights.write_text("{}")
+    model = Model.register(workspace, model_path=str(weights), model_name="weights")
+    ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "read_model"))
+    config = build_config(workspace, [model], ic.to_spec(), AksWebservice.deploy_configuration(collect_model_data=True))
+    workspace.store.create_service(
+        "collects", {**config, "compute_target": "prod"}, primary_key="p" * 32, secondary_key="s" * 32
+    )
+    done = cli(
+        workspace.path, "k8s", "manifests", "-n", "collects", "--blob-store", "https://b.example/ws", "--no-router"
+    )
+    assert done.returncode == 0, done.stderr
+    objects = list(yaml.safe_load_all(done.stdout))
+    assert [o["kind"] for o in objects] == ["Secret", "ConfigMap", "Deployment"]  # no upload Secret
+    containers = objects[2]["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["replica", "ship"]
+    name = m.upload_secret_name("https://b.example/ws")
+    assert f"Secret {name} (left out here;" in done.stderr
+    assert f"kubectl -n default create secret generic {name} --from-literal=sas=" in done.stderr
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)

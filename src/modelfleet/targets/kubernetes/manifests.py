@@ -299,6 +299,16 @@ def upload_secret(blob_store: str, namespace: str, sas: str | None = None, token
     }
 
 
+def upload_secret_command(blob_store: str, namespace: str, key: str) -> str:
+    """How a GitOps user creates the upload Secret themselves (the value from $VAR)."""
+    name = upload_secret_name(blob_store)
+    return (
+        f'kubectl -n {namespace} create secret generic {name} --from-literal={key}="$UPLOAD_{key.upper()}" '
+        f"&& kubectl -n {namespace} label secret {name} app.kubernetes.io/managed-by=modelfleet "
+        f"{COMPONENT_LABEL}=blob-upload"
+    )
+
+
 def telemetry_prefix(service: str) -> str:
     """Where a service's pods upload collected model data, under the blob store."""
     return f"{TELEMETRY_PREFIX}/{service}/data"
