@@ -83,7 +83,7 @@ def _endpoint(green_ready: bool = True) -> tuple[EndpointState, dict[bytes, Serv
 def test_pick_pins_with_the_v2_header_and_names_the_version_in_the_answer() -> None:
     state, services = _endpoint()
     for _ in range(50):
-        svc, canned, line = state.pick([(b"Azureml-Model-Deployment", b"green")])
+        svc, canned, line = state.pick(b"green", None)
         assert svc is services[b"fraud:green"] and canned is None
         assert line == b"azureml-model-deployment: green\r\n"
 
@@ -91,13 +91,13 @@ def test_pick_pins_with_the_v2_header_and_names_the_version_in_the_answer() -> N
 def test_pick_pins_a_version_even_when_it_is_not_healthy() -> None:
     state, services = _endpoint(green_ready=False)
     assert state.weights() == {"blue": 100.0, "green": 0.0}
-    svc, canned, _ = state.pick([(b"azureml-model-deployment", b"green")])
+    svc, canned, _ = state.pick(b"green", None)
     assert svc is services[b"fraud:green"] and canned is None  # it waits in green's queue, then 503
 
 
 def test_pick_answers_404_naming_an_unknown_version() -> None:
     state, _ = _endpoint()
-    svc, canned, _ = state.pick([(b"azureml-model-deployment", b"purple")])
+    svc, canned, _ = state.pick(b"purple", None)
     assert svc is None and canned is not None and canned.status == 404
     assert b"blue, green" in canned.body and b"azureml-model-deployment" in canned.body
 
@@ -105,8 +105,16 @@ def test_pick_answers_404_naming_an_unknown_version() -> None:
 def test_pick_is_sticky_by_session_key() -> None:
     state, _ = _endpoint()
     for key in (b"a", b"b", b"customer-17", b"x" * 40):
-        first = state.pick([(b"x-modelfleet-session", key)])[2]
-        assert all(state.pick([(b"X-Modelfleet-Session", key)])[2] == first for _ in range(20))
+        first = state.pick(None, key)[2]
+        assert all(state.pick(None, key)[2] == first for _ in range(20))
+
+
+def test_pick_agrees_with_the_pure_choice() -> None:
+    state, _ = _endpoint()
+    for i in range(300):
+        key = f"k{i}".encode()
+        expected = choose(state.cumulative, session_draw(key))
+        assert state.pick(None, key)[2] == state.lines[expected]
 
 
 def test_refresh_follows_the_versions_health() -> None:
@@ -118,7 +126,7 @@ def test_refresh_follows_the_versions_health() -> None:
     del services[b"fraud:green"]  # not in the router (yet, or any more)
     state.refresh(services)
     assert state.weights() == {"blue": 100.0, "green": 0.0}
-    svc, canned, _ = state.pick([(b"azureml-model-deployment", b"green")])
+    svc, canned, _ = state.pick(b"green", None)
     assert svc is None and canned is not None and canned.status == 503
 
 

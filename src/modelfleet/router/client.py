@@ -56,6 +56,8 @@ from modelfleet.router.routes import (
     H_FORWARD,
     H_LENGTH,
     H_MSID,
+    H_PIN,
+    H_SESSION,
     H_TE,
     H_XID,
     REQ_SPECIAL,
@@ -199,7 +201,7 @@ class ClientConnection(ServerProtocol):
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
-        auth = ms_id = x_id = client_id = deadline_raw = None
+        auth = ms_id = x_id = client_id = deadline_raw = pin = session = None
         deadline = 0.0
         length = -1
         chunked = expect = False
@@ -224,6 +226,11 @@ class ClientConnection(ServerProtocol):
                 client_id = value
             elif kind == H_DEADLINE:
                 deadline_raw = value
+            elif kind == H_PIN:
+                pin = value  # an endpoint's version (versions.py); never forwarded as sent
+            elif kind == H_SESSION:
+                session = value
+                fields.append(name + b": " + value + b"\r\n")
         if ms_id is None and x_id is None and client_id is None:
             ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
         else:
@@ -252,7 +259,7 @@ class ClientConnection(ServerProtocol):
                     self.bad_auth = 0
             if svc is not None and svc.endpoint is not None and canned is None:
                 # an endpoint: its version serves (versions.py); the answer names it
-                version, canned, line = svc.endpoint.pick(self.headers)
+                version, canned, line = svc.endpoint.pick(pin, session)
                 rids += line
                 if version is not None:
                     svc = version

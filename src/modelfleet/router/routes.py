@@ -184,7 +184,7 @@ class Timed(Hashable, Protocol):
 class Versions(Protocol):
     """An endpoint's versions (``versions.EndpointState``): which one serves a request."""
 
-    def pick(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[ServiceState | None, Canned | None, bytes]: ...
+    def pick(self, pin: bytes | None, session: bytes | None) -> tuple[ServiceState | None, Canned | None, bytes]: ...
     def refresh(self, services: Mapping[bytes, ServiceState]) -> None: ...
 
 
@@ -284,7 +284,7 @@ class ServiceState:
 
 # -- header tables -------------------------------------------------------------------------
 
-H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE = range(10)
+H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE, H_PIN, H_SESSION = range(12)
 # Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
 REQ_SPECIAL = {
     b"connection": H_DROP,
@@ -295,7 +295,8 @@ REQ_SPECIAL = {
     b"upgrade": H_DROP,
     b"host": H_DROP,
     SECRET_HEADER: H_DROP,  # only the router may send it
-    b"azureml-model-deployment": H_DROP,  # an endpoint's version: read by the router (versions.py), which sends its own
+    b"azureml-model-deployment": H_PIN,  # an endpoint's version (versions.py): read; the router sends its own
+    b"x-modelfleet-session": H_SESSION,  # an endpoint's sticky key (versions.py): read, and forwarded
     b"authorization": H_AUTH,  # keys never reach the replica (or its logs)
     b"content-length": H_LENGTH,
     b"transfer-encoding": H_TE,

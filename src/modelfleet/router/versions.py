@@ -13,9 +13,10 @@ The rule (``split`` and ``choose``, pure, tested in tests/endpoints/test_chooser
   non-default ones add up to at most 100 (the store refuses more);
 - a version that is not healthy (no Ready replica, or failed) gets nothing and its share goes
   to the default; one that scales to zero keeps its share at zero replicas (the router holds
-  its requests while a replica starts, as for a service); when the default itself is not healthy the healthy others share all traffic
-  by their weights; when none is healthy the default gets everything (requests wait in its
-  queue as a service's do while it starts, then 503);
+  its requests while a replica starts, as for a service); when the default itself is not
+  healthy the healthy others share all traffic by their weights; when none is healthy the
+  default gets everything (requests wait in its queue as a service's do while it starts, then
+  503);
 - ``azureml-model-deployment: <version>`` (Azure ML v2's header) pins a version, whatever its
   share or health; an unknown one is answered 404 naming it;
 - ``x-modelfleet-session: <key>`` makes the choice sticky: the key's CRC-32 stands for the random
@@ -154,22 +155,25 @@ class EndpointState:
             before = c
         return out
 
-    def pick(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[ServiceState | None, Canned | None, bytes]:
+    def pick(self, pin: bytes | None, session: bytes | None) -> tuple[ServiceState | None, Canned | None, bytes]:
         """(the version's service, None, its answer header line), or (None, the answer, the
-        line) when the request names an unknown version or the version is not in the router yet."""
-        pin = session = None
-        for name, value in headers:
-            n = name.lower()
-            if n == PIN_HEADER:
-                pin = value.strip()
-            elif n == SESSION_HEADER:
-                session = value
+        line) when the request names an unknown version or the version is not in the router yet.
+        ``pin`` and ``session``: the request's ``azureml-model-deployment`` and
+        ``x-modelfleet-session`` values (the connection reads them with the other headers)."""
         if pin is not None:
-            i = self.by_name.get(pin)
+            i = self.by_name.get(pin.strip())
             if i is None:
                 return None, self.c404_version, b""
         else:
-            i = choose(self.cumulative, random() if session is None else session_draw(session))
+            cumulative = self.cumulative
+            x = (random() if session is None else crc32(session) * _SCALE) * cumulative[-1]
+            i = 0
+            for c in cumulative:  # choose(), inline: a call costs more than the loop
+                if x < c:
+                    break
+                i += 1
+            else:
+                i -= 1
         svc = self.states[i]
         if svc is None:
             return None, self.c503_absent[i], self.lines[i]
