@@ -15,9 +15,12 @@ the difference is the version choice alone. At 90/10 one replica takes 90 % of t
 queue, not the split, then makes the router work more per request (``--green 10`` shows it).
 
 Rounds alternate single/split so that drift in the machine's load hits both alike; medians
-are compared. Printed: requests/s, p50 and the daemon's CPU per request (the router is the
-daemon's; replicas are not counted: they do the same work either way), and the ratio
-split/single, the figure the issue bounds (at most 1.05).
+are compared. Then the same comparison without sockets or other processes, as
+bench/router_hotpath.py drives the router (in-memory transports, process CPU time, alternating
+rounds, best of each): a service against an endpoint of 2 versions on the same replica
+address, which does not move with the machine's load. Printed: requests/s, p50 and the
+daemon's CPU per request (the router is the daemon's; replicas are not counted: they do the
+same work either way), and the ratios split/single, the figure the issue bounds (at most 1.05).
 
 Needs ``wrk`` and ``taskset``. Never run inside the test suite.
 """
@@ -52,8 +55,8 @@ def start_daemon(ws_path: Path) -> None:
 
 
 def pick_cost_us(green: float) -> float:
-    """The version choice alone, in this process: ``EndpointState.pick`` over a wrk request's
-    headers and the answer line joined to the request ids, as the router does per request."""
+    """The version choice alone, in this process: ``EndpointState.pick`` (a random draw over the
+    pre-built weights) and the answer line joined to the request ids, as the router does."""
     import timeit
 
     from modelfleet.router.routes import ServiceRoute, ServiceState
@@ -66,19 +69,89 @@ def pick_cost_us(green: float) -> float:
         "split", [VersionShare("blue", "split:blue", 0, True), VersionShare("green", "split:green", green, False)]
     )
     state.refresh(services)
-    headers = [
-        (b"Host", b"127.0.0.1:8000"),
-        (b"Content-Type", b"application/json"),
-        (b"Authorization", b"Bearer " + b"k" * 43),
-        (b"Content-Length", b"35"),
-    ]
     rids = b"x-ms-request-id: 0123456789abcdef\r\nx-request-id: 0123456789abcdef\r\n"
 
     def one() -> bytes:
-        return rids + state.pick(headers)[2]
+        return rids + state.pick(None, None)[2]
 
     n = 200_000
     return min(timeit.repeat(one, number=n, repeat=3)) / n * 1e6
+
+
+def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
+    """(single, split) router CPU µs per request, in process (bench/router_hotpath.py's harness)."""
+    import asyncio
+    import gc
+    import time
+
+    from modelfleet.router.auth import KeyAuth
+    from modelfleet.router.proxy import ClientConnection, Router, ServiceRoute, Upstream
+    from modelfleet.router.upstream import Pool, UpstreamConn
+    from modelfleet.router.versions import VersionShare
+    from router_hotpath import ANSWER, BODY, KEY, REQUEST, MemoryTransport
+
+    loop = asyncio.new_event_loop()
+    try:
+        import uvloop
+
+        loop.close()
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+
+    def setup(split: bool) -> tuple[Router, object]:
+        pool = Pool(max_idle_s=3600.0)  # the other router's round may pass the 1.5 s default
+        router = Router(pool=pool)
+        router.loop = loop  # never run: timers are only armed, and cancelled at the end
+        router.date_line = b"date: Wed, 25 Nov 2026 18:01:59 GMT\r\n"
+        front = ServiceRoute("bench", auth=KeyAuth(KEY), max_concurrent=64, max_wait_s=5)
+        if split:
+            for version in ("blue", "green"):
+                router.set_service(ServiceRoute(f"bench:{version}", max_concurrent=64, max_wait_s=5))
+                router.set_replicas(f"bench:{version}", [Upstream(f"{version}-0", "127.0.0.1", 5001)])
+            shares = [VersionShare("blue", "bench:blue", 0, True), VersionShare("green", "bench:green", green, False)]
+            router.set_endpoint(front, shares)
+        else:
+            router.set_service(front)
+            router.set_replicas("bench", [Upstream("bench-0", "127.0.0.1", 5001)])
+        up = UpstreamConn(pool, ("127.0.0.1", 5001))
+        up_t = MemoryTransport()
+        up.connection_made(up_t)
+        pool.put(up, loop.time())
+        client = ClientConnection(router)
+        client_t = MemoryTransport()
+        client.connection_made(client_t)
+
+        def one() -> None:
+            client.data_received(REQUEST)
+            up.data_received(ANSWER)
+
+        one()
+        sent, answer = up_t.out[-1], client_t.out[-1]
+        assert sent.startswith(b"POST /score HTTP/1.1\r\n") and sent.endswith(BODY), sent
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n[55]"), answer
+        assert (b"azureml-model-deployment: " in answer) == split, answer
+        return router, (one, up_t, client_t)
+
+    runs = {name: setup(name == "split") for name in ("single", "split")}
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, (_, (one, up_t, client_t)) in runs.items():  # type: ignore[misc]
+            up_t.out.clear()
+            client_t.out.clear()
+            gc.collect()
+            t0 = time.process_time()
+            for _ in range(requests):
+                one()
+            best[name] = min(best[name], (time.process_time() - t0) / requests * 1e6)
+            assert len(client_t.out) >= requests, f"{name}: some requests were not answered"
+    for router, _ in runs.values():
+        for svc in router.services.values():
+            for handle in (svc.timer, svc.deadline_timer):
+                if handle is not None:
+                    handle.cancel()
+    loop.close()
+    return best["single"], best["split"]
 
 
 def main() -> int:
@@ -144,6 +217,11 @@ def main() -> int:
         print(
             f"router CPU per request: single {cpu_single:.1f} µs, split {cpu_split:.1f} µs, "
             f"ratio split/single {cpu_split / cpu_single:.3f} (target <= 1.05; green at {args.green:g} %)"
+        )
+        single_us, split_us = hotpath_us(50_000, 5, args.green)
+        print(
+            f"router hot path in process (bench/router_hotpath.py's harness, best of 5 x 50,000 each): "
+            f"single {single_us:.2f} µs, split {split_us:.2f} µs, ratio {split_us / single_us:.3f}"
         )
         pick = pick_cost_us(args.green)
         print(
