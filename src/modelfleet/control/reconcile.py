@@ -110,12 +110,14 @@ def route_for(record: ServiceRecord, spec: DeploySpec, memory: Memory, generatio
         auth=auth,
         primary_key=record.primary_key if auth == "key" else None,
         secondary_key=record.secondary_key if auth == "key" else None,
-        max_concurrent=spec.replica_max_concurrent_requests,
+        max_concurrent=spec.admitted_per_replica(),  # x max_batch_size when batching (replica/batching.py)
         max_wait_s=spec.max_request_wait_time / 1000.0,
         timeout_s=spec.scoring_timeout_ms / 1000.0,
         max_body_bytes=spec.max_body_bytes,
         trace=spec.enable_app_insights,
         failure=failure,
+        # scale to zero: with no replica, a request waits cold_start_wait_ms more for one
+        cold_wait_s=spec.cold_start_wait_ms / 1000.0 if spec.scale_to_zero_after_seconds is not None else 0.0,
     )
 
 
