@@ -99,7 +99,10 @@ def test_pick_answers_404_naming_an_unknown_version() -> None:
     state, _ = _endpoint()
     svc, canned, _ = state.pick(b"purple", None)
     assert svc is None and canned is not None and canned.status == 404
-    assert b"blue, green" in canned.body and b"azureml-model-deployment" in canned.body
+    assert b"no version 'purple'" in canned.body and b"blue, green" in canned.body
+    assert b"azureml-model-deployment" in canned.body
+    _, odd, _ = state.pick(b'x"\xff' * 40, None)  # quoted as text, cut short, still JSON
+    assert odd is not None and odd.status == 404 and len(odd.body) < 400
 
 
 def test_pick_is_sticky_by_session_key() -> None:

@@ -110,7 +110,7 @@ def healthy(svc: ServiceState | None) -> bool:
 class EndpointState:
     """An endpoint's versions, their pre-built weights and answers (see the module's doc)."""
 
-    __slots__ = ("name", "versions", "by_name", "states", "cumulative", "lines", "c404_version", "c503_absent")
+    __slots__ = ("name", "versions", "by_name", "states", "cumulative", "lines", "names", "c503_absent")
 
     def __init__(self, name: str, versions: Sequence[VersionShare]) -> None:
         defaults = [v.name for v in versions if v.is_default]
@@ -122,11 +122,7 @@ class EndpointState:
         self.states: list[ServiceState | None] = [None] * len(self.versions)
         self.lines = tuple(PIN_HEADER + b": " + v.name.encode() + b"\r\n" for v in self.versions)
         self.cumulative: tuple[float, ...] = ()
-        names = ", ".join(v.name for v in self.versions)
-        self.c404_version = error_answer(
-            404,
-            f"endpoint '{name}' has no such version (header azureml-model-deployment); its versions are: {names}",
-        )
+        self.names = ", ".join(v.name for v in self.versions)
         self.c503_absent = tuple(
             error_answer(
                 503,
@@ -143,6 +139,15 @@ class EndpointState:
         self.states = [services.get(v.service.encode()) for v in self.versions]
         self.cumulative = split(
             [(v.traffic_percentile, v.is_default, healthy(s)) for v, s in zip(self.versions, self.states, strict=True)]
+        )
+
+    def unknown(self, pin: bytes) -> Canned:
+        """404 naming the version asked for (a rare answer: built when given)."""
+        asked = pin.strip().decode("latin-1")[:64]
+        return error_answer(
+            404,
+            f"endpoint '{self.name}' has no version {asked!r} (header azureml-model-deployment); "
+            f"its versions are: {self.names}",
         )
 
     def weights(self) -> dict[str, float]:
@@ -163,7 +168,7 @@ class EndpointState:
         if pin is not None:
             i = self.by_name.get(pin.strip())
             if i is None:
-                return None, self.c404_version, b""
+                return None, self.unknown(pin), b""
         else:
             cumulative = self.cumulative
             x = (random() if session is None else crc32(session) * _SCALE) * cumulative[-1]
