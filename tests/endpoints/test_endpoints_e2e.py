@@ -134,6 +134,17 @@ def test_traffic_and_default_changes_take_effect_without_a_redeploy(fraud: AksEn
     assert fraud.traffic == {"blue": 90.0, "green": 10.0}
 
 
+def test_a_versions_models_are_updated_through_its_endpoint(ws: Workspace, fraud: AksEndpoint) -> None:
+    fraud.update_version("green", models=[named_model(ws, "green-2")])
+    fraud.versions["green"].wait_for_deployment(timeout_sec=120)
+    with client(fraud) as c:
+        r = c.post(fraud.scoring_uri, content="{}", headers={"azureml-model-deployment": "green"})  # type: ignore[arg-type]
+        assert r.status_code == 200 and r.json() == "green-2" and r.headers["azureml-model-deployment"] == "green"
+    assert fraud.traffic == {"blue": 90.0, "green": 10.0} and fraud.state == "Healthy"
+    fraud.update_version("green", models=[named_model(ws, "green")])  # back, for the tests after
+    fraud.versions["green"].wait_for_deployment(timeout_sec=120)
+
+
 def test_bad_input_is_refused_naming_the_field(ws: Workspace, fraud: AksEndpoint) -> None:
     with pytest.raises(ConfigError, match=r"traffic_percentile: the non-default versions' shares add up to 105"):
         fraud.create_version("extra", models=[], inference_config=ic(), traffic_percentile=95)
@@ -235,6 +246,17 @@ def test_token_auth_is_the_endpoints(ws: Workspace) -> None:
     ok = httpx.post(endpoint.scoring_uri, content="{}", headers={"Authorization": f"Bearer {token}"})  # type: ignore[arg-type]
     assert ok.status_code == 200 and ok.json() == "tokened" and ok.headers["azureml-model-deployment"] == "v1"
     assert httpx.post(endpoint.scoring_uri, content="{}").status_code == 401  # type: ignore[arg-type]
+    endpoint.update(auth_enabled=True, token_auth_enabled=False)  # the endpoint's auth: no version restarts
+    key = endpoint.get_keys()[0]
+    wait_until(
+        lambda: (
+            httpx.post(endpoint.scoring_uri, content="{}", headers={"Authorization": f"Bearer {key}"}).status_code  # type: ignore[arg-type]
+            == 200
+        )
+    )
+    assert (
+        httpx.post(endpoint.scoring_uri, content="{}", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    )  # type: ignore[arg-type]
     endpoint.delete()
 
 
