@@ -3,7 +3,7 @@
 Idle for ``scale_to_zero_after_seconds`` -> 0 replicas (Healthy, "scaled to zero"); then a
 burst of 20 requests is held in the router while one replica starts, and every one is answered
 200 by that one replica; the scale events record 1 -> 0 and 0 -> 1. A request that cannot wait
-(no max_request_wait_time, no cold_start_wait_ms) gets 503 with Retry-After, and still brings a
+(no max_request_wait_time, 1 ms of cold_start_wait_ms) gets 503 with Retry-After, and still brings a
 replica back.
 """
 
@@ -79,10 +79,12 @@ def test_idle_to_zero_then_a_burst_is_held_and_served_by_one_cold_start(ws: Work
 
 
 def test_a_request_that_cannot_wait_gets_503_with_retry_after_and_wakes_the_service(ws: Workspace) -> None:
-    service = deploy(ws, "sleeper", "counting", max_request_wait_time=0, cold_start_wait_ms=0, **ZERO)
+    service = deploy(ws, "sleeper", "counting", max_request_wait_time=0, cold_start_wait_ms=1, **ZERO)
     wait_until(lambda: replica_count(ws, "sleeper") == 0, timeout=30)
     r = httpx.post(service.scoring_uri, json={"sleep": 0}, timeout=30)
     assert r.status_code == 503 and r.headers.get("retry-after") == "1", (r.status_code, r.text)
+    assert "is scaled to zero and no replica was Ready within" in r.json()["message"]
+    assert "(1 ms)" in r.json()["message"]
     # the refused request still counts as an arrival: one replica comes back for what follows
     wait_until(lambda: replica_count(ws, "sleeper") == 1, timeout=15)
     wait_until(lambda: httpx.post(service.scoring_uri, json={"sleep": 0}, timeout=30).status_code == 200, timeout=30)

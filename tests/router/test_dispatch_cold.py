@@ -8,12 +8,14 @@ from modelfleet.router.dispatch import Dispatch, Reject, Send
 def test_with_no_replica_a_request_waits_the_cold_start_wait_too() -> None:
     d = Dispatch("x", 1, 0.5)
     d.configure(1, 0.5, 0.0, cold_wait_s=30.0)
+    assert d.cold
     assert d.arrive("a", 1.0) is None
     assert d.last_arrival == 1.0
     assert d.next_wakeup() == 31.5  # max_request_wait_time + cold_start_wait_ms
     # The replica comes: every held request goes to it, in order.
     assert d.arrive("b", 2.0) is None
     assert d.set_replicas(["r0"], 5.0) == [Send("a", "r0")]
+    assert not d.cold
     assert d.finish("r0", 5.1) == [Send("b", "r0")]
     # With a replica listed (busy or not), a newcomer waits the usual 0.5 s.
     assert d.arrive("c", 6.0) is None

@@ -39,6 +39,7 @@ __all__ = [
     "UPLOAD",
     "WAIT",
     "bad_deadline",
+    "cold_503",
     "parse_deadline_ms",
 ]  # the gate's names, re-exported
 
@@ -75,6 +76,18 @@ def parse_deadline_ms(value: bytes) -> int | None:
         return None
     ms = int(v)
     return ms if 1 <= ms <= DEADLINE_MAX_MS else None
+
+
+def cold_503(service: str, waited_s: float) -> Canned:
+    """The 503 for a request a service at zero held as long as it may while its replica starts
+    (built on that rare path, not per request)."""
+    return error_answer(
+        503,
+        f"service '{service}' is scaled to zero and no replica was Ready within max_request_wait_time + "
+        f"cold_start_wait_ms ({round(waited_s * 1000)} ms); one is starting: retry shortly, or raise "
+        "cold_start_wait_ms",
+        [("retry-after", "1")],
+    )
 
 
 def bad_deadline(value: bytes) -> Canned:
@@ -349,6 +362,10 @@ class Cycle:
         """Dispatch said: no capacity before the deadline (or the service failed meanwhile)."""
         svc = self.svc
         assert svc is not None
+        d = svc.dispatch
+        if svc.c503_failed is None and d.cold_wait_s and d.cold:
+            self.answer(cold_503(svc.route.name, d.max_wait_s + d.cold_wait_s))
+            return
         self.answer(svc.c503_failed or svc.c503)
 
     def expired(self) -> None:

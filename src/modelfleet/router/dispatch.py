@@ -206,6 +206,11 @@ class Dispatch:
     def slot(self, replica_id: str) -> Slot | None:
         return self._by_id.get(replica_id)
 
+    @property
+    def cold(self) -> bool:
+        """No replica is listed at all (scale to zero: rule 7's longer wait applies)."""
+        return not any(s.listed for s in self._slots)
+
     def idle(self, replica_ids: Iterable[str]) -> bool:
         """True when none of ``replica_ids`` has a request in flight."""
         by_id = self._by_id
