@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from modelfleet.replica import compat
+from modelfleet.replica import compat, logtee
 from modelfleet.replica.app import App
 from modelfleet.replica.config import ReplicaConfig
 from modelfleet.replica.entry import InitFailed, ScriptError, load_entry
@@ -284,6 +284,8 @@ def serve(config: ReplicaConfig) -> int:
     """Run a replica in the foreground: load, init, serve until a signal. Returns the exit status
     (3 when the script cannot be loaded or init() raised, with the traceback on stderr)."""
     log = _rotate_output(config) if config.log_file else None
+    if log is None:  # Kubernetes (MODELFLEET_LOG_TEE): stdout stays the container log, a copy goes to files
+        logtee.start_from_env(config.replica_id, config.log_max_bytes, config.log_backups)
     _setup_logging()
     # With a rotated log, fd 2 always points at the current file (sys.stderr's own fd changes).
     faulthandler.enable(file=2) if config.log_file else faulthandler.enable()
