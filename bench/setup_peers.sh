@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what bench/peers.py compares modelfleet with, outside the project's dependencies:
 # wrk and nginx from Debian, and each Python peer in its own virtualenv under bench/.venvs/
-# (azmlinfsrv, LitServe, Ray Serve), plus py-spy for profiles. Safe to run again: a venv whose
+# (azmlinfsrv, LitServe, Ray Serve; for bench/v2_protocol.py MLServer, KServe and PyTriton,
+# asked for by name), plus py-spy for profiles. Safe to run again: a venv whose
 # server command already exists is left as it is.
 #
 #     bash bench/setup_peers.sh            # everything
 #     bash bench/setup_peers.sh azmlinfsrv # just the named peers (azmlinfsrv litserve ray)
+#     bash bench/setup_peers.sh mlserver kserve pytriton   # the V2 peers
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +46,10 @@ for p in "${peers[@]}"; do
         azmlinfsrv) mkvenv azmlinfsrv azmlinfsrv "azureml-inference-server-http==1.5.1" ;;
         litserve) mkvenv litserve litserve "litserve==0.2.19" ;;
         ray) mkvenv ray serve "ray[serve]==2.60.0" ;;
-        *) echo "bench: unknown peer $p (azmlinfsrv litserve ray)" >&2; exit 2 ;;
+        mlserver) mkvenv mlserver mlserver "mlserver==1.7.1" ;;
+        kserve) mkvenv kserve python "kserve==0.21.0" ;;
+        pytriton) mkvenv pytriton python "nvidia-pytriton" ;;
+        *) echo "bench: unknown peer $p (azmlinfsrv litserve ray mlserver kserve pytriton)" >&2; exit 2 ;;
     esac
 done
 command -v py-spy >/dev/null || "$python" -m pip install -q py-spy || echo "bench: py-spy not installed (profiles only)" >&2
