@@ -267,6 +267,8 @@ def test_a_restarted_cluster_brings_the_endpoint_back(ws: Workspace, fraud: AksE
     wait_until(lambda: fraud.state == "Healthy", timeout=60)
     assert fraud.scoring_uri == uri and fraud.get_keys() == keys
     with client(fraud) as c:
-        wait_until(lambda: c.post(uri, content="{}").status_code == 200, timeout=30)  # type: ignore[arg-type]
+        for version in ("blue", "green"):  # each one's replica is Ready again (pinned: no fallback)
+            pin = {"azureml-model-deployment": version}
+            wait_until(lambda pin=pin: c.post(uri, content="{}", headers=pin).status_code == 200, timeout=60)  # type: ignore[arg-type]
         counts = served(c, fraud, 300)
     assert set(counts) == {"blue", "green"} and counts["blue"] > counts["green"], counts
