@@ -161,3 +161,19 @@ def test_own_certificate_files_then_tls_off(ws: Workspace, service: Webservice, 
     restart(ws, "--no-tls")
     assert service.scoring_uri.startswith("http://127.0.0.1:") and status(ws)["tlsCertFile"] is None
     assert httpx.post(service.scoring_uri, content=SUM_BODY, headers=auth(service)).json() == [55]
+
+
+def test_grpc_serves_tls_with_the_routers_certificate(ws: Workspace, self_signed: Webservice) -> None:
+    """The gRPC API (Open Inference Protocol) is TLS whenever the router is, with the same pair:
+    keys never cross it in clear."""
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    address = self_signed.grpc_address
+    assert address is not None and "(TLS)" in cli(ws, "cluster", "status").stdout
+    cert = str(status(ws)["tlsCertFile"])
+    secure = triton_grpc.InferenceServerClient(address, ssl=True, root_certificates=cert)
+    assert secure.is_server_live()
+    assert secure.is_model_ready("secure", headers={"authorization": f"Bearer {self_signed.get_keys()[0]}"})
+    with pytest.raises(InferenceServerException):
+        triton_grpc.InferenceServerClient(address).is_server_live(client_timeout=5)  # plain text: refused

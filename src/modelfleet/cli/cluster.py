@@ -74,7 +74,7 @@ def cluster_start(args: argparse.Namespace) -> int:
     if info.get("http_port"):
         print(f"plain http also on port {info['http_port']}")
     if info.get("grpc_port"):
-        print(f"gRPC (Open Inference Protocol): {_grpc_address(info)}")
+        print(_grpc_line(info))
     return 0
 
 
@@ -84,6 +84,11 @@ def _router_uri(info: dict[str, Any]) -> str:
 
 def _grpc_address(info: dict[str, Any]) -> str:
     return f"{info.get('uri_host') or info['router_host']}:{info['grpc_port']}"
+
+
+def _grpc_line(info: dict[str, Any]) -> str:
+    """The gRPC API for people: TLS when the router serves TLS (the same certificate)."""
+    return f"gRPC (Open Inference Protocol): {_grpc_address(info)}{' (TLS)' if info.get('scheme') == 'https' else ''}"
 
 
 def _metrics_uri(info: dict[str, Any]) -> str | None:
@@ -124,7 +129,7 @@ def cluster_status(args: argparse.Namespace) -> int:
     if info.get("http_port"):
         lines.append(f"  plain http: port {info['http_port']}")
     if data["grpc_address"]:
-        lines.append(f"  gRPC (Open Inference Protocol): {data['grpc_address']}")
+        lines.append(f"  {_grpc_line(info)}")
     if data["metrics_uri"]:
         lines.append(f"  metrics: {data['metrics_uri']}")
     if status.get("dashboard_uri"):

@@ -92,7 +92,7 @@ class Daemon:
         if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
             http_port = await self.router.start(host=self.config.host, port=tls.http_port)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
-        grpc_port = await self._start_grpc()
+        grpc_port = await self._start_grpc(tls.cert_file, tls.key_file)
         root = self.store.root
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
@@ -172,9 +172,9 @@ class Daemon:
         stored = self.store.get_setting(ROUTER_PORT_SETTING)
         return int(stored) if stored else 0
 
-    async def _start_grpc(self) -> int:
+    async def _start_grpc(self, cert_file: Path | None, key_file: Path | None) -> int:
         """The gRPC API on its port (the one asked for, else the stored one, else a free one),
-        reaching the router through its private Unix listener."""
+        reaching the router through its private Unix listener; TLS with the router's pair when on."""
         socket_path = self.paths.router_socket
         socket_path.unlink(missing_ok=True)  # a killed daemon's
         await self.router.start_unix(str(socket_path))
@@ -183,7 +183,8 @@ class Daemon:
         port = self.config.grpc_port
         if port is None:
             port = int(self.store.get_setting(GRPC_PORT_SETTING) or 0)
-        grpc_port = await self.grpc.start(self.config.host, port)
+        pair = (cert_file.read_bytes(), key_file.read_bytes()) if cert_file and key_file else None
+        grpc_port = await self.grpc.start(self.config.host, port, tls=pair)
         self.store.set_setting(GRPC_PORT_SETTING, str(grpc_port))
         return grpc_port
 

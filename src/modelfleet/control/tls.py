@@ -99,6 +99,7 @@ class RouterListeners:
     cert_file: Path | None
     scheme: str
     uri_host: str
+    key_file: Path | None = None  # the gRPC API serves TLS from the same pair (router/grpc_front.py)
 
 
 # -- the stored choice -------------------------------------------------------------------
@@ -170,7 +171,7 @@ def router_listeners(store: Any, workspace_root: Path, now: datetime.datetime) -
         else:
             assert settings.cert_file is not None and settings.key_file is not None
             cert, key = settings.cert_file, settings.key_file
-        listeners = RouterListeners(server_context(cert, key), settings.http_port, cert, "https", uri_host(cert))
+        listeners = RouterListeners(server_context(cert, key), settings.http_port, cert, "https", uri_host(cert), key)
     store.set_setting(SCHEME_SETTING, listeners.scheme)
     store.set_setting(URI_HOST_SETTING, listeners.uri_host)
     return listeners

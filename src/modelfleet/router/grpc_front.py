@@ -93,8 +93,9 @@ class GrpcFront:
     def __repr__(self) -> str:
         return f"<GrpcFront to {self.router_key}>"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve on ``host:port`` (0: a free port); returns the port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, tls: tuple[bytes, bytes] | None = None) -> int:
+        """Serve on ``host:port`` (0: a free port); returns the port. ``tls``: (certificate
+        chain PEM, private key PEM): TLS only, as the router's HTTP port serves it."""
         m = self._messages
         calls = {
             "ServerLive": (self._server_live, "ServerLiveRequest", "ServerLiveResponse"),
@@ -112,7 +113,11 @@ class GrpcFront:
         }
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        bound: int = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound: int = server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
         if bound == 0:
             raise OSError(f"the gRPC port {host}:{port} cannot be bound (in use?)")
         await server.start()
