@@ -208,6 +208,7 @@ def test_the_cli(ws: Workspace, fraud: AksEndpoint, tmp_path: Path) -> None:
         assert served(c, fraud, 5, {"azureml-model-deployment": "teal"}) == {"teal": 5}
     refused = cli(ws, "endpoint", "version", "delete", "-n", "fraud", "--version-name", "blue", check=False)
     assert refused.returncode == 1 and "blue is the default version" in refused.stderr
+    assert "(`modelfleet endpoint version update --is-default`)" in refused.stderr  # the CLI's words
     cli(ws, "endpoint", "version", "delete", "-n", "fraud", "--version-name", "teal")
     cli(ws, "endpoint", "traffic", "-n", "fraud", "green=10")
     assert sorted(fraud.versions) == ["blue", "green"] and fraud.traffic == {"blue": 90.0, "green": 10.0}

@@ -22,9 +22,14 @@ _PHRASES = (
     ("Workspace.get(PATH)", "`modelfleet -w PATH`"),
     ("use get_keys()", "use `modelfleet service get-keys`"),
     ("get_keys()", "`modelfleet service get-keys`"),
+    # endpoints (cli/endpoints.py)
+    ("(update_version(other, is_default=True))", "(`modelfleet endpoint version update --is-default`)"),
+    ("use update_version", "use `modelfleet endpoint version update`"),
+    ("endpoint.create_version(...)", "`modelfleet endpoint version create`"),
 )
 # keywords with an underscore only: plain words ("tags", "description") read the same in both
 _FLAGS = {s.flat: s.flag for s in SETTINGS if "_" in s.flat}
+_FLAGS.update({k: "--" + k.replace("_", "-") for k in ("version_name", "traffic_percentile", "is_default")})
 _KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(map(re.escape, _FLAGS), key=len, reverse=True)) + r")(?![\w(])")
 
 
