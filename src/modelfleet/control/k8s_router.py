@@ -3,7 +3,7 @@ fed by watching the Kubernetes API instead of by a local target.
 
     modelfleet router --kubernetes [--namespace NS] [--host ADDR] [--port 8080]
                       [--kubeconfig FILE [--context NAME]] [--tls-cert FILE --tls-key FILE]
-                      [--peer-port 8081]
+                      [--peer-port 8081] [--grpc-port 8001]
 
 In a pod it authenticates as its ServiceAccount (the token the kubelet mounts); elsewhere
 (tests, or a router run beside a cluster) with ``--kubeconfig``. What it may read is what
@@ -16,7 +16,9 @@ serves HTTPS only; a new certificate reaches the pods by a rollout (the Deployme
 carries its digest), not by re-reading the mounted files. With ``--peer-port`` (the router's
 pods: 8081) it also takes requests forwarded by a peer router pod there
 (``targets/kubernetes/forward.py``), and forwards those of a service it owns no slot of.
-SIGTERM or SIGINT stops it: the listener closes, then the watches.
+With ``--grpc-port`` it also serves the Open Inference Protocol's gRPC API there
+(``router/grpc_front.py``: TLS with the same pair when HTTPS is on), reaching its own router
+through a private Unix socket. SIGTERM or SIGINT stops it: the listeners close, then the watches.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import os
 import signal
 import socket
 import ssl
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from kubernetes import client, config
 
+from modelfleet import __version__
 from modelfleet.control.tls import server_context
 from modelfleet.errors import ConfigError
+from modelfleet.router.grpc_front import GrpcFront
 from modelfleet.router.proxy import Router
 from modelfleet.targets.kubernetes.discovery import Discovery
 from modelfleet.targets.kubernetes.forward import PEER_PORT, PeerConnection
@@ -66,10 +71,19 @@ async def serve(
     port: int,
     tls: ssl.SSLContext | None = None,
     peer_port: int | None = None,
+    grpc_port: int | None = None,
+    tls_pair: tuple[bytes, bytes] | None = None,
 ) -> None:
     # a peer's forwarding port that refuses is skipped for a while (discovery.replica_failed)
     router = Router(on_replica_failed=lambda service, rid: discovery.replica_failed(service, rid))
     bound = await router.start(host=host, port=port, ssl=tls)
+    grpc = None
+    if grpc_port is not None:
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="modelfleet-router-"), "router.sock")
+        await router.start_unix(socket_path)
+        grpc = GrpcFront((socket_path, -1), __version__)
+        bound_grpc = await grpc.start(host, grpc_port, tls=tls_pair)
+        log.info("router serves the gRPC API on %s:%d%s", host, bound_grpc, " (TLS)" if tls_pair else "")
     # HOSTNAME is the pod's name in a pod: the router pods split the replicas' slots by it
     # (peers.py), and one of them, the Lease holder, scales.
     identity = os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -94,6 +108,8 @@ async def serve(
         log.info("router stopping")
         if peers is not None:
             peers.close()
+        if grpc is not None:
+            await grpc.stop(grace_s=0)
         await scaler.stop()
         await router.stop()
         await discovery.stop()
@@ -113,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peer-port", type=int, default=None, help="take requests forwarded by peer router pods on this port"
     )
+    parser.add_argument("--grpc-port", type=int, default=None, help="serve the V2 gRPC API on this port too")
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
@@ -121,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # $KUBECONFIG before the pod's own account, as config.load_config() does (a node that
     # cannot mount the account at its fixed path hands it over that way)
     api = api_client(args.kubeconfig or os.environ.get("KUBECONFIG"), args.context)
-    asyncio.run(serve(api, args.namespace, args.host, args.port, tls, args.peer_port))
+    pair = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes()) if args.tls_cert else None
+    asyncio.run(serve(api, args.namespace, args.host, args.port, tls, args.peer_port, args.grpc_port, pair))
     return 0
 
 
