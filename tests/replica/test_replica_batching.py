@@ -188,33 +188,39 @@ def test_the_batching_example_answers_each_request_with_its_own_rows(tmp_path: P
 
 
 def test_an_item_whose_deadline_passed_before_its_batch_formed_is_left_out(tmp_path: Path) -> None:
-    seen = tmp_path / "seen"
+    seen, release = tmp_path / "seen", tmp_path / "release"
     server, stats = start(
         tmp_path, "--max-batch-size", "4", "--max-batch-delay-ms", "0", env={"BATCH_SEEN_FILE": str(seen)}
     )
     try:
-        slow: list[Answer] = []
-        holder = threading.Thread(target=lambda: slow.append(score(server.port, {"id": "slow", "sleep": 4.0})))
+        held: list[Answer] = []
+        holder = threading.Thread(target=lambda: held.append(score(server.port, {"id": "slow", "hold": str(release)})))
         holder.start()
-        wait_for(lambda: seen.exists() and "slow" in seen.read_text())  # the only call is busy for 4 s
+        wait_for(lambda: seen.exists() and "slow" in seen.read_text())  # the only call is held
         started = time.monotonic()
         late = score(server.port, {"id": "late"}, {"x-request-timeout-ms": "100"})
-        took = time.monotonic() - started
-        ok = score(server.port, {"id": "fine"}, {"x-request-timeout-ms": "60000"})
-        holder.join(30)
-        assert late.status == 504, late
+        # answered at its deadline, while the call is still held (it would be held 30 s)
+        assert late.status == 504 and time.monotonic() - started < 10, late
         assert "x-request-timeout-ms" in json.loads(late.body)["message"]
-        assert took < 3  # answered at its deadline (100 ms), not when the call was free (4 s)
-        assert ok.status == 200 and slow[0].status == 200
+        fine = threading.Thread(
+            target=lambda: held.append(score(server.port, {"id": "fine"}, {"x-request-timeout-ms": "60000"}))
+        )
+        fine.start()
+        wait_for(lambda: stats.exists() and json.loads(stats.read_text()).get("batch_waiting") == 1)
+        release.touch()
+        for t in (holder, fine):
+            t.join(30)
+        assert [a.status for a in held] == [200, 200]
         assert seen.read_text().split() == ["slow", "fine"]  # run_batch never saw the late item
     finally:
+        release.touch()
         assert server.stop() == 0
     assert json.loads(stats.read_text())["batch_deadline_expired"] == 1  # written at the stop
 
 
 def test_a_batching_replica_admits_max_concurrent_times_max_batch_size(tmp_path: Path) -> None:
-    seen = tmp_path / "seen"
-    server, _ = start(
+    seen, release = tmp_path / "seen", tmp_path / "release"
+    server, stats = start(
         tmp_path,
         "--max-concurrent",
         "1",
@@ -226,20 +232,24 @@ def test_a_batching_replica_admits_max_concurrent_times_max_batch_size(tmp_path:
     )
     try:
         held: list[Answer] = []
-        first = threading.Thread(target=lambda: held.append(score(server.port, {"id": "x0", "sleep": 3})))
+        first = threading.Thread(target=lambda: held.append(score(server.port, {"id": "x0", "hold": str(release)})))
         first.start()
-        wait_for(lambda: seen.exists() and "x0" in seen.read_text())
+        wait_for(lambda: seen.exists() and "x0" in seen.read_text())  # the one call is held
         queued = [threading.Thread(target=lambda i=i: held.append(score(server.port, {"id": f"x{i}"}))) for i in (1, 2)]
         for t in queued:
             t.start()
-        time.sleep(0.5)  # both admitted and waiting for the call to be free
+        # both admitted and waiting for the call (the stats file says so within about a second)
+        wait_for(lambda: stats.exists() and json.loads(stats.read_text()).get("batch_waiting") == 2)
         refused = score(server.port, {"id": "x3"})
+        release.touch()
         assert refused.status == 503 and refused.headers["x-modelfleet-busy"] == "1"
         assert "3 of 3 requests admitted" in json.loads(refused.body)["message"]
         for t in (first, *queued):
             t.join(30)
         assert sorted(a.status for a in held) == [200, 200, 200]
+        assert seen.read_text().split() == ["x0", "x1", "x2"]
     finally:
+        release.touch()
         assert server.stop() == 0
 
 

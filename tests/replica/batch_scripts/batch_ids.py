@@ -1,8 +1,9 @@
 """run_batch over JSON bodies {"id": ..., and optionally "sleep": s, "fail": true, "raise": true,
-"short": true}: each answer carries its item's id and the batch's size. The call sleeps the
-largest "sleep" of its items (plus BATCH_COST_S, a fixed cost per call). "fail" answers that item
-with an exception object, "raise" makes run_batch raise, "short" returns one answer too few.
-With BATCH_SEEN_FILE set, every id run_batch was given is appended there, one a line."""
+"short": true, "hold": path}: each answer carries its item's id and the batch's size. The call
+sleeps the largest "sleep" of its items (plus BATCH_COST_S, a fixed cost per call). "fail"
+answers that item with an exception object, "raise" makes run_batch raise, "short" returns one
+answer too few, "hold" waits (30 s at most) until that file exists. With BATCH_SEEN_FILE set,
+every id run_batch was given is appended there, one a line."""
 
 import json
 import os
@@ -26,6 +27,10 @@ def run_batch(items):
         with open(seen, "a") as f:
             f.writelines(f"{b['id']}\n" for b in bodies)
     time.sleep(COST_S + max(float(b.get("sleep", 0)) for b in bodies))
+    for hold in [b["hold"] for b in bodies if b.get("hold")]:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.01)
     if any(b.get("raise") for b in bodies):
         raise RuntimeError("run_batch refused this batch")
     answers = [
