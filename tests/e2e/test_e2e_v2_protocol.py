@@ -248,3 +248,29 @@ def test_a_stub_generated_from_the_proto_calls_it(services, tmp_path):
     out = out.stdout.split()
     assert out[:3] == ["doubled", "INT32", "[3]"]
     assert bytes.fromhex(out[-1]) == np.array([10, 12, 14], dtype="<i4").tobytes()
+
+
+def test_an_endpoint_answers_v2_for_its_versions(ws, services):
+    """V2 paths name the endpoint; its router picks the version as for /score (pinnable by header)."""
+    from e2e_support import SCRIPTS
+    from modelfleet import AksEndpoint, Environment, InferenceConfig, Model
+
+    ic = InferenceConfig(entry_script="score.py", source_directory=SCRIPTS / "v2_infer", environment=Environment("e2e"))
+    fixed = {"autoscale_enabled": False, "num_replicas": 1}
+    dc = AksEndpoint.deploy_configuration(version_name="blue", is_default=True, **fixed)
+    endpoint = Model.deploy(ws, "epv2", [], ic, dc)
+    endpoint.create_version("green", models=[], inference_config=ic, traffic_percentile=50, **fixed)
+    endpoint.wait_for_deployment(timeout_sec=120)
+    base = services["schema"].scoring_uri.split("/api/")[0]
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
+    served = set()
+    with httpx.Client(headers={"Authorization": f"Bearer {endpoint.get_keys()[0]}"}, timeout=30) as http:
+        for _ in range(20):
+            answer = http.post(f"{base}/v2/models/epv2/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"][0]["data"] == [2, 4]
+            served.add(answer.headers["azureml-model-deployment"])
+        pinned = http.post(f"{base}/v2/models/epv2/infer", json=body, headers={"azureml-model-deployment": "green"})
+        assert pinned.headers["azureml-model-deployment"] == "green"
+        assert http.post(f"{base}/v2/models/epv2:blue/infer", json=body).status_code == 404  # only through epv2
+    assert served == {"blue", "green"}
