@@ -42,13 +42,13 @@ from modelfleet.control.decisions import (
     Stop,
     decide,
 )
-from modelfleet.control.endpoints import endpoint_entry, stale_versions, version_services
+from modelfleet.control.endpoints import endpoint_entry, stale_versions, version_services, write_endpoint_state
 from modelfleet.control.environments import resolve_for_service
 from modelfleet.control.layout import limits_note, prepare_app, remove_generation
 from modelfleet.control.room import Capacity, Holding, holdings, machine_capacity, refusal
 from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.spec import DeploySpec, EnvironmentSpec
-from modelfleet.store.endpoints import is_endpoint_config
+from modelfleet.store.endpoints import endpoint_of, is_endpoint_config
 from modelfleet.store.registry import ServiceRecord, Store
 from modelfleet.targets.base import (
     ComputeTarget,
@@ -365,6 +365,9 @@ class ServiceController:
                 self._store.set_service_state, self.name, *latest, serving_generation=serving_generation
             )
             self._written = latest
+            endpoint = endpoint_of(self.name)
+            if endpoint is not None:  # a version: its endpoint's state follows (control/endpoints.py)
+                await asyncio.to_thread(write_endpoint_state, self._store, endpoint)
 
     # -- scaling (called by control/autoscaler.py) -----------------------------------------
 
@@ -538,6 +541,9 @@ class Reconciler:
             task = asyncio.create_task(self.delete(service), name=f"delete {service}")
             self._deleting.add(task)
             task.add_done_callback(self._deleting.discard)
+        state = asyncio.create_task(asyncio.to_thread(write_endpoint_state, self._store, record.name))
+        self._deleting.add(state)  # kept until done, as the deletions are
+        state.add_done_callback(self._deleting.discard)
 
     async def delete(self, name: str) -> None:
         record: ServiceRecord | None = None
