@@ -108,6 +108,9 @@ def test_a_version_that_is_not_healthy_gets_no_traffic(ws: Workspace, fraud: Aks
         "red", models=[named_model(ws, "red")], inference_config=ic("broken"), traffic_percentile=30, **FIXED
     )
     wait_until(lambda: Webservice(ws, "fraud:red").state == "Failed", timeout=60)
+    # the stored state follows the versions' (service list and the dashboard read it)
+    wait_until(lambda: ws.store.get_service("fraud").state == "Unhealthy", timeout=30)
+    assert fraud.state == "Unhealthy" and "red Failed" in (ws.store.get_service("fraud").detail or "")
     assert fraud.traffic == {"blue": 60.0, "green": 10.0, "red": 30.0}  # as configured; red is down
     with client(fraud) as c:
         counts = served(c, fraud, 400)
@@ -115,6 +118,7 @@ def test_a_version_that_is_not_healthy_gets_no_traffic(ws: Workspace, fraud: Aks
     fraud.delete_version("red")
     assert sorted(fraud.versions) == ["blue", "green"]
     wait_until(lambda: "fraud:red" not in ws.cluster().status()["services"], timeout=30)
+    wait_until(lambda: ws.store.get_service("fraud").state == "Healthy", timeout=30)
 
 
 def test_traffic_and_default_changes_take_effect_without_a_redeploy(fraud: AksEndpoint) -> None:

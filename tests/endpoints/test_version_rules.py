@@ -7,7 +7,14 @@ import pytest
 
 from modelfleet.errors import ConfigError
 from modelfleet.spec.names import is_version_service_name, validate_version_name, version_service_name
-from modelfleet.store.endpoints import check_versions, weights, with_traffic, with_version, without_version
+from modelfleet.store.endpoints import (
+    check_versions,
+    endpoint_state,
+    weights,
+    with_traffic,
+    with_version,
+    without_version,
+)
 
 BLUE_GREEN = {
     "blue": {"traffic_percentile": 0.0, "is_default": True},
@@ -90,3 +97,10 @@ def test_the_traffic_command_sets_the_whole_split() -> None:
         with_traffic(three, {"purple": 10})
     with pytest.raises(ConfigError, match="add up to 120"):
         with_traffic(three, {"green": 60, "red": 60})
+
+
+def test_an_endpoints_state_follows_its_versions() -> None:
+    assert endpoint_state({"blue": "Healthy", "green": "Healthy"}, "blue") == "Healthy"
+    assert endpoint_state({"blue": "Healthy", "green": "Transitioning"}, "blue") == "Transitioning"
+    assert endpoint_state({"blue": "Healthy", "green": "Failed"}, "blue") == "Unhealthy"  # serves, not as configured
+    assert endpoint_state({"blue": "Failed", "green": "Healthy"}, "blue") == "Failed"

@@ -34,6 +34,7 @@ from modelfleet.store.endpoints import (
     ENDPOINT_KEY,
     check_versions,
     default_version,
+    endpoint_state,
     is_endpoint_config,
     weights,
     with_traffic,
@@ -712,15 +713,9 @@ class AksEndpoint(AksWebservice):
     def state(self) -> str:
         """Transitioning while a version is; otherwise the default version's state, or
         Unhealthy when the default is Healthy and another version is not."""
-        states = {
-            v: self.workspace.store.get_service(version_service_name(self.name, v)).state for v in self._versions()
-        }
-        if "Transitioning" in states.values():
-            return "Transitioning"
-        main = states[self.default_version]
-        if main != "Healthy":
-            return main
-        return "Healthy" if all(s == "Healthy" for s in states.values()) else "Unhealthy"
+        versions = self._versions()
+        states = {v: self.workspace.store.get_service(version_service_name(self.name, v)).state for v in versions}
+        return endpoint_state(states, default_version(versions))
 
     @property
     def error(self) -> str | None:

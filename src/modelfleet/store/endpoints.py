@@ -173,3 +173,15 @@ def weights(versions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     out = {n: 0.0 if n == default else float(v.get("traffic_percentile", 0.0)) for n, v in versions.items()}
     out[default] = max(0.0, 100.0 - sum(out.values()))
     return out
+
+
+def endpoint_state(states: Mapping[str, str], default: str) -> str:
+    """An endpoint's state from its versions' (version -> state): Transitioning while one is;
+    otherwise the default version's, or Unhealthy when the default is Healthy and another
+    version is not (it serves, but not as configured)."""
+    if "Transitioning" in states.values():
+        return "Transitioning"
+    main = states.get(default, "Failed")
+    if main != "Healthy":
+        return main
+    return "Healthy" if all(s == "Healthy" for s in states.values()) else "Unhealthy"
