@@ -41,6 +41,7 @@ import logging
 from collections import deque
 from time import perf_counter
 
+from modelfleet.router.affinity import model_key
 from modelfleet.router.auth import AuthResult, authenticate
 from modelfleet.router.cycle import DONE, WAITING, Cycle, bad_deadline, parse_deadline_ms
 from modelfleet.router.ids import IdsTooLong
@@ -55,6 +56,8 @@ from modelfleet.router.routes import (
     H_EXPECT,
     H_FORWARD,
     H_LENGTH,
+    H_MODEL,
+    H_MODEL_VERSION,
     H_MSID,
     H_PIN,
     H_SESSION,
@@ -67,13 +70,22 @@ from modelfleet.router.routes import (
 from modelfleet.wire.framing import LOWER
 from modelfleet.wire.server import Refused, ServerProtocol
 
-__all__ = ["LINGER_S", "ClientConnection"]
+__all__ = ["LINGER_S", "ClientConnection", "ModelCycle"]
 
 log = logging.getLogger("modelfleet.router")
 _access = logging.getLogger("modelfleet.router.access")
 
 _CLOSE_END = LOWER.close + b"\r\n"  # the last line of a head that closes the connection
 LINGER_S = 5.0  # after an early error, read (and drop) the rest of the body this long before closing
+
+
+class ModelCycle(Cycle):
+    """A request that names a model (``x-ms-model`` or ``/models/<model>/score``): the
+    dispatcher routes it by ``model_key`` (dispatch.py rule 8, affinity.py). Other requests are
+    plain ``Cycle``s and pay nothing for this."""
+
+    __slots__ = ("model_key",)
+    model_key: bytes
 
 
 class ClientConnection(ServerProtocol):
@@ -201,7 +213,7 @@ class ClientConnection(ServerProtocol):
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
-        auth = ms_id = x_id = client_id = deadline_raw = pin = session = None
+        auth = ms_id = x_id = client_id = deadline_raw = pin = session = model = model_version = None
         deadline = 0.0
         length = -1
         chunked = expect = False
@@ -231,6 +243,11 @@ class ClientConnection(ServerProtocol):
             elif kind == H_SESSION:
                 session = value
                 fields.append(name + b": " + value + b"\r\n")
+            elif kind == H_MODEL:
+                model = value  # sent on below, once (the URL's model wins)
+            elif kind == H_MODEL_VERSION:
+                model_version = value
+                fields.append(name + b": " + value + b"\r\n")
         if ms_id is None and x_id is None and client_id is None:
             ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
         else:
@@ -246,6 +263,8 @@ class ClientConnection(ServerProtocol):
             decision = route(method, path, length, router.services)
             svc = decision.service
             canned = decision.answer
+            if decision.model is not None:
+                model = decision.model
             if decision.check_auth and not self.trusted:
                 result = authenticate(auth, svc.route.auth, router.wall_now)  # type: ignore[union-attr]
                 if result is not AuthResult.OK:
@@ -271,7 +290,12 @@ class ClientConnection(ServerProtocol):
                     deadline = router.loop.time() + min(ms / 1000.0, svc.route.timeout_s)
             target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
 
-        cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
+        if not model or canned is not None:
+            cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
+        else:  # routed by the model (affinity.py); the replica reads the name from x-ms-model
+            fields.append(b"x-ms-model: " + model + b"\r\n")
+            cycle = ModelCycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
+            cycle.model_key = model_key(model, model_version)
         cycle.canned = canned
         if deadline_raw is not None and canned is None:
             cycle.deadline = deadline

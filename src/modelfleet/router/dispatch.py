@@ -37,6 +37,10 @@ Rules (the invariants the tests check):
    ``last_arrival`` is the ``now`` of the latest ``arrive`` (the autoscaler's idle time).
    A request that arrived before the first replica was listed again and is put back by
    ``busy``/``refused`` keeps that longer wait (``arrived + max_wait_s + cold_wait_s``).
+8. Model-aware routing: a request object with a ``model_key`` attribute (bytes; the router's
+   ``client.ModelCycle``) takes the first open replica with a free slot in that key's
+   rendezvous-hash order (``affinity.py``) instead of the least loaded; the orders are cached
+   per replica list. Everything else above holds for it unchanged.
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -50,6 +54,8 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
+
+from modelfleet.router.affinity import Ranking, first_open
 
 __all__ = [
     "Action",
@@ -193,6 +199,7 @@ class Dispatch:
         self._seq = 0
         self._turn = 0  # advances once per pick, rotating ties
         self.in_flight = 0  # sum of slot.in_flight, kept for the gauges
+        self._ranking: Ranking | None = None  # model keys' orders over _slots (rule 8); None: stale
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -245,7 +252,8 @@ class Dispatch:
         if deadline is not None and deadline <= now:
             return Expire(req)
         if not self._queue:
-            i = self._policy(self._slots, self.limit, now, self._turn)
+            key = getattr(req, "model_key", None)
+            i = self._policy(self._slots, self.limit, now, self._turn) if key is None else self._by_model(key, now)
             if i >= 0:
                 return self._assign(i, req)
         wait = self.max_wait_s
@@ -312,6 +320,7 @@ class Dispatch:
                 found = Slot(rid)
                 self._by_id[rid] = found
                 self._slots.append(found)
+                self._ranking = None
             else:
                 found.listed = True
                 found.failed = False
@@ -383,6 +392,7 @@ class Dispatch:
         if s.in_flight == 0 and not s.listed:
             self._slots.remove(s)
             del self._by_id[s.id]
+            self._ranking = None
         return s
 
     def _requeue(self, req: Hashable, now: float, arrived: float, deadline: float | None) -> Sequence[Action]:
@@ -394,6 +404,13 @@ class Dispatch:
         if deadline is not None and deadline < until:
             self._push_due(req, deadline)
         return self._serve(now)
+
+    def _by_model(self, key: bytes, now: float) -> int:
+        """Rule 8: the first open replica with a free slot in ``key``'s order, or -1."""
+        ranking = self._ranking
+        if ranking is None:
+            ranking = self._ranking = Ranking([s.id for s in self._slots])
+        return first_open(ranking.order(key), self._slots, self.limit, now)
 
     def _push_due(self, req: Hashable, deadline: float) -> None:
         self._seq += 1
@@ -413,7 +430,8 @@ class Dispatch:
                 del q[req]
                 out.append(Reject(req))
                 continue
-            i = self._policy(self._slots, self.limit, now, self._turn)
+            key = getattr(req, "model_key", None)
+            i = self._policy(self._slots, self.limit, now, self._turn) if key is None else self._by_model(key, now)
             if i < 0:
                 break
             del q[req]
@@ -427,3 +445,5 @@ class Dispatch:
         for s in gone:
             self._slots.remove(s)
             del self._by_id[s.id]
+        if gone:
+            self._ranking = None

@@ -22,7 +22,7 @@ from modelfleet import __version__
 from modelfleet.errors import ConfigError, error_body
 from modelfleet.router.auth import AuthCheck
 from modelfleet.router.dispatch import Dispatch
-from modelfleet.spec.names import is_version_service_name, validate_service_name
+from modelfleet.spec.names import MODEL_NAME_RULE, is_model_name, is_version_service_name, validate_service_name
 from modelfleet.telemetry.counters import ServiceMetrics
 
 __all__ = [
@@ -284,7 +284,8 @@ class ServiceState:
 
 # -- header tables -------------------------------------------------------------------------
 
-H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE, H_PIN, H_SESSION = range(12)
+(H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE, H_PIN, H_SESSION, H_MODEL,
+ H_MODEL_VERSION) = range(14)  # fmt: skip
 # Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
 REQ_SPECIAL = {
     b"connection": H_DROP,
@@ -305,6 +306,8 @@ REQ_SPECIAL = {
     b"x-request-id": H_XID,
     b"x-ms-client-request-id": H_CLID,
     b"x-request-timeout-ms": H_DEADLINE,  # the caller's deadline; the replica gets what is left (cycle.py)
+    b"x-ms-model": H_MODEL,  # model-aware routing (affinity.py): read, and sent on (the URL's model wins)
+    b"x-ms-model-version": H_MODEL_VERSION,  # with x-ms-model: read, and forwarded
 }
 # Response headers not forwarded as they are.
 RESP_SKIP = frozenset(
@@ -343,15 +346,24 @@ SERVICE_PREFIX = b"/api/v1/service/"
 class Decision:
     """What a request's head decides before any I/O: the service (or ``None``), the answer the
     router gives itself (or ``None``: forward it to a replica, at ``path``), and whether the
-    service's credentials must be checked first (a failed check answers 401 instead)."""
+    service's credentials must be checked first (a failed check answers 401 instead). ``model``:
+    the model named by the URL (``/models/<model>/score``), routed by (affinity.py)."""
 
-    __slots__ = ("service", "answer", "check_auth", "path")
+    __slots__ = ("service", "answer", "check_auth", "path", "model")
 
-    def __init__(self, service: ServiceState | None, answer: Canned | None, check_auth: bool, path: bytes) -> None:
+    def __init__(
+        self,
+        service: ServiceState | None,
+        answer: Canned | None,
+        check_auth: bool,
+        path: bytes,
+        model: bytes | None = None,
+    ) -> None:
         self.service = service
         self.answer = answer
         self.check_auth = check_auth
         self.path = path
+        self.model = model
 
     def __repr__(self) -> str:
         name = self.service.route.name if self.service is not None else None
@@ -360,6 +372,10 @@ class Decision:
 
 
 D_404 = Decision(None, C_404, False, b"")
+C_404_MODEL = error_answer(
+    404,
+    f"the model name in /api/v1/service/<name>/models/<model>/score must be {MODEL_NAME_RULE}",
+)
 D_HEALTH = Decision(None, C_HEALTH, False, b"")
 D_405_ROOT = Decision(None, C_405_ROOT, False, b"")
 
@@ -415,6 +431,17 @@ def route_v2(method: bytes, path: bytes, length: int, table: Mapping[bytes, Serv
     return svc.d_404
 
 
+def _route_model(method: bytes, model: bytes, length: int, svc: ServiceState) -> Decision:
+    """``/api/v1/service/<name>/models/<model>/score``: /score's decision, routed by ``model``."""
+    if method != b"POST" and method != b"GET":
+        return svc.d_405_score
+    if not is_model_name(model.decode("latin-1")):
+        return Decision(svc, C_404_MODEL, False, b"")
+    if length > svc.route.max_body_bytes:
+        return svc.d_score_413
+    return Decision(svc, None, svc.d_score.check_auth, b"/score", model)
+
+
 def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, ServiceState]) -> Decision:
     """Where a request goes, from its method, path (no query string), Content-Length (-1 when
     absent) and the services by name. Pure: the same inputs give the same decision.
@@ -423,7 +450,9 @@ def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, Service
     its credentials. ``GET /api/v1/service/<name>/swagger.json``: a replica, no credentials.
     Another method on those paths: 405; any other path or unknown name: 404; a body declared
     larger than the service accepts: 413 (after the credentials, on /score). ``/v2``: the Open
-    Inference Protocol (``route_v2``)."""
+    Inference Protocol (``route_v2``). ``/api/v1/service/<name>/models/<model>/score``: as
+    /score, sent to the replica as /score routed by the model (``Decision.model``, affinity.py);
+    a model name outside v1's rule: 404 saying the rule."""
     if path.startswith(SERVICE_PREFIX):
         rest = path[16:]
         cut = rest.find(b"/")
@@ -439,6 +468,8 @@ def route(method: bytes, path: bytes, length: int, table: Mapping[bytes, Service
             if method != b"GET":
                 return svc.d_405_swagger
             return svc.d_swagger_413 if length > svc.route.max_body_bytes else svc.d_swagger
+        if tail.startswith(b"/models/") and tail.endswith(b"/score") and svc.d_score is not svc.d_404:
+            return _route_model(method, tail[8:-6], length, svc)
         return svc.d_404
     if path == b"/":
         return D_HEALTH if method == b"GET" else D_405_ROOT

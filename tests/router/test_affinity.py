@@ -1,0 +1,179 @@
+"""Model-aware routing (affinity.py, dispatch.py rule 8, the /models/<model>/score route): pure
+decisions over plain data, no sockets, no clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+from modelfleet.router.affinity import CACHE_KEYS, MAX_KEY_BYTES, Ranking, choose, model_key, rank
+from modelfleet.router.dispatch import Dispatch, Send
+from modelfleet.router.routes import C_404_MODEL, D_404, ServiceRoute, ServiceState, route
+
+IDS = [f"svc-{i}" for i in range(5)]
+KEYS = [f"model-{i}".encode() for i in range(2000)]
+
+
+@dataclass(frozen=True)
+class Req:
+    """A request routed by a model, as client.ModelCycle is (any object with ``model_key``)."""
+
+    name: str
+    model_key: bytes
+
+
+def make(n: int = 3, limit: int = 1, wait: float = 0.5) -> Dispatch:
+    d = Dispatch("x", limit, wait)
+    d.set_replicas([f"r{i}" for i in range(n)], 0.0)
+    return d
+
+
+def test_rank_is_a_permutation_the_same_in_every_process() -> None:
+    orders = [rank(k, IDS) for k in KEYS[:50]]
+    assert all(sorted(o) == list(range(5)) for o in orders)
+    assert len(set(orders)) > 20  # keys really do order the replicas differently
+    # Another interpreter with another hash seed computes the same orders (blake2b, not hash()).
+    code = (
+        "from modelfleet.router.affinity import rank\n"
+        f"print([rank(f'model-{{i}}'.encode(), {IDS!r}) for i in range(50)])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == repr(orders)
+
+
+def test_first_choices_spread_evenly_over_the_replicas() -> None:
+    firsts = Counter(IDS[rank(k, IDS)[0]] for k in KEYS)
+    assert set(firsts) == set(IDS)
+    assert all(abs(n - 400) < 400 * 0.25 for n in firsts.values()), firsts  # 2,000 keys over 5
+
+
+def test_removing_a_replica_moves_only_the_models_it_was_first_for() -> None:
+    smaller = [rid for rid in IDS if rid != "svc-2"]
+    moved = 0
+    for k in KEYS:
+        before = [IDS[i] for i in rank(k, IDS)]
+        after = [smaller[i] for i in rank(k, smaller)]
+        assert after == [rid for rid in before if rid != "svc-2"]  # the others keep their order
+        moved += before[0] == "svc-2"
+    assert 0 < moved < len(KEYS) * 0.3
+
+
+def test_choose_takes_the_first_free_replica_in_the_models_order() -> None:
+    assert choose((2, 0, 1), [True, True, True]) == 2
+    assert choose((2, 0, 1), [True, True, False]) == 0
+    assert choose((2, 0, 1), [False, True, False]) == 1
+    assert choose((2, 0, 1), [False, False, False]) == -1
+
+
+def test_model_key_joins_the_version_and_is_bounded() -> None:
+    assert model_key(b"m") == b"m"
+    assert model_key(b"m", b"3") == b"m:3"
+    assert model_key(b"m", b"") == b"m"
+    assert len(model_key(b"x" * 5000)) == MAX_KEY_BYTES
+
+
+def test_ranking_caches_orders_and_stays_bounded() -> None:
+    r = Ranking(IDS)
+    assert r.order(b"a") is r.order(b"a")
+    assert r.order(b"a") == rank(b"a", IDS)
+    for i in range(CACHE_KEYS + 10):
+        r.order(str(i).encode())
+    assert len(r._orders) <= CACHE_KEYS
+
+
+def test_a_model_goes_to_the_same_replica_every_time() -> None:
+    d = make(3)
+    for key in (b"alpha", b"beta", b"gamma", b"delta"):
+        want = f"r{rank(key, ['r0', 'r1', 'r2'])[0]}"
+        for i in range(5):
+            req = Req(f"{key!r}{i}", key)
+            assert d.arrive(req, float(i)) == Send(req, want)
+            d.finish(want, float(i))
+
+
+def test_a_hot_model_spills_to_its_next_replicas_as_its_load_grows() -> None:
+    d = make(3, limit=2, wait=10)
+    order = [f"r{i}" for i in rank(b"hot", ["r0", "r1", "r2"])]
+    reqs = [Req(str(i), b"hot") for i in range(7)]
+    sends = [d.arrive(r, 0.0) for r in reqs]
+    # two slots each: the first replica fills, then the second, then the third; then it waits
+    assert [s.replica if isinstance(s, Send) else None for s in sends] == [
+        order[0], order[0], order[1], order[1], order[2], order[2], None
+    ]  # fmt: skip
+    # a freed slot goes to the waiter at the head, on the first free replica in its order
+    assert d.finish(order[1], 0.1) == [Send(reqs[6], order[1])]
+    d.finish(order[0], 0.2)
+    later = Req("later", b"hot")
+    assert d.arrive(later, 0.3) == Send(later, order[0])
+
+
+def test_requests_without_a_model_still_go_to_the_least_loaded() -> None:
+    d = make(3)
+    key = b"k"
+    first = f"r{rank(key, ['r0', 'r1', 'r2'])[0]}"
+    m = Req("m", key)
+    assert d.arrive(m, 0.0) == Send(m, first)
+    plain = [d.arrive(name, 0.0) for name in "ab"]
+    assert {s.replica for s in plain if isinstance(s, Send)} == {"r0", "r1", "r2"} - {first}
+
+
+def test_a_new_replica_takes_over_the_models_it_now_ranks_first_for() -> None:
+    d = make(3)
+    four = ["r0", "r1", "r2", "r3"]
+    key = next(k for k in KEYS if rank(k, four)[0] == 3)
+    req = Req("a", key)
+    assert d.arrive(req, 0.0) == Send(req, f"r{rank(key, four[:3])[0]}")
+    d.finish(f"r{rank(key, four[:3])[0]}", 0.0)
+    d.set_replicas(four, 1.0)  # the cached orders are dropped with the old list
+    req2 = Req("b", key)
+    assert d.arrive(req2, 1.0) == Send(req2, "r3")
+    d.finish("r3", 1.0)
+    d.set_replicas(four[:3], 2.0)  # r3 goes (it holds nothing): the model is back where it was
+    req3 = Req("c", key)
+    assert d.arrive(req3, 2.0) == Send(req3, f"r{rank(key, four[:3])[0]}")
+
+
+def test_a_failed_or_backing_off_preferred_replica_is_skipped() -> None:
+    d = make(3, wait=10)
+    order = [f"r{i}" for i in rank(b"m", ["r0", "r1", "r2"])]
+    d.fail(order[0])
+    a = Req("a", b"m")
+    assert d.arrive(a, 0.0) == Send(a, order[1])
+    d.finish(order[1], 0.0)
+    d.mark_healthy(order[0], 0.0)
+    b = Req("b", b"m")
+    assert d.arrive(b, 0.0) == Send(b, order[0])
+    # "busy" from the preferred replica: it is backed off, the request goes to the next one
+    assert d.busy(order[0], b, 0.1, 0.0) == [Send(b, order[1])]
+
+
+# -- the URL form --------------------------------------------------------------------------
+
+
+def table() -> dict[bytes, ServiceState]:
+    return {b"svc": ServiceState(ServiceRoute("svc", max_body_bytes=100))}
+
+
+def test_the_models_url_routes_to_score_with_the_model() -> None:
+    t = table()
+    d = route(b"POST", b"/api/v1/service/svc/models/my-model.v2_x/score", 10, t)
+    assert d.service is t[b"svc"] and d.answer is None and d.path == b"/score" and d.model == b"my-model.v2_x"
+    assert route(b"GET", b"/api/v1/service/svc/models/m/score", -1, t).model == b"m"
+    assert route(b"POST", b"/api/v1/service/svc/score", 10, t).model is None
+
+
+def test_the_models_url_refuses_what_score_refuses_and_bad_names() -> None:
+    t = table()
+    svc = t[b"svc"]
+    assert route(b"POST", b"/api/v1/service/nope/models/m/score", 10, t) is D_404
+    assert route(b"PUT", b"/api/v1/service/svc/models/m/score", 10, t) is svc.d_405_score
+    assert route(b"POST", b"/api/v1/service/svc/models/m/score", 101, t) is svc.d_score_413
+    for bad in (b"", b"a/b", b"-lead", b"sp ace", b"x" * 256):
+        d = route(b"POST", b"/api/v1/service/svc/models/" + bad + b"/score", 10, t)
+        assert d.answer is C_404_MODEL and d.model is None, bad
+    assert b"1-255 letters, digits" in C_404_MODEL.body
+    assert route(b"POST", b"/api/v1/service/svc/models/m/other", 10, t) is svc.d_404
