@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.k8s_router import api_client
-from modelfleet.control.k8s_uploads import sync_uploads
+from modelfleet.control.k8s_uploads import sync_log_uploads, sync_uploads
 from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
 from modelfleet.envs.canonical import canonicalize
 from modelfleet.envs.image import DEFAULT_REPOSITORY, image_tag, image_variant, write_image_context
@@ -95,6 +95,8 @@ def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, comput
         source_name=inference.get("source_name") or "source",
         environment_variables=dict(env.get("environment_variables") or {}),
         namespace=settings.get("namespace") or "default",
+        # with the pods' write credential set (sdk/k8s_uploads.py), every pod uploads its log
+        ship_logs=bool(settings.get("blob_store_upload_auth")),
     )
 
 
@@ -265,17 +267,23 @@ class KubernetesController:
 
     async def _sync_uploads(self) -> None:
         """The model data the pods of services that collect it uploaded, into the workspace's
-        data folder (``k8s_uploads.py``): ``modelfleet data export`` reads it from there."""
+        data folder (``k8s_uploads.py``): ``modelfleet data export`` reads it from there; and,
+        with the target's upload credential, every service's pods' output, where
+        ``service.get_logs()`` reads it."""
+        ship_logs = bool(self.compute.settings.get("blob_store_upload_auth"))
         for name, controller in list(self.reconciler.controllers.items()):
-            if controller.spec is None or not controller.spec.collect_model_data:
+            if controller.spec is None:
                 continue
-            try:
-                added = await asyncio.to_thread(sync_uploads, self.store, name)
-            except Exception as exc:  # the blob store unreachable: try again next time
-                log.warning("service %s: uploaded model data not read (%s)", name, exc)
-                continue
-            if added:
-                log.info("service %s: %d bytes of model data from its pods", name, added)
+            syncs = [("model data", sync_uploads)] if controller.spec.collect_model_data else []
+            syncs += [("log", sync_log_uploads)] if ship_logs else []
+            for what, sync in syncs:
+                try:
+                    added = await asyncio.to_thread(sync, self.store, name)
+                except Exception as exc:  # the blob store unreachable: try again next time
+                    log.warning("service %s: uploaded %s not read (%s)", name, what, exc)
+                    continue
+                if added:
+                    log.info("service %s: %d bytes of %s from its pods", name, added, what)
 
     async def _report_foreign_autoscalers(self) -> None:
         """modelfleet never creates an HPA; one aimed at a service's Deployment is said in its

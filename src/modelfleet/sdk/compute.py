@@ -40,6 +40,7 @@ that use the new one, running pods already hold their files.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -316,17 +317,29 @@ class KubernetesCompute:
         return f"{base}/api/v1/service/{service}/score" if base else None
 
     def logs(self, service: str, num_lines: int = 5000) -> str:
-        """Each of the service's pods: its state and why it is not Ready, then its log."""
+        """Each of the service's pods: its state and why it is not Ready, then its last
+        ``num_lines`` lines of output. With the target's upload credential
+        (``sdk/k8s_uploads.py``) the pods upload their replica's stdout and stderr to the blob
+        store and this reads the workspace's copy (laid by ``control/k8s_uploads.py``, brought
+        up to date first), which outlives the pod: pods gone from the cluster follow with
+        theirs. A pod with nothing uploaded (no credential, or not yet) shows pods/log."""
         from kubernetes import client
 
         from modelfleet.control.k8s_router import api_client
+        from modelfleet.control.k8s_uploads import sync_log_uploads, uploaded_logs
         from modelfleet.targets.kubernetes.target import pod_logs, service_replicas
+        from modelfleet.telemetry.logfiles import tail
 
         settings = self.settings
+        store = self.workspace.store
+        if settings.get("blob_store_upload_auth"):
+            with contextlib.suppress(Exception):  # the blob store unreachable: what was laid so far
+                sync_log_uploads(store, service)
+        uploaded = {pod: "".join(tail(files, num_lines)) for pod, files in uploaded_logs(store, service).items()}
         api = api_client(settings.get("kubeconfig"), settings.get("context"))
         try:
             replicas = service_replicas(api, self.namespace, service)
-            return pod_logs(client.CoreV1Api(api), self.namespace, replicas, None, num_lines)
+            return pod_logs(client.CoreV1Api(api), self.namespace, replicas, None, num_lines, uploaded)
         finally:
             api.close()
 

@@ -99,6 +99,8 @@ BLOB_TOKEN_KEY = "token"  # ... and a bearer token sent with each blob request
 APP_ROOT = "/var/azureml-app"
 DATA_MOUNT = "/var/modelfleet-data"  # collected model data, shipped by the "ship" sidecar (ship.py)
 TELEMETRY_PREFIX = "telemetry"  # under the blob store: <prefix>/<service>/data/...
+LOG_MOUNT = "/var/modelfleet-logs"  # the replica's output (replica/logtee.py), shipped by "ship"
+LOG_TEE_ENV = "MODELFLEET_LOG_TEE"
 SHIP_COMMAND = ["python", "-m", "modelfleet.targets.kubernetes.ship"]
 CONFIG_MOUNT = "/etc/modelfleet"
 MODELS_FOLDER = "azureml-models"
@@ -162,6 +164,13 @@ class ServiceSource:
     namespace: str = "default"
     # What the router sends this service's pods (Secret S-keys, replicaSecret); None: left out
     replica_secret: str | None = field(default=None, repr=False)
+    # the target has an upload credential: the replica's output is uploaded ("ship", LOG_MOUNT)
+    ship_logs: bool = False
+
+    @property
+    def ships(self) -> bool:
+        """Whether its pods have the "ship" sidecar: collected data, or the log, to upload."""
+        return self.deploy.collect_model_data or self.ship_logs
 
     def __post_init__(self) -> None:
         validate_service_name(self.name)
@@ -314,6 +323,11 @@ def telemetry_prefix(service: str) -> str:
     return f"{TELEMETRY_PREFIX}/{service}/data"
 
 
+def logs_prefix(service: str) -> str:
+    """Where a service's pods upload the replica's output, under the blob store."""
+    return f"{TELEMETRY_PREFIX}/{service}/logs"
+
+
 def _ship_container(src: ServiceSource, grace_s: int) -> dict[str, Any]:
     """The sidecar that uploads the replica's collected data (``ship.py``)."""
     name = upload_secret_name(src.blob_store)
@@ -328,10 +342,8 @@ def _ship_container(src: ServiceSource, grace_s: int) -> dict[str, Any]:
         "args": [
             "--blob-store",
             src.blob_store,
-            "--prefix",
-            telemetry_prefix(src.name),
-            "--dir",
-            DATA_MOUNT,
+            *(["--prefix", telemetry_prefix(src.name), "--dir", DATA_MOUNT] if src.deploy.collect_model_data else []),
+            *(["--logs-prefix", logs_prefix(src.name), "--logs-dir", LOG_MOUNT] if src.ship_logs else []),
             "--replica",
             f"http://$({POD_IP_ENV}):{REPLICA_PORT}/",
             "--grace",
@@ -339,7 +351,10 @@ def _ship_container(src: ServiceSource, grace_s: int) -> dict[str, Any]:
         ],
         "env": [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, *credential],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}],
+        "volumeMounts": [
+            *([{"name": "data", "mountPath": DATA_MOUNT}] if src.deploy.collect_model_data else []),
+            *([{"name": "logs", "mountPath": LOG_MOUNT}] if src.ship_logs else []),
+        ],
     }
 
 
@@ -508,6 +523,8 @@ def replica_environment(src: ServiceSource) -> dict[str, str]:
     }
     if src.deploy.collect_model_data:  # the replica records inputs and predictions; "ship" uploads them
         env["MODELFLEET_DATA_DIR"] = DATA_MOUNT
+    if src.ship_logs:  # the replica copies its output there too (replica/logtee.py); "ship" uploads it
+        env[LOG_TEE_ENV] = LOG_MOUNT
     if src.deploy.max_batch_size > 1:  # dynamic batching (replica/batching.py, replica/config.py)
         env["MODELFLEET_MAX_BATCH_SIZE"] = str(src.deploy.max_batch_size)
         env["MODELFLEET_MAX_BATCH_DELAY_MS"] = str(src.deploy.max_batch_delay_ms)
@@ -572,7 +589,8 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
         **probes(deploy),
         "lifecycle": {"preStop": {"exec": {"command": PRE_STOP_COMMAND}}},
         "volumeMounts": [{"name": "app", "mountPath": APP_ROOT}]
-        + ([{"name": "data", "mountPath": DATA_MOUNT}] if deploy.collect_model_data else []),
+        + ([{"name": "data", "mountPath": DATA_MOUNT}] if deploy.collect_model_data else [])
+        + ([{"name": "logs", "mountPath": LOG_MOUNT}] if src.ship_logs else []),
     }
     # The grace period counts from the deletion: the preStop wait, then the replica's own drain
     # after SIGTERM (it stops accepting and answers what it holds, up to the scoring timeout).
@@ -580,6 +598,9 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
     containers = [replica]
     if deploy.collect_model_data:
         volumes.append({"name": "data", "emptyDir": {}})
+    if src.ship_logs:
+        volumes.append({"name": "logs", "emptyDir": {}})
+    if src.ships:
         containers.append(_ship_container(src, grace))
     return {
         "apiVersion": "apps/v1",

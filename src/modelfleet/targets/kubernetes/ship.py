@@ -1,8 +1,13 @@
-"""The sidecar of a pod whose service collects model data: it uploads what the replica writes
-to the workspace's blob store, where the workspace reads it back (``uploads.py``).
+"""The sidecar of a pod whose service collects model data, or whose compute target has an upload
+credential: it uploads what the replica writes to the workspace's blob store, where the
+workspace reads it back (``control/k8s_uploads.py``).
 
-    python -m modelfleet.targets.kubernetes.ship --blob-store URL --prefix telemetry/<service>/data
-                                                 --dir /var/modelfleet-data [--replica URL]
+    python -m modelfleet.targets.kubernetes.ship --blob-store URL
+        [--prefix telemetry/<service>/data --dir /var/modelfleet-data]
+        [--logs-prefix telemetry/<service>/logs --logs-dir /var/modelfleet-logs] [--replica URL]
+
+The replica's output (``replica/logtee.py``: ``<logs-dir>/<pod>/<seq>.log``, append-only) is
+uploaded the same way, as ``<prefix>/<pod>/<seq>/<offset>.log``.
 
 The replica writes JSON Lines under ``--dir`` as it does on the local cluster
 (``telemetry/data_layout.py``: ``<model>/<version>/<designation>/<YYYY>/<MM>/<DD>/<pod>.jsonl``,
@@ -54,10 +59,10 @@ MAX_SEGMENT = 4 * 1024 * 1024  # bytes per object; a longer backlog goes in seve
 _TIMEOUT_S = 60
 
 
-def segment_key(prefix: str, relpath: str, offset: int) -> str:
-    """``<prefix>/<relpath without .jsonl>/<offset>.jsonl``."""
-    stem = relpath[: -len(".jsonl")] if relpath.endswith(".jsonl") else relpath
-    return f"{prefix.strip('/')}/{stem}/{offset:016d}.jsonl"
+def segment_key(prefix: str, relpath: str, offset: int, suffix: str = ".jsonl") -> str:
+    """``<prefix>/<relpath without its suffix>/<offset><suffix>``."""
+    stem = relpath[: -len(suffix)] if relpath.endswith(suffix) else relpath
+    return f"{prefix.strip('/')}/{stem}/{offset:016d}{suffix}"
 
 
 def credential_from_env(environ: Mapping[str, str] | None = None) -> Credential:
@@ -66,7 +71,12 @@ def credential_from_env(environ: Mapping[str, str] | None = None) -> Credential:
 
 
 class Shipper:
-    def __init__(self, base: str, prefix: str, folder: Path, credential: Credential | None = None) -> None:
+    """Uploads the files ``<folder>/**/*<suffix>``: ``.jsonl`` (collected data) or ``.log``
+    (the replica's output, ``replica/logtee.py``)."""
+
+    def __init__(
+        self, base: str, prefix: str, folder: Path, credential: Credential | None = None, suffix: str = ".jsonl"
+    ) -> None:
         self.credential = credential or Credential()
         check_base(base, self.credential)  # http:// with a credential only to loopback
         if base.startswith("file:"):
@@ -74,6 +84,8 @@ class Shipper:
         self.base = base.rstrip("/")
         self.prefix = prefix
         self.folder = folder
+        self.suffix = suffix
+        self.content_type = "application/x-ndjson" if suffix == ".jsonl" else "text/plain; charset=utf-8"
         self.offsets: dict[str, int] = {}
         self.uploaded = 0  # objects written
         self.failures = 0
@@ -81,7 +93,7 @@ class Shipper:
     def pass_once(self) -> int:
         """Upload every file's new whole lines; returns the bytes uploaded."""
         sent = 0
-        for path in sorted(self.folder.rglob("*.jsonl")):
+        for path in sorted(self.folder.rglob(f"*{self.suffix}")):
             rel = path.relative_to(self.folder).as_posix()
             offset = self.offsets.get(rel, 0)
             try:
@@ -92,7 +104,7 @@ class Shipper:
                 continue
             cut = data.rfind(b"\n") + 1  # whole lines only: the rest is still being written
             while cut > 0:
-                self._put(segment_key(self.prefix, rel, offset), data[:cut])
+                self._put(segment_key(self.prefix, rel, offset, self.suffix), data[:cut])
                 offset += cut
                 sent += cut
                 self.offsets[rel] = offset
@@ -108,7 +120,7 @@ class Shipper:
             f"{url}?{self.credential.sas}" if self.credential.sas else url,
             data=body,
             method="PUT",
-            headers={"x-ms-blob-type": "BlockBlob", "Content-Type": "application/x-ndjson"},
+            headers={"x-ms-blob-type": "BlockBlob", "Content-Type": self.content_type},
         )
         if self.credential.token:
             request.add_header("Authorization", f"Bearer {self.credential.token}")
@@ -136,20 +148,20 @@ def _replica_up(url: str | None) -> bool:
         return False
 
 
-def run(shipper: Shipper, stop: threading.Event, replica: str | None, grace_s: float) -> None:
+def run(shippers: Sequence[Shipper], stop: threading.Event, replica: str | None, grace_s: float) -> None:
     """Pass every ``INTERVAL_S`` until ``stop``; then until the replica is gone (at most
     ``grace_s``), and one last pass."""
-    last_error = ""
+    last_error = [""] * len(shippers)
 
     def attempt() -> None:
-        nonlocal last_error
-        try:
-            shipper.pass_once()
-            last_error = ""
-        except FetchError as e:
-            if str(e) != last_error:  # once per distinct failure, not every pass
-                print(f"ship: {e}", file=sys.stderr, flush=True)
-            last_error = str(e)
+        for i, shipper in enumerate(shippers):
+            try:
+                shipper.pass_once()
+                last_error[i] = ""
+            except FetchError as e:
+                if str(e) != last_error[i]:  # once per distinct failure, not every pass
+                    print(f"ship: {e}", file=sys.stderr, flush=True)
+                last_error[i] = str(e)
 
     while not stop.wait(INTERVAL_S):
         attempt()
@@ -158,28 +170,41 @@ def run(shipper: Shipper, stop: threading.Event, replica: str | None, grace_s: f
         attempt()
         time.sleep(0.5)
     attempt()
-    print(f"ship: stopped after {shipper.uploaded} upload(s), {shipper.failures} failed", flush=True)
+    uploaded, failed = sum(s.uploaded for s in shippers), sum(s.failures for s in shippers)
+    print(f"ship: stopped after {uploaded} upload(s), {failed} failed", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m modelfleet.targets.kubernetes.ship", description=__doc__.split("\n")[0])
     p.add_argument("--blob-store", required=True, help="base URL of the blob store (http or https)")
-    p.add_argument("--prefix", required=True, help="where under it: telemetry/<service>/data")
-    p.add_argument("--dir", required=True, type=Path, help="the replica's data folder")
+    p.add_argument("--prefix", help="where under it the data goes: telemetry/<service>/data")
+    p.add_argument("--dir", type=Path, help="the replica's data folder (with --prefix)")
+    p.add_argument("--logs-prefix", help="where under it the log goes: telemetry/<service>/logs")
+    p.add_argument("--logs-dir", type=Path, help="the replica's log folder, MODELFLEET_LOG_TEE (with --logs-prefix)")
     p.add_argument("--replica", help="the replica's URL: after SIGTERM, ship until it stops answering")
     p.add_argument("--grace", type=float, default=30.0, help="at most this long after SIGTERM (seconds)")
     args = p.parse_args(argv)
+    pairs = [(args.prefix, args.dir, ".jsonl"), (args.logs_prefix, args.logs_dir, ".log")]
+    if any((prefix is None) != (folder is None) for prefix, folder, _ in pairs) or not any(f for _, f, _ in pairs):
+        p.error("give --prefix with --dir, --logs-prefix with --logs-dir, or both pairs")
     try:
-        shipper = Shipper(args.blob_store, args.prefix, args.dir, credential_from_env())
+        credential = credential_from_env()
+        shippers = [
+            Shipper(args.blob_store, prefix, folder, credential, suffix)
+            for prefix, folder, suffix in pairs
+            if folder is not None
+        ]
     except FetchError as e:
         print(f"ship: {e}", file=sys.stderr)
         return 1
-    args.dir.mkdir(parents=True, exist_ok=True)
+    for shipper in shippers:
+        shipper.folder.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"ship: uploading {args.dir} to {args.blob_store}/{args.prefix}", flush=True)
-    run(shipper, stop, args.replica, args.grace)
+    for shipper in shippers:
+        print(f"ship: uploading {shipper.folder} to {args.blob_store}/{shipper.prefix}", flush=True)
+    run(shippers, stop, args.replica, args.grace)
     return 0
 
 

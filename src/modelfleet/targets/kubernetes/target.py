@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -498,23 +498,42 @@ def service_replicas(api: client.ApiClient, namespace: str, service: str) -> lis
 
 
 def pod_logs(
-    core: client.CoreV1Api, namespace: str, replicas: list[ReplicaInfo], replica_id: str | None, tail_lines: int
+    core: client.CoreV1Api,
+    namespace: str,
+    replicas: list[ReplicaInfo],
+    replica_id: str | None,
+    tail_lines: int,
+    uploaded: Mapping[str, str] | None = None,
 ) -> str:
-    """Each pod's state (and why it is not Ready), then its replica container's log (pods/log,
-    which the kubelet serves: without one the reason it failed is shown instead)."""
+    """Each pod's state (and why it is not Ready), then its replica container's log: what the
+    pod uploaded (``uploaded``: pod name -> its last lines, from the workspace's copy) when
+    there is some, else pods/log (which the kubelet serves: without one the reason it failed
+    is shown instead). Then the pods no longer in the cluster that uploaded a log, with it."""
+    uploaded = uploaded or {}
     out: list[str] = []
     for r in replicas:
         if replica_id not in (None, r.id):
             continue
-        try:
-            text = core.read_namespaced_pod_log(r.id, namespace, container="replica", tail_lines=tail_lines)
-        except ApiException as exc:
-            text = f"(no log from the API: {exc.status} {exc.reason})\n"
-        except Exception as exc:  # the API server cannot reach a kubelet: a connection error
-            text = f"(no log from the API: {exc})\n"
+        source = "; uploaded log" if r.id in uploaded else ""
+        if r.id in uploaded:
+            text = uploaded[r.id]
+        else:
+            try:
+                text = core.read_namespaced_pod_log(r.id, namespace, container="replica", tail_lines=tail_lines)
+            except ApiException as exc:
+                text = f"(no log from the API: {exc.status} {exc.reason})\n"
+            except Exception as exc:  # the API server cannot reach a kubelet: a connection error
+                text = f"(no log from the API: {exc})\n"
         detail = f": {r.detail}" if r.detail else ""
-        out.append(f"=== pod {r.id} (generation {r.generation}, {r.state.value}{detail}, {r.restarts} restarts) ===\n")
+        out.append(
+            f"=== pod {r.id} (generation {r.generation}, {r.state.value}{detail}, {r.restarts} restarts{source}) ===\n"
+        )
         out.append(text if text.endswith("\n") or not text else text + "\n")
+    current = {r.id for r in replicas}
+    for pod, text in uploaded.items():
+        if pod not in current and replica_id in (None, pod):
+            out.append(f"=== pod {pod} (gone from the cluster; uploaded log) ===\n")
+            out.append(text if text.endswith("\n") or not text else text + "\n")
     return "".join(out)
 
 
