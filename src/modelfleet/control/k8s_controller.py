@@ -47,7 +47,7 @@ from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
 from modelfleet.envs.canonical import canonicalize
 from modelfleet.envs.image import DEFAULT_REPOSITORY, image_tag, image_variant, write_image_context
 from modelfleet.envs.registry import Credential, is_loopback, manifest_exists, parse_reference
-from modelfleet.errors import ConfigError, TargetError
+from modelfleet.errors import ConfigError, NotFound, TargetError
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.computes import ComputeRecord
 from modelfleet.store.registry import ServiceRecord, Store
@@ -166,11 +166,20 @@ def kaniko_build(env: EnvironmentSpec, tag: str, gpu: bool, namespace: str) -> k
     return kaniko.BuildSource(tag, canonicalize(env).hash, context, namespace, insecure)
 
 
+def current_compute(store: Store, compute: ComputeRecord) -> ComputeRecord:
+    """The compute target's record as the workspace holds it now (``compute`` once detached)."""
+    try:
+        return store.computes.get(compute.name)
+    except NotFound:
+        return compute
+
+
 def kubernetes_planner(compute: ComputeRecord, credential: Credential | None = None) -> Planner:
     check_image = ImageCheck(compute, credential)
 
     def plan(store: Store, record: ServiceRecord, spec: DeploySpec) -> ReplicaPlan:
-        src = service_source(store, record, spec, compute)
+        # the record as it is now: an upload credential set since the controller started counts
+        src = service_source(store, record, spec, current_compute(store, compute))
         env = EnvironmentSpec.from_dict(record.config.get("environment") or {"name": "default"})
         check_image(src, env, spec.gpu_cores > 0)
         return KubernetesPlan(
@@ -270,7 +279,8 @@ class KubernetesController:
         data folder (``k8s_uploads.py``): ``modelfleet data export`` reads it from there; and,
         with the target's upload credential, every service's pods' output, where
         ``service.get_logs()`` reads it."""
-        ship_logs = bool(self.compute.settings.get("blob_store_upload_auth"))
+        compute = await asyncio.to_thread(current_compute, self.store, self.compute)
+        ship_logs = bool(compute.settings.get("blob_store_upload_auth"))
         for name, controller in list(self.reconciler.controllers.items()):
             if controller.spec is None:
                 continue
