@@ -8,7 +8,8 @@ script cannot be loaded or its init() raised (the traceback is on stderr).
 
 Modules: ``entry`` (the script core, no HTTP); the HTTP side: ``server`` (process lifecycle),
 ``protocol`` (one connection), ``shared`` (what every connection reads), ``limits``, ``app``
-(the v1 routes), ``scoring`` (run() on a worker, plain or streamed answers), ``stream``,
+(the v1 routes), ``scoring`` (run() on a worker, plain or streamed answers), ``batching``
+(run_batch() over concurrent requests, opt-in), ``stream``,
 ``ids``, ``access``, ``listen`` (Unix socket), ``responses`` (reply bytes), ``workers``
 (threads running run()), ``swagger``, ``models`` (models loaded on demand, an LRU); and
 ``compat`` with ``rawrequest``, ``rawresponse`` and ``v1model`` (the ``azureml.*`` names v1
