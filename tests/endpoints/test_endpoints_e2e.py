@@ -160,8 +160,8 @@ def test_bad_input_is_refused_naming_the_field(ws: Workspace, fraud: AksEndpoint
         fraud.delete_version("blue")
     with pytest.raises(ConfigError, match="version_name must be 1-32 characters"):
         fraud.create_version("Not_OK", models=[], inference_config=ic())
-    with pytest.raises(ConfigError, match="mirror_percentile of version shadow: mirroring is not supported yet"):
-        fraud.create_version("shadow", models=[], inference_config=ic(), mirror_percentile=100)
+    with pytest.raises(ConfigError, match="mirror_percentile of version shadow: a mirror takes no traffic share"):
+        fraud.create_version("shadow", models=[], inference_config=ic(), mirror_percentile=100, traffic_percentile=5)
     with pytest.raises(ConfigError, match="version_name is required"):
         AksEndpoint.deploy_configuration()
     with pytest.raises(Conflict, match='"fraud" is already an endpoint'):

@@ -68,11 +68,19 @@ def test_two_defaults_or_none_are_refused() -> None:
         with_version(BLUE_GREEN, "blue", is_default=False, create=False)
 
 
-def test_mirroring_is_refused_for_now() -> None:
-    with pytest.raises(
-        ConfigError, match=r"mirror_percentile of version green: mirroring is not supported yet \(allowed: 0"
-    ):
-        with_version(BLUE_GREEN, "green", mirror_percentile=100, create=False)
+def test_a_mirror_is_neither_the_default_nor_given_traffic() -> None:
+    mirrored = with_version(BLUE_GREEN, "green", traffic_percentile=0, mirror_percentile=100, create=False)
+    assert mirrored["green"]["mirror_percentile"] == 100.0
+    with pytest.raises(ConfigError, match=r"mirror_percentile of version green: a mirror takes no traffic share"):
+        with_version(BLUE_GREEN, "green", mirror_percentile=100, create=False)  # green has 10 %
+    with pytest.raises(ConfigError, match=r"mirror_percentile of version green: a mirror takes no traffic share"):
+        with_version(mirrored, "green", traffic_percentile=5, create=False)
+    with pytest.raises(ConfigError, match=r"mirror_percentile of version blue: the default version cannot be a mirror"):
+        with_version(BLUE_GREEN, "blue", mirror_percentile=50, create=False)
+    with pytest.raises(ConfigError, match=r"version green: the default version cannot be a mirror"):
+        with_version(mirrored, "green", is_default=True, create=False)
+    with pytest.raises(ConfigError, match=r"mirror_percentile must be from 0 to 100 \(got 101\)"):
+        with_version(mirrored, "green", mirror_percentile=101, create=False)
 
 
 def test_version_names_follow_their_rule() -> None:

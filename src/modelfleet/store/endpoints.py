@@ -59,8 +59,11 @@ def _percent(field: str, value: Any) -> float:
 
 
 def check_versions(versions: Mapping[str, Mapping[str, Any]]) -> None:
-    """Exactly one default; non-default traffic_percentile values adding up to at most 100;
-    mirroring not yet (mirror_percentile 0)."""
+    """Exactly one default; non-default traffic_percentile values adding up to at most 100; a
+    mirror (``mirror_percentile`` > 0: it gets a copy of that share of the requests the other
+    versions serve, its answers discarded, ``router/mirror.py``) is not the default and takes
+    no traffic share. A mirror is never mirrored itself: copies go only from the versions that
+    serve (the router sends no copy of a mirrored copy, nor of a request pinned to a mirror)."""
     if not versions:
         raise ConfigError("an endpoint needs at least one version")
     defaults = sorted(n for n, v in versions.items() if v.get("is_default"))
@@ -73,9 +76,15 @@ def check_versions(versions: Mapping[str, Mapping[str, Any]]) -> None:
         validate_version_name(name)
         pct = _percent(f"traffic_percentile of version {name}", v.get("traffic_percentile", 0.0))
         mirror = _percent(f"mirror_percentile of version {name}", v.get("mirror_percentile", 0.0))
-        if mirror > 0:
+        if mirror > 0 and v.get("is_default"):
             raise ConfigError(
-                f"mirror_percentile of version {name}: mirroring is not supported yet (allowed: 0, got {mirror:g})"
+                f"mirror_percentile of version {name}: the default version cannot be a mirror "
+                f"(allowed: 0 for the default, got {mirror:g}); make another version the default first"
+            )
+        if mirror > 0 and pct > 0:
+            raise ConfigError(
+                f"mirror_percentile of version {name}: a mirror takes no traffic share "
+                f"(traffic_percentile {pct:g}); set traffic_percentile=0 or mirror_percentile=0"
             )
         if not v.get("is_default"):
             total += pct
