@@ -266,6 +266,15 @@ class Dispatch:
             self._push_due(req, deadline)
         return None
 
+    def take_free(self, req: Hashable, now: float) -> Send | None:
+        """A slot free right now for ``req``, or ``None``: it never waits, and never goes before
+        a waiter (a mirrored copy, ``mirror.py``: dropped first under load). Given back as any
+        ``Send`` is, by ``finish``."""
+        if self._queue:
+            return None
+        i = self._policy(self._slots, self.limit, now, self._turn)
+        return self._assign(i, req) if i >= 0 else None
+
     def finish(self, replica_id: str, now: float) -> Sequence[Action]:
         """A request on ``replica_id`` ended (answered, or its connection closed)."""
         self._release(replica_id)
