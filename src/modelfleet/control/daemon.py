@@ -40,6 +40,7 @@ from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.dashboard.server import DASHBOARD_PORT_SETTING, DashboardServer
 from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.control.reconcile import Reconciler
+from modelfleet.control.rollouts import Rollouts, router_counts
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.grpc_front import GrpcFront
@@ -97,6 +98,8 @@ class Daemon:
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
         self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
+        # safe rollouts of endpoint versions (control/rollouts.py): they run here, not in the SDK
+        self.rollouts = Rollouts(self.store, self.reconciler.sync, lambda s: router_counts(self.router).get(s))
         self.telemetry = ClusterTelemetry(
             self.router, self.reconciler, self.store.runtime_dir, self.config.otlp_endpoint
         )
@@ -159,6 +162,7 @@ class Daemon:
         if self.dashboard is not None:
             await self.dashboard.stop()
         await self.autoscaler.stop()
+        await self.rollouts.stop()
         await self.reconciler.shutdown()
         await self.grpc.stop(grace_s=0)
         await self.router.stop()
@@ -196,6 +200,7 @@ class Daemon:
         never a controller of its own (the admin API must not grow state per name asked)."""
         await asyncio.to_thread(self.store.get_service, name)
         self.reconciler.sync(name)
+        await self.rollouts.on_sync(name)  # an endpoint's requested rollout starts here
 
     def status(self) -> dict[str, Any]:
         return {
@@ -206,6 +211,9 @@ class Daemon:
             "router": self.router.stats(),
             "auth_failures": self.router.auth_failures.snapshot(),
             "autoscaler": self.autoscaler.status(),
+            # each service's router counters since it was published (endpoint.compare reads them)
+            "service_counts": {name: c.to_json() for name, c in router_counts(self.router).items()},
+            "rollouts": self.rollouts.status(),
             "dashboard_uri": self.dashboard.uri if self.dashboard is not None else None,
         }
 
