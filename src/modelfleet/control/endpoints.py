@@ -38,6 +38,7 @@ def endpoint_entry(record: ServiceRecord, route: RouteEntry) -> EndpointEntry:
             service=version_service_name(record.name, name),
             traffic_percentile=float(v.get("traffic_percentile", 0.0)),
             is_default=bool(v.get("is_default")),
+            mirror_percentile=float(v.get("mirror_percentile", 0.0)),
         )
         for name, v in sorted(record.config[ENDPOINT_KEY]["versions"].items())
     )
