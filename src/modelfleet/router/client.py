@@ -45,6 +45,7 @@ from modelfleet.router.affinity import model_key
 from modelfleet.router.auth import AuthResult, authenticate
 from modelfleet.router.cycle import DONE, WAITING, Cycle, bad_deadline, parse_deadline_ms
 from modelfleet.router.ids import IdsTooLong
+from modelfleet.router.mirror import MirrorCycle
 from modelfleet.router.ports import DRAIN, PENALTY, PIPE, UPLOAD, WAIT, FrontPort, ReadGate
 from modelfleet.router.routes import (
     C_401_INVALID,
@@ -65,8 +66,10 @@ from modelfleet.router.routes import (
     H_XID,
     REQ_SPECIAL,
     Canned,
+    ServiceState,
     route,
 )
+from modelfleet.router.versions import EndpointState
 from modelfleet.wire.framing import LOWER
 from modelfleet.wire.server import Refused, ServerProtocol
 
@@ -213,6 +216,7 @@ class ClientConnection(ServerProtocol):
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
+        copies: tuple[ServiceState, ...] = ()
         auth = ms_id = x_id = client_id = deadline_raw = pin = session = model = model_version = None
         deadline = 0.0
         length = -1
@@ -278,10 +282,13 @@ class ClientConnection(ServerProtocol):
                     self.bad_auth = 0
             if svc is not None and svc.endpoint is not None and canned is None:
                 # an endpoint: its version serves (versions.py); the answer names it
-                version, canned, line = svc.endpoint.pick(pin, session)
+                endpoint: EndpointState = svc.endpoint  # type: ignore[assignment]
+                version, canned, line = endpoint.pick(pin, session)
                 rids += line
                 if version is not None:
                     svc = version
+                    if endpoint.mirrors:  # mirror.py: which mirrors get a copy
+                        copies = endpoint.copies(version)
             if deadline_raw is not None and svc is not None and canned is None:
                 ms = parse_deadline_ms(deadline_raw)
                 if ms is None:
@@ -290,7 +297,15 @@ class ClientConnection(ServerProtocol):
                     deadline = router.loop.time() + min(ms / 1000.0, svc.route.timeout_s)
             target = b"" if canned is not None else decision.path if q < 0 else decision.path + url[q:]
 
-        if not model or canned is not None:
+        if copies and canned is None:  # copied to mirrors (mirror.py), maybe routed by the model too
+            if model:
+                fields.append(b"x-ms-model: " + model + b"\r\n")
+            mirrored = MirrorCycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
+            mirrored.targets = copies
+            if model:
+                mirrored.model_key = model_key(model, model_version)
+            cycle: Cycle = mirrored
+        elif not model or canned is not None:
             cycle = Cycle(self, svc, method, target, fields, rids, keep_alive, chunked, length, expect)
         else:  # routed by the model (affinity.py); the replica reads the name from x-ms-model
             fields.append(b"x-ms-model: " + model + b"\r\n")

@@ -27,6 +27,10 @@ Answers carry ``azureml-model-deployment: <version>`` (as v2's do), added to the
 lines the router writes both ways, so the replica sees it too. The per-request work is a
 header scan, one random draw and a walk over a tuple of cumulative weights built when the
 shares or the health change (``refresh``), never per request.
+
+Mirrors (``mirror.py``): a version with ``mirror_percentile`` > 0 takes no share (the store
+refuses one, and the default cannot be a mirror); ``copies`` says, for the version picked, which
+mirrors get a copy of this request (none when that version is itself a mirror).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from random import random
 from zlib import crc32
 
 from modelfleet.errors import ConfigError
+from modelfleet.router.mirror import counters_of, wants_copy
 from modelfleet.router.routes import Canned, ServiceState, error_answer
 
 __all__ = [
@@ -57,12 +62,14 @@ _SCALE = 1.0 / 4294967296.0  # CRC-32 -> [0, 1)
 @dataclass(frozen=True)
 class VersionShare:
     """One version as the router is told it: its name, the internal service it runs as, its
-    share of traffic in percent and whether it is the default (target-neutral plain data)."""
+    share of traffic in percent, whether it is the default, and the percent of the others'
+    requests it gets a copy of as a mirror (target-neutral plain data)."""
 
     name: str
     service: str
     traffic_percentile: float
     is_default: bool
+    mirror_percentile: float = 0.0
 
 
 def split(shares: Sequence[tuple[float, bool, bool]]) -> tuple[float, ...]:
@@ -110,7 +117,10 @@ def healthy(svc: ServiceState | None) -> bool:
 class EndpointState:
     """An endpoint's versions, their pre-built weights and answers (see the module's doc)."""
 
-    __slots__ = ("name", "versions", "by_name", "states", "cumulative", "lines", "names", "c503_absent")
+    __slots__ = (
+        "name", "versions", "by_name", "states", "cumulative", "lines", "names", "c503_absent",
+        "mirrors", "mirror_states",
+    )  # fmt: skip
 
     def __init__(self, name: str, versions: Sequence[VersionShare]) -> None:
         defaults = [v.name for v in versions if v.is_default]
@@ -122,6 +132,10 @@ class EndpointState:
         self.states: list[ServiceState | None] = [None] * len(self.versions)
         self.lines = tuple(PIN_HEADER + b": " + v.name.encode() + b"\r\n" for v in self.versions)
         self.cumulative: tuple[float, ...] = ()
+        # (index, percent) of each mirror; empty for most endpoints (then the only cost per
+        # request is client.py's check of this tuple).
+        self.mirrors = tuple((i, v.mirror_percentile) for i, v in enumerate(self.versions) if v.mirror_percentile > 0)
+        self.mirror_states: tuple[ServiceState, ...] = ()
         self.names = ", ".join(v.name for v in self.versions)
         self.c503_absent = tuple(
             error_answer(
@@ -137,9 +151,29 @@ class EndpointState:
         """Look the versions' services up again and rebuild the weights (a version's replicas,
         failure or presence changed, or the shares did)."""
         self.states = [services.get(v.service.encode()) for v in self.versions]
+        mirror_states = []
+        for i, _ in self.mirrors:
+            state = self.states[i]
+            if state is not None:
+                counters_of(state)  # the counts exist (zeros) from the start: stats and series show them
+                mirror_states.append(state)
+        self.mirror_states = tuple(mirror_states)
         self.cumulative = split(
             [(v.traffic_percentile, v.is_default, healthy(s)) for v, s in zip(self.versions, self.states, strict=True)]
         )
+
+    def copies(self, served: ServiceState) -> tuple[ServiceState, ...]:
+        """The mirrors that get a copy of a request ``served`` answers (``mirror.py`` rule 1):
+        none when ``served`` is a mirror itself (pinned to it), or is not in the router."""
+        if served in self.mirror_states:
+            return ()
+        out: tuple[ServiceState, ...] = ()
+        states = self.states
+        for i, percent in self.mirrors:
+            target = states[i]
+            if target is not None and wants_copy(percent, random()):
+                out += (target,)
+        return out
 
     def unknown(self, pin: bytes) -> Canned:
         """404 naming the version asked for (a rare answer: built when given)."""
