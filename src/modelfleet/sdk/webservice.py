@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
-from modelfleet.sdk import service_meta
+from modelfleet.sdk import endpoint_compare, service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
 from modelfleet.sdk.cluster_limits import refuse_unsupported_on_cluster
 from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, AksCompute, KubernetesCompute, service_target
@@ -785,12 +785,27 @@ class AksEndpoint(AksWebservice):
         is_default: bool | None = None,
         is_control_version_type: bool | None = None,
         mirror_percentile: float | None = None,
+        rollout: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         """Change a version: its share or default-ness (the router follows at once, no replica
         is touched), and/or its models, inference config or settings (its replicas are replaced
-        with no failed request, as ``Webservice.update`` does). ``None`` leaves a value as it is."""
+        with no failed request, as ``Webservice.update`` does). ``None`` leaves a value as it is.
+        ``rollout={"steps": [10, 50, 100], "interval_s": 60, "max_error_rate": 0.01,
+        "max_p99_ms": None}``: the cluster's daemon moves the version's share step by step and
+        rolls back by itself past a bound (``control/rollout.py``); returns at once, the steps
+        are in ``get_events()``."""
         record = self._record()
+        rollout_config = None
+        if rollout is not None:
+            if traffic_percentile is not None or is_default is not None:
+                raise ConfigError(
+                    "rollout: a rollout sets the version's share step by step (at 100 it becomes the default); "
+                    "leave traffic_percentile and is_default out"
+                )
+            rollout_config = endpoint_compare.request_rollout(
+                self.workspace, self.name, record.config, version_name, rollout
+            )
         entry = _version_entry(traffic_percentile, is_default, mirror_percentile, is_control_version_type)
         versions = with_version(
             record.config[ENDPOINT_KEY]["versions"], version_name, **_share_changes(entry), create=False
@@ -802,8 +817,30 @@ class AksEndpoint(AksWebservice):
                 raise ConfigError(f"{key} is the endpoint's, not a version's: use endpoint.update({key}=...)")
         if models is not None or inference_config is not None or settings:
             version.update(list(models) if models is not None else None, inference_config, **settings)
-        if versions != record.config[ENDPOINT_KEY]["versions"]:
+        if rollout_config is not None:
+            config = self._record().config
+            config = {**config, ENDPOINT_KEY: {**rollout_config[ENDPOINT_KEY], "versions": versions}}
+            self.workspace.store.update_service_config(self.name, config)
+            self.workspace.cluster().sync(self.name)  # the daemon starts the rollout
+        elif versions != record.config[ENDPOINT_KEY]["versions"]:
             self._save_versions(versions)
+
+    def compare(self, version_a: str, version_b: str) -> dict[str, Any]:
+        """Two versions side by side from the running cluster: each one's requests, errors
+        (5xx), error_rate, p50_ms and p99_ms since the cluster started (or the version was
+        published), and ``agreement`` where one mirrors the other (``sdk/endpoint_compare.py``)."""
+        return endpoint_compare.compare(self.workspace, self.name, self._versions(), version_a, version_b)
+
+    @property
+    def rollout(self) -> dict[str, Any] | None:
+        """The latest rollout asked for: its version, spec, status (requested, running,
+        completed, rolled_back, cancelled, failed) and reason; None when there was none."""
+        found = self._record().config[ENDPOINT_KEY].get("rollout")
+        return dict(found) if isinstance(found, dict) else None
+
+    def get_events(self) -> list[dict[str, Any]]:
+        """The endpoint's rollout events, oldest first (each step, hold, rollback, completion)."""
+        return endpoint_compare.events(self.workspace, self.name)
 
     def delete_version(self, version_name: str) -> None:
         """Remove a version: the router stops sending it requests at once, then its replicas
