@@ -56,6 +56,28 @@ def register(groups: Any) -> None:
     _name(traffic)
     traffic.add_argument("shares", nargs="+", metavar="VERSION=PERCENT", help="e.g. blue=90 green=10")
     traffic.set_defaults(handler=endpoint_traffic)
+    compare = endpoint.add_parser(
+        "compare", help="two versions side by side: requests, error rate, p50/p99 (from the running cluster)"
+    )
+    _name(compare)
+    compare.add_argument("version_a", metavar="VERSION", help="e.g. blue")
+    compare.add_argument("version_b", metavar="VERSION", help="e.g. green")
+    add_output(compare)
+    compare.set_defaults(handler=endpoint_compare)
+    rollout = endpoint.add_parser(
+        "rollout", help="move a version's share step by step, rolling back by itself past the bounds"
+    )
+    _name(rollout)
+    rollout.add_argument("--version-name", required=True, help="the version to roll out, e.g. green")
+    rollout.add_argument("--steps", required=True, metavar="P,P,...", help="increasing percentages, e.g. 10,50,100")
+    rollout.add_argument("--interval-s", required=True, type=float, help="seconds at each step before its check")
+    rollout.add_argument("--max-error-rate", required=True, type=float, help="5xx / answers, 0-1, e.g. 0.01")
+    rollout.add_argument("--max-p99-ms", type=float, default=None, help="p99 latency bound in ms (optional)")
+    rollout.set_defaults(handler=endpoint_rollout)
+    events = endpoint.add_parser("events", help="the endpoint's rollout events: steps, holds, rollbacks")
+    _name(events)
+    add_output(events)
+    events.set_defaults(handler=endpoint_events)
 
     version = endpoint.add_parser("version", help="an endpoint's versions").add_subparsers(
         metavar="COMMAND", dest="version_command", required=True
@@ -169,9 +191,16 @@ def endpoint_list(args: argparse.Namespace) -> int:
 
 
 def endpoint_show(args: argparse.Namespace) -> int:
-    data = _described(_endpoint(args))
-    text = {k: v for k, v in data.items() if k != "versions"}
+    ep = _endpoint(args)
+    data = _described(ep)
+    rollout = ep.rollout
+    data["rollout"] = rollout
+    text = {k: v for k, v in data.items() if k not in ("versions", "rollout")}
     text["versions"] = _split_text(data) + " (* the default)"
+    if rollout is not None:
+        steps = ",".join(f"{s:g}" for s in rollout["spec"]["steps"])
+        reason = f": {rollout['reason']}" if rollout.get("reason") else ""
+        text["rollout"] = f"{rollout['version']} steps {steps}, {rollout['status']}{reason}"
     print_output(args, data, key_values(text))
     return 0
 
@@ -201,6 +230,60 @@ def endpoint_traffic(args: argparse.Namespace) -> int:
     ep = _endpoint(args)
     ep.set_traffic(shares)
     print(f"endpoint {args.name}: {', '.join(f'{n} {p:g}%' for n, p in ep.traffic.items())}")
+    return 0
+
+
+def endpoint_compare(args: argparse.Namespace) -> int:
+    data = _endpoint(args).compare(args.version_a, args.version_b)
+
+    def cell(value: Any, unit: str = "") -> str:
+        return "-" if value is None else f"{value:.4g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+    rows = [f"{'version':<12} {'requests':>9} {'errors':>7} {'error rate':>10} {'p50':>10} {'p99':>10}"]
+    for name, v in data["versions"].items():
+        rows.append(
+            f"{name:<12} {v['requests']:>9} {v['errors']:>7} {cell(v['error_rate']):>10} "
+            f"{cell(v['p50_ms'], ' ms'):>10} {cell(v['p99_ms'], ' ms'):>10}"
+        )
+    agreement = data.get("agreement")
+    if agreement is not None:
+        rows.append(
+            f"mirror {agreement['mirror']}: {agreement['agreed']} of {agreement['compared']} answers agreed"
+            f" ({cell(agreement['agreement'])})"
+        )
+    rows.append(f"({data['window']})")
+    print_output(args, data, "\n".join(rows))
+    return 0
+
+
+def endpoint_rollout(args: argparse.Namespace) -> int:
+    steps: list[float] = []
+    for item in args.steps.split(","):
+        try:
+            steps.append(float(item))
+        except ValueError:
+            raise ConfigError(
+                f"--steps: give increasing percentages separated by commas, e.g. 10,50,100 (got {args.steps!r})"
+            ) from None
+    spec = {"steps": steps, "interval_s": args.interval_s, "max_error_rate": args.max_error_rate,
+            "max_p99_ms": args.max_p99_ms}  # fmt: skip
+    _endpoint(args).update_version(args.version_name, rollout=spec)
+    print(f"endpoint {args.name}: rollout of {args.version_name} started (`modelfleet endpoint events -n {args.name}`)")
+    return 0
+
+
+def endpoint_events(args: argparse.Namespace) -> int:
+    import datetime
+
+    events = _endpoint(args).get_events()
+    rows = []
+    for e in events:
+        when = datetime.datetime.fromtimestamp(e["time"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        step = f" step {e['step']:g}" if isinstance(e.get("step"), int | float) else ""
+        figures = f" ({e['errors']} of {e['requests']} 5xx)" if "requests" in e else ""
+        reason = f": {e['reason']}" if e.get("reason") else ""
+        rows.append(f"{when}  {e['version']}  {e['event']}{step}{figures}{reason}")
+    print_output(args, events, "\n".join(rows) or "no events")
     return 0
 
 
