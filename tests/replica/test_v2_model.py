@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,47 @@ def test_a_bad_header_length_is_refused(tmp_path):
 )
 def test_v2_paths(path, parsed):
     assert v2_path(path) == parsed
+
+
+# -- V2 calls joined along the first dimension (V2_BATCHED) ---------------------------------
+
+ROWS_SCRIPT = Path(__file__).resolve().parent / "batch_scripts" / "v2_rows.py"
+
+
+def id_call(ids, extra=None):
+    tensor = triton.InferInput("id", [len(ids)], "BYTES")
+    tensor.set_data_from_numpy(np.array([i.encode() for i in ids], dtype=object))
+    return infer_call([tensor, *(extra or [])])
+
+
+def test_joined_calls_are_computed_once_and_each_gets_its_own_rows(tmp_path, monkeypatch):
+    monkeypatch.delenv("V2_WRONG_ROWS", raising=False)
+    model = model_of(tmp_path, ROWS_SCRIPT.read_text())
+    assert model.batched
+    calls = [(id_call(["a"]), "m", None), (id_call(["b", "c"]), "m", "1"), (id_call(["d"]), "m", None)]
+    replies = model.infer_batch(calls)
+    results = [answer(r) for r in replies]
+    assert [list(r.as_numpy("id")) for r in results] == [[b"a"], [b"b", b"c"], [b"d"]]
+    assert {int(r.as_numpy("call")[0]) for r in results} == {1}  # one call for all three
+    assert [int(r.as_numpy("rows")[0]) for r in results] == [4, 4, 4]
+    assert results[1].get_response()["model_version"] == "1"
+
+
+def test_calls_that_cannot_be_joined_are_computed_apart(tmp_path, monkeypatch):
+    monkeypatch.delenv("V2_WRONG_ROWS", raising=False)
+    model = model_of(tmp_path, ROWS_SCRIPT.read_text())
+    other = triton.InferInput("extra", [1, 2], "FP32")  # different input names: another group
+    other.set_data_from_numpy(np.ones((1, 2), np.float32))
+    bad = infer_call([data_input(np.ones((1, 2), np.float32))])
+    bad = Call(bad.method, bad.path, b"", [], b"{not json")
+    replies = model.infer_batch([(id_call(["a"]), "m", None), (id_call(["b"], [other]), "m", None), (bad, "m", None)])
+    assert [r.status for r in replies] == [200, 200, 400]
+    assert int(answer(replies[0]).as_numpy("call")[0]) != int(answer(replies[1]).as_numpy("call")[0])
+
+
+def test_an_answer_without_a_row_per_input_row_fails_the_joined_calls(tmp_path, monkeypatch):
+    monkeypatch.setenv("V2_WRONG_ROWS", "1")
+    model = model_of(tmp_path, ROWS_SCRIPT.read_text())
+    replies = model.infer_batch([(id_call(["a"]), "m", None), (id_call(["b"]), "m", None)])
+    assert [r.status for r in replies] == [500, 500]
+    assert "one row per input row" in json.loads(replies[0].body)["error"]

@@ -67,10 +67,11 @@ class App:
         self.slots = threading.Lock()
         self.timeout_s = config.scoring_timeout_ms / 1000
         # Dynamic batching: run_batch() calls at once stay --max-concurrent (and worker_count);
-        # requests admitted are that many times max_batch_size.
+        # requests admitted are that many times max_batch_size. V2 calls are joined too when the
+        # script sets V2_BATCHED (replica/v2.py).
         self.batcher: Batcher | None = None
         self.admit = config.max_concurrent
-        if config.max_batch_size > 1 and entry.batch_function is not None:
+        if config.max_batch_size > 1 and (entry.batch_function is not None or self.v2.batched):
             self.batcher = Batcher(
                 entry,
                 self.scorer,
@@ -81,6 +82,7 @@ class App:
                 max_size=config.max_batch_size,
                 delay_ms=config.max_batch_delay_ms,
                 timeout_ms=config.scoring_timeout_ms,
+                v2=self.v2 if self.v2.batched else None,
             )
             self.admit = config.max_concurrent * config.max_batch_size
         self.new_request_id = ids.RequestIds()
@@ -191,7 +193,7 @@ class App:
         assert self.pool is not None and loop is not None
         with self.slots:
             self.in_flight += 1
-        if self.batcher is not None:
+        if self.batcher is not None and self.batcher.run_batch is not None:
             return self.batcher.add(req)
         req.job = self.pool.submit(self.scorer.run, req, self._job_done)
         req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
@@ -213,6 +215,8 @@ class App:
         assert self.pool is not None and loop is not None
         with self.slots:
             self.in_flight += 1
+        if self.batcher is not None and self.batcher.v2 is not None:
+            return self.batcher.add(req, (name, version))
         req.job = self.pool.submit(lambda r: self._v2_infer(r, name, version), req, self._job_done)
         req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
 

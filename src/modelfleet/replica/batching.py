@@ -48,6 +48,7 @@ from modelfleet.replica.entry import BadInput, Entry, UnsupportedInput, Unsuppor
 from modelfleet.replica.ids import request_id_of
 from modelfleet.replica.responses import MSG_INTERNAL, MSG_RUN_FAILED, Reply, StreamedReply, encode_result, json_reply
 from modelfleet.replica.scoring import Scorer, format_exception
+from modelfleet.replica.v2 import V2Model
 from modelfleet.replica.workers import QUEUED, RUNNING, Job, ScoringInterrupted
 
 if TYPE_CHECKING:
@@ -120,11 +121,12 @@ def bucket_of(size: int) -> int:
 
 
 class _Item:
-    __slots__ = ("req", "deadline", "timer")
+    __slots__ = ("req", "deadline", "timer", "v2")
 
-    def __init__(self, req: Request, deadline: float | None) -> None:
+    def __init__(self, req: Request, deadline: float | None, v2: tuple[str, str | None] | None = None) -> None:
         self.req = req
         self.deadline = deadline
+        self.v2 = v2  # a V2 infer call: (model name, model version); None: a /score request
         self.timer: asyncio.TimerHandle | None = None  # answers it at its deadline while it waits
 
 
@@ -152,10 +154,11 @@ class Batcher:
         max_size: int,
         delay_ms: int,
         timeout_ms: int,
+        v2: V2Model | None = None,
     ) -> None:
-        assert entry.batch_function is not None
         self.entry = entry
-        self.run_batch = entry.batch_function
+        self.run_batch = entry.batch_function  # None: only V2 calls are batched (V2_BATCHED)
+        self.v2 = v2  # V2 infer calls joined along the first dimension (replica/v2.py), when the script says so
         self.scorer = scorer
         self._loop_of = loop_of
         self._pool_of = pool_of
@@ -211,9 +214,10 @@ class Batcher:
 
     # ---- on the loop
 
-    def add(self, req: Request) -> None:
-        """An admitted request (its slot taken) joins the queue."""
-        item = _Item(req, deadline_of(req.headers, req.t0))
+    def add(self, req: Request, v2: tuple[str, str | None] | None = None) -> None:
+        """An admitted request (its slot taken) joins the queue; ``v2``: a V2 infer call's
+        (model name, model version)."""
+        item = _Item(req, deadline_of(req.headers, req.t0), v2)
         self.pending.append(item)
         if item.deadline is not None:
             loop = self._loop_of()
@@ -351,7 +355,15 @@ class Batcher:
         replies: list[Reply | None] = [None] * len(items)
         inputs: list[Any] = []
         called: list[int] = []
+        joined = [i for i, item in enumerate(items) if item.v2 is not None]
+        if joined:
+            assert self.v2 is not None
+            calls = [(items[i].req, *items[i].v2) for i in joined]  # type: ignore[misc]
+            for i, reply in zip(joined, self.v2.infer_batch(calls), strict=True):
+                replies[i] = reply
         for i, item in enumerate(items):
+            if item.v2 is not None:
+                continue
             try:
                 inputs.append(self.entry.item(item.req))
                 called.append(i)
@@ -365,7 +377,7 @@ class Batcher:
             for i, reply in zip(called, self._call(inputs), strict=True):
                 replies[i] = reply
         out: list[Reply] = []
-        size_line = BATCH_SIZE_HEADER + b": %d\r\n" % len(called)
+        size_line = BATCH_SIZE_HEADER + b": %d\r\n" % (len(called) + len(joined))
         sink = self.scorer.sink
         for item, maybe in zip(items, replies, strict=True):
             assert maybe is not None
@@ -374,7 +386,7 @@ class Batcher:
             req = item.req
             self.release(req)
             req.conn.send_from_worker(req, reply)
-            if sink is not None:
+            if sink is not None and item.v2 is None:  # V2's tensors are not collected (as unbatched)
                 answer = reply.body if sink.auto_predictions and reply.status < 400 else None
                 request = (req.body or req.query) if sink.auto_inputs else None
                 if request is not None or answer is not None:
@@ -384,6 +396,7 @@ class Batcher:
     def _call(self, inputs: list[Any]) -> list[Reply]:
         count = len(inputs)
         start = time.perf_counter()
+        assert self.run_batch is not None  # /score requests join a batch only when it exists (App._score)
         try:
             answers = self.run_batch(inputs)
         except ScoringInterrupted:

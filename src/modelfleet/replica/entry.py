@@ -315,9 +315,12 @@ class Entry:
         """ScriptError unless run_batch is defined and takes one list (batching is asked for)."""
         batch = self.batch_function
         if batch is None:
+            if getattr(self.module, "V2_BATCHED", False) is True:
+                return  # V2 calls only are batched (replica/v2.py): /score runs one request at a time
             raise ScriptError(
                 f"{self.path} does not define run_batch(items), which max_batch_size > 1 needs; "
-                "define it (one answer per item, same order) or set max_batch_size to 1"
+                "define it (one answer per item, same order), set V2_BATCHED = True to batch only "
+                "Open Inference Protocol calls, or set max_batch_size to 1"
             )
         try:
             inspect.signature(batch).bind([])

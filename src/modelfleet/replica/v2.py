@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from modelfleet.oip.rest import HEADER_LENGTH, InferError, decode_infer_request, encode_infer_response, error_body
+from modelfleet.oip.rest import (
+    HEADER_LENGTH,
+    InferError,
+    InferRequest,
+    Tensor,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+)
 from modelfleet.oip.signature import Signature, outputs_of
 from modelfleet.replica.entry import STYLE_SCHEMA, Call, Entry
 from modelfleet.replica.responses import Reply
 from modelfleet.replica.workers import ScoringInterrupted
 
-__all__ = ["V2Model", "v2_path"]
+__all__ = ["V2_BATCHED", "V2Model", "error_reply", "v2_path"]
 
 logger = logging.getLogger("modelfleet.replica")
 
 _JSON = b"Content-Type: application/json\r\n"
+V2_BATCHED = "V2_BATCHED"  # the entry script's module-level declaration
 MAX_ELEMENTS = 64 * 1024 * 1024  # per input; the body limit bounds it first in practice
 
 
@@ -69,6 +78,9 @@ class V2Model:
         infer = getattr(entry.module, "infer", None)
         self.infer_function: Callable[[dict[str, Any]], Any] | None = infer if callable(infer) else None
         self.signature = _signature(entry.run_function) if entry.plan.style == STYLE_SCHEMA else None
+        # the script says its infer() (or run()) answers row by row along the first dimension:
+        # with max_batch_size > 1, concurrent V2 calls are joined into one (infer_batch)
+        self.batched = getattr(entry.module, V2_BATCHED, False) is True
         self.lacks = (
             None
             if self.infer_function is not None or self.signature is not None
@@ -92,6 +104,89 @@ class V2Model:
     def infer(self, call: Call, name: str, version: str | None) -> Reply:
         """Answer one infer request (on a worker thread). A ScoringInterrupted (the scoring
         timeout) is raised on to the caller, which has answered already."""
+        request = self._decode(call)
+        return request if isinstance(request, Reply) else self._answer(request, name, version)
+
+    def _answer(self, request: InferRequest, name: str, version: str | None) -> Reply:
+        try:
+            result = self._compute(request.inputs)
+            if isinstance(result, Reply):
+                return result
+            return self._encode(name, version, request, outputs_of(result, self._output_signature()))
+        except InferError as ex:
+            return error_reply(400, ex.message)
+        except (TypeError, ValueError) as ex:  # an answer with no V2 datatype (outputs_of)
+            logger.error("the answer to a V2 infer call could not be encoded: %s", ex)
+            return error_reply(500, f"the script's answer cannot be sent as V2 outputs: {ex}")
+
+    def infer_batch(self, calls: Sequence[tuple[Call, str, str | None]]) -> list[Reply]:
+        """Answer several infer requests with one call of the script (on a worker thread):
+        requests whose inputs have the same names, datatypes and dimensions after the first are
+        joined along the first dimension, computed once, and each gets its own rows of every
+        output back. A request that cannot be joined is computed on its own; a call that raises
+        fails the requests it held."""
+        replies: list[Reply | None] = [None] * len(calls)
+        groups: dict[tuple[tuple[str, str, tuple[int, ...]], ...], list[tuple[int, InferRequest]]] = {}
+        for i, (call, _, _) in enumerate(calls):
+            request = self._decode(call)
+            if isinstance(request, Reply):
+                replies[i] = request
+                continue
+            if any(len(t.shape) == 0 for t in request.inputs):
+                groups.setdefault(((f"#{i}", "", ()),), []).append((i, request))  # nothing to join along
+                continue
+            key = tuple(sorted((t.name, t.datatype, t.shape[1:]) for t in request.inputs))
+            groups.setdefault(key, []).append((i, request))
+        for members in groups.values():
+            for i, reply in zip([i for i, _ in members], self._joined(calls, members), strict=True):
+                replies[i] = reply
+        return [r if r is not None else error_reply(500, "no answer was made for this request") for r in replies]
+
+    def _joined(
+        self, calls: Sequence[tuple[Call, str, str | None]], members: list[tuple[int, InferRequest]]
+    ) -> list[Reply]:
+        import numpy as np  # a V2 script has it (the protocol's tensors are numpy arrays)
+
+        if len(members) == 1 or any(len({t.shape[0] for t in r.inputs}) > 1 for _, r in members):
+            # alone, or inputs that disagree on the first dimension (their rows cannot be split back)
+            return [self._answer(request, calls[i][1], calls[i][2]) for i, request in members]
+        rows = [r.inputs[0].shape[0] for _, r in members]
+        by_name = [{t.name: t.array for t in r.inputs} for _, r in members]
+        joined = [
+            Tensor(t.name, t.datatype, (sum(rows), *t.shape[1:]), np.concatenate([own[t.name] for own in by_name]))
+            for t in members[0][1].inputs
+        ]
+        try:
+            result = self._compute(joined)
+        except InferError as ex:
+            return [error_reply(400, ex.message)] * len(members)
+        if isinstance(result, Reply):
+            return [result] * len(members)
+        try:
+            outputs = outputs_of(result, self._output_signature())
+        except (TypeError, ValueError) as ex:
+            return [error_reply(500, f"the script's answer cannot be sent as V2 outputs: {ex}")] * len(members)
+        total = sum(rows)
+        wrong = [name for name, array in outputs if array.ndim == 0 or array.shape[0] != total]
+        if wrong:
+            message = (
+                f"the batched call's output {', '.join(map(repr, wrong))} does not have one row per input row "
+                f"({total}); a script that sets V2_BATCHED must answer along the first dimension"
+            )
+            logger.error("%s", message)
+            return [error_reply(500, message)] * len(members)
+        replies: list[Reply] = []
+        at = 0
+        for (i, request), count in zip(members, rows, strict=True):
+            own = [(name, array[at : at + count]) for name, array in outputs]
+            at += count
+            try:
+                replies.append(self._encode(calls[i][1], calls[i][2], request, own))
+            except InferError as ex:
+                replies.append(error_reply(400, ex.message))
+        return replies
+
+    def _decode(self, call: Call) -> InferRequest | Reply:
         if self.lacks is not None:
             return error_reply(400, self.lacks)
         length = call.header(HEADER_LENGTH.encode())
@@ -100,20 +195,27 @@ class V2Model:
         except ValueError:
             return error_reply(400, f"Inference-Header-Content-Length must be a whole number of bytes (got {length!r})")
         try:
-            request = decode_infer_request(call.body, header_length, MAX_ELEMENTS)
-            tensors = {t.name: t for t in request.inputs}
-            if self.infer_function is not None:
-                result = self._call(self.infer_function, {n: t.array for n, t in tensors.items()})
-            else:
-                assert self.signature is not None
-                result = self._call_run(self.signature.bind(request.inputs))
-            if isinstance(result, Reply):
-                return result
-            outputs = outputs_of(result, self.signature if self.infer_function is None else None)
-            body, out_length = encode_infer_response(name, version, request, outputs)
+            return decode_infer_request(call.body, header_length, MAX_ELEMENTS)
         except InferError as ex:
             return error_reply(400, ex.message)
+
+    def _compute(self, inputs: Sequence[Tensor]) -> Any:
+        """What the script answers for these tensors (a Reply when it raised); InferError when they
+        do not fit run()'s schema."""
+        if self.infer_function is not None:
+            return self._call(self.infer_function, {t.name: t.array for t in inputs})
+        assert self.signature is not None
+        return self._call_run(self.signature.bind(inputs))
+
+    def _output_signature(self) -> Signature | None:
+        return self.signature if self.infer_function is None else None
+
+    def _encode(self, name: str, version: str | None, request: InferRequest, outputs: Any) -> Reply:
+        try:
+            body, out_length = encode_infer_response(name, version, request, outputs)
         except (TypeError, ValueError) as ex:
+            if isinstance(ex, InferError):
+                raise
             logger.error("the answer to a V2 infer call could not be encoded: %s", ex)
             return error_reply(500, f"the script's answer cannot be sent as V2 outputs: {ex}")
         return _reply(200, body, out_length)

@@ -62,7 +62,7 @@ def check_batching(inference: InferenceSpec, spec: DeploySpec) -> None:
             names = {node.value}
         else:
             continue
-        if "run_batch" in names or "*" in names:
+        if "run_batch" in names or "V2_BATCHED" in names or "*" in names:
             return
     raise ConfigError(
         f"max_batch_size={spec.max_batch_size} needs run_batch(items) in entry_script {inference.entry_script!r}, "
