@@ -32,7 +32,7 @@ from modelfleet.router.refusals import Refusals
 from modelfleet.router.routes import ServiceRoute, ServiceState, Upstream
 from modelfleet.router.timeouts import ConnectionTimeouts
 from modelfleet.router.upstream import Pool
-from modelfleet.router.versions import EndpointState, VersionShare
+from modelfleet.router.versions import EndpointState, VersionShare, version_figures
 from modelfleet.telemetry.counters import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -369,7 +369,9 @@ class Router:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per service: in_flight, queued, limit, idle_s (seconds since a request last arrived)
-        and each replica's in_flight and readiness."""
+        and each replica's in_flight and readiness. An endpoint's entry also has ``"endpoint"``,
+        its versions' figures (``versions.version_figures``: requests, errors, latency, and
+        each mirror's copies)."""
         out: dict[str, dict[str, Any]] = {}
         now = self._now()
         for svc in self.services.values():
@@ -381,6 +383,8 @@ class Router:
                 "idle_s": now - d.last_arrival,  # since a request last arrived (scale to zero)
                 "replicas": {s.id: {"in_flight": s.in_flight, "ready": s.listed and not s.failed} for s in d.slots()},
             }
+            if svc.endpoint is not None:
+                out[svc.route.name]["endpoint"] = version_figures(svc.endpoint)  # type: ignore[arg-type]
         return out
 
     # -- used by cycles ----------------------------------------------------------------

@@ -38,11 +38,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from random import random
+from typing import Any
 from zlib import crc32
 
 from modelfleet.errors import ConfigError
 from modelfleet.router.mirror import counters_of, wants_copy
 from modelfleet.router.routes import Canned, ServiceState, error_answer
+from modelfleet.telemetry.counters import ServiceMetrics, histogram
 
 __all__ = [
     "PIN_HEADER",
@@ -52,6 +54,7 @@ __all__ = [
     "choose",
     "healthy",
     "split",
+    "version_figures",
 ]
 
 PIN_HEADER = b"azureml-model-deployment"
@@ -217,3 +220,66 @@ class EndpointState:
         if svc is None:
             return None, self.c503_absent[i], self.lines[i]
         return svc, None, self.lines[i]
+
+
+def _service_figures(m: ServiceMetrics) -> dict[str, Any]:
+    requests = sum(m.codes.values())
+    errors = sum(n for code, n in m.codes.items() if code >= 500)
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        "codes": {str(code): n for code, n in sorted(m.codes.items())},
+        "latency": histogram(m.buckets, m.count, m.seconds),
+    }
+
+
+def version_figures(endpoint: EndpointState) -> dict[str, Any]:
+    """An endpoint's per-version figures, as ``Router.stats()`` gives them under the endpoint's
+    entry (``stats()["fraud"]["endpoint"]``; the daemon's admin status carries them). Shape::
+
+        {"versions": {
+            "<version>": {
+                "service": "fraud:blue", "is_default": bool, "traffic_percentile": float,
+                "mirror_percentile": float, "weight": float (its share now, percent),
+                "requests": int (answers by this version, mirrored copies included),
+                "errors": int (5xx of those), "error_rate": float, "codes": {"200": int, ...},
+                "latency": {"bounds_s": [...], "counts": [... one per bound, then +Inf, not
+                            cumulative], "count": int (timed), "sum_s": float,
+                            "p50_ms": float|None, "p99_ms": float|None (bucket upper bounds)},
+                "mirror": None, or for a mirror {"sent": int, "dropped": int, "agreed": int,
+                           "disagreed": int, "errors": int, "latency": {as above}},
+            }, ...}}
+
+    Counters are totals since the version's service was set in this router (a router restart
+    starts them at 0); a reader takes differences between two reads for a window."""
+    weights = endpoint.weights()
+    versions: dict[str, Any] = {}
+    for v, state in zip(endpoint.versions, endpoint.states, strict=True):
+        entry: dict[str, Any] = {
+            "service": v.service,
+            "is_default": v.is_default,
+            "traffic_percentile": v.traffic_percentile,
+            "mirror_percentile": v.mirror_percentile,
+            "weight": weights.get(v.name, 0.0),
+        }
+        if state is None:
+            entry.update(_service_figures(ServiceMetrics()))
+            entry["mirror"] = None
+        else:
+            entry.update(_service_figures(state.metrics))
+            mc = state.metrics.mirror
+            entry["mirror"] = (
+                None
+                if mc is None or v.mirror_percentile <= 0
+                else {
+                    "sent": mc.sent,
+                    "dropped": mc.dropped,
+                    "agreed": mc.agreed,
+                    "disagreed": mc.disagreed,
+                    "errors": mc.errors,
+                    "latency": histogram(mc.buckets, mc.count, mc.seconds),
+                }
+            )
+        versions[v.name] = entry
+    return {"versions": versions}

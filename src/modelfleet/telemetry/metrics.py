@@ -34,7 +34,22 @@ Metrics (``service`` label on all but the first; counters end in ``_total``):
 ``modelfleet_replica_batch_calls_busy``    gauge      run_batch() calls running, per ``replica``
 ``modelfleet_replica_batch_deadline_``     counter    batched requests left out (504) at their
 ``expired_total``                                     x-request-timeout-ms, per ``replica``
+``modelfleet_version_requests_total``      counter    an endpoint's version's answers by
+                                                      HTTP status (``endpoint``, ``version``,
+                                                      ``code``)
+``modelfleet_version_request_duration_``   histogram  ... arrival to last byte
+``seconds``                                           (``endpoint``, ``version``)
+``modelfleet_mirror_copies_total``         counter    a mirror version's copies (``endpoint``,
+                                                      ``version``, ``outcome``: sent|dropped|
+                                                      agreed|disagreed|error)
+``modelfleet_mirror_duration_seconds``     histogram  a copy's send to last byte
 =========================================  =========  =====================================
+
+An endpoint's version runs as the service ``<endpoint>:<version>``: its ``service`` series
+carry that name, and the ``modelfleet_version_*`` families repeat its requests and latency
+with ``endpoint`` and ``version`` labels of their own, so that a query can group or compare
+versions (``sum by (version) (rate(modelfleet_version_requests_total{endpoint="fraud"}[5m]))``)
+without parsing the service name. Mirrored copies are also requests of the mirror version.
 
 Per-replica counters restart at 0 with the replica process, as any process's counters do.
 """
@@ -172,16 +187,49 @@ class FleetCollector(Collector):
             "Batched requests left out of their batch (504): x-request-timeout-ms passed first",
             labels=labels,
         )
+        EV = ["endpoint", "version"]
+        v_requests = CounterMetricFamily(
+            "modelfleet_version_requests", "Answers by an endpoint's version, by HTTP status", labels=[*EV, "code"]
+        )
+        v_duration = HistogramMetricFamily(
+            "modelfleet_version_request_duration_seconds",
+            "An endpoint's version: time from arrival at the router to the answer's last byte",
+            labels=EV,
+        )
+        copies = CounterMetricFamily(
+            "modelfleet_mirror_copies",
+            "A mirror version's copies of requests (sent, dropped: no free slot; agreed, disagreed with "
+            "the primary's status and body; error: 5xx or no answer)",
+            labels=[*EV, "outcome"],
+        )
+        copy_duration = HistogramMetricFamily(
+            "modelfleet_mirror_duration_seconds",
+            "A mirrored copy: from sending it to its answer's last byte",
+            labels=EV,
+        )
         for view in self._services():
             name = view.name
             m = view.metrics
+            endpoint, sep, version = name.partition(":")
             for code, n in sorted(m.codes.items()):
                 requests.add_metric([name, str(code)], n)
-            cumulative, buckets = 0, []
-            for bound, n in zip([*LATENCY_BUCKETS, float("inf")], m.buckets, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else _bound(bound), cumulative))
+                if sep:
+                    v_requests.add_metric([endpoint, version, str(code)], n)
+            buckets = _cumulative(m.buckets)
             duration.add_metric([name], buckets, m.seconds)
+            if sep:
+                v_duration.add_metric([endpoint, version], buckets, m.seconds)
+                mc = m.mirror
+                if mc is not None:
+                    for outcome, n in (
+                        ("sent", mc.sent),
+                        ("dropped", mc.dropped),
+                        ("agreed", mc.agreed),
+                        ("disagreed", mc.disagreed),
+                        ("error", mc.errors),
+                    ):
+                        copies.add_metric([endpoint, version, outcome], n)
+                    copy_duration.add_metric([endpoint, version], _cumulative(mc.buckets), mc.seconds)
             in_flight.add_metric([name], view.in_flight)
             queued.add_metric([name], view.queued)
             replicas.add_metric([name], view.ready)
@@ -204,6 +252,7 @@ class FleetCollector(Collector):
                         batch_busy.add_metric([name, r.id], int(stats.get("batch_calls_busy", 0)))
                         batch_expired.add_metric([name, r.id], int(stats.get("batch_deadline_expired", 0)))
         yield from (requests, duration, in_flight, queued, replicas, utilization, scale, auth, dropped)
+        yield from (v_requests, v_duration, copies, copy_duration)
         yield from (r_flight, r_restarts)
         yield from data.values()
         yield log_dropped
@@ -211,6 +260,16 @@ class FleetCollector(Collector):
         yield CounterMetricFamily(
             "modelfleet_trace_dropped", "Request timings dropped before export", value=self._trace_dropped()
         )
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bound counts of LATENCY_BUCKETS (+Inf last, not cumulative) as Prometheus buckets."""
+    total = 0
+    out: list[tuple[str, float]] = []
+    for bound, n in zip([*LATENCY_BUCKETS, float("inf")], counts, strict=True):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else _bound(bound), total))
+    return out
 
 
 def _bound(value: float) -> str:
