@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -154,21 +155,40 @@ def test_compare_counts_what_each_version_answered(ws: Workspace) -> None:
     assert isinstance(cmp, AksEndpoint)
     cmp.create_version("red", models=[named_model(ws, "red")], inference_config=ic("raising"), **FIXED)
     cmp.wait_for_deployment(timeout_sec=180)
-    with httpx.Client(headers={"Authorization": f"Bearer {cmp.get_keys()[0]}"}, timeout=30) as c:
-        for version, n in (("blue", 40), ("red", 15)):
-            for _ in range(n):
-                r = c.post(str(cmp.scoring_uri), content="{}", headers={"azureml-model-deployment": version})
-                assert r.status_code == (200 if version == "blue" else 500)
+    key = {"Authorization": f"Bearer {cmp.get_keys()[0]}"}
+    with httpx.Client(headers=key, timeout=30) as c:
+        for _ in range(15):
+            r = c.post(str(cmp.scoring_uri), content="{}", headers={"azureml-model-deployment": "red"})
+            assert r.status_code == 500
+    # a mirror answering as blue does (the same model): its copies of blue's answers agree
+    cmp.create_version(
+        "shadow", models=[named_model(ws, "blue")], inference_config=ic("named"), mirror_percentile=100, **FIXED
+    )
+    cmp.wait_for_deployment(timeout_sec=180)
+    with httpx.Client(headers=key, timeout=30) as c:
+        for _ in range(40):
+            r = c.post(str(cmp.scoring_uri), content="{}")  # blue takes them all; shadow gets copies
+            assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "blue"
     report = cmp.compare("blue", "red")
     blue, red = report["versions"]["blue"], report["versions"]["red"]
     assert (blue["requests"], blue["errors"], blue["error_rate"]) == (40, 0, 0.0)
     assert (red["requests"], red["errors"], red["error_rate"]) == (15, 15, 1.0)
     assert 0 < blue["p50_ms"] <= blue["p99_ms"] and red["p99_ms"] > 0
     assert report["agreement"] is None  # neither mirrors the other
+
+    def settled() -> dict[str, Any] | None:
+        agreement = cmp.compare("blue", "shadow")["agreement"]
+        return agreement if agreement["compared"] + agreement["dropped"] == 40 else None
+
+    agreement = wait_until(settled, timeout=30, interval=0.2)
+    assert agreement["mirror"] == "shadow" and agreement["compared"] > 0
+    assert agreement["agreed"] == agreement["compared"] and agreement["agreement"] == 1.0
     out = json.loads(cli(ws, "endpoint", "compare", "-n", "cmp", "blue", "red", "-o", "json").stdout)
     assert out["versions"]["red"]["requests"] == 15 and out["versions"]["blue"]["requests"] == 40
     table = cli(ws, "endpoint", "compare", "-n", "cmp", "blue", "red").stdout
     assert "red" in table and "error rate" in table
+    mirrored = cli(ws, "endpoint", "compare", "-n", "cmp", "blue", "shadow").stdout
+    assert f"mirror shadow: {agreement['compared']} of {agreement['compared']} answers agreed" in mirrored
     with pytest.raises(ConfigError, match="version b: no version 'purple'"):
         cmp.compare("blue", "purple")
     stop_cluster(ws)

@@ -61,21 +61,24 @@ def compare(workspace: WorkspaceBase, endpoint: str, versions: Mapping[str, Any]
 
 
 def _agreement(status: Mapping[str, Any], endpoint: str, a: str, b: str) -> dict[str, Any] | None:
-    """How often a mirror's answers agreed with the primary's, where the router reports it for
-    one of the two versions (its figures under the endpoint in the router's stats); else None."""
-    router = status.get("router") or {}
-    entry = router.get(endpoint) or {}
-    per_version = entry.get("versions") if isinstance(entry, Mapping) else None
+    """How often a mirror's answers agreed with the primary's (same status and body hash), when
+    one of the two versions is a mirror: the router's per-version figures under the endpoint
+    (``router/versions.version_figures``); else None. ``compared`` counts the copies sent that
+    ended (agreed + disagreed); ``dropped`` the ones never sent (no free slot)."""
+    entry = (status.get("router") or {}).get(endpoint) or {}
+    per_version = (entry.get("endpoint") or {}).get("versions") if isinstance(entry, Mapping) else None
     if not isinstance(per_version, Mapping):
         return None
     for mirror in (b, a):
         stats = per_version.get(mirror)
         m = stats.get("mirror") if isinstance(stats, Mapping) else None
-        if isinstance(m, Mapping) and ("agreed" in m or "disagreed" in m):
+        if isinstance(m, Mapping):
             agreed, disagreed = int(m.get("agreed", 0)), int(m.get("disagreed", 0))
             total = agreed + disagreed
             return {
                 "mirror": mirror,
+                "sent": int(m.get("sent", 0)),
+                "dropped": int(m.get("dropped", 0)),
                 "compared": total,
                 "agreed": agreed,
                 "agreement": agreed / total if total else None,
