@@ -120,6 +120,9 @@ def _version_flags(sub: argparse.ArgumentParser, required: bool) -> None:
     sub.add_argument("--traffic-percentile", type=float, metavar="PERCENT",
                      help="its share of requests, 0-100 (the default version takes what others leave)")  # fmt: skip
     sub.add_argument("--is-default", action="store_true", help="make it the default version")
+    sub.add_argument("--mirror-percentile", type=float, metavar="PERCENT",
+                     help="a mirror: gets a copy of this share (0-100) of the others' requests, its answers "
+                          "discarded (no traffic share, not the default)")  # fmt: skip
     sub.add_argument("--no-wait", action="store_true", help="return at once; do not wait for the deployment")
 
 
@@ -167,6 +170,7 @@ def _described(ep: Any) -> dict[str, Any]:
                 "state": v.state,
                 "isDefault": v.is_default,
                 "trafficPercentile": v.traffic_percentile,
+                "mirrorPercentile": v.mirror_percentile,
                 "share": split[n],
                 "models": [f"{m['name']}:{m['version']}" for m in v.models],
                 "error": v.error if v.state != "Healthy" else None,
@@ -294,6 +298,8 @@ def version_create(args: argparse.Namespace) -> int:
     )
     if args.is_default:
         share["is_default"] = True
+    if args.mirror_percentile is not None:
+        share["mirror_percentile"] = args.mirror_percentile
     models = models_from_refs(ep.workspace, args.model)
     version = ep._add_version(args.version_name, models, inference_config_from_file(args.ic), _deploy_spec(args), share)
     if not args.no_wait:
@@ -310,13 +316,16 @@ def version_update(args: argparse.Namespace) -> int:
     models = models_from_refs(ep.workspace, args.model) if args.model else None
     inference = inference_config_from_file(args.ic) if args.ic else None
     deploys = models is not None or inference is not None or bool(settings) or bool(args.dc)
-    if not deploys and args.traffic_percentile is None and not args.is_default:
+    if not deploys and args.traffic_percentile is None and not args.is_default and args.mirror_percentile is None:
         raise ConfigError(
-            "endpoint version update needs something to change: --traffic-percentile, --is-default, -m, --ic, "
-            "--dc or a setting flag"
+            "endpoint version update needs something to change: --traffic-percentile, --is-default, "
+            "--mirror-percentile, -m, --ic, --dc or a setting flag"
         )
     ep.update_version(  # the share first: checked before anything is redeployed
-        args.version_name, traffic_percentile=args.traffic_percentile, is_default=True if args.is_default else None
+        args.version_name,
+        traffic_percentile=args.traffic_percentile,
+        is_default=True if args.is_default else None,
+        mirror_percentile=args.mirror_percentile,
     )
     if deploys:
         version = ep.versions[args.version_name]
