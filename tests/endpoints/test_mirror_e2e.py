@@ -10,6 +10,7 @@ the Prometheus series.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +164,28 @@ def test_bad_mirror_input_is_refused_naming_the_field(ws: Workspace, shop: AksEn
         shop.update_version("main", mirror_percentile=100)
     with pytest.raises(ConfigError, match=r"mirror_percentile must be from 0 to 100 \(got 150\)"):
         shop.update_version("shadow", mirror_percentile=150)
+
+
+def test_the_dashboard_shows_versions_under_their_endpoint_and_a_versions_own_page(
+    ws: Workspace, shop: AksEndpoint
+) -> None:
+    out = cli(ws, "dashboard", "--no-browser").stdout
+    match = re.search(r"login link .*: (http://127\.0\.0\.1:\d+/login\?code=\S+)", out)
+    assert match, out
+    link = match.group(1)
+    with httpx.Client(base_url=link.split("/login", 1)[0], timeout=30.0) as c:
+        assert c.get(link, follow_redirects=False).status_code == 303
+        rows = c.get("/api/overview").json()["services"]
+        names = [r["name"] for r in rows]
+        assert names.index("shop") + 1 == names.index("shop:main")  # right under its endpoint
+        main = rows[names.index("shop:main")]
+        assert (main["endpoint"], main["version"]) == ("shop", "main")
+        assert rows[names.index("shop")]["version"] is None
+        page = c.get("/api/services/shop:shadow")
+        assert page.status_code == 200, page.text  # was 400: not a service name
+        assert page.json()["name"] == "shop:shadow" and page.json()["replicas"]
+        endpoint = c.get("/api/services/shop").json()
+        assert set(endpoint["versions"]) == {"main", "shadow"}
+        assert endpoint["versions"]["shadow"]["mirror"]["sent"] > 0
+        assert endpoint["versions"]["main"]["requests"] >= 2 * N
+        assert c.get("/api/services/shop:Bad_Name").status_code == 400

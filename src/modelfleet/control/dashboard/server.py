@@ -40,7 +40,7 @@ from modelfleet.control.dashboard.login import COOKIE, SESSION_TTL_S, Sessions
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.errors import ConfigError, ModelfleetError, NotFound
 from modelfleet.router.proxy import Router
-from modelfleet.spec.names import validate_service_name
+from modelfleet.spec.names import is_version_service_name, validate_service_name
 from modelfleet.store.registry import Store
 from modelfleet.telemetry.logfiles import chain, tail
 
@@ -69,6 +69,13 @@ _LOGIN_PAGE = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _page_name(name: str) -> str:
+    """A page's name: a service's, or an endpoint version's ``<endpoint>:<version>`` (which runs
+    as a service of its own: its figures, replicas and logs are its page's). Actions (keys,
+    replicas) still take service names only: keys belong to the endpoint."""
+    return name if is_version_service_name(name) else validate_service_name(name)
 
 
 class DashboardServer:
@@ -193,13 +200,13 @@ class DashboardServer:
         return web.json_response(await views.overview(self.sampler, self.store, time.time()))
 
     async def service(self, request: web.Request) -> web.StreamResponse:
-        name = validate_service_name(request.match_info["name"])
+        name = _page_name(request.match_info["name"])
         minutes = _bounded_int(request.query.get("minutes", "10"), "minutes", 1, MAX_MINUTES)
         now = time.time()
         return web.json_response(await views.service_detail(self.sampler, self.store, name, now, now - minutes * 60))
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        name = validate_service_name(request.match_info["name"])
+        name = _page_name(request.match_info["name"])
         lines = _bounded_int(request.query.get("lines", "200"), "lines", 1, MAX_LOG_LINES)
         replica = request.query.get("replica")
         controller = self.sampler.reconciler.controllers.get(name)
@@ -221,7 +228,7 @@ class DashboardServer:
     async def feed(self, request: web.Request) -> web.StreamResponse:
         name = request.query.get("service")
         if name is not None:
-            name = validate_service_name(name)
+            name = _page_name(name)
         if self.feeds >= MAX_FEEDS:
             return web.json_response({"message": f"at most {MAX_FEEDS} live views at once"}, status=503)
         session = request.cookies.get(COOKIE)

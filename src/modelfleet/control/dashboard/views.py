@@ -20,6 +20,8 @@ from modelfleet.control.dashboard.ring import History, Sample, percentile, summa
 from modelfleet.control.environments import settings_for, usage
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.router.proxy import Router
+from modelfleet.router.versions import EndpointState, version_figures
+from modelfleet.spec.names import VERSION_SEPARATOR
 from modelfleet.store.registry import Store
 from modelfleet.targets.local import stats_path
 from modelfleet.telemetry.counters import LATENCY_BUCKETS
@@ -109,8 +111,11 @@ def _row(sampler: Sampler, record: Any, now: float) -> dict[str, Any]:
     history = sampler.histories.get(record.name)
     last: Sample | None = history.samples[-1] if history is not None and history.samples else None
     controller = sampler.reconciler.controllers.get(record.name)
+    endpoint, sep, version = record.name.partition(VERSION_SEPARATOR)
     return {
         "name": record.name,
+        "endpoint": endpoint if sep else None,  # an endpoint's version runs as "<endpoint>:<version>"
+        "version": version if sep else None,
         "state": record.state,
         "detail": record.detail,
         "ready": last.ready if last is not None else 0,
@@ -126,6 +131,7 @@ def _row(sampler: Sampler, record: Any, now: float) -> dict[str, Any]:
 async def overview(sampler: Sampler, store: Store, now: float) -> dict[str, Any]:
     """Every service with its state, replicas and last-minute figures."""
     records = await asyncio.to_thread(store.list_services)
+    # sorted by name, a version (``fraud:blue``) comes right after its endpoint (``fraud``)
     return {"time": now, "services": [_row(sampler, r, now) for r in sorted(records, key=lambda r: r.name)]}
 
 
@@ -157,8 +163,12 @@ async def service_detail(sampler: Sampler, store: Store, name: str, now: float, 
     run_dir = Path(store.runtime_dir) / "services" / name / "run"
     collected = await asyncio.to_thread(_collected, [stats_path(run_dir, r.id) for r in replicas])
     deploy = dict(record.config.get("deploy", {}))
+    front = sampler.router.services.get(name.encode())
+    endpoint = front.endpoint if front is not None else None
     return {
         **_row(sampler, record, now),
+        # an endpoint: its versions' figures since the router set them (router/versions.py)
+        "versions": version_figures(endpoint)["versions"] if isinstance(endpoint, EndpointState) else None,
         "series": series(history.since(since) if history is not None else []),
         "scale_events": [{k: e.get(k) for k in ("time", "from", "to", "reason", "utilization")} for e in events],
         "replicas": [{**r.as_dict(), "collected": c} for r, c in zip(replicas, collected, strict=True)],

@@ -72,8 +72,10 @@ function utilizationCell(row) {
 
 function renderOverview(data) {
   const rows = data.services.map((s) =>
-    el("tr", { "data-service": s.name, class: "state-" + s.state.toLowerCase() },
-      el("td", { class: "name" }, el("a", { href: "#/service/" + encodeURIComponent(s.name) }, s.name)),
+    el("tr", { "data-service": s.name, class: "state-" + s.state.toLowerCase() + (s.version ? " version" : "") },
+      // an endpoint's version ("fraud:blue") is listed under its endpoint, by its version name
+      el("td", { class: "name" }, el("a", { href: "#/service/" + encodeURIComponent(s.name),
+        title: s.name }, s.version ? "↳ " + s.version : s.name)),
       el("td", { class: "state", title: s.detail || "" }, s.state),
       el("td", { class: "replicas" }, s.ready + "/" + s.desired),
       el("td", { class: "rps" }, fmt.rate(s.last_minute.requests_per_s)),
@@ -166,6 +168,8 @@ function renderService(detail) {
       el("button", { id: "regen-key", onclick: () => regenKey(detail.name, keySelect.value) }, "Regenerate key")));
   const charts = el("section", { class: "charts" }, CHARTS.map((c) => el("div", { id: c.id, class: "chart" })));
   const tables = el("section", { class: "tables" },
+    detail.versions ? el("h3", {}, "Versions (since the router set them)") : "",
+    detail.versions ? versionTable(detail.name, detail.versions) : "",
     el("h3", {}, "Replicas"), el("div", { id: "replica-table" }),
     el("div", { id: "log-panel", hidden: "" }, el("h3", { id: "log-title" }), el("pre", { id: "log-text" })),
     el("h3", {}, "Model data collected"), el("div", { id: "collected" }),
@@ -180,6 +184,24 @@ function renderService(detail) {
     return chart;
   });
   updateService(detail, true);
+}
+
+function versionTable(endpoint, versions) {
+  const rows = Object.entries(versions).map(([name, v]) => {
+    const m = v.mirror;
+    const mirror = m ? m.sent + " sent, " + m.dropped + " dropped, " + m.agreed + " agreed, " + m.disagreed +
+      " disagreed, " + m.errors + " errors" : "–";
+    return el("tr", { "data-version": name },
+      el("td", {}, el("a", { href: "#/service/" + encodeURIComponent(endpoint + ":" + name) }, name),
+        v.is_default ? " (default)" : ""),
+      el("td", {}, v.mirror_percentile > 0 ? "mirror " + v.mirror_percentile + "%" : fmt.pct(v.weight / 100)),
+      el("td", {}, String(v.requests)), el("td", {}, fmt.pct(v.error_rate)),
+      el("td", {}, fmt.ms(v.latency.p50_ms)), el("td", {}, fmt.ms(v.latency.p99_ms)), el("td", {}, mirror));
+  });
+  return el("table", { id: "versions" },
+    el("thead", {}, el("tr", {}, ["Version", "Traffic", "requests", "errors", "p50", "p99", "mirrored copies"]
+      .map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows));
 }
 
 function updateService(detail, initial) {
