@@ -8,7 +8,12 @@ One local cluster (daemon, router inside it, replicas) on CPU 1 (affinity inheri
 
 - ``single``: a service with 2 replicas;
 - ``split``: an endpoint with 2 versions of 1 replica each, blue (the default) and green at
-  ``--green`` percent (router/versions.py picks one per request and names it in the answer).
+  ``--green`` percent (router/versions.py picks one per request and names it in the answer);
+- ``mirror``: an endpoint whose default version "main" has 2 replicas and a mirror version
+  "shadow" (2 replicas) at ``mirror_percentile=100`` (router/mirror.py): every request is also
+  copied to shadow when one of its slots is free, else the copy is dropped (the counts are
+  printed: the ratio covers both). The in-process harness below sends every copy (its mirror
+  replica answers at once), so its ratio is the whole cost of a copy.
 
 The default share, 50 %, gives both the same capacity and the same spread over 2 replicas, so
 the difference is the version choice alone. At 90/10 one replica takes 90 % of the load: its
@@ -78,8 +83,9 @@ def pick_cost_us(green: float) -> float:
     return min(timeit.repeat(one, number=n, repeat=3)) / n * 1e6
 
 
-def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
-    """(single, split) router CPU µs per request, in process (bench/router_hotpath.py's harness)."""
+def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float, float]:
+    """(single, split, mirror) router CPU µs per request, in process (bench/router_hotpath.py's
+    harness); mirror: every request also copied to a mirror version, which answers it."""
     import asyncio
     import gc
     import time
@@ -99,13 +105,23 @@ def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
     except ImportError:
         pass
 
-    def setup(split: bool) -> tuple[Router, object]:
+    def setup(kind: str) -> tuple[Router, object]:
+        split = kind != "single"
         pool = Pool(max_idle_s=3600.0)  # the other router's round may pass the 1.5 s default
         router = Router(pool=pool)
         router.loop = loop  # never run: timers are only armed, and cancelled at the end
         router.date_line = b"date: Wed, 25 Nov 2026 18:01:59 GMT\r\n"
         front = ServiceRoute("bench", auth=KeyAuth(KEY), max_concurrent=64, max_wait_s=5)
-        if split:
+        if kind == "mirror":
+            for version, port in (("main", 5001), ("shadow", 5002)):
+                router.set_service(ServiceRoute(f"bench:{version}", max_concurrent=64, max_wait_s=5))
+                router.set_replicas(f"bench:{version}", [Upstream(f"{version}-0", "127.0.0.1", port)])
+            shares = [
+                VersionShare("main", "bench:main", 0, True),
+                VersionShare("shadow", "bench:shadow", 0, False, mirror_percentile=100),
+            ]
+            router.set_endpoint(front, shares)
+        elif split:
             for version in ("blue", "green"):
                 router.set_service(ServiceRoute(f"bench:{version}", max_concurrent=64, max_wait_s=5))
                 router.set_replicas(f"bench:{version}", [Upstream(f"{version}-0", "127.0.0.1", 5001)])
@@ -118,6 +134,10 @@ def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
         up_t = MemoryTransport()
         up.connection_made(up_t)
         pool.put(up, loop.time())
+        shadow = UpstreamConn(pool, ("127.0.0.1", 5002))
+        shadow_t = MemoryTransport()
+        shadow.connection_made(shadow_t)
+        pool.put(shadow, loop.time())
         client = ClientConnection(router)
         client_t = MemoryTransport()
         client.connection_made(client_t)
@@ -126,19 +146,30 @@ def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
             client.data_received(REQUEST)
             up.data_received(ANSWER)
 
+        def mirrored() -> None:
+            client.data_received(REQUEST)
+            up.data_received(ANSWER)
+            shadow.data_received(ANSWER)  # the copy, sent after the primary's answer, is answered
+
+        if kind == "mirror":
+            one = mirrored
         one()
         sent, answer = up_t.out[-1], client_t.out[-1]
         assert sent.startswith(b"POST /score HTTP/1.1\r\n") and sent.endswith(BODY), sent
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n[55]"), answer
         assert (b"azureml-model-deployment: " in answer) == split, answer
-        return router, (one, up_t, client_t)
+        if kind == "mirror":
+            copy = shadow_t.out[-1]
+            assert copy.startswith(b"POST /score HTTP/1.1\r\n") and copy.endswith(BODY), copy
+        return router, (one, up_t, client_t, shadow_t)
 
-    runs = {name: setup(name == "split") for name in ("single", "split")}
+    runs = {name: setup(name) for name in ("single", "split", "mirror")}
     best = {name: float("inf") for name in runs}
     for _ in range(rounds):
-        for name, (_, (one, up_t, client_t)) in runs.items():  # type: ignore[misc]
+        for name, (_, (one, up_t, client_t, shadow_t)) in runs.items():  # type: ignore[misc]
             up_t.out.clear()
             client_t.out.clear()
+            shadow_t.out.clear()
             gc.collect()
             t0 = time.process_time()
             for _ in range(requests):
@@ -150,8 +181,10 @@ def hotpath_us(requests: int, rounds: int, green: float) -> tuple[float, float]:
             for handle in (svc.timer, svc.deadline_timer):
                 if handle is not None:
                     handle.cancel()
+    mirror = runs["mirror"][0].services[b"bench:shadow"].metrics.mirror
+    assert mirror is not None and mirror.dropped == 0 and mirror.sent == mirror.agreed > 0, mirror
     loop.close()
-    return best["single"], best["split"]
+    return best["single"], best["split"], best["mirror"]
 
 
 def main() -> int:
@@ -185,9 +218,14 @@ def main() -> int:
         split.create_version(
             "green", models=[], inference_config=ic, traffic_percentile=args.green, num_replicas=1, **fixed
         )
+        dc = AksEndpoint.deploy_configuration(version_name="main", num_replicas=2, **fixed)
+        mirror = Model.deploy(ws, "mirror", [], ic, dc)
+        assert isinstance(mirror, AksEndpoint)
+        mirror.create_version("shadow", models=[], inference_config=ic, mirror_percentile=100, num_replicas=2, **fixed)
         single.wait_for_deployment(timeout_sec=120)
         split.wait_for_deployment(timeout_sec=120)
-        targets = {"single": single, "split": split}
+        mirror.wait_for_deployment(timeout_sec=120)
+        targets = {"single": single, "split": split, "mirror": mirror}
         daemon = [int(ws.cluster().info()["pid"])]  # type: ignore[index]
         script = tmp / "post.lua"
         for service in targets.values():  # warm up (connections, caches)
@@ -218,10 +256,18 @@ def main() -> int:
             f"router CPU per request: single {cpu_single:.1f} µs, split {cpu_split:.1f} µs, "
             f"ratio split/single {cpu_split / cpu_single:.3f} (target <= 1.05; green at {args.green:g} %)"
         )
-        single_us, split_us = hotpath_us(50_000, 5, args.green)
+        cpu_mirror = median("mirror", 2)
+        copies = ws.cluster().status()["router"]["mirror"]["endpoint"]["versions"]["shadow"]["mirror"]
+        print(
+            f"router CPU per request with 100 % mirroring: {cpu_mirror:.1f} µs, ratio mirror/single "
+            f"{cpu_mirror / cpu_single:.3f} (copies over the whole run: {copies['sent']} sent, "
+            f"{copies['dropped']} dropped for want of a free shadow slot, {copies['agreed']} agreed)"
+        )
+        single_us, split_us, mirror_us = hotpath_us(50_000, 5, args.green)
         print(
             f"router hot path in process (bench/router_hotpath.py's harness, best of 5 x 50,000 each): "
-            f"single {single_us:.2f} µs, split {split_us:.2f} µs, ratio {split_us / single_us:.3f}"
+            f"single {single_us:.2f} µs, split {split_us:.2f} µs, ratio {split_us / single_us:.3f}; "
+            f"100 % mirrored (every copy sent and answered) {mirror_us:.2f} µs, ratio {mirror_us / single_us:.3f}"
         )
         pick = pick_cost_us(args.green)
         print(
