@@ -192,6 +192,7 @@ class Rollouts:
             )
 
         await asyncio.to_thread(write)
+        self._sync(endpoint)  # a config write makes the stored row Transitioning: the sync writes its state
 
     async def _event(self, endpoint: str, rid: str, event: str, version: str, **data: Any) -> None:
         log.info("rollout %s of %s on %s: %s %s", rid, version, endpoint, event, data)
