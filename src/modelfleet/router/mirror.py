@@ -50,6 +50,7 @@ log = logging.getLogger("modelfleet.router")
 MIRROR_HEADER = b"x-modelfleet-mirror"  # on a copy, so the mirror's replica and logs can tell
 _MIRROR_LINE = MIRROR_HEADER + b": 1\r\n"
 _LENGTH = LOWER.length
+_PIN = b"azureml-model-deployment: "  # versions.PIN_HEADER's line, last of a request's id lines
 
 
 def wants_copy(percent: float, draw: float) -> bool:
@@ -126,6 +127,10 @@ class Mirror:
         self.p_status = primary.p_status
         self.p_digest = p_digest
         body = primary.copy or b""
+        rids = primary.rids
+        cut = rids.rfind(_PIN)  # the answer header line naming the primary's version: the copy names its own
+        if cut >= 0:
+            rids = rids[:cut] + _PIN + svc.route.name.partition(":")[2].encode() + b"\r\n"
         self.request = [
             primary.method,
             b" ",
@@ -133,7 +138,7 @@ class Mirror:
             b" HTTP/1.1\r\n",
             b"",  # the mirror replica's host line, set when sent
             *primary.fields,
-            primary.rids,
+            rids,
             _MIRROR_LINE,
             _LENGTH % len(body),
             b"\r\n",
