@@ -187,3 +187,33 @@ def test_a_pods_prints_and_tracebacks_reach_get_logs_through_the_upload(
             service.delete()
         finally:
             target.stop_controller()
+
+
+def test_concurrent_passes_lay_each_byte_once(tmp_path: Path):
+    # the controller's pass and a get_logs() call may run at once: a per-folder flock keeps
+    # them from both appending the same segment
+    import fcntl
+    import threading
+
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    lines = b"".join(f"line {i}\n".encode() for i in range(50))
+    for offset in range(0, len(lines), 70):
+        cut = lines[offset : offset + 70]
+        seg = ws.store.blobs.root / segment_key(m.logs_prefix("s"), "s-pod/000001.log", offset, ".log")
+        seg.parent.mkdir(parents=True, exist_ok=True)
+        seg.write_bytes(cut)
+    root = pod_logs_dir(ws.store, "s")
+    root.mkdir(parents=True)
+    held = os.open(root / ".lock", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    added: list[int] = []
+    threads = [threading.Thread(target=lambda: added.append(sync_log_uploads(ws.store, "s"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    threads[0].join(0.5)
+    assert added == [] and not (root / "s-pod").exists()  # waiting for the lock
+    os.close(held)  # releases it
+    for t in threads:
+        t.join(30)
+    assert sorted(added) == [0] * 5 + [len(lines)]
+    assert (root / "s-pod" / "000001.log").read_bytes() == lines
