@@ -160,10 +160,15 @@ class Webservice:
     @property
     def grpc_address(self) -> str | None:
         """``host:port`` of the Open Inference Protocol's gRPC API that serves this service
-        (model name: the service's name), or None while not known or on a Kubernetes target."""
+        (model name: the service's name), or None while not known. On a Kubernetes target: the
+        router Service's host (the target's ``router_uri``) and its gRPC port."""
         record = self._record()
-        if service_target(self.workspace, record.config) is not None:
-            return None  # the in-cluster router's gRPC port is not exposed yet
+        target = service_target(self.workspace, record.config)
+        if target is not None:
+            from modelfleet.targets.kubernetes.manifests import ROUTER_GRPC_PORT
+
+            host = urlsplit(target.router_uri).hostname if target.router_uri else None
+            return f"{host}:{ROUTER_GRPC_PORT}" if host else None
         store = self.workspace.store
         port = store.get_setting(GRPC_PORT_SETTING, cluster=record.cluster)
         if port is None:
@@ -355,11 +360,15 @@ class Webservice:
         """The environment build's log, then each replica's output (stdout, stderr and the
         server's JSON line per request), then the router's request timings (services with
         ``enable_app_insights``); the last ``num_lines`` lines. ``replica=N``: replica N's log
-        only. Rotated files (``replica-0.log.1`` ...) are read too, oldest first."""
+        only. Rotated files (``replica-0.log.1`` ...) are read too, oldest first.
+
+        On a Kubernetes compute target: each pod's state, then its last ``num_lines`` lines, from
+        what the pod uploaded to the blob store (the workspace's copy; the target has an upload
+        credential) when there is some, else from pods/log (``KubernetesCompute.logs``)."""
         from modelfleet.telemetry.logfiles import chain, tail
 
         target = service_target(self.workspace, self._record().config)
-        if target is not None:  # pods: their states and pods/log, through the API
+        if target is not None:  # pods: their states, and their uploaded log or pods/log
             return target.logs(self.name, num_lines)
         lines: list[str] = []
         for path in self.log_paths(replica):
