@@ -4,13 +4,14 @@ decisions over plain data, no sockets, no clock."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from modelfleet.router.affinity import CACHE_KEYS, MAX_KEY_BYTES, Ranking, choose, model_key, rank
-from modelfleet.router.dispatch import Dispatch, Send
+from modelfleet.router.affinity import CACHE_KEYS, MAX_KEY_BYTES, Ranking, choose, model_key, place, rank
+from modelfleet.router.dispatch import Dispatch, Reject, Send, Slot
 from modelfleet.router.routes import C_404_MODEL, D_404, ServiceRoute, ServiceState, route
 
 IDS = [f"svc-{i}" for i in range(5)]
@@ -62,11 +63,36 @@ def test_removing_a_replica_moves_only_the_models_it_was_first_for() -> None:
     assert 0 < moved < len(KEYS) * 0.3
 
 
-def test_choose_takes_the_first_free_replica_in_the_models_order() -> None:
-    assert choose((2, 0, 1), [True, True, True]) == 2
-    assert choose((2, 0, 1), [True, True, False]) == 0
-    assert choose((2, 0, 1), [False, True, False]) == 1
-    assert choose((2, 0, 1), [False, False, False]) == -1
+def test_choose_sends_pins_or_leaves_unpinned() -> None:
+    order = (2, 0, 1)
+    yes = [True, True, True]
+    assert choose(order, yes, [0, 0, 0], [0, 0, 0], 1) == (2, True)  # its first replica has room
+    assert choose(order, yes, [0, 0, 1], [0, 0, 0], 1) == (0, True)  # or its second
+    assert choose(order, yes, [1, 0, 1], [0, 0, 0], 1) == (2, False)  # both full: wait for the first
+    assert choose(order, yes, [1, 0, 1], [0, 0, 1], 1) == (0, False)  # ... or the second
+    assert choose(order, yes, [1, 0, 1], [1, 0, 1], 1) == (1, True)  # both full and waited for: the third
+    assert choose(order, yes, [1, 1, 1], [1, 0, 1], 1) == (1, False)
+    assert choose(order, yes, [1, 1, 1], [1, 1, 1], 1) == (-1, False)  # all full: any replica
+    assert choose(order, [False, True, True], [0, 0, 1], [0, 0, 0], 1) == (1, True)  # 0 not open
+    assert choose(order, yes, [2, 2, 1], [0, 0, 0], 2) == (2, True)  # limit 2: room
+    assert choose(order, yes, [0, 0, 1], [0, 0, 0], 1, spread=1) == (2, False)  # one choice
+
+
+def test_place_over_slots_agrees_with_choose() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        n, limit = rng.randrange(1, 6), rng.randrange(1, 3)
+        slots = [Slot(f"r{i}") for i in range(n)]
+        for s in slots:
+            s.in_flight, s.pinned = rng.randrange(limit + 1), rng.randrange(limit + 1)
+            s.failed = rng.random() < 0.1
+            s.busy_until = 1.0 if rng.random() < 0.1 else 0.0
+        order = tuple(rng.sample(range(n), n))
+        spread = rng.randrange(1, 4)
+        expect = choose(
+            order, [s.open(0.5) for s in slots], [s.in_flight for s in slots], [s.pinned for s in slots], limit, spread
+        )
+        assert place(order, slots, limit, 0.5, spread) == expect
 
 
 def test_model_key_joins_the_version_and_is_bounded() -> None:
@@ -97,18 +123,50 @@ def test_a_model_goes_to_the_same_replica_every_time() -> None:
 
 def test_a_hot_model_spills_to_its_next_replicas_as_its_load_grows() -> None:
     d = make(3, limit=2, wait=10)
-    order = [f"r{i}" for i in rank(b"hot", ["r0", "r1", "r2"])]
-    reqs = [Req(str(i), b"hot") for i in range(7)]
+    o = [f"r{i}" for i in rank(b"hot", ["r0", "r1", "r2"])]
+    reqs = [Req(str(i), b"hot") for i in range(13)]
     sends = [d.arrive(r, 0.0) for r in reqs]
-    # two slots each: the first replica fills, then the second, then the third; then it waits
-    assert [s.replica if isinstance(s, Send) else None for s in sends] == [
-        order[0], order[0], order[1], order[1], order[2], order[2], None
-    ]  # fmt: skip
-    # a freed slot goes to the waiter at the head, on the first free replica in its order
-    assert d.finish(order[1], 0.1) == [Send(reqs[6], order[1])]
-    d.finish(order[0], 0.2)
-    later = Req("later", b"hot")
-    assert d.arrive(later, 0.3) == Send(later, order[0])
+    # its first two replicas' slots, then two waiting for each of them, then the third
+    # replica's slots and waiters, then unpinned
+    got = [s.replica if isinstance(s, Send) else None for s in sends]
+    assert got == [o[0], o[0], o[1], o[1], None, None, None, None, o[2], o[2], None, None, None]
+    assert [d.slot(r).pinned for r in o] == [2, 2, 2]  # type: ignore[union-attr]
+    # a freed slot goes to the oldest waiter that can use it: the first pinned to that replica
+    assert d.finish(o[1], 0.1) == [Send(reqs[6], o[1])]
+    assert d.finish(o[0], 0.2) == [Send(reqs[4], o[0])]
+    # no replica has room left: the scan stopped there (the unpinned waiter stays unpinned)
+    assert d.slot(o[0]).pinned == 1 and d.queued == 5  # type: ignore[union-attr]
+    assert d.finish(o[2], 0.3) == [Send(reqs[10], o[2])]
+    assert d.expire(11.0) == [Reject(r) for r in (reqs[5], reqs[7], reqs[11], reqs[12])]
+    assert [d.slot(r).pinned for r in o] == [0, 0, 0]  # type: ignore[union-attr]
+
+
+def test_waiters_behind_a_pinned_one_go_to_other_replicas() -> None:
+    d = make(3, wait=10)
+    o = [f"r{i}" for i in rank(b"k", ["r0", "r1", "r2"])]
+    a, b, c = Req("a", b"k"), Req("b", b"k"), Req("c", b"k")
+    assert d.arrive(a, 0.0) == Send(a, o[0])
+    assert d.arrive(b, 0.0) == Send(b, o[1])
+    assert d.arrive(c, 0.0) is None  # waits for o[0], which holds the model
+    assert d.arrive("plain", 0.0) == Send("plain", o[2])  # a free replica nobody waits for
+    assert d.arrive("plain2", 0.0) is None
+    assert d.finish(o[2], 0.1) == [Send("plain2", o[2])]  # passes over c, pinned to o[0]
+    assert d.finish(o[0], 0.2) == [Send(c, o[0])]
+
+
+def test_a_pinned_waiter_whose_replica_goes_is_placed_again() -> None:
+    d = make(3, wait=10)
+    o = [f"r{i}" for i in rank(b"k", ["r0", "r1", "r2"])]
+    a, b, c = Req("a", b"k"), Req("b", b"k"), Req("c", b"k")
+    d.arrive(a, 0.0), d.arrive(b, 0.0)
+    assert d.arrive(c, 0.0) is None and d.slot(o[0]).pinned == 1  # type: ignore[union-attr]
+    d.fail(o[0])
+    assert d.finish(o[1], 0.1) == [Send(c, o[1])]  # o[0] failed: c goes to the next one
+    assert d.slot(o[0]).pinned == 0  # type: ignore[union-attr]
+    f, e = Req("f", b"k"), Req("e", b"k")
+    assert d.arrive(f, 0.1) == Send(f, o[2])
+    assert d.arrive(e, 0.1) is None and d.slot(o[1]).pinned == 1  # type: ignore[union-attr]
+    assert d.cancel(e) and d.slot(o[1]).pinned == 0  # type: ignore[union-attr]
 
 
 def test_requests_without_a_model_still_go_to_the_least_loaded() -> None:
@@ -177,3 +235,69 @@ def test_the_models_url_refuses_what_score_refuses_and_bad_names() -> None:
         assert d.answer is C_404_MODEL and d.model is None, bad
     assert b"1-255 letters, digits" in C_404_MODEL.body
     assert route(b"POST", b"/api/v1/service/svc/models/m/other", 10, t) is svc.d_404
+
+
+def test_random_mixes_keep_the_counts_exact() -> None:
+    """Model and plain requests, finishes, busy answers, failures, cancels and expiry in a
+    random mix: no slot over its limit, pinned counts match the pins, every request ends once."""
+    for seed in range(20):
+        _mix(seed)
+
+
+def _mix(seed: int) -> None:
+    rng = random.Random(seed)
+    d = make(4, limit=2, wait=1.0)
+    ids = [f"r{i}" for i in range(4)]
+    held: dict[str, list[object]] = {rid: [] for rid in ids}
+    waiting: set[object] = set()
+    done: set[object] = set()
+    now = 0.0
+
+    def apply(actions: object) -> None:
+        for a in actions if isinstance(actions, list | tuple) else [actions]:
+            if a is None:
+                continue
+            if isinstance(a, Send):
+                waiting.discard(a.req)
+                held[a.replica].append(a.req)
+            else:
+                waiting.discard(a.req)
+                assert a.req not in done
+                done.add(a.req)
+
+    for n in range(400):
+        now += rng.random() * 0.05
+        op = rng.random()
+        if op < 0.5:
+            req: object = Req(f"q{n}", f"m{rng.randrange(6)}".encode()) if rng.random() < 0.7 else f"p{n}"
+            waiting.add(req)
+            apply(d.arrive(req, now))
+        elif op < 0.8:
+            busy_ids = [r for r in ids if held[r]]
+            if busy_ids:
+                rid = rng.choice(busy_ids)
+                done.add(held[rid].pop(0))
+                apply(d.finish(rid, now))
+        elif op < 0.85:
+            busy_ids = [r for r in ids if held[r]]
+            if busy_ids:
+                rid = rng.choice(busy_ids)
+                req = held[rid].pop(0)
+                waiting.add(req)
+                apply(d.busy(rid, req, now, now - 0.1))
+        elif op < 0.9 and waiting:
+            req = rng.choice(sorted(waiting, key=str))
+            if d.cancel(req):
+                waiting.discard(req)
+                done.add(req)
+        elif op < 0.95:
+            rid = rng.choice(ids)
+            d.fail(rid)
+            apply(d.mark_healthy(rid, now + 0.01) if rng.random() < 0.5 else ())
+        else:
+            apply(d.expire(now))
+        for s in d.slots():
+            assert s.in_flight <= 2 and s.in_flight == len(held[s.id])
+            assert s.pinned == sum(1 for slot in d._pins.values() if slot is s)
+        assert set(d._pins) <= set(d._queue)
+        assert d.queued == len(waiting)

@@ -6,22 +6,29 @@ holds that model in its LRU (``modelfleet.replica.models``), so that each replic
 share of the models rather than all of them.
 
 The rule (consistent hashing with bounded loads, after Mirrokni, Thorup and Zadimoghaddam,
-"Consistent Hashing with Bounded Loads", 2018, with a replica's slots as its bound):
+"Consistent Hashing with Bounded Loads", 2018, with two choices; a replica's bound is its slots
+plus as many requests waiting for it, ``2 x limit``, ``limit`` being
+``replica_max_concurrent_requests``):
 
 1. The model key (``name`` or ``name:version``, bytes) orders the service's replicas by
    rendezvous (highest random weight) hashing: replica ``r`` scores
    ``blake2b(r || 0x00 || key)`` (8 bytes, big-endian), highest first; ties (never seen in
    practice) go to the lower index. A replica added or removed moves only the models whose
    first choice it is (about 1/n of them); every other model keeps its order.
-2. The request goes to the first replica in that order that is open (listed, not failed,
-   not backing off after a busy answer) and has a free slot (``in_flight <
-   replica_max_concurrent_requests``). So a model goes to one replica while that replica has
-   room, and a hot model spills to its second, third, ... replica only as its load grows
-   past what the earlier ones can take at once. The order is the same for every request of
-   that model, so the spill replicas warm up too and stay warm.
-3. When no replica has a free slot the request waits in the service's FIFO like any other
-   (first come, first served); when a slot frees, the waiter at the head takes the first free
-   replica in its own order.
+2. Only open replicas count (listed, not failed, not backing off after a busy answer). The
+   request goes at once to the first of its first ``SPREAD`` (2) replicas that has a free
+   slot (``in_flight < limit``). Failing that, it waits *pinned* to the first replica in its
+   order that has fewer than ``limit`` requests pinned to it, if that replica comes before
+   any replica with a free slot; a pinned waiter is served by that replica's next free slot.
+   Otherwise it goes to the first replica with a free slot further down its order.
+3. So a model's requests go to its first two replicas while they keep up (both hold it), wait
+   a little for them when both are busy (about one request's time, against a load and an
+   eviction elsewhere: bench/model_affinity.py measures the trade), and a hot model spills to
+   its third, fourth, ... replica only as its load grows past ``2 x limit`` requests on each
+   of the earlier ones. The order is the same for every request of the model, so the
+   replicas it spills to stay warm for it.
+4. When every replica is full and has ``limit`` waiters the request waits unpinned in the
+   service's FIFO and takes whichever replica frees first, as a request without a model does.
 
 The hash is blake2b, not Python's ``hash()``, so every router process (the Kubernetes
 router pods, future worker processes) agrees on the order. Orders are cached per model key
@@ -35,7 +42,7 @@ from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Protocol
 
-__all__ = ["MAX_KEY_BYTES", "Ranking", "choose", "first_open", "model_key", "rank"]
+__all__ = ["MAX_KEY_BYTES", "SPREAD", "Ranking", "choose", "model_key", "place", "rank"]
 
 MAX_KEY_BYTES = 512  # a model key longer than this is cut (names are at most 255 characters in v1)
 CACHE_KEYS = 4096  # orders kept per replica set; past it the cache starts again (bounded memory)
@@ -57,31 +64,62 @@ def rank(key: bytes, replica_ids: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(range(len(scores)), key=lambda i: (-scores[i], i)))
 
 
-def choose(order: Sequence[int], free: Sequence[bool]) -> int:
-    """Rule 2 over plain data: the first index in ``order`` whose ``free`` is true, else -1."""
+SPREAD = 2  # rule 2: a request may take any of the first SPREAD open replicas of its order that has room
+
+
+def choose(
+    order: Sequence[int],
+    is_open: Sequence[bool],
+    in_flight: Sequence[int],
+    pinned: Sequence[int],
+    limit: int,
+    spread: int = SPREAD,
+) -> tuple[int, bool]:
+    """Rules 2 and 4 over plain data, per replica index: open or not, requests in flight,
+    requests waiting pinned to it. Returns ``(i, True)``: send to ``i`` now; ``(i, False)``:
+    wait pinned to ``i``; ``(-1, False)``: wait unpinned."""
+    pin = -1
+    seen = 0  # open replicas walked
     for i in order:
-        if free[i]:
-            return i
-    return -1
+        if is_open[i]:
+            if in_flight[i] < limit:
+                return i, True  # past the first ``spread`` only when no pin was possible
+            if pin < 0 and pinned[i] < limit:
+                pin = i
+            seen += 1
+            if seen >= spread and pin >= 0:
+                return pin, False
+    return pin, False
 
 
 class SlotView(Protocol):
-    """What ``first_open`` reads of a replica (``dispatch.Slot``)."""
+    """What ``place`` reads of a replica (``dispatch.Slot``)."""
 
     in_flight: int
+    pinned: int
     listed: bool
     failed: bool
     busy_until: float
 
 
-def first_open(order: Sequence[int], slots: Sequence[SlotView], limit: int, now: float) -> int:
-    """Rule 2 over the dispatcher's slots: ``choose`` with ``free[i]`` = slot ``i`` is open at
-    ``now`` and holds fewer than ``limit`` requests."""
+def place(
+    order: Sequence[int], slots: Sequence[SlotView], limit: int, now: float, spread: int = SPREAD
+) -> tuple[int, bool]:
+    """``choose`` over the dispatcher's slots (``is_open``: ``Slot.open(now)``), without
+    building the lists."""
+    pin = -1
+    seen = 0
     for i in order:
         s = slots[i]
-        if s.in_flight < limit and s.listed and not s.failed and s.busy_until <= now:
-            return i
-    return -1
+        if s.listed and not s.failed and s.busy_until <= now:
+            if s.in_flight < limit:
+                return i, True  # past the first ``spread`` only when no pin was possible
+            if pin < 0 and s.pinned < limit:
+                pin = i
+            seen += 1
+            if seen >= spread and pin >= 0:
+                return pin, False
+    return pin, False
 
 
 class Ranking:

@@ -38,9 +38,16 @@ Rules (the invariants the tests check):
    A request that arrived before the first replica was listed again and is put back by
    ``busy``/``refused`` keeps that longer wait (``arrived + max_wait_s + cold_wait_s``).
 8. Model-aware routing: a request object with a ``model_key`` attribute (bytes; the router's
-   ``client.ModelCycle``) takes the first open replica with a free slot in that key's
-   rendezvous-hash order (``affinity.py``) instead of the least loaded; the orders are cached
-   per replica list. Everything else above holds for it unchanged.
+   ``client.ModelCycle``) is placed by ``affinity.place`` (the rule is in affinity.py) over
+   that key's rendezvous-hash order instead of by the policy: sent to a replica with room near
+   the top of its order, or queued *pinned* to a replica that holds the model (at most
+   ``limit`` waiters pinned to a replica), or queued unpinned (any replica) when all are
+   full. A pinned waiter is served only by its replica, in FIFO order among the waiters that
+   can use that replica; waiters behind it may go to other replicas meanwhile (rule 2 holds
+   per replica), and a request of either kind may take a free replica on arrival while the
+   only waiters are pinned elsewhere. A pinned waiter whose replica fails or goes away is
+   placed again at the next look at the queue. Deadlines (rules 3, 6) are unchanged. The
+   orders are cached per replica list; requests without a model pay one attribute look-up.
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -55,7 +62,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
-from modelfleet.router.affinity import Ranking, first_open
+from modelfleet.router.affinity import Ranking, place
 
 __all__ = [
     "Action",
@@ -71,11 +78,12 @@ __all__ = [
 class Slot:
     """One replica as the dispatcher sees it."""
 
-    __slots__ = ("id", "in_flight", "listed", "failed", "busy_until")
+    __slots__ = ("id", "in_flight", "pinned", "listed", "failed", "busy_until")
 
     def __init__(self, replica_id: str) -> None:
         self.id = replica_id
         self.in_flight = 0
+        self.pinned = 0  # queued model requests waiting for this replica (rule 8)
         self.listed = True  # named by the last set_replicas and not retired
         self.failed = False  # failed mid-request; skipped until mark_healthy / set_replicas
         self.busy_until = 0.0  # answered "busy"; skipped until then
@@ -200,6 +208,7 @@ class Dispatch:
         self._turn = 0  # advances once per pick, rotating ties
         self.in_flight = 0  # sum of slot.in_flight, kept for the gauges
         self._ranking: Ranking | None = None  # model keys' orders over _slots (rule 8); None: stale
+        self._pins: dict[Hashable, Slot] = {}  # queued model requests pinned to a replica (rule 8)
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -251,9 +260,14 @@ class Dispatch:
         self.last_arrival = now
         if deadline is not None and deadline <= now:
             return Expire(req)
-        if not self._queue:
-            key = getattr(req, "model_key", None)
-            i = self._policy(self._slots, self.limit, now, self._turn) if key is None else self._by_model(key, now)
+        key = getattr(req, "model_key", None)
+        pin = -1
+        if key is not None:
+            pin, go = self._place(key, now)
+            if go:
+                return self._assign(pin, req)
+        elif not self._queue or len(self._pins) == len(self._queue):  # none waiting, or all for full replicas
+            i = self._policy(self._slots, self.limit, now, self._turn)
             if i >= 0:
                 return self._assign(i, req)
         wait = self.max_wait_s
@@ -262,6 +276,8 @@ class Dispatch:
         if wait <= 0:
             return Reject(req)
         self._queue[req] = until = now + wait
+        if pin >= 0:
+            self._pin(req, self._slots[pin])
         if deadline is not None and deadline < until:
             self._push_due(req, deadline)
         return None
@@ -304,6 +320,8 @@ class Dispatch:
     def cancel(self, req: Hashable) -> bool:
         """A queued request's client went away: forget it. False when it was not queued."""
         found = self._queue.pop(req, None) is not None
+        if self._pins:
+            self._unpin(req)
         if not self._queue:
             self._due.clear()
         return found
@@ -379,6 +397,9 @@ class Dispatch:
         out = [Reject(req) for req in self._queue]
         self._queue.clear()
         self._due.clear()
+        for slot in self._pins.values():
+            slot.pinned -= 1
+        self._pins.clear()
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -414,12 +435,21 @@ class Dispatch:
             self._push_due(req, deadline)
         return self._serve(now)
 
-    def _by_model(self, key: bytes, now: float) -> int:
-        """Rule 8: the first open replica with a free slot in ``key``'s order, or -1."""
+    def _place(self, key: bytes, now: float) -> tuple[int, bool]:
+        """Rule 8: ``(i, True)`` send to slot ``i``; ``(i, False)`` wait pinned to it; ``(-1, False)``."""
         ranking = self._ranking
         if ranking is None:
             ranking = self._ranking = Ranking([s.id for s in self._slots])
-        return first_open(ranking.order(key), self._slots, self.limit, now)
+        return place(ranking.order(key), self._slots, self.limit, now)
+
+    def _pin(self, req: Hashable, slot: Slot) -> None:
+        self._pins[req] = slot
+        slot.pinned += 1
+
+    def _unpin(self, req: Hashable) -> None:
+        slot = self._pins.pop(req, None)
+        if slot is not None:
+            slot.pinned -= 1
 
     def _push_due(self, req: Hashable, deadline: float) -> None:
         self._seq += 1
@@ -433,14 +463,19 @@ class Dispatch:
             req = heapq.heappop(due)[2]
             if q.pop(req, None) is not None:
                 out.append(Expire(req))
+                self._unpin(req)
         while q:
             req, deadline = next(iter(q.items()))
             if deadline <= now:
                 del q[req]
+                if self._pins:
+                    self._unpin(req)
                 out.append(Reject(req))
                 continue
-            key = getattr(req, "model_key", None)
-            i = self._policy(self._slots, self.limit, now, self._turn) if key is None else self._by_model(key, now)
+            if self._pins or getattr(req, "model_key", None) is not None:
+                self._scan(now, out)  # rule 8
+                break
+            i = self._policy(self._slots, self.limit, now, self._turn)
             if i < 0:
                 break
             del q[req]
@@ -448,6 +483,48 @@ class Dispatch:
         if not q:
             due.clear()  # every entry left names a request no longer waiting
         return out
+
+    def _scan(self, now: float, out: list[Action]) -> None:
+        """``_serve`` with model requests waiting (rule 8): the queue in order, a pinned waiter
+        passed over while its replica is full. Stops once no replica has room: then only a
+        finish (or a back-off's end) can let anyone in. Cost: the pinned waiters passed over
+        (at most ``limit`` a replica) plus one step per request placed."""
+        q = self._queue
+        pins = self._pins
+        limit = self.limit
+        room = sum(limit - s.in_flight for s in self._slots if s.in_flight < limit and s.open(now))
+        for req, deadline in list(q.items()):
+            if deadline <= now:
+                del q[req]
+                self._unpin(req)
+                out.append(Reject(req))
+                continue
+            if room <= 0:
+                break
+            slot = pins.get(req)
+            if slot is not None:
+                if slot.listed and not slot.failed:
+                    if slot.in_flight < limit and slot.busy_until <= now:
+                        del q[req]
+                        self._unpin(req)
+                        out.append(self._assign(self._slots.index(slot), req))
+                        room -= 1
+                    continue
+                self._unpin(req)  # its replica failed or went: placed again
+            key = getattr(req, "model_key", None)
+            if key is None:
+                i = self._policy(self._slots, limit, now, self._turn)
+            else:
+                i, go = self._place(key, now)
+                if not go:
+                    if i >= 0:
+                        self._pin(req, self._slots[i])
+                    continue
+            if i < 0:
+                break
+            del q[req]
+            out.append(self._assign(i, req))
+            room -= 1
 
     def _forget_idle_unlisted(self) -> None:
         gone = [s for s in self._slots if not s.listed and s.in_flight == 0]
