@@ -200,3 +200,19 @@ def test_compare_counts_what_each_version_answered(ws: Workspace) -> None:
         cmp.update_version("red", rollout={"steps": [10], "interval_s": 1, "max_error_rate": 0.1})
     stopped = cli(ws, "endpoint", "compare", "-n", "cmp", "blue", "red", check=False)
     assert stopped.returncode == 1 and "modelfleet cluster start" in stopped.stderr
+
+
+def test_a_rollout_outlives_the_process_that_asked_but_not_the_daemon(ws: Workspace, shop: AksEndpoint) -> None:
+    ws.cluster().ensure_running()  # the test before stopped it
+    wait_until(lambda: shop.state == "Healthy", timeout=90)
+    cli(ws, "endpoint", "rollout", "-n", "shop", "--version-name", "blue", "--steps", "10,100",
+        "--interval-s", "600", "--max-error-rate", "0.1")  # fmt: skip
+    # the CLI process has ended; the daemon runs the rollout
+    wait_until(lambda: shop.traffic["blue"] == 10.0 and (shop.rollout or {}).get("status") == "running", timeout=30)
+    assert ws.cluster().status()["rollouts"] == {"shop": shop.rollout["id"]}  # type: ignore[index]
+    stop_cluster(ws)
+    ws.cluster().ensure_running()
+    wait_until(lambda: (shop.rollout or {}).get("status") == "interrupted", timeout=60)
+    assert shop.traffic == {"blue": 10.0, "green": 0.0, "teal": 90.0}  # where the last step left it
+    assert [e["event"] for e in rollout_events(shop, "blue")] == ["started", "step", "interrupted"]
+    assert ws.cluster().status()["rollouts"] == {}

@@ -133,3 +133,12 @@ def test_a_share_changed_by_hand_cancels_the_rollout_and_stays(tmp_path: Path) -
     assert h.events() == [("started", None), ("step", 10), ("cancelled", None)]
     assert weights(h.versions()) == {"blue": 95.0, "green": 5.0}  # as set by hand
     assert h.rollout()["status"] == "cancelled" and "traffic_percentile was changed by hand" in h.rollout()["reason"]
+
+
+def test_a_rollout_left_running_by_a_stopped_daemon_is_marked_interrupted(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "ws", [10, 100])
+    asyncio.run(h.rollouts.mark_interrupted(lambda record: True))
+    assert h.rollout()["status"] == "interrupted" and "daemon stopped" in h.rollout()["reason"]
+    assert h.events() == [("interrupted", None)]
+    asyncio.run(h.rollouts.on_sync("shop"))  # an interrupted rollout is not started again
+    assert h.rollouts.status() == {} and h.intervals == 0

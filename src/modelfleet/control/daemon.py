@@ -152,6 +152,7 @@ class Daemon:
             self.on_ready()
 
         await self.reconciler.restore()
+        await self.rollouts.mark_interrupted(self.reconciler.owns)  # a rollout does not outlive its daemon
         self.autoscaler.start()
         await self._stopping.wait()
 

@@ -10,8 +10,8 @@ of kind ``"rollout"`` on the endpoint (``endpoint.get_events()``), and the store
 ``status`` follows: running, completed, rolled_back, cancelled or failed.
 
 A rollout lives in the daemon, so it goes on when the SDK process that asked for it ends; it
-does not survive a daemon restart (the shares stay where the last step put them, and the
-stored status says what it was when the daemon stopped). One rollout per endpoint at a time.
+does not survive a daemon restart (the shares stay where the last step put them; the next
+daemon marks it ``interrupted``, with an event, at its start). One rollout per endpoint at a time.
 A share changed by hand during a rollout (the version's share or default-ness differs from
 what the rollout set), or the version deleted, cancels it with the shares as they are.
 """
@@ -38,7 +38,7 @@ from modelfleet.errors import ModelfleetError, NotFound
 from modelfleet.router.proxy import Router
 from modelfleet.spec.names import version_service_name
 from modelfleet.store.endpoints import ENDPOINT_KEY, Versions, is_endpoint_config
-from modelfleet.store.registry import Store
+from modelfleet.store.registry import ServiceRecord, Store
 
 __all__ = ["ROLLOUT_EVENT", "Rollouts", "router_counts"]
 
@@ -88,6 +88,20 @@ class Rollouts:
             running.cancel()  # a newer request replaces it (the SDK refuses one while a rollout runs)
         self._ids[endpoint] = str(rollout.get("id"))
         self._tasks[endpoint] = asyncio.create_task(self._run(endpoint, dict(rollout)), name=f"rollout {endpoint}")
+
+    async def mark_interrupted(self, owns: Callable[[ServiceRecord], bool]) -> None:
+        """At daemon start: a rollout stored as requested or running was cut short by the last
+        daemon's end; say so (status ``interrupted``, an event), so that a new one may be asked for."""
+        for record in await asyncio.to_thread(self.store.list_services):
+            if not is_endpoint_config(record.config) or not owns(record):
+                continue
+            rollout = record.config[ENDPOINT_KEY].get("rollout")
+            if not isinstance(rollout, dict) or rollout.get("status") not in ("requested", "running"):
+                continue
+            rid, version = str(rollout.get("id")), str(rollout.get("version"))
+            reason = "the cluster daemon stopped during the rollout; the shares stay where it left them"
+            await self._event(record.name, rid, "interrupted", version, reason=reason)
+            await self._status(record.name, rid, "interrupted", reason)
 
     async def stop(self) -> None:
         for task in self._tasks.values():
