@@ -189,3 +189,13 @@ def test_the_dashboard_shows_versions_under_their_endpoint_and_a_versions_own_pa
         assert endpoint["versions"]["shadow"]["mirror"]["sent"] > 0
         assert endpoint["versions"]["main"]["requests"] >= 2 * N
         assert c.get("/api/services/shop:Bad_Name").status_code == 400
+
+
+def test_the_cli_sets_and_shows_a_mirror(ws: Workspace, shop: AksEndpoint) -> None:
+    cli(ws, "endpoint", "version", "update", "-n", "shop", "--version-name", "shadow", "--mirror-percentile", "25")
+    shown = json.loads(cli(ws, "endpoint", "show", "-n", "shop", "-o", "json").stdout)
+    assert {v["name"]: v["mirrorPercentile"] for v in shown["versions"]} == {"main": 0.0, "shadow": 25.0}
+    wait_until(lambda: figures(ws)["shadow"]["mirror_percentile"] == 25.0, timeout=30)
+    bad = cli(ws, "endpoint", "version", "update", "-n", "shop", "--version-name", "main", "--mirror-percentile", "5",
+              check=False)  # fmt: skip
+    assert bad.returncode != 0 and "version main: the default version cannot be a mirror" in bad.stderr, bad.stderr
