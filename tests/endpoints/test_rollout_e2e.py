@@ -126,6 +126,7 @@ def test_a_healthy_rollout_reaches_100_percent(ws: Workspace, shop: AksEndpoint)
     assert "teal  completed step 100" in text and "green  rolled_back step 25" in text
     shown = json.loads(cli(ws, "endpoint", "show", "-n", "shop", "-o", "json").stdout)
     assert shown["rollout"]["version"] == "teal" and shown["rollout"]["status"] == "completed"
+    assert "teal steps 30,100, completed" in cli(ws, "endpoint", "show", "-n", "shop").stdout
     # the stored row (service list, the dashboard) is the endpoint's state again, not Transitioning
     wait_until(lambda: ws.store.get_service("shop").state == "Healthy", timeout=30)
 
