@@ -12,6 +12,12 @@ in ``init()``. It says once how a model folder becomes a model, then asks by nam
         model = models.load(data["model"])          # the highest version laid out
         return model.predict(data["rows"]).tolist()
 
+With several replicas, a client that names the model in the ``x-ms-model`` header (or posts to
+``/api/v1/service/<svc>/models/<model>/score``, which the router sends on as ``/score`` with
+that header) has its request routed to the replicas that hold the model (router/affinity.py);
+the script reads the name with ``def run(data, request_headers)``:
+``models.load(request_headers["X-Ms-Model"])``.
+
 The replica keeps the models it loaded, the least recently used dropped first once more than
 ``model_cache_size`` are held or their sizes add up to more than ``model_cache_memory_gb``
 (the deploy settings; unbounded when not given). A model's size is what ``set_loader``'s
