@@ -488,14 +488,15 @@ class Dispatch:
         """``_serve`` with model requests waiting (rule 8): the queue in order, a pinned waiter
         passed over while its replica is full. Stops once no replica has room: then only a
         finish (or a back-off's end) can let anyone in. Cost: the pinned waiters passed over
-        (at most ``limit`` a replica) plus one step per request placed."""
+        (at most ``limit`` a replica) plus one step per request placed or rejected."""
         q = self._queue
         pins = self._pins
         limit = self.limit
         room = sum(limit - s.in_flight for s in self._slots if s.in_flight < limit and s.open(now))
-        for req, deadline in list(q.items()):
+        gone: list[Hashable] = []  # leave the queue after the walk (no change to it during it)
+        for req, deadline in q.items():
             if deadline <= now:
-                del q[req]
+                gone.append(req)
                 self._unpin(req)
                 out.append(Reject(req))
                 continue
@@ -505,7 +506,7 @@ class Dispatch:
             if slot is not None:
                 if slot.listed and not slot.failed:
                     if slot.in_flight < limit and slot.busy_until <= now:
-                        del q[req]
+                        gone.append(req)
                         self._unpin(req)
                         out.append(self._assign(self._slots.index(slot), req))
                         room -= 1
@@ -522,9 +523,11 @@ class Dispatch:
                     continue
             if i < 0:
                 break
-            del q[req]
+            gone.append(req)
             out.append(self._assign(i, req))
             room -= 1
+        for req in gone:
+            del q[req]
 
     def _forget_idle_unlisted(self) -> None:
         gone = [s for s in self._slots if not s.listed and s.in_flight == 0]
