@@ -397,6 +397,7 @@ def _register_router(groups: Any) -> None:
     router.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (the router's TLS Secret)")
     router.add_argument("--tls-key", help="... and this PEM private key")
     router.add_argument("--peer-port", type=int, help="take requests forwarded by peer router pods on this port")
+    router.add_argument("--grpc-port", type=int, help="serve the Open Inference Protocol's gRPC API on this port too")
     router.set_defaults(handler=router_run)
 
 
@@ -412,6 +413,7 @@ def router_run(args: argparse.Namespace) -> int:
         ("--tls-cert", args.tls_cert),
         ("--tls-key", args.tls_key),
         ("--peer-port", args.peer_port),
+        ("--grpc-port", args.grpc_port),
     ):
         if value is not None:
             argv += [flag, str(value)]

@@ -107,6 +107,7 @@ MODELS_FOLDER = "azureml-models"
 REPLICA_PORT = 5001
 ROUTER_PORT = 8080
 ROUTER_PEER_PORT = 8081  # requests forwarded between router pods (forward.py's PEER_PORT)
+ROUTER_GRPC_PORT = 8001  # the Open Inference Protocol's gRPC API (router/grpc_front.py), Triton's port
 POD_IP_ENV = "MODELFLEET_POD_IP"
 
 # The init container's command line: the fetcher reads layout.json from the ConfigMap and
@@ -715,6 +716,8 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                                     str(ROUTER_PORT),
                                     "--peer-port",
                                     str(ROUTER_PEER_PORT),
+                                    "--grpc-port",
+                                    str(ROUTER_GRPC_PORT),
                                     *(tls_args if tls else []),
                                 ],
                                 "env": [
@@ -725,6 +728,7 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
                                 "ports": [
                                     {"name": port_name, "containerPort": ROUTER_PORT, "protocol": "TCP"},
                                     {"name": "peer", "containerPort": ROUTER_PEER_PORT, "protocol": "TCP"},
+                                    {"name": "grpc", "containerPort": ROUTER_GRPC_PORT, "protocol": "TCP"},
                                 ],
                                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
                                 "livenessProbe": {**http, "periodSeconds": 10, "failureThreshold": 3},
@@ -744,7 +748,10 @@ def router_objects(src: RouterSource) -> list[dict[str, Any]]:
             "spec": {
                 "type": "ClusterIP" if src.load_balancer_type == "ClusterIP" else "LoadBalancer",
                 "selector": {COMPONENT_LABEL: "router", **MANAGED_BY},
-                "ports": [{"name": port_name, "port": src.port, "targetPort": port_name, "protocol": "TCP"}],
+                "ports": [
+                    {"name": port_name, "port": src.port, "targetPort": port_name, "protocol": "TCP"},
+                    {"name": "grpc", "port": ROUTER_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                ],
             },
         },
     ]
