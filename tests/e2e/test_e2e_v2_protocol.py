@@ -274,3 +274,21 @@ def test_an_endpoint_answers_v2_for_its_versions(ws, services):
         assert pinned.headers["azureml-model-deployment"] == "green"
         assert http.post(f"{base}/v2/models/epv2:blue/infer", json=body).status_code == 404  # only through epv2
     assert served == {"blue", "green"}
+
+
+def test_each_model_of_a_multi_model_service_answers_as_service_dot_model(ws, tmp_path):
+    from e2e_support import register_json_model
+
+    alpha = register_json_model(ws, tmp_path, "alpha", 1.0)
+    beta = register_json_model(ws, tmp_path, "beta", 2.0)
+    service = deploy(ws, "multi", "v2_models", models=[alpha, beta])
+    c = client(service)
+    x = triton.InferInput("x", [1], "INT32")
+    x.set_data_from_numpy(np.array([7], dtype=np.int32))
+    for model in ("alpha", "beta"):
+        result = c.infer(f"multi.{model}", [x], headers=bearer(service), model_version="1")
+        assert list(result.as_numpy("model")) == [model.encode()]
+    assert list(c.infer("multi", [x], headers=bearer(service)).as_numpy("model")) == [b"-"]
+    with pytest.raises(InferenceServerException, match="no model 'gamma'; it has alpha, beta") as unknown:
+        c.infer("multi.gamma", [x], headers=bearer(service))
+    assert unknown.value.status() == "404"

@@ -17,7 +17,7 @@ from tritonclient.http._utils import _get_inference_request
 
 from modelfleet.replica.entry import Call, load_entry
 from modelfleet.replica.scoring import format_exception
-from modelfleet.replica.v2 import V2Model, v2_path
+from modelfleet.replica.v2 import V2Model, v2_model_refusal, v2_path
 
 SCHEMA_SCRIPT = """
 import numpy as np
@@ -222,3 +222,19 @@ def test_an_answer_without_a_row_per_input_row_fails_the_joined_calls(tmp_path, 
     replies = model.infer_batch([(id_call(["a"]), "m", None), (id_call(["b"]), "m", None)])
     assert [r.status for r in replies] == [500, 500]
     assert "one row per input row" in json.loads(replies[0].body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "refusal"),
+    [
+        ("svc", None, None),
+        ("svc", "2", None),
+        ("svc", "9", "model 'svc' has no version 9; it has 1, 2"),
+        ("svc.alpha", "1", None),
+        ("svc.alpha", "2", "model 'svc.alpha' has no version 2; it has 1"),
+        ("svc.gamma", None, "'svc.gamma': this service has no model 'gamma'; it has alpha, beta"),
+    ],
+)
+def test_v2_model_names_and_versions_are_the_services(name, version, refusal):
+    assert v2_model_refusal(name, version, [("alpha", "1"), ("beta", "2")]) == refusal
+    assert v2_model_refusal(name, version, []) is None  # modelfleet serve: its one script, any name

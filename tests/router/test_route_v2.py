@@ -56,3 +56,10 @@ def test_server_metadata_names_the_binary_extension():
     assert answer is not None
     doc = json.loads(answer.body)
     assert doc["name"] == "modelfleet" and doc["extensions"] == ["binary_tensor_data"] and doc["version"]
+
+
+def test_a_model_of_a_multi_model_service_is_routed_by_its_name():
+    d = route(b"POST", b"/v2/models/keyed.reg/versions/2/infer", 10, TABLE)
+    assert d.service is TABLE[b"keyed"] and d.model == b"reg" and d.path == b"/v2/models/keyed.reg/versions/2/infer"
+    assert route(b"POST", b"/v2/models/keyed/infer", 10, TABLE).model is None
+    assert route(b"POST", b"/v2/models/keyed.Bad Name!/infer", 10, TABLE).answer.status == 404

@@ -34,7 +34,7 @@ from modelfleet.replica.responses import HTML, MSG_NOT_ALLOWED, MSG_NOT_FOUND, C
 from modelfleet.replica.scoring import Scorer, format_exception
 from modelfleet.replica.shared import Shared
 from modelfleet.replica.swagger import SwaggerDocs
-from modelfleet.replica.v2 import V2Model, error_reply, v2_path
+from modelfleet.replica.v2 import V2Model, error_reply, v2_model_refusal, v2_path
 from modelfleet.replica.workers import QUEUED, RUNNING, Job, WorkerPool
 
 logger = logging.getLogger("modelfleet.replica")
@@ -59,7 +59,7 @@ class App:
         self.scorer = Scorer(shared, entry, self._release)
         # Open Inference Protocol (V2) calls: /v2/models/<name>[/versions/<v>][/ready|/infer]
         self.v2 = V2Model(entry, format_exception)
-        self.model_versions = {version for _, version in config.models}  # empty: any (modelfleet serve)
+        self.models = config.models  # (name, version) pairs; empty: any (modelfleet serve)
         # /score requests admitted and not yet finished. Workers release their slot before writing
         # a plain answer, so a client that sends its next request as soon as it has the answer
         # never finds the slot still taken; hence the lock.
@@ -201,9 +201,9 @@ class App:
     # ---- the Open Inference Protocol (V2) -------------------------------------------------
 
     def _v2(self, conn: HttpProtocol, req: Request, name: str, version: str | None, action: str) -> None:
-        if version is not None and self.model_versions and version not in self.model_versions:
-            known = ", ".join(sorted(self.model_versions))
-            return conn.respond(req, error_reply(404, f"model '{name}' has no version {version}; it has {known}"))
+        refused = v2_model_refusal(name, version, self.models)
+        if refused is not None:
+            return conn.respond(req, error_reply(404, refused))
         if action == "":
             return conn.respond(req, self.v2.metadata(name, version))
         if action == "ready":  # a replica that answers has loaded its script: ready

@@ -15,6 +15,7 @@ A script with neither answers V2 calls 400, saying so, while its v1 route keeps 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from modelfleet.replica.entry import STYLE_SCHEMA, Call, Entry
 from modelfleet.replica.responses import Reply
 from modelfleet.replica.workers import ScoringInterrupted
 
-__all__ = ["V2_BATCHED", "V2Model", "error_reply", "v2_path"]
+__all__ = ["V2_BATCHED", "V2Model", "error_reply", "v2_model_refusal", "v2_path"]
 
 logger = logging.getLogger("modelfleet.replica")
 
@@ -60,6 +61,25 @@ def v2_path(path: str) -> tuple[str, str | None, str] | None:
     return None
 
 
+def v2_model_refusal(name: str, version: str | None, models: Sequence[tuple[str, str]]) -> str | None:
+    """Why a V2 path's model name or version is not this service's (a 404's message), or None.
+    ``name`` is ``<service>`` or ``<service>.<model>`` (one model of the service's); ``version``,
+    when given, must be that model's version (``<service>``: any of the service's models').
+    ``models`` empty (``modelfleet serve``): anything goes."""
+    if not models:
+        return None
+    _, dot, model = name.partition(".")
+    if dot:
+        versions = [v for n, v in models if n == model]
+        if not versions:
+            return f"'{name}': this service has no model '{model}'; it has {', '.join(sorted({n for n, _ in models}))}"
+    else:
+        versions = [v for _, v in models]
+    if version is not None and version not in versions:
+        return f"model '{name}' has no version {version}; it has {', '.join(sorted(set(versions)))}"
+    return None
+
+
 def _reply(status: int, body: bytes, header_length: int | None = None) -> Reply:
     headers = _JSON if header_length is None else _JSON + b"%s: %d\r\n" % (HEADER_LENGTH.encode(), header_length)
     return Reply(status, headers, body)
@@ -76,7 +96,9 @@ class V2Model:
         self.entry = entry
         self._format_exception = format_exception
         infer = getattr(entry.module, "infer", None)
-        self.infer_function: Callable[[dict[str, Any]], Any] | None = infer if callable(infer) else None
+        self.infer_function: Callable[..., Any] | None = infer if callable(infer) else None
+        # infer(inputs, model_name=...) is told which model a <service>.<model> call named (else None)
+        self.infer_takes_model = self.infer_function is not None and _takes(self.infer_function, "model_name")
         self.signature = _signature(entry.run_function) if entry.plan.style == STYLE_SCHEMA else None
         # the script says its infer() (or run()) answers row by row along the first dimension:
         # with max_batch_size > 1, concurrent V2 calls are joined into one (infer_batch)
@@ -109,7 +131,7 @@ class V2Model:
 
     def _answer(self, request: InferRequest, name: str, version: str | None) -> Reply:
         try:
-            result = self._compute(request.inputs)
+            result = self._compute(request.inputs, name)
             if isinstance(result, Reply):
                 return result
             return self._encode(name, version, request, outputs_of(result, self._output_signature()))
@@ -135,7 +157,7 @@ class V2Model:
             if any(len(t.shape) == 0 for t in request.inputs):
                 groups.setdefault(((f"#{i}", "", ()),), []).append((i, request))  # nothing to join along
                 continue
-            key = tuple(sorted((t.name, t.datatype, t.shape[1:]) for t in request.inputs))
+            key = ((calls[i][1], "", ()), *sorted((t.name, t.datatype, t.shape[1:]) for t in request.inputs))
             groups.setdefault(key, []).append((i, request))
         for members in groups.values():
             for i, reply in zip([i for i, _ in members], self._joined(calls, members), strict=True):
@@ -157,7 +179,7 @@ class V2Model:
             for t in members[0][1].inputs
         ]
         try:
-            result = self._compute(joined)
+            result = self._compute(joined, calls[members[0][0]][1])
         except InferError as ex:
             return [error_reply(400, ex.message)] * len(members)
         if isinstance(result, Reply):
@@ -199,11 +221,16 @@ class V2Model:
         except InferError as ex:
             return error_reply(400, ex.message)
 
-    def _compute(self, inputs: Sequence[Tensor]) -> Any:
+    def _compute(self, inputs: Sequence[Tensor], name: str) -> Any:
         """What the script answers for these tensors (a Reply when it raised); InferError when they
-        do not fit run()'s schema."""
-        if self.infer_function is not None:
-            return self._call(self.infer_function, {t.name: t.array for t in inputs})
+        do not fit run()'s schema. ``name``: the V2 model name called (``<service>[.<model>]``)."""
+        infer = self.infer_function
+        if infer is not None:
+            tensors = {t.name: t.array for t in inputs}
+            if self.infer_takes_model:
+                model = name_of(name)
+                return self._call(lambda x: infer(x, model_name=model), tensors)
+            return self._call(infer, tensors)
         assert self.signature is not None
         return self._call_run(self.signature.bind(inputs))
 
@@ -237,6 +264,18 @@ class V2Model:
         except BaseException as ex:  # noqa: BLE001 - as above
             logger.error("run() raised for a V2 infer call:\n%s", self._format_exception(ex))
             return error_reply(500, "run() raised an exception; the service's log has the traceback")
+
+
+def name_of(v2_name: str) -> str | None:
+    """The model part of ``<service>.<model>``, or None for ``<service>``."""
+    return v2_name.partition(".")[2] or None
+
+
+def _takes(function: Callable[..., Any], parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _signature(run: Callable[..., Any]) -> Signature:

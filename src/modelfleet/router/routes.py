@@ -413,9 +413,14 @@ def route_v2(method: bytes, path: bytes, length: int, table: Mapping[bytes, Serv
     rest = path[11:]
     cut = rest.find(b"/")
     name = rest if cut < 0 else rest[:cut]
-    svc = table.get(name.partition(b".")[0])
+    service, _, model_name = name.partition(b".")
+    svc = table.get(service)
     if svc is None or svc.d_score is svc.d_404:  # unknown, or an endpoint's version (reached through it)
         return D_404
+    # <service>.<model>: one model of a multi-model service, routed to the replicas holding it
+    model = model_name if model_name and is_model_name(model_name.decode("latin-1")) else None
+    if model_name and model is None:
+        return svc.d_404
     tail = b"" if cut < 0 else rest[cut:]
     if tail.startswith(b"/versions/"):
         version_cut = tail.find(b"/", 10)
@@ -423,11 +428,11 @@ def route_v2(method: bytes, path: bytes, length: int, table: Mapping[bytes, Serv
     if tail == b"/infer":
         if method != b"POST":
             return D_405_V2_INFER
-        return (
-            svc.d_score_413 if length > svc.route.max_body_bytes else Decision(svc, None, svc.d_score.check_auth, path)
-        )
+        if length > svc.route.max_body_bytes:
+            return svc.d_score_413
+        return Decision(svc, None, svc.d_score.check_auth, path, model)
     if tail == b"" or tail == b"/ready":
-        return Decision(svc, None, svc.d_score.check_auth, path) if method == b"GET" else D_405_V2_GET
+        return Decision(svc, None, svc.d_score.check_auth, path, model) if method == b"GET" else D_405_V2_GET
     return svc.d_404
 
 
