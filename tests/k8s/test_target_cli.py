@@ -149,7 +149,7 @@ def test_k8s_router_install_status_uninstall(tmp_path: Path, control_plane, admi
         True,
         1,
         "LoadBalancer",
-        [80],
+        [80, 8001],  # HTTP, and the V2 gRPC API
     )
     again = cli(ws.path, "k8s", "router", "install", *target, "--image", "modelfleet-router:2", "--replicas", "2")
     assert again.returncode == 0, again.stderr

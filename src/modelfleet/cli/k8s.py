@@ -310,12 +310,12 @@ def k8s_manifests(args: argparse.Namespace) -> int:
             f"{m.blob_secret_command(src.blob_store, src.effective_namespace, key)}",
             file=sys.stderr,
         )
-    if spec.collect_model_data:
+    if src.ships:  # collected data, or log files, go up through the ship sidecar
         # the pods' write credential, never printed either (and not in the workspace at all)
         key = m.BLOB_SAS_KEY if "sas" in str(settings.get("blob_store_upload_auth") or "sas") else m.BLOB_TOKEN_KEY
         command = m.upload_secret_command(src.blob_store, src.effective_namespace, key)
         print(
-            f"note: the ship sidecar uploads collected data with the credential in Secret "
+            f"note: the ship sidecar uploads collected data and log files with the credential in Secret "
             f"{m.upload_secret_name(src.blob_store)} (left out here; none needed by a store that takes the pods' "
             f"uploads as they are); create it with: {command}",
             file=sys.stderr,

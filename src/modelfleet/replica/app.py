@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from modelfleet.errors import Overloaded
@@ -186,16 +187,25 @@ class App:
                 return conn.respond(req, self.score_options)
             if req.method == "HEAD":
                 return conn.respond(req, self.scorer.method_not_allowed)
+        batcher = self.batcher
+        if batcher is not None and batcher.run_batch is not None:
+            return self._admit(conn, req, lambda: batcher.add(req))
+        self._admit(conn, req, lambda: self._submit(req, self.scorer.run))
+
+    def _admit(self, conn: HttpProtocol, req: Request, start: Callable[[], None]) -> None:
+        """Take one of the replica's slots for ``req`` and ``start`` it, or answer busy (503)."""
         limit = self.admit
         if limit and self.in_flight >= limit:
             return conn.respond(req, self.busy)
-        loop = self.shared.loop
-        assert self.pool is not None and loop is not None
         with self.slots:
             self.in_flight += 1
-        if self.batcher is not None and self.batcher.run_batch is not None:
-            return self.batcher.add(req)
-        req.job = self.pool.submit(self.scorer.run, req, self._job_done)
+        start()
+
+    def _submit(self, req: Request, job: Callable[[Request], Reply]) -> None:
+        """Run ``job`` on a worker under the scoring timeout."""
+        loop = self.shared.loop
+        assert self.pool is not None and loop is not None
+        req.job = self.pool.submit(job, req, self._job_done)
         req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
 
     # ---- the Open Inference Protocol (V2) -------------------------------------------------
@@ -208,17 +218,10 @@ class App:
             return conn.respond(req, self.v2.metadata(name, version))
         if action == "ready":  # a replica that answers has loaded its script: ready
             return conn.respond(req, Reply(200, _JSON, json.dumps({"name": name, "ready": True}).encode()))
-        limit = self.admit
-        if limit and self.in_flight >= limit:
-            return conn.respond(req, self.busy)
-        loop = self.shared.loop
-        assert self.pool is not None and loop is not None
-        with self.slots:
-            self.in_flight += 1
-        if self.batcher is not None and self.batcher.v2 is not None:
-            return self.batcher.add(req, (name, version))
-        req.job = self.pool.submit(lambda r: self._v2_infer(r, name, version), req, self._job_done)
-        req.timer = loop.call_later(self.timeout_s, self._check_timeout, req)
+        batcher = self.batcher
+        if batcher is not None and batcher.v2 is not None:
+            return self._admit(conn, req, lambda: batcher.add(req, (name, version)))
+        self._admit(conn, req, lambda: self._submit(req, lambda r: self._v2_infer(r, name, version)))
 
     def _v2_infer(self, req: Request, name: str, version: str | None) -> Reply:
         """The worker's part of a V2 infer call: answer, then give the slot back (as Scorer.run)."""
