@@ -199,12 +199,12 @@ def main() -> None:
                 lat = [t for t, _ in res]
                 hits = sum(h for _, h in res) / len(res)
                 rows[mode] = (hits, statistics.median(lat) * 1000, pct(lat, 0.99) * 1000, len(res) / walls[mode])
-                print(
-                    f"{clients:>7} {mode:<9} {hits:>9.3f} {rows[mode][1]:>8.2f} {rows[mode][2]:>8.2f} {rows[mode][3]:>8.1f}"
-                )
+                p50, p99, rate = rows[mode][1:]
+                print(f"{clients:>7} {mode:<9} {hits:>9.3f} {p50:>8.2f} {p99:>8.2f} {rate:>8.1f}")
             a, p = rows["affinity"], rows["plain"]
             ratios.append(
-                f"{clients} clients, affinity/plain: hit rate {a[0] / p[0]:.2f}x, miss rate {(1 - a[0]) / (1 - p[0]):.2f}x, "
+                f"{clients} clients, affinity/plain: hit rate {a[0] / p[0]:.2f}x, "
+                f"miss rate {(1 - a[0]) / (1 - p[0]):.2f}x, "
                 f"p50 {a[1] / p[1]:.2f}x, p99 {a[2] / p[2]:.2f}x, req/s {a[3] / p[3]:.2f}x "
                 f"({len(set(seq))} distinct models in {len(seq)} requests)"
             )
