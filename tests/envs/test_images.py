@@ -103,7 +103,7 @@ def test_the_context_holds_the_replica_and_the_fetcher_and_nothing_of_the_contro
         f"import sys; sys.path.insert(0, {str(runtime)!r}); "
         "import modelfleet.replica.server, modelfleet.targets.kubernetes.fetch; "
         f"assert modelfleet.__file__.startswith({str(runtime)!r}), modelfleet.__file__; "
-        "heavy = ('sqlalchemy', 'kubernetes', 'modelfleet.store', 'modelfleet.sdk'); "
+        "heavy = ('sqlalchemy', 'kubernetes', 'modelfleet.store', 'modelfleet.sdk', 'numpy'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)

@@ -61,9 +61,11 @@ def run(raw):
 def _forget_schemas():
     """inference-schema registers run() by module and name, once per process (a replica loads one
     script); these tests load several under the same name."""
+    schemas, versions = dict(schema_util.__functions_schema__), dict(schema_util.__versions__)
     yield
-    schema_util.__functions_schema__.clear()
-    schema_util.__versions__.clear()
+    for registry, kept in ((schema_util.__functions_schema__, schemas), (schema_util.__versions__, versions)):
+        registry.clear()
+        registry.update(kept)  # what other modules' decorated functions registered stays
 
 
 def model_of(tmp_path, source):

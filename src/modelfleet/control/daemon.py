@@ -93,9 +93,9 @@ class Daemon:
         if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
             http_port = await self.router.start(host=self.config.host, port=tls.http_port)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
-        grpc_port = await self._start_grpc(tls.cert_file, tls.key_file)
         root = self.store.root
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
+        grpc_port = await self._start_grpc(target.private_socket("router"), tls.cert_file, tls.key_file)
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
         self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
         # safe rollouts of endpoint versions (control/rollouts.py): they run here, not in the SDK
@@ -177,10 +177,10 @@ class Daemon:
         stored = self.store.get_setting(ROUTER_PORT_SETTING)
         return int(stored) if stored else 0
 
-    async def _start_grpc(self, cert_file: Path | None, key_file: Path | None) -> int:
+    async def _start_grpc(self, socket_path: Path, cert_file: Path | None, key_file: Path | None) -> int:
         """The gRPC API on its port (the one asked for, else the stored one, else a free one),
-        reaching the router through its private Unix listener; TLS with the router's pair when on."""
-        socket_path = self.paths.router_socket
+        reaching the router through its private Unix listener at ``socket_path`` (in the
+        replicas' 0700 socket folder); TLS with the router's pair when on."""
         socket_path.unlink(missing_ok=True)  # a killed daemon's
         await self.router.start_unix(str(socket_path))
         os.chmod(socket_path, 0o600)

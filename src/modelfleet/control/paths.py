@@ -30,11 +30,6 @@ class RuntimePaths:
         return self.root / "daemon.lock"
 
     @property
-    def router_socket(self) -> Path:
-        """The router's private Unix listener (mode 0600): the gRPC front's way in."""
-        return self.root / "router.sock"
-
-    @property
     def daemon_log(self) -> Path:
         return self.root / "daemon.log"
 

@@ -41,7 +41,7 @@ RUNTIME_REQUIREMENTS = (
 )
 # The parts of the modelfleet package a replica may import (replica → wire → telemetry → spec →
 # errors: the import-linter layers below the replica).
-RUNTIME_FILES = ("__init__.py", "errors.py", "spec", "py.typed", "replica", "wire", "telemetry")
+RUNTIME_FILES = ("__init__.py", "errors.py", "spec", "py.typed", "replica", "wire", "oip", "telemetry")
 # v1's serving stack: modelfleet's runtime replaces it, and installing it would pull all of azureml-core.
 V1_SERVING_PACKAGES = frozenset({"azureml-defaults", "azureml-inference-server-http"})
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelfleet.oip.datatypes import datatype_of, dtype_of
+from modelfleet.oip.errors import HEADER_LENGTH, InferError, error_body
 
 __all__ = [
     "HEADER_LENGTH",
@@ -35,16 +36,6 @@ __all__ = [
     "encode_infer_response",
     "error_body",
 ]
-
-HEADER_LENGTH = "inference-header-content-length"
-
-
-class InferError(ValueError):
-    """A request the protocol refuses: answered 400 (gRPC INVALID_ARGUMENT) with the message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -68,11 +59,6 @@ class InferRequest:
     outputs: list[RequestedOutput]  # empty: every output
     binary_outputs: bool  # parameters.binary_data_output: every output raw unless it says otherwise
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def error_body(message: str) -> bytes:
-    """The protocol's error object (``error``); ``message`` too, as every modelfleet error has."""
-    return json.dumps({"error": message, "message": message}).encode()
 
 
 def decode_infer_request(body: bytes, header_length: int | None, max_elements: int) -> InferRequest:

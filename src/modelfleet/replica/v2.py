@@ -19,21 +19,16 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelfleet.oip.rest import (
-    HEADER_LENGTH,
-    InferError,
-    InferRequest,
-    Tensor,
-    decode_infer_request,
-    encode_infer_response,
-    error_body,
-)
-from modelfleet.oip.signature import Signature, outputs_of
+from modelfleet.oip.errors import HEADER_LENGTH, InferError, error_body
 from modelfleet.replica.entry import STYLE_SCHEMA, Call, Entry
 from modelfleet.replica.responses import Reply
 from modelfleet.replica.workers import ScoringInterrupted
+
+if TYPE_CHECKING:
+    from modelfleet.oip.rest import InferRequest, Tensor
+    from modelfleet.oip.signature import Signature
 
 __all__ = ["V2_BATCHED", "V2Model", "error_reply", "v2_model_refusal", "v2_path"]
 
@@ -99,27 +94,47 @@ class V2Model:
         self.infer_function: Callable[..., Any] | None = infer if callable(infer) else None
         # infer(inputs, model_name=...) is told which model a <service>.<model> call named (else None)
         self.infer_takes_model = self.infer_function is not None and _takes(self.infer_function, "model_name")
-        self.signature = _signature(entry.run_function) if entry.plan.style == STYLE_SCHEMA else None
         # the script says its infer() (or run()) answers row by row along the first dimension:
         # with max_batch_size > 1, concurrent V2 calls are joined into one (infer_batch)
         self.batched = getattr(entry.module, V2_BATCHED, False) is True
-        self.lacks = (
-            None
-            if self.infer_function is not None or self.signature is not None
-            else (
-                f"the entry script {entry.path} cannot serve Open Inference Protocol (V2) calls: its run() has no "
-                "inference-schema decorators (@input_schema/@output_schema) and it defines no "
-                "infer(inputs: dict[str, numpy.ndarray]); add either. Its v1 route, /score, is unaffected"
-            )
-        )
+        # Found on the first V2 call (_prepare): numpy, which the protocol's tensors need, is
+        # loaded then, never at a replica's start (not every environment has it).
+        self.prepared = False
+        self.signature: Signature | None = None
+        self.lacks: str | None = None
 
     def __repr__(self) -> str:
         how = "infer()" if self.infer_function else "run() schema" if self.signature else "none"
         return f"<V2Model {self.entry.path} via {how}>"
 
+    def _prepare(self) -> str | None:
+        """What the script lacks for V2 (a 400's message), or None; works it out once."""
+        if not self.prepared:
+            try:
+                import numpy  # noqa: F401 - only its presence is checked here
+            except ImportError:
+                self.lacks = (
+                    "Open Inference Protocol (V2) calls need numpy in the service's environment; add numpy to "
+                    "its requirements. Its v1 route, /score, is unaffected"
+                )
+            else:
+                if self.entry.plan.style == STYLE_SCHEMA:
+                    self.signature = _signature(self.entry.run_function)
+                if self.infer_function is None and self.signature is None:
+                    self.lacks = (
+                        f"the entry script {self.entry.path} cannot serve Open Inference Protocol (V2) calls: its "
+                        "run() has no inference-schema decorators (@input_schema/@output_schema) and it defines no "
+                        "infer(inputs: dict[str, numpy.ndarray]); add either. Its v1 route, /score, is unaffected"
+                    )
+            self.prepared = True
+        return self.lacks
+
     def metadata(self, name: str, version: str | None) -> Reply:
-        if self.lacks is not None:
-            return error_reply(400, self.lacks)
+        lacks = self._prepare()
+        if lacks is not None:
+            return error_reply(400, lacks)
+        from modelfleet.oip.signature import Signature
+
         signature = self.signature or Signature((), ())
         return _reply(200, json.dumps(signature.metadata(name, [version] if version else [])).encode())
 
@@ -134,7 +149,7 @@ class V2Model:
             result = self._compute(request.inputs, name)
             if isinstance(result, Reply):
                 return result
-            return self._encode(name, version, request, outputs_of(result, self._output_signature()))
+            return self._encode(name, version, request, self._outputs(result))
         except InferError as ex:
             return error_reply(400, ex.message)
         except (TypeError, ValueError) as ex:  # an answer with no V2 datatype (outputs_of)
@@ -167,7 +182,9 @@ class V2Model:
     def _joined(
         self, calls: Sequence[tuple[Call, str, str | None]], members: list[tuple[int, InferRequest]]
     ) -> list[Reply]:
-        import numpy as np  # a V2 script has it (the protocol's tensors are numpy arrays)
+        import numpy as np  # present: _decode checked (_prepare)
+
+        from modelfleet.oip import rest
 
         if len(members) == 1 or any(len({t.shape[0] for t in r.inputs}) > 1 for _, r in members):
             # alone, or inputs that disagree on the first dimension (their rows cannot be split back)
@@ -175,7 +192,7 @@ class V2Model:
         rows = [r.inputs[0].shape[0] for _, r in members]
         by_name = [{t.name: t.array for t in r.inputs} for _, r in members]
         joined = [
-            Tensor(t.name, t.datatype, (sum(rows), *t.shape[1:]), np.concatenate([own[t.name] for own in by_name]))
+            rest.Tensor(t.name, t.datatype, (sum(rows), *t.shape[1:]), np.concatenate([own[t.name] for own in by_name]))
             for t in members[0][1].inputs
         ]
         try:
@@ -185,7 +202,7 @@ class V2Model:
         if isinstance(result, Reply):
             return [result] * len(members)
         try:
-            outputs = outputs_of(result, self._output_signature())
+            outputs = self._outputs(result)
         except (TypeError, ValueError) as ex:
             return [error_reply(500, f"the script's answer cannot be sent as V2 outputs: {ex}")] * len(members)
         total = sum(rows)
@@ -209,8 +226,11 @@ class V2Model:
         return replies
 
     def _decode(self, call: Call) -> InferRequest | Reply:
-        if self.lacks is not None:
-            return error_reply(400, self.lacks)
+        lacks = self._prepare()
+        if lacks is not None:
+            return error_reply(400, lacks)
+        from modelfleet.oip.rest import decode_infer_request
+
         length = call.header(HEADER_LENGTH.encode())
         try:
             header_length = int(length) if length is not None else None
@@ -234,11 +254,16 @@ class V2Model:
         assert self.signature is not None
         return self._call_run(self.signature.bind(inputs))
 
-    def _output_signature(self) -> Signature | None:
-        return self.signature if self.infer_function is None else None
+    def _outputs(self, result: Any) -> Any:
+        """What the script returned as named arrays (run()'s: in its output schema's datatypes)."""
+        from modelfleet.oip.signature import outputs_of
+
+        return outputs_of(result, self.signature if self.infer_function is None else None)
 
     def _encode(self, name: str, version: str | None, request: InferRequest, outputs: Any) -> Reply:
         try:
+            from modelfleet.oip.rest import encode_infer_response
+
             body, out_length = encode_infer_response(name, version, request, outputs)
         except (TypeError, ValueError) as ex:
             if isinstance(ex, InferError):
@@ -280,5 +305,7 @@ def _takes(function: Callable[..., Any], parameter: str) -> bool:
 
 def _signature(run: Callable[..., Any]) -> Signature:
     from inference_schema import schema_util  # type: ignore[import-untyped]
+
+    from modelfleet.oip.signature import Signature
 
     return Signature.from_swagger(schema_util.get_input_schema(run), schema_util.get_output_schema(run))

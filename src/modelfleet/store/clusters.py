@@ -40,7 +40,15 @@ IDENTITY_FILE = "cluster-id"
 
 # settings that describe one local cluster (control/daemon.py, control/tls.py, telemetry, dashboard)
 CLUSTER_SETTINGS = frozenset(
-    {"router_port", "router_http_port", "router_scheme", "router_uri_host", "metrics_port", "dashboard_port"}
+    {
+        "router_port",
+        "router_http_port",
+        "router_grpc_port",
+        "router_scheme",
+        "router_uri_host",
+        "metrics_port",
+        "dashboard_port",
+    }
 )
 
 

@@ -257,6 +257,11 @@ class LocalTarget:
         if replica is not None:
             replica.check_now.set()
 
+    def private_socket(self, name: str) -> Path:
+        """A Unix socket path in the replicas' 0700 socket folder (short enough for any workspace
+        depth), for a listener of the daemon's own: the router's, that its gRPC API calls."""
+        return self._sockets.path_for(name)
+
     async def close(self, drain_s: float) -> None:
         drains = list(self._drains)
         for task in drains:
