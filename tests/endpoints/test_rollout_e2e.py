@@ -84,7 +84,7 @@ def rollout_events(endpoint: AksEndpoint, version: str) -> list[dict[str, object
     return [e for e in endpoint.get_events() if e["version"] == version]
 
 
-def test_a_failing_version_is_rolled_back_and_only_its_own_answers_failed(shop: AksEndpoint) -> None:
+def a_failing_version_is_rolled_back_and_only_its_own_answers_failed(ws: Workspace, shop: AksEndpoint) -> None:
     assert shop.traffic == {"blue": 100.0, "green": 0.0, "teal": 0.0}
     with Load(shop) as load:
         wait_until(lambda: len(load.answers) >= 5, timeout=30)
@@ -105,7 +105,7 @@ def test_a_failing_version_is_rolled_back_and_only_its_own_answers_failed(shop: 
     assert "error rate 1" in str(shop.rollout["reason"])  # type: ignore[index]
 
 
-def test_a_healthy_rollout_reaches_100_percent(ws: Workspace, shop: AksEndpoint) -> None:
+def a_healthy_rollout_reaches_100_percent(ws: Workspace, shop: AksEndpoint) -> None:
     with Load(shop) as load:
         wait_until(lambda: len(load.answers) >= 5, timeout=30)
         shop.update_version("teal", rollout={"steps": [30, 100], "interval_s": 1.5, "max_error_rate": 0.05})
@@ -131,7 +131,7 @@ def test_a_healthy_rollout_reaches_100_percent(ws: Workspace, shop: AksEndpoint)
     wait_until(lambda: ws.store.get_service("shop").state == "Healthy", timeout=30)
 
 
-def test_bad_rollouts_are_refused_naming_the_field(ws: Workspace, shop: AksEndpoint) -> None:
+def bad_rollouts_are_refused_naming_the_field(ws: Workspace, shop: AksEndpoint) -> None:
     good = {"steps": [10, 100], "interval_s": 1, "max_error_rate": 0.01}
     with pytest.raises(ConfigError, match=r"rollout\.steps must be strictly increasing"):
         shop.update_version("blue", rollout={**good, "steps": [50, 10]})
@@ -152,7 +152,7 @@ def test_bad_rollouts_are_refused_naming_the_field(ws: Workspace, shop: AksEndpo
     assert shop.traffic == {"blue": 0.0, "green": 0.0, "teal": 100.0}
 
 
-def test_compare_counts_what_each_version_answered(ws: Workspace) -> None:
+def compare_counts_what_each_version_answered(ws: Workspace, shop: AksEndpoint) -> None:
     dc = AksEndpoint.deploy_configuration(version_name="blue", is_default=True, **FIXED)
     cmp = Model.deploy(ws, "cmp", [named_model(ws, "blue")], ic("named"), dc)
     assert isinstance(cmp, AksEndpoint)
@@ -203,7 +203,7 @@ def test_compare_counts_what_each_version_answered(ws: Workspace) -> None:
     assert stopped.returncode == 1 and "modelfleet cluster start" in stopped.stderr
 
 
-def test_a_rollout_outlives_the_process_that_asked_but_not_the_daemon(ws: Workspace, shop: AksEndpoint) -> None:
+def a_rollout_outlives_the_process_that_asked_but_not_the_daemon(ws: Workspace, shop: AksEndpoint) -> None:
     ws.cluster().ensure_running()  # the test before stopped it
     wait_until(lambda: shop.state == "Healthy", timeout=90)
     cli(ws, "endpoint", "rollout", "-n", "shop", "--version-name", "blue", "--steps", "10,100",
@@ -217,3 +217,16 @@ def test_a_rollout_outlives_the_process_that_asked_but_not_the_daemon(ws: Worksp
     assert shop.traffic == {"blue": 10.0, "green": 0.0, "teal": 90.0}  # where the last step left it
     assert [e["event"] for e in rollout_events(shop, "blue")] == ["started", "step", "interrupted"]
     assert ws.cluster().status()["rollouts"] == {}
+
+
+def test_rollouts_and_compare_in_their_order(ws: Workspace, shop: AksEndpoint) -> None:
+    """One test, not five: each step starts from where the one before left the endpoint (the
+    default, the shares, the cluster stopped), so they cannot run in a random order."""
+    for step in (
+        a_failing_version_is_rolled_back_and_only_its_own_answers_failed,
+        a_healthy_rollout_reaches_100_percent,
+        bad_rollouts_are_refused_naming_the_field,
+        compare_counts_what_each_version_answered,
+        a_rollout_outlives_the_process_that_asked_but_not_the_daemon,
+    ):
+        step(ws, shop)
