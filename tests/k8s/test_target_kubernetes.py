@@ -145,7 +145,7 @@ def test_apply_scale_publish_retire_delete(
         assert not apps.list_namespaced_deployment(namespace, label_selector=_selector("scorer")).items
         assert not core.list_namespaced_config_map(namespace, label_selector=_selector("scorer")).items
         assert not core.list_namespaced_secret(namespace, label_selector=_selector("scorer")).items
-        assert target.replicas("scorer") == []
+        wait_for("the target's pod watch forgets them", lambda: target.replicas("scorer") == [], 30)
         run(target.close(0))
 
 

@@ -232,7 +232,9 @@ class KubernetesTarget:
                     continue
                 log.warning("pod watch in %s restarts after: %s", self.namespace, exc)
                 self._stop.wait(0.5)
-                with contextlib.suppress(TargetError):
+                # the API server may be unreachable still (a connection error, not a TargetError):
+                # the thread must live on and try again, not die with it
+                with contextlib.suppress(Exception):
                     self._relist()
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
