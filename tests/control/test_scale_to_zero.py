@@ -53,8 +53,11 @@ def test_idle_to_zero_then_a_burst_is_held_and_served_by_one_cold_start(ws: Work
     barrier = threading.Barrier(20)
 
     def call() -> None:
-        barrier.wait()
-        r = httpx.post(service.scoring_uri, json={"sleep": 0.05}, timeout=60)
+        # the client is made before the barrier: all 20 must arrive while no replica exists (one
+        # arriving after the first replica is listed waits max_request_wait_time only, as it should)
+        with httpx.Client(timeout=60) as client:
+            barrier.wait()
+            r = client.post(service.scoring_uri, json={"sleep": 0.05})
         with lock:
             results.append((r.status_code, r.json() if r.status_code == 200 else r.text))
 

@@ -247,7 +247,8 @@ def test_a_batching_replica_admits_max_concurrent_times_max_batch_size(tmp_path:
         for t in (first, *queued):
             t.join(30)
         assert sorted(a.status for a in held) == [200, 200, 200]
-        assert seen.read_text().split() == ["x0", "x1", "x2"]
+        order = seen.read_text().split()
+        assert order[0] == "x0" and sorted(order[1:]) == ["x1", "x2"]  # x1 and x2 race each other in
     finally:
         release.touch()
         assert server.stop() == 0
