@@ -76,16 +76,19 @@ def test_64_callers_through_the_router_are_batched_and_counted(ws: Workspace) ->
         t.join(180)
     assert not errors, errors[:3]
     assert len(answers) == 192 and all(a["id"] == rid for rid, a in answers.items())
-    # the batch each request was part of: the router let up to 16 at a time reach the one replica
+    # The batch each request was part of. The replica admits 1 x 16 requests, the running call's
+    # included, so in steady state two batches share the 16 (10 and 6 here when idle, a mean of
+    # 8.5 per request); ramp-up, the tail and a loaded machine split them further. Without
+    # batching every request would see 1.
     seen_by_request = sum(int(a["batch"]) for a in answers.values()) / len(answers)  # type: ignore[call-overload]
-    assert seen_by_request > 8, seen_by_request
+    assert seen_by_request > 4, seen_by_request
     metric = "modelfleet_replica_batch_size"
     seen = wait_until(lambda: (s := _samples(ws, metric)).get(f"{metric}_sum", 0) >= 192 and s, timeout=15)
     assert seen[f"{metric}_sum"] == 192
     assert seen[f"{metric}_bucket[+Inf]"] == seen[f"{metric}_count"] == seen[f"{metric}_bucket[16.0]"]  # none > 16
     # Per call the mean is lower: the replica admits 1 x 16 requests, those of the running call
     # included, so the next batch forms from what arrived during the call (README: admission).
-    assert seen[f"{metric}_sum"] / seen[f"{metric}_count"] > 4
+    assert seen[f"{metric}_sum"] / seen[f"{metric}_count"] > 2
 
 
 def test_batching_a_script_without_run_batch_is_refused_at_deploy(ws: Workspace) -> None:
