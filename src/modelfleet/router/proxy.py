@@ -143,16 +143,22 @@ class Router:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl: _ssl.SSLContext | None = None) -> int:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl: _ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> int:
         """Listen; returns the bound port. Call again to listen on another port too (e.g. plain
-        HTTP beside TLS); every listener serves the same services."""
+        HTTP beside TLS); every listener serves the same services. ``reuse_port``: bind with
+        SO_REUSEPORT, so that router worker processes share the port and the kernel spreads
+        connections over them (``control/router_workers.py``)."""
         self.loop = asyncio.get_running_loop()
         if self._clock is None:
             self.clock = self.loop.time
         if self._tick_handle is None:
             self._swept_at = self.clock()
             self._tick()
-        server = await self.loop.create_server(lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048)
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, ssl=ssl, backlog=2048, reuse_port=reuse_port or None
+        )
         self._servers.append(server)
         bound: int = server.sockets[0].getsockname()[1]
         log.info("router listening on %s:%d%s", host, bound, " (TLS)" if ssl else "")
