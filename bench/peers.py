@@ -16,7 +16,11 @@ Systems, all serving the same model (body ``{"data": [[1,...,10]]}``, answer ``[
   score.py;
 - ``litserve`` and ``ray``: LitServe and Ray Serve with one replica (bench/peer_apps/);
 - ``nginx``: Debian's nginx proxying (keep-alive upstream) to ``serve``: what one proxy hop
-  costs in C.
+  costs in C;
+- ``haproxy``: Debian's HAProxy in front of ``serve`` with ``maxconn 1`` on the server line
+  and ``timeout queue 500ms`` (issue 16's setting): HAProxy queues and hands the replica one
+  request at a time, like the router at limit 1 (with no key auth). Skipped with a message
+  where haproxy is not installed.
 
 Placement: every process of the system under test on CPU 1 (``taskset -c 1``, its
 children inherit it; the cluster daemon is started from a process pinned to CPU 1), ``wrk``
@@ -25,8 +29,9 @@ measured; after a 1 s warm-up each, every system is driven at each connection co
 ``--seconds``, in ``--rounds`` interleaved rounds, and the best round is reported (the
 machine is shared: see ``measure_rounds``). Ray Serve runs alone afterwards, one round.
 CPU time per request comes from /proc/<pid>/stat (utime + stime) over the same interval as
-wrk's run: for the router, the daemon process that runs it; for nginx, its single process
-(master_process off); for the others, the whole process tree.
+wrk's run: for the router, the daemon process that runs it; for nginx and HAProxy, their
+single process (master_process off; one HAProxy thread); for the others, the whole process
+tree. "all µs/req" is the whole system under test (proxy and replica together).
 
 Cold start: process start to the first 200 answer to the scoring request, best of five,
 for ``modelfleet serve`` and ``azmlinfsrv``.
@@ -72,7 +77,7 @@ APPS = HERE / "peer_apps"
 VENVS = HERE / ".venvs"
 BODY = '{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 ANSWER = [55]
-SYSTEMS = ("serve", "router", "azmlinfsrv", "litserve", "ray", "nginx")
+SYSTEMS = ("serve", "router", "azmlinfsrv", "litserve", "ray", "nginx", "haproxy")
 SUT_CPU = "1"
 LOAD_CPU = "0"
 
@@ -305,6 +310,56 @@ http {{
 
 
 @contextlib.contextmanager
+def system_haproxy(tmp: Path, args: argparse.Namespace) -> Iterator[Running]:
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.path.exists(exe):
+        raise FileNotFoundError("haproxy missing: run bash bench/setup_peers.sh (Debian's haproxy)")
+    with run_process_system(tmp, "serve", start_serve, "/score") as upstream:
+        port = free_port()
+        up_port = upstream.url.split(":")[2].split("/")[0]
+        root = tmp / "haproxy"
+        root.mkdir(exist_ok=True)
+        # One thread, one process (no master: -db keeps it in the foreground); the server
+        # line's maxconn 1 makes HAProxy queue and send one request at a time, as the router
+        # does at v1's default limit; http-reuse always keeps the replica's connection.
+        (root / "haproxy.cfg").write_text(
+            f"""global
+    nbthread 1
+    maxconn 4096
+    pidfile {root}/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout queue 500ms
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend replica
+
+backend replica
+    server serve 127.0.0.1:{up_port} maxconn 1
+"""
+        )
+        proc = start([exe, "-db", "-f", str(root / "haproxy.cfg")], root / "out.log")
+        try:
+            url = f"http://127.0.0.1:{port}/score"
+            wait_answer(url, {}, proc, 20)
+            yield Running(
+                url,
+                cpu_pids=lambda: [proc.pid],
+                cpu_label="haproxy",
+                sut_pids=lambda: [proc.pid, *upstream.cpu_pids()],
+            )
+        finally:
+            stop_tree(proc)
+
+
+@contextlib.contextmanager
 def system_router(tmp: Path, args: argparse.Namespace) -> Iterator[Running]:
     sys.path.insert(0, str(HERE.parent / "src"))
     from modelfleet import AksWebservice, Environment, InferenceConfig, Model, Workspace
@@ -351,6 +406,7 @@ STARTERS = {
     "litserve": system_litserve,
     "ray": system_ray,
     "nginx": system_nginx,
+    "haproxy": system_haproxy,
 }
 
 
@@ -459,7 +515,7 @@ def report(
     print(f"# router: one replica, key auth on; replica_max_concurrent_requests {limits}")
     print(
         f"{'system':11} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/req':>11} "
-        f"{'of':6} {'all µs/req':>10}  req/s per round"
+        f"{'of':7} {'all µs/req':>10}  req/s per round"
     )
     for name in all_names(args):
         if name in failures:
@@ -471,7 +527,7 @@ def report(
                 continue
             print(
                 f"{name:11} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['errors']:7d} "
-                f"{r['cpu_us']:11.1f} {r['cpu_of']:6} {r['sut_us']:10.1f}  "
+                f"{r['cpu_us']:11.1f} {r['cpu_of']:7} {r['sut_us']:10.1f}  "
                 f"{'/'.join(f'{x:.0f}' for x in r.get('rps_seen', []))}"
             )
 
@@ -506,6 +562,16 @@ def report(
     if "serve" in colds and "azmlinfsrv" in colds:
         note = f"({colds['serve'] * 1000:.0f} ms vs {colds['azmlinfsrv'] * 1000:.0f} ms, best of 5)"
         line("cold start, serve ÷ azmlinfsrv", ratio(colds["serve"], colds["azmlinfsrv"]), "<= 0.5", note)
+    hap = "haproxy"
+    for c in conns:
+        if get(hap, c, "rps") is None:
+            continue
+        value = ratio(get("router", c, "rps"), get(hap, c, "rps"))
+        line(f"router ÷ HAProxy maxconn 1, req/s, {c} conns", value, ">= 1")
+        value = ratio(get("router", c, "cpu_us"), get(hap, c, "cpu_us"))
+        line(f"router CPU/req ÷ HAProxy's, {c} conns", value, "<= 1")
+        value = ratio(get("router", c, "sut_us"), get(hap, c, "sut_us"))
+        line(f"router CPU/req ÷ HAProxy's, all, {c} conns", value, "<= 1")
     print("\nthe same ratios from CPU time per request of the whole system (1 ÷ all µs/req: less moved by other load)")
     azml_cap = get("azmlinfsrv", 16, "sut_us")
     for i, n in enumerate(args.router_limits):

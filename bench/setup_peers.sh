@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/peers.py compares modelfleet with, outside the project's dependencies:
-# wrk and nginx from Debian, and each Python peer in its own virtualenv under bench/.venvs/
+# wrk, nginx and HAProxy from Debian (a message instead where apt-get is not available), and
+# each Python peer in its own virtualenv under bench/.venvs/
 # (azmlinfsrv, LitServe, Ray Serve; for bench/v2_protocol.py MLServer, KServe and PyTriton,
 # asked for by name), plus py-spy for profiles. Safe to run again: a venv whose
 # server command already exists is left as it is.
@@ -21,12 +22,16 @@ peers=("$@")
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
-if [ ${#need_apt[@]} -gt 0 ]; then
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+if [ ${#need_apt[@]} -gt 0 ] && ! command -v apt-get >/dev/null; then
+    echo "bench: apt-get not available; install ${need_apt[*]} yourself (bench/peers.py skips a missing peer)" >&2
+elif [ ${#need_apt[@]} -gt 0 ]; then
     sudo_="" && [ "$(id -u)" -ne 0 ] && sudo_="sudo"
     $sudo_ apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-    # Debian starts nginx as a service on install; the bench runs its own, so stop that one.
+    # Debian starts nginx and haproxy as services on install; the bench runs its own, so stop those.
     $sudo_ service nginx stop >/dev/null 2>&1 || true
+    $sudo_ service haproxy stop >/dev/null 2>&1 || true
 fi
 
 mkvenv() {  # name, command that proves it is installed, packages...
