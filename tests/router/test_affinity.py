@@ -10,7 +10,16 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from modelfleet.router.affinity import CACHE_KEYS, MAX_KEY_BYTES, Ranking, choose, model_key, place, rank
+from modelfleet.router.affinity import (
+    CACHE_KEYS,
+    MAX_KEY_BYTES,
+    PIN_WAIT_SHARE,
+    Ranking,
+    choose,
+    model_key,
+    place,
+    rank,
+)
 from modelfleet.router.dispatch import Dispatch, Reject, Send, Slot
 from modelfleet.router.routes import C_404_MODEL, D_404, ServiceRoute, ServiceState, route
 
@@ -169,6 +178,31 @@ def test_a_pinned_waiter_whose_replica_goes_is_placed_again() -> None:
     assert d.cancel(e) and d.slot(o[1]).pinned == 0  # type: ignore[union-attr]
 
 
+def test_a_pinned_waiter_takes_any_replica_after_half_the_wait() -> None:
+    d = make(3, wait=1.0)  # pinned at most PIN_WAIT_SHARE x 1.0 s
+    assert PIN_WAIT_SHARE == 0.5
+    o = [f"r{i}" for i in rank(b"k", ["r0", "r1", "r2"])]
+    a, b, c = Req("a", b"k"), Req("b", b"k"), Req("c", b"k")
+    d.arrive(a, 0.0), d.arrive(b, 0.0)
+    assert d.arrive("plain", 0.0) == Send("plain", o[2])
+    assert d.arrive(c, 0.1) is None and d.slot(o[0]).pinned == 1  # type: ignore[union-attr]
+    assert d.next_wakeup() == 0.6  # the pin's end, before the queue deadline (1.1)
+    assert d.finish(o[2], 0.3) == []  # still pinned to o[0]: o[2]'s free slot is not for it
+    assert d.expire(0.6) == [Send(c, o[2])]  # pin over: the free replica takes it
+    assert d.slot(o[0]).pinned == 0 and d.queued == 0  # type: ignore[union-attr]
+
+
+def test_a_loose_waiter_takes_whichever_replica_frees_first() -> None:
+    d = make(2, wait=1.0)
+    o = [f"r{i}" for i in rank(b"k", ["r0", "r1"])]
+    a, b, c = Req("a", b"k"), Req("b", b"k"), Req("c", b"k")
+    d.arrive(a, 0.0), d.arrive(b, 0.0)
+    assert d.arrive(c, 0.0) is None
+    assert d.expire(0.5) == [] and d.slot(o[0]).pinned == 0  # type: ignore[union-attr]
+    assert d.next_wakeup() == 1.0  # only the queue deadline is left
+    assert d.finish(o[1], 0.7) == [Send(c, o[1])]  # not its first replica, but the first free
+
+
 def test_requests_without_a_model_still_go_to_the_least_loaded() -> None:
     d = make(3)
     key = b"k"
@@ -299,5 +333,6 @@ def _mix(seed: int) -> None:
         for s in d.slots():
             assert s.in_flight <= 2 and s.in_flight == len(held[s.id])
             assert s.pinned == sum(1 for slot in d._pins.values() if slot is s)
-        assert set(d._pins) <= set(d._queue)
+        assert set(d._pins) <= set(d._queue) and set(d._pins) == set(d._pinned_until)
+        assert set(d._loose) <= set(d._queue) and not set(d._loose) & set(d._pins)
         assert d.queued == len(waiting)

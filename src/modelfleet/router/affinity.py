@@ -29,6 +29,11 @@ plus as many requests waiting for it, ``2 x limit``, ``limit`` being
    replicas it spills to stay warm for it.
 4. When every replica is full and has ``limit`` waiters the request waits unpinned in the
    service's FIFO and takes whichever replica frees first, as a request without a model does.
+5. A waiter stays pinned at most ``PIN_WAIT_SHARE`` (half) of the service's wait
+   (``max_request_wait_time``); then it takes whichever replica frees first. A holding
+   replica stuck on a slow request would otherwise turn its waiters into 503s at the end of
+   the wait while other replicas sat free: past half the wait, loading the model elsewhere is
+   the cheaper risk.
 
 The hash is blake2b, not Python's ``hash()``, so every router process (the Kubernetes
 router pods, future worker processes) agrees on the order. Orders are cached per model key
@@ -42,7 +47,7 @@ from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Protocol
 
-__all__ = ["MAX_KEY_BYTES", "SPREAD", "Ranking", "choose", "model_key", "place", "rank"]
+__all__ = ["MAX_KEY_BYTES", "PIN_WAIT_SHARE", "SPREAD", "Ranking", "choose", "model_key", "place", "rank"]
 
 MAX_KEY_BYTES = 512  # a model key longer than this is cut (names are at most 255 characters in v1)
 CACHE_KEYS = 4096  # orders kept per replica set; past it the cache starts again (bounded memory)
@@ -64,6 +69,7 @@ def rank(key: bytes, replica_ids: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(range(len(scores)), key=lambda i: (-scores[i], i)))
 
 
+PIN_WAIT_SHARE = 0.5  # rule 5: the share of the service's wait a waiter may spend pinned
 SPREAD = 2  # rule 2: a request may take any of the first SPREAD open replicas of its order that has room
 
 

@@ -46,8 +46,11 @@ Rules (the invariants the tests check):
    can use that replica; waiters behind it may go to other replicas meanwhile (rule 2 holds
    per replica), and a request of either kind may take a free replica on arrival while the
    only waiters are pinned elsewhere. A pinned waiter whose replica fails or goes away is
-   placed again at the next look at the queue. Deadlines (rules 3, 6) are unchanged. The
-   orders are cached per replica list; requests without a model pay one attribute look-up.
+   placed again at the next look at the queue. A waiter stays pinned at most
+   ``PIN_WAIT_SHARE`` of ``max_wait_s`` (affinity.py, rule 5); then it is *loose*: served by
+   whichever replica has room first, as a request without a model is. Deadlines (rules 3, 6)
+   are unchanged. The orders are cached per replica list; requests without a model pay one
+   attribute look-up.
 
 Worked example: three replicas at limit 1, max wait 0.5 s. Five arrivals at t=0 give
 ``Send(a, r0)``, ``Send(b, r1)``, ``Send(c, r2)``, then ``None`` twice (queued):
@@ -62,7 +65,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
-from modelfleet.router.affinity import Ranking, place
+from modelfleet.router.affinity import PIN_WAIT_SHARE, Ranking, place
 
 __all__ = [
     "Action",
@@ -209,6 +212,10 @@ class Dispatch:
         self.in_flight = 0  # sum of slot.in_flight, kept for the gauges
         self._ranking: Ranking | None = None  # model keys' orders over _slots (rule 8); None: stale
         self._pins: dict[Hashable, Slot] = {}  # queued model requests pinned to a replica (rule 8)
+        self._pinned_until: dict[Hashable, float] = {}  # when each pin ends (rule 8)
+        # (end, seq, request), earliest first; an entry whose pin is gone is dropped lazily
+        self._pin_ends: list[tuple[float, int, Hashable]] = []
+        self._loose: set[Hashable] = set()  # queued model requests whose pin ended: any replica
 
     # -- read-only views ---------------------------------------------------------------
 
@@ -246,6 +253,11 @@ class Dispatch:
         for s in self._slots:
             if s.listed and not s.failed and s.in_flight < self.limit and s.busy_until < when:
                 when = s.busy_until
+        ends = self._pin_ends
+        while ends and self._pinned_until.get(ends[0][2]) != ends[0][0]:
+            heapq.heappop(ends)
+        if ends and ends[0][0] < when:
+            when = ends[0][0]  # a pin's end can let its waiter take a replica with room (rule 8)
         return when
 
     def __repr__(self) -> str:
@@ -277,7 +289,7 @@ class Dispatch:
             return Reject(req)
         self._queue[req] = until = now + wait
         if pin >= 0:
-            self._pin(req, self._slots[pin])
+            self._pin(req, self._slots[pin], now)
         if deadline is not None and deadline < until:
             self._push_due(req, deadline)
         return None
@@ -322,6 +334,7 @@ class Dispatch:
         found = self._queue.pop(req, None) is not None
         if self._pins:
             self._unpin(req)
+        self._loose.discard(req)
         if not self._queue:
             self._due.clear()
         return found
@@ -400,6 +413,9 @@ class Dispatch:
         for slot in self._pins.values():
             slot.pinned -= 1
         self._pins.clear()
+        self._pinned_until.clear()
+        self._pin_ends.clear()
+        self._loose.clear()
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -442,14 +458,27 @@ class Dispatch:
             ranking = self._ranking = Ranking([s.id for s in self._slots])
         return place(ranking.order(key), self._slots, self.limit, now)
 
-    def _pin(self, req: Hashable, slot: Slot) -> None:
+    def _pin(self, req: Hashable, slot: Slot, now: float) -> None:
         self._pins[req] = slot
+        self._pinned_until[req] = until = now + self.max_wait_s * PIN_WAIT_SHARE
+        self._seq += 1
+        heapq.heappush(self._pin_ends, (until, self._seq, req))
         slot.pinned += 1
 
     def _unpin(self, req: Hashable) -> None:
         slot = self._pins.pop(req, None)
         if slot is not None:
             slot.pinned -= 1
+            del self._pinned_until[req]
+
+    def _loosen(self, now: float) -> None:
+        """Pins that have ended (rule 8): their waiters take any replica from now on."""
+        ends = self._pin_ends
+        while ends and ends[0][0] <= now:
+            until, _, req = heapq.heappop(ends)
+            if self._pinned_until.get(req) == until:
+                self._unpin(req)
+                self._loose.add(req)
 
     def _push_due(self, req: Hashable, deadline: float) -> None:
         self._seq += 1
@@ -464,12 +493,16 @@ class Dispatch:
             if q.pop(req, None) is not None:
                 out.append(Expire(req))
                 self._unpin(req)
+                self._loose.discard(req)
+        if self._pin_ends:
+            self._loosen(now)
         while q:
             req, deadline = next(iter(q.items()))
             if deadline <= now:
                 del q[req]
                 if self._pins:
                     self._unpin(req)
+                self._loose.discard(req)
                 out.append(Reject(req))
                 continue
             if self._pins or getattr(req, "model_key", None) is not None:
@@ -482,15 +515,19 @@ class Dispatch:
             out.append(self._assign(i, req))
         if not q:
             due.clear()  # every entry left names a request no longer waiting
+            self._pin_ends.clear()
+            self._loose.clear()
         return out
 
     def _scan(self, now: float, out: list[Action]) -> None:
         """``_serve`` with model requests waiting (rule 8): the queue in order, a pinned waiter
-        passed over while its replica is full. Stops once no replica has room: then only a
-        finish (or a back-off's end) can let anyone in. Cost: the pinned waiters passed over
-        (at most ``limit`` a replica) plus one step per request placed or rejected."""
+        passed over while its replica is full, a loose one placed as a request without a model.
+        Stops once no replica has room: then only a finish, a back-off's end or a pin's end can
+        let anyone in. Cost: the pinned waiters passed over (at most ``limit`` a replica) plus
+        one step per request placed or rejected."""
         q = self._queue
         pins = self._pins
+        loose = self._loose
         limit = self.limit
         room = sum(limit - s.in_flight for s in self._slots if s.in_flight < limit and s.open(now))
         gone: list[Hashable] = []  # leave the queue after the walk (no change to it during it)
@@ -513,13 +550,13 @@ class Dispatch:
                     continue
                 self._unpin(req)  # its replica failed or went: placed again
             key = getattr(req, "model_key", None)
-            if key is None:
+            if key is None or req in loose:
                 i = self._policy(self._slots, limit, now, self._turn)
             else:
                 i, go = self._place(key, now)
                 if not go:
                     if i >= 0:
-                        self._pin(req, self._slots[i])
+                        self._pin(req, self._slots[i], now)
                     continue
             if i < 0:
                 break
@@ -528,6 +565,7 @@ class Dispatch:
             room -= 1
         for req in gone:
             del q[req]
+            loose.discard(req)
 
     def _forget_idle_unlisted(self) -> None:
         gone = [s for s in self._slots if not s.listed and s.in_flight == 0]
