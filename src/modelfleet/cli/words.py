@@ -29,7 +29,13 @@ _PHRASES = (
 )
 # keywords with an underscore only: plain words ("tags", "description") read the same in both
 _FLAGS = {s.flat: s.flag for s in SETTINGS if "_" in s.flat}
-_FLAGS.update({k: "--" + k.replace("_", "-") for k in ("version_name", "traffic_percentile", "is_default")})
+_FLAGS.update(
+    {k: "--" + k.replace("_", "-") for k in ("version_name", "traffic_percentile", "is_default", "mirror_percentile")}
+)
+# `endpoint rollout`'s flags stand for update_version(rollout={...})'s fields (control/rollout.py)
+_FLAGS.update(
+    {f"rollout.{k}": "--" + k.replace("_", "-") for k in ("steps", "interval_s", "max_error_rate", "max_p99_ms")}
+)
 _KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(map(re.escape, _FLAGS), key=len, reverse=True)) + r")(?![\w(])")
 
 
