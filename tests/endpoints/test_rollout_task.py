@@ -135,10 +135,58 @@ def test_a_share_changed_by_hand_cancels_the_rollout_and_stays(tmp_path: Path) -
     assert h.rollout()["status"] == "cancelled" and "traffic_percentile was changed by hand" in h.rollout()["reason"]
 
 
-def test_a_rollout_left_running_by_a_stopped_daemon_is_marked_interrupted(tmp_path: Path) -> None:
-    h = Harness(tmp_path / "ws", [10, 100])
-    asyncio.run(h.rollouts.mark_interrupted(lambda record: True))
-    assert h.rollout()["status"] == "interrupted" and "daemon stopped" in h.rollout()["reason"]
-    assert h.events() == [("interrupted", None)]
-    asyncio.run(h.rollouts.on_sync("shop"))  # an interrupted rollout is not started again
-    assert h.rollouts.status() == {} and h.intervals == 0
+def _left_running_at(h: Harness, index: int, green_share: float) -> None:
+    """The store as a daemon stopped mid-rollout leaves it: running, at step ``index``."""
+    record = h.store.get_service("shop")
+    versions = {n: dict(v) for n, v in record.config[ENDPOINT_KEY]["versions"].items()}
+    versions["green"]["traffic_percentile"] = green_share
+    rollout = {**record.config[ENDPOINT_KEY]["rollout"], "status": "running", "step_index": index}
+    h.store.update_service_config("shop", {ENDPOINT_KEY: {"versions": versions, "rollout": rollout}})
+
+
+def _resume(h: Harness) -> None:
+    async def go() -> None:
+        await h.rollouts.resume(lambda record: True)
+        assert h.rollouts.status() == {"shop": "r1"}
+        await asyncio.wait_for(h.rollouts._tasks["shop"], timeout=30)
+
+    asyncio.run(go())
+
+
+def test_a_rollout_left_running_by_a_stopped_daemon_resumes_at_its_step(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "ws", [10, 50, 100])
+    _left_running_at(h, 1, 50.0)
+    h.adds = [answers(100), answers(100)]
+    _resume(h)
+    # step 50 is checked again (its counters did not outlive the old daemon), then 100
+    assert h.events() == [("resumed", 50), ("passed", 50), ("step", 100), ("passed", 100), ("completed", 100)]
+    assert h.intervals == 2
+    assert weights(h.versions()) == {"blue": 0.0, "green": 100.0} and h.rollout()["status"] == "completed"
+    assert h.rollout()["step_index"] == 2
+
+
+def test_a_resumed_rollout_still_rolls_back_to_before(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "ws", [10, 50, 100])
+    _left_running_at(h, 1, 50.0)
+    h.adds = [answers(50, 50)]
+    _resume(h)
+    assert h.events() == [("resumed", 50), ("rolled_back", 50)]
+    assert weights(h.versions()) == {"blue": 100.0, "green": 0.0} and h.rollout()["status"] == "rolled_back"
+
+
+def test_shares_changed_while_no_daemon_ran_cancel_the_rollout(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "ws", [10, 50, 100])
+    _left_running_at(h, 1, 30.0)  # step 50 had been set; someone changed green to 30 since
+    _resume(h)
+    assert h.events() == [("cancelled", None)] and h.intervals == 0
+    assert weights(h.versions()) == {"blue": 70.0, "green": 30.0}
+    assert "changed by hand" in h.rollout()["reason"] and h.rollout()["status"] == "cancelled"
+
+
+def test_a_requested_rollout_starts_when_the_daemon_does(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "ws", [100])
+    h.adds = [answers(10)]
+    _resume(h)
+    assert h.events() == [("started", None), ("step", 100), ("passed", 100), ("completed", 100)]
+    asyncio.run(h.rollouts.resume(lambda record: True))  # a finished rollout is not started again
+    assert h.rollouts.status() == {} and h.intervals == 1

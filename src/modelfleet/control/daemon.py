@@ -152,7 +152,7 @@ class Daemon:
             self.on_ready()
 
         await self.reconciler.restore()
-        await self.rollouts.mark_interrupted(self.reconciler.owns)  # a rollout does not outlive its daemon
+        await self.rollouts.resume(self.reconciler.owns)  # rollouts the last daemon left running go on
         self.autoscaler.start()
         await self._stopping.wait()
 

@@ -9,9 +9,13 @@ sleeps ``interval_s``, reads the version's router counters before and after, and
 of kind ``"rollout"`` on the endpoint (``endpoint.get_events()``), and the stored rollout's
 ``status`` follows: running, completed, rolled_back, cancelled or failed.
 
-A rollout lives in the daemon, so it goes on when the SDK process that asked for it ends; it
-does not survive a daemon restart (the shares stay where the last step put them; the next
-daemon marks it ``interrupted``, with an event, at its start). One rollout per endpoint at a time.
+A rollout lives in the daemon, so it goes on when the SDK process that asked for it ends. The
+stored rollout keeps the index of the step it is at (``step_index``), so a daemon that stops
+(or is killed) mid-rollout leaves the shares at that step, and the next daemon resumes it at its
+start (``resume``, event ``resumed``): the step's interval starts again with fresh counters,
+since the router's counters did not outlive the old daemon. If the shares were changed while no
+daemon ran, the rollout is cancelled instead, as a change by hand is while it runs. One rollout
+per endpoint at a time.
 A share changed by hand during a rollout (the version's share or default-ness differs from
 what the rollout set), or the version deleted, cancels it with the shares as they are.
 """
@@ -79,29 +83,29 @@ class Rollouts:
         if not is_endpoint_config(record.config):
             return
         rollout = record.config[ENDPOINT_KEY].get("rollout")
-        if not isinstance(rollout, dict) or rollout.get("status") != "requested":
-            return
+        if isinstance(rollout, dict) and rollout.get("status") == "requested":
+            self._start(endpoint, rollout, resume=False)
+
+    async def resume(self, owns: Callable[[ServiceRecord], bool]) -> None:
+        """At daemon start: rollouts the last daemon left requested or running go on, a running
+        one at the step it had reached."""
+        for record in await asyncio.to_thread(self.store.list_services):
+            if not is_endpoint_config(record.config) or not owns(record):
+                continue
+            rollout = record.config[ENDPOINT_KEY].get("rollout")
+            if isinstance(rollout, dict) and rollout.get("status") in ("requested", "running"):
+                self._start(record.name, rollout, resume=rollout["status"] == "running")
+
+    def _start(self, endpoint: str, rollout: dict[str, Any], resume: bool) -> None:
         running = self._tasks.get(endpoint)
         if running is not None and not running.done():
             if self._ids.get(endpoint) == rollout.get("id"):
                 return
             running.cancel()  # a newer request replaces it (the SDK refuses one while a rollout runs)
         self._ids[endpoint] = str(rollout.get("id"))
-        self._tasks[endpoint] = asyncio.create_task(self._run(endpoint, dict(rollout)), name=f"rollout {endpoint}")
-
-    async def mark_interrupted(self, owns: Callable[[ServiceRecord], bool]) -> None:
-        """At daemon start: a rollout stored as requested or running was cut short by the last
-        daemon's end; say so (status ``interrupted``, an event), so that a new one may be asked for."""
-        for record in await asyncio.to_thread(self.store.list_services):
-            if not is_endpoint_config(record.config) or not owns(record):
-                continue
-            rollout = record.config[ENDPOINT_KEY].get("rollout")
-            if not isinstance(rollout, dict) or rollout.get("status") not in ("requested", "running"):
-                continue
-            rid, version = str(rollout.get("id")), str(rollout.get("version"))
-            reason = "the cluster daemon stopped during the rollout; the shares stay where it left them"
-            await self._event(record.name, rid, "interrupted", version, reason=reason)
-            await self._status(record.name, rid, "interrupted", reason)
+        self._tasks[endpoint] = asyncio.create_task(
+            self._run(endpoint, dict(rollout), resume), name=f"rollout {endpoint}"
+        )
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -112,17 +116,30 @@ class Rollouts:
 
     # -- one rollout ------------------------------------------------------------------------
 
-    async def _run(self, endpoint: str, rollout: dict[str, Any]) -> None:
+    async def _run(self, endpoint: str, rollout: dict[str, Any], resume: bool = False) -> None:
         rid, version = str(rollout["id"]), str(rollout["version"])
         service = version_service_name(endpoint, version)
         try:
             spec = parse_rollout(rollout["spec"])
             before: Versions = rollout["before"]
-            await self._status(endpoint, rid, "running")
-            await self._event(endpoint, rid, "started", version, steps=list(spec.steps), interval_s=spec.interval_s)
+            first = 0
+            if resume:
+                first = min(max(int(rollout.get("step_index") or 0), 0), len(spec.steps) - 1)
+                current = await self._versions(endpoint)
+                _check_unchanged(current, version, step_versions(current, version, spec.steps[first]))
+                await self._event(endpoint, rid, "resumed", version, step=spec.steps[first], index=first)
+            else:
+                await self._status(endpoint, rid, "running")
+                await self._event(endpoint, rid, "started", version, steps=list(spec.steps), interval_s=spec.interval_s)
             for index, step in enumerate(spec.steps):
-                expected = await self._set(endpoint, rid, _at_step(version, step))
-                await self._event(endpoint, rid, "step", version, step=step, index=index)
+                if index < first:
+                    continue
+                if resume and index == first:
+                    expected = await self._versions(endpoint)  # the step's shares, as the last daemon set them
+                else:
+                    expected = await self._set(endpoint, rid, _at_step(version, step))
+                    await self._status(endpoint, rid, "running", step_index=index)
+                    await self._event(endpoint, rid, "step", version, step=step, index=index)
                 holds = 0
                 while True:
                     start = self._counts(service)
@@ -191,7 +208,9 @@ class Rollouts:
         self._sync(endpoint)
         return versions
 
-    async def _status(self, endpoint: str, rid: str, status: str, reason: str | None = None) -> None:
+    async def _status(
+        self, endpoint: str, rid: str, status: str, reason: str | None = None, step_index: int | None = None
+    ) -> None:
         def write() -> None:
             try:
                 record = self.store.get_service(endpoint)
@@ -201,6 +220,8 @@ class Rollouts:
             if not isinstance(rollout, dict) or rollout.get("id") != rid:
                 return
             rollout = {**rollout, "status": status, "reason": reason, "updated_at": time.time()}
+            if step_index is not None:
+                rollout["step_index"] = step_index
             self.store.update_service_config(
                 endpoint, {**record.config, ENDPOINT_KEY: {**record.config[ENDPOINT_KEY], "rollout": rollout}}
             )
