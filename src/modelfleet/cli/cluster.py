@@ -36,6 +36,11 @@ def register(groups: Any) -> None:
                         help="an idle keep-alive connection is closed after this (default 75)")  # fmt: skip
     limits.add_argument("--router-send-timeout-s", type=float, metavar="S",
                         help="a client reading none of its answer this long is cut off (default 60)")  # fmt: skip
+    workers = start.add_argument_group("router processes (remembered across restarts)")
+    workers.add_argument("--router-workers", type=int, metavar="N",
+                         help="router processes sharing the port (default 1: the daemon's own only)")  # fmt: skip
+    workers.add_argument("--router-slots", choices=("shared", "partitioned"),
+                         help="how the processes share each replica's slots (default shared)")  # fmt: skip
     start.set_defaults(handler=cluster_start)
     cluster.add_parser("stop", help="stop it; services come back on the next start").set_defaults(handler=cluster_stop)
     status = cluster.add_parser("status", help="daemon, router and replicas")
@@ -44,7 +49,7 @@ def register(groups: Any) -> None:
 
 
 def cluster_start(args: argparse.Namespace) -> int:
-    from modelfleet.control import router_limits, tls
+    from modelfleet.control import router_limits, router_workers, tls
 
     ws = workspace(args)
     cluster = ws.cluster()
@@ -67,6 +72,18 @@ def cluster_start(args: argparse.Namespace) -> int:
                 "then start it again with these flags"
             )
         router_limits.save(ws.store, changes)
+    if args.router_workers is not None or args.router_slots is not None:
+        wanted_workers = router_workers.WorkerSettings(  # checked before anything is stored
+            workers=args.router_workers if args.router_workers is not None else router_workers.load(ws.store).workers,
+            slots=args.router_slots or router_workers.load(ws.store).slots,
+        )
+        if wanted_workers != router_workers.load(ws.store):
+            if cluster.info() is not None:
+                raise Conflict(
+                    "the cluster is running with other router workers; stop it with `modelfleet cluster stop`, "
+                    "then start it again with these flags"
+                )
+            router_workers.save(ws.store, wanted_workers.workers, wanted_workers.slots)
     info = cluster.ensure_running(port=args.port, host=args.host, grpc_port=args.grpc_port)
     print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
     if info.get("tls_cert_file"):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import modelfleet
-from modelfleet.control import router_limits
+from modelfleet.control import router_limits, router_workers
 from modelfleet.control.admin import AdminHandlers, AdminServer
 from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.credentials import signing_public_key
@@ -41,6 +41,7 @@ from modelfleet.control.dashboard.server import DASHBOARD_PORT_SETTING, Dashboar
 from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
 from modelfleet.control.reconcile import Reconciler
 from modelfleet.control.rollouts import Rollouts, router_counts
+from modelfleet.control.router_fleet import FleetRouter
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
 from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.grpc_front import GrpcFront
@@ -83,19 +84,34 @@ class Daemon:
         loop = asyncio.get_running_loop()
         # limits as `cluster start --router-...` stored them (control/router_limits.py)
         limits = router_limits.load(self.store).router_kwargs()
-        self.router = Router(on_replica_failed=self._on_replica_failed, **limits)
+        # `cluster start --router-workers N`: N > 1 router processes share the port (router_workers.py)
+        fleet = router_workers.load(self.store)
+        self.router: Router
+        if fleet.workers > 1:
+            self.router = FleetRouter(self._on_replica_failed, workers=fleet.workers, slots=fleet.slots, **limits)
+        else:
+            self.router = Router(on_replica_failed=self._on_replica_failed, **limits)
+        reuse = fleet.workers > 1
         port = self._choose_port()
         # TLS as stored by `cluster start` (control/tls.py); the certificate's dates need the clock
         tls = router_listeners(self.store, self.config.workspace, datetime.datetime.now(datetime.timezone.utc))
-        router_port = await self.router.start(host=self.config.host, port=port, ssl=tls.context)
+        router_port = await self.router.start(host=self.config.host, port=port, ssl=tls.context, reuse_port=reuse)
         self.store.set_setting(ROUTER_PORT_SETTING, str(router_port))
         http_port = None
         if tls.http_port is not None:  # plain HTTP beside TLS only when asked for
-            http_port = await self.router.start(host=self.config.host, port=tls.http_port)
+            http_port = await self.router.start(host=self.config.host, port=tls.http_port, reuse_port=reuse)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
         root = self.store.root
         target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
         grpc_port = await self._start_grpc(target.private_socket("router"), tls.cert_file, tls.key_file)
+        self.workers: router_workers.RouterWorkers | None = None
+        if isinstance(self.router, FleetRouter):
+            listen = {"host": self.config.host, "port": router_port, "http_port": http_port}
+            listen.update(cert_file=str(tls.cert_file or ""), key_file=str(tls.key_file or ""))
+            self.workers = router_workers.RouterWorkers(
+                self.router, target.private_socket("router-workers"), listen, limits, self._on_replica_failed
+            )
+            await self.workers.start()
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
         self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
         # safe rollouts of endpoint versions (control/rollouts.py): they run here, not in the SDK
@@ -166,6 +182,8 @@ class Daemon:
         await self.rollouts.stop()
         await self.reconciler.shutdown()
         await self.grpc.stop(grace_s=0)
+        if self.workers is not None:
+            await self.workers.stop()
         await self.router.stop()
         await self.telemetry.stop()
         self.store.close()
@@ -216,6 +234,8 @@ class Daemon:
             "service_counts": {name: c.to_json() for name, c in router_counts(self.router).items()},
             "rollouts": self.rollouts.status(),
             "dashboard_uri": self.dashboard.uri if self.dashboard is not None else None,
+            # each router process (router_workers.py); stats above combine them
+            "router_workers": self.workers.status() if self.workers is not None else None,
         }
 
 

@@ -1,0 +1,368 @@
+"""One router in N processes: what each router worker holds, and how their counts combine.
+
+``FleetRouter`` is the router of the daemon (worker 0) and of every extra router worker process
+(``router_workers.py``). The daemon's ``RouterTable`` calls it as it calls a ``Router``; each
+call is applied here and, in the daemon, handed to ``fanout`` as plain data (``route_to_plain``
+and friends: names, numbers, key and token *material*, never objects), which the workers apply
+to their own ``FleetRouter``. So every worker's table equals the daemon's.
+
+**Slots** (``slots``), how the workers share each replica's ``replica_max_concurrent_requests``:
+
+- ``shared``: every worker sees every replica at the service's limit. Two workers may both
+  fill the same replica; its busy answer (503 ``x-modelfleet-busy``) keeps the limit exact and
+  the router retries elsewhere after a back-off.
+- ``partitioned``: each replica's slots are dealt among the workers with the Kubernetes
+  routers' dealing (``targets/kubernetes/peers.shares``, a pure function: round-robin, the
+  first slot of every replica before the second of any); a slot a worker owns is one upstream
+  of its own (``<replica>#<k>``, same address) at a limit of 1, as ``peers.expand`` does for
+  router pods. Below capacity no replica is answered busy. A worker that owns no slot of a
+  service (fewer slots in all than workers: one replica at limit 1 behind two workers) uses
+  every slot, the same fallback a router pod takes when no owner is reachable; forwarding its
+  requests to an owner instead (``forward.py``'s way) would cost a second router hop, in CPU
+  and latency, on every request of exactly the services whose replicas, not the router, are
+  the bottleneck, to save a retry on the collisions.
+
+**Stats**: ``stats()`` is the one router the autoscaler, ``/metrics`` and the dashboard see
+(``combine_stats``): per service, ``in_flight`` and ``queued`` are the workers' sums (each
+worker queues its own clients' requests), ``limit`` the service's per-replica limit, ``idle_s``
+the smallest (a request at any worker counts), each replica's ``in_flight`` the sum over its
+slots and workers and ``ready`` true when any worker may send to it. The workers' figures are
+at most about a second old (they report every ``REPORT_S``). Answer counters (by status,
+latency histogram, 401s, drops) are added into the daemon's own ``ServiceMetrics`` as the
+workers report them (``metrics_delta``/``add_metrics``), so every reader of those sees sums.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
+from modelfleet.errors import ConfigError
+from modelfleet.router.auth import KeyAuth, TokenAuth
+from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+from modelfleet.router.versions import VersionShare
+from modelfleet.targets.kubernetes.peers import shares
+from modelfleet.telemetry.counters import ServiceMetrics
+
+__all__ = [
+    "SLOT_MODES",
+    "FleetRouter",
+    "add_metrics",
+    "combine_stats",
+    "metrics_delta",
+    "route_from_plain",
+    "route_to_plain",
+    "slot_upstreams",
+]
+
+SLOT_MODES = ("shared", "partitioned")
+REPORT_S = 1.0  # how often a worker reports its stats and counters to the daemon
+_SLOT = "#"
+
+
+def peer_names(workers: int) -> list[str]:
+    """The workers as ``peers.shares`` deals to them (sorted names, worker 0 first)."""
+    return [f"w{i:03d}" for i in range(workers)]
+
+
+def slot_upstreams(upstreams: Sequence[Upstream], limit: int, workers: int, index: int) -> list[Upstream]:
+    """Worker ``index``'s slots of ``upstreams`` at ``limit`` each, dealt among ``workers``: one
+    upstream ``<id>#<k>`` per slot owned, slot k of every replica before slot k+1 of any; every
+    slot when it owns none (see the module docstring)."""
+    names = peer_names(workers)
+    owned = shares([u.id for u in upstreams], limit, names, names[index])
+    counts = {u.id: (limit if owned is None else owned.get(u.id, 0)) for u in upstreams}
+    out: list[Upstream] = []
+    for k in range(max(counts.values(), default=0)):
+        out += [replace(u, id=f"{u.id}{_SLOT}{k}") for u in upstreams if counts[u.id] > k]
+    return out
+
+
+def replica_of(slot_id: str) -> str:
+    return slot_id.split(_SLOT, 1)[0]
+
+
+# -- plain data for the workers --------------------------------------------------------------
+
+
+def _text(b: bytes | None) -> str | None:
+    return None if b is None else b.decode("latin-1")
+
+
+def _bytes(s: str | None) -> bytes | None:
+    return None if s is None else s.encode("latin-1")
+
+
+def route_to_plain(route: ServiceRoute) -> dict[str, Any]:
+    """A route as JSON-able data; its auth as the key material (keys, or the public key)."""
+    auth = route.auth
+    plain_auth: dict[str, Any] | None
+    if auth is None:
+        plain_auth = None
+    elif isinstance(auth, KeyAuth):
+        primary, secondary = auth._keys  # the material itself: the worker builds its own check
+        plain_auth = {"kind": "key", "primary": _text(primary), "secondary": _text(secondary)}
+    elif isinstance(auth, TokenAuth):
+        pem = auth._public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        plain_auth = {"kind": "token", "public_key": pem}
+    else:
+        raise ConfigError(f"router workers pass key or token auth only (service {route.name}: {auth!r})")
+    return {
+        "name": route.name,
+        "auth": plain_auth,
+        "max_concurrent": route.max_concurrent,
+        "max_wait_s": route.max_wait_s,
+        "timeout_s": route.timeout_s,
+        "max_body_bytes": route.max_body_bytes,
+        "trace": route.trace,
+    }
+
+
+def route_from_plain(data: Mapping[str, Any], tokens: dict[str, TokenAuth]) -> ServiceRoute:
+    """The route back; ``tokens`` keeps one ``TokenAuth`` per service (its verified-token cache)."""
+    plain_auth = data["auth"]
+    name = data["name"]
+    auth: KeyAuth | TokenAuth | None = None
+    if plain_auth is not None and plain_auth["kind"] == "key":
+        auth = KeyAuth(_bytes(plain_auth["primary"]), _bytes(plain_auth["secondary"]))
+    elif plain_auth is not None:
+        auth = tokens.get(name)
+        if auth is None:
+            key = serialization.load_pem_public_key(plain_auth["public_key"].encode())
+            if not isinstance(key, EllipticCurvePublicKey):
+                raise ConfigError(f"service {name}: token auth needs an EC public key")
+            auth = tokens[name] = TokenAuth(key, name, clock=time.time)
+    if not isinstance(auth, TokenAuth):
+        tokens.pop(name, None)
+    fields = {k: data[k] for k in ("max_concurrent", "max_wait_s", "timeout_s", "max_body_bytes", "trace")}
+    return ServiceRoute(name=name, auth=auth, **fields)
+
+
+def upstream_to_plain(u: Upstream) -> dict[str, Any]:
+    return {"id": u.id, "host": u.host, "port": u.port, "unix_path": u.unix_path, "secret": _text(u.secret)}
+
+
+def upstream_from_plain(data: Mapping[str, Any]) -> Upstream:
+    return Upstream(data["id"], data["host"], data["port"], data["unix_path"], _bytes(data["secret"]))
+
+
+# -- counters ----------------------------------------------------------------------------------
+
+
+def metrics_snapshot(m: ServiceMetrics) -> dict[str, Any]:
+    return {
+        "codes": dict(m.codes),
+        "buckets": list(m.buckets),
+        "count": m.count,
+        "seconds": m.seconds,
+        "auth_missing": m.auth_missing,
+        "auth_invalid": m.auth_invalid,
+        "dropped": dict(m.dropped),
+    }
+
+
+def metrics_delta(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What was counted between two ``metrics_snapshot``s (``None``: nothing)."""
+    if before is None:
+        delta = dict(now)
+    else:
+        delta = {
+            "codes": {k: v - before["codes"].get(k, 0) for k, v in now["codes"].items()},
+            "buckets": [a - b for a, b in zip(now["buckets"], before["buckets"], strict=True)],
+            "count": now["count"] - before["count"],
+            "seconds": now["seconds"] - before["seconds"],
+            "auth_missing": now["auth_missing"] - before["auth_missing"],
+            "auth_invalid": now["auth_invalid"] - before["auth_invalid"],
+            "dropped": {k: v - before["dropped"].get(k, 0) for k, v in now["dropped"].items()},
+        }
+        delta["codes"] = {k: v for k, v in delta["codes"].items() if v}
+        delta["dropped"] = {k: v for k, v in delta["dropped"].items() if v}
+    busy = delta["codes"] or delta["count"] or delta["auth_missing"] or delta["auth_invalid"] or delta["dropped"]
+    return delta if busy else None
+
+
+def add_metrics(m: ServiceMetrics, delta: Mapping[str, Any]) -> int:
+    """Add a worker's ``metrics_delta`` into ``m``; returns the answers it adds."""
+    for code, n in delta["codes"].items():
+        m.codes[int(code)] = m.codes.get(int(code), 0) + n
+    for i, n in enumerate(delta["buckets"][: len(m.buckets)]):
+        m.buckets[i] += n
+    m.count += delta["count"]
+    m.seconds += delta["seconds"]
+    m.auth_missing += delta["auth_missing"]
+    m.auth_invalid += delta["auth_invalid"]
+    for reason, n in delta["dropped"].items():
+        m.dropped[reason] = m.dropped.get(reason, 0) + n
+    return int(sum(delta["codes"].values()))
+
+
+def combine_stats(views: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """One router's ``stats()`` from its workers' (the daemon's first; see the module docstring).
+    A service only the daemon has not (a worker behind on a removal) is left out."""
+    if not views:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, own in views[0].items():
+        entry = {**own, "replicas": {rid: dict(r) for rid, r in own["replicas"].items()}}
+        for view in views[1:]:
+            other = view.get(name)
+            if other is None:
+                continue
+            entry["in_flight"] += other["in_flight"]
+            entry["queued"] += other["queued"]
+            entry["idle_s"] = min(entry["idle_s"], other["idle_s"])
+            for rid, r in other["replicas"].items():
+                mine = entry["replicas"].setdefault(rid, {"in_flight": 0, "ready": False})
+                mine["in_flight"] += r["in_flight"]
+                mine["ready"] = mine["ready"] or r["ready"]
+        out[name] = entry
+    return out
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+class FleetRouter(Router):
+    """A ``Router`` that is worker ``index`` of ``workers`` (see the module docstring).
+
+    In the daemon, ``fanout`` takes each table call as plain data, ``remote_drain`` waits for
+    the workers' drains and ``remote_stats`` gives their latest ``stats()``."""
+
+    def __init__(
+        self,
+        on_replica_failed: Callable[[str, str], Any] | None = None,
+        *,
+        workers: int = 1,
+        index: int = 0,
+        slots: str = "shared",
+        **kwargs: Any,
+    ) -> None:
+        if slots not in SLOT_MODES:
+            raise ConfigError(f"--router-slots must be one of {', '.join(SLOT_MODES)} (got {slots!r})")
+        cb = on_replica_failed
+        super().__init__(None if cb is None else (lambda service, rid: cb(service, replica_of(rid))), **kwargs)
+        self.workers = workers
+        self.index = index
+        self.slots = slots
+        self.partitioned = slots == "partitioned" and workers > 1
+        self.fanout: Callable[[dict[str, Any]], None] | None = None
+        self.remote_drain: Callable[[str, list[str], float], Awaitable[bool]] | None = None
+        self.remote_stats: Callable[[], list[dict[str, dict[str, Any]]]] = list
+        self._limits: dict[str, int] = {}  # service -> its replica_max_concurrent_requests
+        self._upstreams: dict[str, list[Upstream]] = {}  # service -> its replicas (not slots)
+        self._raw = False  # inside set_endpoint: its set_service is neither sent nor split
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self.fanout is not None and not self._raw:
+            self.fanout(msg)
+
+    def _slots(self, service: str, ids: Iterable[str]) -> list[str]:
+        if not self.partitioned:
+            return list(ids)
+        limit = self._limits.get(service, 1)
+        return [f"{rid}{_SLOT}{k}" for rid in ids for k in range(limit)]
+
+    def set_service(self, route: ServiceRoute) -> None:
+        self._send({"op": "set_service", "route": route_to_plain(route)})
+        if self._raw or not self.partitioned:
+            super().set_service(route)
+            return
+        before = self._limits.get(route.name)
+        self._limits[route.name] = route.max_concurrent
+        super().set_service(replace(route, max_concurrent=1))  # each slot is an upstream of limit 1
+        ups = self._upstreams.get(route.name)
+        if ups is not None and before != route.max_concurrent:
+            super().set_replicas(route.name, slot_upstreams(ups, route.max_concurrent, self.workers, self.index))
+
+    def set_replicas(self, service: str, upstreams: Iterable[Upstream]) -> None:
+        ups = list(upstreams)
+        self._send({"op": "set_replicas", "service": service, "upstreams": [upstream_to_plain(u) for u in ups]})
+        if not self.partitioned:
+            super().set_replicas(service, ups)
+            return
+        self._upstreams[service] = ups
+        super().set_replicas(service, slot_upstreams(ups, self._limits.get(service, 1), self.workers, self.index))
+
+    def set_endpoint(self, route: ServiceRoute, versions: Sequence[VersionShare]) -> None:
+        self._send({"op": "set_endpoint", "route": route_to_plain(route), "versions": [asdict(v) for v in versions]})
+        self._raw = True
+        try:
+            super().set_endpoint(route, versions)
+        finally:
+            self._raw = False
+
+    def set_cold_wait(self, service: str, seconds: float) -> None:
+        self._send({"op": "set_cold_wait", "service": service, "seconds": seconds})
+        super().set_cold_wait(service, seconds)
+
+    def set_service_failed(self, service: str, reason: str | None) -> None:
+        self._send({"op": "set_service_failed", "service": service, "reason": reason})
+        super().set_service_failed(service, reason)
+
+    def mark_healthy(self, service: str, replica_id: str) -> None:
+        self._send({"op": "mark_healthy", "service": service, "replica": replica_id})
+        for rid in self._slots(service, [replica_id]):
+            super().mark_healthy(service, rid)
+
+    async def drain(self, service: str, replica_ids: Iterable[str], timeout_s: float) -> bool:
+        ids = list(replica_ids)
+        local = super().drain(service, self._slots(service, ids), timeout_s)
+        if self.remote_drain is None:
+            return await local
+        results = await asyncio.gather(local, self.remote_drain(service, ids, timeout_s))
+        return all(results)
+
+    def remove_service(self, service: str) -> None:
+        self._send({"op": "remove_service", "service": service})
+        self._limits.pop(service, None)
+        self._upstreams.pop(service, None)
+        super().remove_service(service)
+
+    def own_stats(self) -> dict[str, dict[str, Any]]:
+        """This worker's ``Router.stats()``, by replica (slots summed) at the service's limit."""
+        out = super().stats()
+        if not self.partitioned:
+            return out
+        for name, entry in out.items():
+            entry["limit"] = self._limits.get(name, entry["limit"])
+            by_replica: dict[str, dict[str, Any]] = {}
+            for sid, r in entry["replicas"].items():
+                mine = by_replica.setdefault(replica_of(sid), {"in_flight": 0, "ready": False})
+                mine["in_flight"] += r["in_flight"]
+                mine["ready"] = mine["ready"] or r["ready"]
+            entry["replicas"] = by_replica
+        return out
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """All workers' figures as one router's (``combine_stats``; the module docstring says how)."""
+        return combine_stats([self.own_stats(), *self.remote_stats()])
+
+    def apply_plain(self, msg: Mapping[str, Any], tokens: dict[str, TokenAuth]) -> None:
+        """A worker applies a table call the daemon sent (all but ``drain``)."""
+        op = msg["op"]
+        if op == "set_service":
+            self.set_service(route_from_plain(msg["route"], tokens))
+        elif op == "set_replicas":
+            self.set_replicas(msg["service"], [upstream_from_plain(u) for u in msg["upstreams"]])
+        elif op == "set_endpoint":
+            versions = [VersionShare(**v) for v in msg["versions"]]
+            self.set_endpoint(route_from_plain(msg["route"], tokens), versions)
+        elif op == "set_cold_wait":
+            self.set_cold_wait(msg["service"], msg["seconds"])
+        elif op == "set_service_failed":
+            self.set_service_failed(msg["service"], msg["reason"])
+        elif op == "mark_healthy":
+            self.mark_healthy(msg["service"], msg["replica"])
+        elif op == "remove_service":
+            self.remove_service(msg["service"])
+            tokens.pop(msg["service"], None)
+        else:
+            raise ValueError(f"unknown router table call {op!r}")

@@ -1,0 +1,85 @@
+"""`modelfleet cluster start --router-workers 2`: two router processes on one port.
+
+Real processes: the daemon, its router worker, the replicas; clients connect anew for each
+request so that the kernel spreads them over both listeners (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e_support import SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
+from modelfleet import Workspace
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace.create("workers", tmp_path / "ws")
+    yield workspace
+    stop_cluster(workspace)
+
+
+def score(uri: str, key: str) -> int:
+    path = uri.split("://", 1)[1].split("/", 1)[1]
+    head = (f"POST /{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(SUM_BODY)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    status, _ = raw_exchange(uri, head.encode(), SUM_BODY.encode())
+    return status
+
+
+def workers(ws: Workspace) -> list[dict[str, Any]]:
+    status = ws.cluster().status()
+    assert status["router_workers"] is not None
+    return list(status["router_workers"])
+
+
+def test_two_workers_share_the_port_restart_and_stop(ws: Workspace) -> None:
+    assert cli(ws, "cluster", "start", "--router-workers", "2", "--router-slots", "partitioned").returncode == 0
+    service = deploy(ws, "spread", "sum", num_replicas=2, replica_max_concurrent_requests=2)
+    key = service.get_keys()[0]
+    before = workers(ws)
+    assert [w["index"] for w in before] == [0, 1] and before[1]["listening"]
+    assert all(score(service.scoring_uri, key) == 200 for _ in range(60))
+    assert score(service.scoring_uri, "wrong") == 401
+    # each process answered some (the kernel spread the connections); the counts add up to one router's
+    wait_until(lambda: sum(w["answered"] for w in workers(ws)) >= 61, timeout=15)
+    counts = workers(ws)
+    assert counts[0]["answered"] > 0 and counts[1]["answered"] > 0, counts
+    codes = ws.cluster().status()["service_counts"]["spread"]["codes"]
+    assert codes == {"200": 60, "401": 1} or codes == {200: 60, 401: 1}, codes
+    stats = ws.cluster().status()["router"]["spread"]
+    assert stats["limit"] == 2 and len(stats["replicas"]) == 2  # by replica, not by slot
+
+    # a killed worker is started again; requests are answered meanwhile and after
+    old = counts[1]["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(old), timeout=10)
+    assert all(score(service.scoring_uri, key) == 200 for _ in range(20))
+    wait_until(lambda: (w := workers(ws)[1])["pid"] != old and w["listening"] and w["restarts"] == 1, timeout=20)
+    answered = workers(ws)[1]["answered"]
+    assert all(score(service.scoring_uri, key) == 200 for _ in range(60))
+    wait_until(lambda: workers(ws)[1]["answered"] > answered, timeout=15)  # the new one has the table
+
+    # cluster stop leaves no router process behind
+    pids = [w["pid"] for w in workers(ws)]
+    stop_cluster(ws)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_bad_worker_counts_name_the_flag_and_change_nothing(ws: Workspace) -> None:
+    top = 4 * (os.cpu_count() or 1)
+    bad = cli(ws, "cluster", "start", "--router-workers", "0", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == f"error: --router-workers must be an integer from 1 to {top} (4 per core here; got 0)\n"
+    too_many = cli(ws, "cluster", "start", "--router-workers", str(top + 1), check=False)
+    assert too_many.returncode == 1 and "--router-workers must be an integer from 1" in too_many.stderr
+    assert ws.cluster().info() is None  # nothing was started
+    assert cli(ws, "cluster", "start").returncode == 0
+    assert ws.cluster().status()["router_workers"] is None  # the default: the daemon's router alone
+    running = cli(ws, "cluster", "start", "--router-workers", "2", check=False)
+    assert running.returncode == 1 and "stop it with `modelfleet cluster stop`" in running.stderr
