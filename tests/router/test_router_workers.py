@@ -1,0 +1,163 @@
+"""Router workers' decisions and data, with plain values (no sockets, no sleeps): how slots are
+dealt, what a worker is sent and rebuilds from it, how the workers' figures combine, and the
+``--router-workers`` setting's check."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from modelfleet.control.router_fleet import (
+    FleetRouter,
+    add_metrics,
+    combine_stats,
+    metrics_delta,
+    metrics_snapshot,
+    route_from_plain,
+    route_to_plain,
+    slot_upstreams,
+)
+from modelfleet.control.router_workers import WorkerSettings, max_workers
+from modelfleet.errors import ConfigError
+from modelfleet.router.auth import AuthResult, KeyAuth, TokenAuth, issue_token
+from modelfleet.router.proxy import ServiceRoute, Upstream
+from modelfleet.telemetry.counters import ServiceMetrics
+
+UPS = [Upstream(id=f"svc-1-{i}", host="localhost", port=0, unix_path=f"/s/{i}.sock") for i in range(3)]
+
+
+def owned(workers: int, index: int, limit: int, ups: list[Upstream] = UPS) -> list[str]:
+    return [u.id for u in slot_upstreams(ups, limit, workers, index)]
+
+
+def test_partitioned_slots_are_dealt_once_each_and_evenly() -> None:
+    for workers in (2, 3, 4):
+        for limit in (1, 2, 5):
+            if len(UPS) * limit < workers:
+                continue  # some worker owns nothing: below
+            views = [owned(workers, i, limit) for i in range(workers)]
+            for u in UPS:  # a replica's slots add up to its limit over the workers: it is never overfilled
+                assert sum(s.split("#")[0] == u.id for v in views for s in v) == limit, (workers, limit)
+            sizes = [len(v) for v in views]
+            assert max(sizes) - min(sizes) <= 1, (workers, limit, sizes)
+
+
+def test_a_worker_spreads_over_replicas_before_it_stacks() -> None:
+    mine = owned(2, 0, 4)
+    firsts = [s.split("#")[0] for s in mine[: len(UPS)]]
+    assert sorted(firsts) == sorted(u.id for u in UPS)  # one slot of each replica first
+    assert all(u.unix_path for u in slot_upstreams(UPS, 4, 2, 0))  # same address as the replica
+
+
+def test_a_worker_that_owns_no_slot_uses_every_slot() -> None:
+    one = UPS[:1]
+    assert owned(2, 0, 1, one) == ["svc-1-0#0"]
+    assert owned(2, 1, 1, one) == ["svc-1-0#0"]  # fewer slots than workers: the busy answer settles
+    assert owned(2, 1, 1, []) == []
+
+
+def test_a_route_crosses_as_key_material_and_checks_the_same() -> None:
+    route = ServiceRoute(name="keyed", auth=KeyAuth("k1-primary", "k2-secondary"), max_concurrent=3, timeout_s=7.0)
+    plain = route_to_plain(route)
+    assert plain["auth"] == {"kind": "key", "primary": "k1-primary", "secondary": "k2-secondary"}
+    back = route_from_plain(plain, {})
+    assert (back.max_concurrent, back.timeout_s, back.max_wait_s) == (3, 7.0, route.max_wait_s)
+    assert back.auth is not None
+    assert back.auth.check(b"Bearer k2-secondary") is AuthResult.OK
+    assert back.auth.check(b"Bearer nope") is AuthResult.INVALID
+
+
+def test_a_token_route_crosses_as_the_public_key() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    route = ServiceRoute(name="tokened", auth=TokenAuth(key.public_key(), "tokened", clock=time.time))
+    plain = route_to_plain(route)
+    assert plain["auth"]["kind"] == "token" and "PUBLIC KEY" in plain["auth"]["public_key"]
+    tokens: dict[str, TokenAuth] = {}
+    back = route_from_plain(plain, tokens)
+    token, _ = issue_token(key, "tokened", now=time.time())
+    assert back.auth is not None and back.auth.check(f"Bearer {token}".encode()) is AuthResult.OK
+    other, _ = issue_token(key, "other", now=time.time())
+    assert back.auth.check(f"Bearer {other}".encode()) is AuthResult.INVALID
+    assert route_from_plain(plain, tokens).auth is back.auth  # kept: its verified-token cache stays
+
+
+def test_counters_cross_as_deltas_and_add_up() -> None:
+    worker, daemon = ServiceMetrics(), ServiceMetrics()
+    worker.observe(200, 0.01)
+    worker.observe(503, 0.2)
+    worker.auth_failed(missing=True)
+    first = metrics_snapshot(worker)
+    delta = metrics_delta(None, first)
+    assert delta is not None and add_metrics(daemon, delta) == 2
+    assert metrics_delta(first, metrics_snapshot(worker)) is None  # nothing new: nothing sent
+    worker.observe(200, 0.02)
+    worker.drop("client_gone")
+    delta = metrics_delta(first, metrics_snapshot(worker))
+    assert delta is not None and delta["codes"] == {200: 1} and add_metrics(daemon, delta) == 1
+    assert metrics_snapshot(daemon) == metrics_snapshot(worker)
+
+
+def _entry(in_flight: int, queued: int, idle_s: float, replicas: dict[str, tuple[int, bool]]) -> dict[str, Any]:
+    reps = {rid: {"in_flight": n, "ready": ready} for rid, (n, ready) in replicas.items()}
+    return {"in_flight": in_flight, "queued": queued, "limit": 2, "idle_s": idle_s, "replicas": reps}
+
+
+def test_stats_combine_as_one_router() -> None:
+    daemon = {"a": _entry(1, 0, 5.0, {"r0": (1, True), "r1": (0, False)}), "b": _entry(0, 0, 9.0, {})}
+    worker = {"a": _entry(2, 3, 0.5, {"r1": (2, True)}), "gone": _entry(1, 1, 0.0, {})}
+    out = combine_stats([daemon, worker])
+    assert set(out) == {"a", "b"}  # a service only a worker still has is left out
+    assert out["a"]["in_flight"] == 3 and out["a"]["queued"] == 3 and out["a"]["idle_s"] == 0.5
+    assert out["a"]["limit"] == 2
+    assert out["a"]["replicas"] == {"r0": {"in_flight": 1, "ready": True}, "r1": {"in_flight": 2, "ready": True}}
+    assert daemon["a"]["replicas"]["r1"] == {"in_flight": 0, "ready": False}  # inputs untouched
+
+
+def test_a_worker_rebuilt_from_the_daemons_calls_holds_the_same_table() -> None:
+    daemon = FleetRouter(workers=2, index=0, slots="partitioned")
+    worker = FleetRouter(workers=2, index=1, slots="partitioned")
+    sent: list[dict[str, Any]] = []
+    daemon.fanout = sent.append
+    daemon.set_service(ServiceRoute(name="svc", auth=KeyAuth("secret-key-1"), max_concurrent=2))
+    daemon.set_replicas("svc", UPS[:2])
+    daemon.set_cold_wait("svc", 3.0)
+    assert [m["op"] for m in sent] == ["set_service", "set_replicas", "set_cold_wait"]
+    tokens: dict[str, TokenAuth] = {}
+    for msg in sent:
+        worker.apply_plain(msg, tokens)
+    d_slots = {s.id for s in daemon.services[b"svc"].dispatch.slots()}
+    w_slots = {s.id for s in worker.services[b"svc"].dispatch.slots()}
+    assert len(d_slots) == len(w_slots) == 2 and not d_slots & w_slots  # 4 slots, 2 each, none shared
+    assert daemon.services[b"svc"].dispatch.limit == 1  # a slot is an upstream of limit 1
+    views = [daemon.own_stats(), worker.own_stats()]
+    assert all(v["svc"]["limit"] == 2 for v in views)  # the service's limit, not a slot's
+    assert sorted(r for v in views for r in v["svc"]["replicas"]) == ["svc-1-0", "svc-1-1"]  # by replica
+    assert sorted(combine_stats(views)["svc"]["replicas"]) == ["svc-1-0", "svc-1-1"]
+    # a limit change re-deals: 3 slots a replica, 6 in all
+    daemon.set_service(ServiceRoute(name="svc", auth=KeyAuth("secret-key-1"), max_concurrent=3))
+    worker.apply_plain(sent[-1], tokens)
+    assert len(daemon.services[b"svc"].dispatch.slots()) + len(worker.services[b"svc"].dispatch.slots()) == 6
+    daemon.remove_service("svc")
+    worker.apply_plain(sent[-1], tokens)
+    assert not daemon.services and not worker.services
+
+
+def test_shared_slots_leave_the_table_as_it_is() -> None:
+    router = FleetRouter(workers=2, index=1, slots="shared")
+    router.set_service(ServiceRoute(name="svc", max_concurrent=2))
+    router.set_replicas("svc", UPS)
+    assert sorted(s.id for s in router.services[b"svc"].dispatch.slots()) == [u.id for u in UPS]
+    assert router.services[b"svc"].dispatch.limit == 2
+
+
+def test_worker_settings_name_the_flag_and_the_range() -> None:
+    assert WorkerSettings() == WorkerSettings(workers=1, slots="shared")
+    assert max_workers(2) == 8 and max_workers(0) == 4
+    for bad in (0, -1, max_workers() + 1, True, "2"):
+        with pytest.raises(ConfigError, match=rf"--router-workers must be an integer from 1 to {max_workers()}"):
+            WorkerSettings(workers=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--router-slots must be one of shared, partitioned"):
+        WorkerSettings(slots="striped")
