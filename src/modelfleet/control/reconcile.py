@@ -274,6 +274,25 @@ class ServiceController:
         self._plans[generation] = plan
         self._desired_replicas, self._claimed = count, 0
 
+    async def replan(self) -> bool:
+        """Plan the stored generation again, as the planner sees its inputs now (a Kubernetes
+        target's upload settings changed). A plan equal to the one in force changes nothing;
+        another is applied at the generation's count unless that generation failed, and the
+        target rolls its replicas to it (a Deployment: to its new template). Returns whether
+        the plan changed."""
+        async with self._lock:
+            generation, record, spec = self._generation, self._record, self.spec
+            old = self._plans.get(generation) if generation is not None else None
+            if generation is None or old is None or record is None or spec is None:
+                return False
+            plan = await asyncio.to_thread(self._planner, self._store, record, spec)
+            if plan == old:
+                return False
+            self._plans[generation] = plan
+            if generation != self._memory.failed:
+                await self._target.apply(GenerationSpec(plan, self._desired_replicas))
+            return True
+
     async def _carry_out(self, action: Action, spec: DeploySpec) -> None:
         drain_s = spec.scoring_timeout_ms / 1000.0
         if isinstance(action, Start):
