@@ -256,31 +256,39 @@ def blob_secret_name(blob_store: str) -> str:
     return f"modelfleet-blobs-{hashlib.sha256(blob_store.rstrip('/').encode()).hexdigest()[:12]}"
 
 
-def blob_secret(blob_store: str, namespace: str, sas: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """The blob store's credential Secret (``BLOB_SAS_KEY``/``BLOB_TOKEN_KEY``); the caller
-    validated the values (``sdk/compute.py``)."""
+def _credential_secret(
+    name: str, component: str, blob_store: str, namespace: str, sas: str | None, token: str | None
+) -> dict[str, Any]:
     data = {k: v for k, v in ((BLOB_SAS_KEY, (sas or "").lstrip("?")), (BLOB_TOKEN_KEY, token)) if v}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(
-            blob_secret_name(blob_store),
-            namespace,
-            {**MANAGED_BY, COMPONENT_LABEL: "blob-store"},
-            {BLOB_STORE_ANNOTATION: blob_store.rstrip("/")},
+            name, namespace, {**MANAGED_BY, COMPONENT_LABEL: component}, {BLOB_STORE_ANNOTATION: blob_store.rstrip("/")}
         ),
         "type": "Opaque",
         "stringData": data,
     }
 
 
+def _credential_secret_command(name: str, component: str, namespace: str, key: str, variable: str) -> str:
+    return (
+        f'kubectl -n {namespace} create secret generic {name} --from-literal={key}="${variable}" '
+        f"&& kubectl -n {namespace} label secret {name} app.kubernetes.io/managed-by=modelfleet "
+        f"{COMPONENT_LABEL}={component}"
+    )
+
+
+def blob_secret(blob_store: str, namespace: str, sas: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The blob store's credential Secret (``BLOB_SAS_KEY``/``BLOB_TOKEN_KEY``); the caller
+    validated the values (``sdk/compute.py``)."""
+    return _credential_secret(blob_secret_name(blob_store), "blob-store", blob_store, namespace, sas, token)
+
+
 def blob_secret_command(blob_store: str, namespace: str, key: str) -> str:
     """How a GitOps user creates the blob store's Secret themselves (the value from $VAR)."""
-    name = blob_secret_name(blob_store)
-    return (
-        f'kubectl -n {namespace} create secret generic {name} --from-literal={key}="$BLOB_STORE_{key.upper()}" '
-        f"&& kubectl -n {namespace} label secret {name} app.kubernetes.io/managed-by=modelfleet "
-        f"{COMPONENT_LABEL}=blob-store"
+    return _credential_secret_command(
+        blob_secret_name(blob_store), "blob-store", namespace, key, f"BLOB_STORE_{key.upper()}"
     )
 
 
@@ -294,28 +302,13 @@ def upload_secret_name(blob_store: str) -> str:
 def upload_secret(blob_store: str, namespace: str, sas: str | None = None, token: str | None = None) -> dict[str, Any]:
     """The write credential's Secret (``BLOB_SAS_KEY``/``BLOB_TOKEN_KEY``); the caller
     validated the values (``upload_credential.py``)."""
-    data = {k: v for k, v in ((BLOB_SAS_KEY, (sas or "").lstrip("?")), (BLOB_TOKEN_KEY, token)) if v}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(
-            upload_secret_name(blob_store),
-            namespace,
-            {**MANAGED_BY, COMPONENT_LABEL: "blob-upload"},
-            {BLOB_STORE_ANNOTATION: blob_store.rstrip("/")},
-        ),
-        "type": "Opaque",
-        "stringData": data,
-    }
+    return _credential_secret(upload_secret_name(blob_store), "blob-upload", blob_store, namespace, sas, token)
 
 
 def upload_secret_command(blob_store: str, namespace: str, key: str) -> str:
     """How a GitOps user creates the upload Secret themselves (the value from $VAR)."""
-    name = upload_secret_name(blob_store)
-    return (
-        f'kubectl -n {namespace} create secret generic {name} --from-literal={key}="$UPLOAD_{key.upper()}" '
-        f"&& kubectl -n {namespace} label secret {name} app.kubernetes.io/managed-by=modelfleet "
-        f"{COMPONENT_LABEL}=blob-upload"
+    return _credential_secret_command(
+        upload_secret_name(blob_store), "blob-upload", namespace, key, f"UPLOAD_{key.upper()}"
     )
 
 
