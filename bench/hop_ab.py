@@ -1,0 +1,213 @@
+"""The router's hop, A against B in one run: a committed revision's code against the working tree's.
+
+    python bench/hop_ab.py [--base-rev HEAD] [--seconds 4] [--rounds 4] [--connections 16] [--limit 1]
+
+Each side is a bare router (``proxy.Router``, uvloop, one service with key auth on and
+``replica_max_concurrent_requests`` = ``--limit``) in front of its own ``modelfleet serve``
+replica on a Unix domain socket, as the local cluster places them (no daemon: only the hop is
+measured). Side A runs the code of ``--base-rev`` (``git archive`` into a temporary folder,
+replica included, so a change under ``wire/`` is compared whole), side B the working tree's.
+With ``--a-tcp`` side A reaches its replica over TCP instead (with ``--base-rev`` naming the
+working tree's commit: what the Unix socket saves). Where Debian's haproxy is installed, a
+third row: HAProxy with ``maxconn 1`` and ``timeout queue 500ms`` in front of a third replica
+(TCP), the issue's reference.
+
+Placement: every router, replica and HAProxy on CPU 1 (``taskset -c 1``), all started
+together and idle while another is measured; ``wrk -t1`` on CPU 0. Rounds alternate the
+order (A B H, then H B A, ...); each row reports its median round (and all of them), the
+router's (or HAProxy's) CPU per request and the whole side's (proxy and replica), from
+/proc over wrk's run. Prints B ÷ A and B ÷ HAProxy. Never part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from _common import free_port, loadavg, machine
+from peers import (
+    APPS,
+    Running,
+    measure_once,
+    start,
+    stop_tree,
+    system_haproxy,
+    wait_answer,
+    wrk,
+    wrk_script,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+KEY = "bench-primary-key"
+
+
+def serve_router(sock: str, limit: int) -> None:
+    """Child mode: a bare router (whichever ``modelfleet`` PYTHONPATH names) in front of the
+    replica listening on ``sock`` (``tcp:PORT``: on 127.0.0.1); prints its port."""
+    import uvloop
+
+    uvloop.install()
+    from modelfleet.router.auth import KeyAuth
+    from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+
+    async def main() -> None:
+        router = Router()
+        port = await router.start("127.0.0.1", 0)
+        router.set_service(ServiceRoute("bench", auth=KeyAuth(KEY), max_concurrent=limit, max_wait_s=5))
+        if sock.startswith("tcp:"):
+            upstream = Upstream("bench-0", "127.0.0.1", int(sock[4:]))
+        else:
+            upstream = Upstream("bench-0", "127.0.0.1", 0, unix_path=sock)
+        router.set_replicas("bench", [upstream])
+        print("PORT", port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False) -> Iterator[Running]:
+    """A replica on a Unix socket (on 127.0.0.1 with ``tcp``) and a router in front of it,
+    both running ``src``'s code."""
+    env = {"PYTHONPATH": str(src)}
+    app = tmp / f"app-{name}"
+    app.mkdir()
+    shutil.copy(APPS / "score.py", app / "score.py")
+    sock = str(tmp / f"{name}.sock")
+    port = free_port()
+    listen = ["--port", str(port)] if tcp else ["--unix-socket", sock]
+    replica = start(
+        [sys.executable, "-m", "modelfleet", "serve", "--entry_script", "score.py", *listen],
+        tmp / f"replica-{name}.log",
+        cwd=app,
+        env=env,
+    )
+    router: subprocess.Popen[Any] | None = None
+    try:
+        if tcp:
+            wait_answer(f"http://127.0.0.1:{port}/score", {}, replica, 60)
+            sock = f"tcp:{port}"
+        deadline = time.monotonic() + 60
+        while not tcp and not os.path.exists(sock):
+            if replica.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"replica {name} did not listen on {sock}; see {tmp}/replica-{name}.log")
+            time.sleep(0.05)
+        with open(tmp / f"router-{name}.log", "ab") as log:
+            router = subprocess.Popen(
+                ["taskset", "-c", "1", sys.executable, __file__, "--serve-router", sock, "--limit", str(limit)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        assert router.stdout is not None
+        line = router.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"router {name} did not start; see {tmp}/router-{name}.log")
+        url = f"http://127.0.0.1:{int(line.split()[1])}/api/v1/service/bench/score"
+        headers = {"Authorization": f"Bearer {KEY}"}
+        wait_answer(url, headers, router, 30)
+        rpid, ppid = router.pid, replica.pid
+        yield Running(url, headers, cpu_pids=lambda: [rpid], cpu_label="router", sut_pids=lambda: [rpid, ppid])
+    finally:
+        if router is not None:
+            stop_tree(router, grace=5)
+            if router.stdout is not None:
+                router.stdout.close()
+        stop_tree(replica)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-rev", default="HEAD", help="side A's code (a git revision); side B is the working tree")
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=1, help="replica_max_concurrent_requests of both routers")
+    ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--a-tcp", action="store_true", help="side A's router reaches its replica over TCP (Unix vs TCP)")
+    ap.add_argument("--serve-router", metavar="SOCKET", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_router:
+        serve_router(args.serve_router, args.limit)
+        return 0
+    for tool in ("wrk", "taskset", "git"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is needed (bash bench/setup_peers.sh)", file=sys.stderr)
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="mf-hop-"))
+    load_before = loadavg()
+    try:
+        base = tmp / "base"
+        base.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.base_rev, "src"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        with contextlib.ExitStack() as stack:
+            running = {
+                "A": stack.enter_context(side(tmp, "A", base / "src", args.limit, tcp=args.a_tcp)),
+                "B": stack.enter_context(side(tmp, "B", ROOT / "src", args.limit)),
+            }
+            haproxy_note = ""
+            if not args.no_haproxy:
+                try:
+                    running["HAProxy"] = stack.enter_context(system_haproxy(tmp, args))
+                except FileNotFoundError as exc:
+                    haproxy_note = f"HAProxy row skipped: {exc}"
+            scripts = {name: wrk_script(tmp, run.headers) for name, run in running.items()}
+            for name, run in running.items():
+                wrk(run.url, scripts[name], args.connections, 1)  # warm-up
+            order = list(running)
+            for k in range(args.rounds):
+                print(f"bench: round {k + 1} of {args.rounds}", file=sys.stderr, flush=True)
+                for name in order if k % 2 == 0 else order[::-1]:
+                    r = measure_once(running[name], scripts[name], args.connections, args.seconds)
+                    rows.setdefault(name, []).append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[name])
+
+    print(f"\n# router hop A/B, {time.strftime('%Y-%m-%d %H:%M')}; {machine()}")
+    a_to = "TCP" if args.a_tcp else "a Unix socket"
+    print(f"# A = {args.base_rev}, B = working tree; limit {args.limit}, key auth on")
+    print(f"# A's replica on {a_to}, B's on a Unix socket, HAProxy's on TCP")
+    print(f"# routers, replicas, HAProxy on CPU 1; wrk -t1 on CPU 0, {args.connections} connections,")
+    print(f"# {args.seconds} s × {args.rounds} alternated rounds, medians")
+    print(f"# load average {load_before} before, {loadavg()} after")
+    if haproxy_note:
+        print(f"# {haproxy_note}")
+    print(f"{'side':8} {'req/s':>8} {'proxy µs/req':>13} {'all µs/req':>11} {'errors':>7}  req/s per round")
+    for name in rows:
+        errors = sum(r["errors"] for r in rows[name])
+        seen = "/".join(f"{r['rps']:.0f}" for r in rows[name])
+        figures = f"{med(name, 'rps'):8.0f} {med(name, 'cpu_us'):13.1f} {med(name, 'sut_us'):11.1f}"
+        print(f"{name:8} {figures} {errors:7d}  {seen}")
+    print("\nratios (medians)")
+    pairs = [("B", "A")] + ([("B", "HAProxy"), ("A", "HAProxy")] if "HAProxy" in rows else [])
+    for x, y in pairs:
+        print(
+            f"  {x} ÷ {y}: req/s {med(x, 'rps') / med(y, 'rps'):.3f}, proxy CPU/req "
+            f"{med(x, 'cpu_us') / med(y, 'cpu_us'):.3f}, all CPU/req {med(x, 'sut_us') / med(y, 'sut_us'):.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
