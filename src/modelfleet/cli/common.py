@@ -41,13 +41,12 @@ def print_output(args: argparse.Namespace, data: Any, text: str | None = None) -
     """``data`` as ``-o`` asks: JSON (keys in v1's camelCase, as ``az ml`` printed them),
     TSV (one line per item, values only, as ``az -o tsv``), or the human ``text``."""
     output = getattr(args, "output", "table")
-    data = camel(data)
     if output == "tsv":
-        print(tsv(data))
+        print(tsv(camel(data)))
     elif output == "json" or text is None:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(camel(data), indent=2, default=str))
     else:
-        print(text)
+        print(text)  # the data is not converted for nothing (a list of 1,000 services)
 
 
 # Values under these keys are the user's own (tag names, variable names), or v1 JSON already.

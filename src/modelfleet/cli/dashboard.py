@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import webbrowser
 from typing import Any
 
 from modelfleet.cli.common import workspace
@@ -38,5 +37,7 @@ def dashboard_open(args: argparse.Namespace) -> int:
     print(f"dashboard: http://127.0.0.1:{port}/")
     print(f"login link (one use, {CODE_TTL_S // 60} minutes): {link}")
     if not args.no_browser:
+        import webbrowser  # here: every other command starts faster without it
+
         webbrowser.open(link)
     return 0

@@ -115,7 +115,7 @@ def service_list(args: argparse.Namespace) -> int:
     from modelfleet.sdk.webservice import Webservice
 
     ws = workspace(args)
-    described = Webservice.serialize_all(ws, Webservice.list(ws))
+    described = Webservice.serialize_all(ws)  # every service, the workspace read once
     rows = [f"{d['name']}  {d['state']}  {shown(d['scoringUri'])}" for d in described]
     if ws.store.shared:  # whose local cluster runs each (a teammate's, on their machine)
         rows = [f"{row}  {shown(d['cluster'])}" for row, d in zip(rows, described, strict=True)]

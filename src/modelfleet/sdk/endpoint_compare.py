@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from modelfleet.control.rollout import Counts, check_steps, figures, parse_rollout
-from modelfleet.control.rollouts import ROLLOUT_EVENT
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict
 from modelfleet.spec.names import version_service_name
 from modelfleet.store.endpoints import ENDPOINT_KEY
@@ -115,4 +114,7 @@ def request_rollout(
 def events(workspace: WorkspaceBase, endpoint: str) -> list[dict[str, Any]]:
     """The endpoint's rollout events, oldest first: time, event (started, step, hold, passed,
     rolled_back, cancelled, failed, completed), version, rollout id and the figures or reason."""
+    # imported here: control.rollouts loads the router (and jwt); `service list` needs neither
+    from modelfleet.control.rollouts import ROLLOUT_EVENT
+
     return workspace.store.list_events(endpoint, kind=ROLLOUT_EVENT)

@@ -33,16 +33,20 @@ def current(store: Store, record: ServiceRecord) -> Metadata:
     return _from(events[-1] if events else None, record)
 
 
-def current_of_all(store: Store, records: Iterable[ServiceRecord]) -> dict[str, Metadata]:
-    """``current`` of many services, with one query."""
+def current_of_all(
+    store: Store, records: Iterable[ServiceRecord], specs: Mapping[str, DeploySpec] | None = None
+) -> dict[str, Metadata]:
+    """``current`` of many services, with one query; ``specs``: their deploy specs by name where
+    the caller has parsed them already (``service list`` parses each once)."""
     latest = store.latest_events(METADATA_EVENT)
-    return {r.name: _from(latest.get(r.name), r) for r in records}
+    return {r.name: _from(latest.get(r.name), r, (specs or {}).get(r.name)) for r in records}
 
 
-def _from(latest: Mapping[str, Any] | None, record: ServiceRecord) -> Metadata:
+def _from(latest: Mapping[str, Any] | None, record: ServiceRecord, spec: DeploySpec | None = None) -> Metadata:
     if latest is not None:
         return Metadata(dict(latest["tags"]), dict(latest["properties"]), latest["description"])
-    spec = DeploySpec.from_dict(record.config["deploy"])
+    if spec is None:
+        spec = DeploySpec.from_dict(record.config["deploy"])
     return Metadata(dict(spec.tags or {}), dict(spec.properties or {}), spec.description)
 
 

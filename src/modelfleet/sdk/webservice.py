@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -323,6 +322,8 @@ class Webservice:
             headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
         elif self.token_auth_enabled:
             headers["Authorization"] = f"Bearer {self.get_token()[0]}"
+        import http.client  # here: a listing never sends a request
+
         parts = urlsplit(uri)
         host = parts.hostname or "127.0.0.1"
         conn: http.client.HTTPConnection
@@ -464,20 +465,25 @@ class Webservice:
         return _serialized(record, _router_root(self.workspace, record), meta)
 
     @staticmethod
-    def serialize_all(workspace: WorkspaceBase, services: Sequence[Webservice]) -> list[dict[str, Any]]:
+    def serialize_all(workspace: WorkspaceBase, services: Sequence[Webservice] | None = None) -> list[dict[str, Any]]:
         """``serialize()`` of many services of ``workspace`` at once: a few queries in all, not
-        a dozen per service (``service list`` of 1,000 services). Services deleted since they
-        were listed are left out."""
-        records = {r.name: r for r in workspace.store.list_services()}
-        listed = [records[s.name] for s in services if s.name in records]
-        metas = service_meta.current_of_all(workspace.store, listed)
+        a dozen per service (``service list`` of 1,000 services). ``services`` None: every
+        service ``list()`` gives, read once. Services deleted since they were listed are left out."""
+        records = workspace.store.list_services()
+        if services is None:
+            listed = [r for r in records if not is_version_service_name(r.name)]  # as list() leaves them
+        else:
+            by_name = {r.name: r for r in records}
+            listed = [by_name[s.name] for s in services if s.name in by_name]
+        specs = {r.name: DeploySpec.from_dict(r.config["deploy"]) for r in listed}  # each parsed once
+        metas = service_meta.current_of_all(workspace.store, listed, specs)
         roots: dict[Any, str | None] = {}  # by compute target, or by owning local cluster
         out = []
         for record in listed:
             where = (record.config.get(COMPUTE_TARGET_KEY), record.cluster)
             if where not in roots:
                 roots[where] = _router_root(workspace, record)
-            out.append(_serialized(record, roots[where], metas[record.name]))
+            out.append(_serialized(record, roots[where], metas[record.name], specs[record.name]))
             if is_endpoint_config(record.config):  # its state and models are its versions'
                 endpoint = AksEndpoint._listed(workspace, record.name)
                 assert isinstance(endpoint, AksEndpoint)
@@ -1035,8 +1041,11 @@ def _router_root(workspace: WorkspaceBase, record: ServiceRecord) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
-def _serialized(record: ServiceRecord, router_root: str | None, meta: service_meta.Metadata) -> dict[str, Any]:
-    spec = DeploySpec.from_dict(record.config["deploy"])
+def _serialized(
+    record: ServiceRecord, router_root: str | None, meta: service_meta.Metadata, spec: DeploySpec | None = None
+) -> dict[str, Any]:
+    if spec is None:
+        spec = DeploySpec.from_dict(record.config["deploy"])
     base = f"{router_root}/api/v1/service/{record.name}" if router_root else None
     return {
         "name": record.name,
