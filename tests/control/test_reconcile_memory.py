@@ -474,3 +474,65 @@ def test_replicas_of_a_draining_generation_are_listed_until_gone(store: Store) -
         assert [r.id for r in controller.replicas()] == ["svc-1-0"]
 
     run(scenario)
+
+
+# -- how often a steady service is looked at ------------------------------------------------
+
+
+async def _quiet(controller: ServiceController, window_s: float, within_s: float = 15.0) -> int:
+    """Wait until ``window_s`` go by without a pass (its roll-out's passes are over); the count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        before = controller.passes
+        await asyncio.sleep(window_s)
+        if controller.passes == before:
+            return before
+    raise AssertionError(f"{controller!r} made a pass in every {window_s} s for {within_s} s")
+
+
+def test_a_steady_service_is_passed_over_until_idle_resync_s_and_a_change_still_wakes_it(store: Store) -> None:
+    """1,000 steady services made 1,000 passes a second (most of an idle daemon's CPU): with
+    ``idle_resync_s`` (the local cluster's LOCAL_IDLE_RESYNC_S) a service whose last pass did
+    nothing and whose replicas are all Ready is looked at that rarely, and a replica change
+    still brings a pass at once."""
+
+    async def scenario() -> None:
+        target = InMemoryTarget(auto_ready=True)
+        reconciler = Reconciler(store, target, plan, capacity=ROOMY, idle_resync_s=60.0)
+        create(store, "svc", FIXED)
+        reconciler.sync("svc")
+        controller = reconciler.controllers["svc"]
+        passes = await _quiet(controller, 2.5)  # every second, as before, would never be quiet
+        assert store.get_service("svc").state == HEALTHY
+        target.crash("svc-1-0")  # reported through watch(): a pass now, not in a minute
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while controller.passes == passes and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert controller.passes > passes
+        # not steady (a replica is Starting): looked at every second again
+        await asyncio.sleep(2.5)
+        assert controller.passes >= passes + 2
+        await reconciler.shutdown()
+
+    run(scenario)
+
+
+def test_by_default_a_steady_service_is_still_looked_at_every_second(store: Store) -> None:
+    async def scenario() -> None:
+        target = InMemoryTarget(auto_ready=True)
+        reconciler = Reconciler(store, target, plan, capacity=ROOMY)
+        create(store, "svc", FIXED)
+        reconciler.sync("svc")
+        controller = reconciler.controllers["svc"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15.0
+        while store.get_service("svc").state != HEALTHY and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        passes = controller.passes
+        await asyncio.sleep(3.5)
+        assert controller.passes >= passes + 2
+        await reconciler.shutdown()
+
+    run(scenario)

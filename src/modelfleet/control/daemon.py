@@ -39,7 +39,7 @@ from modelfleet.control.autoscaler import Autoscaler, machine_capacity
 from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.dashboard.server import DASHBOARD_PORT_SETTING, DashboardServer
 from modelfleet.control.paths import DAEMON_PROTOCOL, RuntimePaths
-from modelfleet.control.reconcile import Reconciler
+from modelfleet.control.reconcile import LOCAL_IDLE_RESYNC_S, Reconciler
 from modelfleet.control.rollouts import Rollouts, router_counts
 from modelfleet.control.router_fleet import FleetRouter
 from modelfleet.control.telemetry import METRICS_PORT_SETTING, ClusterTelemetry
@@ -113,7 +113,10 @@ class Daemon:
             )
             await self.workers.start()
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)
-        self.reconciler = Reconciler(self.store, target, cluster=self.store.cluster_id)
+        # a steady service looked at every 10 s unprompted: this target reports every change (reconcile.py)
+        self.reconciler = Reconciler(
+            self.store, target, cluster=self.store.cluster_id, idle_resync_s=LOCAL_IDLE_RESYNC_S
+        )
         # safe rollouts of endpoint versions (control/rollouts.py): they run here, not in the SDK
         self.rollouts = Rollouts(self.store, self.reconciler.sync, lambda s: router_counts(self.router).get(s))
         self.telemetry = ClusterTelemetry(

@@ -9,8 +9,9 @@ failed update, scaling, state) live in ``decisions.py``'s docstring; this module
 between the store, that function and the target. It knows no process, port or pod.
 
 Passes run when the target reports a replica change, when the admin API says the service
-changed, when the autoscaler scales (``scale_to``) and every second otherwise, one at a
-time (a lock). A roll-out keeps the current count (clamped to the new min/max) when
+changed, when the autoscaler scales (``scale_to``) and every second otherwise (every
+``idle_resync_s`` while the service is steady: its last pass carried nothing out and all its
+replicas were Ready), one at a time (a lock). A roll-out keeps the current count (clamped to the new min/max) when
 autoscaling is on, and ``num_replicas`` when it is off; a failed update keeps the count the
 serving generation had.
 """
@@ -69,6 +70,12 @@ log = logging.getLogger("modelfleet.control")
 # (``Reconciler._watch_records``), since one read per service per second took a whole core
 # at 1,000 services.
 _RESYNC_S = 1.0
+# A steady service's unprompted pass changes nothing: every replica change wakes its controller
+# (``ComputeTarget.watch``), so the pass every second is only a net for a missed wake. The local
+# target, which reports every change from the daemon's own loop, looks at a steady service every
+# 10 s (``LOCAL_IDLE_RESYNC_S``, control/daemon.py): 1,000 steady services made 1,000 passes a
+# second, the larger part of an idle daemon's CPU and, beside the router, of its CPU per request.
+LOCAL_IDLE_RESYNC_S = 10.0
 COMPUTE_TARGET_KEY = "compute_target"  # in a service's stored config: the compute target it runs on
 _GONE = (ReplicaState.DRAINING, ReplicaState.STOPPED)
 
@@ -101,6 +108,11 @@ def plan_generation(store: Store, record: ServiceRecord, spec: DeploySpec) -> Re
     )
 
 
+def is_steady(decision: Decision, observed: list[ReplicaInfo]) -> bool:
+    """A pass that leaves nothing to do until something changes: no action, every replica Ready."""
+    return not decision.actions and all(r.state is ReplicaState.READY for r in observed)
+
+
 def route_for(record: ServiceRecord, spec: DeploySpec, memory: Memory, generation: int | None) -> RouteEntry:
     auth: Literal["key", "token"] | None = "key" if spec.auth_enabled else "token" if spec.token_auth_enabled else None
     failure = memory.failure if memory.serving is None and memory.failed == generation else None
@@ -129,8 +141,12 @@ class ServiceController:
         target: ComputeTarget,
         planner: Planner = plan_generation,
         room: RoomCheck | None = None,
+        idle_resync_s: float = _RESYNC_S,
     ) -> None:
         self.name = name
+        self._idle_resync_s = max(idle_resync_s, _RESYNC_S)
+        self._steady = False  # the last pass carried nothing out and every replica was Ready
+        self.passes = 0  # passes run since the daemon started
         self._room = room  # None: the target's own scheduler decides (Kubernetes)
         self._claimed = 0  # replicas a generation being planned asked for (held from its check on)
         self._held_spec: DeploySpec | None = None  # the spec of the last generation that fitted
@@ -219,7 +235,7 @@ class ServiceController:
                 log.exception("service %s: reconcile pass failed", self.name)
             # a timer that sets the event, not wait_for: that made and cancelled a task per pass,
             # a third of an idle daemon's time at 1,000 services
-            timer = loop.call_later(_RESYNC_S, self._wake.set)
+            timer = loop.call_later(self._idle_resync_s if self._steady else _RESYNC_S, self._wake.set)
             try:
                 await self._wake.wait()
             finally:
@@ -228,7 +244,9 @@ class ServiceController:
     async def reconcile(self, reread: bool = True) -> Decision:
         """One pass: read, plan, decide, act. Returns the decision (tests look at it).
         ``reread=False`` keeps the record last read (the loop's passes when it has not moved)."""
+        self._steady = False  # until this pass ends quietly (one that raises is not steady)
         async with self._lock:
+            self.passes += 1
             if reread or self._record is None or self.spec is None:
                 record = await asyncio.to_thread(self._store.get_service, self.name)
                 self._record, self.spec = record, DeploySpec.from_dict(record.config["deploy"])
@@ -236,11 +254,13 @@ class ServiceController:
             if record.generation != self._generation:
                 await self._plan(record, spec)
             self._publish_route()
-            decision = decide(Desired(record.generation, self._desired_replicas), self._memory, self.replicas())
+            observed = self.replicas()
+            decision = decide(Desired(record.generation, self._desired_replicas), self._memory, observed)
             for action in decision.actions:
                 await self._carry_out(action, spec)
             await self._show(decision.state, decision.detail)
             await self._forget_gone_generations()
+            self._steady = is_steady(decision, observed)
             return decision
 
     async def _plan(self, record: ServiceRecord, spec: DeploySpec) -> None:
@@ -459,8 +479,11 @@ class Reconciler:
         compute_target: str | None = None,
         capacity: Capacity | None = None,
         cluster: str | None = None,
+        idle_resync_s: float = _RESYNC_S,
     ) -> None:
         self._store = store
+        # how often a steady service is looked at unprompted (``LOCAL_IDLE_RESYNC_S``)
+        self.idle_resync_s = idle_resync_s
         # The local cluster checks every deploy and update against this machine's room
         # (``control/room.py``); another target's scheduler places its own replicas.
         self.capacity = capacity if capacity is not None or compute_target is not None else machine_capacity()
@@ -536,7 +559,7 @@ class Reconciler:
                     self.sync_endpoint(record)
                     return
             room = self._refusal if self.capacity is not None else None
-            controller = ServiceController(name, self._store, self.target, self._planner, room)
+            controller = ServiceController(name, self._store, self.target, self._planner, room, self.idle_resync_s)
             self.controllers[name] = controller
             controller.start()
             if self._watching is None:
