@@ -16,7 +16,8 @@ Placement: every router, replica and HAProxy on CPU 1 (``taskset -c 1``), all st
 together and idle while another is measured; ``wrk -t1`` on CPU 0. Rounds alternate the
 order (A B H, then H B A, ...); each row reports its median round (and all of them), the
 router's (or HAProxy's) CPU per request and the whole side's (proxy and replica), from
-/proc over wrk's run. Prints B ÷ A and B ÷ HAProxy. Never part of the test suite.
+/proc over wrk's run (the proxy's split into user and system time). Prints B ÷ A and
+B ÷ HAProxy. Never part of the test suite.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import free_port, loadavg, machine
+from _common import cpu_user_system, free_port, loadavg, machine
 from peers import (
     APPS,
     Running,
@@ -176,7 +177,12 @@ def main() -> int:
             for k in range(args.rounds):
                 print(f"bench: round {k + 1} of {args.rounds}", file=sys.stderr, flush=True)
                 for name in order if k % 2 == 0 else order[::-1]:
+                    proxy = running[name].cpu_pids()[0]
+                    u0, s0 = cpu_user_system(proxy)
                     r = measure_once(running[name], scripts[name], args.connections, args.seconds)
+                    u1, s1 = cpu_user_system(proxy)
+                    n = r["requests"] or 1
+                    r["user_us"], r["sys_us"] = (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6
                     rows.setdefault(name, []).append(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,11 +199,13 @@ def main() -> int:
     print(f"# load average {load_before} before, {loadavg()} after")
     if haproxy_note:
         print(f"# {haproxy_note}")
-    print(f"{'side':8} {'req/s':>8} {'proxy µs/req':>13} {'all µs/req':>11} {'errors':>7}  req/s per round")
+    head = f"{'side':8} {'req/s':>8} {'proxy µs/req':>13} {'user':>6} {'system':>7} {'all µs/req':>11}"
+    print(f"{head} {'errors':>7}  req/s per round")
     for name in rows:
         errors = sum(r["errors"] for r in rows[name])
         seen = "/".join(f"{r['rps']:.0f}" for r in rows[name])
-        figures = f"{med(name, 'rps'):8.0f} {med(name, 'cpu_us'):13.1f} {med(name, 'sut_us'):11.1f}"
+        split = f"{med(name, 'user_us'):6.1f} {med(name, 'sys_us'):7.1f}"
+        figures = f"{med(name, 'rps'):8.0f} {med(name, 'cpu_us'):13.1f} {split} {med(name, 'sut_us'):11.1f}"
         print(f"{name:8} {figures} {errors:7d}  {seen}")
     print("\nratios (medians)")
     pairs = [("B", "A")] + ([("B", "HAProxy"), ("A", "HAProxy")] if "HAProxy" in rows else [])
