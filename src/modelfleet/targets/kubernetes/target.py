@@ -302,7 +302,12 @@ class KubernetesTarget:
         upsert(
             f"Deployment {name}",
             lambda: self.apps.create_namespaced_deployment(ns, deployment),
-            lambda: self.apps.patch_namespaced_deployment(name, ns, deployment),
+            # a JSON merge patch: lists are replaced whole, so a container, env var or volume the
+            # template no longer has (the "ship" sidecar, once the upload credential is removed)
+            # goes; a strategic merge would keep it. An equal template rolls nothing.
+            lambda: self.apps.patch_namespaced_deployment(
+                name, ns, deployment, _content_type="application/merge-patch+json"
+            ),
         )
         log.info("deployment %s/%s applied with %d replicas", ns, name, replicas)
 
