@@ -215,7 +215,7 @@ def k8s_upload_credential(args: argparse.Namespace) -> int:
             values[key] = os.environ[var]
     name = set_upload_credential(ComputeTarget(workspace(args), args.compute_target), **values)
     done = "written" if values["sas"] or values["token"] else "removed"
-    print(f"upload credential {done}: Secret {name} (pods started from now on use it)")
+    print(f"upload credential {done}: Secret {name} (services already deployed roll to it)")
     return 0
 
 

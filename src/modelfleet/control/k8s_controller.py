@@ -51,7 +51,7 @@ from modelfleet.errors import ConfigError, NotFound, TargetError
 from modelfleet.spec import DeploySpec, EnvironmentSpec
 from modelfleet.store.computes import ComputeRecord
 from modelfleet.store.registry import ServiceRecord, Store
-from modelfleet.targets.base import Probe, ReplicaPlan
+from modelfleet.targets.base import GenerationSpec, Probe, ReplicaPlan
 from modelfleet.targets.kubernetes import kaniko
 from modelfleet.targets.kubernetes import manifests as m
 from modelfleet.targets.kubernetes.target import KubernetesPlan, KubernetesTarget
@@ -64,6 +64,8 @@ _START_TIMEOUT_S = 30.0
 _ROLE_RECHECK_S = 30.0
 _HPA_RECHECK_S = 5.0
 _UPLOADS_S = 2.0  # how often the pods' uploaded model data is laid into the workspace
+# after the upload credential is removed, the last segments the pods' sidecars sent are still laid
+_LOGS_AFTER_S = 300.0
 
 
 def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
@@ -166,6 +168,13 @@ def kaniko_build(env: EnvironmentSpec, tag: str, gpu: bool, namespace: str) -> k
     return kaniko.BuildSource(tag, canonicalize(env).hash, context, namespace, insecure)
 
 
+def upload_settings(compute: ComputeRecord) -> tuple[Any, ...]:
+    """What of a compute target's settings the planner puts in a pod template for uploads:
+    whether its pods ship their log (``blob_store_upload_auth``) and where to."""
+    settings = compute.settings
+    return (bool(settings.get("blob_store_upload_auth")), settings.get("blob_store"))
+
+
 def current_compute(store: Store, compute: ComputeRecord) -> ComputeRecord:
     """The compute target's record as the workspace holds it now (``compute`` once detached)."""
     try:
@@ -220,10 +229,12 @@ class KubernetesController:
         self._role_at = 0.0
         self._hpa_at = 0.0
         self._uploads_at = 0.0
+        self._uploads_seen: tuple[Any, ...] | None = None  # upload_settings() at the last pass
+        self._applied: set[str] = set()  # services whose Deployment this process applied as planned now
+        self._logs_until = 0.0  # sync uploaded logs until then (the credential was removed)
+        self._planner = kubernetes_planner(compute, credential)
         self._hpa_notes: dict[str, str | None] = {}
-        self.reconciler = Reconciler(
-            store, target, kubernetes_planner(compute, credential), compute_target=compute.name
-        )
+        self.reconciler = Reconciler(store, target, self._planner, compute_target=compute.name)
         target.on_scaled = self._adopt
 
     def _adopt(self, service: str, generation: int, replicas: int) -> None:
@@ -266,7 +277,9 @@ class KubernetesController:
             await self._report_foreign_autoscalers()
         if now - self._uploads_at >= _UPLOADS_S:
             self._uploads_at = now
-            await self._sync_uploads()
+            compute = await asyncio.to_thread(current_compute, self.store, self.compute)
+            await self._follow_upload_settings(compute)
+            await self._sync_uploads(compute)
         for name in sorted(mine - known):
             log.info("service %s: following it", name)
             self.reconciler.sync(name)
@@ -274,13 +287,47 @@ class KubernetesController:
             log.info("service %s: deleted from the workspace; deleting it from the cluster", name)
             await self.reconciler.delete(name)
 
-    async def _sync_uploads(self) -> None:
+    async def _follow_upload_settings(self, compute: ComputeRecord) -> None:
+        """``set_upload_credential`` reaches services already deployed: when the target's upload
+        settings change, every service is planned again (``ServiceController.replan``), and one
+        whose pod template changed (the "ship" sidecar added, or taken away when it collects no
+        data) is applied: its Deployment rolls, readiness-gated. An unchanged plan applies
+        nothing. A service this process has not applied yet (a credential set while no
+        controller ran) is applied once as planned now: an equal template rolls nothing (the
+        Deployment's pod-template-hash is the same)."""
+        settings = upload_settings(compute)
+        changed = self._uploads_seen is not None and settings != self._uploads_seen
+        if self._uploads_seen is not None and self._uploads_seen[0] and not settings[0]:
+            self._logs_until = time.monotonic() + _LOGS_AFTER_S
+        self._uploads_seen = settings
+        if changed:
+            log.info("compute target %s: upload settings changed; planning its services again", compute.name)
+        for name, controller in list(self.reconciler.controllers.items()):
+            try:
+                if changed:
+                    if await controller.replan():
+                        log.info("service %s: pod template changed with the upload settings; rolling", name)
+                    self._applied.add(name)
+                elif name not in self._applied and controller.serving_generation is not None:
+                    await self._apply_as_planned(name, controller.serving_generation, controller.replica_count)
+                    self._applied.add(name)
+            except Exception as exc:  # the API server or the planner: tried again at the next change
+                log.warning("service %s: not planned again for the upload settings (%s)", name, exc)
+        self._applied &= set(self.reconciler.controllers)
+
+    async def _apply_as_planned(self, name: str, generation: int, replicas: int) -> None:
+        record = await asyncio.to_thread(self.store.get_service, name)
+        if record.generation != generation:
+            return  # an update rolls out: its generation was planned with the settings of now
+        plan = await asyncio.to_thread(self._planner, self.store, record, DeploySpec.from_dict(record.config["deploy"]))
+        await self.target.apply(GenerationSpec(plan, replicas))
+
+    async def _sync_uploads(self, compute: ComputeRecord) -> None:
         """The model data the pods of services that collect it uploaded, into the workspace's
         data folder (``k8s_uploads.py``): ``modelfleet data export`` reads it from there; and,
-        with the target's upload credential, every service's pods' output, where
-        ``service.get_logs()`` reads it."""
-        compute = await asyncio.to_thread(current_compute, self.store, self.compute)
-        ship_logs = bool(compute.settings.get("blob_store_upload_auth"))
+        with the target's upload credential (or for a while after it was removed), every
+        service's pods' output, where ``service.get_logs()`` reads it."""
+        ship_logs = bool(compute.settings.get("blob_store_upload_auth")) or time.monotonic() < self._logs_until
         for name, controller in list(self.reconciler.controllers.items()):
             if controller.spec is None:
                 continue

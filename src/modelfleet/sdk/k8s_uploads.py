@@ -7,7 +7,9 @@ pods of a service deployed with ``collect_model_data=True`` upload what they col
 
 It goes into a Secret in the target's namespace and nowhere else
 (``targets/kubernetes/upload_credential.py``); the workspace records which form was given
-(``compute show``: ``blob_store_upload_auth``).
+(``compute show``: ``blob_store_upload_auth``). Services already deployed follow: the target's
+controller (started here if it does not run) plans them again, and their Deployments roll to pods
+with the sidecar, or without it once the credential is removed (``control/k8s_controller.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ __all__ = ["set_upload_credential"]
 
 def set_upload_credential(target: KubernetesCompute, sas: str | None = None, token: str | None = None) -> str:
     """Write (or, with neither, remove) the pods' upload credential; returns the Secret's name.
-    Pods started from now on upload with it."""
+    Services already deployed to ``target`` roll to it (their controller notices the change)."""
+    from modelfleet.control.k8s_controller import runs_on
     from modelfleet.control.k8s_router import api_client
     from modelfleet.targets.kubernetes.upload_credential import auth_of, check_upload_credential, write_upload_secret
 
@@ -35,5 +38,8 @@ def set_upload_credential(target: KubernetesCompute, sas: str | None = None, tok
     auth = auth_of(sas, token)
     if auth:
         settings["blob_store_upload_auth"] = auth
-    target.workspace.store.computes.attach(target.name, KIND, settings, overwrite=True)
+    store = target.workspace.store
+    store.computes.attach(target.name, KIND, settings, overwrite=True)
+    if any(runs_on(record) == target.name for record in store.list_services()):
+        target.ensure_controller()  # it rolls the services already deployed to the new template
     return name
