@@ -5,12 +5,15 @@ request so that the kernel spreads them over both listeners (SO_REUSEPORT)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from e2e_support import SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
@@ -32,14 +35,22 @@ def score(uri: str, key: str) -> int:
     return status
 
 
+def answered_ok(uri: str, key: str) -> bool:
+    try:
+        return score(uri, key) == 200
+    except ConnectionError:
+        return False
+
+
 def workers(ws: Workspace) -> list[dict[str, Any]]:
     status = ws.cluster().status()
     assert status["router_workers"] is not None
     return list(status["router_workers"])
 
 
-def test_two_workers_share_the_port_restart_and_stop(ws: Workspace) -> None:
-    assert cli(ws, "cluster", "start", "--router-workers", "2", "--router-slots", "partitioned").returncode == 0
+@pytest.mark.parametrize("slots", ["partitioned", "shared"])
+def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) -> None:
+    assert cli(ws, "cluster", "start", "--router-workers", "2", "--router-slots", slots).returncode == 0
     service = deploy(ws, "spread", "sum", num_replicas=2, replica_max_concurrent_requests=2)
     key = service.get_keys()[0]
     before = workers(ws)
@@ -59,6 +70,9 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace) -> None:
     old = counts[1]["pid"]
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: not pid_alive(old), timeout=10)
+    # a connection the kernel handed the dying worker in its last milliseconds is reset (as with
+    # any server process that dies); once one is answered, every next one is
+    wait_until(lambda: answered_ok(service.scoring_uri, key), timeout=10)
     assert all(score(service.scoring_uri, key) == 200 for _ in range(20))
     wait_until(lambda: (w := workers(ws)[1])["pid"] != old and w["listening"] and w["restarts"] == 1, timeout=20)
     answered = workers(ws)[1]["answered"]
@@ -83,3 +97,19 @@ def test_bad_worker_counts_name_the_flag_and_change_nothing(ws: Workspace) -> No
     assert ws.cluster().status()["router_workers"] is None  # the default: the daemon's router alone
     running = cli(ws, "cluster", "start", "--router-workers", "2", check=False)
     assert running.returncode == 1 and "stop it with `modelfleet cluster stop`" in running.stderr
+
+
+def test_workers_serve_tls_and_the_plain_http_port_too(ws: Workspace) -> None:
+    flags = ("--router-workers", "2", "--tls-self-signed", "--http-port", "0")
+    assert cli(ws, "cluster", "start", *flags).returncode == 0
+    service = deploy(ws, "secure", "sum")
+    headers = {"Authorization": f"Bearer {service.get_keys()[0]}", "Connection": "close"}
+    info = json.loads(cli(ws, "cluster", "status", "-o", "json").stdout)
+    context = ssl.create_default_context(cafile=info["tlsCertFile"])
+    plain = f"http://127.0.0.1:{info['httpPort']}/api/v1/service/secure/score"
+    with httpx.Client(verify=context) as tls_client, httpx.Client() as plain_client:
+        for _ in range(30):  # a new connection each (Connection: close): the kernel spreads them
+            assert tls_client.post(service.scoring_uri, content=SUM_BODY, headers=headers).json() == [55]
+            assert plain_client.post(plain, content=SUM_BODY, headers=headers).json() == [55]
+    wait_until(lambda: sum(w["answered"] for w in workers(ws)) >= 60, timeout=15)
+    assert all(w["answered"] > 0 for w in workers(ws)), workers(ws)

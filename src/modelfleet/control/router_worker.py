@@ -120,7 +120,11 @@ class _Worker:
 
 
 async def run(socket_path: str, index: int) -> None:
-    reader, writer = await asyncio.open_unix_connection(socket_path, limit=LINE_LIMIT)
+    try:
+        reader, writer = await asyncio.open_unix_connection(socket_path, limit=LINE_LIMIT)
+    except OSError as exc:  # the daemon is stopping, or gone
+        log.warning("router worker %d: no daemon at %s (%s); exiting", index, socket_path, exc)
+        return
     worker = _Worker(index, writer)
     worker.send({"op": "hello", "index": index, "pid": os.getpid()})
     try:

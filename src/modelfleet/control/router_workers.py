@@ -160,6 +160,9 @@ class RouterWorkers:
     async def stop(self) -> None:
         """Ask each worker to stop (in order), wait for it, kill what is left after ``STOP_WAIT_S``."""
         self._stopping = True
+        for task in self._tasks:  # no restart from here on
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in list(self._links.values()):
             link.send({"op": "stop"})
         for index in sorted(self._procs):
@@ -171,9 +174,6 @@ class RouterWorkers:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
