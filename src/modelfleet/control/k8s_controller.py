@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from modelfleet.control.credentials import signing_public_key
 from modelfleet.control.k8s_router import api_client
-from modelfleet.control.k8s_uploads import sync_log_uploads, sync_uploads
+from modelfleet.control.k8s_uploads import LogRetention, prune_log_uploads, sync_log_uploads, sync_uploads
 from modelfleet.control.reconcile import COMPUTE_TARGET_KEY, Planner, Reconciler
 from modelfleet.envs.canonical import canonicalize
 from modelfleet.envs.image import DEFAULT_REPOSITORY, image_tag, image_variant, write_image_context
@@ -66,6 +66,7 @@ _HPA_RECHECK_S = 5.0
 _UPLOADS_S = 2.0  # how often the pods' uploaded model data is laid into the workspace
 # after the upload credential is removed, the last segments the pods' sidecars sent are still laid
 _LOGS_AFTER_S = 300.0
+_PRUNE_S = 30.0  # how often the laid pod logs are pruned (k8s_uploads.logs_to_prune)
 
 
 def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, compute: ComputeRecord) -> m.ServiceSource:
@@ -232,6 +233,7 @@ class KubernetesController:
         self._uploads_seen: tuple[Any, ...] | None = None  # upload_settings() at the last pass
         self._applied: set[str] = set()  # services whose Deployment this process applied as planned now
         self._logs_until = 0.0  # sync uploaded logs until then (the credential was removed)
+        self._pruned_at = time.monotonic()  # the first prune once the pod watch has listed the pods
         self._planner = kubernetes_planner(compute, credential)
         self._hpa_notes: dict[str, str | None] = {}
         self.reconciler = Reconciler(store, target, self._planner, compute_target=compute.name)
@@ -334,13 +336,39 @@ class KubernetesController:
             syncs = [("model data", sync_uploads)] if controller.spec.collect_model_data else []
             syncs += [("log", sync_log_uploads)] if ship_logs else []
             for what, sync in syncs:
-                try:
-                    added = await asyncio.to_thread(sync, self.store, name)
+                try:  # the segments laid are deleted from the workspace's own blob folder
+                    added = await asyncio.to_thread(sync, self.store, name, True)
                 except Exception as exc:  # the blob store unreachable: try again next time
                     log.warning("service %s: uploaded %s not read (%s)", name, what, exc)
                     continue
                 if added:
                     log.info("service %s: %d bytes of %s from its pods", name, added, what)
+        if time.monotonic() - self._pruned_at >= _PRUNE_S:
+            self._pruned_at = time.monotonic()
+            for name in list(self.reconciler.controllers):
+                await self._prune_logs(name)
+
+    async def _prune_logs(self, name: str) -> None:
+        """The laid logs of ``name``'s pods, bounded as a local replica's are (``k8s_uploads``:
+        retention): its pods' own ``MODELFLEET_LOG_BACKUPS``, and the last few pods gone."""
+        running = {r.id for r in self.target.replicas(name)}
+        try:
+            record = await asyncio.to_thread(self.store.get_service, name)
+            env = (record.config.get("environment") or {}).get("environment_variables") or {}
+            backups = str(env.get("MODELFLEET_LOG_BACKUPS") or "")
+            retention = LogRetention(backups=int(backups)) if backups.isdigit() else LogRetention()
+            pruned = await asyncio.to_thread(prune_log_uploads, self.store, name, running, time.time(), retention)
+        except Exception as exc:  # a file gone meanwhile, the service deleted: next time
+            log.warning("service %s: pod logs not pruned (%s)", name, exc)
+            return
+        if pruned.files:
+            log.info(
+                "service %s: %d old pod log file(s) deleted (%d bytes, %d segment(s))",
+                name,
+                pruned.files,
+                pruned.bytes,
+                pruned.segments,
+            )
 
     async def _report_foreign_autoscalers(self) -> None:
         """modelfleet never creates an HPA; one aimed at a service's Deployment is said in its
