@@ -114,6 +114,12 @@ def test_stats_combine_as_one_router() -> None:
     assert out["a"]["limit"] == 2
     assert out["a"]["replicas"] == {"r0": {"in_flight": 1, "ready": True}, "r1": {"in_flight": 2, "ready": True}}
     assert daemon["a"]["replicas"]["r1"] == {"in_flight": 0, "ready": False}  # inputs untouched
+    # partitioned: a worker with no slot of a replica has no opinion on it (None)
+    daemon = {"a": _entry(1, 0, 1.0, {"r0": (1, True), "r1": (0, None)})}  # type: ignore[dict-item]
+    assert combine_stats([daemon])["a"]["replicas"]["r1"]["ready"] is True  # its owner is restarting
+    worker = {"a": _entry(0, 0, 1.0, {"r0": (0, None), "r1": (0, False)})}  # type: ignore[dict-item]
+    out = combine_stats([daemon, worker])
+    assert out["a"]["replicas"] == {"r0": {"in_flight": 1, "ready": True}, "r1": {"in_flight": 0, "ready": False}}
 
 
 def test_a_worker_rebuilt_from_the_daemons_calls_holds_the_same_table() -> None:
@@ -134,7 +140,7 @@ def test_a_worker_rebuilt_from_the_daemons_calls_holds_the_same_table() -> None:
     assert daemon.services[b"svc"].dispatch.limit == 1  # a slot is an upstream of limit 1
     views = [daemon.own_stats(), worker.own_stats()]
     assert all(v["svc"]["limit"] == 2 for v in views)  # the service's limit, not a slot's
-    assert sorted(r for v in views for r in v["svc"]["replicas"]) == ["svc-1-0", "svc-1-1"]  # by replica
+    assert all(sorted(v["svc"]["replicas"]) == ["svc-1-0", "svc-1-1"] for v in views)  # by replica, not slot
     assert sorted(combine_stats(views)["svc"]["replicas"]) == ["svc-1-0", "svc-1-1"]
     # a limit change re-deals: 3 slots a replica, 6 in all
     daemon.set_service(ServiceRoute(name="svc", auth=KeyAuth("secret-key-1"), max_concurrent=3))

@@ -26,7 +26,8 @@ to their own ``FleetRouter``. So every worker's table equals the daemon's.
 (``combine_stats``): per service, ``in_flight`` and ``queued`` are the workers' sums (each
 worker queues its own clients' requests), ``limit`` the service's per-replica limit, ``idle_s``
 the smallest (a request at any worker counts), each replica's ``in_flight`` the sum over its
-slots and workers and ``ready`` true when any worker may send to it. The workers' figures are
+slots and workers and ``ready`` true when any worker that owns a slot of it may send to it
+(or no live worker owns one: a restarting worker's replicas do not look gone). The workers' figures are
 at most about a second old (they report every ``REPORT_S``). Answer counters (by status,
 latency histogram, 401s, drops) are added into the daemon's own ``ServiceMetrics`` as the
 workers report them (``metrics_delta``/``add_metrics``), so every reader of those sees sums.
@@ -220,9 +221,13 @@ def combine_stats(views: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str,
             entry["queued"] += other["queued"]
             entry["idle_s"] = min(entry["idle_s"], other["idle_s"])
             for rid, r in other["replicas"].items():
-                mine = entry["replicas"].setdefault(rid, {"in_flight": 0, "ready": False})
+                mine = entry["replicas"].setdefault(rid, {"in_flight": 0, "ready": None})
                 mine["in_flight"] += r["in_flight"]
-                mine["ready"] = mine["ready"] or r["ready"]
+                if r["ready"] is not None:
+                    mine["ready"] = bool(mine["ready"]) or r["ready"]
+        for r in entry["replicas"].values():
+            if r["ready"] is None:  # listed, and no live worker owns a slot of it to say otherwise
+                r["ready"] = True
         out[name] = entry
     return out
 
@@ -338,6 +343,8 @@ class FleetRouter(Router):
                 mine = by_replica.setdefault(replica_of(sid), {"in_flight": 0, "ready": False})
                 mine["in_flight"] += r["in_flight"]
                 mine["ready"] = mine["ready"] or r["ready"]
+            for u in self._upstreams.get(name, ()):  # given, but no slot here: no opinion (None)
+                by_replica.setdefault(u.id, {"in_flight": 0, "ready": None})
             entry["replicas"] = by_replica
         return out
 
