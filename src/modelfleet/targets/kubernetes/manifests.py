@@ -73,6 +73,9 @@ SERVICE_LABEL = "modelfleet.io/service"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 CONFIG_HASH_ANNOTATION = "modelfleet.io/config-hash"
 REPLICA_SECRET_ANNOTATION = "modelfleet.io/replica-secret"  # a digest of it, never the secret
+# when the upload credential was last set (never its value): setting it again rolls the pods that
+# upload, whose sidecar reads the Secret at start (``sdk/k8s_uploads.py``)
+UPLOAD_CREDENTIAL_ANNOTATION = "modelfleet.io/upload-credential-set"
 REPLICA_SECRET_KEY = "replicaSecret"  # in Secret S-keys
 REPLICA_SECRET_ENV = "MODELFLEET_REPLICA_SECRET"  # replica/config.py SECRET_ENV
 _REPLICA_SECRET_RE = re.compile(r"^[\x21-\x7e]{16,512}$")  # what the router's Upstream accepts
@@ -167,6 +170,7 @@ class ServiceSource:
     replica_secret: str | None = field(default=None, repr=False)
     # the target has an upload credential: the replica's output is uploaded ("ship", LOG_MOUNT)
     ship_logs: bool = False
+    upload_credential_set: str | None = None  # when it was set (the target's blob_store_upload_set)
 
     @property
     def ships(self) -> bool:
@@ -541,6 +545,8 @@ def _deployment(src: ServiceSource, config_hash: str) -> dict[str, Any]:
     template_annotations = {CONFIG_HASH_ANNOTATION: config_hash}
     if src.replica_secret is not None:
         template_annotations[REPLICA_SECRET_ANNOTATION] = replica_secret_digest(src.replica_secret)
+    if src.ships and src.upload_credential_set:
+        template_annotations[UPLOAD_CREDENTIAL_ANNOTATION] = src.upload_credential_set
     volumes = [
         {"name": "app", "emptyDir": {}},
         {"name": "config", "configMap": {"name": config_map_name(src.name)}},
