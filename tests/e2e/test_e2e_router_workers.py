@@ -63,6 +63,7 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) 
     assert counts[0]["answered"] > 0 and counts[1]["answered"] > 0, counts
     codes = ws.cluster().status()["service_counts"]["spread"]["codes"]
     assert codes == {"200": 60, "401": 1} or codes == {200: 60, 401: 1}, codes
+    assert f"pid {counts[1]['pid']} (" in cli(ws, "cluster", "status").stdout
     stats = ws.cluster().status()["router"]["spread"]
     assert stats["limit"] == 2 and len(stats["replicas"]) == 2  # by replica, not by slot
 
@@ -95,6 +96,7 @@ def test_bad_worker_counts_name_the_flag_and_change_nothing(ws: Workspace) -> No
     assert ws.cluster().info() is None  # nothing was started
     assert cli(ws, "cluster", "start").returncode == 0
     assert ws.cluster().status()["router_workers"] is None  # the default: the daemon's router alone
+    assert "router processes" not in cli(ws, "cluster", "status").stdout
     running = cli(ws, "cluster", "start", "--router-workers", "2", check=False)
     assert running.returncode == 1 and "stop it with `modelfleet cluster stop`" in running.stderr
 

@@ -160,7 +160,7 @@ def test_shared_slots_leave_the_table_as_it_is() -> None:
 
 
 def test_worker_settings_name_the_flag_and_the_range() -> None:
-    assert WorkerSettings() == WorkerSettings(workers=1, slots="shared")
+    assert WorkerSettings() == WorkerSettings(workers=1, slots="partitioned")
     assert max_workers(2) == 8 and max_workers(0) == 4
     for bad in (0, -1, max_workers() + 1, True, "2"):
         with pytest.raises(ConfigError, match=rf"--router-workers must be an integer from 1 to {max_workers()}"):

@@ -39,8 +39,8 @@ def register(groups: Any) -> None:
     workers = start.add_argument_group("router processes (remembered across restarts)")
     workers.add_argument("--router-workers", type=int, metavar="N",
                          help="router processes sharing the port (default 1: the daemon's own only)")  # fmt: skip
-    workers.add_argument("--router-slots", choices=("shared", "partitioned"),
-                         help="how the processes share each replica's slots (default shared)")  # fmt: skip
+    workers.add_argument("--router-slots", choices=("partitioned", "shared"),
+                         help="how the processes share each replica's slots (default partitioned)")  # fmt: skip
     start.set_defaults(handler=cluster_start)
     cluster.add_parser("stop", help="stop it; services come back on the next start").set_defaults(handler=cluster_stop)
     status = cluster.add_parser("status", help="daemon, router and replicas")
@@ -149,6 +149,9 @@ def cluster_status(args: argparse.Namespace) -> int:
         lines.append(f"  {_grpc_line(info)}")
     if data["metrics_uri"]:
         lines.append(f"  metrics: {data['metrics_uri']}")
+    if status.get("router_workers"):  # cluster start --router-workers N (control/router_workers.py)
+        procs = ", ".join(f"pid {w['pid']} ({w['answered']} answered)" for w in status["router_workers"])
+        lines.append(f"  router processes: {procs}")
     if status.get("dashboard_uri"):
         lines.append(f"  dashboard: {status['dashboard_uri']} (log in with `modelfleet dashboard`)")
     for name, svc in status["services"].items():

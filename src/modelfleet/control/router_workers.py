@@ -1,6 +1,6 @@
 """Router worker processes: the local cluster's router on more than one core.
 
-``modelfleet cluster start --router-workers N [--router-slots shared|partitioned]`` (kept in
+``modelfleet cluster start --router-workers N [--router-slots partitioned|shared]`` (kept in
 the workspace like the router's limits; default 1: the router runs in the daemon alone, as it
 always did). With N > 1 the daemon starts N-1 worker processes
 (``python -m modelfleet.control.router_worker``, the daemon's own Python); the daemon's router
@@ -60,7 +60,9 @@ def max_workers(cores: int | None = None) -> int:
 @dataclass(frozen=True)
 class WorkerSettings:
     workers: int = 1
-    slots: str = "shared"  # bench/router_workers.py: see the README's "Router workers"
+    # measured (bench/router_workers.py, the README's "Router workers"): shared slots collide on
+    # the replicas (hundreds of busy answers in seconds at and over capacity), partitioned ones never
+    slots: str = "partitioned"
 
     def __post_init__(self) -> None:
         top = max_workers()
@@ -78,9 +80,9 @@ def load(store: Any) -> WorkerSettings:
         return WorkerSettings()
     data = json.loads(stored)
     try:
-        return WorkerSettings(workers=int(data.get("workers", 1)), slots=str(data.get("slots", "shared")))
+        return WorkerSettings(workers=int(data.get("workers", 1)), slots=str(data.get("slots", "partitioned")))
     except ConfigError:  # stored on a machine with more cores: as many as this one allows
-        return WorkerSettings(workers=max_workers(), slots=str(data.get("slots", "shared")))
+        return WorkerSettings(workers=max_workers(), slots=str(data.get("slots", "partitioned")))
 
 
 def save(store: Any, workers: int | None = None, slots: str | None = None) -> WorkerSettings:
