@@ -46,6 +46,9 @@ def test_listing_reads_the_workspace_a_fixed_number_of_times(tmp_path: Path) -> 
     with counted_statements(ws.store) as statements:
         everything = Webservice.serialize_all(ws)  # what `service list` calls: no list() before it
     assert everything == listed
+    # svc-000 and svc-003 share their settings (one parse), not their deploymentConfig dicts
+    assert everything[0]["deploymentConfig"] == everything[3]["deploymentConfig"]
+    assert everything[0]["deploymentConfig"] is not everything[3]["deploymentConfig"]
     # services once, metadata events, three router settings: 5 reads, each with its BEGIN
     assert len(statements) <= 10, f"{len(statements)} statements for {SERVICES} services"
     with counted_statements(ws.store) as statements:

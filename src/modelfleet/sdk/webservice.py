@@ -475,7 +475,8 @@ class Webservice:
         else:
             by_name = {r.name: r for r in records}
             listed = [by_name[s.name] for s in services if s.name in by_name]
-        specs = {r.name: DeploySpec.from_dict(r.config["deploy"]) for r in listed}  # each parsed once
+        specs = _deploy_specs(listed)
+        v1: dict[int, dict[str, Any]] = {}  # each distinct spec's deploymentConfig, made once
         metas = service_meta.current_of_all(workspace.store, listed, specs)
         roots: dict[Any, str | None] = {}  # by compute target, or by owning local cluster
         out = []
@@ -483,7 +484,10 @@ class Webservice:
             where = (record.config.get(COMPUTE_TARGET_KEY), record.cluster)
             if where not in roots:
                 roots[where] = _router_root(workspace, record)
-            out.append(_serialized(record, roots[where], metas[record.name], specs[record.name]))
+            spec = specs[record.name]
+            if id(spec) not in v1:
+                v1[id(spec)] = spec.to_v1_json()
+            out.append(_serialized(record, roots[where], metas[record.name], spec, _copied(v1[id(spec)])))
             if is_endpoint_config(record.config):  # its state and models are its versions'
                 endpoint = AksEndpoint._listed(workspace, record.name)
                 assert isinstance(endpoint, AksEndpoint)
@@ -1041,8 +1045,37 @@ def _router_root(workspace: WorkspaceBase, record: ServiceRecord) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def _deploy_specs(records: Sequence[ServiceRecord]) -> dict[str, DeploySpec]:
+    """Each record's deploy spec by service name, parsed once for all the services deployed with
+    the same settings (a fleet deployed by one script: ``service list`` of 1,000 spent a third
+    of its time parsing one spec a thousand times)."""
+    parsed: dict[str, DeploySpec] = {}
+    out = {}
+    for record in records:
+        deploy = record.config["deploy"]
+        key = json.dumps(deploy, sort_keys=True, default=str)
+        spec = parsed.get(key)
+        if spec is None:
+            spec = parsed[key] = DeploySpec.from_dict(deploy)
+        out[record.name] = spec
+    return out
+
+
+def _copied(value: Any) -> Any:
+    """A copy of JSON-like data (dicts and lists copied, the rest shared): each service's own."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
 def _serialized(
-    record: ServiceRecord, router_root: str | None, meta: service_meta.Metadata, spec: DeploySpec | None = None
+    record: ServiceRecord,
+    router_root: str | None,
+    meta: service_meta.Metadata,
+    spec: DeploySpec | None = None,
+    v1_json: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if spec is None:
         spec = DeploySpec.from_dict(record.config["deploy"])
@@ -1063,7 +1096,7 @@ def _serialized(
         "properties": meta.properties,
         "description": meta.description,
         "environment": record.config["environment"].get("name"),
-        "deploymentConfig": spec.to_v1_json(),
+        "deploymentConfig": spec.to_v1_json() if v1_json is None else v1_json,
         "cluster": record.cluster,  # last: tsv consumers' columns stay where they were
     }
 
