@@ -299,15 +299,16 @@ class KubernetesTarget:
         )
         name = deployment["metadata"]["name"]
         self._asked[name] = replicas
+        # The pod template is replaced whole ($patch: replace, a strategic merge directive): a
+        # container, env var, volume or annotation it no longer has (the "ship" sidecar, once
+        # the upload credential is removed) goes; a merge would keep it. An equal template
+        # rolls nothing (the same pod-template-hash).
+        patch = copy.deepcopy(deployment)
+        patch["spec"]["template"]["$patch"] = "replace"
         upsert(
             f"Deployment {name}",
             lambda: self.apps.create_namespaced_deployment(ns, deployment),
-            # a JSON merge patch: lists are replaced whole, so a container, env var or volume the
-            # template no longer has (the "ship" sidecar, once the upload credential is removed)
-            # goes; a strategic merge would keep it. An equal template rolls nothing.
-            lambda: self.apps.patch_namespaced_deployment(
-                name, ns, deployment, _content_type="application/merge-patch+json"
-            ),
+            lambda: self.apps.patch_namespaced_deployment(name, ns, patch),
         )
         log.info("deployment %s/%s applied with %d replicas", ns, name, replicas)
 
