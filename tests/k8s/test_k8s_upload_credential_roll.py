@@ -138,9 +138,27 @@ def test_a_credential_set_after_deploy_rolls_the_sidecar_in_and_removing_it_roll
             assert _template(apps, namespace, name)[0] == with_ship
             assert len(apps.list_namespaced_replica_set(namespace).items) == replica_sets
 
+            # the same form again (a SAS rotated): the template says when it was set, so the pods
+            # roll and their sidecar reads the new Secret; the value is in no template
+            def stamp() -> str:
+                d = apps.read_namespaced_deployment(name, namespace)
+                return str((d.spec.template.metadata.annotations or {}).get(m.UPLOAD_CREDENTIAL_ANNOTATION))
+
+            before_rotation = stamp()
+            assert before_rotation == target.serialize()["blob_store_upload_set"]
+            set_upload_credential(target, sas=WSAS.replace("2099", "2098"))
+            rotated = wait_for("the new stamp in the template", lambda: stamp() != before_rotation or None)
+            assert _template(apps, namespace, name)[0] > with_ship and WSIG not in json.dumps(pod)
+            first_pod = core.read_namespaced_pod(rolled_pod, namespace)
+            rolled_pod = wait_for("the pod rolled for the new credential", new_pod_ready, timeout=180)
+            assert rotated
+
             set_upload_credential(target)  # removed: a service that collects no data loses the sidecar
             without, pod = wait_for("the sidecar out of the template", lambda: rolled((["replica"], False, False)))
             assert without > with_ship
+            assert m.UPLOAD_CREDENTIAL_ANNOTATION not in (
+                apps.read_namespaced_deployment(name, namespace).spec.template.metadata.annotations or {}
+            )
             service.delete()
         finally:
             target.stop_controller()

@@ -100,6 +100,7 @@ def service_source(store: Store, record: ServiceRecord, spec: DeploySpec, comput
         namespace=settings.get("namespace") or "default",
         # with the pods' write credential set (sdk/k8s_uploads.py), every pod uploads its log
         ship_logs=bool(settings.get("blob_store_upload_auth")),
+        upload_credential_set=settings.get("blob_store_upload_set"),
     )
 
 
@@ -171,9 +172,11 @@ def kaniko_build(env: EnvironmentSpec, tag: str, gpu: bool, namespace: str) -> k
 
 def upload_settings(compute: ComputeRecord) -> tuple[Any, ...]:
     """What of a compute target's settings the planner puts in a pod template for uploads:
-    whether its pods ship their log (``blob_store_upload_auth``) and where to."""
+    whether its pods ship their log (``blob_store_upload_auth``), where to, and when the
+    credential was last set (``blob_store_upload_set``: a rotated one rolls the pods that upload)."""
     settings = compute.settings
-    return (bool(settings.get("blob_store_upload_auth")), settings.get("blob_store"))
+    auth, stamp = settings.get("blob_store_upload_auth"), settings.get("blob_store_upload_set")
+    return (bool(auth), settings.get("blob_store"), stamp)
 
 
 def current_compute(store: Store, compute: ComputeRecord) -> ComputeRecord:

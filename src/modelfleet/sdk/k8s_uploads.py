@@ -14,6 +14,8 @@ with the sidecar, or without it once the credential is removed (``control/k8s_co
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from modelfleet.sdk.compute import KIND, KubernetesCompute
 
 __all__ = ["set_upload_credential"]
@@ -38,6 +40,9 @@ def set_upload_credential(target: KubernetesCompute, sas: str | None = None, tok
     auth = auth_of(sas, token)
     if auth:
         settings["blob_store_upload_auth"] = auth
+    # when, never what: the pods that upload carry it in their template, so a credential set
+    # again (a SAS rotated, in the same form) rolls them and their sidecar reads the new one
+    settings["blob_store_upload_set"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     store = target.workspace.store
     store.computes.attach(target.name, KIND, settings, overwrite=True)
     if any(runs_on(record) == target.name for record in store.list_services()):
