@@ -172,6 +172,11 @@ class Router:
         self._servers.append(server)
         log.info("router listening on %s", path)
 
+    def stop_listening(self) -> None:
+        """Take no new connection; those open are served on (a router worker retiring)."""
+        for server in self._servers:
+            server.close()
+
     async def stop(self) -> None:
         """Stop listening, cut client connections, then replica connections; every slot is
         given back and nothing is reported as a replica failure."""
