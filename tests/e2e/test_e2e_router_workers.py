@@ -90,9 +90,13 @@ def test_bad_worker_counts_name_the_flag_and_change_nothing(ws: Workspace) -> No
     top = 4 * (os.cpu_count() or 1)
     bad = cli(ws, "cluster", "start", "--router-workers", "0", check=False)
     assert bad.returncode == 1
-    assert bad.stderr == f"error: --router-workers must be an integer from 1 to {top} (4 per core here; got 0)\n"
-    too_many = cli(ws, "cluster", "start", "--router-workers", str(top + 1), check=False)
-    assert too_many.returncode == 1 and "--router-workers must be an integer from 1" in too_many.stderr
+    assert bad.stderr == (
+        f"error: --router-workers must be a count from 1 to {top} or a range LOW-HIGH within it "
+        "(4 per core here; got 0)\n"
+    )
+    for wrong in (str(top + 1), "3-2", "two"):
+        refused = cli(ws, "cluster", "start", "--router-workers", wrong, check=False)
+        assert refused.returncode == 1 and f"--router-workers must be a count from 1 to {top}" in refused.stderr
     assert ws.cluster().info() is None  # nothing was started
     assert cli(ws, "cluster", "start").returncode == 0
     assert ws.cluster().status()["router_workers"] is None  # the default: the daemon's router alone
@@ -115,3 +119,10 @@ def test_workers_serve_tls_and_the_plain_http_port_too(ws: Workspace) -> None:
             assert plain_client.post(plain, content=SUM_BODY, headers=headers).json() == [55]
     wait_until(lambda: sum(w["answered"] for w in workers(ws)) >= 60, timeout=15)
     assert all(w["answered"] > 0 for w in workers(ws)), workers(ws)
+
+
+def test_a_range_starts_at_its_low_end_on_the_shared_port(ws: Workspace) -> None:
+    assert cli(ws, "cluster", "start", "--router-workers", "1-3").returncode == 0
+    service = deploy(ws, "ranged", "sum")
+    assert [w["index"] for w in workers(ws)] == [0]  # idle: the daemon's router alone
+    assert all(score(service.scoring_uri, service.get_keys()[0]) == 200 for _ in range(5))

@@ -163,7 +163,7 @@ def test_worker_settings_name_the_flag_and_the_range() -> None:
     assert WorkerSettings() == WorkerSettings(workers=1, slots="partitioned")
     assert max_workers(2) == 8 and max_workers(0) == 4
     for bad in (0, -1, max_workers() + 1, True, "2"):
-        with pytest.raises(ConfigError, match=rf"--router-workers must be an integer from 1 to {max_workers()}"):
+        with pytest.raises(ConfigError, match=rf"--router-workers must be a count from 1 to {max_workers()} or "):
             WorkerSettings(workers=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--router-slots must be one of shared, partitioned"):
         WorkerSettings(slots="striped")

@@ -37,8 +37,9 @@ def register(groups: Any) -> None:
     limits.add_argument("--router-send-timeout-s", type=float, metavar="S",
                         help="a client reading none of its answer this long is cut off (default 60)")  # fmt: skip
     workers = start.add_argument_group("router processes (remembered across restarts)")
-    workers.add_argument("--router-workers", type=int, metavar="N",
-                         help="router processes sharing the port (default 1: the daemon's own only)")  # fmt: skip
+    workers.add_argument("--router-workers", metavar="N|LOW-HIGH",
+                         help="router processes sharing the port (default 1: the daemon's own only); "
+                              "a range: their count follows the routing time")  # fmt: skip
     workers.add_argument("--router-slots", choices=("partitioned", "shared"),
                          help="how the processes share each replica's slots (default partitioned)")  # fmt: skip
     start.set_defaults(handler=cluster_start)
@@ -73,17 +74,20 @@ def cluster_start(args: argparse.Namespace) -> int:
             )
         router_limits.save(ws.store, changes)
     if args.router_workers is not None or args.router_slots is not None:
-        wanted_workers = router_workers.WorkerSettings(  # checked before anything is stored
-            workers=args.router_workers if args.router_workers is not None else router_workers.load(ws.store).workers,
-            slots=args.router_slots or router_workers.load(ws.store).slots,
+        stored = router_workers.load(ws.store)
+        workers, most = (
+            router_workers.parse_workers(args.router_workers)
+            if args.router_workers is not None
+            else (stored.workers, stored.most)
         )
-        if wanted_workers != router_workers.load(ws.store):
+        wanted_workers = router_workers.WorkerSettings(workers, most, args.router_slots or stored.slots)  # checked
+        if wanted_workers != stored:
             if cluster.info() is not None:
                 raise Conflict(
                     "the cluster is running with other router workers; stop it with `modelfleet cluster stop`, "
                     "then start it again with these flags"
                 )
-            router_workers.save(ws.store, wanted_workers.workers, wanted_workers.slots)
+            router_workers.save(ws.store, wanted_workers)
     info = cluster.ensure_running(port=args.port, host=args.host, grpc_port=args.grpc_port)
     print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
     if info.get("tls_cert_file"):

@@ -87,11 +87,11 @@ class Daemon:
         # `cluster start --router-workers N`: N > 1 router processes share the port (router_workers.py)
         fleet = router_workers.load(self.store)
         self.router: Router
-        if fleet.workers > 1:
+        if fleet.high > 1:
             self.router = FleetRouter(self._on_replica_failed, workers=fleet.workers, slots=fleet.slots, **limits)
         else:
             self.router = Router(on_replica_failed=self._on_replica_failed, **limits)
-        reuse = fleet.workers > 1
+        reuse = fleet.high > 1
         port = self._choose_port()
         # TLS as stored by `cluster start` (control/tls.py); the certificate's dates need the clock
         tls = router_listeners(self.store, self.config.workspace, datetime.datetime.now(datetime.timezone.utc))
@@ -109,7 +109,12 @@ class Daemon:
             listen = {"host": self.config.host, "port": router_port, "http_port": http_port}
             listen.update(cert_file=str(tls.cert_file or ""), key_file=str(tls.key_file or ""))
             self.workers = router_workers.RouterWorkers(
-                self.router, target.private_socket("router-workers"), listen, limits, self._on_replica_failed
+                self.router,
+                target.private_socket("router-workers"),
+                listen,
+                limits,
+                self._on_replica_failed,
+                scale=fleet.scale_settings(),  # `--router-workers LOW-HIGH`: the count follows the routing time
             )
             await self.workers.start()
         # this folder's cluster: in a shared workspace it runs only its own services (store/clusters.py)

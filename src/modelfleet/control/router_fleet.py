@@ -261,7 +261,7 @@ class FleetRouter(Router):
         self.fanout: Callable[[dict[str, Any]], None] | None = None
         self.remote_drain: Callable[[str, list[str], float], Awaitable[bool]] | None = None
         self.remote_stats: Callable[[], list[dict[str, dict[str, Any]]]] = list
-        self._limits: dict[str, int] = {}  # service -> its replica_max_concurrent_requests
+        self._routes: dict[str, ServiceRoute] = {}  # service -> its route as given (its real limit)
         self._upstreams: dict[str, list[Upstream]] = {}  # service -> its replicas (not slots)
         self._raw = False  # inside set_endpoint: its set_service is neither sent nor split
 
@@ -269,32 +269,52 @@ class FleetRouter(Router):
         if self.fanout is not None and not self._raw:
             self.fanout(msg)
 
+    def _limit(self, service: str) -> int:
+        route = self._routes.get(service)
+        return route.max_concurrent if route is not None else 1
+
     def _slots(self, service: str, ids: Iterable[str]) -> list[str]:
         if not self.partitioned:
             return list(ids)
-        limit = self._limits.get(service, 1)
-        return [f"{rid}{_SLOT}{k}" for rid in ids for k in range(limit)]
+        return [f"{rid}{_SLOT}{k}" for rid in ids for k in range(self._limit(service))]
+
+    def _local_route(self, route: ServiceRoute) -> ServiceRoute:
+        return replace(route, max_concurrent=1) if self.partitioned else route  # a slot: limit 1
+
+    def _local_upstreams(self, service: str) -> list[Upstream]:
+        ups = self._upstreams.get(service, [])
+        return slot_upstreams(ups, self._limit(service), self.workers, self.index) if self.partitioned else ups
 
     def set_service(self, route: ServiceRoute) -> None:
         self._send({"op": "set_service", "route": route_to_plain(route)})
-        if self._raw or not self.partitioned:
+        if self._raw:
             super().set_service(route)
             return
-        before = self._limits.get(route.name)
-        self._limits[route.name] = route.max_concurrent
-        super().set_service(replace(route, max_concurrent=1))  # each slot is an upstream of limit 1
-        ups = self._upstreams.get(route.name)
-        if ups is not None and before != route.max_concurrent:
-            super().set_replicas(route.name, slot_upstreams(ups, route.max_concurrent, self.workers, self.index))
+        before = self._limit(route.name) if route.name in self._routes else None
+        self._routes[route.name] = route
+        super().set_service(self._local_route(route))
+        if self.partitioned and route.name in self._upstreams and before != route.max_concurrent:
+            super().set_replicas(route.name, self._local_upstreams(route.name))  # re-dealt at the new limit
 
     def set_replicas(self, service: str, upstreams: Iterable[Upstream]) -> None:
         ups = list(upstreams)
         self._send({"op": "set_replicas", "service": service, "upstreams": [upstream_to_plain(u) for u in ups]})
-        if not self.partitioned:
-            super().set_replicas(service, ups)
-            return
         self._upstreams[service] = ups
-        super().set_replicas(service, slot_upstreams(ups, self._limits.get(service, 1), self.workers, self.index))
+        super().set_replicas(service, self._local_upstreams(service))
+
+    def set_workers(self, workers: int) -> None:
+        """The fleet grew or shrank to ``workers``: slots are dealt again (partitioned)."""
+        self._send({"op": "workers", "workers": workers})
+        before = self.partitioned
+        self.workers = workers
+        self.partitioned = self.slots == "partitioned" and workers > 1
+        for name, route in self._routes.items():
+            if name.encode() not in self.services:
+                continue
+            if before != self.partitioned:
+                super().set_service(self._local_route(route))
+            if name in self._upstreams:
+                super().set_replicas(name, self._local_upstreams(name))
 
     def set_endpoint(self, route: ServiceRoute, versions: Sequence[VersionShare]) -> None:
         self._send({"op": "set_endpoint", "route": route_to_plain(route), "versions": [asdict(v) for v in versions]})
@@ -327,7 +347,7 @@ class FleetRouter(Router):
 
     def remove_service(self, service: str) -> None:
         self._send({"op": "remove_service", "service": service})
-        self._limits.pop(service, None)
+        self._routes.pop(service, None)
         self._upstreams.pop(service, None)
         super().remove_service(service)
 
@@ -337,7 +357,7 @@ class FleetRouter(Router):
         if not self.partitioned:
             return out
         for name, entry in out.items():
-            entry["limit"] = self._limits.get(name, entry["limit"])
+            entry["limit"] = self._limit(name) if name in self._routes else entry["limit"]
             by_replica: dict[str, dict[str, Any]] = {}
             for sid, r in entry["replicas"].items():
                 mine = by_replica.setdefault(replica_of(sid), {"in_flight": 0, "ready": False})
@@ -368,6 +388,8 @@ class FleetRouter(Router):
             self.set_service_failed(msg["service"], msg["reason"])
         elif op == "mark_healthy":
             self.mark_healthy(msg["service"], msg["replica"])
+        elif op == "workers":
+            self.set_workers(msg["workers"])
         elif op == "remove_service":
             self.remove_service(msg["service"])
             tokens.pop(msg["service"], None)

@@ -22,10 +22,13 @@ from typing import Any
 
 from modelfleet.control.router_fleet import REPORT_S, FleetRouter, metrics_delta, metrics_snapshot
 from modelfleet.router.auth import TokenAuth
+from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleState
 
 log = logging.getLogger("modelfleet.router.worker")
 
 LINE_LIMIT = 64 * 1024 * 1024
+PROBE_S = 0.25  # how often the loop's lag is sampled (router_scale.LoadProbe)
+RETIRE_S = 30.0  # a retiring worker waits this long at most for its requests in flight
 
 
 class _Worker:
@@ -36,6 +39,7 @@ class _Worker:
         self.tokens: dict[str, TokenAuth] = {}
         self._sent: dict[str, dict[str, Any]] = {}  # service -> counters as last reported
         self._tasks: set[asyncio.Task[None]] = set()
+        self.load = RouterScaleState()  # loop lag and CPU since the last report
 
     def send(self, msg: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -64,6 +68,8 @@ class _Worker:
             await self._listen(router, msg)
         elif op == "drain":
             self.spawn(self._drain(router, msg))
+        elif op == "retire":
+            self.spawn(self._retire(router))
         elif op == "stop":
             return False
         else:
@@ -84,10 +90,32 @@ class _Worker:
             await router.start(msg["host"], msg["http_port"], reuse_port=True)
         self.send({"op": "ready"})
         self.spawn(self._report(router))
+        self.spawn(self._probe())
 
     async def _drain(self, router: FleetRouter, msg: dict[str, Any]) -> None:
         ok = await router.drain(msg["service"], msg["ids"], msg["timeout_s"])
         self.send({"op": "drained", "id": msg["id"], "ok": ok})
+
+    async def _retire(self, router: FleetRouter) -> None:
+        """The fleet shrinks: take no new connection, finish what is in flight (up to
+        ``RETIRE_S``), then end (the daemon's connection closes; ``run`` stops the router)."""
+        router.stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETIRE_S
+        while loop.time() < deadline and any(
+            s.dispatch.in_flight or s.dispatch.queued for s in router.services.values()
+        ):
+            await asyncio.sleep(0.05)
+        self.send(self.report(router))  # its last counts
+        log.info("router worker %d retiring", self.index)
+        self.writer.close()
+
+    async def _probe(self) -> None:
+        probe = LoadProbe()
+        while True:
+            probe.expect(PROBE_S)
+            await asyncio.sleep(PROBE_S)
+            probe.sample(self.load)
 
     async def _report(self, router: FleetRouter) -> None:
         while True:
@@ -109,7 +137,12 @@ class _Worker:
         now = metrics_snapshot(router.unrouted)
         unrouted = metrics_delta(self._sent.get(""), now)
         self._sent[""] = now
-        return {"op": "stats", "stats": router.own_stats(), "metrics": deltas, "unrouted": unrouted}
+        samples = list(self.load.samples)
+        self.load.samples.clear()
+        lag = sum(s[1] for s in samples) / len(samples) if samples else None
+        cpu = sum(s[2] for s in samples) / len(samples) if samples else None
+        out = {"op": "stats", "stats": router.own_stats(), "metrics": deltas, "unrouted": unrouted}
+        return {**out, "lag_ms": lag, "cpu": cpu}
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ from typing import Any
 
 from modelfleet.control.router_fleet import SLOT_MODES, FleetRouter, add_metrics
 from modelfleet.errors import ConfigError
+from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleSettings, RouterScaleState, decide
 
-__all__ = ["SETTING", "RouterWorkers", "WorkerSettings", "load", "max_workers", "save"]
+__all__ = ["SETTING", "RouterWorkers", "WorkerSettings", "load", "max_workers", "parse_workers", "save"]
 
 log = logging.getLogger("modelfleet.router.workers")
 
@@ -49,6 +51,8 @@ SETTING = "router_workers"
 RESTART_DELAY_S = 0.5
 STOP_WAIT_S = 5.0
 READY_WAIT_S = 30.0
+RETIRE_WAIT_S = 40.0  # a retiring worker's requests get router_worker.RETIRE_S to finish
+PROBE_S = 0.25  # how often the daemon's own loop lag is sampled
 LINE_LIMIT = 64 * 1024 * 1024  # one message a line: a service's replica list, or a route
 
 
@@ -59,19 +63,53 @@ def max_workers(cores: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """``workers`` router processes; with ``most`` (> 0) their count follows the routing time
+    between ``workers`` and ``most`` (``--router-workers LOW-HIGH``: ``scale_settings``)."""
+
     workers: int = 1
+    most: int = 0
     # measured (bench/router_workers.py, the README's "Router workers"): shared slots collide on
     # the replicas (hundreds of busy answers in seconds at and over capacity), partitioned ones never
     slots: str = "partitioned"
 
     def __post_init__(self) -> None:
         top = max_workers()
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= top:
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.workers, self.most))
+        if not ints or not 1 <= self.workers <= top or not (self.most == 0 or self.workers <= self.most <= top):
+            shown = f"{self.workers}-{self.most}" if self.most else f"{self.workers}"
             raise ConfigError(
-                f"--router-workers must be an integer from 1 to {top} (4 per core here; got {self.workers!r})"
+                f"--router-workers must be a count from 1 to {top} or a range LOW-HIGH within it "
+                f"(4 per core here; got {shown})"
             )
         if self.slots not in SLOT_MODES:
             raise ConfigError(f"--router-slots must be one of {', '.join(SLOT_MODES)} (got {self.slots!r})")
+
+    @property
+    def high(self) -> int:
+        """The most router processes there may be."""
+        return self.most or self.workers
+
+    def scale_settings(self) -> RouterScaleSettings | None:
+        """The Kubernetes router pods' rule (``router_scale.decide``) over this range, on the
+        local cluster's shorter windows; ``None`` for a fixed count."""
+        if not self.most or self.most == self.workers:
+            return None
+        return RouterScaleSettings(
+            min_replicas=self.workers, max_replicas=self.most, out_lag_ms=20.0, window_s=10.0,
+            in_cpu=0.2, in_window_s=60.0, cooldown_s=20.0,
+        )  # fmt: skip
+
+
+def parse_workers(text: str) -> tuple[int, int]:
+    """``--router-workers N`` or ``LOW-HIGH`` as (workers, most); bad text names the flag."""
+    m = re.fullmatch(r"(\d{1,4})(?:-(\d{1,4}))?", text.strip())
+    if m is None:
+        top = max_workers()
+        raise ConfigError(
+            f"--router-workers must be a count from 1 to {top} or a range LOW-HIGH within it "
+            f"(4 per core here; got {text})"
+        )
+    return int(m[1]), int(m[2] or 0)
 
 
 def load(store: Any) -> WorkerSettings:
@@ -79,20 +117,17 @@ def load(store: Any) -> WorkerSettings:
     if not stored:
         return WorkerSettings()
     data = json.loads(stored)
+    slots = str(data.get("slots", "partitioned"))
+    workers, most = int(data.get("workers", 1)), int(data.get("most", 0))
     try:
-        return WorkerSettings(workers=int(data.get("workers", 1)), slots=str(data.get("slots", "partitioned")))
+        return WorkerSettings(workers=workers, most=most, slots=slots)
     except ConfigError:  # stored on a machine with more cores: as many as this one allows
-        return WorkerSettings(workers=max_workers(), slots=str(data.get("slots", "partitioned")))
+        top = max_workers()
+        return WorkerSettings(workers=min(workers, top), most=min(most, top), slots=slots)
 
 
-def save(store: Any, workers: int | None = None, slots: str | None = None) -> WorkerSettings:
-    """Store the settings with these changes; a bad value is refused naming the flag."""
-    current = load(store)
-    settings = WorkerSettings(
-        workers=current.workers if workers is None else workers, slots=current.slots if slots is None else slots
-    )
+def save(store: Any, settings: WorkerSettings) -> None:
     store.set_setting(SETTING, json.dumps(asdict(settings)))
-    return settings
 
 
 class _Link:
@@ -119,10 +154,15 @@ class RouterWorkers:
         listen: dict[str, Any],
         limits: dict[str, Any],
         on_replica_failed: Any,
+        scale: RouterScaleSettings | None = None,
     ) -> None:
         self.router = router
         self.socket_path = socket_path
-        self._config = {"op": "config", "workers": router.workers, "slots": router.slots, "limits": limits}
+        self._limits = limits
+        self.scale = scale  # None: a fixed count; else the count follows the routing time
+        self._load = RouterScaleState()  # the fleet's loop lag and CPU, a sample a second
+        self._own_load = RouterScaleState()  # the daemon's own, a sample every PROBE_S
+        self._retiring: set[int] = set()
         self._listen = {"op": "listen", **listen}
         self._on_replica_failed = on_replica_failed
         self._journal: dict[tuple[str, str], dict[str, Any]] = {}
@@ -133,7 +173,9 @@ class RouterWorkers:
         self._answered: dict[int, int] = {}
         self._merged: dict[str, int] = {}  # service ("" outside any) -> answers added from workers
         self.restarts: dict[int, int] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # worker -> its supervisor
+        self._scaler: asyncio.Task[None] | None = None
+        self._lag: dict[int, tuple[float, float]] = {}  # worker -> (lag ms, CPU) last reported
         self._server: asyncio.AbstractServer | None = None
         self._seq = 0
         self._stopping = False
@@ -147,9 +189,7 @@ class RouterWorkers:
         self._server = await asyncio.start_unix_server(self._serve, str(self.socket_path), limit=LINE_LIMIT)
         os.chmod(self.socket_path, 0o600)
         for index in range(1, self.router.workers):
-            self._ready[index] = asyncio.Event()
-            self.restarts[index] = 0
-            self._tasks.append(asyncio.get_running_loop().create_task(self._supervise(index)))
+            self._spawn(index)
         waits = [e.wait() for e in self._ready.values()]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), READY_WAIT_S)
@@ -158,13 +198,21 @@ class RouterWorkers:
         log.info(
             "router workers: %d processes share the router port (slots %s)", self.router.workers, self.router.slots
         )
+        if self.scale is not None:
+            self._scaler = asyncio.get_running_loop().create_task(self._follow_load(self.scale))
+
+    def _spawn(self, index: int) -> None:
+        self._ready[index] = asyncio.Event()
+        self.restarts[index] = 0
+        self._tasks[index] = asyncio.get_running_loop().create_task(self._supervise(index))
 
     async def stop(self) -> None:
         """Ask each worker to stop (in order), wait for it, kill what is left after ``STOP_WAIT_S``."""
         self._stopping = True
-        for task in self._tasks:  # no restart from here on
+        tasks = [*self._tasks.values(), *([self._scaler] if self._scaler is not None else [])]
+        for task in tasks:  # no restart, no resize from here on
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for link in list(self._links.values()):
             link.send({"op": "stop"})
         for index in sorted(self._procs):
@@ -195,7 +243,7 @@ class RouterWorkers:
             )
             self._procs[index] = proc
             code = await proc.wait()
-            if self._stopping:
+            if self._stopping or index in self._retiring:
                 return
             self.restarts[index] += 1
             log.warning("router worker %d (pid %d) exited (%s); starting it again", index, proc.pid, code)
@@ -205,8 +253,10 @@ class RouterWorkers:
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
-        service = msg["route"]["name"] if "route" in msg else msg["service"]
-        if op == "remove_service":
+        service = msg["route"]["name"] if "route" in msg else msg.get("service", "")
+        if op == "workers":
+            pass  # a worker that connects gets the count with its config
+        elif op == "remove_service":
             for key in [k for k in self._journal if k[0] == service]:
                 del self._journal[key]
             self._merged.pop(service, None)
@@ -243,7 +293,9 @@ class RouterWorkers:
                 return
             link = _Link(int(hello["index"]), int(hello["pid"]), writer)
             # settings, the whole table, then listen: nothing awaits in between, so no call is missed
-            link.send(self._config)
+            link.send(
+                {"op": "config", "workers": self.router.workers, "slots": self.router.slots, "limits": self._limits}
+            )
             for msg in self._journal.values():
                 link.send(msg)
             link.send(self._listen)
@@ -257,7 +309,9 @@ class RouterWorkers:
                 if self._links.get(link.index) is link:
                     del self._links[link.index]
                 self._stats.pop(link.index, None)
-                self._ready[link.index].clear()
+                self._lag.pop(link.index, None)
+                if link.index in self._ready:
+                    self._ready[link.index].clear()
                 for fut in link.pending.values():
                     if not fut.done():
                         fut.set_result(True)  # its connections, and requests, went with it
@@ -267,6 +321,8 @@ class RouterWorkers:
         op = msg.get("op")
         if op == "stats":
             self._stats[link.index] = msg["stats"]
+            if msg.get("lag_ms") is not None and msg.get("cpu") is not None:
+                self._lag[link.index] = (float(msg["lag_ms"]), float(msg["cpu"]))
             self._answered[link.index] = self._answered.get(link.index, 0)
             services = self.router.services
             for name, delta in msg["metrics"].items():
@@ -290,6 +346,67 @@ class RouterWorkers:
                 fut.set_result(bool(msg["ok"]))
         else:
             log.warning("router worker %d sent an unknown message %r", link.index, op)
+
+    # -- the count following the routing time -------------------------------------------
+
+    async def _follow_load(self, scale: RouterScaleSettings) -> None:
+        """Every second: the fleet's loop lag and CPU (each process's mean, the daemon's own
+        CPU including its control plane), then ``router_scale.decide``, the Kubernetes router
+        pods' rule, on ``scale``'s range, windows and cool-down; a new count is applied here."""
+        probe = LoadProbe()
+        loop = asyncio.get_running_loop()
+        while True:
+            for _ in range(round(1.0 / PROBE_S)):
+                probe.expect(PROBE_S)
+                await asyncio.sleep(PROBE_S)
+                probe.sample(self._own_load)
+            own = list(self._own_load.samples)
+            self._own_load.samples.clear()
+            figures = [(sum(s[1] for s in own) / len(own), sum(s[2] for s in own) / len(own))] if own else []
+            figures += list(self._lag.values())
+            if not figures:
+                continue
+            now = loop.time()
+            lag = sum(f[0] for f in figures) / len(figures)
+            cpu = sum(f[1] for f in figures) / len(figures)
+            self._load.samples.append((now, lag, cpu))
+            count, why = decide(self.router.workers, scale, self._load, now)
+            if count != self.router.workers:
+                log.info("router workers: %d -> %d (%s)", self.router.workers, count, why)
+                await self.resize(count)
+
+    async def resize(self, count: int) -> None:
+        """Grow to ``count`` router processes (slots dealt again, then the new ones started), or
+        shrink (the last ones retire: no new connection, their requests finish; then the slots
+        are dealt again)."""
+        current = self.router.workers
+        if count > current:
+            self.router.set_workers(count)  # every worker deals again; the new ones get the count
+            for index in range(current, count):
+                self._retiring.discard(index)
+                self._spawn(index)
+            return
+        for index in range(current - 1, count - 1, -1):
+            self._retiring.add(index)
+            link = self._links.get(index)
+            if link is not None:
+                link.send({"op": "retire"})
+            proc = self._procs.get(index)
+            if proc is not None:
+                try:
+                    await asyncio.wait_for(proc.wait(), RETIRE_WAIT_S)
+                except asyncio.TimeoutError:
+                    log.warning("router worker %d (pid %d) did not retire; killing it", index, proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            task = self._tasks.pop(index, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            for table in (self._procs, self._ready, self.restarts, self._stats, self._lag):
+                table.pop(index, None)
+        self.router.set_workers(count)
 
     def status(self) -> list[dict[str, Any]]:
         """Each router process: pid, answers it gave (for services still present), restarts."""

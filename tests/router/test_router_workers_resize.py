@@ -1,0 +1,126 @@
+"""Router workers grow and shrink (``RouterWorkers.resize``, what ``--router-workers LOW-HIGH``
+applies): real worker processes on a real port, a stand-in replica (tests/router_upstream.py)
+that counts busy answers; the rule that decides the count, with plain samples."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from modelfleet.control.router_fleet import FleetRouter
+from modelfleet.control.router_workers import RouterWorkers, WorkerSettings, parse_workers
+from modelfleet.errors import ConfigError
+from modelfleet.router.auth import KeyAuth
+from modelfleet.router.proxy import ServiceRoute, Upstream
+from modelfleet.targets.kubernetes.router_scale import RouterScaleState, decide
+from router_upstream import UpstreamProcess
+
+KEY = "resize-test-key-1"
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def score(port: int) -> int:
+    """One request on a new connection (the kernel picks the listener)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/api/v1/service/svc/score", body=b"{}", headers={"Authorization": f"Bearer {KEY}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_the_fleet_grows_and_shrinks_serving_throughout(
+    tmp_path: Path, upstreams: Callable[..., UpstreamProcess]
+) -> None:
+    replica = upstreams("--limit", "2")  # answers busy past 2 at once, as a replica does
+
+    async def main() -> None:
+        router = FleetRouter(workers=1, slots="partitioned")
+        port = await router.start("127.0.0.1", 0, reuse_port=True)
+        listen = {"host": "127.0.0.1", "port": port, "http_port": None, "cert_file": "", "key_file": ""}
+        fleet = RouterWorkers(router, tmp_path / "workers.sock", listen, {}, lambda service, rid: None)
+        await fleet.start()
+        pids: list[int] = []
+        try:
+            router.set_service(ServiceRoute(name="svc", auth=KeyAuth(KEY), max_concurrent=2))
+            router.set_replicas("svc", [Upstream("svc-1-0", "127.0.0.1", replica.port)])
+            d = router.services[b"svc"].dispatch
+            assert [s.id for s in d.slots()] == ["svc-1-0"] and d.limit == 2  # alone: the replica at its limit
+
+            await fleet.resize(2)
+            await until(lambda: all(w["listening"] for w in fleet.status()))
+            d = router.services[b"svc"].dispatch
+            assert router.workers == 2 and [s.id for s in d.slots() if s.listed] == ["svc-1-0#0"] and d.limit == 1
+            statuses = [await asyncio.to_thread(score, port) for _ in range(40)]
+            assert statuses == [200] * 40
+            await until(lambda: all(w["answered"] > 0 for w in fleet.status()))  # both took connections
+            added = fleet.status()[1]["pid"]
+            pids.append(added)
+
+            await fleet.resize(1)
+            assert not alive(added) and [w["index"] for w in fleet.status()] == [0]
+            d = router.services[b"svc"].dispatch
+            assert router.workers == 1 and [s.id for s in d.slots() if s.listed] == ["svc-1-0"] and d.limit == 2
+            statuses = [await asyncio.to_thread(score, port) for _ in range(10)]
+            assert statuses == [200] * 10
+            assert replica.stats()["busy"] == 0  # the slots never added up to more than the limit
+        finally:
+            await fleet.stop()
+            await router.stop()
+        assert not any(alive(p) for p in pids)
+        assert not (tmp_path / "workers.sock").exists()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_range_parses_and_is_checked() -> None:
+    assert parse_workers("3") == (3, 0) and parse_workers("1-4") == (1, 4)
+    top = 4 * (os.cpu_count() or 1)
+    for bad in ("0", "3-2", f"1-{top + 1}", "x", "1-", "-2", "2-3-4"):
+        with pytest.raises(ConfigError, match=rf"^--router-workers must be a count from 1 to {top} or a range"):
+            WorkerSettings(*parse_workers(bad))
+    assert WorkerSettings(2).scale_settings() is None and WorkerSettings(2, 2).scale_settings() is None
+    assert WorkerSettings(2, 2).high == 2 and WorkerSettings(1, 3).high == 3
+
+
+def test_the_count_follows_the_routing_time_within_the_range() -> None:
+    scale = WorkerSettings(1, 3).scale_settings()
+    assert scale is not None and (scale.min_replicas, scale.max_replicas) == (1, 3)
+    state = RouterScaleState()
+    for t in range(11):  # the loops 30 ms late for the whole window: one more
+        state.samples.append((float(t), 30.0, 0.9))
+    assert decide(1, scale, state, 10.0)[0] == 2
+    state.samples.append((11.0, 30.0, 0.9))
+    assert decide(2, scale, state, 11.0)[0] == 2  # cooling down
+    for t in range(31, 42):
+        state.samples.append((float(t), 30.0, 0.9))
+    assert decide(2, scale, state, 41.0)[0] == 3
+    for t in range(61, 72):
+        state.samples.append((float(t), 30.0, 0.9))
+    assert decide(3, scale, state, 71.0)[0] == 3  # at the top of the range
+    state = RouterScaleState()
+    for t in range(61):  # a minute of idle loops: one fewer, never under the range
+        state.samples.append((float(t), 0.5, 0.05))
+    assert decide(2, scale, state, 60.0)[0] == 1
+    state.quiet_until = 0.0
+    assert decide(1, scale, state, 60.0)[0] == 1
