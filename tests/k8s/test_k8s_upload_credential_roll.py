@@ -8,6 +8,8 @@ nothing when it is the same. On the real control plane, the node stand-in runnin
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -153,7 +155,16 @@ def test_a_credential_set_after_deploy_rolls_the_sidecar_in_and_removing_it_roll
             rolled_pod = wait_for("the pod rolled for the new credential", new_pod_ready, timeout=180)
             assert rotated
 
-            set_upload_credential(target)  # removed: a service that collects no data loses the sidecar
+            # removed, through the CLI: a service that collects no data loses the sidecar
+            removed = subprocess.run(
+                [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "k8s", "upload-credential"]
+                + ["--compute-target", "prod"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert removed.returncode == 0, removed.stderr
+            assert "upload credential removed" in removed.stdout and "roll" in removed.stdout
             without, pod = wait_for("the sidecar out of the template", lambda: rolled((["replica"], False, False)))
             assert without > with_ship
             assert m.UPLOAD_CREDENTIAL_ANNOTATION not in (

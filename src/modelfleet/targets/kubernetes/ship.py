@@ -20,7 +20,8 @@ Objects are never changed once written, so a plain PUT does (Azure's Put Blob wi
 ``x-ms-blob-type: BlockBlob``, or any server that stores what it is sent); a sidecar restarted
 from offset 0 writes the same bytes again under the same or overlapping names, which the
 reader lays over each other by offset (the file is append-only: a byte at an offset never
-changes).
+changes). Once laid, the workspace deletes them from its own blob folder (``k8s_uploads``:
+retention); a segment sent again after that is skipped as laid, and deleted again.
 
 The write credential comes from the upload Secret (``manifests.upload_secret_name``), never
 from the workspace: ``MODELFLEET_UPLOAD_SAS`` (a query string appended to each URL, e.g. an Azure
