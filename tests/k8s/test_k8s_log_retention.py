@@ -204,3 +204,15 @@ def test_the_controller_deletes_laid_segments_and_old_pods_logs(
             service.delete()
         finally:
             target.stop_controller()
+
+
+def test_a_segment_deleted_after_it_was_listed_stops_its_file(tmp_path: Path):
+    # get_logs() lists the segments, then waits for the lock the controller holds while it
+    # prunes a file with its segments: the segment gone is not an error, the file stops there
+    from modelfleet.control.k8s_uploads import _lay
+
+    ws = Workspace.create(name="ws", path=tmp_path / "ws")
+    root = pod_logs_dir(ws.store, "s")
+    listed = [("p/000001.log", 0, 4, str(ws.store.blobs.root / "telemetry/s/logs/p/000001/gone.log"))]
+    assert _lay(ws.store, iter(listed), root) == 0
+    assert not (root / "p" / "000001.log").exists()

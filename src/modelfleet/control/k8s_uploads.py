@@ -186,7 +186,10 @@ def _append(store: Store, by_file: dict[str, list[tuple[int, int, str]]], root: 
                 continue  # laid already
             if offset > have:
                 break  # a gap: the segment before this one is not uploaded yet
-            data = _read(store, locator)[have - offset :]
+            try:
+                data = _read(store, locator)[have - offset :]
+            except FileNotFoundError:
+                break  # deleted since it was listed (pruned with its file by the controller)
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "ab") as f:
                 f.write(data)
