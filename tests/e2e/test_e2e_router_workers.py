@@ -126,3 +126,5 @@ def test_a_range_starts_at_its_low_end_on_the_shared_port(ws: Workspace) -> None
     service = deploy(ws, "ranged", "sum")
     assert [w["index"] for w in workers(ws)] == [0]  # idle: the daemon's router alone
     assert all(score(service.scoring_uri, service.get_keys()[0]) == 200 for _ in range(5))
+    wait_until(lambda: workers(ws)[0]["cpu"] is not None, timeout=10)  # the rule's figures are measured
+    assert [w["index"] for w in workers(ws)] == [0]  # and a light load keeps it at one

@@ -1,5 +1,5 @@
 """Router workers grow and shrink (``RouterWorkers.resize``, what ``--router-workers LOW-HIGH``
-applies): real worker processes on a real port, a stand-in replica (tests/router_upstream.py)
+applies as ``decide_workers`` says): real worker processes on a real port, a stand-in replica (tests/router_upstream.py)
 that counts busy answers; the rule that decides the count, with plain samples."""
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ from pathlib import Path
 import pytest
 
 from modelfleet.control.router_fleet import FleetRouter
-from modelfleet.control.router_workers import RouterWorkers, WorkerSettings, parse_workers
+from modelfleet.control.router_workers import (
+    RouterWorkers,
+    WorkerScaleState,
+    WorkerSettings,
+    decide_workers,
+    parse_workers,
+)
 from modelfleet.errors import ConfigError
 from modelfleet.router.auth import KeyAuth
 from modelfleet.router.proxy import ServiceRoute, Upstream
-from modelfleet.targets.kubernetes.router_scale import RouterScaleState, decide
 from router_upstream import UpstreamProcess
 
 KEY = "resize-test-key-1"
@@ -105,22 +110,29 @@ def test_a_range_parses_and_is_checked() -> None:
 
 def test_the_count_follows_the_routing_time_within_the_range() -> None:
     scale = WorkerSettings(1, 3).scale_settings()
-    assert scale is not None and (scale.min_replicas, scale.max_replicas) == (1, 3)
-    state = RouterScaleState()
-    for t in range(11):  # the loops 30 ms late for the whole window: one more
-        state.samples.append((float(t), 30.0, 0.9))
-    assert decide(1, scale, state, 10.0)[0] == 2
-    state.samples.append((11.0, 30.0, 0.9))
-    assert decide(2, scale, state, 11.0)[0] == 2  # cooling down
-    for t in range(31, 42):
-        state.samples.append((float(t), 30.0, 0.9))
-    assert decide(2, scale, state, 41.0)[0] == 3
-    for t in range(61, 72):
-        state.samples.append((float(t), 30.0, 0.9))
-    assert decide(3, scale, state, 71.0)[0] == 3  # at the top of the range
-    state = RouterScaleState()
-    for t in range(61):  # a minute of idle loops: one fewer, never under the range
-        state.samples.append((float(t), 0.5, 0.05))
-    assert decide(2, scale, state, 60.0)[0] == 1
-    state.quiet_until = 0.0
-    assert decide(1, scale, state, 60.0)[0] == 1
+    assert scale is not None and (scale.low, scale.high, scale.out_cpu, scale.in_cpu) == (1, 3, 0.6, 0.25)
+    state = WorkerScaleState()
+
+    def feed(start: int, stop: int, cpu: float) -> None:
+        state.samples.extend((float(t), cpu) for t in range(start, stop))
+
+    feed(0, 5, 0.9)
+    assert decide_workers(1, scale, state, 4.0) == (1, "")  # the 10 s window is not full yet
+    feed(5, 11, 0.9)
+    count, why = decide_workers(1, scale, state, 10.0)
+    assert count == 2 and why == "routing CPU 0.90 s/s a process > 0.6 for 10 s"
+    feed(11, 29, 0.9)
+    assert decide_workers(2, scale, state, 28.0) == (2, "")  # cooling down until 30
+    feed(29, 41, 0.7)
+    assert decide_workers(2, scale, state, 40.0)[0] == 3
+    feed(51, 62, 0.95)
+    assert decide_workers(3, scale, state, 61.0) == (3, "")  # the top of the range
+    state = WorkerScaleState()
+    feed(0, 11, 0.2)  # 3 at 0.2 would be 2 at 0.3: stays (hysteresis against the way out)
+    assert decide_workers(3, scale, state, 10.0) == (3, "")
+    state = WorkerScaleState()
+    feed(0, 11, 0.1)  # 2 at 0.1 would be 1 at 0.2: one retires
+    assert decide_workers(2, scale, state, 10.0)[0] == 1
+    state = WorkerScaleState()
+    feed(0, 11, 0.0)
+    assert decide_workers(1, scale, state, 10.0) == (1, "")  # never under the range

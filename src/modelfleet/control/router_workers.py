@@ -35,15 +35,27 @@ import logging
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modelfleet.control.router_fleet import SLOT_MODES, FleetRouter, add_metrics
 from modelfleet.errors import ConfigError
-from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleSettings, RouterScaleState, decide
+from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleState
 
-__all__ = ["SETTING", "RouterWorkers", "WorkerSettings", "load", "max_workers", "parse_workers", "save"]
+__all__ = [
+    "SETTING",
+    "RouterWorkers",
+    "WorkerScale",
+    "WorkerScaleState",
+    "WorkerSettings",
+    "decide_workers",
+    "load",
+    "max_workers",
+    "parse_workers",
+    "save",
+]
 
 log = logging.getLogger("modelfleet.router.workers")
 
@@ -89,15 +101,56 @@ class WorkerSettings:
         """The most router processes there may be."""
         return self.most or self.workers
 
-    def scale_settings(self) -> RouterScaleSettings | None:
-        """The Kubernetes router pods' rule (``router_scale.decide``) over this range, on the
-        local cluster's shorter windows; ``None`` for a fixed count."""
+    def scale_settings(self) -> WorkerScale | None:
+        """The rule over this range (``decide_workers``); ``None`` for a fixed count."""
         if not self.most or self.most == self.workers:
             return None
-        return RouterScaleSettings(
-            min_replicas=self.workers, max_replicas=self.most, out_lag_ms=20.0, window_s=10.0,
-            in_cpu=0.2, in_window_s=60.0, cooldown_s=20.0,
-        )  # fmt: skip
+        return WorkerScale(low=self.workers, high=self.most)
+
+
+@dataclass(frozen=True)
+class WorkerScale:
+    """How the router process count follows the routing time (``decide_workers``).
+
+    ``out_cpu``: a process's routing CPU seconds per second (its loop runs on one core, so 1.0
+    is a full one), on average over ``window_s``, above which one more process is started;
+    ``in_cpu``: the same load spread over one process fewer would stay under it, so one retires;
+    nothing for ``cooldown_s`` after a change (the kernel spreads only new connections: the
+    load needs that long to move). The Kubernetes router pods go out on loop lag
+    (``router_scale``); a local router's loop keeps turning when saturated (its lag stays a few
+    ms at 100 % of a core here), so its CPU is the signal."""
+
+    low: int
+    high: int
+    out_cpu: float = 0.6
+    in_cpu: float = 0.25
+    window_s: float = 10.0
+    cooldown_s: float = 20.0
+
+
+@dataclass
+class WorkerScaleState:
+    samples: deque[tuple[float, float]] = field(default_factory=deque)  # (time, mean CPU s/s a process)
+    quiet_until: float = 0.0
+
+
+def decide_workers(count: int, scale: WorkerScale, state: WorkerScaleState, now: float) -> tuple[int, str]:
+    """The new router process count and why ("" when it stays), from ``state``'s samples."""
+    while state.samples and state.samples[0][0] < now - scale.window_s - 1.0:
+        state.samples.popleft()
+    if now < state.quiet_until or not state.samples or state.samples[0][0] > now - scale.window_s:
+        return count, ""  # cooling down, or the window is not full yet
+    values = [c for t, c in state.samples if t >= now - scale.window_s]
+    cpu = sum(values) / len(values)
+    if cpu > scale.out_cpu and count < scale.high:
+        new, why = count + 1, f"routing CPU {cpu:.2f} s/s a process > {scale.out_cpu:g} for {scale.window_s:g} s"
+    elif count > scale.low and cpu * count / (count - 1) < scale.in_cpu:
+        new, why = count - 1, f"routing CPU {cpu:.2f} s/s a process: {count - 1} would stay under {scale.in_cpu:g}"
+    else:
+        return count, ""
+    state.quiet_until = now + scale.cooldown_s
+    state.samples.clear()  # the next window measures the new count
+    return new, why
 
 
 def parse_workers(text: str) -> tuple[int, int]:
@@ -154,15 +207,16 @@ class RouterWorkers:
         listen: dict[str, Any],
         limits: dict[str, Any],
         on_replica_failed: Any,
-        scale: RouterScaleSettings | None = None,
+        scale: WorkerScale | None = None,
     ) -> None:
         self.router = router
         self.socket_path = socket_path
         self._limits = limits
         self.scale = scale  # None: a fixed count; else the count follows the routing time
-        self._load = RouterScaleState()  # the fleet's loop lag and CPU, a sample a second
-        self._own_load = RouterScaleState()  # the daemon's own, a sample every PROBE_S
+        self._load = WorkerScaleState()  # the processes' mean CPU, a sample a second
+        self._own_load = RouterScaleState()  # the daemon's own lag and CPU, a sample every PROBE_S
         self._retiring: set[int] = set()
+        self._own_cpu: float | None = None  # the daemon's CPU s/s over the last second (with a range)
         self._listen = {"op": "listen", **listen}
         self._on_replica_failed = on_replica_failed
         self._journal: dict[tuple[str, str], dict[str, Any]] = {}
@@ -349,10 +403,10 @@ class RouterWorkers:
 
     # -- the count following the routing time -------------------------------------------
 
-    async def _follow_load(self, scale: RouterScaleSettings) -> None:
-        """Every second: the fleet's loop lag and CPU (each process's mean, the daemon's own
-        CPU including its control plane), then ``router_scale.decide``, the Kubernetes router
-        pods' rule, on ``scale``'s range, windows and cool-down; a new count is applied here."""
+    async def _follow_load(self, scale: WorkerScale) -> None:
+        """Every second: the router processes' mean CPU seconds per second (the workers' as
+        they report it, the daemon's own including its control plane's), then
+        ``decide_workers``; a new count is applied here."""
         probe = LoadProbe()
         loop = asyncio.get_running_loop()
         while True:
@@ -360,17 +414,17 @@ class RouterWorkers:
                 probe.expect(PROBE_S)
                 await asyncio.sleep(PROBE_S)
                 probe.sample(self._own_load)
-            own = list(self._own_load.samples)
+            own = [s[2] for s in self._own_load.samples]
             self._own_load.samples.clear()
-            figures = [(sum(s[1] for s in own) / len(own), sum(s[2] for s in own) / len(own))] if own else []
-            figures += list(self._lag.values())
+            figures = [cpu for _, cpu in self._lag.values()]
+            if own:
+                self._own_cpu = sum(own) / len(own)
+                figures.append(self._own_cpu)
             if not figures:
                 continue
             now = loop.time()
-            lag = sum(f[0] for f in figures) / len(figures)
-            cpu = sum(f[1] for f in figures) / len(figures)
-            self._load.samples.append((now, lag, cpu))
-            count, why = decide(self.router.workers, scale, self._load, now)
+            self._load.samples.append((now, sum(figures) / len(figures)))
+            count, why = decide_workers(self.router.workers, scale, self._load, now)
             if count != self.router.workers:
                 log.info("router workers: %d -> %d (%s)", self.router.workers, count, why)
                 await self.resize(count)
@@ -409,12 +463,15 @@ class RouterWorkers:
         self.router.set_workers(count)
 
     def status(self) -> list[dict[str, Any]]:
-        """Each router process: pid, answers it gave (for services still present), restarts."""
+        """Each router process: pid, answers it gave (for services still present), restarts, and
+        (with a range) its CPU seconds per second over the last second, as the scaling rule sees it."""
         own = sum(
             sum(s.metrics.codes.values()) - self._merged.get(s.route.name, 0) for s in self.router.services.values()
         )
         own += sum(self.router.unrouted.codes.values()) - self._merged.get("", 0)
-        out: list[dict[str, Any]] = [{"index": 0, "pid": os.getpid(), "answered": own, "listening": True}]
+        out: list[dict[str, Any]] = [
+            {"index": 0, "pid": os.getpid(), "answered": own, "listening": True, "cpu": self._own_cpu}
+        ]
         for index in sorted(self.restarts):
             proc = self._procs.get(index)
             out.append(
@@ -424,6 +481,7 @@ class RouterWorkers:
                     "answered": self._answered.get(index, 0),
                     "listening": self._ready[index].is_set(),
                     "restarts": self.restarts[index],
+                    "cpu": self._lag[index][1] if index in self._lag else None,
                 }
             )
         return out
