@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e_support import SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
-from modelfleet import Workspace
+from e2e_support import SCRIPTS, SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
+from modelfleet import Environment, InferenceConfig, Workspace
 
 
 @pytest.fixture
@@ -128,3 +129,36 @@ def test_a_range_starts_at_its_low_end_on_the_shared_port(ws: Workspace) -> None
     assert all(score(service.scoring_uri, service.get_keys()[0]) == 200 for _ in range(5))
     wait_until(lambda: workers(ws)[0]["cpu"] is not None, timeout=10)  # the rule's figures are measured
     assert [w["index"] for w in workers(ws)] == [0]  # and a light load keeps it at one
+
+
+def test_an_update_under_two_workers_fails_no_request(ws: Workspace) -> None:
+    """Both routers drain the old replicas (the daemon waits for the worker's drain too)."""
+    assert cli(ws, "cluster", "start", "--router-workers", "2").returncode == 0
+    service = deploy(ws, "rolling", "slow", auth_enabled=False, replica_max_concurrent_requests=4)
+    results: list[tuple[int, object]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():  # a new connection each: both routers take some
+            response = httpx.post(service.scoring_uri, content=json.dumps({"sleep": 0.02}), timeout=30)
+            results.append((response.status_code, response.json().get("version")))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(results) > 10)
+        ic = InferenceConfig(
+            entry_script="score.py", source_directory=SCRIPTS / "version_v2", environment=Environment("e2e")
+        )
+        service.update(inference_config=ic)
+        service.wait_for_deployment(timeout_sec=60)
+        count = len(results)
+        wait_until(lambda: len(results) > count + 10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert {status for status, _ in results} == {200}
+    assert results[0][1] == 1 and results[-1][1] == 2
+    assert all(w["answered"] > 0 for w in workers(ws)), workers(ws)

@@ -4,6 +4,8 @@ dealt, what a worker is sent and rebuilds from it, how the workers' figures comb
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -167,3 +169,13 @@ def test_worker_settings_name_the_flag_and_the_range() -> None:
             WorkerSettings(workers=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--router-slots must be one of shared, partitioned"):
         WorkerSettings(slots="striped")
+
+
+def test_a_worker_process_loads_no_control_plane_library() -> None:
+    code = (
+        "import sys, modelfleet.control.router_worker\n"
+        "print([m for m in ('sqlalchemy', 'modelfleet.sdk', 'modelfleet.store', 'kubernetes', 'pydantic')"
+        " if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.strip() == "[]"
