@@ -22,7 +22,7 @@ to their own ``FleetRouter``. So every worker's table equals the daemon's.
   and latency, on every request of exactly the services whose replicas, not the router, are
   the bottleneck, to save a retry on the collisions.
 
-**Stats**: ``stats()`` is the one router the autoscaler, ``/metrics`` and the dashboard see
+**Stats**: ``stats()`` is the one router the autoscaler and the admin status see
 (``combine_stats``): per service, ``in_flight`` and ``queued`` are the workers' sums (each
 worker queues its own clients' requests), ``limit`` the service's per-replica limit, ``idle_s``
 the smallest (a request at any worker counts), each replica's ``in_flight`` the sum over its
@@ -31,6 +31,9 @@ slots and workers and ``ready`` true when any worker that owns a slot of it may 
 at most about a second old (they report every ``REPORT_S``). Answer counters (by status,
 latency histogram, 401s, drops) are added into the daemon's own ``ServiceMetrics`` as the
 workers report them (``metrics_delta``/``add_metrics``), so every reader of those sees sums.
+Not combined yet: ``/metrics``' in-flight, queued and ready gauges and the dashboard's (they read
+the daemon's ``Dispatch``, not ``stats()``), mirror counters, the 401s by client address
+(``AuthFailures``), and traces of requests a worker served (a worker has no tracer).
 """
 
 from __future__ import annotations
