@@ -42,6 +42,11 @@ def register(groups: Any) -> None:
                               "a range: their count follows the routing time")  # fmt: skip
     workers.add_argument("--router-slots", choices=("partitioned", "shared"),
                          help="how the processes share each replica's slots (default partitioned)")  # fmt: skip
+    start.add_argument("--replica-start", metavar="fork|exec",
+                       help="how replicas start (remembered across restarts; default exec): forked from one server "
+                            "per interpreter that has the runtime loaded (about 6.5 MiB each), or exec'd, an "
+                            "interpreter each (about 16 MiB); exec'd anyway where a fork cannot keep a guarantee "
+                            "(`cluster status` says which and why)")  # fmt: skip
     start.set_defaults(handler=cluster_start)
     cluster.add_parser("stop", help="stop it; services come back on the next start").set_defaults(handler=cluster_stop)
     status = cluster.add_parser("status", help="daemon, router and replicas")
@@ -88,6 +93,17 @@ def cluster_start(args: argparse.Namespace) -> int:
                     "then start it again with these flags"
                 )
             router_workers.save(ws.store, wanted_workers)
+    if args.replica_start is not None:  # targets/forkserver.py; MODELFLEET_FORK_SERVER overrides it
+        from modelfleet.targets import forkserver
+
+        mode, stored = forkserver.parse_mode(args.replica_start), ws.store.get_setting(forkserver.SETTING)
+        if mode != (stored or forkserver.DEFAULT) and cluster.info() is not None:
+            raise Conflict(
+                f"the cluster is running with replicas started by {stored or forkserver.DEFAULT}; stop it with "
+                "`modelfleet cluster stop`, then start it again with this flag"
+            )
+        if mode != stored:
+            ws.store.set_setting(forkserver.SETTING, mode)
     info = cluster.ensure_running(port=args.port, host=args.host, grpc_port=args.grpc_port)
     print(f"cluster running: router {_router_uri(info)} (pid {info['pid']})")
     if info.get("tls_cert_file"):
@@ -117,6 +133,13 @@ def _metrics_uri(info: dict[str, Any]) -> str | None:
     if not info.get("metrics_port"):
         return None
     return f"http://{info.get('metrics_host') or '127.0.0.1'}:{info['metrics_port']}/metrics"
+
+
+def _start_line(start: dict[str, Any]) -> str:
+    """``replicas start by fork (default): 12 forked, 1 exec'd (1 where it runs as user nobody ...)``"""
+    line = f"  replicas start by {start['mode']} ({start['source']}): {start['forked']} forked, {start['exec']} exec'd"
+    reasons = "; ".join(f"{n} where {why}" for why, n in start["exec_reasons"].items())
+    return f"{line} ({reasons})" if reasons else line
 
 
 def cluster_stop(args: argparse.Namespace) -> int:
@@ -156,6 +179,8 @@ def cluster_status(args: argparse.Namespace) -> int:
     if status.get("router_workers"):  # cluster start --router-workers N (control/router_workers.py)
         procs = ", ".join(f"pid {w['pid']} ({w['answered']} answered)" for w in status["router_workers"])
         lines.append(f"  router processes: {procs}")
+    if status.get("replica_start"):  # forked or exec'd (targets/forkserver.py)
+        lines.append(_start_line(status["replica_start"]))
     if status.get("dashboard_uri"):
         lines.append(f"  dashboard: {status['dashboard_uri']} (log in with `modelfleet dashboard`)")
     for name, svc in status["services"].items():

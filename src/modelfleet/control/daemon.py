@@ -47,6 +47,7 @@ from modelfleet.control.tls import HTTP_PORT_SETTING, router_listeners
 from modelfleet.router.grpc_front import GrpcFront
 from modelfleet.router.proxy import Router
 from modelfleet.store.registry import Store
+from modelfleet.targets import forkserver
 from modelfleet.targets.local import LocalTarget
 from modelfleet.telemetry.tracing import traces_endpoint
 
@@ -102,7 +103,13 @@ class Daemon:
             http_port = await self.router.start(host=self.config.host, port=tls.http_port, reuse_port=reuse)
             self.store.set_setting(HTTP_PORT_SETTING, str(http_port))
         root = self.store.root
-        target = LocalTarget(self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root))
+        # replicas forked or exec'd: `cluster start --replica-start`, MODELFLEET_FORK_SERVER over it
+        start_mode = forkserver.choose(self.store.get_setting(forkserver.SETTING), os.environ)
+        target = LocalTarget(
+            self.store.runtime_dir, self.router, token_key=lambda: signing_public_key(root), replica_start=start_mode
+        )
+        self.target = target
+        log.info("replicas start by %s (%s)", start_mode.mode, start_mode.source)
         grpc_port = await self._start_grpc(target.private_socket("router"), tls.cert_file, tls.key_file)
         self.workers: router_workers.RouterWorkers | None = None
         if isinstance(self.router, FleetRouter):
@@ -244,6 +251,7 @@ class Daemon:
             "dashboard_uri": self.dashboard.uri if self.dashboard is not None else None,
             # each router process (router_workers.py); stats above combine them
             "router_workers": self.workers.status() if self.workers is not None else None,
+            "replica_start": self.target.start_status(),  # forked or exec'd (targets/forkserver.py)
         }
 
 

@@ -2,9 +2,12 @@
 
 ``python -m modelfleet.replica.forkserver FD`` (started by the local target, one per
 environment interpreter, ``targets/forkserver.py``). ``FD`` is its end of a Unix socket pair.
-Each request is one datagram: JSON ``{"argv", "env", "cwd"}`` with the replica's log file
-descriptor attached (SCM_RIGHTS). The server forks; the child takes the log as stdout and
-stderr, ``/dev/null`` as stdin, the working folder and the environment given, asks the kernel
+Each request is one datagram: JSON ``{"argv", "env", "cwd"}`` and, when the replica has a
+memory limit, ``"cgroup_procs"`` (its memory cgroup's ``cgroup.procs``), with the replica's log
+file descriptor attached (SCM_RIGHTS). The server forks; the child first joins that cgroup (as
+an exec'd replica does between fork and exec: what it allocates from then on is held to the
+limit; the pages it still shares with the server stay charged to the server's), takes the log
+as stdout and stderr, ``/dev/null`` as stdin, the working folder and the environment given, asks the kernel
 to kill it when the server dies, and runs ``modelfleet.replica.main(argv)`` as ``python -m
 modelfleet.replica`` would. The server answers ``{"pid"}`` and, when a child ends,
 ``{"exit": pid, "status": code}`` (negative: the signal that ended it, as asyncio says).
@@ -71,6 +74,9 @@ def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None
     """In the forked child: become the replica. Never returns."""
     code = 1
     try:
+        procs = request.get("cgroup_procs")
+        if procs:
+            _join(str(procs), log_fd)
         sock.close()
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -107,6 +113,14 @@ def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _join(procs: str, log_fd: int) -> None:
+    try:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as exc:  # as the exec'd replica does: said in its log, and it starts anyway
+        os.write(log_fd, f"modelfleet: could not join the memory cgroup ({exc}); no memory limit\n".encode())
 
 
 def _reap(sock: socket.socket) -> None:

@@ -1,10 +1,19 @@
 """The daemon's side of the fork servers (``replica/forkserver.py``): one per interpreter.
 
-Opt-in: ``MODELFLEET_FORK_SERVER=1`` in the daemon's environment. The local target then asks
-``ForkServers.spawn`` for a replica instead of exec'ing ``python -m modelfleet.replica``,
-where nothing else must happen between fork and exec: the replica runs as the daemon's user
-(``targets/isolation.py`` found no user to drop to) and has no memory limit (no cgroup to
-join). Otherwise, and when the server cannot be started, the replica is exec'd as before.
+How replicas start is a cluster setting, ``modelfleet cluster start --replica-start fork|exec``
+(kept in the workspace, shown by ``cluster status``); ``MODELFLEET_FORK_SERVER`` in the
+daemon's environment (``1``/``fork`` or ``0``/``exec``) overrides it, for tests and one-off runs:
+the variable first, then the setting, then the default (:data:`DEFAULT`, :func:`choose`).
+
+With fork, the local target asks ``ForkServers.spawn`` for a replica instead of exec'ing
+``python -m modelfleet.replica``; the child joins the replica's memory cgroup first, as the
+exec'd one does between fork and exec (the pages it shares with its server stay charged where
+they were: the limit holds what the replica itself allocates). A replica is still exec'd where
+a fork cannot keep a guarantee (:func:`exec_reason`): when it runs as another user than the
+daemon (a root daemon's ``nobody``, ``targets/isolation.py``), since a forked child would hold
+a copy of its server's memory, which has seen other services' environments and secrets; and
+when its interpreter's server cannot be started (it is not tried again for that interpreter).
+Each such replica's log says so, and ``cluster status`` counts forked and exec'd replicas.
 
 A forked replica is a ``ForkedProcess``: pid, returncode, ``wait``, ``send_signal`` and
 ``kill`` as an ``asyncio.subprocess.Process``, so supervision, probes, restarts and the stop
@@ -24,17 +33,72 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from modelfleet.errors import ConfigError
 
 log = logging.getLogger("modelfleet.targets.forkserver")
 
 FORK_SERVER_ENV = "MODELFLEET_FORK_SERVER"
+SETTING = "replica_start"  # the workspace setting `cluster start --replica-start` stores
+FLAG = "--replica-start"
+FORK, EXEC = "fork", "exec"
+MODES = (FORK, EXEC)
+DEFAULT = EXEC  # fork, once the test directories pass with it
+_ENV_VALUES = {"1": FORK, "0": EXEC, FORK: FORK, EXEC: EXEC}
 _START_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class StartMode:
+    """How replicas start (``fork`` or ``exec``) and what said so."""
+
+    mode: str
+    source: str  # FORK_SERVER_ENV, "cluster start --replica-start" or "default"
+
+
+def parse_mode(value: str) -> str:
+    """``--replica-start``'s value, checked: ``fork`` or ``exec``."""
+    if value in MODES:
+        return value
+    raise ConfigError(f"{FLAG} must be one of {', '.join(MODES)} (got {value!r})")
+
+
+def choose(stored: str | None, environ: Mapping[str, str]) -> StartMode:
+    """The variable (``1``, ``0``, ``fork``, ``exec``; empty: unset) over the stored setting
+    over the default."""
+    raw = environ.get(FORK_SERVER_ENV, "").strip()
+    if raw:
+        if raw.lower() not in _ENV_VALUES:
+            raise ConfigError(f"{FORK_SERVER_ENV} must be one of 1, 0, fork, exec (got {raw!r})")
+        return StartMode(_ENV_VALUES[raw.lower()], FORK_SERVER_ENV)
+    if stored:
+        return StartMode(parse_mode(stored), f"cluster start {FLAG}")
+    return StartMode(DEFAULT, "default")
+
+
+def exec_reason(mode: str, runs_as: str | None, server_failed: str | None) -> str | None:
+    """Why a replica is exec'd rather than forked; None when it is forked. ``runs_as``: the
+    user it runs as when that is not the daemon's; ``server_failed``: why its interpreter's
+    fork server could not be used."""
+    if mode == EXEC:
+        return f"{FLAG} exec"
+    if runs_as is not None:
+        return (
+            f"it runs as user {runs_as}, and a forked replica would hold a copy of the fork server's "
+            "memory, which has seen other services' environments"
+        )
+    if server_failed is not None:
+        return f"the fork server for its interpreter failed ({server_failed})"
+    return None
+
+
 def enabled() -> bool:
-    return os.environ.get(FORK_SERVER_ENV, "") not in ("", "0")
+    """The variable alone (no setting, the default applied): for callers without a workspace."""
+    return choose(None, os.environ).mode == FORK
 
 
 class ForkedProcess:
@@ -71,6 +135,7 @@ class _Server:
         self.children: dict[int, ForkedProcess] = {}
         self.pending: asyncio.Future[int] | None = None
         self.lock = asyncio.Lock()  # one request at a time: the next answer is its pid
+        self.forked = 0  # replicas it has forked (none: it failed as it started)
         self.reader = asyncio.create_task(self._read(), name=f"fork server {proc.pid}")
 
     async def _read(self) -> None:
@@ -101,13 +166,18 @@ class _Server:
     def alive(self) -> bool:
         return not self.reader.done() and self.proc.returncode is None
 
-    async def spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log_file: IO[bytes]) -> ForkedProcess:
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], cwd: Path, log_file: IO[bytes], cgroup_procs: Path | None
+    ) -> ForkedProcess:
         async with self.lock:
             self.pending = asyncio.get_running_loop().create_future()
-            request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode()
+            message: dict[str, object] = {"argv": argv, "env": env, "cwd": str(cwd)}
+            if cgroup_procs is not None:
+                message["cgroup_procs"] = str(cgroup_procs)
             fds = array.array("i", [log_file.fileno()])
-            self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            self.sock.sendmsg([json.dumps(message).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
             pid = await asyncio.wait_for(self.pending, _START_TIMEOUT_S)
+            self.forked += 1
             return self.children[pid]
 
     async def close(self) -> None:
@@ -126,13 +196,39 @@ class ForkServers:
     def __init__(self, log_dir: Path) -> None:
         self._log_dir = log_dir
         self._servers: dict[str, _Server] = {}
+        self._failed: dict[str, str] = {}  # interpreter -> why its server failed as it started
         self._starting = asyncio.Lock()
 
+    def failed(self, python: str) -> str | None:
+        """Why this interpreter's server failed as it started (its replicas are exec'd), or None."""
+        return self._failed.get(python)
+
     async def spawn(
-        self, python: str, argv: list[str], env: dict[str, str], cwd: Path, log_file: IO[bytes]
-    ) -> ForkedProcess:
-        server = await self._server(python)
-        return await server.spawn(argv, env, cwd, log_file)
+        self,
+        python: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_file: IO[bytes],
+        cgroup_procs: Path | None = None,
+    ) -> ForkedProcess | None:
+        """A replica forked by ``python``'s server; None when that failed (the caller execs it).
+        A server that fails before its first fork (it cannot import the runtime, say) is not
+        started again for that interpreter; one that dies later is, on the next spawn."""
+        server = None
+        try:
+            server = await self._server(python)
+            return await server.spawn(argv, env, cwd, log_file, cgroup_procs)
+        except (OSError, asyncio.TimeoutError) as exc:
+            first = server is None or server.forked == 0
+            why = str(exc) or type(exc).__name__
+            if first:
+                self._failed[python] = f"{why}; see {self._log_dir / 'forkserver.log'}"
+            log.warning("fork server for %s: %s; this replica is exec'd", python, why)
+            if server is not None:
+                self._servers.pop(python, None)
+                await server.close()
+            return None
 
     async def _server(self, python: str) -> _Server:
         async with self._starting:

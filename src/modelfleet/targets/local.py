@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from modelfleet.replica.config import SECRET_ENV, ReplicaConfig
 from modelfleet.router.proxy import Router, Upstream
@@ -165,6 +165,8 @@ class _Replica:
     draining: bool = False  # being removed: no restart, no new requests
     stop_task: asyncio.Task[None] | None = None  # the one stop, once begun
     ever_ready: bool = False
+    forked: bool = False  # its last launch: forked from a fork server (targets/forkserver.py), or exec'd
+    exec_reason: str | None = None  # why that launch was exec'd, when fork is the cluster's setting
     gpus: tuple[int, ...] | None = None  # its devices, from the first launch until it stops
     check_now: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -188,6 +190,7 @@ class LocalTarget:
         *,
         unix_sockets: bool | None = None,
         gpus: int | None = None,
+        replica_start: forkserver.StartMode | None = None,
     ) -> None:
         self._runtime_dir = runtime_dir
         self._table = RouterTable(router, token_key)
@@ -201,7 +204,10 @@ class LocalTarget:
         self._unix = unix_sockets_supported() if unix_sockets is None else unix_sockets
         self._sockets = SocketFolder(runtime_dir)
         self._gpus = GpuPool(gpu_count() if gpus is None else gpus)
-        self._forks = ForkServers(runtime_dir / "forkservers") if forkserver.enabled() else None
+        # fork or exec (`cluster start --replica-start`; without one, MODELFLEET_FORK_SERVER or the default)
+        self.start_mode = replica_start or forkserver.choose(None, os.environ)
+        self._forks = ForkServers(runtime_dir / "forkservers") if self.start_mode.mode == forkserver.FORK else None
+        self._exec_reasons_logged: set[str] = set()
         self._secrets: dict[str, str] = {}  # service -> its replicas' secret (see the module's doc)
 
     def __repr__(self) -> str:
@@ -259,6 +265,26 @@ class LocalTarget:
         if secret is None:
             secret = self._secrets[service] = secrets.token_urlsafe(32)
         return secret
+
+    def start_status(self) -> dict[str, object]:
+        """How replicas start (``cluster status``): the mode, what set it, and how many of the
+        live replicas were forked or exec'd, with why those were exec'd."""
+        reasons: dict[str, int] = {}
+        forked = 0
+        for r in self._replicas.values():
+            if r.proc is None:
+                continue
+            forked += r.forked
+            if not r.forked and r.exec_reason is not None:
+                reasons[r.exec_reason] = reasons.get(r.exec_reason, 0) + 1
+        started = sum(r.proc is not None for r in self._replicas.values())
+        return {
+            "mode": self.start_mode.mode,
+            "source": self.start_mode.source,
+            "forked": forked,
+            "exec": started - forked,
+            "exec_reasons": reasons,
+        }
 
     def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:
         infos = [i for i in self.replicas(service) if replica_id in (None, i.id)]
@@ -473,9 +499,19 @@ class LocalTarget:
                 plan, info.id, info.log_path, replica.run_dir, replica.socket_path, then=_die_with_parent, env=env
             )
             argv = self._argv(replica)
-            if self._forks is not None and self._forkable(plan):
-                replica.proc = await self._forks.spawn(plan.python, argv[3:], env, plan.app_root, log_file)
-            else:
+            replica.proc, replica.forked = None, False
+            why = self._exec_reason(plan)
+            if why is None and self._forks is not None:
+                # the memory cgroup spawn_options made: the forked child joins it itself
+                spawned = isolation._spawned.get(info.id)
+                procs = spawned.cgroup.path / "cgroup.procs" if spawned and spawned.cgroup else None
+                replica.proc = await self._forks.spawn(plan.python, argv[3:], env, plan.app_root, log_file, procs)
+                replica.forked = replica.proc is not None
+                why = None if replica.forked else self._exec_reason(plan)
+            replica.exec_reason = why if self._forks is not None else None
+            if replica.proc is None:
+                if why is not None and self._forks is not None:
+                    self._say_exec(info.id, why, log_file)
                 replica.proc = await asyncio.create_subprocess_exec(
                     *argv,
                     cwd=plan.app_root,
@@ -504,12 +540,19 @@ class LocalTarget:
         info.detail = f"not ready within {plan.probe.startup_deadline_s:.0f} s (initial_delay_seconds)"
         return False
 
-    @staticmethod
-    def _forkable(plan: ReplicaPlan) -> bool:
-        """Nothing must happen between fork and exec: no user to drop to, no cgroup to join."""
-        return (
-            not plan.environment.get(isolation.MEMORY_LIMIT_ENV) and isolation.replica_identity(plan.python)[0] is None
-        )
+    def _exec_reason(self, plan: ReplicaPlan) -> str | None:
+        """Why this replica is exec'd rather than forked (None: forked; forkserver.exec_reason)."""
+        identity = isolation.replica_identity(plan.python)[0]
+        failed = self._forks.failed(plan.python) if self._forks is not None else None
+        return forkserver.exec_reason(self.start_mode.mode, identity.user if identity else None, failed)
+
+    def _say_exec(self, replica_id: str, why: str, log_file: IO[bytes]) -> None:
+        """Fork is the setting, yet this replica is exec'd: its log says why, the daemon's once a reason."""
+        log_file.write(f"--- replica {replica_id} is exec'd, not forked: {why}\n".encode())
+        log_file.flush()
+        if why not in self._exec_reasons_logged:
+            self._exec_reasons_logged.add(why)
+            log.info("replicas are exec'd, not forked, where %s (replica %s is the first)", why, replica_id)
 
     def _devices(self, replica: _Replica) -> tuple[int, ...] | None:
         """The replica's GPUs (taken at its first launch); None, with the reason in its detail,
