@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from e2e_support import SCRIPTS, SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
-from modelfleet import Environment, InferenceConfig, Workspace
+from modelfleet import Environment, InferenceConfig, Webservice, Workspace
 
 
 @pytest.fixture
@@ -162,3 +162,15 @@ def test_an_update_under_two_workers_fails_no_request(ws: Workspace) -> None:
     assert {status for status, _ in results} == {200}
     assert results[0][1] == 1 and results[-1][1] == 2
     assert all(w["answered"] > 0 for w in workers(ws)), workers(ws)
+
+
+def test_a_killed_daemon_takes_its_workers_with_it_and_a_restart_brings_them_back(ws: Workspace) -> None:
+    assert cli(ws, "cluster", "start", "--router-workers", "2").returncode == 0
+    service = deploy(ws, "orphans", "sum")
+    before = workers(ws)
+    os.kill(before[0]["pid"], signal.SIGKILL)
+    wait_until(lambda: not pid_alive(before[1]["pid"]), timeout=15)  # its daemon's socket closed: it exits
+    ws.cluster().ensure_running()  # as a deploy would: the stored count applies
+    wait_until(lambda: len(workers(ws)) == 2 and workers(ws)[1]["listening"], timeout=30)
+    wait_until(lambda: Webservice(ws, "orphans").state == "Healthy", timeout=30)
+    assert score(service.scoring_uri, service.get_keys()[0]) == 200
