@@ -138,7 +138,7 @@ def _metrics_uri(info: dict[str, Any]) -> str | None:
 def _start_line(start: dict[str, Any]) -> str:
     """``replicas start by fork (default): 12 forked, 1 exec'd (1 where it runs as user nobody ...)``"""
     line = f"  replicas start by {start['mode']} ({start['source']}): {start['forked']} forked, {start['exec']} exec'd"
-    reasons = "; ".join(f"{n} where {why}" for why, n in start["exec_reasons"].items())
+    reasons = "; ".join(f"{e['replicas']} where {e['reason']}" for e in start["exec_reasons"])
     return f"{line} ({reasons})" if reasons else line
 
 

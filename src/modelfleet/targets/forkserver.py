@@ -136,6 +136,7 @@ class _Server:
         self.pending: asyncio.Future[int] | None = None
         self.lock = asyncio.Lock()  # one request at a time: the next answer is its pid
         self.forked = 0  # replicas it has forked (none: it failed as it started)
+        self.closing = False
         self.reader = asyncio.create_task(self._read(), name=f"fork server {proc.pid}")
 
     async def _read(self) -> None:
@@ -153,9 +154,14 @@ class _Server:
                     child = self.children.pop(message["exit"], None)
                     if child is not None:
                         child._ended(int(message["status"]))
+        except ConnectionResetError:
+            pass  # it died: said below
         except (OSError, ValueError):
-            log.exception("fork server %d: its socket failed", self.proc.pid)
+            if not self.closing:
+                log.exception("fork server %d: its socket failed", self.proc.pid)
         finally:  # the server is gone: so are its children (PDEATHSIG)
+            if not self.closing:
+                log.warning("fork server %d ended; its %d replicas with it", self.proc.pid, len(self.children))
             for child in self.children.values():
                 child._ended(-signal.SIGKILL)
             self.children.clear()
@@ -181,6 +187,7 @@ class _Server:
             return self.children[pid]
 
     async def close(self) -> None:
+        self.closing = True
         self.sock.close()  # the server ends when its socket closes; its children are killed with it
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
@@ -222,8 +229,10 @@ class ForkServers:
         except (OSError, asyncio.TimeoutError) as exc:
             first = server is None or server.forked == 0
             why = str(exc) or type(exc).__name__
-            if first:
-                self._failed[python] = f"{why}; see {self._log_dir / 'forkserver.log'}"
+            if first:  # the first reason stands (a spawn waiting on the same server fails after it)
+                self._failed.setdefault(
+                    python, f"before its first replica: {why}; see {self._log_dir / 'forkserver.log'}"
+                )
             log.warning("fork server for %s: %s; this replica is exec'd", python, why)
             if server is not None:
                 self._servers.pop(python, None)
@@ -232,6 +241,9 @@ class ForkServers:
 
     async def _server(self, python: str) -> _Server:
         async with self._starting:
+            failed = self._failed.get(python)
+            if failed is not None:  # a spawn that waited on this lock behind the first one
+                raise OSError(failed)
             server = self._servers.get(python)
             if server is not None and server.alive:
                 return server

@@ -283,7 +283,7 @@ class LocalTarget:
             "source": self.start_mode.source,
             "forked": forked,
             "exec": started - forked,
-            "exec_reasons": reasons,
+            "exec_reasons": [{"reason": why, "replicas": n} for why, n in reasons.items()],
         }
 
     def logs(self, service: str, replica_id: str | None = None, tail_lines: int = 5000) -> str:

@@ -1,0 +1,207 @@
+"""Issue 16: how replicas start is a cluster setting, ``cluster start --replica-start fork|exec``.
+
+The choice and its precedence as pure functions; then the local target with real replica
+processes: a forked replica is held to its memory limit by the cgroup it joins itself, and a
+replica whose interpreter has no working fork server is exec'd, with the reason in its log and
+in the target's status; then the CLI: the flag stored, shown by ``cluster status``, refused
+with the allowed values, and refused while a cluster runs with the other mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e_support import cli, deploy, stop_cluster, wait_until
+from modelfleet import Workspace
+from modelfleet.errors import ConfigError
+from modelfleet.router.proxy import Router
+from modelfleet.targets import forkserver, isolation
+from modelfleet.targets.base import GenerationSpec, Probe, ReplicaPlan, ReplicaState
+from modelfleet.targets.forkserver import EXEC, FORK, FORK_SERVER_ENV, StartMode
+from modelfleet.targets.local import LocalTarget
+
+SCRIPTS = Path(__file__).parent.parent / "e2e_scripts"
+
+# -- the choice, as plain data ---------------------------------------------------------------
+
+
+def test_the_variable_overrides_the_setting_which_overrides_the_default() -> None:
+    assert forkserver.choose(None, {}) == StartMode(forkserver.DEFAULT, "default")
+    assert forkserver.choose("exec", {}) == StartMode(EXEC, "cluster start --replica-start")
+    assert forkserver.choose("fork", {}) == StartMode(FORK, "cluster start --replica-start")
+    for raw, mode in (("1", FORK), ("fork", FORK), ("FORK", FORK), ("0", EXEC), ("exec", EXEC)):
+        assert forkserver.choose("fork" if mode == EXEC else "exec", {FORK_SERVER_ENV: raw}) == StartMode(
+            mode, FORK_SERVER_ENV
+        )
+    assert forkserver.choose("exec", {FORK_SERVER_ENV: ""}).mode == EXEC  # empty: unset
+
+
+def test_a_bad_value_names_the_flag_or_the_variable_and_the_allowed_values() -> None:
+    with pytest.raises(ConfigError, match=r"^--replica-start must be one of fork, exec \(got 'spawn'\)$"):
+        forkserver.parse_mode("spawn")
+    with pytest.raises(ConfigError, match=r"^MODELFLEET_FORK_SERVER must be one of 1, 0, fork, exec \(got 'yes'\)$"):
+        forkserver.choose(None, {FORK_SERVER_ENV: "yes"})
+    with pytest.raises(ConfigError, match="--replica-start must be one of fork, exec"):
+        forkserver.choose("vfork", {})  # a stored value is checked as the flag's
+
+
+def test_fork_keeps_every_guarantee_or_the_replica_is_execd_with_the_reason() -> None:
+    assert forkserver.exec_reason(FORK, None, None) is None
+    assert forkserver.exec_reason(EXEC, None, None) == "--replica-start exec"
+    other_user = forkserver.exec_reason(FORK, "nobody", None)
+    assert other_user is not None and other_user.startswith("it runs as user nobody")
+    failed = forkserver.exec_reason(FORK, None, "it ended")
+    assert failed == "the fork server for its interpreter failed (it ended)"
+
+
+# -- the local target, real replicas ---------------------------------------------------------
+
+
+def _plan(script: str, service: str, python: str = sys.executable, **environment: str) -> ReplicaPlan:
+    return ReplicaPlan(
+        service=service,
+        generation=1,
+        python=python,
+        app_root=SCRIPTS / script,
+        entry_script=SCRIPTS / script / "score.py",
+        environment={"GREETING": "hello", **environment},
+        max_concurrent=1,
+        probe=Probe(period_s=0.5, timeout_s=5.0, failure_threshold=3, startup_deadline_s=60.0),
+    )
+
+
+async def _until(condition: Callable[[], Any], timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+    return value
+
+
+def _parent(pid: int | None) -> int:
+    assert pid is not None
+    return int(Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0])
+
+
+def _cgroup_available() -> bool:
+    cgroup, _ = isolation.memory_cgroup("probe-fork-setting", 64 * 1024 * 1024)
+    if cgroup is not None:
+        cgroup.path.rmdir()
+    return cgroup is not None
+
+
+@pytest.mark.skipif(not _cgroup_available(), reason="no memory cgroup can be made here")
+def test_a_forked_replica_joins_its_memory_cgroup_and_is_killed_past_its_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "rt", Router(), unix_sockets=False, replica_start=StartMode(FORK, "test"))
+        limit = str(200 * 1024 * 1024)
+        try:
+            await target.apply(GenerationSpec(_plan("env_probe", "fits", **{isolation.MEMORY_LIMIT_ENV: limit}), 1))
+            (replica,) = await _until(lambda: [r for r in target.replicas("fits") if r.state is ReplicaState.READY])
+            assert _parent(replica.pid) != os.getpid()  # forked by a server, not exec'd by us
+            memory = next(
+                line for line in Path(f"/proc/{replica.pid}/cgroup").read_text().splitlines() if "memory" in line
+            )
+            assert f"/{replica.id}." in memory  # its own cgroup, as an exec'd replica's
+            assert target.start_status() == {
+                "mode": FORK, "source": "test", "forked": 1, "exec": 0, "exec_reasons": []
+            }  # fmt: skip
+
+            # init() touches 600 MB: the kernel kills it at 200, and the reason says so
+            await target.apply(GenerationSpec(_plan("hog_init", "hog", **{isolation.MEMORY_LIMIT_ENV: limit}), 1))
+            (failed,) = await _until(lambda: [r for r in target.replicas("hog") if r.state is ReplicaState.INIT_FAILED])
+            assert failed.detail is not None and failed.detail.startswith("killed: out of memory"), failed.detail
+        finally:
+            await target.close(0.0)
+
+    asyncio.run(scenario())
+
+
+def test_an_interpreter_without_a_working_fork_server_gets_execd_replicas_and_says_why(tmp_path: Path) -> None:
+    # an interpreter that runs everything but the fork server (say, a runtime copy without it)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # out of reach of `nobody`: a root daemon runs its replicas as itself
+    python = private / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *modelfleet.replica.forkserver*) echo "no fork server in this environment" >&2; exit 1;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o700)
+    assert isolation.replica_identity(str(python))[0] is None
+
+    async def scenario() -> None:
+        runtime = tmp_path / "rt"
+        target = LocalTarget(runtime, Router(), unix_sockets=False, replica_start=StartMode(FORK, "test"))
+        try:
+            await target.apply(GenerationSpec(_plan("env_probe", "svc", python=str(python)), 2))
+            ready = await _until(
+                lambda: (
+                    (r := [r for r in target.replicas("svc") if r.state is ReplicaState.READY]) and len(r) == 2 and r
+                )
+            )
+            for replica in target.replicas("svc"):
+                assert _parent(replica.pid) == os.getpid()  # exec'd by the target itself
+            status = target.start_status()
+            assert (status["forked"], status["exec"]) == (0, 2)
+            ((why, count),) = [(e["reason"], e["replicas"]) for e in status["exec_reasons"]]
+            assert why.startswith("the fork server for its interpreter failed (before its first replica: "), why
+            assert count == 2
+            log = Path(ready[0].log_path or "").read_text()
+            assert f"is exec'd, not forked: {why}" in log
+            # tried once for that interpreter, not once per replica
+            assert (runtime / "forkservers" / "forkserver.log").read_text().count("no fork server") == 1
+        finally:
+            await target.close(0.0)
+
+    asyncio.run(scenario())
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def _status(ws: Workspace) -> dict[str, Any]:
+    return json.loads(cli(ws, "cluster", "status", "-o", "json").stdout)
+
+
+def test_cluster_start_stores_the_setting_shows_it_and_refuses_a_bad_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(FORK_SERVER_ENV, raising=False)  # the variable would override the flag
+    ws = Workspace.create("forksetting", tmp_path / "ws")
+    bad = cli(ws, "cluster", "start", "--replica-start", "spawn", check=False)
+    assert bad.returncode != 0 and "--replica-start must be one of fork, exec (got 'spawn')" in bad.stderr
+    assert ws.cluster().info() is None  # nothing started
+    try:
+        cli(ws, "cluster", "start", "--replica-start", "exec")
+        deploy(ws, "summer", "sum")
+        status = _status(ws)
+        assert status["replicaStart"] == {  # -o json: v1's camelCase keys
+            "mode": EXEC, "source": "cluster start --replica-start", "forked": 0, "exec": 1, "execReasons": []
+        }  # fmt: skip
+        (replica,) = status["services"]["summer"]["replicas"]
+        assert _parent(replica["pid"]) == status["pid"]  # exec'd by the daemon
+        text = cli(ws, "cluster", "status").stdout
+        assert "replicas start by exec (cluster start --replica-start): 0 forked, 1 exec'd" in text
+        # the other mode while it runs: refused, the running one kept
+        running = cli(ws, "cluster", "start", "--replica-start", "fork", check=False)
+        assert running.returncode != 0 and "cluster stop" in running.stderr
+        stop_cluster(ws)
+
+        cli(ws, "cluster", "start", "--replica-start", "fork")  # remembered: the service comes back forked
+        wait_until(lambda: _status(ws)["replicaStart"]["forked"] == 1, timeout=60)
+        status = _status(ws)
+        assert status["replicaStart"]["mode"] == FORK
+        (replica,) = status["services"]["summer"]["replicas"]
+        assert _parent(replica["pid"]) != status["pid"]  # forked by the daemon's fork server
+    finally:
+        stop_cluster(ws)
