@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +137,30 @@ def test_the_count_follows_the_routing_time_within_the_range() -> None:
     state = WorkerScaleState()
     feed(0, 11, 0.0)
     assert decide_workers(1, scale, state, 10.0) == (1, "")  # never under the range
+
+
+def test_the_daemon_does_not_join_another_listener_on_its_port() -> None:
+    """With SO_REUSEPORT a bind joins a listener of the same user's on that port; the daemon's
+    router (worker 0) refuses a port someone listens on, as a plain bind would; a worker joins."""
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+
+    async def main() -> None:
+        daemon = FleetRouter(workers=2, index=0)
+        with pytest.raises(OSError, match="in use"):
+            await daemon.start("127.0.0.1", port, reuse_port=True)
+        worker = FleetRouter(workers=2, index=1)
+        assert await worker.start("127.0.0.1", port, reuse_port=True) == port
+        await worker.stop()
+        free = FleetRouter(workers=2, index=0)
+        bound = await free.start("127.0.0.1", 0, reuse_port=True)  # a port of its own
+        assert bound != port
+        await free.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        other.close()

@@ -39,6 +39,8 @@ the daemon's ``Dispatch``, not ``stats()``), mirror counters, the 401s by client
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -235,6 +237,16 @@ def combine_stats(views: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str,
     return out
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` without SO_REUSEPORT (SO_REUSEADDR, as asyncio's listeners set it, so
+    that connections in TIME_WAIT do not count): OSError (address in use) when someone listens."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
 # -- the router ------------------------------------------------------------------------------
 
 
@@ -267,6 +279,16 @@ class FleetRouter(Router):
         self._routes: dict[str, ServiceRoute] = {}  # service -> its route as given (its real limit)
         self._upstreams: dict[str, list[Upstream]] = {}  # service -> its replicas (not slots)
         self._raw = False  # inside set_endpoint: its set_service is neither sent nor split
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl: _ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> int:
+        """As ``Router.start``. The first process (the daemon) first makes sure that nobody
+        listens on ``port`` yet: with SO_REUSEPORT a bind would otherwise join any listener
+        of this user's there (another cluster's, say) instead of failing as it should."""
+        if reuse_port and port and self.index == 0:
+            _check_port_free(host, port)
+        return await super().start(host, port, ssl, reuse_port=reuse_port)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.fanout is not None and not self._raw:
