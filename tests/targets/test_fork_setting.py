@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from e2e_support import cli, deploy, stop_cluster, wait_until
 from modelfleet import Workspace
@@ -164,6 +165,86 @@ def test_an_interpreter_without_a_working_fork_server_gets_execd_replicas_and_sa
             await target.close(0.0)
 
     asyncio.run(scenario())
+
+
+def test_a_forked_replica_gets_its_services_interpreter_variables_and_not_the_daemons_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PYTHONPATH is read as an interpreter starts: a service that sets it gets a server of its own
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "mf_tiny_a.py").write_text("VALUE = 'from the PYTHONPATH of the service'\n")
+    # the daemon's folder is first on its fork server's sys.path (-m): a replica must not see it
+    daemon_cwd = tmp_path / "cwd"
+    daemon_cwd.mkdir()
+    (daemon_cwd / "mf_tiny_b.py").write_text("VALUE = 'from the daemon folder'\n")
+    monkeypatch.chdir(daemon_cwd)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "rt", Router(), unix_sockets=False, replica_start=StartMode(FORK, "test"))
+        try:
+            await target.apply(GenerationSpec(_plan("env_probe", "plain"), 1))
+            await target.apply(GenerationSpec(_plan("env_probe", "pathed", PYTHONPATH=str(extra)), 1))
+            for service in ("plain", "pathed"):
+                await _until(lambda s=service: [r for r in target.replicas(s) if r.state is ReplicaState.READY])
+            answers = {}
+            for service in ("plain", "pathed"):
+                (replica,) = target.replicas(service)
+                assert _parent(replica.pid) != os.getpid()  # forked
+                headers = {"x-modelfleet-replica-secret": target.replica_secret(service)}
+                url = f"http://{replica.address}/score"
+                answer = await asyncio.to_thread(requests.post, url, json={}, headers=headers, timeout=30)
+                answers[service] = answer.json()["modules"]
+            assert answers["pathed"]["mf_tiny_a"] == "from the PYTHONPATH of the service"
+            assert answers["plain"]["mf_tiny_a"] is None
+            assert answers["plain"]["mf_tiny_b"] is None and answers["pathed"]["mf_tiny_b"] is None
+            servers = {_parent(r.pid) for s in ("plain", "pathed") for r in target.replicas(s)}
+            assert len(servers) == 2  # one server per interpreter and set of start-up variables
+        finally:
+            await target.close(0.0)
+
+    asyncio.run(scenario())
+
+
+def test_a_spawn_given_up_before_its_answer_kills_its_child_and_the_next_gets_its_own(tmp_path: Path) -> None:
+    # A replica stopped while its fork was asked for (a redeploy right after a restart) used to
+    # leave its child running untracked, and hand that child's pid to the next replica.
+    argv = ["--entry_script", str(SCRIPTS / "env_probe" / "score.py"), "--host", "127.0.0.1", "--port", "0"]
+
+    async def scenario() -> None:
+        servers = forkserver.ForkServers(tmp_path / "fs")
+        env = dict(os.environ)
+        try:
+            with open(tmp_path / "first.log", "ab") as first, open(tmp_path / "second.log", "ab") as second:
+                asked = asyncio.create_task(servers.spawn(sys.executable, argv, env, tmp_path, first))
+                # the server is still importing the runtime: the request waits for its answer
+                await _until(lambda: any(s.pending for s in servers._servers.values()))
+                asked.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asked
+                proc = await servers.spawn(sys.executable, argv, env, tmp_path, second)
+            assert proc is not None
+            (server,) = servers._servers.values()
+            await _until(lambda: f"[{proc.pid}]" in (tmp_path / "second.log").read_text())  # it is the second
+            # the first's child was killed: the server has one child left, the second
+            await _until(lambda: _children(server.proc.pid) == {proc.pid}, timeout=30)
+        finally:
+            await servers.close()
+
+    asyncio.run(scenario())
+
+
+def _children(parent: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
 
 
 # -- the CLI ---------------------------------------------------------------------------------

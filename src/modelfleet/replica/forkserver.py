@@ -9,7 +9,7 @@ an exec'd replica does between fork and exec: what it allocates from then on is 
 limit; the pages it still shares with the server stay charged to the server's), takes the log
 as stdout and stderr, ``/dev/null`` as stdin, the working folder and the environment given, asks the kernel
 to kill it when the server dies, and runs ``modelfleet.replica.main(argv)`` as ``python -m
-modelfleet.replica`` would. The server answers ``{"pid"}`` and, when a child ends,
+modelfleet.replica`` would. The server answers ``{"id", "pid"}`` (the request's id) and, when a child ends,
 ``{"exit": pid, "status": code}`` (negative: the signal that ended it, as asyncio says).
 
 Why: an exec'd replica is a whole interpreter of its own (about 16 MiB PSS, nearly all of it
@@ -163,10 +163,13 @@ def serve(fd: int) -> int:
             os.close(wake_w)
             _child(sock, request, log_fd)
         os.close(log_fd)
-        sock.send(json.dumps({"pid": pid}).encode())
+        sock.send(json.dumps({"id": request.get("id"), "pid": pid}).encode())
 
 
 if __name__ == "__main__":
+    # as replica/__main__.py: ``-m`` put the current folder first on sys.path; a replica has it not
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # the daemon's death ends the server
     sys.exit(serve(int(sys.argv[1])))

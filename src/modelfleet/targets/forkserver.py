@@ -28,6 +28,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -133,8 +134,11 @@ class _Server:
         self.proc = proc
         self.sock = sock
         self.children: dict[int, ForkedProcess] = {}
-        self.pending: asyncio.Future[int] | None = None
-        self.lock = asyncio.Lock()  # one request at a time: the next answer is its pid
+        # request id -> its spawn's waiter, until the server answers it. A waiter given up (its
+        # replica stopped meanwhile, or the wait timed out) stays here until then, so that the
+        # child forked for it is killed rather than left serving, and no answer goes to another.
+        self.pending: dict[int, asyncio.Future[int]] = {}
+        self._ids = itertools.count(1)
         self.forked = 0  # replicas it has forked (none: it failed as it started)
         self.closing = False
         self.reader = asyncio.create_task(self._read(), name=f"fork server {proc.pid}")
@@ -147,9 +151,15 @@ class _Server:
                 if not data:
                     break
                 message = json.loads(data)
-                if "pid" in message and self.pending is not None and not self.pending.done():
-                    self.children[message["pid"]] = ForkedProcess(message["pid"])
-                    self.pending.set_result(message["pid"])
+                if "pid" in message:
+                    pid = int(message["pid"])
+                    self.children[pid] = ForkedProcess(pid)  # its exit is reported as any child's
+                    waiter = self.pending.pop(message.get("id"), None)
+                    if waiter is None or waiter.done():  # not wanted any more
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    else:
+                        waiter.set_result(pid)
                 elif "exit" in message:
                     child = self.children.pop(message["exit"], None)
                     if child is not None:
@@ -165,8 +175,10 @@ class _Server:
             for child in self.children.values():
                 child._ended(-signal.SIGKILL)
             self.children.clear()
-            if self.pending is not None and not self.pending.done():
-                self.pending.set_exception(OSError("the fork server ended"))
+            for waiter in self.pending.values():
+                if not waiter.done():
+                    waiter.set_exception(OSError("the fork server ended"))
+            self.pending.clear()
 
     @property
     def alive(self) -> bool:
@@ -175,16 +187,22 @@ class _Server:
     async def spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path, log_file: IO[bytes], cgroup_procs: Path | None
     ) -> ForkedProcess:
-        async with self.lock:
-            self.pending = asyncio.get_running_loop().create_future()
-            message: dict[str, object] = {"argv": argv, "env": env, "cwd": str(cwd)}
-            if cgroup_procs is not None:
-                message["cgroup_procs"] = str(cgroup_procs)
-            fds = array.array("i", [log_file.fileno()])
+        if self.reader.done():
+            raise OSError("the fork server ended")
+        request_id = next(self._ids)
+        message: dict[str, object] = {"id": request_id, "argv": argv, "env": env, "cwd": str(cwd)}
+        if cgroup_procs is not None:
+            message["cgroup_procs"] = str(cgroup_procs)
+        fds = array.array("i", [log_file.fileno()])
+        waiter = self.pending[request_id] = asyncio.get_running_loop().create_future()
+        try:
             self.sock.sendmsg([json.dumps(message).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-            pid = await asyncio.wait_for(self.pending, _START_TIMEOUT_S)
-            self.forked += 1
-            return self.children[pid]
+        except OSError:
+            del self.pending[request_id]
+            raise
+        pid = await asyncio.wait_for(waiter, _START_TIMEOUT_S)  # given up: the answer kills the child
+        self.forked += 1
+        return self.children[pid]
 
     async def close(self) -> None:
         self.closing = True
@@ -197,12 +215,24 @@ class _Server:
             await self.reader
 
 
+# Read by the interpreter as it starts (PYTHONPATH, PYTHONHASHSEED, PYTHONWARNINGS, ...): a forked
+# replica has its server's, so a server is started for each set of these its replicas ask for.
+# These two are not: the child sets up its own unbuffered stdout, breakpoint() reads it each call.
+_READ_LATER = frozenset({"PYTHONUNBUFFERED", "PYTHONBREAKPOINT"})
+
+
+def startup_variables(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The variables of ``env`` that an interpreter reads as it starts (empty ones are unset)."""
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON") and k not in _READ_LATER and v))
+
+
 class ForkServers:
-    """One fork server per interpreter, started on first use; ``close`` stops them all."""
+    """One fork server per interpreter (and per set of its start-up variables, see
+    :func:`startup_variables`), started on first use; ``close`` stops them all."""
 
     def __init__(self, log_dir: Path) -> None:
         self._log_dir = log_dir
-        self._servers: dict[str, _Server] = {}
+        self._servers: dict[tuple[str, tuple[tuple[str, str], ...]], _Server] = {}
         self._failed: dict[str, str] = {}  # interpreter -> why its server failed as it started
         self._starting = asyncio.Lock()
 
@@ -222,9 +252,9 @@ class ForkServers:
         """A replica forked by ``python``'s server; None when that failed (the caller execs it).
         A server that fails before its first fork (it cannot import the runtime, say) is not
         started again for that interpreter; one that dies later is, on the next spawn."""
-        server = None
+        server, key = None, (python, startup_variables(env))
         try:
-            server = await self._server(python)
+            server = await self._server(key)
             return await server.spawn(argv, env, cwd, log_file, cgroup_procs)
         except (OSError, asyncio.TimeoutError) as exc:
             first = server is None or server.forked == 0
@@ -235,32 +265,37 @@ class ForkServers:
                 )
             log.warning("fork server for %s: %s; this replica is exec'd", python, why)
             if server is not None:
-                self._servers.pop(python, None)
+                if self._servers.get(key) is server:
+                    del self._servers[key]
                 await server.close()
             return None
 
-    async def _server(self, python: str) -> _Server:
+    async def _server(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> _Server:
+        python, startup = key
         async with self._starting:
             failed = self._failed.get(python)
             if failed is not None:  # a spawn that waited on this lock behind the first one
                 raise OSError(failed)
-            server = self._servers.get(python)
+            server = self._servers.get(key)
             if server is not None and server.alive:
                 return server
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
             self._log_dir.mkdir(parents=True, exist_ok=True)
             with open(self._log_dir / "forkserver.log", "ab") as out:
-                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                # the daemon's environment, but for the start-up variables: its replicas'
+                env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") or k in _READ_LATER}
+                env.update(startup, PYTHONUNBUFFERED="1")
                 proc = await asyncio.create_subprocess_exec(
                     python, "-m", "modelfleet.replica.forkserver", str(theirs.fileno()),
                     pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=out,
                     stderr=asyncio.subprocess.STDOUT, env=env,
                 )  # fmt: skip
             theirs.close()
-            log.info("fork server %d started for %s", proc.pid, python)
+            shown = " ".join(f"{k}={v}" for k, v in startup)
+            log.info("fork server %d started for %s%s", proc.pid, python, f" with {shown}" if shown else "")
             server = _Server(proc, ours)
-            self._servers[python] = server
+            self._servers[key] = server
             return server
 
     async def close(self) -> None:
