@@ -207,6 +207,33 @@ def test_a_forked_replica_gets_its_services_interpreter_variables_and_not_the_da
     asyncio.run(scenario())
 
 
+def _signals(pid: int | None) -> tuple[str, str]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return status.split("SigIgn:")[1].split()[0], status.split("SigCgt:")[1].split()[0]
+
+
+def test_a_forked_replica_ignores_and_catches_the_signals_an_execd_one_does(tmp_path: Path) -> None:
+    # SIGPIPE left at its default would kill a forked replica writing to a client that went away
+    async def scenario() -> None:
+        forked = LocalTarget(tmp_path / "f", Router(), unix_sockets=False, replica_start=StartMode(FORK, "test"))
+        execd = LocalTarget(tmp_path / "e", Router(), unix_sockets=False, replica_start=StartMode(EXEC, "test"))
+        try:
+            for target in (forked, execd):
+                await target.apply(GenerationSpec(_plan("env_probe", "svc"), 1))
+            ready = [
+                await _until(lambda t=t: [r for r in t.replicas("svc") if r.state is ReplicaState.READY])
+                for t in (forked, execd)
+            ]
+            (f,), (e,) = ready
+            assert _parent(f.pid) != os.getpid() and _parent(e.pid) == os.getpid()
+            assert _signals(f.pid) == _signals(e.pid)
+        finally:
+            await forked.close(0.0)
+            await execd.close(0.0)
+
+    asyncio.run(scenario())
+
+
 def test_a_spawn_given_up_before_its_answer_kills_its_child_and_the_next_gets_its_own(tmp_path: Path) -> None:
     # A replica stopped while its fork was asked for (a redeploy right after a restart) used to
     # leave its child running untracked, and hand that child's pid to the next replica.

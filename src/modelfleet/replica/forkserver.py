@@ -82,8 +82,12 @@ def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:  # the server died between fork and prctl
             os._exit(1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        # as a fresh interpreter has them: SIGPIPE ignored (a write to a closed socket raises
+        # BrokenPipeError, it does not kill the replica), SIGINT raises KeyboardInterrupt
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
