@@ -10,6 +10,7 @@ with the allowed values, and refused while a cluster runs with the other mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -230,6 +231,41 @@ def test_a_forked_replica_ignores_and_catches_the_signals_an_execd_one_does(tmp_
         finally:
             await forked.close(0.0)
             await execd.close(0.0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mode", [FORK, EXEC])
+def test_a_replica_runs_its_scripts_atexit_functions_as_it_stops_forked_or_execd(tmp_path: Path, mode: str) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "score.py").write_text(
+        "import atexit, os\n"
+        "def _done():\n"
+        "    open(os.environ['DONE_FILE'], 'a').write('atexit ran\\n')\n"
+        "def init():\n"
+        "    atexit.register(_done)\n"
+        "def run(raw):\n"
+        "    return 'ok'\n"
+    )
+    done = tmp_path / "done.txt"
+    plan = dataclasses.replace(
+        _plan("env_probe", "svc", DONE_FILE=str(done)), app_root=app, entry_script=app / "score.py"
+    )
+
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "rt", Router(), unix_sockets=False, replica_start=StartMode(mode, "test"))
+        try:
+            await target.apply(GenerationSpec(plan, 1))
+            (replica,) = await _until(lambda: [r for r in target.replicas("svc") if r.state is ReplicaState.READY])
+            assert (_parent(replica.pid) != os.getpid()) == (mode == FORK)
+            headers = {"x-modelfleet-replica-secret": target.replica_secret("svc")}
+            url = f"http://{replica.address}/score"
+            answer = await asyncio.to_thread(requests.post, url, json={}, headers=headers, timeout=30)
+            assert answer.status_code == 200
+        finally:
+            await target.close(0.0)
+        assert done.read_text().splitlines() == ["atexit ran"]  # as an exec'd interpreter exits
 
     asyncio.run(scenario())
 

@@ -109,14 +109,26 @@ def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None
 
         code = main(argv)
     except SystemExit as ex:
-        code = ex.code if isinstance(ex.code, int) else 1
+        code = 0 if ex.code is None else ex.code if isinstance(ex.code, int) else 1
+        if not isinstance(ex.code, int | None):
+            print(ex.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        _finalize()
         os._exit(code)
+
+
+def _finalize() -> None:
+    """What an interpreter does as it exits, before the child's ``os._exit``: wait for the
+    threads that are not daemons, run the ``atexit`` functions (the script's own, logging's
+    flush), flush stdout and stderr."""
+    import atexit
+    import threading
+
+    for step in (threading._shutdown, atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):  # type: ignore[attr-defined]
+        with contextlib.suppress(BaseException):
+            step()
 
 
 def _join(procs: str, log_fd: int) -> None:
