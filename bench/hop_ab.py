@@ -10,7 +10,9 @@ replica included, so a change under ``wire/`` is compared whole), side B the wor
 With ``--a-tcp`` side A reaches its replica over TCP instead (with ``--base-rev`` naming the
 working tree's commit: what the Unix socket saves). Where Debian's haproxy is installed, a
 third row: HAProxy with ``maxconn 1`` and ``timeout queue 500ms`` in front of a third replica
-(TCP), the issue's reference.
+(TCP), the issue's reference. ``--floor`` adds a row for the least a Python proxy on uvloop
+and httptools does at limit 1 (``serve_floor``: frames, queues and relays bytes, nothing more),
+in front of a replica of its own on a Unix socket.
 
 Placement: every router, replica and HAProxy on CPU 1 (``taskset -c 1``), all started
 together and idle while another is measured; ``wrk -t1`` on CPU 0. Rounds alternate the
@@ -78,8 +80,91 @@ def serve_router(sock: str, limit: int) -> None:
     asyncio.run(main())
 
 
+def serve_floor(sock: str) -> None:
+    """Child mode (``--floor``): the least a Python proxy on uvloop and httptools does for a
+    request at limit 1, for reference: requests are framed with httptools and queued, one at
+    a time goes to the replica byte for byte, the answer is framed with httptools and goes
+    back byte for byte. No auth, request ids, header rewriting, timeouts or metrics."""
+    from collections import deque
+
+    import httptools
+    import uvloop
+
+    uvloop.install()
+    queue: deque[tuple[Any, bytes]] = deque()
+    state: dict[str, Any] = {"busy": None}
+
+    class Up(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.buf: list[bytes] = []
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.buf.append(data)
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            answer, self.buf = b"".join(self.buf), []
+            client = state["busy"].transport
+            if not client.is_closing():  # (a client that left gets nothing)
+                client.write(answer)
+            send_next()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            up_conn.clear()  # the replica closed it (a "Connection: close" request): a new one
+            asyncio.ensure_future(connect())
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.buf: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.buf.append(data)
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            queue.append((self, b"".join(self.buf)))
+            self.buf = []
+            if state["busy"] is None:
+                send_next()
+
+    up_conn: list[Up] = []
+
+    def send_next() -> None:
+        if not queue or not up_conn:
+            state["busy"] = None
+            return
+        client, request = queue.popleft()
+        state["busy"] = client
+        up_conn[0].transport.write(request)
+
+    async def connect() -> None:
+        loop = asyncio.get_running_loop()
+        if sock.startswith("tcp:"):
+            _, up = await loop.create_connection(Up, "127.0.0.1", int(sock[4:]))
+        else:
+            _, up = await loop.create_unix_connection(Up, sock)
+        up_conn.append(up)
+        if state["busy"] is None:
+            send_next()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await connect()
+        server = await loop.create_server(Client, "127.0.0.1", 0)
+        print("PORT", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 @contextlib.contextmanager
-def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False) -> Iterator[Running]:
+def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False, floor: bool = False) -> Iterator[Running]:
     """A replica on a Unix socket (on 127.0.0.1 with ``tcp``) and a router in front of it,
     both running ``src``'s code."""
     env = {"PYTHONPATH": str(src)}
@@ -107,7 +192,8 @@ def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False) -> Iter
             time.sleep(0.05)
         with open(tmp / f"router-{name}.log", "ab") as log:
             router = subprocess.Popen(
-                ["taskset", "-c", "1", sys.executable, __file__, "--serve-router", sock, "--limit", str(limit)],
+                ["taskset", "-c", "1", sys.executable, __file__, "--serve-floor" if floor else "--serve-router", sock]
+                + ["--limit", str(limit)],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -118,7 +204,8 @@ def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False) -> Iter
         line = router.stdout.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(f"router {name} did not start; see {tmp}/router-{name}.log")
-        url = f"http://127.0.0.1:{int(line.split()[1])}/api/v1/service/bench/score"
+        path = "/score" if floor else "/api/v1/service/bench/score"  # the floor relays the path as it is
+        url = f"http://127.0.0.1:{int(line.split()[1])}{path}"
         headers = {"Authorization": f"Bearer {KEY}"}
         wait_answer(url, headers, router, 30)
         rpid, ppid = router.pid, replica.pid
@@ -140,10 +227,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=1, help="replica_max_concurrent_requests of both routers")
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--a-tcp", action="store_true", help="side A's router reaches its replica over TCP (Unix vs TCP)")
+    ap.add_argument("--floor", action="store_true", help="also a row for the least a Python proxy does (serve_floor)")
     ap.add_argument("--serve-router", metavar="SOCKET", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_router:
         serve_router(args.serve_router, args.limit)
+        return 0
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
         return 0
     for tool in ("wrk", "taskset", "git"):
         if shutil.which(tool) is None:
@@ -164,6 +256,8 @@ def main() -> int:
                 "A": stack.enter_context(side(tmp, "A", base / "src", args.limit, tcp=args.a_tcp)),
                 "B": stack.enter_context(side(tmp, "B", ROOT / "src", args.limit)),
             }
+            if args.floor:
+                running["floor"] = stack.enter_context(side(tmp, "floor", ROOT / "src", 1, floor=True))
             haproxy_note = ""
             if not args.no_haproxy:
                 try:
@@ -209,6 +303,7 @@ def main() -> int:
         print(f"{name:8} {figures} {errors:7d}  {seen}")
     print("\nratios (medians)")
     pairs = [("B", "A")] + ([("B", "HAProxy"), ("A", "HAProxy")] if "HAProxy" in rows else [])
+    pairs += [("B", "floor")] + ([("floor", "HAProxy")] if "HAProxy" in rows else []) if "floor" in rows else []
     for x, y in pairs:
         print(
             f"  {x} ÷ {y}: req/s {med(x, 'rps') / med(y, 'rps'):.3f}, proxy CPU/req "
