@@ -270,6 +270,26 @@ def test_a_replica_runs_its_scripts_atexit_functions_as_it_stops_forked_or_execd
     asyncio.run(scenario())
 
 
+def test_proc_shows_a_forked_replicas_own_environment(tmp_path: Path) -> None:
+    # a forked replica's /proc/PID/environ shows what an exec'd one's would (not its server's)
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "rt", Router(), unix_sockets=False, replica_start=StartMode(FORK, "test"))
+        try:
+            await target.apply(GenerationSpec(_plan("env_probe", "svc"), 1))
+            (replica,) = await _until(lambda: [r for r in target.replicas("svc") if r.state is ReplicaState.READY])
+            assert _parent(replica.pid) != os.getpid()  # forked
+            shown = [i for i in Path(f"/proc/{replica.pid}/environ").read_bytes().split(b"\0") if i]
+            assert b"GREETING=hello" in shown
+            assert f"MODELFLEET_REPLICA_SECRET={target.replica_secret('svc')}".encode() in shown
+            assert not any(i.startswith(b"MODELFLEET_FORK_SERVER_ROOM=") for i in shown)
+            server = Path(f"/proc/{_parent(replica.pid)}/environ").read_bytes()
+            assert b"GREETING" not in server  # the server's own is left as it was
+        finally:
+            await target.close(0.0)
+
+    asyncio.run(scenario())
+
+
 def test_a_spawn_given_up_before_its_answer_kills_its_child_and_the_next_gets_its_own(tmp_path: Path) -> None:
     # A replica stopped while its fork was asked for (a redeploy right after a restart) used to
     # leave its child running untracked, and hand that child's pid to the next replica.

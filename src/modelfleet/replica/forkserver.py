@@ -34,6 +34,7 @@ import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _MAX_REQUEST = 1 << 20
@@ -104,6 +105,7 @@ def _child(sock: socket.socket, request: dict[str, object], log_fd: int) -> None
         os.chdir(str(request["cwd"]))
         argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
         sys.argv = ["modelfleet.replica", *argv]
+        _show_environ(os.environ)
         gc.unfreeze()
         from modelfleet.replica import main
 
@@ -129,6 +131,26 @@ def _finalize() -> None:
     for step in (threading._shutdown, atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):  # type: ignore[attr-defined]
         with contextlib.suppress(BaseException):
             step()
+
+
+ROOM_ENV = "MODELFLEET_FORK_SERVER_ROOM"  # set by the daemon: room for a replica's environment
+
+
+def _show_environ(env: os._Environ[str]) -> None:
+    """Write the replica's environment where ``/proc/PID/environ`` reads it (the strings the
+    kernel laid out at the server's exec, this child's copy of them), so that tools that look
+    there (``ps e``, a debugger, another process of the same user) see what an exec'd replica
+    would show instead of the server's. The server was started with :data:`ROOM_ENV` for this
+    room; an environment larger than the room leaves the server's there. Called after
+    ``os.environ`` was cleared and set again: no C ``environ`` entry points into it any more."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        first, last = int(fields[47]), int(fields[48])  # env_start and env_end (fields 50, 51)
+    except (OSError, IndexError, ValueError):
+        return
+    block = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+    if first and len(block) <= last - first:
+        ctypes.memmove(first, block + bytes(last - first - len(block)), last - first)
 
 
 def _join(procs: str, log_fd: int) -> None:

@@ -51,6 +51,8 @@ MODES = (FORK, EXEC)
 DEFAULT = EXEC  # fork, once the test directories pass with it
 _ENV_VALUES = {"1": FORK, "0": EXEC, FORK: FORK, EXEC: EXEC}
 _START_TIMEOUT_S = 60.0
+_ROOM_ENV = "MODELFLEET_FORK_SERVER_ROOM"  # replica/forkserver.py's ROOM_ENV (no import of the replica here)
+_ENVIRON_ROOM = 16 * 1024  # bytes of variables a service may add to the daemon's and still show in /proc
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ class ForkServers:
                 # the daemon's environment, but for the start-up variables: its replicas'
                 env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") or k in _READ_LATER}
                 env.update(startup, PYTHONUNBUFFERED="1")
+                # room where a forked replica writes its environment for /proc/PID/environ to show
+                env[_ROOM_ENV] = "." * _ENVIRON_ROOM
                 proc = await asyncio.create_subprocess_exec(
                     python, "-m", "modelfleet.replica.forkserver", str(theirs.fileno()),
                     pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=out,
