@@ -183,3 +183,22 @@ def _listening_tcp_ports(pid: int) -> list[int]:
                 if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                     ports.append(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def test_an_idle_services_replica_is_probed_every_idle_probe_periods(tmp_path: Path) -> None:
+    """A thousand idle services made a hundred probes a second (v1's 10 s period): while a
+    service answers no request, its passing replica is probed every IDLE_PROBE_PERIODS periods;
+    still probed, and a frozen one is still found (tests/e2e/test_faults.py)."""
+
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "runtime", Router(), unix_sockets=False)
+        await target.apply(GenerationSpec(plan("sum"), 1))  # period 0.5 s; the router routes nothing
+        [r] = await until(lambda: [r for r in target.replicas("svc") if r.state is ReplicaState.READY])
+        assert r.log_path is not None
+        await asyncio.sleep(6.0)
+        await target.close(0.0)
+        probes = sum('"route": "/"' in line for line in r.log_path.read_text().splitlines())
+        # 12 at one a period; one every 3 periods is 4 (the launch's probe, not logged or logged, aside)
+        assert 2 <= probes <= 7, f"{probes} probes in 6 s at a 0.5 s period"
+
+    run(scenario)
