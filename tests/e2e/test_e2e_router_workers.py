@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_support import SCRIPTS, SUM_BODY, cli, deploy, pid_alive, raw_exchange, stop_cluster, wait_until
 from modelfleet import Environment, InferenceConfig, Webservice, Workspace
@@ -85,6 +86,29 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) 
     pids = [w["pid"] for w in workers(ws)]
     stop_cluster(ws)
     assert not any(pid_alive(p) for p in pids)
+
+
+def _gauges(ws: Workspace, service: str) -> dict[str, float]:
+    info = ws.cluster().info()
+    assert info is not None
+    text = httpx.get(f"http://127.0.0.1:{info['metrics_port']}/metrics", timeout=10).text
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels == {"service": service}
+    }
+
+
+def test_metrics_and_the_dashboard_count_replicas_of_every_router_process(ws: Workspace) -> None:
+    """Three replicas at limit 1 dealt to two partitioned workers: the daemon's own router holds
+    two of them, its worker the third; /metrics says 3 Ready (the dashboard's sampler reads the
+    same combined figures)."""
+    assert cli(ws, "cluster", "start", "--router-workers", "2").returncode == 0
+    deploy(ws, "dealt", "sum", num_replicas=3, replica_max_concurrent_requests=1, auth_enabled=False)
+    wait_until(lambda: _gauges(ws, "dealt").get("modelfleet_replicas") == 3, timeout=15)
+    # utilization = (in flight + queued) / (3 replicas x 1): 0 while idle, and defined
+    assert _gauges(ws, "dealt")["modelfleet_utilization_ratio"] == 0.0
 
 
 def test_bad_worker_counts_name_the_flag_and_change_nothing(ws: Workspace) -> None:

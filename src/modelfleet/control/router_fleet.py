@@ -31,8 +31,8 @@ slots and workers and ``ready`` true when any worker that owns a slot of it may 
 at most about a second old (they report every ``REPORT_S``). Answer counters (by status,
 latency histogram, 401s, drops) are added into the daemon's own ``ServiceMetrics`` as the
 workers report them (``metrics_delta``/``add_metrics``), so every reader of those sees sums.
-Not combined yet: ``/metrics``' in-flight, queued and ready gauges and the dashboard's (they read
-the daemon's ``Dispatch``, not ``stats()``), mirror counters, the 401s by client address
+``/metrics``' in-flight, queued and ready gauges, the dashboard's and the autoscaler's replica
+reports read ``stats()`` too. Not combined yet: mirror counters, the 401s by client address
 (``AuthFailures``), and traces of requests a worker served (a worker has no tracer).
 """
 

@@ -53,15 +53,17 @@ class ClusterTelemetry:
     def replica_reports(self, service: str) -> list[dict[str, Any]]:
         """The stats files of the service's Ready replicas, those that have one (the
         autoscaler's view of a batching service: router/autoscale.batch_counts)."""
-        svc = self.router.services.get(service.encode())
-        if svc is None:
+        # router.stats(), not the daemon's own dispatch: with router workers it is every
+        # process's view, by replica (a partitioned worker's dispatch holds slots "<id>#<k>")
+        stats = self.router.stats().get(service)
+        if stats is None:
             return []
         run_dir = self.services_dir / service / "run"
         out = []
-        for slot in svc.dispatch.slots():
-            if slot.listed and not slot.failed:
+        for replica_id, replica in stats["replicas"].items():
+            if replica["ready"]:
                 with contextlib.suppress(OSError, ValueError):
-                    data = json.loads(stats_path(run_dir, slot.id).read_text())
+                    data = json.loads(stats_path(run_dir, replica_id).read_text())
                     if isinstance(data, dict):
                         out.append(data)
         return out
@@ -69,17 +71,20 @@ class ClusterTelemetry:
     def views(self) -> list[ServiceView]:
         """Every routed service's numbers, now (runs on the event loop, on scrape)."""
         out = []
+        every = self.router.stats()  # all router processes' figures, by replica (replica_reports)
         for svc in list(self.router.services.values()):
             name = svc.route.name
-            d = svc.dispatch
-            slots = {s.id: s for s in d.slots()}
+            stats = every.get(name)
+            if stats is None:
+                continue
+            by_replica = stats["replicas"]
             controller = self.reconciler.controllers.get(name)
             infos = controller.replicas() if controller is not None else []
             run_dir = self.services_dir / name / "run"
             replicas = [
                 ReplicaView(
                     id=r.id,
-                    in_flight=slots[r.id].in_flight if r.id in slots else 0,
+                    in_flight=by_replica[r.id]["in_flight"] if r.id in by_replica else 0,
                     restarts=r.restarts,
                     stats_file=stats_path(run_dir, r.id),
                 )
@@ -89,10 +94,10 @@ class ClusterTelemetry:
                 ServiceView(
                     name=name,
                     metrics=svc.metrics,
-                    in_flight=d.in_flight,
-                    queued=d.queued,
-                    ready=sum(1 for s in slots.values() if s.listed and not s.failed),
-                    limit=d.limit,
+                    in_flight=stats["in_flight"],
+                    queued=stats["queued"],
+                    ready=sum(1 for r in by_replica.values() if r["ready"]),
+                    limit=stats["limit"],
                     scale_events=controller.scale_events if controller is not None else 0,
                     replicas=replicas,
                 )

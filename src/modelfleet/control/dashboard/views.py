@@ -47,11 +47,14 @@ class Sampler:
     def tick(self, now: float) -> None:
         """Take one sample of every routed service (``now``: epoch seconds)."""
         seen = set()
+        every = self.router.stats()  # all router processes' figures (router workers), by replica
         for svc in list(self.router.services.values()):
             name = svc.route.name
+            stats = every.get(name)
+            if stats is None:
+                continue
             seen.add(name)
-            d = svc.dispatch
-            ready = sum(1 for s in d.slots() if s.listed and not s.failed)
+            ready = sum(1 for r in stats["replicas"].values() if r["ready"])
             controller = self.reconciler.controllers.get(name)
             history = self.histories.get(name)
             if history is None:
@@ -60,11 +63,11 @@ class Sampler:
                 now,
                 svc.metrics.codes,
                 svc.metrics.buckets,
-                in_flight=d.in_flight,
-                queued=d.queued,
+                in_flight=stats["in_flight"],
+                queued=stats["queued"],
                 ready=ready,
                 desired=controller.replica_count if controller is not None else ready,
-                limit=d.limit,
+                limit=stats["limit"],
             )
         for gone in [n for n in self.histories if n not in seen]:
             del self.histories[gone]
