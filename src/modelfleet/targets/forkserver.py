@@ -1,4 +1,5 @@
-"""The daemon's side of the fork servers (``replica/forkserver.py``): one per interpreter.
+"""The daemon's side of the fork servers (``replica/forkserver.py``): one per interpreter and
+set of the ``PYTHON*`` variables an interpreter reads as it starts (:func:`startup_variables`).
 
 How replicas start is a cluster setting, ``modelfleet cluster start --replica-start fork|exec``
 (kept in the workspace, shown by ``cluster status``); ``MODELFLEET_FORK_SERVER`` in the
@@ -14,6 +15,12 @@ daemon (a root daemon's ``nobody``, ``targets/isolation.py``), since a forked ch
 a copy of its server's memory, which has seen other services' environments and secrets; and
 when its interpreter's server cannot be started (it is not tried again for that interpreter).
 Each such replica's log says so, and ``cluster status`` counts forked and exec'd replicas.
+
+What a forked replica shows differently from an exec'd one: ``/proc/PID/cmdline`` is its
+server's (``python -m modelfleet.replica.forkserver FD``); ``/proc/PID/environ`` is its own
+while its environment fits the room the server was started with (16 KiB more than the
+daemon's, ``replica/forkserver.py``), else its server's; its string hashes are seeded as its
+server's and its siblings' (an exec'd interpreter draws its own seed); its parent is the server.
 
 A forked replica is a ``ForkedProcess``: pid, returncode, ``wait``, ``send_signal`` and
 ``kill`` as an ``asyncio.subprocess.Process``, so supervision, probes, restarts and the stop
@@ -97,11 +104,6 @@ def exec_reason(mode: str, runs_as: str | None, server_failed: str | None) -> st
     if server_failed is not None:
         return f"the fork server for its interpreter failed ({server_failed})"
     return None
-
-
-def enabled() -> bool:
-    """The variable alone (no setting, the default applied): for callers without a workspace."""
-    return choose(None, os.environ).mode == FORK
 
 
 class ForkedProcess:
