@@ -512,7 +512,8 @@ class LocalTarget:
                 procs = spawned.cgroup.path / "cgroup.procs" if spawned and spawned.cgroup else None
                 replica.proc = await self._forks.spawn(plan.python, argv[3:], env, plan.app_root, log_file, procs)
                 replica.forked = replica.proc is not None
-                why = None if replica.forked else self._exec_reason(plan)
+                if not replica.forked:  # its server failed: as it started (for good), or later (this once)
+                    why = self._exec_reason(plan) or "its fork server ended as it was asked (the next one starts anew)"
             replica.exec_reason = why if self._forks is not None else None
             if replica.proc is None:
                 if why is not None and self._forks is not None:
