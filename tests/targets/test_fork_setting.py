@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from e2e_support import cli, deploy, stop_cluster, wait_until
+from e2e_support import cli, deploy, pid_alive, stop_cluster, wait_until
 from modelfleet import Workspace
 from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
@@ -366,6 +367,17 @@ def test_cluster_start_stores_the_setting_shows_it_and_refuses_a_bad_value(
         status = _status(ws)
         assert status["replicaStart"]["mode"] == FORK
         (replica,) = status["services"]["summer"]["replicas"]
-        assert _parent(replica["pid"]) != status["pid"]  # forked by the daemon's fork server
+        server = _parent(replica["pid"])
+        assert server != status["pid"] and _parent(server) == status["pid"]  # forked by the daemon's fork server
+        stop_cluster(ws)  # `cluster stop`: the server goes with its replicas
+        wait_until(lambda: not pid_alive(server), timeout=30)
+
+        cli(ws, "cluster", "start")  # fork, remembered; then the daemon is killed
+        wait_until(lambda: _status(ws)["replicaStart"]["forked"] == 1, timeout=60)
+        status = _status(ws)
+        (replica,) = status["services"]["summer"]["replicas"]
+        server = _parent(replica["pid"])
+        os.kill(status["pid"], signal.SIGKILL)
+        wait_until(lambda: not any(pid_alive(p) for p in (status["pid"], server, replica["pid"])), timeout=30)
     finally:
         stop_cluster(ws)
