@@ -23,7 +23,15 @@ from typing import Any
 import pytest
 import requests
 
-from e2e_support import cli, deploy, pid_alive, stop_cluster, wait_until
+from e2e_support import (
+    cli,
+    deploy,
+    pid_alive,
+    root_daemon_with_nobody_replicas,
+    stop_cluster,
+    system_python,
+    wait_until,
+)
 from modelfleet import Workspace
 from modelfleet.errors import ConfigError
 from modelfleet.router.proxy import Router
@@ -381,3 +389,21 @@ def test_cluster_start_stores_the_setting_shows_it_and_refuses_a_bad_value(
         wait_until(lambda: not any(pid_alive(p) for p in (status["pid"], server, replica["pid"])), timeout=30)
     finally:
         stop_cluster(ws)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or system_python() is None, reason="needs root and a system python3 of this version"
+)
+def test_a_replica_that_runs_as_nobody_is_execd_and_status_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FORK_SERVER_ENV, "fork")  # the root daemon inherits it
+    with root_daemon_with_nobody_replicas("forknobody") as workspace:
+        deploy(workspace, "who", "sum")
+        status = workspace.cluster().status()
+        (replica,) = status["services"]["who"]["replicas"]
+        assert _parent(replica["pid"]) == status["pid"]  # exec'd by the daemon, not forked
+        start = status["replica_start"]
+        assert (start["mode"], start["source"], start["forked"], start["exec"]) == (FORK, FORK_SERVER_ENV, 0, 1)
+        ((reason, count),) = [(e["reason"], e["replicas"]) for e in start["exec_reasons"]]
+        assert reason.startswith("it runs as user nobody") and count == 1
+        log = (workspace.path / ".modelfleet" / "runtime" / "services" / "who" / "logs" / "replica-0.log").read_text()
+        assert f"is exec'd, not forked: {reason}" in log
