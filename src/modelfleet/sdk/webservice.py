@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelfleet.errors import ClusterUnavailable, ConfigError, Conflict, DeploymentFailed, ModelfleetError, NotFound
-from modelfleet.sdk import endpoint_compare, service_meta
+from modelfleet.sdk import service_meta
 from modelfleet.sdk.capacity import refuse_never_fits
 from modelfleet.sdk.cluster_limits import refuse_unsupported_on_cluster
 from modelfleet.sdk.compute import COMPUTE_TARGET_KEY, AksCompute, KubernetesCompute, service_target
@@ -822,6 +822,8 @@ class AksEndpoint(AksWebservice):
                     "rollout: a rollout sets the version's share step by step (at 100 it becomes the default); "
                     "leave traffic_percentile and is_default out"
                 )
+            from modelfleet.sdk import endpoint_compare  # here: a listing needs none of it
+
             rollout_config = endpoint_compare.request_rollout(
                 self.workspace, self.name, record.config, version_name, rollout
             )
@@ -848,6 +850,8 @@ class AksEndpoint(AksWebservice):
         """Two versions side by side from the running cluster: each one's requests, errors
         (5xx), error_rate, p50_ms and p99_ms since the cluster started (or the version was
         published), and ``agreement`` where one mirrors the other (``sdk/endpoint_compare.py``)."""
+        from modelfleet.sdk import endpoint_compare
+
         return endpoint_compare.compare(self.workspace, self.name, self._versions(), version_a, version_b)
 
     @property
@@ -859,6 +863,8 @@ class AksEndpoint(AksWebservice):
 
     def get_events(self) -> list[dict[str, Any]]:
         """The endpoint's rollout events, oldest first (each step, hold, rollback, completion)."""
+        from modelfleet.sdk import endpoint_compare
+
         return endpoint_compare.events(self.workspace, self.name)
 
     def delete_version(self, version_name: str) -> None:

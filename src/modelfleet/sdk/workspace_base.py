@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
-from modelfleet.control.client import ClusterClient
+from typing import TYPE_CHECKING
+
 from modelfleet.store.registry import Store
+
+if TYPE_CHECKING:  # imported when used: it loads urllib.request, which `service list` needs not
+    from modelfleet.control.client import ClusterClient
 
 
 class WorkspaceBase:
@@ -25,4 +29,6 @@ class WorkspaceBase:
         return self._store
 
     def cluster(self) -> ClusterClient:
+        from modelfleet.control.client import ClusterClient
+
         return ClusterClient(self._store.root, self._store.runtime_dir)
