@@ -1,6 +1,6 @@
 """The router's own Python cost per request, without sockets or other processes.
 
-    python bench/router_hotpath.py [--requests 200000]
+    python bench/router_hotpath.py [--requests 200000] [--clients 16 --limit 1]
 
 Drives the real ``ClientConnection``/``Cycle``/``UpstreamConn`` objects with in-memory
 transports: the benchmark request (key auth on) is fed to a client connection, the request
@@ -9,6 +9,12 @@ the router writes to its pooled upstream connection is checked, and the replica'
 router's code alone (process time over many requests), which, unlike a wrk run on this
 shared 2-core machine, does not move with the load of other processes or kernel costs. Use it
 to compare hot-path changes; use bench/peers.py for end-to-end figures.
+
+``--clients N --limit L``: N client connections (as wrk's) in front of L pooled upstream
+connections, with ``replica_max_concurrent_requests`` = L, each answered client sending its next
+request at once. With N > L most requests wait in the service's queue and are dispatched
+when an answer frees the slot, as in bench/hop_ab.py's limit-1 run (the default, one client at
+limit 64, never queues).
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=1, help="client connections (> --limit: requests queue)")
+    ap.add_argument("--limit", type=int, default=64, help="replica_max_concurrent_requests (and upstream connections)")
     args = ap.parse_args()
     try:
         import uvloop
@@ -91,36 +99,60 @@ def main() -> None:
     router = Router(pool=pool)
     router.loop = loop  # the loop is never run: timers are only armed, and cancelled at the end
     router.date_line = b"date: Wed, 25 Nov 2026 18:01:59 GMT\r\n"
-    router.set_service(ServiceRoute("bench", auth=KeyAuth(KEY), max_concurrent=64, max_wait_s=5))
+    router.set_service(ServiceRoute("bench", auth=KeyAuth(KEY), max_concurrent=args.limit, max_wait_s=5))
     router.set_replicas("bench", [Upstream("bench-0", "127.0.0.1", 5001)])
-    up = UpstreamConn(pool, ("127.0.0.1", 5001))
-    up_t = MemoryTransport()
-    up.connection_made(up_t)
-    pool.put(up, loop.time())
-    client = ClientConnection(router)
-    client_t = MemoryTransport()
-    client.connection_made(client_t)
+    ups: list[tuple[UpstreamConn, MemoryTransport]] = []
+    for _ in range(min(args.limit, args.clients)):
+        up = UpstreamConn(pool, ("127.0.0.1", 5001))
+        up_t = MemoryTransport()
+        up.connection_made(up_t)
+        pool.put(up, loop.time())
+        ups.append((up, up_t))
+    clients: list[tuple[ClientConnection, MemoryTransport]] = []
+    for _ in range(args.clients):
+        client = ClientConnection(router)
+        client_t = MemoryTransport()
+        client.connection_made(client_t)
+        clients.append((client, client_t))
+    if args.clients == 1:
 
-    def one() -> None:
-        client.data_received(REQUEST)
-        up.data_received(ANSWER)
+        def one() -> None:
+            client.data_received(REQUEST)
+            up.data_received(ANSWER)
+
+    else:
+        # Every client has one request in the router; an answer frees a slot, the next waiter
+        # goes out on that connection, and the answered client sends its next request.
+        for client, _ in clients:
+            client.data_received(REQUEST)
+        turn = [0]
+
+        def one() -> None:
+            up_conn = ups[turn[0] % len(ups)][0]
+            turn[0] += 1
+            done = up_conn.exchange.conn  # type: ignore[union-attr]
+            up_conn.data_received(ANSWER)
+            done.data_received(REQUEST)
 
     one()
+    up_t, client_t = ups[0][1], clients[0][1]
     sent, answer = up_t.out[-1], client_t.out[-1]
     assert sent.startswith(b"POST /score HTTP/1.1\r\n") and sent.endswith(BODY), sent
     assert b"authorization" not in sent.lower(), sent
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n[55]"), answer
     best = float("inf")
     for _ in range(args.rounds):
-        up_t.out.clear()
-        client_t.out.clear()
+        for _, t in ups + clients:
+            t.out.clear()
         gc.collect()
         t0 = time.process_time()
         for _ in range(args.requests):
             one()
         best = min(best, (time.process_time() - t0) / args.requests)
-        assert len(client_t.out) >= args.requests, "some requests were not answered"
-    print(f"router hot path: {best * 1e6:.2f} µs CPU per request (best of {args.rounds} × {args.requests}), "
+        answered = sum(len(t.out) for _, t in clients)
+        assert answered >= args.requests, f"{args.requests - answered} requests were not answered"
+    shape = f"{args.clients} client{'s' if args.clients > 1 else ''}, limit {args.limit}"
+    print(f"router hot path: {best * 1e6:.2f} µs CPU per request (best of {args.rounds} × {args.requests}; {shape}), "
           f"Python {sys.version.split()[0]}, {type(loop).__module__}")  # fmt: skip
     for svc in router.services.values():
         for handle in (svc.timer, svc.deadline_timer):
