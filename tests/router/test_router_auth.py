@@ -74,6 +74,20 @@ def test_key_auth_cases() -> None:
     assert auth.check(b"Bearer primary-ke") is INVALID
 
 
+def test_the_header_as_sent_and_the_parsed_credential_agree() -> None:
+    # check() first compares the whole value with "Bearer <key>" (no parsing), then parses
+    # anything else: every spelling gets the verdict of the parsed comparison.
+    for primary, secondary in (("primary-key", "secondary-key"), ("primary-key", None), (None, "secondary-key")):
+        auth = KeyAuth(primary, secondary)
+        keys = [k.encode() for k in (primary, secondary) if k]
+        spellings = [b"Bearer primary-key", b"Bearer secondary-key", b"BEARER primary-key", b"Bearer  primary-key "]
+        spellings += [b"Bearer primary-key\t", b"Bearer primary-keyx", b"Bearer ", b"Bearer", b"Bearer none"]
+        for value in spellings:
+            parsed = value[7:].strip() if value[:7].lower() == b"bearer " else None
+            assert (auth.check(value) is OK) == (parsed in keys), (primary, secondary, value)
+        assert auth._keys == (primary and primary.encode(), secondary and secondary.encode())
+
+
 def test_key_of_another_service_is_refused() -> None:
     a, b = KeyAuth("a-primary", "a-secondary"), KeyAuth("b-primary", "b-secondary")
     assert a.check(b"Bearer b-primary") is INVALID

@@ -107,22 +107,35 @@ class KeyAuth:
     An empty or ``None`` key matches nothing (a service whose keys are not set yet refuses
     everyone rather than letting everyone in)."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_held",)
 
     def __init__(self, primary: str | bytes | None, secondary: str | bytes | None = None) -> None:
-        self._keys: tuple[bytes | None, bytes | None] = (_key(primary), _key(secondary))
+        self._held: tuple[bytes | None, bytes | None, bytes, bytes] = (None, None, b"", b"")
+        self.set_keys(primary, secondary)
 
     def set_keys(self, primary: str | bytes | None, secondary: str | bytes | None = None) -> None:
         # One tuple assignment: a request sees either the old pair or the new one, never half.
-        self._keys = (_key(primary), _key(secondary))
+        # After the keys, the Authorization value that carries each (b"" for none: matches nothing).
+        p, s = _key(primary), _key(secondary)
+        self._held = (p, s, b"Bearer " + p if p else b"", b"Bearer " + s if s else b"")
+
+    @property
+    def _keys(self) -> tuple[bytes | None, bytes | None]:
+        """The primary and secondary key (router workers are handed them: control/router_fleet.py)."""
+        return self._held[0], self._held[1]
 
     def check(self, authorization: bytes | None, now: float | None = None) -> AuthResult:
         if not authorization:
             return AuthResult.MISSING
+        primary, secondary, sent, sent_2 = self._held
+        # The header as clients write it ("Bearer <key>"), against both keys' (no short circuit):
+        # a match needs no parsing. Anything else (another casing of the scheme, spaces, a
+        # wrong key) is parsed and compared below, as it always was.
+        if hmac.compare_digest(authorization, sent) | hmac.compare_digest(authorization, sent_2):
+            return AuthResult.OK
         token = bearer_token(authorization)
         if token is None:
             return AuthResult.INVALID
-        primary, secondary = self._keys
         # Always compare both (no short circuit) so timing does not tell which key matched.
         ok = hmac.compare_digest(token, primary) if primary is not None else False
         ok_2 = hmac.compare_digest(token, secondary) if secondary is not None else False

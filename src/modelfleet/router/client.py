@@ -53,7 +53,9 @@ from modelfleet.router.routes import (
     C_408,
     H_AUTH,
     H_CLID,
+    H_CONN,
     H_DEADLINE,
+    H_DROP,
     H_EXPECT,
     H_FORWARD,
     H_LENGTH,
@@ -212,7 +214,6 @@ class ClientConnection(ServerProtocol):
         url = self.url
         q = url.find(b"?")
         path = url if q < 0 else url[:q]
-        self.http11 = parser.get_http_version() == "1.1"
         keep_alive = parser.should_keep_alive()
 
         fields: list[bytes] = []
@@ -220,16 +221,20 @@ class ClientConnection(ServerProtocol):
         auth = ms_id = x_id = client_id = deadline_raw = pin = session = model = model_version = None
         deadline = 0.0
         length = -1
-        chunked = expect = False
+        chunked = expect = conn_said = False
         special = REQ_SPECIAL
         for name, value in self.headers:
             kind = special.get(name.lower(), H_FORWARD)
             if kind == H_FORWARD:
                 fields.append(name + b": " + value + b"\r\n")
+            elif kind == H_DROP:
+                pass  # (Host, every request's) before the longer chain below
             elif kind == H_AUTH:
                 auth = value
             elif kind == H_LENGTH:
                 length = int(value)  # httptools has validated it
+            elif kind == H_CONN:
+                conn_said = True
             elif kind == H_TE:
                 chunked = b"chunked" in value.lower()
             elif kind == H_EXPECT:
@@ -252,6 +257,10 @@ class ClientConnection(ServerProtocol):
             elif kind == H_MODEL_VERSION:
                 model_version = value
                 fields.append(name + b": " + value + b"\r\n")
+        # Kept alive with no Connection header can only be HTTP/1.1 (llhttp accepts 0.9, 1.0,
+        # 1.1 and 2.0, and keeps 1.0 alive only when asked); otherwise the parser says (the
+        # call formats a string: most requests skip it).
+        self.http11 = (keep_alive and not conn_said) or parser.get_http_version() == "1.1"
         if ms_id is None and x_id is None and client_id is None:
             ids: bytes | IdsTooLong = router.ids.fresh_lines()  # the common case
         else:
@@ -447,5 +456,5 @@ class ClientConnection(ServerProtocol):
             return
         if cycles:
             self.advance()
-        if len(cycles) <= 1:
+        if len(cycles) <= 1 and self.gate.reasons & PIPE:
             self.gate.resume(PIPE)

@@ -241,9 +241,14 @@ class Cycle:
             self.conn.transport.write(CONTINUE)
         now = self.arrived = self.router.loop.time()
         self.started = perf_counter()
-        action = svc.dispatch.arrive(self, now, self.deadline or None)
-        if action is None:
-            self.router.arm(svc)  # queued
+        d = svc.dispatch
+        action = d.arrive(self, now, self.deadline or None)
+        if action is None:  # queued
+            # A plain request queued at the tail (no caller's deadline, no model: nothing in
+            # dispatch's next_wakeup but its queue deadline, now + max_wait_s or later) needs
+            # no new timer when one is due by then; otherwise the router works it out.
+            if self.deadline or self.__class__ is not Cycle or svc.timer is None or svc.timer_at > now + d.max_wait_s:
+                self.router.arm(svc)
         elif action.__class__ is Send:
             self.assign(action.replica)
         elif action.__class__ is Reject:
@@ -553,7 +558,9 @@ class Cycle:
             if up.exchange is self:
                 up.detach()
             self.up = None
-            self.conn.gate.resume(UPLOAD)
+            gate = self.conn.gate
+            if gate.reasons & UPLOAD:
+                gate.resume(UPLOAD)
 
     # -- upstream events (called by UpstreamConn) ---------------------------------------
 
@@ -594,7 +601,7 @@ class Cycle:
                 continue
             if n == b"content-length":
                 has_length = True
-            out.append(name + b": " + value + b"\r\n")
+            out += (name, b": ", value, b"\r\n")  # one join below (no bytes per line)
         out.append(self.rids)
         if not has_length:
             framing = body_framing(status, False, conn.http11)

@@ -285,12 +285,14 @@ class ServiceState:
 # -- header tables -------------------------------------------------------------------------
 
 (H_FORWARD, H_DROP, H_AUTH, H_LENGTH, H_TE, H_EXPECT, H_MSID, H_XID, H_CLID, H_DEADLINE, H_PIN, H_SESSION, H_MODEL,
- H_MODEL_VERSION) = range(14)  # fmt: skip
-# Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned).
+ H_MODEL_VERSION, H_CONN) = range(15)  # fmt: skip
+# Request headers not forwarded as they are (hop-by-hop, reframed, or router-owned). H_CONN:
+# dropped too, and the head said how its connection goes (the client's HTTP version is then
+# asked of the parser: see client.on_headers_complete).
 REQ_SPECIAL = {
-    b"connection": H_DROP,
-    b"keep-alive": H_DROP,
-    b"proxy-connection": H_DROP,
+    b"connection": H_CONN,
+    b"keep-alive": H_CONN,
+    b"proxy-connection": H_CONN,
     b"te": H_DROP,
     b"trailer": H_DROP,
     b"upgrade": H_DROP,
