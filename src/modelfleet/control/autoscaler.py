@@ -30,6 +30,11 @@ request last arrived) goes into the decision, whose rules for 1 → 0 and 0 → 
 reports ``queued`` and ``idle_s`` for a service at zero gets a replica started by whatever
 samples it (this loop here; the Kubernetes router's scaler could read the same counts).
 
+Cost at scale: which services autoscale is looked up among all of them once a second
+(``MEMBERSHIP_S``, or when one comes or goes), not at every tick, and samples fall on a grid of
+``refresh_seconds ÷ 10`` so that services with the same refresh share one read of the router's
+counters; 1,000 services with autoscaling off cost one scan a second.
+
 A rise whose new replicas fail to start (init() raised, say) is not retried for
 ``FAILED_START_BACKOFF_S`` from the first sample that sees it: the controller records why in a
 scale event and counts it (``start_failures``).
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +61,7 @@ __all__ = ["FAILED_START_BACKOFF_S", "Autoscaler", "Capacity", "machine_capacity
 log = logging.getLogger("modelfleet.autoscaler")
 
 SAMPLES_PER_REFRESH = 10
+MEMBERSHIP_S = 1.0  # how often the services with autoscaling on are looked for among all
 FAILED_START_BACKOFF_S = 30.0
 
 
@@ -114,6 +121,9 @@ class Autoscaler:
         self.capacity = capacity
         self._tick_s = tick_s
         self._tracked: dict[str, _Tracked] = {}
+        self._members: list[str] = []  # services with autoscaling on and a serving generation
+        self._members_due = float("-inf")  # when to look for them again
+        self._members_of = 0  # how many services there were then
         self._task: asyncio.Task[None] | None = None
         self._notes: set[asyncio.Task[None]] = set()
 
@@ -149,24 +159,39 @@ class Autoscaler:
 
     def tick(self, now: float) -> None:
         controllers = self._reconciler.controllers
-        for name in [n for n in self._tracked if n not in controllers]:
-            del self._tracked[name]
+        if now >= self._members_due or len(controllers) != self._members_of:
+            self._find_members(controllers, now)
         stats: dict[str, dict[str, Any]] | None = None
-        for name, controller in list(controllers.items()):
-            spec = controller.spec
-            if spec is None or not spec.autoscale.enabled or controller.serving_generation is None:
-                self._tracked.pop(name, None)
+        for name in self._members:
+            controller = controllers.get(name)
+            spec = controller.spec if controller is not None else None
+            if controller is None or spec is None or not spec.autoscale.enabled:
+                self._tracked.pop(name, None)  # gone or turned off since the last look: out at the next
                 continue
             tracked = self._tracked.setdefault(name, _Tracked(start_failures=controller.start_failures))
-            settings = ScaleSettings.from_spec(spec.autoscale, spec.scale_to_zero_after_seconds)
             if now < tracked.next_sample:
                 continue
-            tracked.next_sample = now + settings.refresh_s / SAMPLES_PER_REFRESH
+            settings = ScaleSettings.from_spec(spec.autoscale, spec.scale_to_zero_after_seconds)
+            period = settings.refresh_s / SAMPLES_PER_REFRESH
+            tracked.next_sample = (math.floor(now / period) + 1) * period  # on the grid: one stats() for many
             if stats is None:
                 stats = self._stats()
             service_stats = stats.get(name)
             if service_stats is not None:
                 self._sample(controller, spec, settings, tracked, service_stats, now)
+
+    def _find_members(self, controllers: Mapping[str, Scalable], now: float) -> None:
+        members = [
+            name
+            for name, c in controllers.items()
+            if (spec := c.spec) is not None and spec.autoscale.enabled and c.serving_generation is not None
+        ]
+        keep = set(members)
+        for name in [n for n in self._tracked if n not in keep]:
+            del self._tracked[name]
+        self._members = members
+        self._members_due = now + MEMBERSHIP_S
+        self._members_of = len(controllers)
 
     def _sample(
         self,
