@@ -43,7 +43,7 @@ def register(groups: Any) -> None:
     workers.add_argument("--router-slots", choices=("partitioned", "shared"),
                          help="how the processes share each replica's slots (default partitioned)")  # fmt: skip
     start.add_argument("--replica-start", metavar="fork|exec",
-                       help="how replicas start (remembered across restarts; default exec): forked from one server "
+                       help="how replicas start (remembered across restarts; default fork): forked from one server "
                             "per interpreter that has the runtime loaded (about 6.5 MiB each), or exec'd, an "
                             "interpreter each (about 16 MiB); exec'd anyway where a fork cannot keep a guarantee "
                             "(`cluster status` says which and why)")  # fmt: skip
