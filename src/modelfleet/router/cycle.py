@@ -440,7 +440,8 @@ class Cycle:
             self.body_sent = False
             self.busy_seen = False
             self.aborting = False
-            up.attach(self)
+            up.exchange = self  # up.attach(self), inline
+            up.answer_began = False
             if self.chunked:
                 framing = _TE_CHUNKED
             elif self.length >= 0:
@@ -468,7 +469,7 @@ class Cycle:
                 if self.chunked:
                     parts.append(LAST_CHUNK)
                 self.body_sent = True
-            up.write(b"".join(parts))
+            up.transport.write(b"".join(parts))  # type: ignore[union-attr]  # (taken or just connected: open)
             client = self.conn
             if client.gate.reasons & WAIT:
                 client.gate.resume(WAIT)
