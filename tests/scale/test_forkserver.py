@@ -1,4 +1,4 @@
-"""Issue 16: replicas forked from a fork server (``MODELFLEET_FORK_SERVER=1``) behave as exec'd
+"""Issue 16: replicas forked from a fork server (the default way replicas start) behave as exec'd
 ones: Ready, restarted after a crash, InitFailed with the reason, and nothing left after close.
 
 The local target on its own with real replica processes; their parent is read from /proc.

@@ -60,7 +60,7 @@ def test_the_pool_hands_out_each_device_once() -> None:
 
 
 def test_replicas_get_their_own_gpus_and_give_them_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(FORK_SERVER_ENV, raising=False)  # exec'd: /proc/PID/environ is what it was given
+    monkeypatch.delenv(FORK_SERVER_ENV, raising=False)  # the default way (forked): its own environ in /proc too
 
     async def scenario() -> None:
         target = LocalTarget(tmp_path / "runtime", Router(), unix_sockets=False, gpus=2)
