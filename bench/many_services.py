@@ -17,11 +17,12 @@ the room check), then:
   one and again with all N deployed, and their ratio (the daemon's background work for N
   services, probes and reconcile passes, counts against it).
 
-    .venv/bin/python bench/many_services.py [--counts 10 100] [--fork-server]
+    .venv/bin/python bench/many_services.py [--counts 10 100] [--replica-start fork|exec]
 
-``--fork-server`` starts the daemon with ``MODELFLEET_FORK_SERVER=1`` (``targets/forkserver.py``:
-replicas forked from a server per interpreter that imported the replica runtime once); run it
-with and without to compare.
+``--replica-start`` is the cluster's setting of that name (``MODELFLEET_FORK_SERVER`` 1 or 0 for
+the daemon): ``fork``, the default, forks replicas from a server per interpreter that imported
+the replica runtime once (``targets/forkserver.py``); ``exec`` starts each as a new interpreter.
+Run it both ways to compare.
 
 Prints figures measured in one run; no pass/fail (the machine is shared). The script's ``init()``
 loads nothing, so a replica's PSS here is its cost before a user's model.
@@ -170,10 +171,12 @@ def one(top: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--fork-server", action="store_true", help="replicas forked from a fork server")
+    parser.add_argument("--replica-start", choices=("fork", "exec"), default="fork", help="how replicas start")
+    parser.add_argument("--fork-server", action="store_true", help=argparse.SUPPRESS)  # the old name of fork
     args = parser.parse_args()
-    os.environ["MODELFLEET_FORK_SERVER"] = "1" if args.fork_server else "0"  # the daemon inherits it
-    print(f"fork server: {'on' if args.fork_server else 'off'}")
+    fork = args.replica_start == "fork" or args.fork_server
+    os.environ["MODELFLEET_FORK_SERVER"] = "1" if fork else "0"  # the daemon inherits it
+    print(f"replicas start: {'fork' if fork else 'exec'}")
     top = Path(tempfile.mkdtemp(prefix="mf-bench-services-"))
     try:
         for n in args.counts:
