@@ -15,7 +15,9 @@ and httptools does at limit 1 (``serve_floor``: frames, queues and relays bytes,
 in front of a replica of its own on a Unix socket.
 
 Placement: every router, replica and HAProxy on CPU 1 (``taskset -c 1``), all started
-together and idle while another is measured; ``wrk -t1`` on CPU 0. Rounds alternate the
+together and idle while another is measured; ``wrk -t1`` on CPU 0. ``--replicas-cpu 0`` moves
+every side's replica to CPU 0 (beside wrk) once started, so that no proxy takes turns with its
+replica on one CPU: what that alternation costs each proxy. Rounds alternate the
 order (A B H, then H B A, ...); each row reports its median round (and all of them), the
 router's (or HAProxy's) CPU per request and the whole side's (proxy and replica), from
 /proc over wrk's run (the proxy's split into user and system time). Prints B ÷ A and
@@ -228,6 +230,7 @@ def main() -> int:
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--a-tcp", action="store_true", help="side A's router reaches its replica over TCP (Unix vs TCP)")
     ap.add_argument("--floor", action="store_true", help="also a row for the least a Python proxy does (serve_floor)")
+    ap.add_argument("--replicas-cpu", help="move every replica (all its threads) to this CPU once started")
     ap.add_argument("--serve-router", metavar="SOCKET", help=argparse.SUPPRESS)
     ap.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -264,6 +267,13 @@ def main() -> int:
                     running["HAProxy"] = stack.enter_context(system_haproxy(tmp, args))
                 except FileNotFoundError as exc:
                     haproxy_note = f"HAProxy row skipped: {exc}"
+            if args.replicas_cpu is not None:
+                for run in running.values():
+                    proxies = set(run.cpu_pids())
+                    for pid in run.sut_pids() if run.sut_pids is not None else []:
+                        if pid not in proxies:
+                            subprocess.run(["taskset", "-a", "-p", "-c", args.replicas_cpu, str(pid)], check=True,
+                                           stdout=subprocess.DEVNULL)  # fmt: skip
             scripts = {name: wrk_script(tmp, run.headers) for name, run in running.items()}
             for name, run in running.items():
                 wrk(run.url, scripts[name], args.connections, 1)  # warm-up
@@ -288,7 +298,9 @@ def main() -> int:
     a_to = "TCP" if args.a_tcp else "a Unix socket"
     print(f"# A = {args.base_rev}, B = working tree; limit {args.limit}, key auth on")
     print(f"# A's replica on {a_to}, B's on a Unix socket, HAProxy's on TCP")
-    print(f"# routers, replicas, HAProxy on CPU 1; wrk -t1 on CPU 0, {args.connections} connections,")
+    where = "routers, replicas, HAProxy on CPU 1" if args.replicas_cpu is None else (
+        f"routers, HAProxy on CPU 1, replicas on CPU {args.replicas_cpu}")  # fmt: skip
+    print(f"# {where}; wrk -t1 on CPU 0, {args.connections} connections,")
     print(f"# {args.seconds} s × {args.rounds} alternated rounds, medians")
     print(f"# load average {load_before} before, {loadavg()} after")
     if haproxy_note:
