@@ -213,3 +213,17 @@ def score(address: str, body: bytes = b"{}", headers: dict[str, str] | None = No
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def post_json(uri: str, key: str, body: dict[str, Any]) -> int:
+    """POST ``body`` as JSON with ``Authorization: Bearer <key>``: the answer's status (an error
+    status too; a refused connection raises)."""
+    req = urllib.request.Request(
+        uri, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code

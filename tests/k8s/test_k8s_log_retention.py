@@ -5,17 +5,13 @@ controller doing both for a service on the control plane."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, router_process, serve_blobs
+from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
@@ -128,18 +124,6 @@ def test_a_shared_blob_store_keeps_its_segments(tmp_path: Path):
     assert seg.exists() and not laid.exists()
 
 
-def _post(uri: str, key: str, body: dict[str, Any]) -> int:
-    req = urllib.request.Request(
-        uri, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.mark.timeout(600)
 def test_the_controller_deletes_laid_segments_and_old_pods_logs(
     admin: client.ApiClient,
@@ -179,7 +163,7 @@ def test_the_controller_deletes_laid_segments_and_old_pods_logs(
                 old.write_bytes(b"an old pod's line\n")
                 os.utime(old, (time.time() - (10 - i) * HOUR,) * 2)
             primary, _ = service.get_keys()
-            assert _post(service.scoring_uri, primary, {"i": 5}) == 200
+            assert post_json(service.scoring_uri, primary, {"i": 5}) == 200
             uploads = ws.store.blobs.root / m.logs_prefix("talker")
 
             first_segment = uploads / running / "000001" / f"{0:016d}.log"

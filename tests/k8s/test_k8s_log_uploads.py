@@ -6,16 +6,13 @@ halves against the private HTTP blob server alone, then a service on the control
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, router_process, serve_blobs
+from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
@@ -102,18 +99,6 @@ def test_a_target_with_an_upload_credential_ships_every_services_log():
     assert "MODELFLEET_LOG_TEE" not in {e["name"] for e in plain["containers"][0]["env"]}
 
 
-def _post(uri: str, key: str, body: dict) -> int:
-    req = urllib.request.Request(
-        uri, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.mark.timeout(600)
 def test_a_pods_prints_and_tracebacks_reach_get_logs_through_the_upload(
     admin: client.ApiClient,
@@ -145,8 +130,8 @@ def test_a_pods_prints_and_tracebacks_reach_get_logs_through_the_upload(
             service.wait_for_deployment(timeout_sec=180)
             assert service.state == "Healthy", service.error
             primary, _ = service.get_keys()
-            assert _post(service.scoring_uri, primary, {"i": 1}) == 200
-            assert _post(service.scoring_uri, primary, {"i": 2, "fail": True}) == 500
+            assert post_json(service.scoring_uri, primary, {"i": 1}) == 200
+            assert post_json(service.scoring_uri, primary, {"i": 2, "fail": True}) == 500
 
             def logs_with(*parts: str) -> str | None:
                 text = service.get_logs()
@@ -179,7 +164,7 @@ def test_a_pods_prints_and_tracebacks_reach_get_logs_through_the_upload(
             wait_for("the restarted sidecar's uploads from offset 0", sent_again, timeout=120)
             statuses = client.CoreV1Api(admin).read_namespaced_pod(pod.metadata.name, namespace).status
             assert {c.name: c.restart_count for c in statuses.container_statuses}["ship"] >= 1
-            assert _post(service.scoring_uri, primary, {"i": 3}) == 200
+            assert post_json(service.scoring_uri, primary, {"i": 3}) == 200
             text = wait_for("the line after the restart", lambda: logs_with("printing: run() got i=3"), timeout=120)
             for line in ("printing: init done", "printing: run() got i=1", "printing: run() got i=2"):
                 assert text.count(line) == 1, text

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, router_process, serve_blobs
+from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
@@ -29,18 +27,6 @@ from modelfleet.targets.kubernetes.target import deployment_name
 
 WSIG = "d3JpdGUtc2lnbmF0dXJlLW9mLXRoZS10ZXN0"  # what the private blob server requires for a PUT
 WSAS = f"sv=2022-11-02&sr=c&sp=cw&se=2099-01-01T00%3A00%3A00Z&sig={WSIG}"
-
-
-def _post(uri: str, key: str, body: dict[str, Any]) -> int:
-    req = urllib.request.Request(
-        uri, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def _template(apps: client.AppsV1Api, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
@@ -118,7 +104,9 @@ def test_a_credential_set_after_deploy_rolls_the_sidecar_in_and_removing_it_roll
             assert names == ["replica", "ship"]
             # the rolled pod's log reaches get_logs() through the upload
             primary, _ = service.get_keys()
-            wait_for("scoring through the router", lambda: _post(service.scoring_uri, primary, {"i": 7}) == 200 or None)
+            wait_for(
+                "scoring through the router", lambda: post_json(service.scoring_uri, primary, {"i": 7}) == 200 or None
+            )
             wait_for(
                 "the rolled pod's line in get_logs()",
                 lambda: "printing: run() got i=7" in service.get_logs() or None,

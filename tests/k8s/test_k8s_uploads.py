@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, router_process, serve_blobs
+from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
@@ -131,15 +130,6 @@ def replace_collect(src: m.ServiceSource, on: bool) -> m.ServiceSource:
     return replace(src, deploy=src.deploy.replace(collect_model_data=on))
 
 
-def _post(uri: str, key: str, body: dict) -> int:
-    req = urllib.request.Request(
-        uri, data=json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        r.read()
-        return r.status
-
-
 @pytest.mark.timeout(600)
 def test_records_collected_by_a_pod_appear_in_the_workspace_export(
     admin: client.ApiClient,
@@ -179,7 +169,7 @@ def test_records_collected_by_a_pod_appear_in_the_workspace_export(
             assert service.state == "Healthy", service.error
             primary, _ = service.get_keys()
             for i in range(3):
-                assert _post(service.scoring_uri, primary, {"i": i}) == 200
+                assert post_json(service.scoring_uri, primary, {"i": i}) == 200
 
             def exported() -> list[dict] | None:
                 done = subprocess.run(
