@@ -74,10 +74,11 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) 
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: not pid_alive(old), timeout=10)
     # a connection the kernel handed the dying worker in its last milliseconds is reset (as with
-    # any server process that dies); once one is answered, every next one is
+    # any server process that dies), and so, rarely, is one that reaches its replacement while it
+    # starts (seen once in a CI run); the daemon's own listener answers meanwhile
     wait_until(lambda: answered_ok(service.scoring_uri, key), timeout=10)
-    assert all(score(service.scoring_uri, key) == 200 for _ in range(20))
     wait_until(lambda: (w := workers(ws)[1])["pid"] != old and w["listening"] and w["restarts"] == 1, timeout=20)
+    assert all(score(service.scoring_uri, key) == 200 for _ in range(20))  # once it is up, every one
     answered = workers(ws)[1]["answered"]
     assert all(score(service.scoring_uri, key) == 200 for _ in range(60))
     wait_until(lambda: workers(ws)[1]["answered"] > answered, timeout=15)  # the new one has the table
