@@ -227,3 +227,34 @@ def post_json(uri: str, key: str, body: dict[str, Any]) -> int:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return e.code
+
+
+@contextmanager
+def attached_target(
+    ws: Any,
+    admin: client.ApiClient,
+    namespace: str,
+    admin_kubeconfig: Path,
+    service_account_kubeconfig: Path,
+    tmp_path: Path,
+    write_sig: str,
+    blob_log: Path,
+) -> Iterator[tuple[Any, str]]:
+    """Compute target "prod" attached to ``ws``: the workspace's blobs served to the pods
+    (uploads need ``write_sig``), the in-cluster router run as a process. Yields the target and
+    the blob store's URL."""
+    from modelfleet import KubernetesCompute
+
+    with (
+        serve_blobs(ws.store, write_sig=write_sig, log=blob_log) as blobs,
+        router_process(admin, namespace, service_account_kubeconfig, tmp_path / "router.log") as router,
+    ):
+        target = KubernetesCompute.attach(
+            ws,
+            "prod",
+            kubeconfig=str(admin_kubeconfig),
+            namespace=namespace,
+            blob_store=blobs,
+            router_uri=f"http://127.0.0.1:{router.port}",
+        )
+        yield target, blobs

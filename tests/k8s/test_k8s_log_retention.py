@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
+from k8s_services import SCRIPTS, attached_target, post_json
 from kubernetes import client
 from node_standin import NodeStandIn
 
-from modelfleet import AksWebservice, InferenceConfig, KubernetesCompute, Model, Workspace
+from modelfleet import AksWebservice, InferenceConfig, Model, Workspace
 from modelfleet.control.k8s_uploads import (
     LaidLog,
     LogRetention,
@@ -134,18 +134,16 @@ def test_the_controller_deletes_laid_segments_and_old_pods_logs(
     tmp_path: Path,
 ):
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
-    with (
-        serve_blobs(ws.store, write_sig=WSIG, log=tmp_path / "blobs.log") as blobs,
-        router_process(admin, namespace, service_account_kubeconfig, tmp_path / "router.log") as router,
-    ):
-        target = KubernetesCompute.attach(
-            ws,
-            "prod",
-            kubeconfig=str(control_plane.admin_kubeconfig),
-            namespace=namespace,
-            blob_store=blobs,
-            router_uri=f"http://127.0.0.1:{router.port}",
-        )
+    with attached_target(
+        ws,
+        admin,
+        namespace,
+        control_plane.admin_kubeconfig,
+        service_account_kubeconfig,
+        tmp_path,
+        WSIG,
+        tmp_path / "blobs.log",
+    ) as (target, blobs):
         set_upload_credential(target, sas=WSAS)
         try:
             ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "printing"))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
+from k8s_services import SCRIPTS, attached_target, post_json, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
-from modelfleet import AksWebservice, InferenceConfig, KubernetesCompute, Model, Workspace
+from modelfleet import AksWebservice, InferenceConfig, Model, Workspace
 from modelfleet.control.k8s_uploads import pod_logs_dir, sync_log_uploads, uploaded_logs
 from modelfleet.sdk.k8s_uploads import set_upload_credential
 from modelfleet.spec import aks_deploy_configuration
@@ -110,18 +110,9 @@ def test_a_pods_prints_and_tracebacks_reach_get_logs_through_the_upload(
 ):
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
     blob_log = tmp_path / "blobs.log"
-    with (
-        serve_blobs(ws.store, write_sig=WSIG, log=blob_log) as blobs,
-        router_process(admin, namespace, service_account_kubeconfig, tmp_path / "router.log") as router,
-    ):
-        target = KubernetesCompute.attach(
-            ws,
-            "prod",
-            kubeconfig=str(control_plane.admin_kubeconfig),
-            namespace=namespace,
-            blob_store=blobs,
-            router_uri=f"http://127.0.0.1:{router.port}",
-        )
+    with attached_target(
+        ws, admin, namespace, control_plane.admin_kubeconfig, service_account_kubeconfig, tmp_path, WSIG, blob_log
+    ) as (target, blobs):
         set_upload_credential(target, sas=WSAS)
         try:
             ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "printing"))

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
+from k8s_services import SCRIPTS, attached_target, post_json
 from kubernetes import client
 from node_standin import NodeStandIn
 
-from modelfleet import AksWebservice, InferenceConfig, KubernetesCompute, Model, Workspace
+from modelfleet import AksWebservice, InferenceConfig, Model, Workspace
 from modelfleet.control.k8s_controller import log_path
 from modelfleet.sdk.k8s_uploads import set_upload_credential
 from modelfleet.targets.kubernetes import manifests as m
@@ -53,18 +53,16 @@ def test_a_credential_set_after_deploy_rolls_the_sidecar_in_and_removing_it_roll
 ):
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
     apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
-    with (
-        serve_blobs(ws.store, write_sig=WSIG, log=tmp_path / "blobs.log") as blobs,
-        router_process(admin, namespace, service_account_kubeconfig, tmp_path / "router.log") as router,
-    ):
-        target = KubernetesCompute.attach(
-            ws,
-            "prod",
-            kubeconfig=str(control_plane.admin_kubeconfig),
-            namespace=namespace,
-            blob_store=blobs,
-            router_uri=f"http://127.0.0.1:{router.port}",
-        )
+    with attached_target(
+        ws,
+        admin,
+        namespace,
+        control_plane.admin_kubeconfig,
+        service_account_kubeconfig,
+        tmp_path,
+        WSIG,
+        tmp_path / "blobs.log",
+    ) as (target, blobs):
         try:
             ic = InferenceConfig(entry_script="score.py", source_directory=str(SCRIPTS / "printing"))
             dc = AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, period_seconds=1)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from k8s_control_plane import ControlPlane, wait_for
-from k8s_services import SCRIPTS, post_json, router_process, serve_blobs
+from k8s_services import SCRIPTS, attached_target, post_json, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
-from modelfleet import AksWebservice, InferenceConfig, KubernetesCompute, Model, Workspace
+from modelfleet import AksWebservice, InferenceConfig, Model, Workspace
 from modelfleet.control.k8s_uploads import sync_uploads
 from modelfleet.errors import ConfigError
 from modelfleet.sdk.k8s_uploads import set_upload_credential
@@ -141,18 +141,9 @@ def test_records_collected_by_a_pod_appear_in_the_workspace_export(
 ):
     ws = Workspace.create(name="ws", path=tmp_path / "ws")
     blob_log = tmp_path / "blobs.log"
-    with (
-        serve_blobs(ws.store, write_sig=WSIG, log=blob_log) as blobs,
-        router_process(admin, namespace, service_account_kubeconfig, tmp_path / "router.log") as router,
-    ):
-        target = KubernetesCompute.attach(
-            ws,
-            "prod",
-            kubeconfig=str(control_plane.admin_kubeconfig),
-            namespace=namespace,
-            blob_store=blobs,
-            router_uri=f"http://127.0.0.1:{router.port}",
-        )
+    with attached_target(
+        ws, admin, namespace, control_plane.admin_kubeconfig, service_account_kubeconfig, tmp_path, WSIG, blob_log
+    ) as (target, blobs):
         name = set_upload_credential(target, sas=WSAS)
         assert name == m.upload_secret_name(blobs)
         assert target.serialize()["blob_store_upload_auth"] == "sas"
