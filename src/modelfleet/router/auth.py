@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 import hmac
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jwt
@@ -305,6 +305,19 @@ class AuthFailures:
 
     def count(self, client: str) -> int:
         return self._by_client.get(client, 0)
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        """Add another router's ``snapshot()`` (a router worker's failures since its last
+        report): its totals, and its addresses as the most recently failing, in its order;
+        past ``max_clients`` the least recently failing ones are dropped, as ``record`` does."""
+        self.missing += int(other["missing"])
+        self.invalid += int(other["invalid"])
+        by_client = self._by_client
+        for client, n in other["by_client"].items():
+            by_client[client] = by_client.get(client, 0) + int(n)
+            by_client.move_to_end(client)
+        while len(by_client) > self._max_clients:
+            by_client.popitem(last=False)
 
     def snapshot(self) -> dict[str, Any]:
         return {"missing": self.missing, "invalid": self.invalid, "by_client": dict(self._by_client)}
