@@ -4,9 +4,13 @@ dealt, what a worker is sent and rebuilds from it, how the workers' figures comb
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,19 +18,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelfleet.control.router_fleet import (
     FleetRouter,
+    TraceBuffer,
     add_metrics,
+    add_traces,
     combine_stats,
     metrics_delta,
     metrics_snapshot,
     route_from_plain,
     route_to_plain,
     slot_upstreams,
+    take_auth_failures,
 )
-from modelfleet.control.router_workers import WorkerSettings, max_workers
+from modelfleet.control.router_worker import _Worker
+from modelfleet.control.router_workers import RouterWorkers, WorkerSettings, _Link, max_workers
 from modelfleet.errors import ConfigError
-from modelfleet.router.auth import AuthResult, KeyAuth, TokenAuth, issue_token
-from modelfleet.router.proxy import ServiceRoute, Upstream
-from modelfleet.telemetry.counters import ServiceMetrics
+from modelfleet.router.auth import AuthFailures, AuthResult, KeyAuth, TokenAuth, issue_token
+from modelfleet.router.mirror import counters_of
+from modelfleet.router.proxy import Router, ServiceRoute, Upstream
+from modelfleet.telemetry.counters import MirrorCounters, ServiceMetrics
+from modelfleet.telemetry.tracing import Timing, Tracer
 
 UPS = [Upstream(id=f"svc-1-{i}", host="localhost", port=0, unix_path=f"/s/{i}.sock") for i in range(3)]
 
@@ -100,6 +110,108 @@ def test_counters_cross_as_deltas_and_add_up() -> None:
     delta = metrics_delta(first, metrics_snapshot(worker))
     assert delta is not None and delta["codes"] == {200: 1} and add_metrics(daemon, delta) == 1
     assert metrics_snapshot(daemon) == metrics_snapshot(worker)
+
+
+def test_mirror_counters_cross_as_deltas_and_add_up() -> None:
+    worker, daemon = ServiceMetrics(), ServiceMetrics()
+    worker.mirror = MirrorCounters()
+    worker.mirror.sent += 2
+    worker.mirror.record(200, True, 0.004)
+    worker.mirror.record(0, False, 0.3)  # no answer: disagreed and an error
+    first = metrics_snapshot(worker)
+    delta = metrics_delta(None, first)  # no answer of the mirror version's own yet: the copies alone
+    assert delta is not None and delta["mirror"]["sent"] == 2 and add_metrics(daemon, delta) == 0
+    assert daemon.mirror is not None  # made on the first copies added
+    assert metrics_delta(first, metrics_snapshot(worker)) is None
+    worker.mirror.dropped += 1  # a copy never sent is a change too
+    delta = metrics_delta(first, metrics_snapshot(worker))
+    assert delta is not None and delta["mirror"]["dropped"] == 1 and delta["mirror"]["sent"] == 0
+    add_metrics(daemon, delta)
+    assert metrics_snapshot(daemon) == metrics_snapshot(worker)
+    mc = daemon.mirror
+    assert (mc.sent, mc.dropped, mc.agreed, mc.disagreed, mc.errors, mc.count) == (2, 1, 1, 1, 1, 2)
+
+
+def test_401s_by_address_cross_as_deltas_and_keep_the_bound() -> None:
+    worker, daemon = Router(), AuthFailures(max_clients=3)
+    assert take_auth_failures(worker) is None  # nothing failed: nothing sent
+    worker.auth_failures.record("10.0.0.1", AuthResult.MISSING)
+    worker.auth_failures.record("10.0.0.2", AuthResult.INVALID)
+    worker.auth_failures.record("10.0.0.1", AuthResult.INVALID)
+    first = take_auth_failures(worker)
+    assert first == {"missing": 1, "invalid": 2, "by_client": {"10.0.0.2": 1, "10.0.0.1": 2}}
+    assert take_auth_failures(worker) is None  # taken: the worker starts again from nothing
+    daemon.record("10.0.0.9", AuthResult.INVALID)
+    daemon.merge(first)
+    assert daemon.snapshot() == {"missing": 1, "invalid": 3, "by_client": {"10.0.0.9": 1, "10.0.0.2": 1, "10.0.0.1": 2}}
+    worker.auth_failures.record("10.0.0.3", AuthResult.INVALID)
+    second = take_auth_failures(worker)
+    assert second is not None
+    daemon.merge(second)  # a fourth address: the least recently failing goes, its count stays in the totals
+    assert daemon.snapshot() == {"missing": 1, "invalid": 4, "by_client": {"10.0.0.2": 1, "10.0.0.1": 2, "10.0.0.3": 1}}
+
+
+RIDS = b"x-ms-request-id: r-\xe9\r\nx-request-id: r-\xe9\r\n"  # latin-1 bytes cross as text and back
+
+
+def test_a_workers_timings_cross_to_the_daemons_tracer_and_count_their_drops() -> None:
+    buffer = TraceBuffer(max_pending=2)
+    for ended in (1.003, 1.004, 1.005):  # the third finds the buffer full
+        buffer.add("svc", RIDS, 200, 1.0, 1.001, ended)
+    timings, dropped = json.loads(json.dumps(buffer.take()))  # as the report crosses
+    assert len(timings) == 2 and dropped == 1
+    assert buffer.take() == ([], 0)  # taken: empty again, and a drop is reported once
+    exported: list[Timing] = []
+
+    def export(batch: Sequence[Timing]) -> None:
+        exported.extend(batch)
+
+    tracer = Tracer(export)
+    add_traces(tracer, timings, dropped)
+    add_traces(None, timings, dropped)  # a daemon without a tracer: nothing to do
+    tracer.flush()
+    assert [(t.service, t.request_id, t.status) for t in exported] == [("svc", "r-\xe9", 200)] * 2
+    assert abs(exported[0].queue_s - 0.001) < 1e-9 and abs(exported[0].total_s - 0.003) < 1e-9
+    assert tracer.dropped == 1  # /metrics' modelfleet_trace_dropped_total reads this
+
+
+def test_a_workers_report_carries_its_mirror_copies_401s_and_timings_to_the_daemon(tmp_path: Path) -> None:
+    """``_Worker.report`` -> JSON -> ``RouterWorkers._on_message``, with no socket: the worker is
+    built from the daemon's config and table calls as a connecting worker is."""
+    daemon = FleetRouter(workers=2, index=0, slots="shared")
+    fleet = RouterWorkers(daemon, tmp_path / "w.sock", {}, {}, on_replica_failed=lambda *_: None)
+    exported: list[Timing] = []
+    daemon.tracer = Tracer(exported.extend)
+    daemon.set_service(ServiceRoute(name="svc", auth=KeyAuth("k-1"), trace=True))
+    daemon.set_replicas("svc", UPS[:1])
+    worker = _Worker(1, writer=None)  # type: ignore[arg-type]  # report() sends nothing
+
+    async def build() -> None:
+        await worker.handle({"op": "config", "workers": 2, "slots": "shared", "limits": {}})
+        for msg in fleet._journal.values():
+            await worker.handle(msg)
+
+    asyncio.run(build())
+    router = worker.router
+    assert router is not None and router.tracer is worker.traces  # the worker traces now
+    svc = router.services[b"svc"]
+    svc.metrics.observe(200, 0.002)
+    counters_of(svc).record(200, True, 0.002)
+    router.auth_failures.record("127.0.0.1", AuthResult.INVALID)
+    assert router.tracer is not None
+    router.tracer.add("svc", RIDS, 200, 5.0, 5.001, 5.002)
+
+    link = _Link(1, 0, writer=None)  # type: ignore[arg-type]
+    fleet._on_message(link, json.loads(json.dumps(worker.report(router))))
+    assert daemon.auth_failures.snapshot() == {"missing": 0, "invalid": 1, "by_client": {"127.0.0.1": 1}}
+    mc = daemon.services[b"svc"].metrics.mirror
+    assert mc is not None and (mc.agreed, mc.count) == (1, 1)
+    daemon.tracer.flush()
+    assert [(t.service, t.request_id) for t in exported] == [("svc", "r-\xe9")]
+    # the next report carries only what is new: nothing here
+    fleet._on_message(link, json.loads(json.dumps(worker.report(router))))
+    assert daemon.auth_failures.snapshot()["invalid"] == 1 and mc.count == 1
+    assert daemon.services[b"svc"].metrics.codes == {200: 1}
 
 
 def _entry(in_flight: int, queued: int, idle_s: float, replicas: dict[str, tuple[int, bool]]) -> dict[str, Any]:

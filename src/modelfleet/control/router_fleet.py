@@ -32,8 +32,20 @@ at most about a second old (they report every ``REPORT_S``). Answer counters (by
 latency histogram, 401s, drops) are added into the daemon's own ``ServiceMetrics`` as the
 workers report them (``metrics_delta``/``add_metrics``), so every reader of those sees sums.
 ``/metrics``' in-flight, queued and ready gauges, the dashboard's and the autoscaler's replica
-reports read ``stats()`` too. Not combined yet: mirror counters, the 401s by client address
-(``AuthFailures``), and traces of requests a worker served (a worker has no tracer).
+reports read ``stats()`` too. The same report carries, as plain JSON data:
+
+- **mirror counters**: a mirror version's ``MirrorCounters`` (sent, dropped, agreed, ...,
+  latency) cross in the same ``metrics_delta`` and ``add_metrics`` adds them into the daemon's
+  (made when it has none), so ``/metrics`` and ``versions.version_figures`` count every copy;
+- **401s by client address**: each report takes the worker's ``AuthFailures`` (leaving an
+  empty one: ``take_auth_failures``), so its snapshot is the failures since the last report;
+  the daemon's ``AuthFailures.merge`` adds it (totals and per address, within its LRU bound);
+- **traces**: a worker's ``router.tracer`` is a ``TraceBuffer`` (``Tracer.add``'s bounded
+  buffer, drops counted, never exported there); each report takes what it holds (request id
+  lines as latin-1 text) and the drops since the last one, and ``add_traces`` hands them to
+  the daemon's tracer (its ``add``, same perf_counter stamps: CLOCK_MONOTONIC, one clock for
+  every process on Linux), which exports them with its own and counts the worker's drops in
+  ``modelfleet_trace_dropped_total``.
 """
 
 from __future__ import annotations
@@ -50,25 +62,30 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 from modelfleet.errors import ConfigError
-from modelfleet.router.auth import KeyAuth, TokenAuth
+from modelfleet.router.auth import AuthFailures, KeyAuth, TokenAuth
 from modelfleet.router.proxy import Router, ServiceRoute, Upstream
 from modelfleet.router.versions import VersionShare
 from modelfleet.targets.kubernetes.peers import shares
-from modelfleet.telemetry.counters import ServiceMetrics
+from modelfleet.telemetry.counters import MirrorCounters, ServiceMetrics
+from modelfleet.telemetry.tracing import Timing, Tracer
 
 __all__ = [
     "SLOT_MODES",
     "FleetRouter",
+    "TraceBuffer",
     "add_metrics",
+    "add_traces",
     "combine_stats",
     "metrics_delta",
     "route_from_plain",
     "route_to_plain",
     "slot_upstreams",
+    "take_auth_failures",
 ]
 
 SLOT_MODES = ("shared", "partitioned")
 REPORT_S = 1.0  # how often a worker reports its stats and counters to the daemon
+TRACE_BUFFER = 10_000  # request timings a worker holds between two reports (more: dropped)
 _SLOT = "#"
 
 
@@ -172,7 +189,27 @@ def metrics_snapshot(m: ServiceMetrics) -> dict[str, Any]:
         "auth_missing": m.auth_missing,
         "auth_invalid": m.auth_invalid,
         "dropped": dict(m.dropped),
+        "mirror": None if m.mirror is None else _mirror_snapshot(m.mirror),
     }
+
+
+_MIRROR_COUNTS = ("sent", "dropped", "agreed", "disagreed", "errors", "count")
+
+
+def _mirror_snapshot(mc: MirrorCounters) -> dict[str, Any]:
+    return {**{k: getattr(mc, k) for k in _MIRROR_COUNTS}, "buckets": list(mc.buckets), "seconds": mc.seconds}
+
+
+def _mirror_delta(before: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if now is None:
+        return None
+    if before is None:
+        delta = {**now, "buckets": list(now["buckets"])}
+    else:
+        delta = {k: now[k] - before[k] for k in _MIRROR_COUNTS}
+        delta["buckets"] = [a - b for a, b in zip(now["buckets"], before["buckets"], strict=True)]
+        delta["seconds"] = now["seconds"] - before["seconds"]
+    return delta if any(delta[k] for k in _MIRROR_COUNTS) else None
 
 
 def metrics_delta(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -191,8 +228,9 @@ def metrics_delta(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> d
         }
         delta["codes"] = {k: v for k, v in delta["codes"].items() if v}
         delta["dropped"] = {k: v for k, v in delta["dropped"].items() if v}
+    delta["mirror"] = _mirror_delta(None if before is None else before.get("mirror"), now.get("mirror"))
     busy = delta["codes"] or delta["count"] or delta["auth_missing"] or delta["auth_invalid"] or delta["dropped"]
-    return delta if busy else None
+    return delta if busy or delta["mirror"] is not None else None
 
 
 def add_metrics(m: ServiceMetrics, delta: Mapping[str, Any]) -> int:
@@ -207,7 +245,60 @@ def add_metrics(m: ServiceMetrics, delta: Mapping[str, Any]) -> int:
     m.auth_invalid += delta["auth_invalid"]
     for reason, n in delta["dropped"].items():
         m.dropped[reason] = m.dropped.get(reason, 0) + n
+    copies = delta.get("mirror")
+    if copies:
+        mc = m.mirror
+        if mc is None:
+            mc = m.mirror = MirrorCounters()
+        for k in _MIRROR_COUNTS:
+            setattr(mc, k, getattr(mc, k) + copies[k])
+        for i, n in enumerate(copies["buckets"][: len(mc.buckets)]):
+            mc.buckets[i] += n
+        mc.seconds += copies["seconds"]
     return int(sum(delta["codes"].values()))
+
+
+def take_auth_failures(router: Router) -> dict[str, Any] | None:
+    """A worker's 401s since the last take as ``AuthFailures.snapshot()`` (``None``: none); its
+    router goes on with an empty ``AuthFailures`` (so the per-address counts are deltas too)."""
+    failures = router.auth_failures
+    if not failures.missing and not failures.invalid:
+        return None
+    router.auth_failures = AuthFailures()
+    return failures.snapshot()
+
+
+def _no_export(timings: Sequence[Timing]) -> None:
+    raise RuntimeError("a router worker's timings are exported by the daemon (TraceBuffer.take)")
+
+
+class TraceBuffer(Tracer):
+    """A router worker's tracer: ``Tracer.add`` as the daemon's (bounded at ``max_pending``;
+    full: dropped and counted), never exported here: each report ``take``s it."""
+
+    def __init__(self, max_pending: int = TRACE_BUFFER) -> None:
+        super().__init__(_no_export, max_pending=max_pending)
+        self._dropped_taken = 0
+
+    def take(self) -> tuple[list[list[Any]], int]:
+        """The timings added since the last take, as plain data (``[service, request id lines
+        as latin-1 text, status, started, sent, ended]``), and the drops since then."""
+        pending = self._pending
+        out = []
+        for _ in range(len(pending)):
+            service, rids, status, started, sent, ended = pending.popleft()
+            out.append([service, rids.decode("latin-1"), status, started, sent, ended])
+        dropped, self._dropped_taken = self.dropped - self._dropped_taken, self.dropped
+        return out, dropped
+
+
+def add_traces(tracer: Tracer | None, timings: Iterable[Sequence[Any]], dropped: int) -> None:
+    """A worker's ``TraceBuffer.take`` into the daemon's ``tracer`` (nothing without one)."""
+    if tracer is None:
+        return
+    for service, rids, status, started, sent, ended in timings:
+        tracer.add(str(service), str(rids).encode("latin-1"), int(status), float(started), float(sent), float(ended))
+    tracer.dropped += int(dropped)
 
 
 def combine_stats(views: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelfleet.control.router_fleet import REPORT_S, FleetRouter, metrics_delta, metrics_snapshot
+from modelfleet.control.router_fleet import (
+    REPORT_S,
+    FleetRouter,
+    TraceBuffer,
+    metrics_delta,
+    metrics_snapshot,
+    take_auth_failures,
+)
 from modelfleet.router.auth import TokenAuth
 from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleState
 
@@ -36,6 +43,7 @@ class _Worker:
         self.index = index
         self.writer = writer
         self.router: FleetRouter | None = None
+        self.traces = TraceBuffer()  # the router's tracer: each report takes it to the daemon
         self.tokens: dict[str, TokenAuth] = {}
         self._sent: dict[str, dict[str, Any]] = {}  # service -> counters as last reported
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,6 +69,7 @@ class _Worker:
                 self.on_replica_failed, workers=msg["workers"], index=self.index, slots=msg["slots"], **msg["limits"]
             )
             self.router.loop = asyncio.get_running_loop()  # the table's clock, before it listens
+            self.router.tracer = self.traces  # used for services with trace=True, as in the daemon
             return True
         router = self.router
         assert router is not None, "the daemon sends config first"
@@ -123,7 +132,8 @@ class _Worker:
             self.send(self.report(router))
 
     def report(self, router: FleetRouter) -> dict[str, Any]:
-        """Its stats now and its counters since the last report."""
+        """Its stats now and its counters, 401s by address and request timings since the last
+        report (``router_fleet``'s docstring says how the daemon adds them)."""
         deltas: dict[str, Any] = {}
         for svc in router.services.values():
             name = svc.route.name
@@ -141,7 +151,9 @@ class _Worker:
         self.load.samples.clear()
         lag = sum(s[1] for s in samples) / len(samples) if samples else None
         cpu = sum(s[2] for s in samples) / len(samples) if samples else None
-        out = {"op": "stats", "stats": router.own_stats(), "metrics": deltas, "unrouted": unrouted}
+        traces, trace_dropped = self.traces.take()
+        out: dict[str, Any] = {"op": "stats", "stats": router.own_stats(), "metrics": deltas, "unrouted": unrouted}
+        out |= {"auth": take_auth_failures(router), "traces": traces, "trace_dropped": trace_dropped}
         return {**out, "lag_ms": lag, "cpu": cpu}
 
     async def close(self) -> None:

@@ -18,7 +18,8 @@ one JSON object a line:
   the ``Router`` method: ``set_service``... with routes as plain data, keys as key material),
   ``listen`` (host, port, http port, TLS files), ``drain`` (with an ``id``), ``stop``.
 - worker -> daemon: ``hello`` (index, pid), ``ready``, ``stats`` about every second (its
-  ``stats()``, its counters since the last report), ``replica_failed``, ``drained``.
+  ``stats()``, its counters, 401s by address and request timings since the last report:
+  ``router_fleet``), ``replica_failed``, ``drained``.
 
 A worker that exits is started again after ``RESTART_DELAY_S`` (its clients' connections went
 with it; new ones land on the others meanwhile); one that loses the daemon exits. ``stop``
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelfleet.control.router_fleet import SLOT_MODES, FleetRouter, add_metrics
+from modelfleet.control.router_fleet import SLOT_MODES, FleetRouter, add_metrics, add_traces
 from modelfleet.errors import ConfigError
 from modelfleet.targets.kubernetes.router_scale import LoadProbe, RouterScaleState
 
@@ -389,6 +390,9 @@ class RouterWorkers:
                 added = add_metrics(self.router.unrouted, msg["unrouted"])
                 self._merged[""] = self._merged.get("", 0) + added
                 self._answered[link.index] += added
+            if msg.get("auth"):
+                self.router.auth_failures.merge(msg["auth"])
+            add_traces(self.router.tracer, msg.get("traces") or (), int(msg.get("trace_dropped") or 0))
         elif op == "ready":
             log.info("router worker %d (pid %d) listening", link.index, link.pid)
             self._ready[link.index].set()
