@@ -37,6 +37,9 @@ def score(uri: str, key: str) -> int:
     return status
 
 
+WRONG = 16  # refused requests, a connection each: 2**-16 that the worker gets none
+
+
 def answered_ok(uri: str, key: str) -> bool:
     try:
         return score(uri, key) == 200
@@ -58,13 +61,17 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) 
     before = workers(ws)
     assert [w["index"] for w in before] == [0, 1] and before[1]["listening"]
     assert all(score(service.scoring_uri, key) == 200 for _ in range(60))
-    assert score(service.scoring_uri, "wrong") == 401
+    assert all(score(service.scoring_uri, "wrong") == 401 for _ in range(WRONG))
     # each process answered some (the kernel spread the connections); the counts add up to one router's
-    wait_until(lambda: sum(w["answered"] for w in workers(ws)) >= 61, timeout=15)
+    wait_until(lambda: sum(w["answered"] for w in workers(ws)) >= 60 + WRONG, timeout=15)
     counts = workers(ws)
     assert counts[0]["answered"] > 0 and counts[1]["answered"] > 0, counts
     codes = ws.cluster().status()["service_counts"]["spread"]["codes"]
-    assert codes == {"200": 60, "401": 1} or codes == {200: 60, 401: 1}, codes
+    assert codes == {"200": 60, "401": WRONG} or codes == {200: 60, 401: WRONG}, codes
+    # the 401s by client address too: the worker's cross in its report (about a second)
+    expected = {"missing": 0, "invalid": WRONG, "by_client": {"127.0.0.1": WRONG}}
+    wait_until(lambda: ws.cluster().status()["auth_failures"]["invalid"] >= WRONG, timeout=5)
+    assert ws.cluster().status()["auth_failures"] == expected
     assert f"pid {counts[1]['pid']} (" in cli(ws, "cluster", "status").stdout
     stats = ws.cluster().status()["router"]["spread"]
     assert stats["limit"] == 2 and len(stats["replicas"]) == 2  # by replica, not by slot
