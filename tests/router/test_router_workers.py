@@ -64,6 +64,18 @@ def test_a_worker_spreads_over_replicas_before_it_stacks() -> None:
     assert all(u.unix_path for u in slot_upstreams(UPS, 4, 2, 0))  # same address as the replica
 
 
+def test_each_worker_gets_slots_of_as_many_replicas_as_its_share_allows() -> None:
+    """Replicas a multiple of the workers (2 at limit 2 behind 2; 2 at limit 4 behind 4; 3 at limit
+    3 behind 3): each worker owns one slot of every replica, never all the slots of one, so a
+    worker the kernel gives most connections still reaches every replica."""
+    for replicas, limit, workers in ((2, 2, 2), (2, 4, 4), (3, 3, 3), (4, 2, 2)):
+        ups = UPS[:replicas] if replicas <= len(UPS) else [*UPS, Upstream(id="svc-1-3", host="localhost", port=0)]
+        for index in range(workers):
+            mine = [s.split("#")[0] for s in owned(workers, index, limit, ups)]
+            share = replicas * limit // workers
+            assert len(set(mine)) == min(share, replicas), (replicas, limit, workers, index, mine)
+
+
 def test_a_worker_that_owns_no_slot_uses_every_slot() -> None:
     one = UPS[:1]
     assert owned(2, 0, 1, one) == ["svc-1-0#0"]
@@ -250,7 +262,10 @@ def test_a_worker_rebuilt_from_the_daemons_calls_holds_the_same_table() -> None:
         worker.apply_plain(msg, tokens)
     d_slots = {s.id for s in daemon.services[b"svc"].dispatch.slots()}
     w_slots = {s.id for s in worker.services[b"svc"].dispatch.slots()}
-    assert len(d_slots) == len(w_slots) == 2 and not d_slots & w_slots  # 4 slots, 2 each, none shared
+    # 4 slots, 2 each: one of each replica apiece (slot ids are each router's own: "<replica>#<k>")
+    assert len(d_slots) == len(w_slots) == 2
+    both = ["svc-1-0", "svc-1-1"]
+    assert sorted(s.split("#")[0] for s in d_slots) == sorted(s.split("#")[0] for s in w_slots) == both
     assert daemon.services[b"svc"].dispatch.limit == 1  # a slot is an upstream of limit 1
     views = [daemon.own_stats(), worker.own_stats()]
     assert all(v["svc"]["limit"] == 2 for v in views)  # the service's limit, not a slot's

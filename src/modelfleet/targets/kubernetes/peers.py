@@ -14,7 +14,9 @@ talking, from what they all read from the API:
   deletionTimestamp); a hung or crashed one when its readiness probe fails (2 x 2 s).
 - **Slots**: a replica at limit L has L slots, ``(replica, k)``. They are dealt round-robin to
   the peers sorted by name, the first slot of every replica before the second of any, the
-  replicas in the order of a hash of their pod name. ``shares`` is that deal, seen from one
+  replicas in the order of a hash of their pod name, that order turned by one every
+  lcm(peers, replicas) slots so that each peer's slots spread over the replicas (2 replicas at
+  limit 2, 2 peers: one slot of each replica per peer, not both slots of one). ``shares`` is that deal, seen from one
   router: how many slots of each replica it owns. Each router then sends a replica at most as
   many requests as it owns slots of it, so the routers' requests to a replica never add up to
   more than L, and below capacity nobody is answered busy.
@@ -39,6 +41,7 @@ collisions then settled by the replica's busy answer.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -76,12 +79,18 @@ def shares(replica_ids: Sequence[str], limit: int, peers: Sequence[str], me: str
     mine = ring.index(me)
     owned: dict[str, int] = {}
     ordered = sorted(set(replica_ids), key=_order)
-    i = 0
-    for _k in range(limit):
-        for rid in ordered:
-            if i % len(ring) == mine:
-                owned[rid] = owned.get(rid, 0) + 1
-            i += 1
+    n, r = len(ring), len(ordered)
+    if r == 0:
+        return None
+    # Slot q of the deal (round q // r) goes to router q % n. Were round k always dealt in the
+    # same replica order, a router would meet only the replicas in one residue class of
+    # gcd(n, r): 2 replicas at limit 2 behind 2 routers would give each router both slots of
+    # one replica, and a router the kernel or the Service favoured could use half the capacity.
+    # So every lcm(n, r) slots (whole rounds, since r divides it) the order turns by one.
+    turn = math.lcm(n, r)
+    for q in range(mine, limit * r, n):
+        rid = ordered[(q + q // turn) % r]
+        owned[rid] = owned.get(rid, 0) + 1
     return owned or None
 
 
