@@ -129,13 +129,10 @@ def route_to_plain(route: ServiceRoute) -> dict[str, Any]:
     if auth is None:
         plain_auth = None
     elif isinstance(auth, KeyAuth):
-        primary, secondary = auth._keys  # the material itself: the worker builds its own check
+        primary, secondary = auth.key_material()  # the material itself: the worker builds its own check
         plain_auth = {"kind": "key", "primary": _text(primary), "secondary": _text(secondary)}
     elif isinstance(auth, TokenAuth):
-        pem = auth._public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
-        plain_auth = {"kind": "token", "public_key": pem}
+        plain_auth = {"kind": "token", "public_key": auth.public_key_pem()}
     else:
         raise ConfigError(f"router workers pass key or token auth only (service {route.name}: {auth!r})")
     return {

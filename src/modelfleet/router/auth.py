@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from modelfleet.errors import ConfigError
 
@@ -119,8 +120,7 @@ class KeyAuth:
         p, s = _key(primary), _key(secondary)
         self._held = (p, s, b"Bearer " + p if p else b"", b"Bearer " + s if s else b"")
 
-    @property
-    def _keys(self) -> tuple[bytes | None, bytes | None]:
+    def key_material(self) -> tuple[bytes | None, bytes | None]:
         """The primary and secondary key (router workers are handed them: control/router_fleet.py)."""
         return self._held[0], self._held[1]
 
@@ -142,7 +142,7 @@ class KeyAuth:
         return AuthResult.OK if ok | ok_2 else AuthResult.INVALID
 
     def __repr__(self) -> str:  # never show the keys
-        p, s = ("***" if k is not None else "none" for k in self._keys)
+        p, s = ("***" if k is not None else "none" for k in self.key_material())
         return f"<KeyAuth primary={p} secondary={s}>"
 
 
@@ -251,6 +251,12 @@ class TokenAuth:
         self._skew_s = skew_s
         # token bytes -> (iat, exp) of tokens whose signature has been verified
         self._cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+
+    def public_key_pem(self) -> str:
+        """The public key that verifies tokens, as PEM (router workers are handed it:
+        control/router_fleet.py)."""
+        pem = self._public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        return pem.decode()
 
     def check(self, authorization: bytes | None, now: float | None = None) -> AuthResult:
         if not authorization:
