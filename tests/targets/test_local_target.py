@@ -25,6 +25,7 @@ import pytest
 from e2e_support import SCRIPTS, pid_alive
 from modelfleet.router.proxy import Router
 from modelfleet.targets.base import GenerationSpec, Probe, ReplicaInfo, ReplicaPlan, ReplicaState
+from modelfleet.targets.forkserver import EXEC, FORK, StartMode
 from modelfleet.targets.local import LocalTarget, probe, unix_sockets_supported
 from modelfleet.targets.sockets import SocketFolder
 
@@ -200,5 +201,23 @@ def test_an_idle_services_replica_is_probed_every_idle_probe_periods(tmp_path: P
         probes = sum('"route": "/"' in line for line in r.log_path.read_text().splitlines())
         # 12 at one a period; one every 3 periods is 4 (the launch's probe, not logged or logged, aside)
         assert 2 <= probes <= 7, f"{probes} probes in 6 s at a 0.5 s period"
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("start", [FORK, EXEC])
+def test_a_replica_that_cannot_be_started_is_init_failed_naming_why(tmp_path: Path, start: str) -> None:
+    """Its app folder is gone (removed from the workspace cache meanwhile): InitFailed, naming
+    the folder, whether forked or exec'd (an exec'd one's supervisor used to die with the
+    exception, leaving the replica Starting for ever)."""
+
+    async def scenario() -> None:
+        target = LocalTarget(tmp_path / "runtime", Router(), unix_sockets=False, replica_start=StartMode(start, "test"))
+        app = tmp_path / "gone"
+        gone = ReplicaPlan(**{**plan("sum").__dict__, "app_root": app, "entry_script": app / "score.py"})
+        await target.apply(GenerationSpec(gone, 1))
+        [r] = await until(lambda: [r for r in target.replicas("svc") if r.state is ReplicaState.INIT_FAILED], 10)
+        assert r.detail is not None and "could not start" in r.detail and str(app) in r.detail, r.detail
+        await target.close(0.0)
 
     run(scenario)

@@ -477,6 +477,9 @@ class LocalTarget:
             if stale is not None:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
+        if not plan.app_root.is_dir():  # removed from the workspace's cache meanwhile
+            info.detail = f"could not start: its app folder {plan.app_root} is missing"
+            return False
         env = dict(os.environ)
         env.update(plan.environment)
         if self._gpus.count:
@@ -518,15 +521,19 @@ class LocalTarget:
             if replica.proc is None:
                 if why is not None and self._forks is not None:
                     self._say_exec(info.id, why, log_file)
-                replica.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    cwd=plan.app_root,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    **options,
-                )
+                try:
+                    replica.proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        cwd=plan.app_root,
+                        env=env,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=asyncio.subprocess.STDOUT,
+                        **options,
+                    )
+                except OSError as exc:  # its Python or folder went meanwhile: said, not a dead supervisor
+                    info.detail = f"could not start: {exc}"
+                    return False
         info.pid = replica.proc.pid
         deadline = time.monotonic() + plan.probe.startup_deadline_s
         while time.monotonic() < deadline and replica.live:
