@@ -26,7 +26,9 @@ import logging.handlers
 import os
 import secrets
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,7 @@ GRPC_PORT_SETTING = "router_grpc_port"  # the Open Inference Protocol's gRPC API
 # daemon.log: a busy cluster (or a flood of refused admin calls) must not fill the disk;
 # 10 MB x (1 + 5 backups) keeps days of ordinary lines and bounds the worst case at 60 MB.
 LOG_MAX_BYTES = 10 * 1024 * 1024
+LOCK_WAIT_S = 15.0  # how long a start waits for a killed daemon's lock (take_lock)
 LOG_BACKUPS = 5
 
 
@@ -336,10 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     paths = RuntimePaths(config.workspace / ".modelfleet" / "runtime")
     paths.root.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock_fd = take_lock(paths)
+    if lock_fd is None:
         log.info("another daemon already runs for %s", config.workspace)
         return 0
     ready_pipe = _detach() if args.detach else None
@@ -358,6 +359,42 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.close(lock_fd)
     return 0
+
+
+def take_lock(paths: RuntimePaths, wait_s: float = LOCK_WAIT_S) -> int | None:
+    """The workspace's daemon lock (an fd that holds it), or None when another daemon has it.
+
+    A daemon that was just killed holds the lock until the kernel has torn it down, which takes
+    seconds for one with a thousand replicas' worth of pipes and memory; a start meanwhile (a
+    CLI command right after the crash) must not take that for a live daemon and give up, or the
+    CLI waits for a daemon that never comes. So while the lock is held and no daemon answers on
+    the admin port its cluster.json names (a live one answers; one starting at the same time
+    answers once it serves), this waits for the lock, up to ``wait_s``."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= deadline or _daemon_answers(paths):
+            os.close(fd)
+            return None
+        time.sleep(0.05)
+
+
+def _daemon_answers(paths: RuntimePaths) -> bool:
+    """A daemon answers HTTP on the admin port that cluster.json names (any answer: a 401 is a
+    live daemon too). Accepting the connection is not enough: the kernel completes handshakes
+    on a killed daemon's listening socket until it is torn down, but nobody reads them."""
+    try:
+        port = int(json.loads(paths.cluster_json.read_text())["admin_port"])
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"GET /v1/lock-probe HTTP/1.0\r\n\r\n")  # no token: the admin thread's 401
+            return sock.recv(1) != b""
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _detach() -> int:
