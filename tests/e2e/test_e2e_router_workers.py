@@ -56,7 +56,7 @@ def workers(ws: Workspace) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("slots", ["partitioned", "shared"])
 def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) -> None:
     assert cli(ws, "cluster", "start", "--router-workers", "2", "--router-slots", slots).returncode == 0
-    service = deploy(ws, "spread", "sum", num_replicas=2, replica_max_concurrent_requests=2)
+    service = deploy(ws, "spread", "sum", num_replicas=2, replica_max_concurrent_requests=2, enable_app_insights=True)
     key = service.get_keys()[0]
     before = workers(ws)
     assert [w["index"] for w in before] == [0, 1] and before[1]["listening"]
@@ -72,6 +72,12 @@ def test_two_workers_share_the_port_restart_and_stop(ws: Workspace, slots: str) 
     expected = {"missing": 0, "invalid": WRONG, "by_client": {"127.0.0.1": WRONG}}
     wait_until(lambda: ws.cluster().status()["auth_failures"]["invalid"] >= WRONG, timeout=5)
     assert ws.cluster().status()["auth_failures"] == expected
+    # and the request timings of the traced service (enable_app_insights): one line per request
+    # scored, whichever process served it, in the service's router log (the daemon exports them)
+    router_log = ws.store.runtime_dir / "services" / "spread" / "logs" / "router.log"
+    timed = lambda: router_log.read_text().splitlines() if router_log.is_file() else []  # noqa: E731
+    wait_until(lambda: len(timed()) >= 60, timeout=10)
+    assert len({json.loads(line)["request_id"] for line in timed()}) == 60
     assert f"pid {counts[1]['pid']} (" in cli(ws, "cluster", "status").stdout
     stats = ws.cluster().status()["router"]["spread"]
     assert stats["limit"] == 2 and len(stats["replicas"]) == 2  # by replica, not by slot
