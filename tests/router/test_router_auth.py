@@ -85,7 +85,7 @@ def test_the_header_as_sent_and_the_parsed_credential_agree() -> None:
         for value in spellings:
             parsed = value[7:].strip() if value[:7].lower() == b"bearer " else None
             assert (auth.check(value) is OK) == (parsed in keys), (primary, secondary, value)
-        assert auth._keys == (primary and primary.encode(), secondary and secondary.encode())
+        assert auth.key_material() == (primary and primary.encode(), secondary and secondary.encode())
 
 
 def test_key_of_another_service_is_refused() -> None:
