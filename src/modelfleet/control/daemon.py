@@ -60,8 +60,8 @@ GRPC_PORT_SETTING = "router_grpc_port"  # the Open Inference Protocol's gRPC API
 # daemon.log: a busy cluster (or a flood of refused admin calls) must not fill the disk;
 # 10 MB x (1 + 5 backups) keeps days of ordinary lines and bounds the worst case at 60 MB.
 LOG_MAX_BYTES = 10 * 1024 * 1024
-LOCK_WAIT_S = 15.0  # how long a start waits for a killed daemon's lock (take_lock)
 LOG_BACKUPS = 5
+LOCK_WAIT_S = 15.0  # how long a start waits for a killed daemon's lock (take_lock)
 
 
 @dataclass(frozen=True)

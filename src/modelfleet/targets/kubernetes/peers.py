@@ -16,8 +16,8 @@ talking, from what they all read from the API:
   the peers sorted by name, the first slot of every replica before the second of any, the
   replicas in the order of a hash of their pod name, that order turned by one every
   lcm(peers, replicas) slots so that each peer's slots spread over the replicas (2 replicas at
-  limit 2, 2 peers: one slot of each replica per peer, not both slots of one). ``shares`` is that deal, seen from one
-  router: how many slots of each replica it owns. Each router then sends a replica at most as
+  limit 2, 2 peers: one slot of each replica per peer, not both slots of one). ``shares`` is
+  that deal, seen from one router: how many slots of each replica it owns. Each router then sends a replica at most as
   many requests as it owns slots of it, so the routers' requests to a replica never add up to
   more than L, and below capacity nobody is answered busy.
 - Dealing, not rendezvous hashing per slot: hashing balances only on average, and with two
