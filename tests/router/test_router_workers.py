@@ -306,3 +306,21 @@ def test_a_worker_process_loads_no_control_plane_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+def test_gauges_are_the_stats_the_dashboard_samples() -> None:
+    def from_stats(router: Router) -> dict[str, tuple[int, int, int, int]]:
+        return {
+            name: (e["in_flight"], e["queued"], e["limit"], sum(1 for r in e["replicas"].values() if r["ready"]))
+            for name, e in router.stats().items()
+        }
+
+    for router in (Router(), FleetRouter(workers=2, index=0, slots="partitioned")):
+        router.set_service(ServiceRoute(name="svc", auth=KeyAuth("secret-key-1"), max_concurrent=3))
+        router.set_replicas("svc", UPS[:2])
+        router.set_service(ServiceRoute(name="other", max_concurrent=1))
+        router.services[b"svc"].dispatch.slots()[0].failed = True  # failed mid-request
+        assert router.gauges() == from_stats(router)
+        assert router.gauges()["other"] == (0, 0, 1, 0)  # no replica yet
+    # partitioned, a worker's slots are each an upstream of limit 1: gauges speak of replicas
+    assert router.gauges()["svc"][2] == 3 and Router.gauges(router)["svc"][2] == 1

@@ -485,6 +485,13 @@ class FleetRouter(Router):
         """All workers' figures as one router's (``combine_stats``; the module docstring says how)."""
         return combine_stats([self.own_stats(), *self.remote_stats()])
 
+    def gauges(self) -> dict[str, tuple[int, int, int, int]]:
+        """``Router.gauges`` of all workers together, taken from the combined ``stats()``."""
+        return {
+            name: (e["in_flight"], e["queued"], e["limit"], sum(1 for r in e["replicas"].values() if r["ready"]))
+            for name, e in self.stats().items()
+        }
+
     def apply_plain(self, msg: Mapping[str, Any], tokens: dict[str, TokenAuth]) -> None:
         """A worker applies a table call the daemon sent (all but ``drain``)."""
         op = msg["op"]

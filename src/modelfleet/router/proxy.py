@@ -398,6 +398,16 @@ class Router:
                 out[svc.route.name]["endpoint"] = version_figures(svc.endpoint)  # type: ignore[arg-type]
         return out
 
+    def gauges(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per service: (in_flight, queued, limit, ready replicas), the part of ``stats()`` the
+        dashboard samples every second for every service, without building its dicts."""
+        out: dict[str, tuple[int, int, int, int]] = {}
+        for svc in self.services.values():
+            d = svc.dispatch
+            ready = sum(1 for s in d.slots() if s.listed and not s.failed)
+            out[svc.route.name] = (d.in_flight, d.queued, d.limit, ready)
+        return out
+
     # -- used by cycles ----------------------------------------------------------------
 
     def _now(self) -> float:

@@ -4,8 +4,11 @@
 The router only keeps cumulative counters (``telemetry/counters.py``: answers by status, a
 latency histogram as bucket counts). Once a second the dashboard hands each service's
 counters to its ``History``, which stores the *difference* from the previous second as a
-``Sample`` in a ring of fixed size. Every figure the page shows is then a sum over recent
-samples, never a percentile since start.
+``Sample`` in a ring of fixed size (an hour). Every figure the page shows is then a sum over
+recent samples, never a percentile since start. With a thousand services deployed most seconds
+of most services are quiet (no answer, the same gauges as the second before): those are kept as
+one ``Sample`` and a time per second, read back one by one, so an idle service's hour costs
+about 29 KB and 0.7 µs a second instead of 460 KB and 2.4 µs.
 
 Rules:
 
@@ -23,9 +26,10 @@ Worked example: buckets (0.001, 0.0025, 0.005, ...). In one minute 100 requests 
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["HOUR", "History", "Sample", "Summary", "percentile", "summarize"]
 
@@ -71,16 +75,68 @@ class Summary:
     utilization: float  # mean over the window
 
 
+class _Quiet:
+    """Seconds in a row with no answer and the same gauges: the first one's ``Sample`` and every
+    such second's time, 8 bytes each (an idle service's hour: 29 KB instead of 460 KB)."""
+
+    __slots__ = ("sample", "times", "start")
+
+    def __init__(self, sample: Sample) -> None:
+        self.sample = sample
+        self.times = array("d", (sample.time,))
+        self.start = 0  # times before it have left the ring
+
+    def __len__(self) -> int:
+        return len(self.times) - self.start
+
+    def at(self, i: int) -> Sample:
+        """Its ``i``-th second still in the ring (0: the oldest)."""
+        t = self.times[self.start + i]
+        return self.sample if t == self.sample.time else replace(self.sample, time=t)
+
+    def drop_oldest(self) -> None:
+        self.start += 1
+        if self.start > 256 and self.start * 2 > len(self.times):
+            del self.times[: self.start]  # now and then, not at every second
+            self.start = 0
+
+
 class History:
-    """One service's ring of samples; ``record`` is called once a second by the sampler."""
+    """One service's ring of samples, at most ``capacity`` seconds of them; ``record`` is called
+    once a second by the sampler. Quiet seconds that repeat the one before (no answers, same
+    gauges) are kept as one ``_Quiet`` entry: with many services deployed most are idle."""
 
     def __init__(self, capacity: int = HOUR) -> None:
-        self.samples: deque[Sample] = deque(maxlen=capacity)
+        self.capacity = capacity
+        self._entries: deque[Sample | _Quiet] = deque()
+        self._count = 0  # seconds held, quiet ones counted one by one
         self._codes: dict[int, int] = {}
         self._buckets: list[int] = []
 
     def __repr__(self) -> str:
-        return f"<History samples={len(self.samples)}>"
+        return f"<History samples={self._count}>"
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Every second held, oldest first (the page asks ``since`` for a window instead)."""
+        out: list[Sample] = []
+        for entry in self._entries:
+            if isinstance(entry, _Quiet):
+                out.extend(entry.at(i) for i in range(len(entry)))
+            else:
+                out.append(entry)
+        return out
+
+    @property
+    def last(self) -> Sample | None:
+        """The latest second, or None before the first."""
+        if not self._entries:
+            return None
+        entry = self._entries[-1]
+        return entry.at(len(entry) - 1) if isinstance(entry, _Quiet) else entry
 
     def record(
         self,
@@ -93,7 +149,12 @@ class History:
         ready: int,
         desired: int,
         limit: int,
-    ) -> Sample:
+    ) -> None:
+        if codes == self._codes and len(buckets) == len(self._buckets) and buckets == self._buckets:
+            # No answer this second. (A service re-created whose new counters happen to equal
+            # the old ones exactly would read as idle for that one second.)
+            self._record_quiet(now, (in_flight, queued, ready, desired, limit), len(buckets))
+            return
         ok = client = server = unavailable = 0
         for code, total in codes.items():
             n = _delta(total, self._codes.get(code, 0))
@@ -121,16 +182,57 @@ class History:
         )
         self._codes = dict(codes)
         self._buckets = list(buckets)
-        self.samples.append(sample)
-        return sample
+        self._append(sample)
+
+    def _record_quiet(self, now: float, gauges: tuple[int, int, int, int, int], size: int) -> None:
+        """A second with no answers (``gauges``: in_flight, queued, ready, desired, limit): it
+        extends the quiet run before it when the gauges are the same."""
+        entries = self._entries
+        if entries:
+            entry = entries[-1]
+            before = entry.sample if isinstance(entry, _Quiet) else entry
+            if (
+                before.answers == 0
+                and len(before.buckets) == size
+                and (before.in_flight, before.queued, before.ready, before.desired, before.limit) == gauges
+            ):
+                if not isinstance(entry, _Quiet):
+                    entry = entries[-1] = _Quiet(entry)
+                entry.times.append(now)
+                self._count += 1
+                self._trim()
+                return
+        self._append(Sample(now, 0, 0, 0, 0, _idle(size), *gauges))
+
+    def _append(self, sample: Sample) -> None:
+        self._entries.append(sample)
+        self._count += 1
+        self._trim()
+
+    def _trim(self) -> None:
+        entries = self._entries
+        while self._count > self.capacity:
+            oldest = entries[0]
+            if isinstance(oldest, _Quiet) and len(oldest) > 1:
+                oldest.drop_oldest()
+            else:
+                entries.popleft()
+            self._count -= 1
 
     def since(self, start: float) -> list[Sample]:
         """Samples taken after ``start`` (epoch seconds), oldest first."""
-        out = []
-        for s in reversed(self.samples):
-            if s.time <= start:
+        out: list[Sample] = []
+        for entry in reversed(self._entries):
+            if isinstance(entry, _Quiet):
+                for i in range(len(entry) - 1, -1, -1):
+                    if entry.times[entry.start + i] <= start:
+                        out.reverse()
+                        return out
+                    out.append(entry.at(i))
+            elif entry.time <= start:
                 break
-            out.append(s)
+            else:
+                out.append(entry)
         out.reverse()
         return out
 
@@ -144,6 +246,12 @@ def _interned(buckets: tuple[int, ...]) -> tuple[int, ...]:
     if any(buckets):
         return buckets
     return _IDLE.setdefault(len(buckets), buckets)
+
+
+def _idle(size: int) -> tuple[int, ...]:
+    """The shared all-zero buckets of ``size`` slots."""
+    zeros = _IDLE.get(size)
+    return zeros if zeros is not None else _IDLE.setdefault(size, (0,) * size)
 
 
 def _delta(now: int, before: int) -> int:

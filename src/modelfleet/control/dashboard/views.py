@@ -47,30 +47,33 @@ class Sampler:
     def tick(self, now: float) -> None:
         """Take one sample of every routed service (``now``: epoch seconds)."""
         seen = set()
-        every = self.router.stats()  # all router processes' figures (router workers), by replica
+        every = self.router.gauges()  # all router processes' figures (router workers)
+        controllers = self.reconciler.controllers
+        histories = self.histories
         for svc in list(self.router.services.values()):
             name = svc.route.name
-            stats = every.get(name)
-            if stats is None:
+            gauges = every.get(name)
+            if gauges is None:
                 continue
             seen.add(name)
-            ready = sum(1 for r in stats["replicas"].values() if r["ready"])
-            controller = self.reconciler.controllers.get(name)
-            history = self.histories.get(name)
+            in_flight, queued, limit, ready = gauges
+            controller = controllers.get(name)
+            history = histories.get(name)
             if history is None:
-                history = self.histories[name] = History()
+                history = histories[name] = History()
             history.record(
                 now,
                 svc.metrics.codes,
                 svc.metrics.buckets,
-                in_flight=stats["in_flight"],
-                queued=stats["queued"],
+                in_flight=in_flight,
+                queued=queued,
                 ready=ready,
                 desired=controller.replica_count if controller is not None else ready,
-                limit=stats["limit"],
+                limit=limit,
             )
-        for gone in [n for n in self.histories if n not in seen]:
-            del self.histories[gone]
+        if len(seen) != len(histories):
+            for gone in [n for n in histories if n not in seen]:
+                del histories[gone]
 
     async def run(self, clock: Any) -> None:
         """Sample every second until cancelled (``clock``: ``time.time``)."""
@@ -112,7 +115,7 @@ def _scaling(config: dict[str, Any]) -> dict[str, Any]:
 
 def _row(sampler: Sampler, record: Any, now: float) -> dict[str, Any]:
     history = sampler.histories.get(record.name)
-    last: Sample | None = history.samples[-1] if history is not None and history.samples else None
+    last: Sample | None = history.last if history is not None else None
     controller = sampler.reconciler.controllers.get(record.name)
     endpoint, sep, version = record.name.partition(VERSION_SEPARATOR)
     return {
