@@ -12,7 +12,10 @@ working tree's commit: what the Unix socket saves). Where Debian's haproxy is in
 third row: HAProxy with ``maxconn 1`` and ``timeout queue 500ms`` in front of a third replica
 (TCP), the issue's reference. ``--floor`` adds a row for the least a Python proxy on uvloop
 and httptools does at limit 1 (``serve_floor``: frames, queues and relays bytes, nothing more),
-in front of a replica of its own on a Unix socket.
+in front of a replica of its own on a Unix socket. ``--least-router`` adds a row for the floor
+plus what the contract needs of each request on the common path (``serve_least_router``: headers
+into Python, routing, the key check, request ids, the rewritten head, a FIFO queue, the answer's
+head rebuilt, counters), the least any router in Python on this loop could cost.
 
 Placement: every router, replica and HAProxy on CPU 1 (``taskset -c 1``), all started
 together and idle while another is measured; ``wrk -t1`` on CPU 0. ``--replicas-cpu 0`` moves
@@ -165,8 +168,169 @@ def serve_floor(sock: str) -> None:
     asyncio.run(main())
 
 
+def serve_least_router(sock: str) -> None:
+    """Child mode (``--least-router``): the floor plus what the contract needs of every request
+    on the common path at limit 1 with key auth, done the cheapest way: each header into Python
+    (httptools callbacks), the path routed, the key checked (a 401 answered), request ids made
+    (``ids.RequestIds``), the head rewritten for the replica (ids added, hop-by-hop and id headers
+    dropped), a FIFO queue in front of the replica's one slot, the answer's head rebuilt without
+    hop-by-hop headers and written with the body in one call, and the answer counted (status
+    and latency bucket). Left out, as the floor does: timeouts, retries, busy replay, streaming
+    flow control, pipelining, limits on heads, metrics export. A bound from below for any
+    router in Python on this loop, not a router."""
+    from bisect import bisect_left
+    from collections import deque
+    from time import perf_counter
+
+    import httptools
+    import uvloop
+
+    from modelfleet.router.ids import RequestIds
+    from modelfleet.telemetry.counters import LATENCY_BUCKETS
+
+    uvloop.install()
+    keys = {b"Bearer " + KEY.encode()}
+    route = {b"/api/v1/service/bench/score": b"/score"}
+    dropped = {b"host", b"connection", b"keep-alive", b"authorization", b"content-length", b"x-ms-request-id",
+               b"x-request-id", b"x-ms-client-request-id", b"transfer-encoding", b"te", b"upgrade"}  # fmt: skip
+    hop = {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"x-ms-request-id",
+        b"x-request-id",
+        b"x-ms-client-request-id",
+    }  # fmt: skip (the ids go back as the router made them)
+    ids = RequestIds()
+    codes: dict[int, int] = {}
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    canned_401 = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"
+    canned_404 = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+    queue: deque[tuple[Any, bytes, bytes, float]] = deque()
+    state: dict[str, Any] = {"busy": None, "rids": b"", "started": 0.0}
+
+    class Up(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.lines: list[bytes] = []
+            self.body: list[bytes] = []
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_status(self, status: bytes) -> None:
+            self.lines = [b"HTTP/1.1 %d %s\r\n" % (self.parser.get_status_code(), status)]
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() not in hop:
+                self.lines.append(name + b": " + value + b"\r\n")
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            self.lines.append(state["rids"] + b"\r\n")
+            self.lines.extend(self.body)
+            self.body = []
+            client = state["busy"]
+            if not client.transport.is_closing():
+                client.transport.writelines(self.lines)
+            status = self.parser.get_status_code()
+            codes[status] = codes.get(status, 0) + 1
+            buckets[bisect_left(LATENCY_BUCKETS, perf_counter() - state["started"])] += 1
+            send_next()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            up_conn.clear()
+            asyncio.ensure_future(connect())
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.fields: list[bytes] = []
+            self.auth: bytes | None = None
+            self.body: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            lower = name.lower()
+            if lower == b"authorization":
+                self.auth = value
+            elif lower not in dropped:
+                self.fields.append(name + b": " + value + b"\r\n")
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            started = perf_counter()
+            target = route.get(self.url)
+            fields, body, auth = self.fields, self.body, self.auth
+            self.fields, self.body, self.auth = [], [], None
+            if target is None:
+                self.transport.write(canned_404)
+                return
+            if auth not in keys:
+                self.transport.write(canned_401)
+                return
+            method = self.parser.get_method()
+            rids = ids.fresh_lines()
+            head = b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n" % (
+                method,
+                target,
+                b"".join(fields),
+                rids,
+                sum(map(len, body)),
+            )
+            queue.append((self, head + b"".join(body), rids, started))
+            if state["busy"] is None:
+                send_next()
+
+    up_conn: list[Up] = []
+
+    def send_next() -> None:
+        if not queue or not up_conn:
+            state["busy"] = None
+            return
+        client, request, rids, started = queue.popleft()
+        state["busy"], state["rids"], state["started"] = client, rids, started
+        up_conn[0].transport.write(request)
+
+    async def connect() -> None:
+        loop = asyncio.get_running_loop()
+        if sock.startswith("tcp:"):
+            _, up = await loop.create_connection(Up, "127.0.0.1", int(sock[4:]))
+        else:
+            _, up = await loop.create_unix_connection(Up, sock)
+        up_conn.append(up)
+        if state["busy"] is None:
+            send_next()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await connect()
+        server = await loop.create_server(Client, "127.0.0.1", 0)
+        print("PORT", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 @contextlib.contextmanager
-def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False, floor: bool = False) -> Iterator[Running]:
+def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False, mode: str = "router") -> Iterator[Running]:
     """A replica on a Unix socket (on 127.0.0.1 with ``tcp``) and a router in front of it,
     both running ``src``'s code."""
     env = {"PYTHONPATH": str(src)}
@@ -194,8 +358,7 @@ def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False, floor: 
             time.sleep(0.05)
         with open(tmp / f"router-{name}.log", "ab") as log:
             router = subprocess.Popen(
-                ["taskset", "-c", "1", sys.executable, __file__, "--serve-floor" if floor else "--serve-router", sock]
-                + ["--limit", str(limit)],
+                ["taskset", "-c", "1", sys.executable, __file__, f"--serve-{mode}", sock] + ["--limit", str(limit)],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -206,7 +369,7 @@ def side(tmp: Path, name: str, src: Path, limit: int, tcp: bool = False, floor: 
         line = router.stdout.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(f"router {name} did not start; see {tmp}/router-{name}.log")
-        path = "/score" if floor else "/api/v1/service/bench/score"  # the floor relays the path as it is
+        path = "/score" if mode == "floor" else "/api/v1/service/bench/score"  # the floor relays the path as it is
         url = f"http://127.0.0.1:{int(line.split()[1])}{path}"
         headers = {"Authorization": f"Bearer {KEY}"}
         wait_answer(url, headers, router, 30)
@@ -230,15 +393,24 @@ def main() -> int:
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--a-tcp", action="store_true", help="side A's router reaches its replica over TCP (Unix vs TCP)")
     ap.add_argument("--floor", action="store_true", help="also a row for the least a Python proxy does (serve_floor)")
+    ap.add_argument(
+        "--least-router",
+        action="store_true",
+        help="also a row for the least a Python router does per request (serve_least_router)",
+    )
     ap.add_argument("--replicas-cpu", help="move every replica (all its threads) to this CPU once started")
     ap.add_argument("--serve-router", metavar="SOCKET", help=argparse.SUPPRESS)
     ap.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-least-router", metavar="SOCKET", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_router:
         serve_router(args.serve_router, args.limit)
         return 0
     if args.serve_floor:
         serve_floor(args.serve_floor)
+        return 0
+    if args.serve_least_router:
+        serve_least_router(args.serve_least_router)
         return 0
     for tool in ("wrk", "taskset", "git"):
         if shutil.which(tool) is None:
@@ -260,7 +432,9 @@ def main() -> int:
                 "B": stack.enter_context(side(tmp, "B", ROOT / "src", args.limit)),
             }
             if args.floor:
-                running["floor"] = stack.enter_context(side(tmp, "floor", ROOT / "src", 1, floor=True))
+                running["floor"] = stack.enter_context(side(tmp, "floor", ROOT / "src", 1, mode="floor"))
+            if args.least_router:
+                running["least"] = stack.enter_context(side(tmp, "least", ROOT / "src", 1, mode="least-router"))
             haproxy_note = ""
             if not args.no_haproxy:
                 try:
@@ -316,6 +490,7 @@ def main() -> int:
     print("\nratios (medians)")
     pairs = [("B", "A")] + ([("B", "HAProxy"), ("A", "HAProxy")] if "HAProxy" in rows else [])
     pairs += [("B", "floor")] + ([("floor", "HAProxy")] if "HAProxy" in rows else []) if "floor" in rows else []
+    pairs += [("B", "least")] + ([("least", "HAProxy")] if "HAProxy" in rows else []) if "least" in rows else []
     for x, y in pairs:
         print(
             f"  {x} ÷ {y}: req/s {med(x, 'rps') / med(y, 'rps'):.3f}, proxy CPU/req "

@@ -12,12 +12,13 @@ the room check), then:
 - the daemon SIGKILLed (its replicas die with it) and started again: seconds until all N are
   Healthy and answer again;
 - the idle daemon's CPU (10 s with no request);
-- the router's CPU per request (the daemon's CPU seconds over a ``wrk -t1 -c8`` run on CPU 0,
-  divided by the requests wrk counted) scoring the first service, once while it is the only
-  one and again with all N deployed, and their ratio (the daemon's background work for N
-  services, probes and reconcile passes, counts against it).
+- the router's CPU per request (the daemon's CPU seconds over a 5 s ``wrk -t1 -c8`` run,
+  divided by the requests wrk counted) scoring the first service with all N deployed, against
+  the same in a second cluster (its own workspace and daemon) with that one service alone,
+  started once the N are up: ``--rounds`` alternated rounds each, medians and their ratio (the
+  daemon's background work for N services, probes and reconcile passes, counts against it).
 
-    .venv/bin/python bench/many_services.py [--counts 10 100] [--replica-start fork|exec]
+    .venv/bin/python bench/many_services.py [--counts 10 100] [--replica-start fork|exec] [--rounds 3]
 
 ``--replica-start`` is the cluster's setting of that name (``MODELFLEET_FORK_SERVER`` 1 or 0 for
 the daemon): ``fork``, the default, forks replicas from a server per interpreter that imported
@@ -114,20 +115,46 @@ def _router_cost(ws: Workspace, name: str, folder: Path, seconds: int = 5) -> tu
     return rps, (cpu_seconds([daemon]) - before) / count * 1e6
 
 
-def one(top: Path, n: int) -> None:
+def _router_ratio(ws: Workspace, name: str, top: Path, n: int, rounds: int) -> str:
+    """The first service's router cost with all ``n`` deployed against one alone in a second
+    cluster, alternated rounds (medians)."""
+    solo = Workspace.create(f"solo{n}", top / f"solo{n}")
+    ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
+    dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
+    try:
+        Model.deploy(solo, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
+        _router_cost(solo, name, top, seconds=2)  # warm-up, as the crowded one had its answers
+        crowded: list[tuple[float, float]] = []
+        alone: list[tuple[float, float]] = []
+        for k in range(rounds):
+            for which in ("crowded", "alone") if k % 2 == 0 else ("alone", "crowded"):
+                if which == "crowded":
+                    crowded.append(_router_cost(ws, name, top))
+                else:
+                    alone.append(_router_cost(solo, name, top))
+    finally:
+        solo.cluster().stop(timeout=120)
+    c_us, a_us = statistics.median(c for _, c in crowded), statistics.median(c for _, c in alone)
+    c_rps, a_rps = statistics.median(r for r, _ in crowded), statistics.median(r for r, _ in alone)
+    rounds_seen = ", ".join(f"{c:.0f}/{a:.0f}" for (_, c), (_, a) in zip(crowded, alone, strict=True))
+    return (
+        f"router CPU per request {c_us:.0f} µs ({c_rps:.0f} req/s) against {a_us:.0f} µs ({a_rps:.0f} req/s) "
+        f"with one service in a cluster of its own: ratio {c_us / a_us:.2f} (medians of {rounds} alternated "
+        f"rounds; µs with {n} / alone: {rounds_seen})"
+    )
+
+
+def one(top: Path, n: int, rounds: int) -> None:
     ws = Workspace.create(f"svc{n}", top / f"ws{n}")
     ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
     dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
     names = [f"s{i:04d}" for i in range(n)]
     try:
         last = 0.0
-        alone: tuple[float, float] | None = None
         for name in names:
             started = time.perf_counter()
             Model.deploy(ws, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
             last = time.perf_counter() - started
-            if alone is None:
-                alone = _router_cost(ws, name, top)
         listing, status = _cli(ws, "service", "list"), _cli(ws, "cluster", "status")
         pids = [r["pid"] for s in ws.cluster().status()["services"].values() for r in s["replicas"] if r["pid"]]
         pss, uss = zip(*(_memory_kib(p) for p in pids), strict=True)
@@ -143,19 +170,13 @@ def one(top: Path, n: int) -> None:
             flush=True,
         )
         print(f"{n:>5} services: {_all_answer(ws, names)}/{n} answered", flush=True)
-        assert alone is not None
         info = ws.cluster().info()
         assert info is not None
         before = cpu_seconds([int(info["pid"])])
         time.sleep(10)
         idle = (cpu_seconds([int(info["pid"])]) - before) / 10
         print(f"{n:>5} services: the idle daemon uses {idle:.1%} of a core", flush=True)
-        crowded = _router_cost(ws, names[0], top)
-        print(
-            f"{n:>5} services: router CPU per request {crowded[1]:.0f} µs ({crowded[0]:.0f} req/s) against "
-            f"{alone[1]:.0f} µs ({alone[0]:.0f} req/s) with one service: ratio {crowded[1] / alone[1]:.2f}",
-            flush=True,
-        )
+        print(f"{n:>5} services: {_router_ratio(ws, names[0], top, n, rounds)}", flush=True)
         info = ws.cluster().info()
         assert info is not None
         os.kill(int(info["pid"]), signal.SIGKILL)
@@ -172,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--replica-start", choices=("fork", "exec"), default="fork", help="how replicas start")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the router's cost")
     parser.add_argument("--fork-server", action="store_true", help=argparse.SUPPRESS)  # the old name of fork
     args = parser.parse_args()
     fork = args.replica_start == "fork" or args.fork_server
@@ -180,7 +202,7 @@ def main() -> None:
     top = Path(tempfile.mkdtemp(prefix="mf-bench-services-"))
     try:
         for n in args.counts:
-            one(top, n)
+            one(top, n, args.rounds)
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
