@@ -4,8 +4,8 @@ For each count N (default 10 and 100): N services deployed one after another (th
 ``sum`` entry script, one replica each, ``cpu_cores=0.001``, ``memory_gb=0.02``, so that N fit
 the room check), then:
 
-- the time of the Nth deploy to Healthy, ``service list`` and ``cluster status`` (the CLI, as
-  a user runs it: warm, the median of 5 runs);
+- the time of the Nth deploy to Healthy (and the median and the longest of the last 20),
+  ``service list`` and ``cluster status`` (the CLI, as a user runs it: warm, the median of 5 runs);
 - each replica's memory from ``/proc/<pid>/smaps_rollup``: PSS (shared pages split among the
   processes sharing them) and USS (pages only it has), mean and median over all replicas;
 - every service answered once;
@@ -150,16 +150,18 @@ def one(top: Path, n: int, rounds: int) -> None:
     dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
     names = [f"s{i:04d}" for i in range(n)]
     try:
-        last = 0.0
+        took: list[float] = []
         for name in names:
             started = time.perf_counter()
             Model.deploy(ws, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
-            last = time.perf_counter() - started
+            took.append(time.perf_counter() - started)
+        tail = took[-20:]
         listing, status = _cli(ws, "service", "list"), _cli(ws, "cluster", "status")
         pids = [r["pid"] for s in ws.cluster().status()["services"].values() for r in s["replicas"] if r["pid"]]
         pss, uss = zip(*(_memory_kib(p) for p in pids), strict=True)
         print(
-            f"{n:>5} services: deploy of the last {last:.2f} s, service list {listing:.2f} s, cluster status "
+            f"{n:>5} services: deploy of the last {took[-1]:.2f} s (the last {len(tail)}: median "
+            f"{statistics.median(tail):.2f} s, max {max(tail):.2f} s), service list {listing:.2f} s, cluster status "
             f"{status:.2f} s",
             flush=True,
         )
