@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,27 +86,104 @@ def serve_router(sock: str, limit: int) -> None:
     asyncio.run(main())
 
 
+async def _open_replica(sock: str, protocol: Callable[[], asyncio.Protocol]) -> Any:
+    """A connection to the replica on ``sock`` (``tcp:PORT``: on 127.0.0.1); its protocol object."""
+    loop = asyncio.get_running_loop()
+    if sock.startswith("tcp:"):
+        _, up = await loop.create_connection(protocol, "127.0.0.1", int(sock[4:]))
+    else:
+        _, up = await loop.create_unix_connection(protocol, sock)
+    return up
+
+
+def _serve_clients(client: Callable[[], asyncio.Protocol], connect: Callable[[], Awaitable[None]]) -> None:
+    """Child modes' main: connect to the replica, listen on a free port, print it, serve."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await connect()
+        server = await loop.create_server(client, "127.0.0.1", 0)
+        print("PORT", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class _OneSlot:
+    """The child modes' replica: one keep-alive connection, one request on it at a time, the
+    rest waiting in a FIFO. An entry is (client protocol, request bytes, anything else)."""
+
+    def __init__(self, sock: str, protocol: Callable[[], asyncio.Protocol]) -> None:
+        self.sock, self.protocol = sock, protocol
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.up: Any = None
+        self.busy: tuple[Any, ...] | None = None  # the entry being served
+
+    def push(self, entry: tuple[Any, ...]) -> None:
+        self.queue.append(entry)
+        if self.busy is None:
+            self.next()
+
+    def next(self) -> None:
+        """The replica answered (or is connected): send the next request, if any."""
+        if not self.queue or self.up is None:
+            self.busy = None
+            return
+        self.busy = self.queue.popleft()
+        self.up.transport.write(self.busy[1])
+
+    async def connect(self) -> None:
+        self.up = await _open_replica(self.sock, self.protocol)
+        self.up.slot = self
+        if self.busy is None:
+            self.next()
+
+    def lost(self) -> None:
+        """The replica closed the connection (a "Connection: close" request): open a new one."""
+        self.up = None
+        asyncio.ensure_future(self.connect())
+
+
+class _Upstream(asyncio.Protocol):
+    """The child modes' connection to the replica (its ``_OneSlot`` sets ``slot``)."""
+
+    slot: _OneSlot
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.slot.lost()
+
+
+class _Downstream(asyncio.Protocol):
+    """A client's connection in the child modes: its transport and request parser."""
+
+    def connection_made(self, transport: Any) -> None:
+        import httptools
+
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.began()
+
+    def began(self) -> None:
+        """Per-connection state of the mode (nothing here)."""
+
+
 def serve_floor(sock: str) -> None:
     """Child mode (``--floor``): the least a Python proxy on uvloop and httptools does for a
     request at limit 1, for reference: requests are framed with httptools and queued, one at
     a time goes to the replica byte for byte, the answer is framed with httptools and goes
     back byte for byte. No auth, request ids, header rewriting, timeouts or metrics."""
-    from collections import deque
-
     import httptools
     import uvloop
 
     uvloop.install()
-    queue: deque[tuple[Any, bytes]] = deque()
-    state: dict[str, Any] = {"busy": None}
 
-    class Up(asyncio.Protocol):
+    class Up(_Upstream):
         def __init__(self) -> None:
             self.parser = httptools.HttpResponseParser(self)
             self.buf: list[bytes] = []
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
 
         def data_received(self, data: bytes) -> None:
             self.buf.append(data)
@@ -113,19 +191,13 @@ def serve_floor(sock: str) -> None:
 
         def on_message_complete(self) -> None:
             answer, self.buf = b"".join(self.buf), []
-            client = state["busy"].transport
+            client = slot.busy[0].transport  # type: ignore[index]
             if not client.is_closing():  # (a client that left gets nothing)
                 client.write(answer)
-            send_next()
+            slot.next()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            up_conn.clear()  # the replica closed it (a "Connection: close" request): a new one
-            asyncio.ensure_future(connect())
-
-    class Client(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.parser = httptools.HttpRequestParser(self)
+    class Client(_Downstream):
+        def began(self) -> None:
             self.buf: list[bytes] = []
 
         def data_received(self, data: bytes) -> None:
@@ -133,39 +205,11 @@ def serve_floor(sock: str) -> None:
             self.parser.feed_data(data)
 
         def on_message_complete(self) -> None:
-            queue.append((self, b"".join(self.buf)))
-            self.buf = []
-            if state["busy"] is None:
-                send_next()
+            request, self.buf = b"".join(self.buf), []
+            slot.push((self, request))
 
-    up_conn: list[Up] = []
-
-    def send_next() -> None:
-        if not queue or not up_conn:
-            state["busy"] = None
-            return
-        client, request = queue.popleft()
-        state["busy"] = client
-        up_conn[0].transport.write(request)
-
-    async def connect() -> None:
-        loop = asyncio.get_running_loop()
-        if sock.startswith("tcp:"):
-            _, up = await loop.create_connection(Up, "127.0.0.1", int(sock[4:]))
-        else:
-            _, up = await loop.create_unix_connection(Up, sock)
-        up_conn.append(up)
-        if state["busy"] is None:
-            send_next()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        await connect()
-        server = await loop.create_server(Client, "127.0.0.1", 0)
-        print("PORT", server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    slot = _OneSlot(sock, Up)
+    _serve_clients(Client, slot.connect)
 
 
 def serve_least_router(sock: str) -> None:
@@ -179,7 +223,6 @@ def serve_least_router(sock: str) -> None:
     flow control, pipelining, limits on heads, metrics export. A bound from below for any
     router in Python on this loop, not a router."""
     from bisect import bisect_left
-    from collections import deque
     from time import perf_counter
 
     import httptools
@@ -209,17 +252,12 @@ def serve_least_router(sock: str) -> None:
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
     canned_401 = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"
     canned_404 = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
-    queue: deque[tuple[Any, bytes, bytes, float]] = deque()
-    state: dict[str, Any] = {"busy": None, "rids": b"", "started": 0.0}
 
-    class Up(asyncio.Protocol):
+    class Up(_Upstream):
         def __init__(self) -> None:
             self.parser = httptools.HttpResponseParser(self)
             self.lines: list[bytes] = []
             self.body: list[bytes] = []
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
 
         def data_received(self, data: bytes) -> None:
             self.parser.feed_data(data)
@@ -235,25 +273,19 @@ def serve_least_router(sock: str) -> None:
             self.body.append(body)
 
         def on_message_complete(self) -> None:
-            self.lines.append(state["rids"] + b"\r\n")
+            client, _, rids, started = slot.busy  # type: ignore[misc]
+            self.lines.append(rids + b"\r\n")
             self.lines.extend(self.body)
             self.body = []
-            client = state["busy"]
             if not client.transport.is_closing():
                 client.transport.writelines(self.lines)
             status = self.parser.get_status_code()
             codes[status] = codes.get(status, 0) + 1
-            buckets[bisect_left(LATENCY_BUCKETS, perf_counter() - state["started"])] += 1
-            send_next()
+            buckets[bisect_left(LATENCY_BUCKETS, perf_counter() - started)] += 1
+            slot.next()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            up_conn.clear()
-            asyncio.ensure_future(connect())
-
-    class Client(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-            self.parser = httptools.HttpRequestParser(self)
+    class Client(_Downstream):
+        def began(self) -> None:
             self.url = b""
             self.fields: list[bytes] = []
             self.auth: bytes | None = None
@@ -295,38 +327,10 @@ def serve_least_router(sock: str) -> None:
                 rids,
                 sum(map(len, body)),
             )
-            queue.append((self, head + b"".join(body), rids, started))
-            if state["busy"] is None:
-                send_next()
+            slot.push((self, head + b"".join(body), rids, started))
 
-    up_conn: list[Up] = []
-
-    def send_next() -> None:
-        if not queue or not up_conn:
-            state["busy"] = None
-            return
-        client, request, rids, started = queue.popleft()
-        state["busy"], state["rids"], state["started"] = client, rids, started
-        up_conn[0].transport.write(request)
-
-    async def connect() -> None:
-        loop = asyncio.get_running_loop()
-        if sock.startswith("tcp:"):
-            _, up = await loop.create_connection(Up, "127.0.0.1", int(sock[4:]))
-        else:
-            _, up = await loop.create_unix_connection(Up, sock)
-        up_conn.append(up)
-        if state["busy"] is None:
-            send_next()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        await connect()
-        server = await loop.create_server(Client, "127.0.0.1", 0)
-        print("PORT", server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    slot = _OneSlot(sock, Up)
+    _serve_clients(Client, slot.connect)
 
 
 @contextlib.contextmanager
