@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -32,14 +33,20 @@ SCRIPT = "def init():\n    pass\n\n\ndef run(raw_data):\n    return 'ok'\n"
 
 
 def _disk_bytes(folder: Path) -> tuple[int, int]:
-    """(bytes of the files, bytes of the blocks they take), each inode counted once."""
+    """(bytes of the files, bytes of the blocks they take), each inode counted once. A folder or
+    file that goes while it is read (the generation an update replaced, removed by the daemon)
+    is skipped."""
     seen: set[int] = set()
     size = blocks = 0
-    for path in folder.rglob("*"):
-        st = path.lstat()
-        if path.is_file() and st.st_ino not in seen:
-            seen.add(st.st_ino)
-            size, blocks = size + st.st_size, blocks + st.st_blocks * 512
+    for root, _, files in os.walk(folder):  # os.walk skips a folder that is gone
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                size, blocks = size + st.st_size, blocks + st.st_blocks * 512
     return size, blocks
 
 
