@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -115,12 +116,18 @@ def _router_cost(ws: Workspace, name: str, folder: Path, seconds: int = 5) -> tu
     return rps, (cpu_seconds([daemon]) - before) / count * 1e6
 
 
+def _configs() -> tuple[InferenceConfig, Any]:
+    """The trivial ``sum`` service's inference and deployment settings: one replica, sized so
+    that a thousand fit the room check."""
+    ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
+    return ic, AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
+
+
 def _router_ratio(ws: Workspace, name: str, top: Path, n: int, rounds: int) -> str:
     """The first service's router cost with all ``n`` deployed against one alone in a second
     cluster, alternated rounds (medians)."""
     solo = Workspace.create(f"solo{n}", top / f"solo{n}")
-    ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
-    dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
+    ic, dc = _configs()
     try:
         Model.deploy(solo, name, [], ic, dc).wait_for_deployment(timeout_sec=120)
         _router_cost(solo, name, top, seconds=2)  # warm-up, as the crowded one had its answers
@@ -146,8 +153,7 @@ def _router_ratio(ws: Workspace, name: str, top: Path, n: int, rounds: int) -> s
 
 def one(top: Path, n: int, rounds: int) -> None:
     ws = Workspace.create(f"svc{n}", top / f"ws{n}")
-    ic = InferenceConfig(entry_script="score.py", source_directory=SUM, environment=Environment("bench"))
-    dc = AksWebservice.deploy_configuration(num_replicas=1, cpu_cores=0.001, memory_gb=0.02)
+    ic, dc = _configs()
     names = [f"s{i:04d}" for i in range(n)]
     try:
         took: list[float] = []
