@@ -327,6 +327,36 @@ def test_a_spawn_given_up_before_its_answer_kills_its_child_and_the_next_gets_it
     asyncio.run(scenario())
 
 
+def test_a_spawn_that_finds_the_server_dead_before_its_first_fork_does_not_start_another(tmp_path: Path) -> None:
+    # The replica tests above saw this one time in a few hundred: the second replica's spawn came
+    # between the server's end and the first spawn's resuming to record it, and started a second
+    # server for an interpreter whose first had already failed. That moment, held still: the
+    # server is started as the first spawn starts it, and has ended before anyone looks.
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *modelfleet.replica.forkserver*) echo "no fork server in this environment" >&2; exit 1;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o700)
+    argv = ["--entry_script", str(SCRIPTS / "env_probe" / "score.py"), "--host", "127.0.0.1", "--port", "0"]
+
+    async def scenario() -> None:
+        servers = forkserver.ForkServers(tmp_path / "fs")
+        try:
+            started = await servers._server((str(python), ()))
+            await started.reader  # it ended before its first fork; no spawn has said so yet
+            with open(tmp_path / "replica.log", "ab") as log_file:
+                assert await servers.spawn(str(python), argv, {}, tmp_path, log_file) is None  # exec it
+            assert (tmp_path / "fs" / "forkserver.log").read_text().count("no fork server") == 1  # one start
+            failed = servers.failed(str(python))
+            assert failed is not None and failed.startswith("before its first replica: the fork server ended"), failed
+        finally:
+            await servers.close()
+
+    asyncio.run(scenario())
+
+
 def _children(parent: int) -> set[int]:
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):

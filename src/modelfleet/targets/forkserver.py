@@ -157,6 +157,7 @@ class _Server:
                 message = json.loads(data)
                 if "pid" in message:
                     pid = int(message["pid"])
+                    self.forked += 1  # counted as it forks, not as its spawn resumes: see ForkServers._server
                     self.children[pid] = ForkedProcess(pid)  # its exit is reported as any child's
                     waiter = self.pending.pop(message.get("id"), None)
                     if waiter is None or waiter.done():  # not wanted any more
@@ -205,7 +206,6 @@ class _Server:
             del self.pending[request_id]
             raise
         pid = await asyncio.wait_for(waiter, _START_TIMEOUT_S)  # given up: the answer kills the child
-        self.forked += 1
         return self.children[pid]
 
     async def close(self) -> None:
@@ -283,6 +283,10 @@ class ForkServers:
             server = self._servers.get(key)
             if server is not None and server.alive:
                 return server
+            if server is not None and server.forked == 0:
+                # It ended before its first fork, and the spawn that started it has not resumed
+                # to record that yet: this spawn fails the same way rather than start a second.
+                raise OSError("the fork server ended")
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
             self._log_dir.mkdir(parents=True, exist_ok=True)
