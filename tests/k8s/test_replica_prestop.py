@@ -21,7 +21,7 @@ from node_standin import NodeStandIn
 
 from modelfleet.spec import aks_deploy_configuration
 from modelfleet.store.registry import Store
-from modelfleet.targets.base import GenerationSpec, ReplicaState, RouteEntry
+from modelfleet.targets.base import GenerationSpec, ReplicaInfo, ReplicaState, RouteEntry
 from modelfleet.targets.kubernetes import manifests as m
 from modelfleet.targets.kubernetes.target import KubernetesTarget
 
@@ -84,8 +84,13 @@ def test_a_pod_deleted_under_a_long_request_answers_it_and_serves_through_its_pr
             target.publish(RouteEntry("slow", 1, "key", primary_key=KEY, max_concurrent=2, timeout_s=20.0))
             via_router = f"http://127.0.0.1:{router.port}/api/v1/service/slow/score"
             auth = {"Authorization": f"Bearer {KEY}"}
-            wait_for("scored through the router", lambda: post(via_router, {"sleep": 0}, auth)[0] == 200, 180)
-            (pod,) = [r for r in target.replicas("slow") if r.state is ReplicaState.READY]
+
+            def ready_and_scored() -> list[ReplicaInfo] | None:
+                # the router's pod watch and the target's are two: either may see the pod Ready first
+                ready = [r for r in target.replicas("slow") if r.state is ReplicaState.READY]
+                return ready if ready and post(via_router, {"sleep": 0}, auth)[0] == 200 else None
+
+            (pod,) = wait_for("the pod Ready and scored through the router", ready_and_scored, 180)
             secret = core.read_namespaced_secret(m.secret_name("slow"), namespace).data[m.REPLICA_SECRET_KEY]
             direct = f"http://{pod.address}/score"
             as_router = {"x-modelfleet-replica-secret": base64.b64decode(secret).decode()}
