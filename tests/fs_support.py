@@ -1,5 +1,6 @@
-"""A folder nobody may create files in, for the tests of what a full or read-only disk does
-(tests/telemetry, tests/replica)."""
+"""Folders in tests: one nobody may create files in, for the tests of what a full or read-only
+disk does (tests/telemetry, tests/replica); and the files of one that changes as it is read, for
+the tests that look through a workspace or runtime folder for a secret."""
 
 from __future__ import annotations
 
@@ -30,3 +31,21 @@ def read_only(folder: Path) -> Iterator[None]:
             yield
         finally:
             folder.chmod(stat.S_IRWXU)
+
+
+def files_with_bytes(root: Path, suffix: str = "") -> Iterator[tuple[Path, bytes]]:
+    """Each regular file under ``root`` whose name ends in ``suffix``, with its bytes.
+
+    The folder may change meanwhile: a running daemon or controller deletes old generations,
+    laid uploads and rotated logs. A file or folder gone before it is read is passed over (as
+    ``os.walk`` passes over a folder gone); ``Path.rglob`` raises FileNotFoundError instead."""
+    for folder, _folders, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            if not name.endswith(suffix) or not path.is_file():  # sockets and pipes too
+                continue
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            yield path, data

@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from e2e_support import SUM_BODY, deploy, stop_cluster, wait_until
+from fs_support import files_with_bytes
 from modelfleet import AksWebservice, Webservice, Workspace
 from modelfleet.control.credentials import credentials_dir, signing_key
 from modelfleet.errors import ConfigError
@@ -269,12 +270,11 @@ def test_keys_are_owner_only_and_never_in_list_show_or_logs(ws: Workspace, servi
         for key in keys:
             assert key not in result.stdout + result.stderr
     assert all(key not in repr(alpha) for key in keys)
-    logs = [p for p in ws.store.runtime_dir.rglob("*.log")]
-    assert any(p.name == "daemon.log" for p in logs)
-    for path in logs:
-        text = path.read_text(errors="replace")
+    logs = list(files_with_bytes(ws.store.runtime_dir, ".log"))
+    assert any(p.name == "daemon.log" for p, _ in logs)
+    for path, data in logs:
         for key in keys:
-            assert key not in text, path
+            assert key.encode() not in data, path
     meta = ws.path / ".modelfleet"
     assert stat.S_IMODE(os.stat(meta).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(meta / "metadata.db").st_mode) == 0o600

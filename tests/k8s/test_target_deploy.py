@@ -27,6 +27,7 @@ from k8s_services import SCRIPTS, router_process, serve_blobs
 from kubernetes import client
 from node_standin import NodeStandIn
 
+from fs_support import files_with_bytes
 from modelfleet import AksCompute, AksWebservice, ComputeTarget, InferenceConfig, KubernetesCompute, Model, Workspace
 from modelfleet.errors import ConfigError, DeploymentFailed, NotFound
 from modelfleet.targets.kubernetes import manifests as m
@@ -245,8 +246,8 @@ def _the_credential_is_in_its_secret_only(
         + [admin.sanitize_for_serialization(dep)]
     )
     assert SIG not in printed
-    for path in Path(ws.path).rglob("*"):  # the workspace's database, settings and logs
-        assert not path.is_file() or SIG.encode() not in path.read_bytes(), path
+    for path, data in files_with_bytes(Path(ws.path)):  # the workspace's database, settings and logs
+        assert SIG.encode() not in data, path
     done = subprocess.run(
         [sys.executable, "-m", "modelfleet", "-w", str(ws.path), "k8s", "manifests", "-n", "scorer"]
         + ["--compute-target", "prod", "--no-router"],
