@@ -159,8 +159,14 @@ def test_logs_follow_streams_new_lines(ws: Workspace) -> None:
     seen = [json.loads(line) for line in lines if '"request_id": "follow-' in line]
     assert seen[0]["route"] == "/score" and seen[0]["status"] == 200 and follower.returncode == 130
 
-    whole = service.get_logs(num_lines=10_000)
-    assert "=== replica-0.log ===" in whole and "=== router.log ===" in whole
+    # router.log is the daemon tracer's, written on its first one-second tick with timings: it
+    # may come a moment after the replica's line the follower saw
+    def with_router_log() -> str | None:
+        whole = service.get_logs(num_lines=10_000)
+        return whole if "=== router.log ===" in whole else None
+
+    whole = wait_until(with_router_log, timeout=10)
+    assert "=== replica-0.log ===" in whole
     assert f'"request_id": "{seen[0]["request_id"]}"' in service.get_logs(num_lines=10_000, replica=0)
     assert "router.log" not in service.get_logs(replica=0)
 

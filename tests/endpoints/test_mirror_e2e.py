@@ -60,6 +60,17 @@ def figures(ws: Workspace) -> dict[str, Any]:
     return versions
 
 
+def copies_ended(ws: Workspace) -> dict[str, Any]:
+    """The mirror's figures once every copy sent has ended (agreed, or disagreed: an error too).
+    A copy is counted sent as it leaves and ended as its answer comes, up to 0.5 s later."""
+
+    def ended() -> dict[str, Any] | None:
+        m: dict[str, Any] = figures(ws)["shadow"]["mirror"]
+        return m if m["agreed"] + m["disagreed"] == m["sent"] else None
+
+    return wait_until(ended, timeout=15)
+
+
 def primary_run(endpoint: AksEndpoint, n: int, headers: dict[str, str] | None = None) -> list[float]:
     """``n`` requests one after another; each must be the primary's 200 "main". Latencies in s."""
     took = []
@@ -94,9 +105,8 @@ def test_a_slow_then_raising_mirror_changes_neither_the_answers_nor_the_p99(ws: 
     wait_until(lambda: figures(ws)["shadow"]["mirror"] is not None, timeout=30)
     before = figures(ws)["shadow"]["mirror"]
     with_slow = p99(primary_run(shop, N))
-    time.sleep(0.7)  # the last copy sent ends
+    m = copies_ended(ws)
     after = figures(ws)
-    m = after["shadow"]["mirror"]
     sent, dropped = m["sent"] - before["sent"], m["dropped"] - before["dropped"]
     assert sent + dropped == N, m  # 100 %: every request the primary served was copied or dropped
     assert sent >= 1 and dropped >= 1, m  # one slot, 0.5 s each: most copies find it busy, dropped first
@@ -121,8 +131,7 @@ def test_a_slow_then_raising_mirror_changes_neither_the_answers_nor_the_p99(ws: 
     time.sleep(0.7)
     before = figures(ws)["shadow"]["mirror"]
     with_raising = p99(primary_run(shop, N))
-    time.sleep(0.5)  # the last copy sent ends
-    m = figures(ws)["shadow"]["mirror"]
+    m = copies_ended(ws)
     copied = (m["sent"] - before["sent"]) + (m["dropped"] - before["dropped"])
     assert 0.3 * N <= copied <= 0.7 * N, m  # 50 % of N, binomial sd 5 % of N
     new_errors = m["errors"] - before["errors"]
