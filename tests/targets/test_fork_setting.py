@@ -357,6 +357,33 @@ def test_a_spawn_that_finds_the_server_dead_before_its_first_fork_does_not_start
     asyncio.run(scenario())
 
 
+def test_a_child_that_ends_before_its_spawn_resumes_is_still_handed_over_with_its_status(tmp_path: Path) -> None:
+    # The server's answer (the child's pid) and the child's exit can be read in one go, before the
+    # spawn waiting for that answer resumes: the spawn used to look the child up by pid then, and
+    # found it gone (KeyError). Holding the event loop still between the request and the answer
+    # makes that order certain: a child with a flag the replica refuses exits within it.
+    refused = ["--no-such-flag"]
+
+    async def scenario() -> None:
+        servers = forkserver.ForkServers(tmp_path / "fs")
+        env = dict(os.environ)
+        try:
+            with open(tmp_path / "first.log", "ab") as first, open(tmp_path / "second.log", "ab") as second:
+                await servers.spawn(sys.executable, refused, env, tmp_path, first)  # the server up
+                asked = asyncio.create_task(servers.spawn(sys.executable, refused, env, tmp_path, second))
+                await asyncio.sleep(0)  # the task runs up to its wait for the answer: the request is sent
+                assert any(s.pending for s in servers._servers.values())  # asked, not answered
+                time.sleep(2.0)  # the loop held: the child forks, refuses the flag and exits meanwhile
+                proc = await asyncio.wait_for(asked, 30)
+            assert proc is not None
+            assert await asyncio.wait_for(proc.wait(), 30) == 2  # argparse's exit status
+            assert "--no-such-flag" in (tmp_path / "second.log").read_text()
+        finally:
+            await servers.close()
+
+    asyncio.run(scenario())
+
+
 def _children(parent: int) -> set[int]:
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -141,7 +141,7 @@ class _Server:
         # request id -> its spawn's waiter, until the server answers it. A waiter given up (its
         # replica stopped meanwhile, or the wait timed out) stays here until then, so that the
         # child forked for it is killed rather than left serving, and no answer goes to another.
-        self.pending: dict[int, asyncio.Future[int]] = {}
+        self.pending: dict[int, asyncio.Future[ForkedProcess]] = {}
         self._ids = itertools.count(1)
         self.forked = 0  # replicas it has forked (none: it failed as it started)
         self.closing = False
@@ -158,17 +158,17 @@ class _Server:
                 if "pid" in message:
                     pid = int(message["pid"])
                     self.forked += 1  # counted as it forks, not as its spawn resumes: see ForkServers._server
-                    self.children[pid] = ForkedProcess(pid)  # its exit is reported as any child's
+                    child = self.children[pid] = ForkedProcess(pid)  # its exit is reported as any child's
                     waiter = self.pending.pop(message.get("id"), None)
                     if waiter is None or waiter.done():  # not wanted any more
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                     else:
-                        waiter.set_result(pid)
+                        waiter.set_result(child)  # itself: it may have exited before its spawn resumes
                 elif "exit" in message:
-                    child = self.children.pop(message["exit"], None)
-                    if child is not None:
-                        child._ended(int(message["status"]))
+                    exited = self.children.pop(message["exit"], None)
+                    if exited is not None:
+                        exited._ended(int(message["status"]))
         except ConnectionResetError:
             pass  # it died: said below
         except (OSError, ValueError):
@@ -205,8 +205,7 @@ class _Server:
         except OSError:
             del self.pending[request_id]
             raise
-        pid = await asyncio.wait_for(waiter, _START_TIMEOUT_S)  # given up: the answer kills the child
-        return self.children[pid]
+        return await asyncio.wait_for(waiter, _START_TIMEOUT_S)  # given up: the answer kills the child
 
     async def close(self) -> None:
         self.closing = True
