@@ -53,11 +53,13 @@ def test_idle_to_zero_then_a_burst_is_held_and_served_by_one_cold_start(ws: Work
     barrier = threading.Barrier(20)
 
     def call() -> None:
-        # the client is made before the barrier: all 20 must arrive while no replica exists (one
-        # arriving after the first replica is listed waits max_request_wait_time only, as it should)
+        # The client is made before the barrier, so that most arrive while no replica exists and
+        # are held by cold_start_wait_ms. A forked replica can be listed within 50 ms, and one
+        # arriving after that waits max_request_wait_time (500 ms) only, as it should: run()
+        # returns at once, so that 20 of them fit in it (at 0.05 s each, some got 503).
         with httpx.Client(timeout=60) as client:
             barrier.wait()
-            r = client.post(service.scoring_uri, json={"sleep": 0.05})
+            r = client.post(service.scoring_uri, json={"sleep": 0})
         with lock:
             results.append((r.status_code, r.json() if r.status_code == 200 else r.text))
 
