@@ -137,17 +137,23 @@ def test_a_forked_replica_joins_its_memory_cgroup_and_is_killed_past_its_limit(t
     asyncio.run(scenario())
 
 
-def test_an_interpreter_without_a_working_fork_server_gets_execd_replicas_and_says_why(tmp_path: Path) -> None:
-    # an interpreter that runs everything but the fork server (say, a runtime copy without it)
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)  # out of reach of `nobody`: a root daemon runs its replicas as itself
-    python = private / "python"
+def _python_without_a_fork_server(folder: Path) -> Path:
+    """An interpreter that runs everything but the fork server (say, a runtime copy without it)."""
+    python = folder / "python"
     python.write_text(
         "#!/bin/sh\n"
         'case "$*" in *modelfleet.replica.forkserver*) echo "no fork server in this environment" >&2; exit 1;; esac\n'
         f'exec {sys.executable} "$@"\n'
     )
     python.chmod(0o700)
+    return python
+
+
+def test_an_interpreter_without_a_working_fork_server_gets_execd_replicas_and_says_why(tmp_path: Path) -> None:
+    # an interpreter that runs everything but the fork server (say, a runtime copy without it)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # out of reach of `nobody`: a root daemon runs its replicas as itself
+    python = _python_without_a_fork_server(private)
     assert isolation.replica_identity(str(python))[0] is None
 
     async def scenario() -> None:
@@ -332,13 +338,7 @@ def test_a_spawn_that_finds_the_server_dead_before_its_first_fork_does_not_start
     # between the server's end and the first spawn's resuming to record it, and started a second
     # server for an interpreter whose first had already failed. That moment, held still: the
     # server is started as the first spawn starts it, and has ended before anyone looks.
-    python = tmp_path / "python"
-    python.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *modelfleet.replica.forkserver*) echo "no fork server in this environment" >&2; exit 1;; esac\n'
-        f'exec {sys.executable} "$@"\n'
-    )
-    python.chmod(0o700)
+    python = _python_without_a_fork_server(tmp_path)
     argv = ["--entry_script", str(SCRIPTS / "env_probe" / "score.py"), "--host", "127.0.0.1", "--port", "0"]
 
     async def scenario() -> None:
