@@ -150,7 +150,6 @@ def _python_without_a_fork_server(folder: Path) -> Path:
 
 
 def test_an_interpreter_without_a_working_fork_server_gets_execd_replicas_and_says_why(tmp_path: Path) -> None:
-    # an interpreter that runs everything but the fork server (say, a runtime copy without it)
     private = tmp_path / "private"
     private.mkdir(mode=0o700)  # out of reach of `nobody`: a root daemon runs its replicas as itself
     python = _python_without_a_fork_server(private)
